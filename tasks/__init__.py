@@ -1,0 +1,1 @@
+"""podnet tasks: one module per concern (kernel, containerd, cni, controller_manager, flannel)."""

@@ -1,0 +1,85 @@
+"""
+Per-run, per-host context: the validated settings, the node's probe answer and the
+verified artifacts, each computed once and shared by every concern.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks import artifacts, cni, containerd, controller_manager, flannel, kernel
+from tasks.desired import DesiredFile
+from tasks.download import Downloader
+from tasks.probe import NodeState, ProbeRequest, node_state
+from tasks.settings import ARCHITECTURES, Settings, SettingsError, parse_inventory
+
+_settings: dict[str, Settings] = {}
+_downloaders: dict[Path, Downloader] = {}
+
+
+def settings_for(host, inventory) -> Settings:
+    """This host's settings. The first call validates every host of the inventory."""
+    if not _settings:
+        _settings.update(parse_inventory(inventory))
+    return _settings[host.name]
+
+
+def first_control_plane(inventory, settings: Settings) -> str | None:
+    hosts = [h.name for h in inventory if h.name in _settings and _settings[h.name].is_control_plane]
+    return hosts[0] if hosts else None
+
+
+def probe_request(settings: Settings, is_first_control_plane: bool, diff: bool) -> ProbeRequest:
+    request = kernel.probe_request(settings)
+    request = request.merge(containerd.probe_request(settings, diff))
+    request = request.merge(cni.probe_request(settings, diff))
+    if settings.is_control_plane:
+        request = request.merge(controller_manager.probe_request(settings))
+    return request.merge(flannel.probe_request(settings, is_first_control_plane))
+
+
+def probe(host, settings: Settings, is_first_control_plane: bool, diff: bool) -> NodeState:
+    """Ask the host everything at once."""
+    return node_state(host, probe_request(settings, is_first_control_plane, diff))
+
+
+def architecture(node: NodeState, host_name: str) -> str:
+    arch = ARCHITECTURES.get(node.machine)
+    if arch is None:
+        raise SettingsError([f"{host_name}: unsupported architecture {node.machine!r} (uname -m); "
+                             f"podnet supports {', '.join(sorted(set(ARCHITECTURES.values())))}"])
+    return arch
+
+
+@dataclass
+class NodeArtifacts:
+    """The node's binaries as desired files, from verified downloads."""
+
+    containerd: list[DesiredFile]
+    runc: DesiredFile
+    cni_plugins: list[DesiredFile]
+    flanneld: Path | None
+
+
+def fetch_artifacts(settings: Settings, node: NodeState, host_name: str) -> NodeArtifacts:
+    """Resolve, download (once per run and cache) and unpack what this node needs."""
+    arch = architecture(node, host_name)
+    try:
+        resolved = {name: artifacts.resolve(settings, name, arch)
+                    for name in ("containerd", "runc", "cni_plugins", "flannel_cni_plugin")}
+        if settings.flannel_rollout == "systemd":
+            resolved["flanneld"] = artifacts.resolve(settings, "flanneld", arch)
+    except artifacts.ArtifactError as error:
+        raise SettingsError([f"{host_name}: {error}"]) from None
+    downloader = _downloaders.setdefault(settings.download_cache_dir, Downloader(settings.download_cache_dir))
+    flannel_dir = downloader.unpack(resolved["flannel_cni_plugin"])
+    flannel_binary = flannel_dir / f"flannel-{arch}"
+    if not flannel_binary.is_file():
+        raise artifacts.ArtifactError(f"{resolved['flannel_cni_plugin'].url} has no member flannel-{arch}")
+    return NodeArtifacts(
+        containerd=containerd.containerd_binaries(downloader.unpack(resolved["containerd"])),
+        runc=containerd.runc_binary(downloader.fetch(resolved["runc"])),
+        cni_plugins=cni.plugin_binaries(settings, downloader.unpack(resolved["cni_plugins"]), flannel_binary),
+        flanneld=downloader.fetch(resolved["flanneld"]) if "flanneld" in resolved else None,
+    )

@@ -1,0 +1,114 @@
+"""
+containerd and runc from upstream release files, a systemd unit, and a config.toml
+rendered for the installed generation, with the CRI plugin's `cni` section pointing at
+the CNI bin and conf dirs.
+
+The generation decision lives here, in Python, where it is unit-tested; the templates
+only lay the chosen values out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tasks import ops
+from tasks.desired import DesiredFile, local_file, render, text_file
+from tasks.probe import NodeState, ProbeRequest
+
+if TYPE_CHECKING:
+    from tasks.settings import Settings
+
+BIN_DIR = "/usr/local/bin"
+RUNC_PATH = "/usr/local/sbin/runc"
+UNIT = "containerd.service"
+UNIT_PATH = "/etc/systemd/system/containerd.service"
+CONFIG_PATH = "/etc/containerd/config.toml"
+SOCKET = "/run/containerd/containerd.sock"
+
+
+@dataclass(frozen=True)
+class ConfigGeneration:
+    """Which config.toml layout a containerd version reads."""
+
+    template: str  # template under templates/containerd/
+    version: int  # the `version = N` line
+    cni_bin_dirs_key: str  # "bin_dir" (one path) or "bin_dirs" (a list, containerd >= 2.1)
+
+
+def config_generation(containerd_version: str) -> ConfigGeneration:
+    """
+    containerd 1.6/1.7 read config version 2 (`io.containerd.grpc.v1.cri`); 2.x reads
+    version 3 (`io.containerd.cri.v1.runtime` / `.images`), where 2.1 replaced the CNI
+    `bin_dir` by `bin_dirs`.
+    """
+    major, minor = (int(part) for part in containerd_version.split(".")[:2])
+    if major == 1 and minor in (6, 7):
+        return ConfigGeneration("containerd/config-v2.toml.j2", 2, "bin_dir")
+    if major == 2:
+        return ConfigGeneration("containerd/config-v3.toml.j2", 3, "bin_dirs" if minor >= 1 else "bin_dir")
+    raise ValueError("a containerd release from 1.6.0 to 2.x (1.6/1.7 use config version 2, 2.x version 3)")
+
+
+def render_config(settings: "Settings") -> str:
+    generation = config_generation(settings.containerd_version)
+    return render(
+        generation.template,
+        containerd_version=settings.containerd_version,
+        sandbox_image=settings.sandbox_image,
+        restrict_oom_score_adj=settings.restrict_oom_score_adj,
+        systemd_cgroup=settings.systemd_cgroup,
+        cni_bin_dir=settings.cni_bin_dir,
+        cni_conf_dir=settings.cni_conf_dir,
+        cni_bin_dirs_key=generation.cni_bin_dirs_key,
+    )
+
+
+def containerd_binaries(containerd_unpacked: Path) -> list[DesiredFile]:
+    """Every bin/* of the containerd release, into /usr/local/bin."""
+    return [local_file(f"{BIN_DIR}/{path.name}", path)
+            for path in sorted((containerd_unpacked / "bin").iterdir()) if path.is_file()]
+
+
+def runc_binary(runc_download: Path) -> DesiredFile:
+    return local_file(RUNC_PATH, runc_download)
+
+
+def unit_file() -> DesiredFile:
+    return text_file(UNIT_PATH, render("containerd/containerd.service.j2", containerd_config_path=CONFIG_PATH))
+
+
+def config_file(settings: "Settings") -> DesiredFile:
+    return text_file(CONFIG_PATH, render_config(settings))
+
+
+def probe_request(settings: "Settings", diff: bool) -> ProbeRequest:
+    managed_text = [UNIT_PATH, CONFIG_PATH]
+    return ProbeRequest(hashes=[f"{BIN_DIR}/containerd*", f"{BIN_DIR}/ctr", RUNC_PATH, *managed_text],
+                        contents=managed_text if diff else [], units=[UNIT])
+
+
+def validate_command() -> str:
+    """containerd parses a staged config itself before it may replace the live one."""
+    return f"{BIN_DIR}/containerd --config {{path}} config dump >/dev/null"
+
+
+def apply(settings: "Settings", node: NodeState, binaries: list[DesiredFile], runc: DesiredFile) -> None:
+    """
+    Install runc and containerd; restart containerd only when its own binaries, unit or
+    config changed (runc is executed per container: a new runc needs no restart).
+    """
+    unit = unit_file()
+    config = config_file(settings)
+    changed_binaries = ops.files_needing_change(binaries, node)
+    changed_unit = ops.files_needing_change([unit], node)
+    changed_config = ops.files_needing_change([config], node)
+    ops.files_installed(name="containerd: runc binary", files=[runc], current=node)
+    ops.files_installed(name="containerd: containerd binaries", files=binaries, current=node)
+    ops.files_installed(name="containerd: systemd unit", files=[unit], current=node)
+    ops.files_installed(name="containerd: config.toml (checked by containerd first)", files=[config],
+                        current=node, validate=validate_command())
+    ops.service_running(name="containerd: enabled and running", unit=UNIT, current=node,
+                        restart=bool(changed_binaries or changed_unit or changed_config),
+                        daemon_reload=bool(changed_unit))

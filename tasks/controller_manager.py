@@ -1,0 +1,191 @@
+"""
+kube-controller-manager node IPAM: `--allocate-node-cidrs=true`, `--cluster-cidr`,
+`--node-cidr-mask-size` (`-ipv4`/`-ipv6` for dual stack), `--service-cluster-ip-range`,
+and node IPAM enabled in `--controllers` by merging, never replacing, the list.
+
+Works on kubeadm's static pod manifest (parsed and rewritten with pyyaml, every other
+field kept) and on a systemd unit whose ExecStart runs kube-controller-manager. The
+rewrite happens only when a flag actually changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+import shlex
+
+import yaml
+
+from tasks import ops
+from tasks.desired import DesiredFile, text_file
+from tasks.errors import PodnetError
+from tasks.probe import NodeState, ProbeRequest
+from tasks.settings import Settings
+
+CONTAINER_NAME = "kube-controller-manager"
+NODE_IPAM_NAMES = ("nodeipam", "node-ipam-controller")  # the controller's name and its alias
+BACKUP_DIR = "/var/lib/podnet/backup"
+# Flags whose value we own and which take a value (so "--flag value" is read as one flag).
+OWNED_FLAGS = ("allocate-node-cidrs", "cluster-cidr", "node-cidr-mask-size", "node-cidr-mask-size-ipv4",
+               "node-cidr-mask-size-ipv6", "service-cluster-ip-range", "controllers")
+
+
+class ControllerManagerError(PodnetError, ValueError):
+    """The control plane's configuration cannot be merged safely."""
+
+
+def desired_flags(s: Settings) -> dict[str, str | None]:
+    """Flag -> value to set; None means the flag must not be present."""
+    if s.dual_stack:
+        services = [str(s.service_cluster_ip_range)]
+        if s.service_cluster_ip_range_ipv6 is not None:
+            services.append(str(s.service_cluster_ip_range_ipv6))
+        return {
+            "allocate-node-cidrs": "true",
+            "cluster-cidr": f"{s.cluster_cidr},{s.cluster_cidr_ipv6}",
+            "node-cidr-mask-size": None,  # not allowed together with dual-stack CIDRs
+            "node-cidr-mask-size-ipv4": str(s.node_cidr_mask_size),
+            "node-cidr-mask-size-ipv6": str(s.node_cidr_mask_size_ipv6),
+            "service-cluster-ip-range": ",".join(services),
+        }
+    return {
+        "allocate-node-cidrs": "true",
+        "cluster-cidr": str(s.cluster_cidr),
+        "node-cidr-mask-size": str(s.node_cidr_mask_size),
+        "node-cidr-mask-size-ipv4": None,
+        "node-cidr-mask-size-ipv6": None,
+        "service-cluster-ip-range": str(s.service_cluster_ip_range),
+    }
+
+
+def merge_controllers(value: str) -> str:
+    """
+    Enable node IPAM in a --controllers list without switching anything else on or off.
+    `*` already includes it (only a `-nodeipam` has to go); a list without `*` gains it.
+    """
+    items = [c.strip() for c in value.split(",") if c.strip()]
+    kept = [c for c in items if not (c.startswith("-") and c[1:] in NODE_IPAM_NAMES)]
+    if "*" not in kept and not any(c in NODE_IPAM_NAMES for c in kept):
+        if not kept:
+            raise ControllerManagerError(
+                f"--controllers={value} enables no controller; adding node IPAM would give "
+                "--controllers=nodeipam, which runs node IPAM alone and switches every other controller off. "
+                "Fix --controllers (e.g. '*,bootstrapsigner,tokencleaner') and rerun")
+        kept.append("nodeipam")
+    return ",".join(kept)
+
+
+def _split_flag(token: str) -> tuple[str, str | None]:
+    name, sep, value = token[2:].partition("=")
+    return name, (value if sep else None)
+
+
+def merge_command(command: list[str], flags: dict[str, str | None]) -> list[str]:
+    """The kube-controller-manager command line with our flags set and other tokens kept in order."""
+    out: list[str] = []
+    written: set[str] = set()
+    i = 0
+    while i < len(command):
+        token = command[i]
+        i += 1
+        if not token.startswith("--"):
+            out.append(token)
+            continue
+        name, value = _split_flag(token)
+        if name in OWNED_FLAGS and value is None and i < len(command) and not command[i].startswith("-"):
+            value = command[i]  # "--flag value" form
+            i += 1
+        if name == "controllers":
+            out.append(f"--controllers={merge_controllers(value or '')}")
+        elif name in flags:
+            if flags[name] is not None and name not in written:
+                out.append(f"--{name}={flags[name]}")
+                written.add(name)
+        else:
+            out.append(token if value is None or "=" in token else f"--{name}={value}")
+    out.extend(f"--{name}={value}" for name, value in flags.items() if value is not None and name not in written)
+    return out
+
+
+def merge_manifest(text: str, flags: dict[str, str | None]) -> str | None:
+    """The static pod manifest with merged flags, or None when nothing changes."""
+    document = yaml.safe_load(text)
+    containers = ((document or {}).get("spec") or {}).get("containers") or []
+    container = next((c for c in containers if c.get("name") == CONTAINER_NAME), None)
+    if container is None:
+        raise ControllerManagerError(f"no container named {CONTAINER_NAME!r} in the manifest")
+    key = "command" if container.get("command") else "args"
+    current = list(container.get(key) or [])
+    merged = merge_command(current, flags)
+    if merged == current:
+        return None
+    container[key] = merged
+    return yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
+
+
+EXEC_START_RE = re.compile(r"^ExecStart=(?P<value>(?:.*\\\n)*.*)$", re.MULTILINE)
+
+
+def merge_unit(text: str, flags: dict[str, str | None]) -> str | None:
+    """The systemd unit with merged flags in its (last non-empty) ExecStart, or None when unchanged."""
+    matches = [m for m in EXEC_START_RE.finditer(text) if m.group("value").strip()]
+    if not matches:
+        raise ControllerManagerError("no ExecStart= line running kube-controller-manager")
+    match = matches[-1]
+    current = shlex.split(match.group("value").replace("\\\n", " "))
+    merged = merge_command(current, flags)
+    if merged == current:
+        return None
+    exec_start = "ExecStart=" + " \\\n  ".join(shlex.quote(t) for t in merged)
+    return text[:match.start()] + exec_start + text[match.end():]
+
+
+def config_path(s: Settings) -> str:
+    return s.kube_controller_manager_manifest if s.kube_controller_manager_runtime == "static-pod" \
+        else s.kube_controller_manager_unit
+
+
+def probe_request(s: Settings) -> ProbeRequest:
+    return ProbeRequest(contents=[config_path(s)], units=[posixpath.basename(s.kube_controller_manager_unit)]
+                        if s.kube_controller_manager_runtime == "systemd" else [])
+
+
+def planned_file(s: Settings, node: NodeState, host_name: str) -> tuple[DesiredFile | None, bytes]:
+    """The rewritten config (None when already right) and its current content."""
+    path = config_path(s)
+    if path not in node.contents:
+        other = "systemd" if s.kube_controller_manager_runtime == "static-pod" else "static-pod"
+        setting = ("kube_controller_manager_manifest" if s.kube_controller_manager_runtime == "static-pod"
+                   else "kube_controller_manager_unit")
+        raise ControllerManagerError(
+            f"{host_name}: {setting}: {path} does not exist on this control-plane host; is the control plane "
+            f"installed (kubeadm init)? If kube-controller-manager runs differently, set {setting} or "
+            f"kube_controller_manager_runtime={other!r}")
+    current = node.contents[path]
+    merge = merge_manifest if s.kube_controller_manager_runtime == "static-pod" else merge_unit
+    try:
+        merged = merge(current.decode(), desired_flags(s))
+    except (ControllerManagerError, yaml.YAMLError) as error:
+        raise ControllerManagerError(f"{host_name}: {path}: {error}") from None
+    if merged is None:
+        return None, current
+    mode = "0600" if s.kube_controller_manager_runtime == "static-pod" else "0644"
+    return text_file(path, merged, mode=mode), current
+
+
+def apply(s: Settings, node: NodeState, host_name: str) -> bool:
+    """Set the node IPAM flags; returns whether they changed in this run."""
+    desired, current = planned_file(s, node, host_name)
+    path = config_path(s)
+    backup = f"{BACKUP_DIR}/{posixpath.basename(path)}.{hashlib.sha256(current).hexdigest()[:12]}"
+    ops.shell_when(name="kube-controller-manager: keep a backup before changing flags",
+                   commands=[f"mkdir -p {BACKUP_DIR}", f"cp -p {shlex.quote(path)} {shlex.quote(backup)}"],
+                   reason=f"backing up {path} to {backup}" if desired else None)
+    ops.files_installed(name="kube-controller-manager: node IPAM flags", files=[desired] if desired else [],
+                        current=node)
+    if s.kube_controller_manager_runtime == "systemd":
+        unit = posixpath.basename(s.kube_controller_manager_unit)
+        ops.service_running(name="kube-controller-manager: running with the new flags", unit=unit, current=node,
+                            restart=desired is not None, daemon_reload=desired is not None)
+    return desired is not None

@@ -1,0 +1,61 @@
+"""
+Desired files: what a managed path on a node should hold, rendered or taken from an artifact.
+
+Templates hold layout only; every value they print is decided in Python and passed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from tasks.download import sha256_of
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+
+_environment = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    autoescape=False,
+)
+
+
+def render(template: str, **context) -> str:
+    """Render templates/<template> with exactly the given values (a missing one is an error)."""
+    return _environment.get_template(template).render(**context)
+
+
+@dataclass(frozen=True)
+class DesiredFile:
+    """A file that must exist at ``path`` with this content and mode."""
+
+    path: str
+    mode: str
+    sha256: str
+    content: bytes | None = None  # rendered text files
+    source: Path | None = None  # binaries from the download cache
+
+    @property
+    def is_text(self) -> bool:
+        return self.content is not None
+
+    def differs(self, current_sha256: str | None) -> bool:
+        return current_sha256 != self.sha256
+
+
+def text_file(path: str, content: str, mode: str = "0644") -> DesiredFile:
+    data = content.encode()
+    return DesiredFile(path=path, mode=mode, sha256=hashlib.sha256(data).hexdigest(), content=data)
+
+
+_local_sums: dict[Path, str] = {}
+
+
+def local_file(path: str, source: Path, mode: str = "0755") -> DesiredFile:
+    if source not in _local_sums:
+        _local_sums[source] = sha256_of(source)
+    return DesiredFile(path=path, mode=mode, sha256=_local_sums[source], source=source)

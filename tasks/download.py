@@ -1,0 +1,168 @@
+"""
+Downloads on the operator's machine: each artifact once into a local cache, verified.
+
+- The cache is keyed by sha256, so a checksum override never reuses a stale file.
+- A cached file is re-hashed before use; a wrong sum means it is fetched again.
+- Files are written to a temporary name and renamed, so an interrupted transfer
+  never leaves a file that looks complete.
+- Transient failures (connection errors, timeouts, 5xx, short reads) are retried a
+  bounded number of times; a checksum mismatch stops the run, naming URL, expected
+  and actual sum.
+- Archives are unpacked once next to the download, also atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from tasks.artifacts import Artifact, ArtifactError, safe_members
+from tasks.errors import PodnetError
+
+CHUNK = 1 << 20
+PROGRESS_MIN_BYTES = 4 << 20
+DEFAULT_ATTEMPTS = 4
+DEFAULT_TIMEOUT = 30  # seconds without progress (connect and per read)
+
+class DownloadError(PodnetError, RuntimeError):
+    """The artifact could not be fetched after the allowed attempts."""
+
+class ChecksumMismatch(DownloadError):
+    def __init__(self, url: str, expected: str, actual: str):
+        self.url, self.expected, self.actual = url, expected, actual
+        super().__init__(f"checksum mismatch for {url}: expected sha256 {expected}, got {actual}; "
+                         "nothing was changed on any node")
+
+class _Transient(Exception):
+    """A failure worth another attempt."""
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+@dataclass
+class Downloader:
+    """Fetches artifacts into ``cache_dir``; memoizes within one run."""
+
+    cache_dir: Path
+    attempts: int = DEFAULT_ATTEMPTS
+    timeout: float = DEFAULT_TIMEOUT
+    backoff: float = 1.0
+    progress: bool = True
+
+    def __post_init__(self):
+        self.cache_dir = Path(self.cache_dir).expanduser()
+        self._done: dict[tuple[str, str], Path] = {}
+        self.fetches = 0  # network downloads made by this instance (for tests and the benchmark)
+
+    def path_for(self, artifact: Artifact) -> Path:
+        return self.cache_dir / artifact.sha256 / artifact.filename
+
+    def fetch(self, artifact: Artifact) -> Path:
+        """Ensure the verified artifact is in the cache; return its path."""
+        key = (artifact.url, artifact.sha256)
+        if key in self._done:
+            return self._done[key]
+        path = self.path_for(artifact)
+        if not (path.is_file() and sha256_of(path) == artifact.sha256):
+            self._download(artifact, path)
+        self._done[key] = path
+        return path
+
+    def _download(self, artifact: Artifact, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        last_error: Exception | None = None
+        for attempt in range(1, self.attempts + 1):
+            try:
+                actual = self._transfer(artifact.url, path)
+            except _Transient as error:
+                last_error = error
+                if attempt < self.attempts:
+                    time.sleep(self.backoff * attempt)
+                continue
+            if actual != artifact.sha256:
+                path.unlink(missing_ok=True)
+                raise ChecksumMismatch(artifact.url, artifact.sha256, actual)
+            return
+        raise DownloadError(f"could not download {artifact.url} after {self.attempts} attempts: {last_error}")
+
+    def _transfer(self, url: str, path: Path) -> str:
+        """One attempt: stream to a temporary file, rename on success; return its sha256."""
+        self.fetches += 1
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        try:
+            digest = hashlib.sha256()
+            received = 0
+            try:
+                with os.fdopen(fd, "wb") as out, requests.get(url, stream=True, timeout=self.timeout) as response:
+                    if response.status_code >= 500 or response.status_code == 429:
+                        raise _Transient(f"HTTP {response.status_code}")
+                    if response.status_code != 200:
+                        raise DownloadError(f"could not download {url}: HTTP {response.status_code}")
+                    total = int(response.headers.get("Content-Length") or 0)
+                    shown = -1
+                    for chunk in response.iter_content(CHUNK):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        received += len(chunk)
+                        shown = self._show_progress(url, received, total, shown)
+                    if total and received != total:
+                        raise _Transient(f"short read: {received} of {total} bytes")
+            except (requests.ConnectionError, requests.Timeout,
+                    requests.exceptions.ChunkedEncodingError) as error:
+                raise _Transient(str(error)) from error
+            os.replace(tmp_name, path)
+            return digest.hexdigest()
+        finally:
+            if os.path.exists(tmp_name):
+                os.unlink(tmp_name)
+
+    def _show_progress(self, url: str, received: int, total: int, shown: int) -> int:
+        if not self.progress or total < PROGRESS_MIN_BYTES:
+            return shown
+        percent = received * 100 // total
+        if percent // 25 > shown // 25 or percent == 100 and shown != 100:
+            print(f"podnet: downloading {Path(url).name}: {percent}% of {total >> 20} MiB",
+                  file=sys.stderr, flush=True)
+            return percent
+        return shown
+
+    def unpack(self, artifact: Artifact) -> Path:
+        """Unpack a fetched tarball once (atomically) and return the directory."""
+        archive = self.fetch(artifact)
+        target = archive.parent / "unpacked"
+        if target.is_dir():
+            return target
+        members = safe_members(archive)
+        staging = Path(tempfile.mkdtemp(dir=archive.parent, prefix=".unpack-"))
+        try:
+
+            with tarfile.open(archive) as tar:
+                for member in members:
+                    dest = staging / member.name
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    with tar.extractfile(member) as src, open(dest, "wb") as out:  # type: ignore[union-attr]
+                        shutil.copyfileobj(src, out)
+                    dest.chmod(0o755 if member.mode & 0o111 else 0o644)
+            os.rename(staging, target)
+        except OSError as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            if target.is_dir():  # another process won the race
+                return target
+            raise ArtifactError(f"could not unpack {archive}: {error}") from error
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target

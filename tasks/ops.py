@@ -1,0 +1,169 @@
+"""
+podnet's operations, in the style of pyinfra's own: one function per idea, each ensuring
+a state and yielding commands only for what differs.
+
+They decide from the host's ``NodeState`` (one probe per host) rather than from pyinfra's
+per-operation facts, so a converged host costs no further round trips.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import posixpath
+import shlex
+
+from pyinfra import host, logger, state
+from pyinfra.api import FileUploadCommand, FunctionCommand, operation
+
+from tasks.desired import DesiredFile
+from tasks.probe import NodeState
+
+STAGED_SUFFIX = ".podnet-new"
+
+
+def staged_path(path: str) -> str:
+    """
+    Where a file is uploaded before it atomically replaces ``path``: the same directory
+    (so the rename is atomic), as a hidden file (kubelet's static pod source, libcni and
+    our own probe globs skip dotfiles).
+    """
+    directory, name = posixpath.split(path)
+    return posixpath.join(directory, f".{name}{STAGED_SUFFIX}")
+
+
+def _show_diff(f: DesiredFile, current: NodeState) -> None:
+    if not state.config.DIFF:
+        return
+    if not f.is_text:
+        logger.info("    %s: binary differs (sha256 %s -> %s)", f.path,
+                    current.hashes.get(f.path, "missing")[:12], f.sha256[:12])
+        return
+    old = current.contents.get(f.path, b"").decode(errors="replace").splitlines()
+    new = f.content.decode().splitlines()  # type: ignore[union-attr]
+    for line in difflib.unified_diff(old, new, f.path + " (node)", f.path + " (podnet)", lineterm=""):
+        logger.info("    %s", line)
+
+
+def files_needing_change(files: list[DesiredFile], current: NodeState) -> list[DesiredFile]:
+    """The files whose content or mode on the node is not the desired one."""
+    return [f for f in files
+            if f.differs(current.hashes.get(f.path)) or current.modes.get(f.path) != f.mode.lstrip("0")]
+
+
+@operation()
+def files_installed(files: list[DesiredFile], current: NodeState, validate: str | None = None):
+    """
+    Ensure every file holds its desired content and mode.
+
+    + files: the desired files
+    + current: the node's probe answer
+    + validate: a command checking the staged file (``{path}`` is replaced by it); when it
+      fails, the staged file is removed and the live file stays as it was
+
+    Each changed file is uploaded under a temporary name in its own directory and renamed
+    over the live one, so no reader ever sees a half-written file.
+    """
+    changed = files_needing_change(files, current)
+    if not changed:
+        host.noop("files are up to date")
+        return
+    parents = sorted({posixpath.dirname(f.path) for f in changed})
+    yield "mkdir -p " + " ".join(shlex.quote(p) for p in parents)
+    for f in changed:
+        _show_diff(f, current)
+        source = io.BytesIO(f.content) if f.is_text else str(f.source)
+        yield FileUploadCommand(source, staged_path(f.path))
+    steps = []
+    for f in changed:
+        staged = shlex.quote(staged_path(f.path))
+        steps.append(f"chmod {f.mode} {staged}")
+        if validate:
+            check = validate.format(path=staged)
+            steps.append(f"if ! {check}; then rm -f {staged}; "
+                         f"echo 'podnet: {f.path}: rejected by validation, live file left unchanged' >&2; exit 1; fi")
+    steps.extend(f"mv -f {shlex.quote(staged_path(f.path))} {shlex.quote(f.path)}" for f in changed)
+    yield " && ".join(steps) if not validate else "set -e; " + "; ".join(steps)
+
+
+@operation()
+def kernel_modules_loaded(missing: list[str]):
+    """
+    Ensure kernel modules are loaded now (persisting them is a modules-load.d file).
+
+    + missing: modules whose feature the probe did not find
+    """
+    if not missing:
+        host.noop("kernel modules are loaded")
+        return
+    yield "modprobe -a " + " ".join(shlex.quote(m) for m in missing)
+
+
+@operation()
+def kernel_parameters_applied(values: dict[str, str], current: NodeState):
+    """
+    Ensure kernel parameters have these values now (persisting them is a sysctl.d file).
+
+    + values: sysctl name -> desired value
+    + current: the node's probe answer
+    """
+    differing = {k: v for k, v in values.items() if current.sysctls.get(k) != v}
+    if not differing:
+        host.noop("kernel parameters are set")
+        return
+    yield "sysctl -q -w " + " ".join(shlex.quote(f"{k}={v}") for k, v in differing.items())
+
+
+@operation()
+def service_running(unit: str, current: NodeState, restart: bool = False, daemon_reload: bool = False):
+    """
+    Ensure a systemd unit is enabled and running, restarted when what it reads changed.
+
+    + unit: the unit name
+    + current: the node's probe answer
+    + restart: its binary, unit or config changed in this run
+    + daemon_reload: its unit file changed in this run
+    """
+    commands = []
+    if daemon_reload:
+        commands.append("systemctl daemon-reload")
+    if not current.unit_enabled(unit):
+        commands.append(f"systemctl enable {shlex.quote(unit)}")
+    if restart and current.unit_active(unit):
+        commands.append(f"systemctl restart {shlex.quote(unit)}")
+    elif not current.unit_active(unit) or restart:
+        commands.append(f"systemctl start {shlex.quote(unit)}")
+    if not commands:
+        host.noop(f"{unit} is running")
+        return
+    yield " && ".join(commands)
+
+
+@operation()
+def shell_when(commands: list[str], reason: str | None):
+    """
+    Run commands when a reason to run them was found while planning.
+
+    + commands: shell commands, run in order, stopping at the first failure
+    + reason: why they must run now, or None when nothing needs doing
+    """
+    if not reason:
+        host.noop("nothing to do")
+        return
+    logger.info("    %s: %s", host.name, reason)
+    yield " && ".join(commands)
+
+
+@operation()
+def check_after_changes(check, args: tuple, needed: bool):
+    """
+    Run a Python check against the host after the changes before it were applied.
+
+    + check: callable(state, host, *args) that raises with a clear message on failure
+    + args: its arguments
+    + needed: whether this run changed something the check depends on
+    """
+    if not needed:
+        host.noop("nothing changed that needs checking")
+        return
+    yield FunctionCommand(check, args, {})

@@ -1,0 +1,159 @@
+"""
+Ask each host once.
+
+Every concern (kernel, containerd, CNI, control plane, flannel) says what it needs to
+know about a node in a ``ProbeRequest``; the requests are merged and sent as ONE shell
+command per host, whose answer (``NodeState``) every decision reads. The answer is kept
+for the rest of the run, so planning and execution never ask the host the same thing again.
+"""
+
+from __future__ import annotations
+
+import base64
+import shlex
+from dataclasses import dataclass, field
+
+from pyinfra.api import FactBase
+
+
+@dataclass
+class ProbeRequest:
+    """What a concern wants to know about a node."""
+
+    # Files (shell globs allowed) whose sha256 is wanted.
+    hashes: list[str] = field(default_factory=list)
+    # Files whose whole content is wanted (small text files).
+    contents: list[str] = field(default_factory=list)
+    # Kernel parameters by sysctl name, e.g. net.ipv4.ip_forward.
+    sysctls: list[str] = field(default_factory=list)
+    # Kernel features: name -> shell test that succeeds when present.
+    features: dict[str, str] = field(default_factory=dict)
+    # systemd units whose active/enabled state is wanted.
+    units: list[str] = field(default_factory=list)
+    # Directories whose entries are wanted.
+    listings: list[str] = field(default_factory=list)
+    # Named read-only shell queries whose stdout lines are wanted (e.g. kubectl get).
+    queries: dict[str, str] = field(default_factory=dict)
+
+    def merge(self, other: "ProbeRequest") -> "ProbeRequest":
+        def unique(a, b):
+            return list(dict.fromkeys([*a, *b]))
+
+        return ProbeRequest(
+            hashes=unique(self.hashes, other.hashes),
+            contents=unique(self.contents, other.contents),
+            sysctls=unique(self.sysctls, other.sysctls),
+            features={**self.features, **other.features},
+            units=unique(self.units, other.units),
+            listings=unique(self.listings, other.listings),
+            queries={**self.queries, **other.queries},
+        )
+
+
+@dataclass
+class NodeState:
+    """What one probe learned about a node."""
+
+    machine: str = ""
+    hashes: dict[str, str] = field(default_factory=dict)  # path -> sha256 (missing files absent)
+    modes: dict[str, str] = field(default_factory=dict)  # path -> octal mode without leading 0
+    contents: dict[str, bytes] = field(default_factory=dict)  # path -> content (missing files absent)
+    sysctls: dict[str, str | None] = field(default_factory=dict)  # None: key does not exist
+    features: dict[str, bool] = field(default_factory=dict)
+    units: dict[str, tuple[str, str]] = field(default_factory=dict)  # unit -> (active, enabled)
+    listings: dict[str, list[str]] = field(default_factory=dict)
+    queries: dict[str, tuple[int, list[str]]] = field(default_factory=dict)  # name -> (exit code, lines)
+
+    def unit_active(self, unit: str) -> bool:
+        return self.units.get(unit, ("", ""))[0] == "active"
+
+    def unit_enabled(self, unit: str) -> bool:
+        return self.units.get(unit, ("", ""))[1] in ("enabled", "enabled-runtime", "static", "alias")
+
+
+def _sysctl_path(key: str) -> str:
+    return "/proc/sys/" + key.replace(".", "/")
+
+
+def probe_script(request: ProbeRequest) -> str:
+    """The one shell command that answers a ProbeRequest. Always exits 0."""
+    q = shlex.quote
+    lines = ['printf "machine %s\\n" "$(uname -m)"']
+    if request.hashes:
+        # Globs expand remotely; missing files just don't appear.
+        lines.append(f"sha256sum -- {' '.join(_glob(h) for h in request.hashes)} 2>/dev/null"
+                     " | while read -r sum path; do printf 'sha\\t%s\\t%s\\n' \"$sum\" \"$path\"; done")
+        lines.append(f"stat -c 'mode\t%a\t%n' -- {' '.join(_glob(h) for h in request.hashes)} 2>/dev/null")
+    for path in request.contents:
+        lines.append(f"[ -f {q(path)} ] && printf 'content\\t%s\\t%s\\n' {q(path)} \"$(base64 -w0 < {q(path)})\"")
+    for key in request.sysctls:
+        lines.append(f"printf 'sysctl\\t%s\\t%s\\n' {q(key)} \"$(cat {q(_sysctl_path(key))} 2>/dev/null || echo -)\"")
+    for name, test in request.features.items():
+        lines.append(f"if {test}; then printf 'feature\\t%s\\t1\\n' {q(name)}; "
+                     f"else printf 'feature\\t%s\\t0\\n' {q(name)}; fi")
+    for unit in request.units:
+        lines.append(f"printf 'unit\\t%s\\t%s\\t%s\\n' {q(unit)} "
+                     f"\"$(systemctl is-active {q(unit)} 2>/dev/null)\" "
+                     f"\"$(systemctl is-enabled {q(unit)} 2>/dev/null)\"")
+    for directory in request.listings:
+        lines.append(f"[ -d {q(directory)} ] && ls -1A {q(directory)} | "
+                     f"while IFS= read -r entry; do printf 'entry\\t%s\\t%s\\n' {q(directory)} \"$entry\"; done")
+    for name, command in request.queries.items():
+        lines.append(f"out=$( ({command}) 2>&1 ); rc=$?; printf 'query\\t%s\\t%s\\t%s\\n' {q(name)} \"$rc\" "
+                     "\"$(printf '%s' \"$out\" | base64 -w0)\"")
+    lines.append("true")
+    return "\n".join(lines)
+
+
+def _glob(pattern: str) -> str:
+    """Quote a path but leave a trailing '*' to the remote shell."""
+    if pattern.endswith("*"):
+        return shlex.quote(pattern[:-1]) + "*"
+    return shlex.quote(pattern)
+
+
+def parse_probe(lines: list[str]) -> NodeState:
+    state = NodeState()
+    for line in lines:
+        kind, _, rest = line.partition("\t") if "\t" in line else line.partition(" ")
+        parts = rest.split("\t")
+        if kind == "machine":
+            state.machine = rest.strip()
+        elif kind == "sha" and len(parts) == 2:
+            state.hashes[parts[1]] = parts[0]
+        elif kind == "mode" and len(parts) == 2:
+            state.modes[parts[1]] = parts[0]
+        elif kind == "content" and len(parts) == 2:
+            state.contents[parts[0]] = base64.b64decode(parts[1])
+        elif kind == "sysctl" and len(parts) == 2:
+            state.sysctls[parts[0]] = None if parts[1] == "-" else parts[1].strip()
+        elif kind == "feature" and len(parts) == 2:
+            state.features[parts[0]] = parts[1] == "1"
+        elif kind == "unit" and len(parts) == 3:
+            state.units[parts[0]] = (parts[1] or "unknown", parts[2] or "not-found")
+        elif kind == "entry" and len(parts) == 2:
+            state.listings.setdefault(parts[0], []).append(parts[1])
+        elif kind == "query" and len(parts) == 3:
+            output = base64.b64decode(parts[2]).decode(errors="replace")
+            state.queries[parts[0]] = (int(parts[1]), output.splitlines())
+    return state
+
+
+class NodeProbe(FactBase):
+    """One round trip that reports everything the deploy needs to decide (see ProbeRequest)."""
+
+    def command(self, script: str) -> str:
+        return script
+
+    def process(self, output) -> NodeState:
+        return parse_probe(list(output))
+
+
+_answers: dict[str, NodeState] = {}
+
+
+def node_state(host, request: ProbeRequest) -> NodeState:
+    """The host's NodeState, asked once per run."""
+    if host.name not in _answers:
+        _answers[host.name] = host.get_fact(NodeProbe, script=probe_script(request))
+    return _answers[host.name]
