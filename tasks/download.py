@@ -19,6 +19,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,9 @@ class Downloader:
     def __post_init__(self):
         self.cache_dir = Path(self.cache_dir).expanduser()
         self._done: dict[tuple[str, str], Path] = {}
+        # pyinfra plans hosts concurrently (gevent patches threading): one download per file.
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks_guard = threading.Lock()
         self.fetches = 0  # network downloads made by this instance (for tests and the benchmark)
 
     def path_for(self, artifact: Artifact) -> Path:
@@ -73,13 +77,16 @@ class Downloader:
     def fetch(self, artifact: Artifact) -> Path:
         """Ensure the verified artifact is in the cache; return its path."""
         key = (artifact.url, artifact.sha256)
-        if key in self._done:
-            return self._done[key]
-        path = self.path_for(artifact)
-        if not (path.is_file() and sha256_of(path) == artifact.sha256):
-            self._download(artifact, path)
-        self._done[key] = path
-        return path
+        with self._locks_guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key in self._done:
+                return self._done[key]
+            path = self.path_for(artifact)
+            if not (path.is_file() and sha256_of(path) == artifact.sha256):
+                self._download(artifact, path)
+            self._done[key] = path
+            return path
 
     def _download(self, artifact: Artifact, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,108 @@
+"""
+Every podnet setting, with its default and meaning. Uncomment and change what your
+cluster needs; group data here applies to every inventory in this folder. Settings
+marked (per host) may also be set per host in the inventory file; every other one must
+have the same value on all hosts (podnet checks this before touching any host).
+
+Checksums: a version that files/artifacts.yaml does not pin needs its sha256 here, e.g.
+  artifact_checksums = {"flannel_cni_plugin": {"1.7.1-flannel1": {"amd64": "<sha256>"}}}
+"""
+
+# IPv4 pod network: kube-controller-manager --cluster-cidr and flannel net-conf Network
+# cluster_cidr = '10.244.0.0/16'
+
+# prefix length of each node's podCIDR (IPv4)
+# node_cidr_mask_size = 24
+
+# IPv4 service network (--service-cluster-ip-range); must not overlap the pod network
+# service_cluster_ip_range = '10.96.0.0/12'
+
+# IPv6 pod network for dual stack, e.g. fd00:10:244::/56
+# cluster_cidr_ipv6 = None
+
+# prefix length of each node's IPv6 podCIDR
+# node_cidr_mask_size_ipv6 = 64
+
+# IPv6 service network for dual stack
+# service_cluster_ip_range_ipv6 = None
+
+# flannel backend: vxlan, host-gw, wireguard
+# flannel_backend = 'vxlan'
+
+# VXLAN network identifier (vxlan backend)
+# flannel_vni = 1
+
+# UDP port of the vxlan (default 8472) or wireguard (default 51820) backend
+# flannel_port = None
+
+# pod interface MTU written into the CNI delegate; unset = flanneld's FLANNEL_MTU
+# flannel_mtu = None
+
+# interface flanneld uses between nodes (--iface) (per host)
+# flannel_iface = None
+
+# how flanneld runs: daemonset (kube-flannel, applied with kubectl), systemd (a unit on every node) or external (deployed by something else)
+# flannel_rollout = 'daemonset'
+
+# flanneld image of the DaemonSet
+# flannel_image = 'docker.io/flannel/flannel:v0.28.4'
+
+# seconds to wait for the flannel rollout and podCIDRs
+# flannel_rollout_timeout = 300
+
+# containerd release (1.6.x-1.7.x: config v2; 2.x: config v3) (per host)
+# containerd_version = '2.3.4'
+
+# runc release (per host)
+# runc_version = '1.4.3'
+
+# containernetworking/plugins release (per host)
+# cni_plugins_version = '1.9.1'
+
+# flannel-io/cni-plugin release (per host)
+# flannel_cni_plugin_version = '1.7.1-flannel1'
+
+# flanneld release (systemd rollout) (per host)
+# flanneld_version = '0.28.4'
+
+# base URL that replaces the upstream download hosts (air-gapped sites); the upstream path is kept below it
+# mirror_url = None
+
+# sha256 overrides/additions: {artifact: {version: {arch: sha256}}} (per host)
+# artifact_checksums = {}
+
+# laptop-side download cache
+# download_cache_dir = '~/.cache/podnet'
+
+# where CNI plugin binaries are installed
+# cni_bin_dir = '/opt/cni/bin'
+
+# where containerd looks for the CNI config
+# cni_conf_dir = '/etc/cni/net.d'
+
+# pod sandbox (pause) image
+# sandbox_image = 'registry.k8s.io/pause:3.10'
+
+# runc uses the systemd cgroup driver (SystemdCgroup)
+# systemd_cgroup = True
+
+# containerd CRI restrict_oom_score_adj (for nodes without CAP_SYS_RESOURCE)
+# restrict_oom_score_adj = False
+
+# inventory group whose hosts are control plane
+# control_plane_group = 'control_plane'
+
+# how kube-controller-manager runs: static-pod (kubeadm manifest) or systemd
+# kube_controller_manager_runtime = 'static-pod'
+
+# kubeadm static pod manifest (static-pod runtime)
+# kube_controller_manager_manifest = '/etc/kubernetes/manifests/kube-controller-manager.yaml'
+
+# systemd unit whose ExecStart runs kube-controller-manager (systemd runtime)
+# kube_controller_manager_unit = '/etc/systemd/system/kube-controller-manager.service'
+
+# kubeconfig on control-plane hosts for kubectl, and for flanneld (systemd rollout)
+# kubeconfig = '/etc/kubernetes/admin.conf'
+
+# the node's own address (defaults to the inventory name when that is an IP) (per host)
+# node_ip = None

@@ -1,0 +1,99 @@
+"""
+A real HTTP server on 127.0.0.1 (ephemeral port) in a background thread, whose answers
+the test scripts per path, and which counts the requests it received.
+
+    with ScriptedServer() as server:
+        server.script("/a.tgz", Reply(body=data), Reply(status=500))  # one reply per request,
+        ...                                                            # the last one repeats
+        server.requests["/a.tgz"]  # how many GETs arrived
+
+``serve_tree(root)`` answers every path with the file below ``root`` (404 otherwise).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int = 200
+    body: bytes = b""
+    # Send only this many bytes of the body, then close, while Content-Length announces
+    # the whole body (an interrupted transfer).
+    truncate_at: int | None = None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "_Server"
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        reply = self.server.owner._next_reply(self.path)
+        self.send_response(reply.status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(reply.body)))
+        if reply.truncate_at is not None:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if reply.truncate_at is None:
+            self.wfile.write(reply.body)
+        else:
+            self.wfile.write(reply.body[:reply.truncate_at])
+            self.wfile.flush()
+            self.close_connection = True
+
+    def log_message(self, format, *args):  # keep test output quiet
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    owner: "ScriptedServer"
+
+
+class ScriptedServer:
+    def __init__(self, tree: Path | None = None):
+        self.tree = tree
+        self.requests: Counter[str] = Counter()
+        self._scripts: dict[str, list[Reply]] = {}
+        self._lock = threading.Lock()
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.owner = self
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def script(self, path: str, *replies: Reply) -> str:
+        """Answer GET ``path`` with these replies in turn (the last repeats); return its URL."""
+        with self._lock:
+            self._scripts[path] = list(replies)
+        return self.url + path
+
+    def _next_reply(self, path: str) -> Reply:
+        with self._lock:
+            self.requests[path] += 1
+            replies = self._scripts.get(path)
+            if replies:
+                return replies.pop(0) if len(replies) > 1 else replies[0]
+        if self.tree is not None:
+            file = (self.tree / path.lstrip("/")).resolve()
+            if file.is_file() and self.tree.resolve() in file.parents:
+                return Reply(body=file.read_bytes())
+        return Reply(status=404, body=b"not found\n")
+
+    def __enter__(self) -> "ScriptedServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()

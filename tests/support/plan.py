@@ -1,0 +1,173 @@
+"""
+Plan tests through the real pyinfra CLI and its ``@fake`` connector.
+
+- ``probe_answer(NodeState)`` is the stdout the probe script would print on a node in
+  that state (the format ``tasks.probe.parse_probe`` reads).
+- ``converged_state(...)`` is the NodeState of a node that already holds exactly what
+  podnet would install, computed from the same renderers and release files.
+- ``write_inventory`` writes a pyinfra inventory of ``@fake`` hosts whose
+  ``fake_responses`` answer the probe; ``run_pyinfra`` runs ``pyinfra -y --debug`` on
+  ``deploy.py`` and returns what the fake connector was asked to do.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tasks import cni, containerd, controller_manager, flannel, kernel
+from tasks.desired import DesiredFile
+from tasks.probe import NodeState
+from tasks.settings import Settings
+from tests.support.releases import MACHINE, Releases
+
+REPO = Path(__file__).resolve().parents[2]
+# The first line of tasks.probe.probe_script: only the probe contains it.
+PROBE_MARK = 'printf "machine %s'
+PROBE_RE = r"printf \"machine %s"
+
+
+def probe_answer(state: NodeState) -> list[str]:
+    """What the probe prints on a node in ``state``."""
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    lines = [f"machine {state.machine}"]
+    lines += [f"sha\t{digest}\t{path}" for path, digest in state.hashes.items()]
+    lines += [f"mode\t{mode}\t{path}" for path, mode in state.modes.items()]
+    lines += [f"content\t{path}\t{b64(data)}" for path, data in state.contents.items()]
+    lines += [f"sysctl\t{key}\t{'-' if value is None else value}" for key, value in state.sysctls.items()]
+    lines += [f"feature\t{name}\t{int(present)}" for name, present in state.features.items()]
+    lines += [f"unit\t{unit}\t{active}\t{enabled}" for unit, (active, enabled) in state.units.items()]
+    lines += [f"entry\t{directory}\t{entry}" for directory, entries in state.listings.items() for entry in entries]
+    lines += [f"query\t{name}\t{rc}\t{b64(chr(10).join(out).encode())}"
+              for name, (rc, out) in state.queries.items()]
+    return lines
+
+
+def fresh_state(settings: Settings, *, kcm_manifest: str | None = None, first_control_plane: bool = False,
+                conf_dir_entries: tuple[str, ...] = ()) -> NodeState:
+    """A node with nothing of podnet's on it (a control plane installed by kubeadm, if given)."""
+    state = NodeState(machine=MACHINE)
+    state.sysctls = {key: None if key.startswith("net.bridge.") else "0" for key in kernel.parameters(settings)}
+    state.features = {module: False for module in kernel.MODULE_FEATURES}
+    state.units = {containerd.UNIT: ("inactive", "not-found")}
+    if conf_dir_entries:
+        state.listings[settings.cni_conf_dir] = list(conf_dir_entries)
+    if kcm_manifest is not None:
+        state.contents[settings.kube_controller_manager_manifest] = kcm_manifest.encode()
+    if first_control_plane:
+        state.queries["flannel_manifest"] = (0, [])
+        state.queries["pod_cidrs"] = (0, [])
+    return state
+
+
+def installed_binaries(settings: Settings, releases: Releases) -> dict[str, bytes]:
+    """Path on the node -> content, for every binary podnet installs from ``releases``."""
+    files = {f"{containerd.BIN_DIR}/{name}": data for name, data in releases.containerd_bins.items()}
+    files[containerd.RUNC_PATH] = releases.runc
+    files.update({f"{settings.cni_bin_dir}/{name}": data for name, data in releases.cni_bins.items()})
+    files[f"{settings.cni_bin_dir}/flannel"] = releases.flannel_cni
+    if settings.flannel_rollout == "systemd":
+        files[flannel.FLANNELD_PATH] = releases.flanneld
+    return files
+
+
+def converged_state(settings: Settings, releases: Releases, *, host_names: list[str],
+                    kcm_manifest: str | None = None, first_control_plane: bool = False) -> NodeState:
+    """A node that already holds exactly what podnet would install with ``settings``."""
+    import hashlib
+
+    state = NodeState(machine=MACHINE)
+    text_files: list[DesiredFile] = [*kernel.desired_files(settings), containerd.unit_file(),
+                                     containerd.config_file(settings), cni.conflist_file(settings)]
+    if first_control_plane and settings.flannel_rollout == "daemonset":
+        manifest = flannel.render_manifest(settings)
+        text_files.append(DesiredFile(flannel.MANIFEST_PATH, "0644", hashlib.sha256(manifest.encode()).hexdigest(),
+                                      manifest.encode()))
+        state.queries["flannel_manifest"] = (0, [flannel.manifest_sha256(manifest)])
+        network = settings.cluster_cidr
+        subnets = network.subnets(new_prefix=settings.node_cidr_mask_size)
+        state.queries["pod_cidrs"] = (0, [f"{name} {next(subnets)}" for name in host_names])
+    for f in text_files:
+        state.hashes[f.path] = f.sha256
+        state.modes[f.path] = f.mode.lstrip("0")
+    for path, data in installed_binaries(settings, releases).items():
+        state.hashes[path] = hashlib.sha256(data).hexdigest()
+        state.modes[path] = "755"
+    state.sysctls = dict(kernel.parameters(settings))
+    state.features = {module: True for module in kernel.MODULE_FEATURES}
+    state.units = {containerd.UNIT: ("active", "enabled")}
+    state.listings[settings.cni_conf_dir] = [cni.CONFLIST_NAME]
+    if kcm_manifest is not None:
+        merged = controller_manager.merge_manifest(kcm_manifest, controller_manager.desired_flags(settings))
+        state.contents[settings.kube_controller_manager_manifest] = (merged or kcm_manifest).encode()
+    return state
+
+
+@dataclass
+class FakeNode:
+    """One @fake host of a generated inventory."""
+
+    name: str  # without the "@fake/" prefix
+    group: str  # "control_plane" or "workers"
+    data: dict
+    probe: list[str]  # the probe's stdout on this node
+    # Further scripted answers: command substring -> stdout lines.
+    responses: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def host(self) -> str:
+        return f"@fake/{self.name}"
+
+
+def write_inventory(path: Path, nodes: list[FakeNode]) -> Path:
+    groups: dict[str, list[str]] = {}
+    for node in nodes:
+        data = dict(node.data, fake_delay=0, fake_delay_jitter=0)
+        responses = ", ".join([f"re.compile({PROBE_RE!r}): {node.probe!r}",
+                               *(f"{k!r}: {v!r}" for k, v in node.responses.items())])
+        entry = f"({node.host!r}, dict({data!r}, fake_responses={{{responses}}}))"
+        groups.setdefault(node.group, []).append(entry)
+    body = "".join(f"{group} = [\n" + "".join(f"    {e},\n" for e in entries) + "]\n"
+                   for group, entries in groups.items())
+    path.write_text("import re\n\n" + body)
+    return path
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def commands(self, host: str) -> list[str]:
+        """The first line of every shell command the fake connector was asked to run on ``host``."""
+        marker = f"[fake] simulating command on {host}: "
+        return [line.split(marker, 1)[1] for line in self.stderr.splitlines() if marker in line]
+
+    def uploads(self, host: str) -> list[str]:
+        marker = f"[fake] simulating put_file on {host}: "
+        return [line.split(marker, 1)[1].strip() for line in self.stderr.splitlines() if marker in line]
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_pyinfra(inventory: Path, *, dry: bool = True, extra: tuple[str, ...] = (), timeout: float = 300) -> Run:
+    args = [sys.executable, "-m", "pyinfra", "-y", "--debug"]
+    if dry:
+        args.append("--dry")
+    args += [*extra, str(inventory), "deploy.py"]
+    env = dict(os.environ, PYINFRA_FAKE_DELAY="0", PYINFRA_FAKE_DELAY_JITTER="0", NO_COLOR="1",
+               PYTHONDONTWRITEBYTECODE="1")
+    # Loopback only: the release mirror runs in the test process.
+    env.pop("http_proxy", None), env.pop("HTTP_PROXY", None)
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return Run(done.returncode, done.stdout, done.stderr)
