@@ -13,9 +13,10 @@ changes nothing and restarts nothing.
 
 from pyinfra import host, inventory, state
 
-from tasks import cni, containerd, controller_manager, flannel, kernel
+from tasks import cni, containerd, controller_manager, flannel, kernel, tcp_nodelay
 from tasks.cluster import fetch_artifacts, first_control_plane, probe, settings_for
 
+tcp_nodelay.enable([host])
 settings = settings_for(host, inventory)
 is_first_control_plane = first_control_plane(inventory, settings) == host.name
 node = probe(host, settings, is_first_control_plane, diff=bool(state.config.DIFF))

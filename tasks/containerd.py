@@ -96,19 +96,19 @@ def validate_command() -> str:
 
 def apply(settings: "Settings", node: NodeState, binaries: list[DesiredFile], runc: DesiredFile) -> None:
     """
-    Install runc and containerd; restart containerd only when its own binaries, unit or
-    config changed (runc is executed per container: a new runc needs no restart).
+    Install runc and containerd; restart containerd only when what the daemon runs
+    changed: the content of its own binary, its unit or its config. A new runc, ctr or
+    shim is picked up by the next container or command without a restart, and a mode
+    repair changes nothing the running daemon uses.
     """
     unit = unit_file()
     config = config_file(settings)
-    changed_binaries = ops.files_needing_change(binaries, node)
-    changed_unit = ops.files_needing_change([unit], node)
-    changed_config = ops.files_needing_change([config], node)
+    daemon = [f for f in binaries if f.path == f"{BIN_DIR}/containerd"]
+    content_changed = [f for f in [*daemon, unit, config] if f.differs(node.hashes.get(f.path))]
     ops.files_installed(name="containerd: runc binary", files=[runc], current=node)
     ops.files_installed(name="containerd: containerd binaries", files=binaries, current=node)
     ops.files_installed(name="containerd: systemd unit", files=[unit], current=node)
     ops.files_installed(name="containerd: config.toml (checked by containerd first)", files=[config],
                         current=node, validate=validate_command())
     ops.service_running(name="containerd: enabled and running", unit=UNIT, current=node,
-                        restart=bool(changed_binaries or changed_unit or changed_config),
-                        daemon_reload=bool(changed_unit))
+                        restart=bool(content_changed), daemon_reload=unit in ops.files_needing_change([unit], node))

@@ -181,3 +181,45 @@ def test_plugin_version_bump_replaces_only_plugin_binaries(bed, mirror):
         bed.remove_pod(pod)
     again = bed.deploy()
     assert again.changed_operations() == {}
+
+
+DRIFTS = [
+    # (what an operator or a stray tool did, node index, shell command, expected changed operations)
+    ("config.toml edited by hand", 0, "echo '# local edit' >> /etc/containerd/config.toml",
+     {"containerd: config.toml (checked by containerd first)": 1, "containerd: enabled and running": 1}),
+    ("CNI plugin binary replaced", 1, "cp /opt/cni/bin/loopback /opt/cni/bin/bridge",
+     {"cni: plugin binaries": 1}),
+    ("binary lost its exec bit", 2, "chmod 0644 /usr/local/bin/ctr",
+     {"containerd: containerd binaries": 1}),
+    ("sysctl reset", 2, "sysctl -q -w net.ipv4.ip_forward=0",
+     {"kernel: bridge-nf-call and ip_forward applied": 1}),
+    ("containerd stopped", 1, "systemctl stop containerd",
+     {"containerd: enabled and running": 1}),
+    ("stray conflist sorting ahead of ours", 0, "echo '{}' > /etc/cni/net.d/05-stray.conflist",
+     {"cni: no other config sorts ahead of ours": 1}),
+]
+
+
+@pytest.mark.parametrize("drift", DRIFTS, ids=[d[0] for d in DRIFTS])
+def test_rerun_repairs_drift_with_the_minimal_change(bed, drift):
+    _, index, command, expected = drift
+    node = bed.cluster.nodes[index]
+    settings = settings_of(bed)
+    pids = [bed.containerd_pid(n) for n in bed.cluster.nodes]
+    bed.sh(node, command)
+    run = bed.deploy()
+    assert run.returncode == 0, run.output[-4000:]
+    assert run.changed_operations() == expected
+    restarted = "containerd: enabled and running" in expected
+    for other, pid in zip(bed.cluster.nodes, pids):
+        if other is not node or not restarted:
+            assert bed.containerd_pid(other) == pid, other.name
+        assert bed.sh(other, "systemctl is-active containerd").strip() == "active"
+    assert bed.sh(node, f"cat {containerd_tasks.CONFIG_PATH}") == containerd_tasks.render_config(settings)
+    assert bed.sh(node, "cmp -s /opt/cni/bin/bridge /opt/cni/bin/loopback && echo same || echo differ").strip() \
+        == "differ"
+    assert bed.sh(node, "stat -c %a /usr/local/bin/ctr").strip() == "755"
+    assert bed.sh(node, "cat /proc/sys/net/ipv4/ip_forward").strip() == "1"
+    assert bed.sh(node, "ls /etc/cni/net.d").split() in (
+        ["10-flannel.conflist"], ["05-stray.conflist.podnet-disabled", "10-flannel.conflist"])
+    assert bed.deploy().changed_operations() == {}
