@@ -68,10 +68,11 @@ def files_installed(files: list[DesiredFile], current: NodeState, validate: str 
     if not changed:
         host.noop("files are up to date")
         return
+    for f in changed:  # before the first yield: pyinfra stops at it when only detecting changes
+        _show_diff(f, current)
     parents = sorted({posixpath.dirname(f.path) for f in changed})
     yield "mkdir -p " + " ".join(shlex.quote(p) for p in parents)
     for f in changed:
-        _show_diff(f, current)
         source = io.BytesIO(f.content) if f.is_text else str(f.source)
         yield FileUploadCommand(source, staged_path(f.path))
     steps = []

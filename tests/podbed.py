@@ -39,6 +39,8 @@ class DeployRun:
     output: str
     # operation name -> {"success": n, "error": n, "no_change": n}
     results: dict[str, dict[str, int]]
+    # with --dry: operation name -> number of hosts it would change
+    detected: dict[str, int] | None = None
 
     def changed_operations(self) -> dict[str, int]:
         return {name: r["success"] for name, r in self.results.items() if r["success"]}
@@ -73,6 +75,22 @@ def parse_results(output: str) -> dict[str, dict[str, int]]:
         name = re.split(r"\s{2,}", line.strip())[0]
         results[name] = {"success": counts[0], "error": counts[1], "no_change": counts[2]}
     return results
+
+
+def parse_detected_changes(output: str) -> dict[str, int] | None:
+    """pyinfra's "Detected changes" table (printed without -y): operation -> hosts it would change."""
+    lines = output.splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "--> Detected changes:")
+    except StopIteration:
+        return None
+    detected: dict[str, int] = {}
+    for line in lines[start + 2:]:
+        columns = re.split(r"\s{2,}", line.strip())
+        if len(columns) < 3:
+            break
+        detected[columns[0]] = 0 if columns[1] == "-" else int(columns[1].split()[0])
+    return detected
 
 
 class PodBed:
@@ -125,12 +143,15 @@ class PodBed:
     # --- the deploy ------------------------------------------------------------------
 
     def deploy(self, *extra_args: str) -> DeployRun:
-        """Run the real deploy.py with the real pyinfra CLI over SSH."""
-        command = [sys.executable, "-m", "pyinfra", "-y", *extra_args, str(self.workdir / "inventory.py"), "deploy.py"]
-        proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=DEPLOY_TIMEOUT)
+        """Run the real deploy.py with the real pyinfra CLI over SSH (`-y`, or `--dry` to only plan)."""
+        confirm = [] if "--dry" in extra_args else ["-y"]
+        command = [sys.executable, "-m", "pyinfra", *confirm, *extra_args, str(self.workdir / "inventory.py"),
+                   "deploy.py"]
+        proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=DEPLOY_TIMEOUT,
+                              stdin=subprocess.DEVNULL)
         output = proc.stdout + proc.stderr
         (self.workdir / "last-deploy.log").write_text(output)
-        return DeployRun(proc.returncode, output, parse_results(output))
+        return DeployRun(proc.returncode, output, parse_results(output), parse_detected_changes(output))
 
     # --- nodes -----------------------------------------------------------------------
 

@@ -146,8 +146,22 @@ def test_rerun_changes_nothing_and_restarts_nothing(bed):
 def test_dry_run_on_a_converged_cluster_lists_no_change(bed):
     dry = bed.deploy("--dry")
     assert dry.returncode == 0, dry.output[-4000:]
-    assert "Will change" not in dry.output or "Will change: 0" in dry.output.replace("  ", " ")
-    assert all(r["success"] == 0 for r in dry.results.values())
+    assert dry.detected is not None and len(dry.detected) >= 10, dry.output[-4000:]
+    assert {name: n for name, n in dry.detected.items() if n} == {}
+
+
+def test_dry_diff_shows_a_coming_change_without_making_it(bed):
+    bed.write_inventory(flannel_mtu=1300)
+    try:
+        dry = bed.deploy("--dry", "--diff")
+        assert dry.returncode == 0, dry.output[-4000:]
+        assert {name: n for name, n in dry.detected.items() if n} == {"cni: 10-flannel.conflist": NODES}
+        assert '-      "delegate": {"hairpinMode": true, "isDefaultGateway": true, "mtu": 1450}' in dry.output
+        assert '+      "delegate": {"hairpinMode": true, "isDefaultGateway": true, "mtu": 1300}' in dry.output
+        conflist = bed.sh(bed.cluster.nodes[0], "cat /etc/cni/net.d/10-flannel.conflist")
+        assert '"mtu": 1450' in conflist
+    finally:
+        bed.write_inventory()
 
 
 def test_mtu_change_rewrites_only_the_conflist_and_new_pods_get_it(bed):
