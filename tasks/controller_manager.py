@@ -115,7 +115,8 @@ def merge_manifest(text: str, flags: dict[str, str | None]) -> str | None:
     container = next((c for c in containers if c.get("name") == CONTAINER_NAME), None)
     if container is None:
         raise ControllerManagerError(f"no container named {CONTAINER_NAME!r} in the manifest")
-    key = "command" if container.get("command") else "args"
+    # The kubelet runs command + args and a later flag wins: merge where the flags are.
+    key = "args" if container.get("args") else "command"
     current = list(container.get(key) or [])
     merged = merge_command(current, flags)
     if merged == current:

@@ -132,7 +132,7 @@ def wait_for_pod_cidrs(state, host, s: Settings) -> bool:
     problems = ["no answer from kubectl"]
     while time.monotonic() < deadline:
         ok, output = host.run_shell_command(node_pod_cidrs_command(s))
-        lines = [line.line for line in output.output_lines if line.buffer_name == "stdout"] if ok else []
+        lines = output.stdout_lines if ok else []
         problems = pod_cidr_problems(s, lines) if lines else ["kubectl get nodes returned no nodes"]
         if not problems:
             return True

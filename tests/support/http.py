@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Self
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,10 @@ class Reply:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+    server: _Server
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self):  # noqa: N802 (http.server's naming)
+    def do_GET(self):
         reply = self.server.owner._next_reply(self.path)
         self.send_response(reply.status)
         self.send_header("Content-Type", "application/octet-stream")
@@ -53,7 +54,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    owner: "ScriptedServer"
+    owner: ScriptedServer
 
 
 class ScriptedServer:
@@ -64,7 +65,8 @@ class ScriptedServer:
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.owner = self
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
 
     @property
     def url(self) -> str:
@@ -89,7 +91,7 @@ class ScriptedServer:
                 return Reply(body=file.read_bytes())
         return Reply(status=404, body=b"not found\n")
 
-    def __enter__(self) -> "ScriptedServer":
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

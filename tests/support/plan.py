@@ -6,13 +6,16 @@ Plan tests through the real pyinfra CLI and its ``@fake`` connector.
 - ``converged_state(...)`` is the NodeState of a node that already holds exactly what
   podnet would install, computed from the same renderers and release files.
 - ``write_inventory`` writes a pyinfra inventory of ``@fake`` hosts whose
-  ``fake_responses`` answer the probe; ``run_pyinfra`` runs ``pyinfra -y --debug`` on
-  ``deploy.py`` and returns what the fake connector was asked to do.
+  ``fake_responses`` answer the probe; ``run_pyinfra`` runs ``pyinfra --debug ...`` on
+  ``deploy.py`` and returns what the fake connector was asked to run and upload, and
+  (with ``--dry --json``) which operations would change which host.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks import cni, containerd, controller_manager, flannel, kernel
-from tasks.desired import DesiredFile
+from tasks.desired import DesiredFile, text_file
 from tasks.probe import NodeState
 from tasks.settings import Settings
 from tests.support.releases import MACHINE, Releases
@@ -80,19 +83,20 @@ def installed_binaries(settings: Settings, releases: Releases) -> dict[str, byte
 def converged_state(settings: Settings, releases: Releases, *, host_names: list[str],
                     kcm_manifest: str | None = None, first_control_plane: bool = False) -> NodeState:
     """A node that already holds exactly what podnet would install with ``settings``."""
-    import hashlib
-
     state = NodeState(machine=MACHINE)
     text_files: list[DesiredFile] = [*kernel.desired_files(settings), containerd.unit_file(),
                                      containerd.config_file(settings), cni.conflist_file(settings)]
     if first_control_plane and settings.flannel_rollout == "daemonset":
         manifest = flannel.render_manifest(settings)
-        text_files.append(DesiredFile(flannel.MANIFEST_PATH, "0644", hashlib.sha256(manifest.encode()).hexdigest(),
-                                      manifest.encode()))
+        text_files.append(text_file(flannel.MANIFEST_PATH, manifest))
         state.queries["flannel_manifest"] = (0, [flannel.manifest_sha256(manifest)])
         network = settings.cluster_cidr
         subnets = network.subnets(new_prefix=settings.node_cidr_mask_size)
         state.queries["pod_cidrs"] = (0, [f"{name} {next(subnets)}" for name in host_names])
+    if settings.flannel_rollout == "systemd":
+        files, unit = flannel.systemd_files(settings, releases.tree / releases.upstream_path("flanneld"))
+        text_files += [f for f in files if f.is_text] + [unit]
+        state.units[flannel.UNIT] = ("active", "enabled")
     for f in text_files:
         state.hashes[f.path] = f.sha256
         state.modes[f.path] = f.mode.lstrip("0")
@@ -101,7 +105,7 @@ def converged_state(settings: Settings, releases: Releases, *, host_names: list[
         state.modes[path] = "755"
     state.sysctls = dict(kernel.parameters(settings))
     state.features = {module: True for module in kernel.MODULE_FEATURES}
-    state.units = {containerd.UNIT: ("active", "enabled")}
+    state.units[containerd.UNIT] = ("active", "enabled")
     state.listings[settings.cni_conf_dir] = [cni.CONFLIST_NAME]
     if kcm_manifest is not None:
         merged = controller_manager.merge_manifest(kcm_manifest, controller_manager.desired_flags(settings))
@@ -158,16 +162,19 @@ class Run:
     def output(self) -> str:
         return self.stdout + self.stderr
 
+    def plan(self) -> dict[str, list[str]]:
+        """From ``--dry --json`` (without -y): operation name -> hosts it would change."""
+        return {op["name"]: sorted(op["hosts_with_change"]) for op in json.loads(self.stdout)["plan"]}
 
-def run_pyinfra(inventory: Path, *, dry: bool = True, extra: tuple[str, ...] = (), timeout: float = 300) -> Run:
-    args = [sys.executable, "-m", "pyinfra", "-y", "--debug"]
-    if dry:
-        args.append("--dry")
-    args += [*extra, str(inventory), "deploy.py"]
-    env = dict(os.environ, PYINFRA_FAKE_DELAY="0", PYINFRA_FAKE_DELAY_JITTER="0", NO_COLOR="1",
+
+def run_pyinfra(inventory: Path, *options: str, timeout: float = 180) -> Run:
+    """``pyinfra --debug OPTIONS INVENTORY deploy.py`` from the repo root (the fake connector
+    logs every command and upload it is given at debug level)."""
+    args = [sys.executable, "-m", "pyinfra", "--debug", *options, str(inventory), "deploy.py"]
+    env = dict(os.environ, PYINFRA_FAKE_DELAY="0", PYINFRA_FAKE_DELAY_JITTER="0", PYINFRA_PROGRESS="off",
                PYTHONDONTWRITEBYTECODE="1")
-    # Loopback only: the release mirror runs in the test process.
-    env.pop("http_proxy", None), env.pop("HTTP_PROXY", None)
+    env.pop("PYINFRA_YES", None)
+    # The release mirror runs on loopback in the test process: never through a proxy.
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
-    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     return Run(done.returncode, done.stdout, done.stderr)

@@ -1,0 +1,425 @@
+"""
+Plan tests: ``deploy.py`` through the real pyinfra CLI against two ``@fake`` hosts (a
+kubeadm control plane and a worker). Each host's probe answer is scripted with the fake
+connector's ``fake_responses``; release files are tiny real tarballs served from a mirror
+on 127.0.0.1 (``mirror_url`` + ``artifact_checksums``), downloaded into a temporary cache.
+
+What the runs show:
+- ``pyinfra --debug``: the fake connector logs every command and upload it is given, so
+  the tests see exactly what would run on each host (``-y`` without ``--dry`` executes
+  the plan against the fake hosts, which run nothing).
+- ``pyinfra --dry --json`` (without ``-y``, which would skip change detection): which
+  operation would change which host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tasks import containerd
+from tasks.probe import NodeState, ProbeRequest, parse_probe, probe_script
+from tasks.settings import Settings, parse_host_settings
+from tests.support.http import ScriptedServer
+from tests.support.kubeadm import KUBEADM_MANIFEST
+from tests.support.plan import (
+    PROBE_MARK,
+    FakeNode,
+    Run,
+    converged_state,
+    fresh_state,
+    probe_answer,
+    run_pyinfra,
+    write_inventory,
+)
+from tests.support.releases import Releases
+
+CP, WORKER = "@fake/cp1", "@fake/w1"
+HOSTS = (CP, WORKER)
+POD_CIDRS = ["cp1 10.244.0.0/24", "w1 10.244.1.0/24"]  # what `kubectl get nodes` reports after the rollout
+
+EVERY_NODE_OPS = [
+    "kernel: modules-load.d and sysctl.d files",
+    "kernel: overlay and br_netfilter loaded",
+    "kernel: bridge-nf-call and ip_forward applied",
+    "containerd: runc binary",
+    "containerd: containerd binaries",
+    "containerd: systemd unit",
+    "containerd: config.toml (checked by containerd first)",
+    "containerd: enabled and running",
+    "cni: plugin binaries",
+    "cni: 10-flannel.conflist",
+]
+CONTROL_PLANE_OPS = [
+    "kube-controller-manager: keep a backup before changing flags",
+    "kube-controller-manager: node IPAM flags",
+    "flannel: kube-flannel manifest",
+    "flannel: DaemonSet applied and rolled out",
+    "flannel: every node has a podCIDR in the cluster CIDR",
+]
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory):
+    """The release files, served over loopback for the whole module."""
+    tree = tmp_path_factory.mktemp("mirror")
+    releases = Releases(tree)
+    with ScriptedServer(tree) as server:
+        yield releases, server
+
+
+@dataclass
+class Cluster:
+    releases: Releases
+    server: ScriptedServer
+    tmp: Path
+
+    def data(self, **extra) -> dict:
+        return {"mirror_url": self.server.url, "artifact_checksums": self.releases.checksums(),
+                "download_cache_dir": str(self.tmp / "cache"), "flannel_rollout_timeout": 10, **extra}
+
+    def settings(self, host: str, **extra) -> Settings:
+        group = "control_plane" if host == CP else "workers"
+        return parse_host_settings(self.data(**extra), host, [group])
+
+    def fresh(self, host: str, **kwargs) -> NodeState:
+        s = self.settings(host, **kwargs.pop("data", {}))
+        if host == CP:
+            kwargs.setdefault("kcm_manifest", KUBEADM_MANIFEST)
+            kwargs.setdefault("first_control_plane", s.flannel_rollout == "daemonset")
+        return fresh_state(s, **kwargs)
+
+    def converged(self, host: str, **extra) -> NodeState:
+        s = self.settings(host, **extra)
+        if host == CP:
+            return converged_state(s, self.releases, host_names=["cp1", "w1"], kcm_manifest=KUBEADM_MANIFEST,
+                                   first_control_plane=s.flannel_rollout == "daemonset")
+        return converged_state(s, self.releases, host_names=["cp1", "w1"])
+
+    def inventory(self, cp: NodeState, worker: NodeState, **extra) -> Path:
+        nodes = [FakeNode("cp1", "control_plane", self.data(**extra), probe_answer(cp),
+                          {"get nodes": POD_CIDRS}),
+                 FakeNode("w1", "workers", self.data(**extra), probe_answer(worker))]
+        return write_inventory(self.tmp / "inventory.py", nodes)
+
+
+@pytest.fixture
+def cluster(mirror, tmp_path) -> Cluster:
+    releases, server = mirror
+    return Cluster(releases, server, tmp_path)
+
+
+def probes(run: Run, host: str) -> list[str]:
+    return [c for c in run.commands(host) if c.startswith(PROBE_MARK)]
+
+
+def assert_ok(run: Run) -> None:
+    assert run.returncode == 0, run.stderr[-4000:]
+
+
+# --- (a) one round trip per host ------------------------------------------------------
+
+
+def test_the_probe_is_the_only_command_per_host(cluster):
+    run = run_pyinfra(cluster.inventory(cluster.fresh(CP), cluster.fresh(WORKER)), "-y", "--dry")
+    assert_ok(run)
+    for host in HOSTS:
+        commands = run.commands(host)
+        assert len(commands) == 1, commands
+        assert commands[0].startswith(PROBE_MARK)
+        assert run.uploads(host) == []
+
+
+def test_executing_the_plan_asks_each_host_once(cluster):
+    run = run_pyinfra(cluster.inventory(cluster.fresh(CP), cluster.fresh(WORKER)), "-y")
+    assert_ok(run)
+    for host in HOSTS:
+        assert len(probes(run, host)) == 1
+        assert len(run.commands(host)) > 1  # the changes ran after it, without asking again
+
+
+# --- (b) a fresh host -------------------------------------------------------------------
+
+
+def test_fresh_hosts_plan(cluster):
+    run = run_pyinfra(cluster.inventory(cluster.fresh(CP), cluster.fresh(WORKER)), "--dry", "--json")
+    assert_ok(run)
+    plan = run.plan()
+    for op in EVERY_NODE_OPS:
+        assert plan[op] == sorted(HOSTS), op
+    for op in CONTROL_PLANE_OPS:
+        assert plan[op] == [CP], op
+    assert plan["cni: no other config sorts ahead of ours"] == []
+
+
+def test_fresh_hosts_get_binaries_configs_modules_sysctls_and_containerd(cluster):
+    run = run_pyinfra(cluster.inventory(cluster.fresh(CP), cluster.fresh(WORKER)), "-y")
+    assert_ok(run)
+    for host in HOSTS:
+        uploads = set(run.uploads(host))
+        commands = run.commands(host)
+        # every file goes to a hidden staged name in its own directory, then is renamed
+        for path in ["/usr/local/sbin/runc", "/usr/local/bin/containerd", "/usr/local/bin/containerd-shim-runc-v2",
+                     "/usr/local/bin/ctr", "/etc/systemd/system/containerd.service", "/etc/containerd/config.toml",
+                     "/opt/cni/bin/bridge", "/opt/cni/bin/host-local", "/opt/cni/bin/portmap",
+                     "/opt/cni/bin/loopback", "/opt/cni/bin/flannel", "/etc/cni/net.d/10-flannel.conflist",
+                     "/etc/modules-load.d/podnet.conf", "/etc/sysctl.d/99-podnet.conf"]:
+            directory, name = path.rsplit("/", 1)
+            staged = f"{directory}/.{name}.podnet-new"
+            assert staged in uploads, (host, path)
+            assert any(f"mv -f {staged} {path}" in c for c in commands), (host, path)
+        assert not [u for u in uploads if not u.endswith(".podnet-new")]
+        assert "modprobe -a overlay br_netfilter" in commands
+        assert ("sysctl -q -w net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1 "
+                "net.ipv4.ip_forward=1") in commands
+        assert ("systemctl daemon-reload && systemctl enable containerd.service && "
+                "systemctl start containerd.service") in commands
+        config_step = [c for c in commands if ".config.toml.podnet-new config dump" in c]
+        assert len(config_step) == 1
+        # containerd checks the staged config before it replaces the live one
+        assert config_step[0].index("config dump") < config_step[0].index("mv -f")
+        # order: kernel, then containerd installed before it is started, CNI config after containerd
+        position = {c: i for i, c in enumerate(commands)}
+        assert position["modprobe -a overlay br_netfilter"] < position[
+            "systemctl daemon-reload && systemctl enable containerd.service && systemctl start containerd.service"]
+    cp_commands = run.commands(CP)
+    assert any(c.startswith("mkdir -p /var/lib/podnet/backup && cp -p /etc/kubernetes/manifests/"
+                            "kube-controller-manager.yaml /var/lib/podnet/backup/kube-controller-manager.yaml.")
+               for c in cp_commands)
+    assert "/etc/kubernetes/manifests/.kube-controller-manager.yaml.podnet-new" in run.uploads(CP)
+    assert ("kubectl --kubeconfig=/etc/kubernetes/admin.conf apply -f /etc/podnet/kube-flannel.yml && "
+            "kubectl --kubeconfig=/etc/kubernetes/admin.conf -n kube-flannel rollout status ds/kube-flannel "
+            "--timeout=10s") in cp_commands
+    assert not [c for c in run.commands(WORKER) if "kubectl" in c or "kube-controller-manager" in c]
+
+
+def test_each_artifact_is_downloaded_once_and_then_cached(cluster):
+    before = dict(cluster.server.requests)
+    inventory = cluster.inventory(cluster.fresh(CP), cluster.fresh(WORKER))
+    assert_ok(run_pyinfra(inventory, "-y", "--dry"))
+    fetched = {path: n - before.get(path, 0) for path, n in cluster.server.requests.items()}
+    expected = {"/" + cluster.releases.upstream_path(name) for name in
+                ("containerd", "runc", "cni_plugins", "flannel_cni_plugin")}
+    assert {path for path, n in fetched.items() if n} == expected
+    assert all(fetched[path] == 1 for path in expected)  # two hosts, one download each
+    again = dict(cluster.server.requests)
+    assert_ok(run_pyinfra(inventory, "-y", "--dry"))
+    assert dict(cluster.server.requests) == again  # the second run is served by the cache
+
+
+# --- (c) a converged host ----------------------------------------------------------------
+
+
+def test_converged_hosts_plan_no_change(cluster):
+    run = run_pyinfra(cluster.inventory(cluster.converged(CP), cluster.converged(WORKER)), "--dry", "--json")
+    assert_ok(run)
+    plan = run.plan()
+    assert set(EVERY_NODE_OPS + CONTROL_PLANE_OPS) <= set(plan)
+    assert {op: hosts for op, hosts in plan.items() if hosts} == {}
+
+
+def test_converged_hosts_run_nothing_but_the_probe(cluster):
+    run = run_pyinfra(cluster.inventory(cluster.converged(CP), cluster.converged(WORKER)), "-y")
+    assert_ok(run)
+    for host in HOSTS:
+        assert run.commands(host) == probes(run, host) and len(probes(run, host)) == 1
+        assert run.uploads(host) == []
+
+
+def test_one_changed_setting_changes_only_what_depends_on_it(cluster):
+    # Nodes converged for the defaults; the inventory now asks for an MTU on the pod interfaces.
+    run = run_pyinfra(cluster.inventory(cluster.converged(CP), cluster.converged(WORKER), flannel_mtu=1400), "-y")
+    assert_ok(run)
+    for host in HOSTS:
+        assert run.uploads(host) == ["/etc/cni/net.d/.10-flannel.conflist.podnet-new"]
+        assert not [c for c in run.commands(host) if "systemctl" in c]  # containerd is not restarted
+
+
+def test_a_plugin_that_lost_its_exec_bit_is_repaired(cluster):
+    worker = cluster.converged(WORKER)
+    worker.modes["/opt/cni/bin/portmap"] = "644"  # same content, not executable: pods would fail
+    run = run_pyinfra(cluster.inventory(cluster.converged(CP), worker), "-y")
+    assert_ok(run)
+    assert run.uploads(WORKER) == ["/opt/cni/bin/.portmap.podnet-new"]
+    assert ("chmod 0755 /opt/cni/bin/.portmap.podnet-new && mv -f /opt/cni/bin/.portmap.podnet-new "
+            "/opt/cni/bin/portmap") in run.commands(WORKER)
+    assert run.commands(CP) == probes(run, CP)
+
+
+def test_containerd_restarts_only_when_its_config_changes(cluster):
+    cp = cluster.converged(CP)
+    worker = cluster.converged(WORKER)
+    worker.hashes[containerd.CONFIG_PATH] = "0" * 64  # edited by hand on the node
+    run = run_pyinfra(cluster.inventory(cp, worker), "-y")
+    assert_ok(run)
+    assert run.uploads(WORKER) == ["/etc/containerd/.config.toml.podnet-new"]
+    assert "systemctl restart containerd.service" in run.commands(WORKER)
+    assert run.commands(CP) == probes(run, CP)
+
+
+@pytest.mark.parametrize("reported, problem", [
+    (["cp1 10.244.0.0/24", "w1 10.99.0.0/24"],
+     ("node w1 has spec.podCIDR 10.99.0.0/24, outside cluster_cidr 10.244.0.0/16: kube-controller-manager's "
+     "--cluster-cidr must equal flannel's Network; check --allocate-node-cidrs=true --cluster-cidr=10.244.0.0/16 "
+     "--node-cidr-mask-size=24")),
+    (["cp1 10.244.0.0/24", "w1"],
+     ("node w1 has no spec.podCIDR (pod cidr not assigned): check that kube-controller-manager runs with "
+     "--allocate-node-cidrs=true --cluster-cidr=10.244.0.0/16 --node-cidr-mask-size=24")),
+])
+def test_converged_cluster_with_a_bad_pod_cidr_is_reported(cluster, reported, problem):
+    cp = cluster.converged(CP)
+    cp.queries["pod_cidrs"] = (0, reported)
+    run = run_pyinfra(cluster.inventory(cp, cluster.converged(WORKER)), "-y")
+    assert run.returncode != 0
+    assert problem in run.stderr
+    assert run.commands(CP) == probes(run, CP)
+
+
+# --- (d) bad settings ------------------------------------------------------------------------
+
+
+def test_bad_settings_fail_before_any_operation(cluster):
+    inventory = cluster.inventory(cluster.fresh(CP), cluster.fresh(WORKER), cluster_cidr="10.244.0.1/16")
+    run = run_pyinfra(inventory, "-y", "--dry")
+    assert run.returncode != 0
+    assert ("@fake/cp1: cluster_cidr: '10.244.0.1/16' is not valid; expected a network address without host "
+            "bits set, such as 10.244.0.0/16") in run.stderr
+    assert "@fake/w1: cluster_cidr: '10.244.0.1/16' is not valid" in run.stderr
+    assert "Traceback" not in run.stderr
+    for host in HOSTS:
+        assert run.commands(host) == []  # not even the probe
+
+
+def test_inventory_wide_rule_fails_before_any_operation(cluster):
+    cp = FakeNode("cp1", "control_plane", cluster.data(), probe_answer(cluster.fresh(CP)))
+    worker = FakeNode("w1", "workers", cluster.data(cluster_cidr="10.245.0.0/16"),
+                      probe_answer(cluster.fresh(WORKER)))
+    run = run_pyinfra(write_inventory(cluster.tmp / "inventory.py", [cp, worker]), "-y")
+    assert run.returncode != 0
+    assert ("cluster_cidr: must be the same on every host, but @fake/cp1 has '10.244.0.0/16' and @fake/w1 "
+            "'10.245.0.0/16'; set it in group data for all") in run.stderr
+    for host in HOSTS:
+        assert run.commands(host) == []
+
+
+def test_checksum_mismatch_stops_the_run_before_any_change(cluster):
+    checksums = cluster.releases.checksums()
+    checksums["runc"]["1.4.3"]["amd64"] = "f" * 64
+    inventory = cluster.inventory(cluster.fresh(CP), cluster.fresh(WORKER), artifact_checksums=checksums)
+    run = run_pyinfra(inventory, "-y")
+    assert run.returncode != 0
+    url = cluster.server.url + "/" + cluster.releases.upstream_path("runc")
+    actual = hashlib.sha256(cluster.releases.runc).hexdigest()
+    assert (f"checksum mismatch for {url}: expected sha256 {'f' * 64}, got {actual}; nothing was changed on "
+            "any node") in run.stderr
+    for host in HOSTS:
+        assert run.commands(host) == probes(run, host)
+        assert run.uploads(host) == []
+
+
+# --- (e) control plane without its manifest ----------------------------------------------------
+
+
+def test_control_plane_without_manifest_fails_naming_the_setting(cluster):
+    cp = cluster.fresh(CP, kcm_manifest=None)
+    run = run_pyinfra(cluster.inventory(cp, cluster.fresh(WORKER)), "-y")
+    assert run.returncode != 0
+    assert ("@fake/cp1: kube_controller_manager_manifest: /etc/kubernetes/manifests/kube-controller-manager.yaml "
+            "does not exist on this control-plane host; is the control plane installed (kubeadm init)?") in run.stderr
+    for host in HOSTS:
+        assert run.commands(host) == probes(run, host)  # nothing ran, on any host
+        assert run.uploads(host) == []
+
+
+# --- (f) another CNI config ahead of ours -----------------------------------------------------------
+
+
+def test_stray_conflist_sorting_first_is_moved_aside_with_a_report(cluster):
+    worker = cluster.converged(WORKER)
+    worker.listings["/etc/cni/net.d"] = ["05-cilium.conflist", "10-flannel.conflist", "87-podman-bridge.conflist",
+                                         "00-old.conf.podnet-disabled"]
+    run = run_pyinfra(cluster.inventory(cluster.converged(CP), worker), "-y")
+    assert_ok(run)
+    assert run.commands(WORKER)[1:] == [
+        "mv -f /etc/cni/net.d/05-cilium.conflist /etc/cni/net.d/05-cilium.conflist.podnet-disabled"]
+    assert ("@fake/w1: moving aside 05-cilium.conflist (renamed to *.podnet-disabled): containerd loads only the "
+            "first config in /etc/cni/net.d") in run.output
+    assert run.commands(CP) == probes(run, CP)
+
+
+def test_stray_conflist_shows_in_the_plan(cluster):
+    worker = cluster.fresh(WORKER, conf_dir_entries=("05-cilium.conflist", "10-flannel.conflist"))
+    run = run_pyinfra(cluster.inventory(cluster.fresh(CP), worker), "--dry", "--json")
+    assert_ok(run)
+    assert run.plan()["cni: no other config sorts ahead of ours"] == [WORKER]
+
+
+# --- flanneld as a systemd service ----------------------------------------------------------------
+
+
+def test_systemd_rollout_installs_flanneld_on_every_node(cluster):
+    data = {"flannel_rollout": "systemd"}
+    run = run_pyinfra(cluster.inventory(cluster.fresh(CP, data=data), cluster.fresh(WORKER, data=data), **data),
+                      "-y")
+    assert_ok(run)
+    for host in HOSTS:
+        uploads = run.uploads(host)
+        assert "/usr/local/bin/.flanneld.podnet-new" in uploads
+        assert "/etc/kube-flannel/.net-conf.json.podnet-new" in uploads
+        assert "/etc/systemd/system/.flanneld.service.podnet-new" in uploads
+        assert ("systemctl daemon-reload && systemctl enable flanneld.service && systemctl start flanneld.service"
+                in run.commands(host))
+        assert not [c for c in run.commands(host) if "kube-flannel.yml" in c]
+
+
+def test_systemd_rollout_converged(cluster):
+    data = {"flannel_rollout": "systemd"}
+    run = run_pyinfra(cluster.inventory(cluster.converged(CP, **data), cluster.converged(WORKER, **data), **data),
+                      "-y")
+    assert_ok(run)
+    for host in HOSTS:
+        assert run.commands(host) == probes(run, host) and run.uploads(host) == []
+
+
+# --- the scripted probe answers are what the real probe prints ---------------------------------------
+
+
+def test_probe_script_on_a_real_shell_reads_what_the_fake_answers_claim(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "containerd").write_bytes(b"one")
+    (bin_dir / "containerd-shim-runc-v2").write_bytes(b"two")
+    (bin_dir / "containerd-shim-runc-v2").chmod(0o755)
+    (bin_dir / "containerd").chmod(0o700)
+    conf = tmp_path / "net.d"
+    conf.mkdir()
+    (conf / "05-cilium.conflist").write_text("{}")
+    (conf / "10 spaced name.conf").write_text("{}")
+    manifest = tmp_path / "kcm.yaml"
+    manifest.write_text(KUBEADM_MANIFEST)
+    request = ProbeRequest(
+        hashes=[f"{bin_dir}/containerd*", f"{tmp_path}/missing"],
+        contents=[str(manifest), f"{tmp_path}/absent.yaml"],
+        sysctls=["kernel.ostype", "net.podnet.no_such_key"],
+        features={"present": "true", "absent": "false"},
+        listings=[str(conf), f"{tmp_path}/no-dir"],
+        queries={"ok_empty": "true", "fails": "echo broken >&2; exit 3", "lines": "printf 'a b\\nc d\\n'"},
+    )
+    out = subprocess.run(["sh", "-c", probe_script(request)], capture_output=True, text=True, check=True).stdout
+    state = parse_probe(out.splitlines())
+    assert state.machine == subprocess.run(["uname", "-m"], capture_output=True, text=True, check=True).stdout.strip()
+    assert state.hashes == {f"{bin_dir}/containerd": hashlib.sha256(b"one").hexdigest(),
+                            f"{bin_dir}/containerd-shim-runc-v2": hashlib.sha256(b"two").hexdigest()}
+    assert state.modes == {f"{bin_dir}/containerd": "700", f"{bin_dir}/containerd-shim-runc-v2": "755"}
+    assert state.contents == {str(manifest): KUBEADM_MANIFEST.encode()}
+    assert state.sysctls == {"kernel.ostype": "Linux", "net.podnet.no_such_key": None}
+    assert state.features == {"present": True, "absent": False}
+    assert sorted(state.listings[str(conf)]) == ["05-cilium.conflist", "10 spaced name.conf"]
+    assert f"{tmp_path}/no-dir" not in state.listings
+    assert state.queries == {"ok_empty": (0, []), "fails": (3, ["broken"]), "lines": (0, ["a b", "c d"])}
+    # and the answers the plan tests script are read back the same way
+    assert parse_probe(probe_answer(state)) == state

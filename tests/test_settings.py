@@ -1,0 +1,486 @@
+"""
+Settings validation (tasks/settings.py) and artifact resolution (tasks/artifacts.py).
+
+Every rule has a failing case whose message is asserted: it names the key, the bad
+value and what would be valid, prefixed by the host it was found on.
+"""
+
+from __future__ import annotations
+
+import ast
+import ipaddress
+import re
+from pathlib import Path
+
+import pytest
+from pyinfra.api import Inventory
+
+from tasks import artifacts
+from tasks.artifacts import ArtifactError, mirrored, resolve
+from tasks.settings import SPECS, SettingsError, parse_inventory
+from tests.support.hosts import FakeHost, control_plane, parse, problems, settings, worker
+
+REPO = Path(__file__).resolve().parents[1]
+SHA_A = "a" * 64
+SHA_B = "b" * 64
+
+
+# --- what parses ---------------------------------------------------------------
+
+
+def test_defaults_parse_cleanly():
+    parsed = parse(control_plane("cp1"), worker("w1"), worker("w2"))
+    assert set(parsed) == {"cp1", "w1", "w2"}
+    s = parsed["w1"]
+    assert s.cluster_cidr == ipaddress.ip_network("10.244.0.0/16")
+    assert s.node_cidr_mask_size == 24
+    assert s.service_cluster_ip_range == ipaddress.ip_network("10.96.0.0/12")
+    assert s.cluster_cidr_ipv6 is None and not s.dual_stack
+    assert (s.flannel_backend, s.flannel_vni, s.effective_flannel_port) == ("vxlan", 1, 8472)
+    assert s.flannel_rollout == "daemonset"
+    assert (s.containerd_version, s.runc_version, s.cni_plugins_version) == ("2.3.4", "1.4.3", "1.9.1")
+    assert (s.cni_bin_dir, s.cni_conf_dir) == ("/opt/cni/bin", "/etc/cni/net.d")
+    assert s.download_cache_dir == Path("~/.cache/podnet").expanduser()
+    assert s.node_ip is None  # "w1" is not an address
+    assert parsed["cp1"].is_control_plane and not s.is_control_plane
+
+
+def test_inventory_name_that_is_an_address_becomes_node_ip():
+    parsed = parse(control_plane("192.168.10.11"), worker("192.168.10.12"))
+    assert parsed["192.168.10.12"].node_ip == ipaddress.ip_address("192.168.10.12")
+
+
+def test_dual_stack_parses():
+    s = settings(cluster_cidr_ipv6="fd00:10:244::/56", service_cluster_ip_range_ipv6="fd00:10:96::/112",
+                 node_cidr_mask_size_ipv6=64)
+    assert s.dual_stack
+    assert s.cluster_cidr_ipv6 == ipaddress.ip_network("fd00:10:244::/56")
+    assert s.service_cluster_ip_range_ipv6 == ipaddress.ip_network("fd00:10:96::/112")
+    assert s.node_cidr_mask_size_ipv6 == 64
+
+
+def test_real_pyinfra_inventory_group_and_host_data():
+    inventory = Inventory(
+        ([("cp1", {"node_ip": "192.168.1.1"}), "w1"],
+         {"cluster_cidr": "10.42.0.0/16", "service_cluster_ip_range": "10.43.0.0/16"}),
+        control_plane=(["cp1"], {}),
+        workers=(["w1"], {"flannel_iface": "eth1", "ssh_user": "admin"}),
+    )
+    parsed = parse_inventory(inventory)
+    assert {name: str(s.cluster_cidr) for name, s in parsed.items()} == {"cp1": "10.42.0.0/16", "w1": "10.42.0.0/16"}
+    assert parsed["cp1"].is_control_plane and not parsed["w1"].is_control_plane
+    assert parsed["cp1"].node_ip == ipaddress.ip_address("192.168.1.1")
+    assert (parsed["cp1"].flannel_iface, parsed["w1"].flannel_iface) == (None, "eth1")
+
+
+def test_real_pyinfra_inventory_with_a_typo_in_group_data():
+    inventory = Inventory((["cp1", "w1"], {}), control_plane=(["cp1"], {}),
+                          workers=(["w1"], {"node_cidr_mask": 25}))
+    with pytest.raises(SettingsError) as raised:
+        parse_inventory(inventory)
+    assert raised.value.problems == ["w1: node_cidr_mask: unknown setting; did you mean 'node_cidr_mask_size'?"]
+
+
+def test_pyinfra_connector_keys_are_not_podnet_settings():
+    s = settings(ssh_user="admin", _sudo=True, fake_delay=0, docker_image="x")
+    assert s.cluster_cidr == ipaddress.ip_network("10.244.0.0/16")
+
+
+def test_host_scope_settings_may_differ_between_hosts():
+    parsed = parse(control_plane("cp1", flannel_iface="eth1", node_ip="192.168.1.1"),
+                   worker("w1", flannel_iface="ens4", node_ip="192.168.1.2"))
+    assert (parsed["cp1"].flannel_iface, parsed["w1"].flannel_iface) == ("eth1", "ens4")
+
+
+# --- one rule each: the message names key, bad value and what is valid -----------
+
+
+def only_problem(**data) -> str:
+    found = problems(control_plane("cp1", **data))
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("cluster_cidr", "10.244.0.0",
+     ("cp1: cluster_cidr: '10.244.0.0' is not valid; expected an IPv4 CIDR with a prefix length, "
+     "such as 10.244.0.0/16")),
+    ("cluster_cidr", "10.244.300.0/16",
+     "cp1: cluster_cidr: '10.244.300.0/16' is not valid; expected an IPv4 CIDR such as 10.244.0.0/16"),
+    ("service_cluster_ip_range", "ten.ninety-six/12",
+     ("cp1: service_cluster_ip_range: 'ten.ninety-six/12' is not valid; expected an IPv4 CIDR "
+     "such as 10.244.0.0/16")),
+    ("cluster_cidr", 10,
+     "cp1: cluster_cidr: 10 is not valid; expected an IPv4 CIDR with a prefix length, such as 10.244.0.0/16"),
+    ("cluster_cidr_ipv6", "fd00:10:244::",
+     ("cp1: cluster_cidr_ipv6: 'fd00:10:244::' is not valid; expected an IPv6 CIDR with a prefix length, "
+     "such as fd00:10:244::/56")),
+])
+def test_malformed_cidr(key, value, expected):
+    assert only_problem(**{key: value}) == expected
+
+
+@pytest.mark.parametrize("key, value, network", [
+    ("cluster_cidr", "10.244.1.0/16", "10.244.0.0/16"),
+    ("service_cluster_ip_range", "10.96.0.1/12", "10.96.0.0/12"),
+    ("cluster_cidr_ipv6", "fd00:10:244::1/56", "fd00:10:244::/56"),
+])
+def test_host_bits_set(key, value, network):
+    assert only_problem(**{key: value}) == (
+        f"cp1: {key}: {value!r} is not valid; expected a network address without host bits set, "
+        f"such as {network}")
+
+
+def test_ipv6_where_ipv4_wanted():
+    assert only_problem(cluster_cidr="fd00:10:244::/56") == (
+        "cp1: cluster_cidr: 'fd00:10:244::/56' is not valid; expected an IPv4 CIDR such as 10.244.0.0/16, "
+        "not an IPv6 one")
+    assert only_problem(cluster_cidr_ipv6="10.245.0.0/16") == (
+        "cp1: cluster_cidr_ipv6: '10.245.0.0/16' is not valid; expected an IPv6 CIDR such as "
+        "fd00:10:244::/56, not an IPv4 one")
+
+
+@pytest.mark.parametrize("mask", [16, 8])
+def test_node_mask_not_longer_than_cluster_prefix(mask):
+    assert only_problem(cluster_cidr="10.244.0.0/16", node_cidr_mask_size=mask) == (
+        f"cp1: node_cidr_mask_size: {mask} is not valid; expected a prefix length longer than "
+        "cluster_cidr /16 and at most /30")
+
+
+def test_node_mask_too_long_for_addresses():
+    assert only_problem(node_cidr_mask_size=31) == (
+        "cp1: node_cidr_mask_size: 31 is not valid; expected a prefix length longer than "
+        "cluster_cidr /16 and at most /30")
+
+
+def test_node_mask_more_than_16_bits_longer():
+    assert only_problem(cluster_cidr="172.16.0.0/12", node_cidr_mask_size=29) == (
+        "cp1: node_cidr_mask_size: 29 is not valid; kube-controller-manager allows at most 16 bits more "
+        "than cluster_cidr /12 (so at most /28)")
+    # exactly 16 bits is kube-controller-manager's limit and accepted
+    assert settings(cluster_cidr="172.16.0.0/12", node_cidr_mask_size=28).node_cidr_mask_size == 28
+
+
+def test_ipv6_node_mask_rules():
+    assert only_problem(cluster_cidr_ipv6="fd00:10:244::/56", node_cidr_mask_size_ipv6=80) == (
+        "cp1: node_cidr_mask_size_ipv6: 80 is not valid; kube-controller-manager allows at most 16 bits "
+        "more than cluster_cidr_ipv6 /56 (so at most /72)")
+    assert only_problem(cluster_cidr_ipv6="fd00:10:244::/64", node_cidr_mask_size_ipv6=64) == (
+        "cp1: node_cidr_mask_size_ipv6: 64 is not valid; expected a prefix length longer than "
+        "cluster_cidr_ipv6 /64 and at most /126")
+
+
+def test_cluster_cidr_too_small_for_the_inventory():
+    data = {"cluster_cidr": "10.244.0.0/23", "node_cidr_mask_size": 24}
+    # two /24s fit in a /23: two nodes are fine, a third is not
+    assert len(parse(control_plane("cp1", **data), worker("w1", **data))) == 2
+    assert problems(control_plane("cp1", **data), worker("w1", **data), worker("w2", **data)) == [
+        ("cluster_cidr: '10.244.0.0/23' with node mask /24 has room for 2 node podCIDRs, but the inventory "
+        "has 3 nodes; use a larger network or a longer mask")]
+
+
+def test_ipv6_cluster_cidr_too_small_for_the_inventory():
+    data = {"cluster_cidr_ipv6": "fd00:10:244::/63", "node_cidr_mask_size_ipv6": 64}
+    assert problems(control_plane("cp1", **data), worker("w1", **data), worker("w2", **data)) == [
+        ("cluster_cidr_ipv6: 'fd00:10:244::/63' with node mask /64 has room for 2 node podCIDRs, but the "
+        "inventory has 3 nodes; use a larger network or a longer mask")]
+
+
+def test_pod_cidr_overlapping_service_cidr_v4():
+    assert only_problem(cluster_cidr="10.96.0.0/16") == (
+        "cp1: cluster_cidr: '10.96.0.0/16' overlaps service_cluster_ip_range '10.96.0.0/12'; "
+        "pod and service networks must be disjoint")
+
+
+def test_pod_cidr_overlapping_service_cidr_v6():
+    assert only_problem(cluster_cidr_ipv6="fd00:10::/56", service_cluster_ip_range_ipv6="fd00:10::/112") == (
+        "cp1: cluster_cidr_ipv6: 'fd00:10::/56' overlaps service_cluster_ip_range_ipv6 'fd00:10::/112'; "
+        "pod and service networks must be disjoint")
+
+
+def test_ipv6_service_range_without_ipv6_pod_network():
+    assert only_problem(service_cluster_ip_range_ipv6="fd00:10:96::/112") == (
+        "cp1: service_cluster_ip_range_ipv6: set without cluster_cidr_ipv6; dual stack needs an IPv6 pod "
+        "network too")
+
+
+def test_node_ip_inside_pod_range():
+    assert only_problem(node_ip="10.244.3.7") == (
+        "cp1: cluster_cidr: '10.244.0.0/16' contains this node's own address 10.244.3.7; "
+        "choose a range that no node address is in")
+
+
+def test_inventory_name_inside_service_range():
+    assert problems(control_plane("10.96.0.10")) == [
+        ("10.96.0.10: service_cluster_ip_range: '10.96.0.0/12' contains this node's own address 10.96.0.10; "
+        "choose a range that no node address is in")]
+
+
+def test_ipv6_node_ip_inside_ipv6_pod_range():
+    assert only_problem(cluster_cidr_ipv6="fd00:10:244::/56", node_ip="fd00:10:244::5") == (
+        "cp1: cluster_cidr_ipv6: 'fd00:10:244::/56' contains this node's own address fd00:10:244::5; "
+        "choose a range that no node address is in")
+
+
+def test_node_ip_not_an_address():
+    assert only_problem(node_ip="node-1.example") == (
+        "cp1: node_ip: 'node-1.example' is not valid; expected an IPv4 or IPv6 address")
+
+
+@pytest.mark.parametrize("mtu", [575, 9001, "1450", True])
+def test_mtu_out_of_range(mtu):
+    assert only_problem(flannel_mtu=mtu) == (
+        f"cp1: flannel_mtu: {mtu!r} is not valid; expected a whole number from 576 to 9000")
+
+
+@pytest.mark.parametrize("mtu", [576, 1450, 9000])
+def test_mtu_in_range(mtu):
+    assert settings(flannel_mtu=mtu).flannel_mtu == mtu
+
+
+def test_mtu_below_ipv6_minimum_on_dual_stack():
+    assert only_problem(flannel_mtu=1200, cluster_cidr_ipv6="fd00:10:244::/56") == (
+        "cp1: flannel_mtu: 1200 is below 1280, the IPv6 minimum, on a dual-stack network")
+
+
+def test_unknown_backend():
+    assert only_problem(flannel_backend="udp") == (
+        "cp1: flannel_backend: 'udp' is not valid; expected one of vxlan, host-gw, wireguard")
+
+
+@pytest.mark.parametrize("vni", [0, 16_777_216, -1])
+def test_vni_out_of_range(vni):
+    assert only_problem(flannel_vni=vni) == (
+        f"cp1: flannel_vni: {vni} is not valid; expected a whole number from 1 to 16777215")
+
+
+@pytest.mark.parametrize("port", [0, 65_536])
+def test_port_out_of_range(port):
+    assert only_problem(flannel_port=port) == (
+        f"cp1: flannel_port: {port} is not valid; expected a whole number from 1 to 65535")
+
+
+def test_vni_and_port_only_where_the_backend_uses_them():
+    assert only_problem(flannel_backend="host-gw", flannel_vni=7) == (
+        "cp1: flannel_vni: 7 is only used by the vxlan backend, not 'host-gw'; remove it or use "
+        "flannel_backend 'vxlan'")
+    assert only_problem(flannel_backend="host-gw", flannel_port=4789) == (
+        "cp1: flannel_port: 4789 is not used by the host-gw backend; remove it")
+    assert settings(flannel_backend="wireguard", flannel_port=51821).effective_flannel_port == 51821
+
+
+@pytest.mark.parametrize("version", ["1.5.9", "3.0.0", "0.9.0"])
+def test_unsupported_containerd_version(version):
+    assert only_problem(containerd_version=version) == (
+        f"cp1: containerd_version: {version!r} is not supported; expected a containerd release from 1.6.0 "
+        "to 2.x (1.6/1.7 use config version 2, 2.x version 3)")
+
+
+def test_containerd_version_with_leading_v():
+    assert only_problem(containerd_version="v2.1.5") == (
+        "cp1: containerd_version: 'v2.1.5' is not valid; expected a release version such as 1.7.34 "
+        "(no leading 'v')")
+
+
+def test_unknown_setting_with_did_you_mean():
+    assert only_problem(cluster_cdir="10.244.0.0/16") == (
+        "cp1: cluster_cdir: unknown setting; did you mean 'cluster_cidr'?")
+    assert only_problem(flannel_backnd="vxlan") == (
+        "cp1: flannel_backnd: unknown setting; did you mean 'flannel_backend'?")
+
+
+def test_unknown_setting_without_a_close_match():
+    assert only_problem(frobnicate=1) == (
+        "cp1: frobnicate: unknown setting; see inventory/group_data/all.py for every setting")
+
+
+def test_cluster_scope_setting_differing_between_hosts():
+    found = problems(control_plane("cp1"), worker("w1", cluster_cidr="10.245.0.0/16"),
+                     worker("w2", cluster_cidr="10.245.0.0/16"))
+    assert found == [
+        ("cluster_cidr: must be the same on every host, but cp1 has '10.244.0.0/16' and w1, w2 "
+        "'10.245.0.0/16'; set it in group data for all")]
+
+
+def test_cluster_scope_non_network_setting_differing():
+    assert problems(control_plane("cp1"), worker("w1", flannel_backend="host-gw")) == [
+        ("flannel_backend: must be the same on every host, but cp1 has 'vxlan' and w1 'host-gw'; "
+        "set it in group data for all")]
+
+
+def test_duplicate_node_ip():
+    assert problems(control_plane("cp1", node_ip="192.168.1.10"), worker("w1", node_ip="192.168.1.10")) == [
+        "node_ip: 192.168.1.10 is given to both cp1 and w1"]
+
+
+def test_duplicate_node_ip_from_inventory_name():
+    assert problems(control_plane("192.168.1.10"), worker("w1", node_ip="192.168.1.10")) == [
+        "node_ip: 192.168.1.10 is given to both 192.168.1.10 and w1"]
+
+
+def test_no_control_plane_host_with_daemonset_rollout():
+    assert problems(worker("w1"), worker("w2")) == [
+        ("control_plane_group: no host is in group 'control_plane'; the flannel DaemonSet is applied from "
+        "the first control-plane host")]
+    # systemd rollout needs no control plane in the inventory; a renamed group is honoured
+    assert parse(worker("w1", flannel_rollout="systemd"), worker("w2", flannel_rollout="systemd"))
+    parsed = parse(FakeHost("m1", {"control_plane_group": "masters"}, ["masters"]),
+                   FakeHost("w1", {"control_plane_group": "masters"}, ["nodes"]))
+    assert parsed["m1"].is_control_plane
+
+
+@pytest.mark.parametrize("value, detail", [
+    (["containerd"], ""),
+    ({"containerd2": {"2.3.4": {"amd64": SHA_A}}}, " (unknown artifact 'containerd2')"),
+    ({"containerd": ["2.3.4"]}, ""),
+    ({"containerd": {"2.3.4": {"x86_64": SHA_A}}}, " (unsupported architecture 'x86_64': amd64 or arm64)"),
+    ({"containerd": {"2.3.4": {"amd64": "abc123"}}}, " (containerd 2.3.4 amd64: not a sha256)"),
+    ({"runc": {"1.4.3": {"arm64": "sha256:" + SHA_A}}}, " (runc 1.4.3 arm64: not a sha256)"),
+])
+def test_artifact_checksums_malformed(value, detail):
+    shape = ("{artifact: {version: {arch: '<64 hex digits>'}}} with artifact one of containerd, runc, "
+             "cni_plugins, flannel_cni_plugin, flanneld")
+    assert only_problem(artifact_checksums=value) == (
+        f"cp1: artifact_checksums: {value!r} is not valid; expected {shape}{detail}")
+
+
+def test_artifact_checksums_with_a_bad_version():
+    assert only_problem(artifact_checksums={"runc": {"v1.4.3": {"amd64": SHA_A}}}) == (
+        "cp1: artifact_checksums: {'runc': {'v1.4.3': {'amd64': '" + SHA_A + "'}}} is not valid; "
+        "expected a release version such as 1.7.34 (no leading 'v')")
+
+
+def test_artifact_checksums_are_normalised_to_lower_case():
+    s = settings(artifact_checksums={"runc": {"1.4.3": {"amd64": SHA_A.upper()}}})
+    assert s.artifact_checksums == {"runc": {"1.4.3": {"amd64": SHA_A}}}
+
+
+def test_every_problem_of_every_host_is_reported_at_once():
+    with pytest.raises(SettingsError) as raised:
+        parse_inventory([control_plane("cp1", flannel_mtu=1), worker("w1", flannel_backend="udp",
+                                                                      cluster_cdir="x")])
+    message = str(raised.value)
+    assert "cp1: flannel_mtu: 1 is not valid" in message
+    assert "w1: flannel_backend: 'udp' is not valid" in message
+    assert "w1: cluster_cdir: unknown setting" in message
+    assert len(raised.value.problems) == 3
+
+
+# --- artifacts -----------------------------------------------------------------
+
+
+CONTAINERD_2_3_4_AMD64 = "9d68969855fbf676cdb8ed758e420fb048d61f984f61de3e53eddfebe484d168"
+
+
+def test_resolve_uses_the_pinned_sha256():
+    artifact = resolve(settings(), "containerd", "amd64")
+    assert artifact.sha256 == CONTAINERD_2_3_4_AMD64
+    assert artifact.url == ("https://github.com/containerd/containerd/releases/download/v2.3.4/"
+                            "containerd-2.3.4-linux-amd64.tar.gz")
+    assert artifact.filename == "containerd-2.3.4-linux-amd64.tar.gz"
+    runc = resolve(settings(), "runc", "arm64")
+    assert runc.url == "https://github.com/opencontainers/runc/releases/download/v1.4.3/runc.arm64"
+    assert runc.sha256 == "633301e2e32f8a5ad54031aab4901eb00308bec677dd15faa2751e8f9dab5ca4"
+
+
+def test_checksum_override_wins_over_the_pinned_one():
+    s = settings(artifact_checksums={"containerd": {"2.3.4": {"amd64": SHA_A}}})
+    assert resolve(s, "containerd", "amd64").sha256 == SHA_A
+    # other architectures keep their pinned sums
+    assert resolve(s, "containerd", "arm64").sha256 == (
+        "a985fbb7e18fc0362d31a055338f5d7b0e087a3e27f14c70d1c5965399a29f95")
+
+
+def test_checksum_override_adds_an_unpinned_version():
+    s = settings(containerd_version="2.1.5", artifact_checksums={"containerd": {"2.1.5": {"amd64": SHA_B}}})
+    artifact = resolve(s, "containerd", "amd64")
+    assert artifact.sha256 == SHA_B
+    assert artifact.url.endswith("/v2.1.5/containerd-2.1.5-linux-amd64.tar.gz")
+
+
+def test_version_without_checksum_for_the_arch_names_setting_value_arch_and_fix():
+    with pytest.raises(ArtifactError) as raised:
+        resolve(settings(containerd_version="2.0.0"), "containerd", "amd64")
+    assert str(raised.value) == (
+        "containerd_version: '2.0.0' has no pinned sha256 for amd64 (pinned for amd64: 1.7.34, 2.3.3, 2.3.4); "
+        "pick a pinned version or add artifact_checksums = {'containerd': {'2.0.0': {'amd64': '<sha256>'}}}")
+
+
+def test_artifact_with_no_pins_at_all():
+    with pytest.raises(ArtifactError) as raised:
+        resolve(settings(), "flannel_cni_plugin", "arm64")
+    assert str(raised.value) == (
+        "flannel_cni_plugin_version: '1.7.1-flannel1' has no pinned sha256 for arm64 (pinned for arm64: none); "
+        "pick a pinned version or add artifact_checksums = "
+        "{'flannel_cni_plugin': {'1.7.1-flannel1': {'arm64': '<sha256>'}}}")
+
+
+def test_override_for_another_arch_does_not_count():
+    s = settings(containerd_version="2.0.0", artifact_checksums={"containerd": {"2.0.0": {"arm64": SHA_A}}})
+    assert resolve(s, "containerd", "arm64").sha256 == SHA_A
+    with pytest.raises(ArtifactError, match=r"containerd_version: '2.0.0' has no pinned sha256 for amd64"):
+        resolve(s, "containerd", "amd64")
+
+
+def test_mirror_url_keeps_the_upstream_path():
+    s = settings(mirror_url="http://mirror.internal:8080/podnet/")
+    assert resolve(s, "containerd", "amd64").url == (
+        "http://mirror.internal:8080/podnet/containerd/containerd/releases/download/v2.3.4/"
+        "containerd-2.3.4-linux-amd64.tar.gz")
+    assert resolve(s, "cni_plugins", "arm64").url == (
+        "http://mirror.internal:8080/podnet/containernetworking/plugins/releases/download/v1.9.1/"
+        "cni-plugins-linux-arm64-v1.9.1.tgz")
+    assert mirrored("https://github.com/a/b/c.tgz", None) == "https://github.com/a/b/c.tgz"
+
+
+def test_flannel_cni_plugin_asset_name_spells_its_version():
+    s = settings(flannel_cni_plugin_version="1.9.1-flannel1",
+                 artifact_checksums={"flannel_cni_plugin": {"1.9.1-flannel1": {"amd64": SHA_A}}})
+    assert resolve(s, "flannel_cni_plugin", "amd64").url == (
+        "https://github.com/flannel-io/cni-plugin/releases/download/v1.9.1-flannel1/"
+        "cni-plugin-flannel-linux-amd64-v1.9.1.tgz")
+
+
+def test_mirror_url_must_be_http():
+    assert only_problem(mirror_url="ftp://mirror/") == (
+        "cp1: mirror_url: 'ftp://mirror/' is not valid; expected an http:// or https:// base URL")
+
+
+def test_every_pinned_checksum_is_a_sha256():
+    for name in artifacts.ARTIFACT_NAMES:
+        for version, arches in (artifacts.pinned()[name].get("versions") or {}).items():
+            for arch, digest in arches.items():
+                assert re.fullmatch(r"[0-9a-f]{64}", digest), (name, version, arch)
+
+
+# --- the documented settings file ------------------------------------------------
+
+
+GROUP_DATA = REPO / "inventory" / "group_data" / "all.py"
+
+
+def _commented_settings(text: str) -> dict[str, object]:
+    """`# name = value` lines -> {name: value} (value read as a Python literal)."""
+    found: dict[str, object] = {}
+    for line in text.splitlines():
+        match = re.match(r"^\s*#\s*([a-z][a-z0-9_]*)\s*=\s*(.+?)\s*$", line)
+        if not match:
+            continue
+        name, value = match.groups()
+        for candidate in (value, value.split("  #")[0], value.split(" #")[0]):
+            try:
+                found[name] = ast.literal_eval(candidate.strip())
+                break
+            except (ValueError, SyntaxError):
+                continue
+    return found
+
+
+@pytest.mark.skipif(not GROUP_DATA.exists(), reason="inventory/group_data/all.py is not written yet")
+def test_group_data_documents_every_setting_with_its_default():
+    documented = _commented_settings(GROUP_DATA.read_text())
+    missing = [spec.name for spec in SPECS if spec.name not in documented]
+    assert not missing, f"inventory/group_data/all.py does not list {missing}"
+    wrong = {spec.name: (documented[spec.name], spec.default) for spec in SPECS
+             if documented[spec.name] != spec.default}
+    assert not wrong, f"documented value differs from the default (documented, default): {wrong}"
