@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jinja2
 
-from tasks.download import sha256_of
+from tasks.download import known_digest, register_digest, sha256_of
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 
@@ -52,10 +52,10 @@ def text_file(path: str, content: str, mode: str = "0644") -> DesiredFile:
     return DesiredFile(path=path, mode=mode, sha256=hashlib.sha256(data).hexdigest(), content=data)
 
 
-_local_sums: dict[Path, str] = {}
-
-
 def local_file(path: str, source: Path, mode: str = "0755") -> DesiredFile:
-    if source not in _local_sums:
-        _local_sums[source] = sha256_of(source)
-    return DesiredFile(path=path, mode=mode, sha256=_local_sums[source], source=source)
+    """A file from the download cache, whose digest the downloader already knows."""
+    sha256 = known_digest(source)
+    if sha256 is None:
+        sha256 = sha256_of(source)
+        register_digest(source, sha256)
+    return DesiredFile(path=path, mode=mode, sha256=sha256, source=source)

@@ -14,6 +14,7 @@ Downloads on the operator's machine: each artifact once into a local cache, veri
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -83,10 +84,22 @@ class Downloader:
             if key in self._done:
                 return self._done[key]
             path = self.path_for(artifact)
-            if not (path.is_file() and sha256_of(path) == artifact.sha256):
+            if not (path.is_file() and self._verified(path, artifact.sha256)):
                 self._download(artifact, path)
+                _write_stamp(path, artifact.sha256)
             self._done[key] = path
+            register_digest(path, artifact.sha256)
             return path
+
+    @staticmethod
+    def _verified(path: Path, sha256: str) -> bool:
+        """The cached file has this sum: re-hashed unless its stamp (size, mtime) says it was verified."""
+        if _read_stamp(path) == sha256:
+            return True
+        if sha256_of(path) == sha256:
+            _write_stamp(path, sha256)
+            return True
+        return False
 
     def _download(self, artifact: Artifact, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,8 +163,11 @@ class Downloader:
         """Unpack a fetched tarball once (atomically) and return the directory."""
         archive = self.fetch(artifact)
         target = archive.parent / "unpacked"
-        if target.is_dir():
+        sums_file = archive.parent / "unpacked.sha256sums.json"
+        if target.is_dir() and sums_file.is_file():
+            _register_unpacked(target, sums_file)
             return target
+        shutil.rmtree(target, ignore_errors=True)  # from an interrupted unpack: no sums recorded yet
         members = safe_members(archive)
         staging = Path(tempfile.mkdtemp(dir=archive.parent, prefix=".unpack-"))
         try:
@@ -163,13 +179,67 @@ class Downloader:
                     with tar.extractfile(member) as src, open(dest, "wb") as out:  # type: ignore[union-attr]
                         shutil.copyfileobj(src, out)
                     dest.chmod(0o755 if member.mode & 0o111 else 0o644)
+            sums = {str(p.relative_to(staging)): sha256_of(p) for p in staging.rglob("*") if p.is_file()}
             os.rename(staging, target)
+            _atomic_write(sums_file, json.dumps(sums, indent=1, sort_keys=True))
+            _register_unpacked(target, sums_file)
         except OSError as error:
             shutil.rmtree(staging, ignore_errors=True)
-            if target.is_dir():  # another process won the race
+            if target.is_dir() and sums_file.is_file():  # another process won the race
+                _register_unpacked(target, sums_file)
                 return target
             raise ArtifactError(f"could not unpack {archive}: {error}") from error
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return target
+
+
+# --- digests known without re-reading the file --------------------------------------
+# A no-op rerun must not re-hash a few hundred MB of cached binaries on every run: the
+# download's sum is recorded in a stamp beside it (valid while size and mtime are
+# unchanged), and every unpacked file's sum is recorded once, at unpack time.
+
+_known_digests: dict[Path, str] = {}
+
+
+def register_digest(path: Path, sha256: str) -> None:
+    _known_digests[Path(path)] = sha256
+
+
+def known_digest(path: Path) -> str | None:
+    """The sha256 of a cached file, if this run already knows it."""
+    return _known_digests.get(Path(path))
+
+
+def _register_unpacked(target: Path, sums_file: Path) -> None:
+    for relative, sha256 in json.loads(sums_file.read_text()).items():
+        register_digest(target / relative, sha256)
+
+
+def _stamp_path(path: Path) -> Path:
+    return path.with_name(path.name + ".verified")
+
+
+def _stamp_of(path: Path) -> str:
+    status = path.stat()
+    return f"{status.st_size} {status.st_mtime_ns}"
+
+
+def _read_stamp(path: Path) -> str | None:
+    try:
+        stamp, sha256 = _stamp_path(path).read_text().split("\n")[:2]
+    except (OSError, ValueError):
+        return None
+    return sha256 if stamp == _stamp_of(path) else None
+
+
+def _write_stamp(path: Path, sha256: str) -> None:
+    _atomic_write(_stamp_path(path), f"{_stamp_of(path)}\n{sha256}\n")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp_name, path)

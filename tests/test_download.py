@@ -55,7 +55,8 @@ def test_fetch_stores_the_verified_file_under_its_sha256(server, cache):
     assert path == cache / sha(PAYLOAD) / "runc.amd64"
     assert path.read_bytes() == PAYLOAD
     assert server.requests[PATH] == 1
-    assert files_in(cache) == [path]  # no temporary file left behind
+    # no temporary file left behind; the stamp records that this size+mtime was verified
+    assert files_in(cache) == [path, path.with_name("runc.amd64.verified")]
 
 
 def test_cache_hit_makes_no_request(server, cache):
@@ -104,7 +105,7 @@ def test_interrupted_transfer_is_retried_and_succeeds(server, cache):
     path = downloader(cache).fetch(artifact(url))
     assert path.read_bytes() == PAYLOAD
     assert server.requests[PATH] == 2
-    assert files_in(cache) == [path]
+    assert files_in(cache) == [path, path.with_name("runc.amd64.verified")]
 
 
 def test_server_error_then_success_is_retried(server, cache):
@@ -178,7 +179,8 @@ def test_unpack_extracts_members_once(server, cache):
         "bin/containerd": b"containerd", "bin/ctr": b"ctr", "bin/containerd-shim-runc-v2": b"shim"}
     assert all(p.stat().st_mode & 0o777 == 0o755 for p in files_in(target))
     # nothing but the archive and the unpacked tree: no staging directory left
-    assert sorted(p.name for p in (cache / sha(data)).iterdir()) == ["c.tar.gz", "unpacked"]
+    assert sorted(p.name for p in (cache / sha(data)).iterdir()) == ["c.tar.gz", "c.tar.gz.verified", "unpacked",
+                                                                    "unpacked.sha256sums.json"]
     # a second run reuses the tree and the archive: no request
     assert downloader(cache).unpack(artifact(url, data, "containerd")) == target
     assert server.requests["/c.tar.gz"] == 1
@@ -205,7 +207,7 @@ def test_unpack_refuses_paths_outside_the_target(server, cache, tmp_path, build,
         downloader(cache).unpack(artifact(url, data, "cni_plugins"))
     assert str(raised.value) == f"bad.tgz: {message}"
     assert not (cache / sha(data) / "unpacked").exists()
-    assert [p.name for p in (cache / sha(data)).iterdir()] == ["bad.tgz"]  # nothing extracted
+    assert [p.name for p in (cache / sha(data)).iterdir()] == ["bad.tgz", "bad.tgz.verified"]  # nothing extracted
     assert not (tmp_path / "evil").exists() and not (cache / "evil").exists()
 
 
@@ -230,4 +232,4 @@ def test_unpack_refuses_link_members(server, cache, build):
     with pytest.raises(ArtifactError) as raised:
         downloader(cache).unpack(artifact(url, data, "containerd"))
     assert str(raised.value) == "links.tgz: refusing link member 'bin/ctr'"
-    assert [p.name for p in (cache / sha(data)).iterdir()] == ["links.tgz"]
+    assert [p.name for p in (cache / sha(data)).iterdir()] == ["links.tgz", "links.tgz.verified"]
