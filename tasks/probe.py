@@ -10,6 +10,7 @@ for the rest of the run, so planning and execution never ask the host the same t
 from __future__ import annotations
 
 import base64
+import posixpath
 import shlex
 from dataclasses import dataclass, field
 
@@ -75,15 +76,39 @@ def _sysctl_path(key: str) -> str:
     return "/proc/sys/" + key.replace(".", "/")
 
 
+DIGEST_CACHE = "/var/lib/podnet/digests"
+
+# Digests of managed files without re-reading a few hundred MB of binaries on every run,
+# the way git's index does it: a file whose inode, size, mtime and ctime are those
+# recorded with its digest keeps that digest; anything else is hashed again. ctime
+# changes on every write, chmod or rename and cannot be set back, so a replaced or
+# edited file is always re-hashed. The cache is derived data: deleting it only costs time.
+# Only regular files (after following links) are reported.
+DIGESTS_SCRIPT = r"""t=$(mktemp -d) && {
+stat -L -c '%i:%s:%.9Y:%.9Z %a %f %n' -- FILES 2>/dev/null > "$t/stat"
+awk -v cache=CACHE -v hash="$t/hash" -v keep="$t/keep" '
+BEGIN { while ((getline line < cache) > 0) { split(line, f, " "); known[f[1] " " substr(line, length(f[1]) + length(f[2]) + 3)] = f[2] } }
+$3 !~ /^8...$/ { next }
+{ path = substr($0, length($1) + length($2) + length($3) + 4)
+  printf "mode\t%s\t%s\n", $2, path
+  if (($1 " " path) in known) { printf "sha\t%s\t%s\n", known[$1 " " path], path; print $1, known[$1 " " path], path > keep }
+  else { print $1 " " path > hash } }' "$t/stat"
+if [ -s "$t/hash" ]; then
+  while read -r key path; do
+    sum=$(sha256sum < "$path" | cut -c1-64) && [ -n "$sum" ] && printf 'sha\t%s\t%s\n' "$sum" "$path" && echo "$key $sum $path" >> "$t/keep"
+  done < "$t/hash"
+fi
+if ! cmp -s "$t/keep" CACHE 2>/dev/null; then mkdir -p CACHEDIR && cp "$t/keep" CACHE.new 2>/dev/null && mv -f CACHE.new CACHE; fi
+rm -rf "$t"; }""".replace("CACHEDIR", posixpath.dirname(DIGEST_CACHE)).replace("CACHE", DIGEST_CACHE)
+
+
 def probe_script(request: ProbeRequest) -> str:
     """The one shell command that answers a ProbeRequest. Always exits 0."""
     q = shlex.quote
     lines = ['printf "machine %s\\n" "$(uname -m)"']
     if request.hashes:
         # Globs expand remotely; missing files just don't appear.
-        lines.append(f"sha256sum -- {' '.join(_glob(h) for h in request.hashes)} 2>/dev/null"
-                     " | while read -r sum path; do printf 'sha\\t%s\\t%s\\n' \"$sum\" \"$path\"; done")
-        lines.append(f"stat -c 'mode\t%a\t%n' -- {' '.join(_glob(h) for h in request.hashes)} 2>/dev/null")
+        lines.append(DIGESTS_SCRIPT.replace("FILES", " ".join(_glob(h) for h in request.hashes)))
     for path in request.contents:
         lines.append(f"[ -f {q(path)} ] && printf 'content\\t%s\\t%s\\n' {q(path)} \"$(base64 -w0 < {q(path)})\"")
     for key in request.sysctls:
