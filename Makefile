@@ -4,13 +4,16 @@ DEMO_DIR ?= .demo
 
 .PHONY: deps test test-unit test-e2e demo demo-down
 
-# Debian packages for the local test cluster and the pause image, Python packages for
-# the toolkit and tests. Idempotent; needs root (apt).
+# Debian packages for the local test cluster and the pause image, ruby and vagrant to check
+# the Vagrantfile (no provider: nothing boots), Python packages for the toolkit and tests.
+# Idempotent; needs root (apt).
 deps:
 	@command -v debootstrap >/dev/null && command -v systemd-nspawn >/dev/null && command -v gcc >/dev/null \
 	  && command -v ssh >/dev/null && command -v containerd >/dev/null || { \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
 	    debootstrap systemd-container iproute2 openssh-client gcc libc6-dev containerd dpkg-dev ca-certificates; }
+	@command -v ruby >/dev/null && command -v vagrant >/dev/null || { \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ruby vagrant; }
 	$(PYTHON) -m pip install -q -r requirements-test.txt
 
 # Unit, plan and end-to-end tests (the end-to-end ones boot local Debian nodes: root only).

@@ -4,7 +4,9 @@ podnet: make every pod get its own IP.
     pyinfra inventory/<cluster>.py deploy.py
 
 Steps on every node, in order: kernel prerequisites, containerd (with the CRI `cni`
-section), CNI plugins and 10-flannel.conflist; on control-plane hosts, node IPAM flags
+section), CNI plugins and 10-flannel.conflist; with `cluster_bootstrap` (fresh machines,
+such as the Vagrant cluster), kubelet, kubeadm and kubectl, then kubeadm init on the first
+control-plane host and kubeadm join on the others; on control-plane hosts, node IPAM flags
 for kube-controller-manager; then flanneld. Settings come from inventory data (see
 inventory/group_data/all.py) and are validated for the whole inventory before any host
 is touched. Each host is asked once (one probe); a rerun with unchanged settings
@@ -13,24 +15,32 @@ changes nothing and restarts nothing.
 
 from pyinfra import host, inventory, state
 
-from tasks import cni, containerd, controller_manager, flannel, kernel, tcp_nodelay
+from tasks import cni, containerd, controller_manager, flannel, kernel, kubeadm, tcp_nodelay
 from tasks.cluster import fetch_artifacts, first_control_plane, probe, settings_for
 
 tcp_nodelay.enable([host])
 settings = settings_for(host, inventory)
-is_first_control_plane = first_control_plane(inventory, settings) == host.name
+first_control_plane_name = first_control_plane(inventory, settings)
+is_first_control_plane = first_control_plane_name == host.name
 node = probe(host, settings, is_first_control_plane, diff=bool(state.config.DIFF))
 binaries = fetch_artifacts(settings, node, host.name)
 
 kernel.apply(settings, node)
+if settings.cluster_bootstrap:
+    kubeadm.prerequisites(settings, node, host.name)
 containerd.apply(settings, node, binaries.containerd, binaries.runc)
 cni.apply(settings, node, binaries.cni_plugins)
 
+bootstrap = kubeadm.Bootstrap()
+if settings.cluster_bootstrap:
+    bootstrap = kubeadm.apply(settings, node, binaries.kubernetes, host.name, first_control_plane_name)
+
 ipam_changed = False
 if settings.is_control_plane:
-    ipam_changed = controller_manager.apply(settings, node, host.name)
+    ipam_changed = controller_manager.apply(settings, node, host.name,
+                                            created_by_kubeadm=bootstrap.creates_control_plane)
 
 if settings.flannel_rollout == "daemonset" and is_first_control_plane:
-    flannel.apply_daemonset(settings, node, ipam_changed)
+    flannel.apply_daemonset(settings, node, ipam_changed, cluster_created=bootstrap.creates_cluster)
 elif settings.flannel_rollout == "systemd":
     flannel.apply_systemd(settings, node, binaries.flanneld)

@@ -20,7 +20,11 @@ from tasks.errors import PodnetError
 from tasks.settings import Settings
 
 ARTIFACTS_FILE = Path(__file__).resolve().parent.parent / "files" / "artifacts.yaml"
-ARTIFACT_NAMES = ("containerd", "runc", "cni_plugins", "flannel_cni_plugin", "flanneld")
+ARTIFACT_NAMES = ("containerd", "runc", "cni_plugins", "flannel_cni_plugin", "flanneld", "kubeadm", "kubelet",
+                  "kubectl")
+# The setting that holds an artifact's version, where it is not `<artifact>_version`.
+VERSION_SETTINGS = {"kubeadm": "kubernetes_version", "kubelet": "kubernetes_version",
+                    "kubectl": "kubernetes_version"}
 
 
 class ArtifactError(PodnetError, ValueError):
@@ -47,8 +51,13 @@ def pinned() -> dict:
         return yaml.safe_load(f)
 
 
+def version_setting(name: str) -> str:
+    """The setting that chooses this artifact's version."""
+    return VERSION_SETTINGS.get(name, f"{name}_version")
+
+
 def version_of(settings: Settings, name: str) -> str:
-    return getattr(settings, f"{name}_version")
+    return getattr(settings, version_setting(name))
 
 
 def mirrored(url: str, mirror_url: str | None) -> str:
@@ -67,8 +76,10 @@ def resolve(settings: Settings, name: str, arch: str) -> Artifact:
     if not sha256:
         known = sorted(v for v, arches in (entry.get("versions") or {}).items() if arch in arches)
         known_text = ", ".join(known) if known else "none"
+        setting = version_setting(name)
+        of = "" if setting == f"{name}_version" else f" of {name}"
         raise ArtifactError(
-            f"{name}_version: {version!r} has no pinned sha256 for {arch} "
+            f"{setting}: {version!r} has no pinned sha256{of} for {arch} "
             f"(pinned for {arch}: {known_text}); pick a pinned version or add "
             f"artifact_checksums = {{'{name}': {{'{version}': {{'{arch}': '<sha256>'}}}}}}"
         )

@@ -5,14 +5,16 @@ verified artifacts, each computed once and shared by every concern.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks import artifacts, cni, containerd, controller_manager, flannel, kernel
+from tasks import artifacts, cni, containerd, controller_manager, flannel, kernel, kubeadm
 from tasks.desired import DesiredFile
 from tasks.download import Downloader
 from tasks.probe import NodeState, ProbeRequest, node_state
 from tasks.settings import ARCHITECTURES, Settings, SettingsError, parse_inventory
+
+KUBERNETES_BINARIES = ("kubeadm", "kubelet", "kubectl")
 
 _settings: dict[str, Settings] = {}
 _downloaders: dict[Path, Downloader] = {}
@@ -34,6 +36,8 @@ def probe_request(settings: Settings, is_first_control_plane: bool, diff: bool) 
     request = kernel.probe_request(settings)
     request = request.merge(containerd.probe_request(settings, diff))
     request = request.merge(cni.probe_request(settings, diff))
+    if settings.cluster_bootstrap:
+        request = request.merge(kubeadm.probe_request(settings, is_first_control_plane))
     if settings.is_control_plane:
         request = request.merge(controller_manager.probe_request(settings))
     return request.merge(flannel.probe_request(settings, is_first_control_plane))
@@ -60,6 +64,7 @@ class NodeArtifacts:
     runc: DesiredFile
     cni_plugins: list[DesiredFile]
     flanneld: Path | None
+    kubernetes: list[DesiredFile] = field(default_factory=list)  # kubeadm, kubelet, kubectl (cluster_bootstrap)
 
 
 def fetch_artifacts(settings: Settings, node: NodeState, host_name: str) -> NodeArtifacts:
@@ -70,6 +75,8 @@ def fetch_artifacts(settings: Settings, node: NodeState, host_name: str) -> Node
                     for name in ("containerd", "runc", "cni_plugins", "flannel_cni_plugin")}
         if settings.flannel_rollout == "systemd":
             resolved["flanneld"] = artifacts.resolve(settings, "flanneld", arch)
+        if settings.cluster_bootstrap:
+            resolved.update({name: artifacts.resolve(settings, name, arch) for name in KUBERNETES_BINARIES})
     except artifacts.ArtifactError as error:
         raise SettingsError([f"{host_name}: {error}"]) from None
     downloader = _downloaders.setdefault(settings.download_cache_dir, Downloader(settings.download_cache_dir))
@@ -82,4 +89,6 @@ def fetch_artifacts(settings: Settings, node: NodeState, host_name: str) -> Node
         runc=containerd.runc_binary(downloader.fetch(resolved["runc"])),
         cni_plugins=cni.plugin_binaries(settings, downloader.unpack(resolved["cni_plugins"]), flannel_binary),
         flanneld=downloader.fetch(resolved["flanneld"]) if "flanneld" in resolved else None,
+        kubernetes=kubeadm.binaries(*(downloader.fetch(resolved[name]) for name in KUBERNETES_BINARIES))
+        if settings.cluster_bootstrap else [],
     )

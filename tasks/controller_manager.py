@@ -10,7 +10,9 @@ rewrite happens only when a flag actually changes.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import posixpath
 import re
 import shlex
@@ -175,8 +177,53 @@ def planned_file(s: Settings, node: NodeState, host_name: str) -> tuple[DesiredF
     return text_file(path, merged, mode=mode), current
 
 
-def apply(s: Settings, node: NodeState, host_name: str) -> bool:
-    """Set the node IPAM flags; returns whether they changed in this run."""
+def merge_after_kubeadm(state, host, connector_arguments: dict, s: Settings, host_name: str) -> bool:
+    """
+    At execution time, right after kubeadm wrote the static pod manifest in this run
+    (cluster_bootstrap): read it, merge the node IPAM flags, and replace it (after a backup)
+    only when a flag differs. kubeadm was given the same flags, so usually nothing changes.
+    """
+    path = config_path(s)
+    ok, output = host.run_shell_command(f"base64 -w0 {shlex.quote(path)}", **connector_arguments)
+    try:
+        current = base64.b64decode("".join(output.stdout_lines), validate=True).decode() if ok else None
+    except ValueError:
+        current = None
+    if current is None:
+        raise ControllerManagerError(f"{host_name}: {path}: not readable after kubeadm ran: "
+                                     f"{' '.join(output.stderr_lines)[:300]}")
+    try:
+        merged = merge_manifest(current, desired_flags(s))
+    except (ControllerManagerError, yaml.YAMLError) as error:
+        raise ControllerManagerError(f"{host_name}: {path}: {error}") from None
+    if merged is None:
+        return True
+    backup = f"{BACKUP_DIR}/{posixpath.basename(path)}.{hashlib.sha256(current.encode()).hexdigest()[:12]}"
+    staged = ops.staged_path(path)
+    steps = [f"mkdir -p {BACKUP_DIR}", f"cp -p {shlex.quote(path)} {shlex.quote(backup)}"]
+    ok, output = host.run_shell_command(" && ".join(steps), **connector_arguments)
+    if ok:
+        ok = host.put_file(io.BytesIO(merged.encode()), staged, **connector_arguments)
+    if ok:
+        ok, output = host.run_shell_command(
+            f"chmod 0600 {shlex.quote(staged)} && mv -f {shlex.quote(staged)} {shlex.quote(path)}",
+            **connector_arguments)
+    if not ok:
+        raise ControllerManagerError(f"{host_name}: {path}: could not write the node IPAM flags")
+    return True
+
+
+def apply(s: Settings, node: NodeState, host_name: str, created_by_kubeadm: bool = False) -> bool:
+    """
+    Set the node IPAM flags; returns whether they changed in this run.
+    ``created_by_kubeadm``: kubeadm writes this host's manifest in this run (cluster_bootstrap),
+    so it cannot be read while planning; the merge then runs right after kubeadm, at execution time.
+    """
+    if created_by_kubeadm and config_path(s) not in node.contents:
+        ops.python_step(name="kube-controller-manager: node IPAM flags in the manifest kubeadm wrote",
+                        function=merge_after_kubeadm, args=(s, host_name),
+                        reason=f"kubeadm writes {config_path(s)} in this run: merging the node IPAM flags after it")
+        return True
     desired, current = planned_file(s, node, host_name)
     path = config_path(s)
     backup = f"{BACKUP_DIR}/{posixpath.basename(path)}.{hashlib.sha256(current).hexdigest()[:12]}"

@@ -27,6 +27,7 @@ FLANNELD_PATH = "/usr/local/bin/flanneld"
 UNIT = "flanneld.service"
 UNIT_PATH = "/etc/systemd/system/flanneld.service"
 MANIFEST_HASH_ANNOTATION = "podnet.io/manifest-sha256"
+POD_IP_ENV = "POD_IP"
 POLL_SECONDS = 5
 
 
@@ -51,21 +52,36 @@ def net_conf_json(s: Settings) -> str:
     return json.dumps(net_conf(s), indent=2) + "\n"
 
 
-def flanneld_args(s: Settings, kubeconfig: str | None = None, net_config_path: str | None = None) -> list[str]:
+def flanneld_args(s: Settings, kubeconfig: str | None = None, net_config_path: str | None = None,
+                  iface: str | None = None) -> list[str]:
     args = ["--ip-masq", "--kube-subnet-mgr"]
     if kubeconfig:
         args.append(f"--kubeconfig-file={kubeconfig}")
     if net_config_path:
         args.append(f"--net-config-path={net_config_path}")
-    if s.flannel_iface:
-        args.append(f"--iface={s.flannel_iface}")
+    iface = iface or s.flannel_iface
+    if iface:
+        args.append(f"--iface={iface}")
     return args
+
+
+def daemonset_iface(s: Settings) -> tuple[str | None, list[tuple[str, str]]]:
+    """
+    The DaemonSet's --iface (one value for every node) and the downward-API env it needs.
+    A flannel_iface that is the node's own node_ip becomes each node's own address: the
+    pod's status.podIP, which for a host-network pod is the kubelet's node IP (--node-ip).
+    """
+    if s.flannel_iface_is_node_ip:
+        return f"$({POD_IP_ENV})", [(POD_IP_ENV, "status.podIP")]
+    return s.flannel_iface, []
 
 
 def render_manifest(s: Settings) -> str:
     """The DaemonSet manifest; a net-conf change changes the pod template, so the pods roll."""
     conf = net_conf_json(s)
-    context = dict(namespace=NAMESPACE, daemonset=DAEMONSET, image=s.flannel_image, args=flanneld_args(s),
+    iface, field_env = daemonset_iface(s)
+    context = dict(namespace=NAMESPACE, daemonset=DAEMONSET, image=s.flannel_image,
+                   args=flanneld_args(s, iface=iface), field_env=field_env,
                    net_conf_json=conf.rstrip("\n"), net_conf_sha256=hashlib.sha256(conf.encode()).hexdigest())
     unsigned = render("flannel/kube-flannel.yml.j2", manifest_sha256="", **context)
     return render("flannel/kube-flannel.yml.j2", manifest_sha256=hashlib.sha256(unsigned.encode()).hexdigest(),
@@ -126,12 +142,12 @@ def pod_cidr_problems(s: Settings, lines: list[str]) -> list[str]:
     return problems
 
 
-def wait_for_pod_cidrs(state, host, s: Settings) -> bool:
+def wait_for_pod_cidrs(state, host, connector_arguments, s: Settings) -> bool:
     """Poll (bounded by flannel_rollout_timeout) until every node has a podCIDR in the cluster CIDR."""
     deadline = time.monotonic() + s.flannel_rollout_timeout
     problems = ["no answer from kubectl"]
     while time.monotonic() < deadline:
-        ok, output = host.run_shell_command(node_pod_cidrs_command(s))
+        ok, output = host.run_shell_command(node_pod_cidrs_command(s), **connector_arguments)
         lines = output.stdout_lines if ok else []
         problems = pod_cidr_problems(s, lines) if lines else ["kubectl get nodes returned no nodes"]
         if not problems:
@@ -146,9 +162,14 @@ def systemd_files(s: Settings, flanneld_binary) -> tuple[list[DesiredFile], Desi
     return [local_file(FLANNELD_PATH, flanneld_binary), text_file(NET_CONF_PATH, net_conf_json(s))], unit
 
 
-def apply_daemonset(s: Settings, node: NodeState, ipam_changed: bool) -> None:
+def apply_daemonset(s: Settings, node: NodeState, ipam_changed: bool, cluster_created: bool = False) -> None:
+    """
+    Apply kube-flannel from the first control-plane host and check every node's podCIDR.
+    ``cluster_created``: kubeadm init creates the cluster in this run (cluster_bootstrap), so
+    kubectl could not be asked while planning and nothing is deployed yet.
+    """
     manifest = render_manifest(s)
-    applied = node.queries.get("flannel_manifest", (1, []))
+    applied = (0, []) if cluster_created else node.queries.get("flannel_manifest", (1, []))
     if applied[0] != 0:
         raise PodCidrError(f"kubectl on the first control-plane host failed: {' '.join(applied[1])[:300]}; "
                            f"check that kubectl is installed and kubeconfig {s.kubeconfig} works")

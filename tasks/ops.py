@@ -155,16 +155,47 @@ def shell_when(commands: list[str], reason: str | None):
     yield " && ".join(commands)
 
 
+class HostCommand(FunctionCommand):
+    """
+    A Python step run at execution time, called as ``function(state, host, connector_arguments,
+    *args)``: it gets the operation's connector arguments (``_sudo`` and the like) so that the
+    commands it runs itself have the same privileges as the operation's shell commands.
+    """
+
+    def execute(self, state, host, connector_arguments):
+        return self.function(state, host, dict(connector_arguments), *self.args, **self.kwargs)
+
+
 @operation()
 def check_after_changes(check, args: tuple, needed: bool):
     """
     Run a Python check against the host after the changes before it were applied.
 
-    + check: callable(state, host, *args) that raises with a clear message on failure
+    + check: callable(state, host, connector_arguments, *args) that raises with a clear message
+      on failure
     + args: its arguments
     + needed: whether this run changed something the check depends on
     """
     if not needed:
         host.noop("nothing changed that needs checking")
         return
-    yield FunctionCommand(check, args, {})
+    yield HostCommand(check, args, {})
+
+
+@operation()
+def python_step(function, args: tuple, reason: str | None):
+    """
+    Run a Python step at execution time, when a reason for it was found while planning.
+    For what can only be decided once the commands before it have run (a file that a
+    command of this run creates, a token the control plane hands out).
+
+    + function: callable(state, host, connector_arguments, *args) that returns True, or
+      raises with a clear message on failure
+    + args: its arguments
+    + reason: why it must run now, or None when nothing needs doing
+    """
+    if not reason:
+        host.noop("nothing to do")
+        return
+    logger.info("    %s: %s", host.name, reason)
+    yield HostCommand(function, args, {})

@@ -77,7 +77,9 @@ SPECS: tuple[SettingSpec, ...] = (
                 "UDP port of the vxlan (default 8472) or wireguard (default 51820) backend"),
     SettingSpec("flannel_mtu", None,
                 "pod interface MTU written into the CNI delegate; unset = flanneld's FLANNEL_MTU"),
-    SettingSpec("flannel_iface", None, "interface flanneld uses between nodes (--iface)", scope="host"),
+    SettingSpec("flannel_iface", None,
+                "interface flanneld uses between nodes (--iface): a name such as eth1, or the node's "
+                "address on it (the node_ip: the DaemonSet then gives each node its own address)", scope="host"),
     SettingSpec("flannel_rollout", "daemonset",
                 "how flanneld runs: daemonset (kube-flannel, applied with kubectl), "
                 "systemd (a unit on every node) or external (deployed by something else)"),
@@ -113,6 +115,12 @@ SPECS: tuple[SettingSpec, ...] = (
                 "kubeconfig on control-plane hosts for kubectl, and for flanneld (systemd rollout)"),
     SettingSpec("node_ip", None,
                 "the node's own address (defaults to the inventory name when that is an IP)", scope="host"),
+    SettingSpec("cluster_bootstrap", False,
+                "create the cluster with kubeadm on fresh machines: install kubelet, kubeadm and kubectl, "
+                "kubeadm init on the first control-plane host, kubeadm join on the others (needs node_ip)"),
+    SettingSpec("kubernetes_version", "1.35.1",
+                "Kubernetes release of kubelet, kubeadm and kubectl and of the control plane kubeadm creates "
+                "(cluster_bootstrap)"),
 )
 SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
 
@@ -154,6 +162,8 @@ class Settings:
     kube_controller_manager_unit: str = ""
     kubeconfig: str = ""
     node_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    cluster_bootstrap: bool = False
+    kubernetes_version: str = "1.35.1"
     # Derived from inventory membership, not from a data key.
     is_control_plane: bool = False
 
@@ -167,6 +177,12 @@ class Settings:
         if self.flannel_port is not None:
             return self.flannel_port
         return {"vxlan": 8472, "wireguard": 51820}.get(self.flannel_backend)
+
+    @property
+    def flannel_iface_is_node_ip(self) -> bool:
+        """flanneld is pointed at the node's own address rather than at an interface name."""
+        return self.flannel_iface is not None and self.node_ip is not None \
+            and self.flannel_iface == str(self.node_ip)
 
 
 assert [f.name for f in fields(Settings)][:-1] == [s.name for s in SPECS], "SPECS and Settings disagree"
@@ -334,6 +350,8 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "kube_controller_manager_unit": _absolute_path,
     "kubeconfig": _absolute_path,
     "node_ip": _optional(_address),
+    "cluster_bootstrap": _boolean,
+    "kubernetes_version": _version,
 }
 assert set(PARSERS) == set(SPEC_BY_NAME), "every setting needs a parser"
 
@@ -437,6 +455,30 @@ def _relations(s: Settings) -> list[str]:
         problems.append(f"flannel_port: {s.flannel_port} is not used by the host-gw backend; remove it")
     if s.dual_stack and s.flannel_mtu is not None and s.flannel_mtu < 1280:
         problems.append(f"flannel_mtu: {s.flannel_mtu} is below 1280, the IPv6 minimum, on a dual-stack network")
+    if s.cluster_bootstrap:
+        problems.extend(_bootstrap_problems(s))
+    return problems
+
+
+def _bootstrap_problems(s: Settings) -> list[str]:
+    """cluster_bootstrap creates the cluster with kubeadm: what that needs from the other settings."""
+    problems = []
+    if s.node_ip is None:
+        problems.append("node_ip: not set; cluster_bootstrap needs each node's own address (kubelet --node-ip, "
+                        "and the API server's advertise address on the first control-plane host): set node_ip, "
+                        "or name the host by its address")
+    if s.kube_controller_manager_runtime != "static-pod":
+        problems.append(f"kube_controller_manager_runtime: {s.kube_controller_manager_runtime!r} cannot be used with "
+                        "cluster_bootstrap; kubeadm runs kube-controller-manager as a static pod: use 'static-pod'")
+    if s.flannel_rollout == "systemd":
+        problems.append("flannel_rollout: 'systemd' cannot be used with cluster_bootstrap; flanneld's kubeconfig "
+                        "would be needed on every node and kubeadm writes it only on control-plane hosts: "
+                        "use 'daemonset'")
+    for key in ("kube_controller_manager_manifest", "kubeconfig"):
+        kubeadm_path = SPEC_BY_NAME[key].default
+        if getattr(s, key) != kubeadm_path:
+            problems.append(f"{key}: {getattr(s, key)!r} cannot be used with cluster_bootstrap; kubeadm writes "
+                            f"{kubeadm_path}: remove the setting")
     return problems
 
 
@@ -493,7 +535,18 @@ def _cluster_rules(parsed: dict[str, Settings]) -> list[str]:
         if str(s.node_ip) in addresses:
             problems.append(f"node_ip: {s.node_ip} is given to both {addresses[str(s.node_ip)]} and {name}")
         addresses[str(s.node_ip)] = name
-    if not any(s.is_control_plane for s in parsed.values()) and first.flannel_rollout == "daemonset":
+    if first.flannel_rollout == "daemonset" and any(s.flannel_iface_is_node_ip for s in parsed.values()):
+        others = [n for n, s in parsed.items() if not s.flannel_iface_is_node_ip]
+        if others:
+            problems.append(
+                f"flannel_iface: the kube-flannel DaemonSet gives every node the same --iface, but only some hosts set "
+                f"it to their node_ip ({', '.join(others)} do not: "
+                f"{', '.join(repr(parsed[n].flannel_iface) for n in others)}); set flannel_iface to its own node_ip "
+                "on every host, or one interface name on every host")
+    if not any(s.is_control_plane for s in parsed.values()) and first.cluster_bootstrap:
+        problems.append(f"control_plane_group: no host is in group {first.control_plane_group!r}; "
+                        "cluster_bootstrap runs kubeadm init on the first control-plane host")
+    elif not any(s.is_control_plane for s in parsed.values()) and first.flannel_rollout == "daemonset":
         problems.append(f"control_plane_group: no host is in group {first.control_plane_group!r}; "
                         "the flannel DaemonSet is applied from the first control-plane host")
     return problems

@@ -339,7 +339,7 @@ def test_no_control_plane_host_with_daemonset_rollout():
 ])
 def test_artifact_checksums_malformed(value, detail):
     shape = ("{artifact: {version: {arch: '<64 hex digits>'}}} with artifact one of containerd, runc, "
-             "cni_plugins, flannel_cni_plugin, flanneld")
+             "cni_plugins, flannel_cni_plugin, flanneld, kubeadm, kubelet, kubectl")
     assert only_problem(artifact_checksums=value) == (
         f"cp1: artifact_checksums: {value!r} is not valid; expected {shape}{detail}")
 

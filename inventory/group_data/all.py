@@ -38,7 +38,7 @@ Checksums: a version that files/artifacts.yaml does not pin needs its sha256 her
 # pod interface MTU written into the CNI delegate; unset = flanneld's FLANNEL_MTU
 # flannel_mtu = None
 
-# interface flanneld uses between nodes (--iface) (per host)
+# interface flanneld uses between nodes (--iface): a name such as eth1, or the node's address on it (the node_ip: the DaemonSet then gives each node its own address) (per host)
 # flannel_iface = None
 
 # how flanneld runs: daemonset (kube-flannel, applied with kubectl), systemd (a unit on every node) or external (deployed by something else)
@@ -106,3 +106,9 @@ Checksums: a version that files/artifacts.yaml does not pin needs its sha256 her
 
 # the node's own address (defaults to the inventory name when that is an IP) (per host)
 # node_ip = None
+
+# create the cluster with kubeadm on fresh machines: install kubelet, kubeadm and kubectl, kubeadm init on the first control-plane host, kubeadm join on the others (needs node_ip)
+# cluster_bootstrap = False
+
+# Kubernetes release of kubelet, kubeadm and kubectl and of the control plane kubeadm creates (cluster_bootstrap)
+# kubernetes_version = '1.35.1'
