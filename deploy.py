@@ -15,10 +15,11 @@ changes nothing and restarts nothing.
 
 from pyinfra import host, inventory, state
 
-from tasks import cni, containerd, controller_manager, flannel, kernel, kubeadm, tcp_nodelay
+from tasks import cni, containerd, controller_manager, flannel, kernel, kubeadm, pyinfra_tuning
 from tasks.cluster import fetch_artifacts, first_control_plane, probe, settings_for
 
-tcp_nodelay.enable([host])
+pyinfra_tuning.enable_tcp_nodelay([host])
+pyinfra_tuning.fast_operation_order()
 settings = settings_for(host, inventory)
 first_control_plane_name = first_control_plane(inventory, settings)
 is_first_control_plane = first_control_plane_name == host.name

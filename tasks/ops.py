@@ -17,7 +17,7 @@ from pyinfra import host, logger, state
 from pyinfra.api import FileUploadCommand, FunctionCommand, operation
 
 from tasks.desired import DesiredFile
-from tasks.probe import NodeState
+from tasks.probe import DIGEST_CACHE, NodeState
 
 STAGED_SUFFIX = ".podnet-new"
 
@@ -84,7 +84,16 @@ def files_installed(files: list[DesiredFile], current: NodeState, validate: str 
             steps.append(f"if ! {check}; then rm -f {staged}; "
                          f"echo 'podnet: {f.path}: rejected by validation, live file left unchanged' >&2; exit 1; fi")
     steps.extend(f"mv -f {shlex.quote(staged_path(f.path))} {shlex.quote(f.path)}" for f in changed)
+    steps.append(record_digests(changed))
     yield " && ".join(steps) if not validate else "set -e; " + "; ".join(steps)
+
+
+def record_digests(files: list[DesiredFile]) -> str:
+    """Add the installed files to the probe's digest cache, so the next probe need not hash them."""
+    lines = "; ".join(f"printf '%s %s %s\\n' \"$(stat -L -c '%i:%s:%.9Y:%.9Z' {shlex.quote(f.path)})\" "
+                      f"{f.sha256} {shlex.quote(f.path)}" for f in files)
+    directory = posixpath.dirname(DIGEST_CACHE)
+    return f"mkdir -p {directory} && {{ {lines}; }} >> {DIGEST_CACHE}"
 
 
 @operation()
