@@ -1,0 +1,26 @@
+"""The README's settings table and first-screen commands stay true to the code."""
+
+import re
+from pathlib import Path
+
+from tasks.settings import SPECS
+
+REPO = Path(__file__).resolve().parent.parent
+README = (REPO / "README.md").read_text()
+
+
+def test_readme_settings_table_lists_every_setting_with_its_default():
+    rows = dict(re.findall(r"^\| `(\w+)` \| (.+?) \|", README, re.MULTILINE))
+    for spec in SPECS:
+        assert spec.name in rows, f"README settings table lacks {spec.name}"
+        expected = "unset" if spec.default is None else "`" + repr(spec.default).replace("'", '"') + "`"
+        assert rows[spec.name] == expected, spec.name
+
+
+def test_ci_runs_the_readme_test_command():
+    first_screen = README.split("\n## ")[0]
+    assert "make test" in first_screen and "make demo" in first_screen
+    ci = (REPO / ".ci" / "run").read_text()
+    assert re.search(r"^make test$", ci, re.MULTILINE)
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^test: deps\n\t\$\(PYTHON\) -m pytest -q -ra$", makefile, re.MULTILINE)
