@@ -21,7 +21,7 @@ from tasks.cluster import fetch_artifacts, first_control_plane, probe, settings_
 pyinfra_tuning.enable_tcp_nodelay([host])
 pyinfra_tuning.fast_operation_order()
 settings = settings_for(host, inventory)
-first_control_plane_name = first_control_plane(inventory, settings)
+first_control_plane_name = first_control_plane(inventory)
 is_first_control_plane = first_control_plane_name == host.name
 node = probe(host, settings, is_first_control_plane, diff=bool(state.config.DIFF))
 binaries = fetch_artifacts(settings, node, host.name)

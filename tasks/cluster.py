@@ -27,9 +27,17 @@ def settings_for(host, inventory) -> Settings:
     return _settings[host.name]
 
 
-def first_control_plane(inventory, settings: Settings) -> str | None:
+def first_control_plane(inventory) -> str | None:
+    """The control-plane host that applies cluster-wide objects (kubeadm init, the flannel DaemonSet)."""
     hosts = [h.name for h in inventory if h.name in _settings and _settings[h.name].is_control_plane]
     return hosts[0] if hosts else None
+
+
+def downloader_for(cache_dir: Path) -> Downloader:
+    """One downloader per cache directory for the whole run, so each artifact is fetched once."""
+    if cache_dir not in _downloaders:
+        _downloaders[cache_dir] = Downloader(cache_dir)
+    return _downloaders[cache_dir]
 
 
 def probe_request(settings: Settings, is_first_control_plane: bool, diff: bool) -> ProbeRequest:
@@ -79,7 +87,7 @@ def fetch_artifacts(settings: Settings, node: NodeState, host_name: str) -> Node
             resolved.update({name: artifacts.resolve(settings, name, arch) for name in KUBERNETES_BINARIES})
     except artifacts.ArtifactError as error:
         raise SettingsError([f"{host_name}: {error}"]) from None
-    downloader = _downloaders.setdefault(settings.download_cache_dir, Downloader(settings.download_cache_dir))
+    downloader = downloader_for(settings.download_cache_dir)
     flannel_dir = downloader.unpack(resolved["flannel_cni_plugin"])
     flannel_binary = flannel_dir / f"flannel-{arch}"
     if not flannel_binary.is_file():
