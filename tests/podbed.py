@@ -4,8 +4,8 @@ The pod test bed: real Debian nodes (tests.localcluster), the offline release mi
 create pod sandboxes on the nodes. Used by the end-to-end tests and by `make demo`.
 
 STAND-INS, for what cannot be had on this machine (no Kubernetes or flannel binaries):
-- kubeadm's kube-controller-manager static pod manifest is copied onto the control-plane
-  node from tests/fixtures/ (as `kubeadm init` would write it; no kubelet runs it);
+- kubeadm's kube-controller-manager static pod manifest is written onto the control-plane
+  node from tests/support/kubeadm.py (as `kubeadm init` writes it; no kubelet runs it);
 - flanneld's /run/flannel/subnet.env is written on every node with a distinct /24 of the
   cluster CIDR, as flanneld would after leasing the node's podCIDR (the inventory sets
   flannel_rollout = "external");
@@ -25,9 +25,9 @@ from pathlib import Path
 
 from tests.cri import CriClient, build_pause_image, forward_unix_socket
 from tests.localcluster import Cluster, Node
+from tests.support.kubeadm import KUBEADM_MANIFEST
 
 REPO = Path(__file__).resolve().parent.parent
-KUBEADM_MANIFEST = REPO / "tests" / "fixtures" / "kube-controller-manager.yaml"
 MANIFEST_PATH = "/etc/kubernetes/manifests/kube-controller-manager.yaml"
 FLANNELD_MTU = 1450  # what the stand-in flanneld writes as FLANNEL_MTU
 DEPLOY_TIMEOUT = 600
@@ -134,7 +134,7 @@ class PodBed:
     def install_standins(self) -> None:
         """kubeadm's manifest on the control-plane node, flanneld's subnet.env on every node."""
         self.cluster.ssh(self.cluster.nodes[0], f"mkdir -p {Path(MANIFEST_PATH).parent} && cat > {MANIFEST_PATH}",
-                         input=KUBEADM_MANIFEST.read_text(), check=True)
+                         input=KUBEADM_MANIFEST, check=True)
         for index, node in enumerate(self.cluster.nodes):
             env = (f"FLANNEL_NETWORK={self.cluster_cidr}\nFLANNEL_SUBNET={self.node_subnet(index)}\n"
                    f"FLANNEL_MTU={FLANNELD_MTU}\nFLANNEL_IPMASQ=true\n")

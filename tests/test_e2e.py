@@ -20,7 +20,8 @@ from tasks import containerd as containerd_tasks
 from tasks.settings import parse_host_settings
 from tests.localcluster import Cluster
 from tests.mirror import build_mirror, serve_mirror
-from tests.podbed import FLANNELD_MTU, KUBEADM_MANIFEST, MANIFEST_PATH, PodBed
+from tests.podbed import FLANNELD_MTU, MANIFEST_PATH, PodBed
+from tests.support.kubeadm import KUBEADM_MANIFEST
 
 pytestmark = [
     pytest.mark.e2e,
@@ -102,7 +103,7 @@ def test_cri_reports_network_ready(bed):
 def test_controller_manager_gets_node_ipam_flags_and_keeps_the_rest(bed):
     control_plane = bed.cluster.nodes[0]
     manifest = yaml.safe_load(bed.sh(control_plane, f"cat {MANIFEST_PATH}"))
-    original = yaml.safe_load(KUBEADM_MANIFEST.read_text())
+    original = yaml.safe_load(KUBEADM_MANIFEST)
     command = manifest["spec"]["containers"][0]["command"]
     assert "--allocate-node-cidrs=true" in command
     assert "--cluster-cidr=10.244.0.0/16" in command
