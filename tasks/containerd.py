@@ -89,9 +89,9 @@ def probe_request(settings: "Settings", diff: bool) -> ProbeRequest:
                         contents=managed_text if diff else [], units=[UNIT])
 
 
-def validate_command() -> str:
+def validate_command(containerd_binary: str = f"{BIN_DIR}/containerd") -> str:
     """containerd parses a staged config itself before it may replace the live one."""
-    return f"{BIN_DIR}/containerd --config {{path}} config dump >/dev/null"
+    return f"{containerd_binary} --config {{path}} config dump >/dev/null"
 
 
 def apply(settings: "Settings", node: NodeState, binaries: list[DesiredFile], runc: DesiredFile) -> None:

@@ -75,25 +75,33 @@ def files_installed(files: list[DesiredFile], current: NodeState, validate: str 
     for f in changed:
         source = io.BytesIO(f.content) if f.is_text else str(f.source)
         yield FileUploadCommand(source, staged_path(f.path))
-    steps = []
+    yield install_script(changed, validate)
+
+
+def install_script(changed: list[DesiredFile], validate: str | None = None, digest_cache: str = DIGEST_CACHE) -> str:
+    """
+    The shell that activates uploaded files: set each staged file's mode, check it with
+    ``validate`` (a rejected file is removed and the live one left as it was, and nothing
+    is activated), rename every staged file over its live one, record their digests.
+    """
+    steps = ["set -e"]
     for f in changed:
         staged = shlex.quote(staged_path(f.path))
         steps.append(f"chmod {f.mode} {staged}")
         if validate:
-            check = validate.format(path=staged)
-            steps.append(f"if ! {check}; then rm -f {staged}; "
-                         f"echo 'podnet: {f.path}: rejected by validation, live file left unchanged' >&2; exit 1; fi")
+            message = shlex.quote(f"podnet: {f.path}: rejected by validation, live file left unchanged")
+            steps.append(f"if ! {validate.format(path=staged)}; then rm -f {staged}; echo {message} >&2; exit 1; fi")
     steps.extend(f"mv -f {shlex.quote(staged_path(f.path))} {shlex.quote(f.path)}" for f in changed)
-    steps.append(record_digests(changed))
-    yield " && ".join(steps) if not validate else "set -e; " + "; ".join(steps)
+    steps.append(record_digests(changed, digest_cache))
+    return "; ".join(steps)
 
 
-def record_digests(files: list[DesiredFile]) -> str:
+def record_digests(files: list[DesiredFile], digest_cache: str = DIGEST_CACHE) -> str:
     """Add the installed files to the probe's digest cache, so the next probe need not hash them."""
     lines = "; ".join(f"printf '%s %s %s\\n' \"$(stat -L -c '%i:%s:%.9Y:%.9Z' {shlex.quote(f.path)})\" "
                       f"{f.sha256} {shlex.quote(f.path)}" for f in files)
-    directory = posixpath.dirname(DIGEST_CACHE)
-    return f"mkdir -p {directory} && {{ {lines}; }} >> {DIGEST_CACHE}"
+    directory = shlex.quote(posixpath.dirname(digest_cache))
+    return f"mkdir -p {directory} && {{ {lines}; }} >> {shlex.quote(digest_cache)}"
 
 
 @operation()

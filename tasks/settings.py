@@ -265,6 +265,17 @@ def _text(value: Any) -> str:
     return value
 
 
+# An image reference: [registry[:port]/]path[:tag][@sha256:digest], lower-case path components.
+IMAGE_RE = re.compile(r"^(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+                      r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$")
+
+
+def _image(value: Any) -> str:
+    if not isinstance(value, str) or not IMAGE_RE.match(value):
+        raise ValueError("an image reference such as registry.k8s.io/pause:3.10")
+    return value
+
+
 IFACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 
 
@@ -329,7 +340,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "flannel_mtu": _optional(_integer(*MTU_RANGE)),
     "flannel_iface": _optional(_iface),
     "flannel_rollout": _choice(FLANNEL_ROLLOUTS),
-    "flannel_image": _text,
+    "flannel_image": _image,
     "flannel_rollout_timeout": _integer(10, 3600),
     "containerd_version": _version,
     "runc_version": _version,
@@ -341,7 +352,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "download_cache_dir": lambda v: Path(_text(v)).expanduser(),
     "cni_bin_dir": _absolute_path,
     "cni_conf_dir": _absolute_path,
-    "sandbox_image": _text,
+    "sandbox_image": _image,
     "systemd_cgroup": _boolean,
     "restrict_oom_score_adj": _boolean,
     "control_plane_group": _text,

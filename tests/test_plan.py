@@ -245,10 +245,10 @@ def test_a_plugin_that_lost_its_exec_bit_is_repaired(cluster):
     run = run_pyinfra(cluster.inventory(cluster.converged(CP), worker), "-y")
     assert_ok(run)
     assert run.uploads(WORKER) == ["/opt/cni/bin/.portmap.podnet-new"]
-    install = [c for c in run.commands(WORKER) if c.startswith("chmod")]
+    install = [c for c in run.commands(WORKER) if c.startswith("set -e; chmod")]
     assert len(install) == 1
-    assert install[0].startswith("chmod 0755 /opt/cni/bin/.portmap.podnet-new && mv -f /opt/cni/bin/.portmap.podnet-new "
-                                 "/opt/cni/bin/portmap && ")
+    assert install[0].startswith("set -e; chmod 0755 /opt/cni/bin/.portmap.podnet-new; "
+                                 "mv -f /opt/cni/bin/.portmap.podnet-new /opt/cni/bin/portmap; ")
     assert install[0].endswith(" /opt/cni/bin/portmap; } >> /var/lib/podnet/digests")  # digest recorded
     assert run.commands(CP) == probes(run, CP)
 

@@ -484,3 +484,20 @@ def test_group_data_documents_every_setting_with_its_default():
     wrong = {spec.name: (documented[spec.name], spec.default) for spec in SPECS
              if documented[spec.name] != spec.default}
     assert not wrong, f"documented value differs from the default (documented, default): {wrong}"
+
+
+@pytest.mark.parametrize("key, value", [
+    ("sandbox_image", 'registry.k8s.io/pause:3.10"'),  # would break containerd's config.toml
+    ("sandbox_image", "Registry.k8s.io/Pause"),
+    ("flannel_image", "docker.io/flannel/flannel:v0.28.4 --privileged"),
+])
+def test_image_references_are_checked(key, value):
+    assert only_problem(**{key: value}) == (
+        f"cp1: {key}: {value!r} is not valid; expected an image reference such as registry.k8s.io/pause:3.10")
+
+
+@pytest.mark.parametrize("image", ["registry.k8s.io/pause:3.10", "pause:3.10", "localhost:5000/team/pause:3.10",
+                                   "docker.io/flannel/flannel:v0.28.4", "registry.k8s.io/pause@sha256:" + "a" * 64])
+def test_real_image_references_are_accepted(image):
+    parsed = parse(control_plane("cp1", sandbox_image=image, flannel_image=image))
+    assert (parsed["cp1"].sandbox_image, parsed["cp1"].flannel_image) == (image, image)

@@ -1,0 +1,78 @@
+"""
+The shell that activates uploaded files, run for real in sh on temporary files: a staged
+file that fails validation never becomes active, and the live file is left as it was.
+The containerd case uses the real containerd binary (installed by `make deps`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tasks import containerd
+from tasks.desired import text_file
+from tasks.ops import install_script, staged_path
+from tasks.settings import parse_host_settings
+
+
+def stage(tmp_path: Path, name: str, live: str | None, new: str):
+    """A live file (or none) and its staged replacement, as files_installed leaves them after the upload."""
+    path = tmp_path / name
+    if live is not None:
+        path.write_text(live)
+    Path(staged_path(str(path))).write_text(new)
+    return text_file(str(path), new)
+
+
+def run(script: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
+
+
+def test_every_staged_file_is_activated_with_its_mode_and_digest_recorded(tmp_path):
+    files = [stage(tmp_path, "a.conf", "old\n", "new a\n"), stage(tmp_path, "b.conf", None, "new b\n")]
+    cache = tmp_path / "state" / "digests"
+    result = run(install_script(files, digest_cache=str(cache)))
+    assert result.returncode == 0, result.stderr
+    for f in files:
+        path = Path(f.path)
+        assert path.read_bytes() == f.content
+        assert oct(path.stat().st_mode & 0o777) == "0o644"
+        assert not Path(staged_path(f.path)).exists()
+    recorded = [line.split(" ", 2) for line in cache.read_text().splitlines()]
+    for (key, sha256, path), f in zip(recorded, files):
+        status = os.stat(f.path)
+        assert key.split(":")[:2] == [str(status.st_ino), str(status.st_size)]
+        assert (sha256, path) == (hashlib.sha256(f.content).hexdigest(), f.path)
+
+
+def test_a_rejected_file_never_becomes_active(tmp_path):
+    files = [stage(tmp_path, "config.toml", "live = true\n", "broken")]
+    result = run(install_script(files, validate="grep -q '=' {path}", digest_cache=str(tmp_path / "digests")))
+    assert result.returncode == 1
+    assert f"podnet: {files[0].path}: rejected by validation, live file left unchanged" in result.stderr
+    assert Path(files[0].path).read_text() == "live = true\n"
+    assert not Path(staged_path(files[0].path)).exists()
+    assert not (tmp_path / "digests").exists()
+
+
+@pytest.mark.skipif(shutil.which("containerd") is None, reason="containerd is installed by `make deps`")
+@pytest.mark.parametrize("version", ["1.6.20", "1.7.34"])
+def test_containerd_itself_rejects_a_broken_config_and_accepts_the_rendered_one(tmp_path, version):
+    """Debian's containerd 1.6 checks the config: rendered (valid) and broken (invalid) TOML."""
+    check = containerd.validate_command(shutil.which("containerd"))
+    settings = parse_host_settings({"containerd_version": version}, "node", [])
+    rendered = containerd.render_config(settings)
+    good = [stage(tmp_path, "good.toml", "# live\n", rendered)]
+    assert run(install_script(good, validate=check, digest_cache=str(tmp_path / "d1"))).returncode == 0
+    assert Path(good[0].path).read_text() == rendered
+    bad = [stage(tmp_path, "bad.toml", "# live\n", rendered.replace("restrict_oom_score_adj = false",
+                                                                       'restrict_oom_score_adj = "no"'))]
+    result = run(install_script(bad, validate=check, digest_cache=str(tmp_path / "d2")))
+    assert result.returncode == 1
+    assert "Can't convert" in result.stderr
+    assert Path(bad[0].path).read_text() == "# live\n"
