@@ -18,6 +18,7 @@ import yaml
 
 from tasks import containerd as containerd_tasks
 from tasks.settings import parse_host_settings
+from bench import run as node_costs  # counts what a pyinfra run cost each node, from its sshd log
 from tests.localcluster import Cluster
 from tests.mirror import build_mirror, serve_mirror
 from tests.podbed import FLANNELD_MTU, MANIFEST_PATH, PodBed
@@ -41,13 +42,17 @@ def bed(request, mirror, tmp_path_factory):
     generation = request.param
     name = "e2e1" if generation == "1.x" else "e2e2"
     workdir = tmp_path_factory.mktemp(f"bed-{name}")
-    with serve_mirror(mirror.root) as base_url, Cluster(name=name, nodes=NODES,
-                                                        state_dir=workdir / "cluster") as cluster:
+    downloads: list = []
+    with serve_mirror(mirror.root, request_log=downloads) as base_url, \
+            Cluster(name=name, nodes=NODES, state_dir=workdir / "cluster") as cluster:
         bed = PodBed(cluster, base_url, mirror, generation, workdir)
         bed.install_standins()
         bed.write_inventory()
+        marks = [node_costs.mark(node) for node in cluster.nodes]
         bed.first_run = bed.deploy()
         assert bed.first_run.returncode == 0, bed.first_run.output[-4000:]
+        bed.first_run_costs = [node_costs.cost_since(node, m) for node, m in zip(cluster.nodes, marks)]
+        bed.first_run_downloads = list(downloads)
         settings = parse_host_settings(bed.inventory_data(), "node", [])
         bed.sandbox_image = settings.sandbox_image
         bed.import_pause_image(settings.sandbox_image)
@@ -142,6 +147,23 @@ def test_rerun_changes_nothing_and_restarts_nothing(bed):
     assert rerun.errors == 0
     assert sum(r["no_change"] for r in rerun.results.values()) > 0
     assert [bed.containerd_pid(node) for node in bed.cluster.nodes] == pids
+
+
+def test_first_run_downloads_each_artifact_once_and_uses_one_transfer_session_per_host(bed):
+    paths = [path for method, path, status in bed.first_run_downloads if method == "GET"]
+    assert len(paths) == len(set(paths)) == 4, paths  # containerd, runc, CNI plugins, flannel plugin
+    for node, cost in zip(bed.cluster.nodes, bed.first_run_costs):
+        assert (cost.connections, cost.sftp) == (1, 1), (node.name, cost)
+
+
+@pytest.mark.parametrize("extra", [(), ("--dry",)], ids=["rerun", "dry"])
+def test_a_converged_cluster_costs_one_command_per_host_and_no_transfer(bed, extra):
+    marks = [node_costs.mark(node) for node in bed.cluster.nodes]
+    run = bed.deploy(*extra)
+    assert run.returncode == 0, run.output[-4000:]
+    for node, before in zip(bed.cluster.nodes, marks):
+        cost = node_costs.cost_since(node, before)
+        assert (cost.connections, cost.commands, cost.sftp, cost.other_sessions) == (1, 1, 0, []), (node.name, cost)
 
 
 def test_dry_run_on_a_converged_cluster_lists_no_change(bed):
