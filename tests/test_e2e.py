@@ -16,9 +16,9 @@ import tomllib
 import pytest
 import yaml
 
+from bench import run as node_costs  # counts what a pyinfra run cost each node, from its sshd log
 from tasks import containerd as containerd_tasks
 from tasks.settings import parse_host_settings
-from bench import run as node_costs  # counts what a pyinfra run cost each node, from its sshd log
 from tests.localcluster import Cluster
 from tests.mirror import build_mirror, serve_mirror
 from tests.podbed import FLANNELD_MTU, MANIFEST_PATH, PodBed
