@@ -189,8 +189,8 @@ def apply_daemonset(s: Settings, node: NodeState, ipam_changed: bool, cluster_cr
         problems = pod_cidr_problems(s, node.queries.get("pod_cidrs", (0, []))[1])
         if problems:
             raise PodCidrError("; ".join(problems))
-    ops.check_after_changes(name="flannel: every node has a podCIDR in the cluster CIDR",
-                            check=wait_for_pod_cidrs, args=(s,), needed=not check_now)
+    ops.python_step(name="flannel: every node has a podCIDR in the cluster CIDR", function=wait_for_pod_cidrs,
+                    args=(s,), reason=None if check_now else "waiting for every node's podCIDR after this run's changes")
 
 
 def apply_systemd(s: Settings, node: NodeState, flanneld_binary) -> None:

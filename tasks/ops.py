@@ -184,22 +184,6 @@ class HostCommand(FunctionCommand):
 
 
 @operation()
-def check_after_changes(check, args: tuple, needed: bool):
-    """
-    Run a Python check against the host after the changes before it were applied.
-
-    + check: callable(state, host, connector_arguments, *args) that raises with a clear message
-      on failure
-    + args: its arguments
-    + needed: whether this run changed something the check depends on
-    """
-    if not needed:
-        host.noop("nothing changed that needs checking")
-        return
-    yield HostCommand(check, args, {})
-
-
-@operation()
 def python_step(function, args: tuple, reason: str | None):
     """
     Run a Python step at execution time, when a reason for it was found while planning.
