@@ -20,10 +20,10 @@ import shutil
 import time
 from pathlib import Path
 
+from tests.debian_sources import DEBIAN_SOURCES, parse_deb822_sources
+
 from .mounts import overlays_using_lower, unmount_tree
 from .util import ClusterError, log, run
-
-DEBIAN_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 
 # What a node needs besides minbase.  libseccomp2: runc links it.  iptables: CNI
 # bridge/portmap/flannel ipmasq call it.  kmod/procps: modprobe/sysctl used by the toolkit.
@@ -85,36 +85,13 @@ def recipe_stamp(suite: str, mirror: str) -> str:
 # --- finding the Debian mirror -------------------------------------------------------
 
 
-def parse_deb822(text: str) -> list[dict[str, str]]:
-    """Parse deb822 stanzas (apt .sources files); comment lines are ignored (pure)."""
-    stanzas: list[dict[str, str]] = []
-    current: dict[str, str] = {}
-    key = None
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        if not line.strip():
-            if current:
-                stanzas.append(current)
-            current, key = {}, None
-        elif line[0] in " \t" and key:  # continuation line
-            current[key] += " " + line.strip()
-        elif ":" in line:
-            key, _, value = line.partition(":")
-            key = key.strip()
-            current[key] = value.strip()
-    if current:
-        stanzas.append(current)
-    return stanzas
-
-
 def debian_mirror(suite: str, sources_text: str) -> str:
     """The first `deb` URI serving `suite`; else the first serving any plain codename (pure)."""
-    debs = [s for s in parse_deb822(sources_text) if "deb" in s.get("Types", "").split()]
-    exact = [s for s in debs if suite in s.get("Suites", "").split()]
-    plain = [s for s in debs if any("-" not in x for x in s.get("Suites", "").split())]
+    debs = [s for s in parse_deb822_sources(sources_text) if "deb" in s.get("types", "").split()]
+    exact = [s for s in debs if suite in s.get("suites", "").split()]
+    plain = [s for s in debs if any("-" not in x for x in s.get("suites", "").split())]
     for stanza in exact + plain:
-        uris = stanza.get("URIs", "").split()
+        uris = stanza.get("uris", "").split()
         if uris:
             return uris[0]
     raise ClusterError(f"no Debian mirror for {suite!r} found in {DEBIAN_SOURCES}")
