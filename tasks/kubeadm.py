@@ -159,12 +159,11 @@ def prerequisites(s: Settings, node: NodeState, host_name: str) -> None:
     ops.shell_when(name="kubeadm: swap off (the kubelet does not run with swap)", commands=swap_commands,
                    reason=f"swap is {' and '.join(swap_on)}" if swap_on else None)
     missing = missing_tools(node)
+    packages = sorted({PREFLIGHT_TOOLS[tool] for tool in missing})
     if missing and not node.features.get(HAS_APT):
-        packages = sorted({PREFLIGHT_TOOLS[tool] for tool in missing})
         raise KubeadmError(f"{host_name}: {', '.join(missing)} not found; kubeadm's preflight checks need them. "
                            f"podnet installs them with apt-get on Debian and Ubuntu and this host has none: "
                            f"install {', '.join(packages)} and rerun")
-    packages = sorted({PREFLIGHT_TOOLS[tool] for tool in missing})
     ops.shell_when(name="kubeadm: tools kubeadm's preflight checks need",
                    commands=[f"{APT_INSTALL} {' '.join(packages)}"],
                    reason=f"installing {', '.join(packages)} (missing: {', '.join(missing)})" if missing else None)
