@@ -3,7 +3,9 @@ Release artifacts: which file to fetch, from where, with which sha256, and what 
 
 Pinned versions and checksums live in ``files/artifacts.yaml``; inventory data may add or
 override checksums (``artifact_checksums``) and replace the upstream hosts with a mirror
-(``mirror_url``). Downloading itself is ``tasks.download``; this module only decides.
+(``mirror_url``). A sha256 pinned in neither place comes from a ``lookup`` the caller
+passes (``tasks.checksums``: the lock file, else upstream's published sum). Downloading
+itself is ``tasks.download``; this module only decides.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import tarfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlsplit
 
 import yaml
@@ -38,6 +41,8 @@ class Artifact:
     arch: str
     url: str
     sha256: str
+    # Where the sha256 came from, for error messages: a setting, a file, a lock entry, a URL.
+    sha256_source: str = "files/artifacts.yaml"
 
     @property
     def filename(self) -> str:
@@ -49,6 +54,20 @@ def pinned() -> dict:
     """The data file, parsed once."""
     with open(ARTIFACTS_FILE) as f:
         return yaml.safe_load(f)
+
+
+KUBERNETES_BINARIES = ("kubeadm", "kubelet", "kubectl")
+
+
+def needed(settings: Settings) -> tuple[str, ...]:
+    """The artifacts a node with these settings gets: flanneld only for the systemd rollout,
+    kubeadm, kubelet and kubectl only with cluster_bootstrap."""
+    names = ("containerd", "runc", "cni_plugins", "flannel_cni_plugin")
+    if settings.flannel_rollout == "systemd":
+        names += ("flanneld",)
+    if settings.cluster_bootstrap:
+        names += KUBERNETES_BINARIES
+    return names
 
 
 def version_setting(name: str) -> str:
@@ -67,25 +86,79 @@ def mirrored(url: str, mirror_url: str | None) -> str:
     return mirror_url.rstrip("/") + urlsplit(url).path
 
 
-def resolve(settings: Settings, name: str, arch: str) -> Artifact:
-    """The artifact ``name`` at the version the settings ask for, for ``arch``."""
+def upstream_url(name: str, version: str, arch: str) -> str:
+    """Upstream's URL of ``name`` at ``version`` for ``arch``.
+
+    Raises ArtifactError for a version missing from an artifact's ``asset_versions`` map:
+    where upstream's asset names do not follow the tag, the map is the list of known releases.
+    """
     entry = pinned()[name]
-    version = version_of(settings, name)
-    override = settings.artifact_checksums.get(name, {}).get(version, {}).get(arch)
-    sha256 = override or (entry.get("versions") or {}).get(version, {}).get(arch)
-    if not sha256:
-        known = sorted(v for v, arches in (entry.get("versions") or {}).items() if arch in arches)
-        known_text = ", ".join(known) if known else "none"
-        setting = version_setting(name)
-        of = "" if setting == f"{name}_version" else f" of {name}"
+    asset_versions = entry.get("asset_versions")
+    if asset_versions is not None and version not in asset_versions:
+        known = ", ".join(sorted(asset_versions, key=version_key))
         raise ArtifactError(
-            f"{setting}: {version!r} has no pinned sha256{of} for {arch} "
+            f"{version_setting(name)}: {version!r} is not a release podnet knows the asset name of "
+            f"(known: {known}); pick one of these, or add it with its asset name to asset_versions "
+            f"of {name} in files/artifacts.yaml")
+    asset_version = (asset_versions or {}).get(version, version)
+    return entry["url"].format(version=version, arch=arch, asset_version=asset_version)
+
+
+def asset_url(settings: Settings, name: str, version: str, arch: str) -> str:
+    """The download URL of ``name`` at ``version`` for ``arch``: upstream's, or the mirror's."""
+    return mirrored(upstream_url(name, version, arch), settings.mirror_url)
+
+
+def pinned_sha256(settings: Settings, name: str, version: str, arch: str) -> tuple[str, str] | None:
+    """(sha256, where it is pinned) from ``artifact_checksums`` or files/artifacts.yaml, or None."""
+    override = settings.artifact_checksums.get(name, {}).get(version, {}).get(arch)
+    if override:
+        return override, "the artifact_checksums setting"
+    sha256 = (pinned()[name].get("versions") or {}).get(version, {}).get(arch)
+    return (sha256, "files/artifacts.yaml") if sha256 else None
+
+
+def pinned_versions(name: str, arch: str) -> str:
+    """The versions files/artifacts.yaml pins for ``arch``, as text ("none" if none)."""
+    known = sorted((v for v, arches in (pinned()[name].get("versions") or {}).items() if arch in arches),
+                   key=version_key)
+    return ", ".join(known) if known else "none"
+
+
+def unpinned_message(name: str, version: str, arch: str) -> str:
+    """What to set when ``name`` at ``version`` has no sha256 for ``arch``."""
+    known_text = pinned_versions(name, arch)
+    setting = version_setting(name)
+    of = "" if setting == f"{name}_version" else f" of {name}"
+    return (f"{setting}: {version!r} has no pinned sha256{of} for {arch} "
             f"(pinned for {arch}: {known_text}); pick a pinned version or add "
-            f"artifact_checksums = {{'{name}': {{'{version}': {{'{arch}': '<sha256>'}}}}}}"
-        )
-    asset_version = (entry.get("asset_versions") or {}).get(version, version)
-    url = entry["url"].format(version=version, arch=arch, asset_version=asset_version)
-    return Artifact(name, version, arch, mirrored(url, settings.mirror_url), sha256)
+            f"artifact_checksums = {{'{name}': {{'{version}': {{'{arch}': '<sha256>'}}}}}}")
+
+
+# (name, version, arch) -> (sha256, where it came from); raises ArtifactError.
+Lookup = Callable[[str, str, str], "tuple[str, str]"]
+
+
+def resolve(settings: Settings, name: str, arch: str, lookup: Lookup | None = None) -> Artifact:
+    """The artifact ``name`` at the version the settings ask for, for ``arch``.
+
+    The sha256 is the pinned one (``artifact_checksums`` first, then files/artifacts.yaml);
+    without a pin, ``lookup`` gives it, and without ``lookup`` ArtifactError says what to pin.
+    """
+    version = version_of(settings, name)
+    url = asset_url(settings, name, version, arch)
+    found = pinned_sha256(settings, name, version, arch)
+    if found is None:
+        if lookup is None:
+            raise ArtifactError(unpinned_message(name, version, arch))
+        found = lookup(name, version, arch)
+    sha256, source = found
+    return Artifact(name, version, arch, url, sha256, source)
+
+
+def version_key(version: str) -> tuple:
+    """Sort key for release versions: numbers numerically, suffixes such as flannel1 after them."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in version.replace("-", ".").split("."))
 
 
 def safe_members(archive: Path) -> list[tarfile.TarInfo]:

@@ -8,13 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks import artifacts, cni, containerd, controller_manager, flannel, kernel, kubeadm
+from tasks import artifacts, checksums, cni, containerd, controller_manager, flannel, kernel, kubeadm
+from tasks.artifacts import KUBERNETES_BINARIES
 from tasks.desired import DesiredFile
 from tasks.download import Downloader
 from tasks.probe import NodeState, ProbeRequest, node_state
 from tasks.settings import ARCHITECTURES, Settings, SettingsError, parse_inventory
-
-KUBERNETES_BINARIES = ("kubeadm", "kubelet", "kubectl")
 
 _settings: dict[str, Settings] = {}
 _downloaders: dict[Path, Downloader] = {}
@@ -78,16 +77,12 @@ class NodeArtifacts:
 def fetch_artifacts(settings: Settings, node: NodeState, host_name: str) -> NodeArtifacts:
     """Resolve, download (once per run and cache) and unpack what this node needs."""
     arch = architecture(node, host_name)
+    downloader = downloader_for(settings.download_cache_dir)
+    lookup = checksums.for_run(settings.artifact_lock_file, downloader).lookup(settings)
     try:
-        resolved = {name: artifacts.resolve(settings, name, arch)
-                    for name in ("containerd", "runc", "cni_plugins", "flannel_cni_plugin")}
-        if settings.flannel_rollout == "systemd":
-            resolved["flanneld"] = artifacts.resolve(settings, "flanneld", arch)
-        if settings.cluster_bootstrap:
-            resolved.update({name: artifacts.resolve(settings, name, arch) for name in KUBERNETES_BINARIES})
+        resolved = {name: artifacts.resolve(settings, name, arch, lookup) for name in artifacts.needed(settings)}
     except artifacts.ArtifactError as error:
         raise SettingsError([f"{host_name}: {error}"]) from None
-    downloader = downloader_for(settings.download_cache_dir)
     flannel_dir = downloader.unpack(resolved["flannel_cni_plugin"])
     flannel_binary = flannel_dir / f"flannel-{arch}"
     if not flannel_binary.is_file():

@@ -34,15 +34,19 @@ CHUNK = 1 << 20
 PROGRESS_MIN_BYTES = 4 << 20
 DEFAULT_ATTEMPTS = 4
 DEFAULT_TIMEOUT = 30  # seconds without progress (connect and per read)
+MAX_DOCUMENT = 1 << 20  # a checksum file or a release API answer is far smaller
 
 class DownloadError(PodnetError, RuntimeError):
     """The artifact could not be fetched after the allowed attempts."""
 
 class ChecksumMismatch(DownloadError):
-    def __init__(self, url: str, expected: str, actual: str):
-        self.url, self.expected, self.actual = url, expected, actual
-        super().__init__(f"checksum mismatch for {url}: expected sha256 {expected}, got {actual}; "
-                         "nothing was changed on any node")
+    """The downloaded file's sha256 is not the expected one (pinned, locked or published)."""
+
+    def __init__(self, artifact: Artifact, actual: str):
+        self.url, self.expected, self.actual = artifact.url, artifact.sha256, actual
+        super().__init__(f"checksum mismatch for {artifact.name} {artifact.version} {artifact.arch} "
+                         f"({artifact.url}): expected sha256 {artifact.sha256} from {artifact.sha256_source}, "
+                         f"got {actual}; nothing was changed on any node")
 
 class _Transient(Exception):
     """A failure worth another attempt."""
@@ -103,20 +107,49 @@ class Downloader:
 
     def _download(self, artifact: Artifact, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        actual = self._retrying(artifact.url, lambda: self._transfer(artifact.url, path))
+        if actual != artifact.sha256:
+            path.unlink(missing_ok=True)
+            raise ChecksumMismatch(artifact, actual)
+
+    def _retrying(self, url: str, attempt_once):
+        """``attempt_once()``, again after a transient failure, at most ``attempts`` times."""
         last_error: Exception | None = None
         for attempt in range(1, self.attempts + 1):
             try:
-                actual = self._transfer(artifact.url, path)
+                return attempt_once()
             except _Transient as error:
                 last_error = error
                 if attempt < self.attempts:
                     time.sleep(self.backoff * attempt)
-                continue
-            if actual != artifact.sha256:
-                path.unlink(missing_ok=True)
-                raise ChecksumMismatch(artifact.url, artifact.sha256, actual)
-            return
-        raise DownloadError(f"could not download {artifact.url} after {self.attempts} attempts: {last_error}")
+        raise DownloadError(f"could not download {url} after {self.attempts} attempts: {last_error}")
+
+    def fetch_document(self, url: str, headers: dict[str, str] | None = None) -> bytes:
+        """A small document (checksum file, API answer), not cached; at most MAX_DOCUMENT bytes.
+
+        Raises DownloadError (HTTP status other than 200, too large, or transient failures
+        after ``attempts`` tries).
+        """
+        def once() -> bytes:
+            try:
+                with requests.get(url, headers=headers or {}, stream=True, timeout=self.timeout) as response:
+                    if response.status_code >= 500 or response.status_code == 429:
+                        raise _Transient(f"HTTP {response.status_code}")
+                    if response.status_code != 200:
+                        raise DownloadError(f"could not download {url}: HTTP {response.status_code}")
+                    total = int(response.headers.get("Content-Length") or 0)
+                    body = b""
+                    for chunk in response.iter_content(CHUNK):
+                        body += chunk
+                        if len(body) > MAX_DOCUMENT:
+                            raise DownloadError(f"could not use {url}: larger than {MAX_DOCUMENT} bytes")
+                    if total and len(body) != total:
+                        raise _Transient(f"short read: {len(body)} of {total} bytes")
+            except (requests.ConnectionError, requests.Timeout,
+                    requests.exceptions.ChunkedEncodingError) as error:
+                raise _Transient(str(error)) from error
+            return body
+        return self._retrying(url, once)
 
     def _transfer(self, url: str, path: Path) -> str:
         """One attempt: stream to a temporary file, rename on success; return its sha256."""

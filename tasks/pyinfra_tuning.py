@@ -23,6 +23,8 @@ import inspect
 import socket
 
 import pyinfra.api.util
+from pyinfra.api import Config, State
+from pyinfra.context import ctx_state
 
 
 def ssh_socket(host) -> socket.socket | None:
@@ -58,3 +60,19 @@ def fast_operation_order() -> None:
     """Make pyinfra's stack-based operation ordering skip reading source lines (idempotent)."""
     pyinfra.api.util.stack = _stack_without_source
     pyinfra.api.util.getframeinfo = _frameinfo_without_source
+
+
+def load_inventory(path: str):
+    """A pyinfra inventory file (with its group_data) loaded as ``pyinfra inventory.py ...``
+    loads it, without connecting to any host: for podnet commands that only read settings.
+
+    Uses pyinfra_cli's loader, which pyinfra does not export as API; it needs a current state.
+    """
+    import os
+
+    from pyinfra_cli.inventory import make_inventory
+
+    with ctx_state.use(State(config=Config())):
+        inventory = make_inventory(path, cwd=os.getcwd())
+        State(inventory=inventory, config=Config())  # attaches the hosts' state, so host.data resolves
+    return inventory

@@ -89,7 +89,8 @@ SPECS: tuple[SettingSpec, ...] = (
                 scope="host"),
     SettingSpec("runc_version", "1.4.3", "runc release", scope="host"),
     SettingSpec("cni_plugins_version", "1.9.1", "containernetworking/plugins release", scope="host"),
-    SettingSpec("flannel_cni_plugin_version", "1.7.1-flannel1", "flannel-io/cni-plugin release",
+    SettingSpec("flannel_cni_plugin_version", "1.9.1-flannel1",
+                "flannel-io/cni-plugin release (the default is the one flannel v0.28.4's kube-flannel.yml uses)",
                 scope="host"),
     SettingSpec("flanneld_version", "0.28.4", "flanneld release (systemd rollout)", scope="host"),
     SettingSpec("mirror_url", None,
@@ -97,6 +98,12 @@ SPECS: tuple[SettingSpec, ...] = (
                 "the upstream path is kept below it"),
     SettingSpec("artifact_checksums", {},
                 "sha256 overrides/additions: {artifact: {version: {arch: sha256}}}", scope="host"),
+    SettingSpec("artifact_lock_file", "inventory/artifacts.lock.yaml",
+                "checksum lock: sha256 resolved from upstream's published sums, written once and then read "
+                "(commit it); a relative path is below the podnet checkout"),
+    SettingSpec("resolve_checksums", True,
+                "resolve a sha256 that is neither pinned nor locked from upstream's published sums; "
+                "false: every sum must be pinned (artifact_checksums, files/artifacts.yaml) or locked"),
     SettingSpec("download_cache_dir", "~/.cache/podnet", "laptop-side download cache"),
     SettingSpec("cni_bin_dir", "/opt/cni/bin", "where CNI plugin binaries are installed"),
     SettingSpec("cni_conf_dir", "/etc/cni/net.d", "where containerd looks for the CNI config"),
@@ -150,6 +157,8 @@ class Settings:
     flanneld_version: str
     mirror_url: str | None
     artifact_checksums: dict = field(hash=False)
+    artifact_lock_file: Path = Path("inventory/artifacts.lock.yaml")
+    resolve_checksums: bool = True
     download_cache_dir: Path = Path("~/.cache/podnet")
     cni_bin_dir: str = "/opt/cni/bin"
     cni_conf_dir: str = "/etc/cni/net.d"
@@ -291,6 +300,15 @@ def _url(value: Any) -> str:
     return value.rstrip("/")
 
 
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def _checkout_path(value: str) -> Path:
+    """A path on the operator's machine; a relative one is below the podnet checkout (not the cwd)."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else CHECKOUT / path
+
+
 def _address(value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     try:
         return ipaddress.ip_address(value)
@@ -349,6 +367,8 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "flanneld_version": _version,
     "mirror_url": _optional(_url),
     "artifact_checksums": _checksums,
+    "artifact_lock_file": lambda v: _checkout_path(_text(v)),
+    "resolve_checksums": _boolean,
     "download_cache_dir": lambda v: Path(_text(v)).expanduser(),
     "cni_bin_dir": _absolute_path,
     "cni_conf_dir": _absolute_path,

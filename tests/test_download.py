@@ -93,8 +93,8 @@ def test_checksum_mismatch_names_url_expected_actual_and_caches_nothing(server, 
     url = server.script(PATH, Reply(body=tampered))
     with pytest.raises(ChecksumMismatch) as raised:
         downloader(cache).fetch(artifact(url))
-    assert str(raised.value) == (f"checksum mismatch for {url}: expected sha256 {sha(PAYLOAD)}, "
-                                 f"got {sha(tampered)}; nothing was changed on any node")
+    assert str(raised.value) == (f"checksum mismatch for runc 1.4.3 amd64 ({url}): expected sha256 {sha(PAYLOAD)} "
+                                 f"from files/artifacts.yaml, got {sha(tampered)}; nothing was changed on any node")
     assert (raised.value.url, raised.value.expected, raised.value.actual) == (url, sha(PAYLOAD), sha(tampered))
     assert files_in(cache) == []
     assert server.requests[PATH] == 1  # a mismatch is not retried

@@ -94,7 +94,8 @@ class Bed:
         address = ADDRESSES[host]
         return {"cluster_bootstrap": True, "node_ip": address, "flannel_iface": address, "_sudo": True,
                 "mirror_url": self.server.url, "artifact_checksums": self.checksums,
-                "download_cache_dir": str(self.tmp / "cache"), "flannel_rollout_timeout": 10, **self.extra}
+                "download_cache_dir": str(self.tmp / "cache"), "flannel_rollout_timeout": 10,
+                "artifact_lock_file": str(self.tmp / "artifacts.lock.yaml"), **self.extra}
 
     def settings(self, host: str) -> Settings:
         return parse_host_settings(self.data(host), host, [self.group(host)])
@@ -299,12 +300,11 @@ def test_bootstrap_is_off_by_default(bed):
 
 
 def test_a_kubernetes_version_without_checksum_fails_naming_the_setting(bed):
-    bed.extra = {"kubernetes_version": "1.36.0"}
+    bed.extra = {"kubernetes_version": "1.36.0", "resolve_checksums": False}
     run = run_pyinfra(bed.inventory({h: bed.fresh(h) for h in bed.hosts}), "-y")
     assert run.returncode != 0
-    assert ("kubernetes_version: '1.36.0' has no pinned sha256 of kubeadm for amd64 (pinned for amd64: 1.34.4, "
-            "1.35.1); pick a pinned version or add artifact_checksums = {'kubeadm': {'1.36.0': {'amd64': "
-            "'<sha256>'}}}") in run.output
+    assert ("kubeadm 1.36.0 amd64: no sha256 is pinned or locked, and resolve_checksums is false; files/artifacts.yaml "
+            "pins kubeadm for amd64 at 1.34.4, 1.35.1; to use 1.36.0, pin it in your inventory's group data: artifact_checksums = {'kubeadm': {'1.36.0': {'amd64': '<sha256>'}}}") in run.output
     for host in bed.hosts:
         assert run.uploads(host) == []
 

@@ -15,7 +15,9 @@ What the runs show:
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +26,11 @@ import pytest
 from tasks import containerd
 from tasks.probe import NodeState, ProbeRequest, parse_probe, probe_script
 from tasks.settings import Settings, parse_host_settings
-from tests.support.http import ScriptedServer
+from tests.support.http import Reply, ScriptedServer
 from tests.support.kubeadm import KUBEADM_MANIFEST
 from tests.support.plan import (
     PROBE_MARK,
+    REPO,
     FakeNode,
     Run,
     converged_state,
@@ -80,7 +83,8 @@ class Cluster:
 
     def data(self, **extra) -> dict:
         return {"mirror_url": self.server.url, "artifact_checksums": self.releases.checksums(),
-                "download_cache_dir": str(self.tmp / "cache"), "flannel_rollout_timeout": 10, **extra}
+                "download_cache_dir": str(self.tmp / "cache"), "flannel_rollout_timeout": 10,
+                "artifact_lock_file": str(self.tmp / "artifacts.lock.yaml"), **extra}
 
     def settings(self, host: str, **extra) -> Settings:
         group = "control_plane" if host == CP else "workers"
@@ -211,6 +215,78 @@ def test_each_artifact_is_downloaded_once_and_then_cached(cluster):
     assert dict(cluster.server.requests) == again  # the second run is served by the cache
 
 
+def unpinned_flannel(cluster: Cluster) -> dict:
+    """The release pins without the flannel CNI plugin's: podnet must resolve that one."""
+    return {name: versions for name, versions in cluster.releases.checksums().items() if name != "flannel_cni_plugin"}
+
+
+def test_an_unpinned_sum_is_resolved_once_locked_and_then_read_from_the_lock(cluster):
+    flannel = "/" + cluster.releases.upstream_path("flannel_cni_plugin")
+    sha = hashlib.sha256(cluster.releases.files["flannel_cni_plugin"]).hexdigest()
+    cluster.server.script(flannel + ".sha256", Reply(body=f"{sha}  {Path(flannel).name}\n".encode()))
+    inventory = cluster.inventory(cluster.fresh(CP), cluster.fresh(WORKER), artifact_checksums=unpinned_flannel(cluster))
+    before = cluster.server.requests[flannel + ".sha256"]
+    run = run_pyinfra(inventory, "-y")
+    assert_ok(run)
+    lock = cluster.tmp / "artifacts.lock.yaml"
+    source = cluster.server.url + flannel + ".sha256"
+    assert cluster.server.requests[flannel + ".sha256"] - before == 1  # two hosts, one question
+    assert run.stderr.count("podnet: resolved 1 sha256") == 1
+    assert (f"podnet: resolved 1 sha256 from upstream's published checksums and recorded them in {lock}:\n"
+            f"  flannel_cni_plugin 1.9.1-flannel1 amd64  sha256 {sha}  from {source}\n"
+            f"podnet: commit {lock}: later runs read these sums from it and ask upstream nothing.") in run.stderr
+    assert f"sha256: {sha}" in lock.read_text()
+    # upstream's checksum file is gone: the lock answers, nothing is printed about resolving
+    cluster.server.script(flannel + ".sha256", Reply(status=404))
+    again = run_pyinfra(inventory, "-y", "--dry")
+    assert_ok(again)
+    assert cluster.server.requests[flannel + ".sha256"] - before == 1
+    assert "podnet: resolved" not in again.stderr
+
+
+def test_no_published_sum_stops_the_run_before_any_change(cluster):
+    flannel = "/" + cluster.releases.upstream_path("flannel_cni_plugin")
+    cluster.server.script(flannel + ".sha256", Reply(status=404))
+    run = run_pyinfra(cluster.inventory(cluster.fresh(CP), cluster.fresh(WORKER),
+                                        artifact_checksums=unpinned_flannel(cluster)), "-y")
+    assert run.returncode != 0
+    assert (f"flannel_cni_plugin 1.9.1-flannel1 amd64: no sha256 is pinned or locked, and upstream's published sum "
+            f"cannot be used: could not download {cluster.server.url}{flannel}.sha256: HTTP 404; ") in run.stderr
+    assert not (cluster.tmp / "artifacts.lock.yaml").exists()
+    for host in HOSTS:
+        assert run.commands(host) == probes(run, host)
+        assert run.uploads(host) == []
+
+
+def test_the_lock_command_writes_the_lock_without_touching_a_host(cluster):
+    flannel = "/" + cluster.releases.upstream_path("flannel_cni_plugin")
+    sha = hashlib.sha256(cluster.releases.files["flannel_cni_plugin"]).hexdigest()
+    cluster.server.script(flannel + ".sha256", Reply(body=f"{sha}  {Path(flannel).name}\n".encode()))
+    inventory = cluster.inventory(cluster.fresh(CP), cluster.fresh(WORKER), artifact_checksums=unpinned_flannel(cluster))
+    before = dict(cluster.server.requests)
+
+    def lock_command(*options: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tasks.lock", str(inventory), *options], cwd=REPO,
+                              capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, NO_PROXY="127.0.0.1", no_proxy="127.0.0.1"))
+
+    done = lock_command()
+    assert done.returncode == 0, done.stderr
+    assert f"  flannel_cni_plugin 1.9.1-flannel1 amd64  sha256 {sha}  from {cluster.server.url}{flannel}.sha256" \
+        in done.stdout
+    assert {p: n - before.get(p, 0) for p, n in cluster.server.requests.items() if n != before.get(p, 0)} == {
+        flannel + ".sha256": 1}  # only the checksum file: no release file, and no host (nothing connects)
+    # a second time: already locked; with --verify, upstream is asked again and still agrees
+    done = lock_command("--verify")
+    assert done.returncode == 0, done.stderr
+    assert "already holds every sum this inventory needs (and upstream still publishes them)" in done.stdout
+    # upstream now publishes another sum: --verify fails naming both
+    cluster.server.script(flannel + ".sha256", Reply(body=f"{'e' * 64}  {Path(flannel).name}\n".encode()))
+    done = lock_command("--verify")
+    assert done.returncode == 1
+    assert f"upstream now publishes sha256 {'e' * 64}" in done.stderr and f"holds {sha}" in done.stderr
+
+
 # --- (c) a converged host ----------------------------------------------------------------
 
 
@@ -317,8 +393,8 @@ def test_checksum_mismatch_stops_the_run_before_any_change(cluster):
     assert run.returncode != 0
     url = cluster.server.url + "/" + cluster.releases.upstream_path("runc")
     actual = hashlib.sha256(cluster.releases.runc).hexdigest()
-    assert (f"checksum mismatch for {url}: expected sha256 {'f' * 64}, got {actual}; nothing was changed on "
-            "any node") in run.stderr
+    assert (f"checksum mismatch for runc 1.4.3 amd64 ({url}): expected sha256 {'f' * 64} from the "
+            f"artifact_checksums setting, got {actual}; nothing was changed on any node") in run.stderr
     for host in HOSTS:
         assert run.commands(host) == probes(run, host)
         assert run.uploads(host) == []

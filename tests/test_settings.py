@@ -410,9 +410,9 @@ def test_artifact_with_no_pins_at_all():
     with pytest.raises(ArtifactError) as raised:
         resolve(settings(), "flannel_cni_plugin", "arm64")
     assert str(raised.value) == (
-        "flannel_cni_plugin_version: '1.7.1-flannel1' has no pinned sha256 for arm64 (pinned for arm64: none); "
+        "flannel_cni_plugin_version: '1.9.1-flannel1' has no pinned sha256 for arm64 (pinned for arm64: none); "
         "pick a pinned version or add artifact_checksums = "
-        "{'flannel_cni_plugin': {'1.7.1-flannel1': {'arm64': '<sha256>'}}}")
+        "{'flannel_cni_plugin': {'1.9.1-flannel1': {'arm64': '<sha256>'}}}")
 
 
 def test_override_for_another_arch_does_not_count():

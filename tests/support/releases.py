@@ -56,7 +56,7 @@ class Releases:
     tree: Path
     versions: dict[str, str] = field(default_factory=lambda: {
         "containerd": "2.3.4", "runc": "1.4.3", "cni_plugins": "1.9.1",
-        "flannel_cni_plugin": "1.7.1-flannel1", "flanneld": "0.28.4"})
+        "flannel_cni_plugin": "1.9.1-flannel1", "flanneld": "0.28.4"})
     # name -> bytes of each installed binary, as the node should end up holding it
     containerd_bins: dict[str, bytes] = field(default_factory=dict)
     runc: bytes = b""

@@ -1,0 +1,71 @@
+"""
+The checksum lock without a deploy: ``python3 -m tasks.lock inventory/<cluster>.py``.
+
+Resolves the sha256 of every release file the inventory's settings need and nobody pinned
+(``tasks.checksums``), for the architectures given, and writes them to the lock file, so
+the lock can be reviewed in a pull request before any host sees it. No host is contacted.
+"""
+
+from __future__ import annotations
+
+import pyinfra_cli  # noqa: F401  (first: it monkey-patches the standard library with gevent)
+
+import argparse
+import sys
+from pathlib import Path
+
+from tasks import artifacts
+from tasks.artifacts import ArtifactError
+from tasks.checksums import Checksums, ChecksumLock
+from tasks.download import Downloader
+from tasks.pyinfra_tuning import load_inventory
+from tasks.settings import ARCHITECTURES, SettingsError, parse_inventory
+
+
+def lock_inventory(hosts, architectures: list[str], verify: bool = False,
+                   downloader: Downloader | None = None) -> list[Checksums]:
+    """Resolve (and lock) every sum the inventory's settings need, for ``architectures``.
+
+    With ``verify``, every locked sum is also checked against what upstream publishes now.
+    Raises SettingsError for bad inventory data and ChecksumError as a deploy would.
+    """
+    parsed = parse_inventory(hosts)
+    runs: dict[Path, Checksums] = {}
+    for settings in parsed.values():
+        run = runs.get(settings.artifact_lock_file)
+        if run is None:
+            run = runs[settings.artifact_lock_file] = Checksums(
+                ChecksumLock(settings.artifact_lock_file),
+                downloader or Downloader(settings.download_cache_dir, progress=False))
+        for name in artifacts.needed(settings):
+            for arch in architectures:
+                if verify:
+                    run.verify(settings, name, artifacts.version_of(settings, name), arch)
+                artifacts.resolve(settings, name, arch, run.lookup(settings))
+    return list(runs.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m tasks.lock",
+        description="Resolve the sha256 of every release file an inventory needs that nobody pinned, and "
+                    "write them to the lock file (artifact_lock_file) without touching any host.")
+    parser.add_argument("inventory", help="a pyinfra inventory file, e.g. inventory/example.py")
+    parser.add_argument("--arch", action="append", choices=sorted(set(ARCHITECTURES.values())),
+                        help="architecture of the nodes (repeat for several; default amd64)")
+    parser.add_argument("--verify", action="store_true",
+                        help="also ask upstream again for every locked sum and fail where it now differs")
+    options = parser.parse_args(argv)
+    try:
+        runs = lock_inventory(load_inventory(options.inventory), options.arch or ["amd64"], options.verify)
+    except (SettingsError, ArtifactError) as error:
+        print(f"podnet: {error}", file=sys.stderr)
+        return 1
+    for run in runs:
+        print(run.summary() or f"podnet: {run.lock.path} already holds every sum this inventory needs"
+              + (" (and upstream still publishes them)" if options.verify else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
