@@ -32,7 +32,8 @@ all = (
         "node_cidr_mask_size": 24,
         "service_cluster_ip_range": "10.96.0.0/12",
         "flannel_backend": "vxlan",
-        # No flannel-io/cni-plugin checksum is pinned in files/artifacts.yaml: pin yours.
-        # "artifact_checksums": {"flannel_cni_plugin": {"1.7.1-flannel1": {"amd64": "<sha256>"}}},
+        # Release files without a sha256 in files/artifacts.yaml (the flannel CNI plugin) are
+        # checked against upstream's published sum, locked in inventory/artifacts.lock.yaml on
+        # the first run: commit that file. Strict sites: "resolve_checksums": False.
     },
 )

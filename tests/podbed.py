@@ -116,6 +116,8 @@ class PodBed:
             flannel_rollout="external",  # the stand-in flanneld is the harness (see module docstring)
             restrict_oom_score_adj=True,  # this machine's root lacks CAP_SYS_RESOURCE
             download_cache_dir=str(self.workdir / "downloads"),
+            # The flannel CNI plugin's sum is resolved from the mirror's .sha256 file and locked here.
+            artifact_lock_file=str(self.workdir / "artifacts.lock.yaml"),
             flannel_mtu=FLANNELD_MTU,
         )
         data.update(overrides)

@@ -53,7 +53,9 @@ def bed(request, mirror, tmp_path_factory):
         assert bed.first_run.returncode == 0, bed.first_run.output[-4000:]
         bed.first_run_costs = [node_costs.cost_since(node, m) for node, m in zip(cluster.nodes, marks)]
         bed.first_run_downloads = list(downloads)
+        bed.downloads = downloads  # every request the mirror answered, live
         settings = parse_host_settings(bed.inventory_data(), "node", [])
+        bed.flannel_version = settings.flannel_cni_plugin_version
         bed.sandbox_image = settings.sandbox_image
         bed.import_pause_image(settings.sandbox_image)
         yield bed
@@ -151,16 +153,32 @@ def test_rerun_changes_nothing_and_restarts_nothing(bed):
 
 def test_first_run_downloads_each_artifact_once_and_uses_one_transfer_session_per_host(bed):
     paths = [path for method, path, status in bed.first_run_downloads if method == "GET"]
-    assert len(paths) == len(set(paths)) == 4, paths  # containerd, runc, CNI plugins, flannel plugin
+    # containerd, runc, CNI plugins, flannel plugin, and once the flannel plugin's published .sha256
+    assert len(paths) == len(set(paths)) == 5, paths
+    assert [p for p in paths if p.endswith(".sha256")] == [
+        "/" + str(bed.mirror.path("flannel_cni_plugin", bed.flannel_version).relative_to(bed.mirror.root)) + ".sha256"]
     for node, cost in zip(bed.cluster.nodes, bed.first_run_costs):
         assert (cost.connections, cost.sftp) == (1, 1), (node.name, cost)
+
+
+def test_the_flannel_plugins_sum_is_resolved_from_the_published_checksum_and_locked(bed):
+    lock = yaml.safe_load((bed.workdir / "artifacts.lock.yaml").read_text())
+    published = bed.mirror.url(bed.base_url, "flannel_cni_plugin", bed.flannel_version) + ".sha256"
+    assert lock == {"flannel_cni_plugin": {bed.flannel_version: {"amd64": {
+        "sha256": bed.mirror.sha256("flannel_cni_plugin", bed.flannel_version), "source": published}}}}
+    assert bed.first_run.output.count("podnet: resolved 1 sha256 from upstream's published checksums") == 1
+    assert f"flannel_cni_plugin {bed.flannel_version} amd64  sha256 " in bed.first_run.output
+    assert "podnet: commit " in bed.first_run.output
 
 
 @pytest.mark.parametrize("extra", [(), ("--dry",)], ids=["rerun", "dry"])
 def test_a_converged_cluster_costs_one_command_per_host_and_no_transfer(bed, extra):
     marks = [node_costs.mark(node) for node in bed.cluster.nodes]
+    requests_before = len(bed.downloads)
     run = bed.deploy(*extra)
     assert run.returncode == 0, run.output[-4000:]
+    assert bed.downloads[requests_before:] == []  # the lock and the cache answer: upstream is not asked
+    assert "podnet: resolved" not in run.output
     for node, before in zip(bed.cluster.nodes, marks):
         cost = node_costs.cost_since(node, before)
         assert (cost.connections, cost.commands, cost.sftp, cost.other_sessions) == (1, 1, 0, []), (node.name, cost)

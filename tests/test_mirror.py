@@ -678,8 +678,9 @@ def test_inventory_data(mirror):
     assert one["runc_version"] == "1.1.5"
     assert one["cni_plugins_version"].startswith("1.1.")
     assert one["flannel_cni_plugin_version"] == "1.7.1-flannel1"
-    assert one["artifact_checksums"] == mirror.manifest
-    assert one["artifact_checksums"] is not mirror.manifest       # a copy: callers may edit it
+    # every sum pinned but the flannel CNI plugin's, which podnet reads from the checksum file beside it
+    assert one["artifact_checksums"] == {a: v for a, v in mirror.manifest.items() if a != "flannel_cni_plugin"}
+    assert one["artifact_checksums"]["runc"] is not mirror.manifest["runc"]  # a copy: callers may edit it
 
     two = mirror.inventory_data(base, containerd_generation="2.x")
     assert two["containerd_version"].split(".")[0] == "2"
@@ -695,11 +696,21 @@ def test_inventory_data(mirror):
 
     for data in (one, two):
         for artifact, key in (("containerd", "containerd_version"), ("runc", "runc_version"),
-                              ("cni_plugins", "cni_plugins_version"),
-                              ("flannel_cni_plugin", "flannel_cni_plugin_version")):
+                              ("cni_plugins", "cni_plugins_version")):
             version = data[key]
             assert data["artifact_checksums"][artifact][version]["amd64"]
             assert mirror.path(artifact, version).is_file()
+        assert mirror.path("flannel_cni_plugin", data["flannel_cni_plugin_version"]).is_file()
+
+
+@pytest.mark.e2e
+def test_every_release_file_has_upstreams_checksum_file_beside_it(mirror):
+    for artifact, versions in mirror.manifest.items():
+        for version, shas in versions.items():
+            name = mirror.path(artifact, version).name
+            published = {"containerd": name + ".sha256sum", "runc": "runc.sha256sum"}.get(artifact, name + ".sha256")
+            text = (mirror.path(artifact, version).parent / published).read_text()
+            assert f"{shas['amd64']}  {name}\n" in text.splitlines(keepends=True), (artifact, version, text)
 
 
 @pytest.mark.e2e

@@ -4,8 +4,9 @@ cluster needs; group data here applies to every inventory in this folder. Settin
 marked (per host) may also be set per host in the inventory file; every other one must
 have the same value on all hosts (podnet checks this before touching any host).
 
-Checksums: a version that files/artifacts.yaml does not pin needs its sha256 here, e.g.
-  artifact_checksums = {"flannel_cni_plugin": {"1.7.1-flannel1": {"amd64": "<sha256>"}}}
+Checksums: a release that files/artifacts.yaml does not pin gets its sha256 from upstream's
+published checksum on the first run and keeps it in the lock file (artifact_lock_file,
+commit it); artifact_checksums pins one by hand and wins over both.
 """
 
 # IPv4 pod network: kube-controller-manager --cluster-cidr and flannel net-conf Network
@@ -59,8 +60,8 @@ Checksums: a version that files/artifacts.yaml does not pin needs its sha256 her
 # containernetworking/plugins release (per host)
 # cni_plugins_version = '1.9.1'
 
-# flannel-io/cni-plugin release (per host)
-# flannel_cni_plugin_version = '1.7.1-flannel1'
+# flannel-io/cni-plugin release (the default is the one flannel v0.28.4's kube-flannel.yml uses) (per host)
+# flannel_cni_plugin_version = '1.9.1-flannel1'
 
 # flanneld release (systemd rollout) (per host)
 # flanneld_version = '0.28.4'
@@ -70,6 +71,12 @@ Checksums: a version that files/artifacts.yaml does not pin needs its sha256 her
 
 # sha256 overrides/additions: {artifact: {version: {arch: sha256}}} (per host)
 # artifact_checksums = {}
+
+# checksum lock: sha256 resolved from upstream's published sums, written once and then read (commit it); a relative path is below the podnet checkout
+# artifact_lock_file = 'inventory/artifacts.lock.yaml'
+
+# resolve a sha256 that is neither pinned nor locked from upstream's published sums; false: every sum must be pinned (artifact_checksums, files/artifacts.yaml) or locked
+# resolve_checksums = True
 
 # laptop-side download cache
 # download_cache_dir = '~/.cache/podnet'

@@ -106,8 +106,10 @@ class Mirror:
         cni_plugins_version:   default: the CNI plugins from the same Debian
                                suite as the chosen containerd (1.1.x with 1.x,
                                1.9.x with 2.x).
-        runc is bookworm's in both cases.  artifact_checksums lists every
-        version in the mirror.
+        runc is bookworm's in both cases.  artifact_checksums pins every
+        version in the mirror except the flannel CNI plugin's: podnet reads
+        that one from the checksum file beside it (a fresh lock each time,
+        unless the caller sets artifact_lock_file).
         """
         containerd = self.containerd_version(containerd_generation)
         if cni_plugins_version is None:
@@ -124,7 +126,8 @@ class Mirror:
             "runc_version": (runc or self.versions("runc"))[-1],
             "cni_plugins_version": cni_plugins_version,
             "flannel_cni_plugin_version": FLANNEL_STANDIN_VERSION,
-            "artifact_checksums": copy.deepcopy(self.manifest),
+            "artifact_checksums": {name: copy.deepcopy(versions) for name, versions in self.manifest.items()
+                                   if name != "flannel_cni_plugin"},
         }
 
     def serve(self, request_log=None):

@@ -23,7 +23,8 @@ Everything is cached under ``${PODNET_TEST_CACHE:-/var/cache/podnet-test}/mirror
       apt/<suite>/...          private apt state (sources.list, lists, cache)
       debs/<suite>/*.deb       the downloaded packages + index.json
       out/                     the finished mirror (replaced atomically)
-        tree/<upstream path>   served over HTTP
+        tree/<upstream path>   served over HTTP, with the checksum file upstream publishes
+                               beside each release file (<file>.sha256, .sha256sum, runc.sha256sum)
         manifest.json          {artifact: {version: {"amd64": sha256}}}
         sources.json           provenance (suite, package, Debian version, deb sha256)
 
@@ -64,7 +65,7 @@ ARCH = "amd64"
 FLANNEL_STANDIN_VERSION = "1.7.1-flannel1"
 # Bump when the layout of the produced tree/tarballs changes: cached outputs
 # built with another layout version are rebuilt (from the cached .debs).
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: upstream's published checksum files beside the release files
 
 DEFAULT_CACHE = "/var/cache/podnet-test"
 HOST_SOURCES_LIST = Path("/etc/apt/sources.list")
@@ -543,9 +544,28 @@ def build_into(out: Path, debs: Dict[str, Dict[str, Path]], work: Path) -> None:
         "suite": None, "package": None, "debian_version": None,
         "standin": "tests/mirror/flannel_standin.py (TEST STAND-IN, not upstream's binary)"})
 
+    write_published_checksums(tree, manifest)
     write_json_atomic(out / "sources.json", {"inputs": inputs_fingerprint(), "artifacts": sources})
     # manifest.json last: its presence marks a complete build.
     write_json_atomic(out / "manifest.json", manifest)
+
+
+def write_published_checksums(tree: Path, manifest: Dict[str, Dict[str, Dict[str, str]]]) -> None:
+    """The checksum files upstream publishes beside its release files, at the paths and in the
+    format podnet reads them from (tasks.checksums.published_source): "<sha256>  <file name>"
+    lines, one file per release file, or one for several (runc.sha256sum)."""
+    from urllib.parse import urlsplit
+
+    from tasks.checksums import published_source
+
+    files: Dict[str, List[str]] = {}
+    for artifact, versions in sorted(manifest.items()):
+        for version, shas in sorted(versions.items()):
+            for arch, sha in sorted(shas.items()):
+                path = urlsplit(published_source(artifact, version, arch, None)).path.lstrip("/")
+                files.setdefault(path, []).append(f"{sha}  {Path(upstream_path(artifact, version, arch)).name}\n")
+    for path, lines in files.items():
+        write_atomic(tree / path, "".join(lines).encode())
 
 
 def output_is_current(out: Path) -> bool:
