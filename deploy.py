@@ -44,4 +44,6 @@ if settings.is_control_plane:
 if settings.flannel_rollout == "daemonset" and is_first_control_plane:
     flannel.apply_daemonset(settings, node, ipam_changed, cluster_created=bootstrap.creates_cluster)
 elif settings.flannel_rollout == "systemd":
-    flannel.apply_systemd(settings, node, binaries.flanneld)
+    flannel.apply_systemd(settings, node, binaries.flanneld,
+                          check_pod_cidrs=flannel.checks_pod_cidrs(settings, is_first_control_plane),
+                          ipam_changed=ipam_changed)

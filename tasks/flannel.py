@@ -99,17 +99,24 @@ def kubectl(s: Settings) -> str:
     return f"kubectl --kubeconfig={shlex.quote(s.kubeconfig)}"
 
 
+def checks_pod_cidrs(s: Settings, first_control_plane: bool) -> bool:
+    """The first control-plane host checks every node's podCIDR for a rollout podnet makes
+    (DaemonSet or systemd): flanneld's kube subnet manager needs one on each node."""
+    return first_control_plane and s.flannel_rollout in ("daemonset", "systemd")
+
+
 def probe_request(s: Settings, first_control_plane: bool) -> ProbeRequest:
     request = ProbeRequest()
     if s.flannel_rollout == "daemonset" and first_control_plane:
         request.queries["flannel_manifest"] = (
             f"{kubectl(s)} -n {NAMESPACE} get ds {DAEMONSET} --ignore-not-found "
             f"-o jsonpath='{{.metadata.annotations.podnet\\.io/manifest-sha256}}'")
-        request.queries["pod_cidrs"] = node_pod_cidrs_command(s)
         request.hashes.append(MANIFEST_PATH)
     elif s.flannel_rollout == "systemd":
         request.hashes += [FLANNELD_PATH, UNIT_PATH, NET_CONF_PATH]
         request.units.append(UNIT)
+    if checks_pod_cidrs(s, first_control_plane):
+        request.queries["pod_cidrs"] = node_pod_cidrs_command(s)
     return request
 
 
@@ -184,19 +191,36 @@ def apply_daemonset(s: Settings, node: NodeState, ipam_changed: bool, cluster_cr
         reason=("applying kube-flannel: " + ("not deployed yet" if not current_hash else "manifest changed"))
         if needs_apply else None,
     )
-    check_now = not (needs_apply or ipam_changed)
-    if check_now:
-        problems = pod_cidr_problems(s, node.queries.get("pod_cidrs", (0, []))[1])
+    pod_cidrs_checked(s, node, changed=needs_apply or ipam_changed)
+
+
+def pod_cidrs_checked(s: Settings, node: NodeState, changed: bool) -> None:
+    """
+    Every node has a podCIDR inside the cluster CIDR. Without a change in this run the
+    probe's answer decides at once (a problem stops the run while planning); after a
+    change (node IPAM flags, a rollout) the check waits, bounded by flannel_rollout_timeout.
+    """
+    if not changed:
+        answer = node.queries.get("pod_cidrs", (1, []))
+        if answer[0] != 0:
+            raise PodCidrError(f"kubectl on the first control-plane host failed: {' '.join(answer[1])[:300]}; "
+                               f"check that kubectl is installed and kubeconfig {s.kubeconfig} works")
+        problems = pod_cidr_problems(s, answer[1])
         if problems:
             raise PodCidrError("; ".join(problems))
     ops.python_step(name="flannel: every node has a podCIDR in the cluster CIDR", function=wait_for_pod_cidrs,
-                    args=(s,), reason=None if check_now else "waiting for every node's podCIDR after this run's changes")
+                    args=(s,), reason="waiting for every node's podCIDR after this run's changes" if changed else None)
 
 
-def apply_systemd(s: Settings, node: NodeState, flanneld_binary) -> None:
+def apply_systemd(s: Settings, node: NodeState, flanneld_binary, check_pod_cidrs: bool = False,
+                  ipam_changed: bool = False) -> None:
+    """flanneld's binary, net-conf.json and unit on this node, running; on the first
+    control-plane host (``check_pod_cidrs``) also every node's podCIDR."""
     files, unit = systemd_files(s, flanneld_binary)
     changed = ops.files_needing_change([*files, unit], node)
     ops.files_installed(name="flannel: flanneld binary and net-conf.json", files=files, current=node)
     ops.files_installed(name="flannel: flanneld unit", files=[unit], current=node)
     ops.service_running(name="flannel: flanneld running", unit=UNIT, current=node, restart=bool(changed),
                         daemon_reload=unit in changed)
+    if check_pod_cidrs:
+        pod_cidrs_checked(s, node, changed=ipam_changed)

@@ -94,14 +94,14 @@ class Cluster:
         s = self.settings(host, **kwargs.pop("data", {}))
         if host == CP:
             kwargs.setdefault("kcm_manifest", KUBEADM_MANIFEST)
-            kwargs.setdefault("first_control_plane", s.flannel_rollout == "daemonset")
+            kwargs.setdefault("first_control_plane", s.flannel_rollout in ("daemonset", "systemd"))
         return fresh_state(s, **kwargs)
 
     def converged(self, host: str, **extra) -> NodeState:
         s = self.settings(host, **extra)
         if host == CP:
             return converged_state(s, self.releases, host_names=["cp1", "w1"], kcm_manifest=KUBEADM_MANIFEST,
-                                   first_control_plane=s.flannel_rollout == "daemonset")
+                                   first_control_plane=s.flannel_rollout in ("daemonset", "systemd"))
         return converged_state(s, self.releases, host_names=["cp1", "w1"])
 
     def inventory(self, cp: NodeState, worker: NodeState, **extra) -> Path:
@@ -349,10 +349,12 @@ def test_containerd_restarts_only_when_its_config_changes(cluster):
      ("node w1 has no spec.podCIDR (pod cidr not assigned): check that kube-controller-manager runs with "
      "--allocate-node-cidrs=true --cluster-cidr=10.244.0.0/16 --node-cidr-mask-size=24")),
 ])
-def test_converged_cluster_with_a_bad_pod_cidr_is_reported(cluster, reported, problem):
-    cp = cluster.converged(CP)
+@pytest.mark.parametrize("rollout", ["daemonset", "systemd"])
+def test_converged_cluster_with_a_bad_pod_cidr_is_reported(cluster, reported, problem, rollout):
+    data = {"flannel_rollout": rollout}
+    cp = cluster.converged(CP, **data)
     cp.queries["pod_cidrs"] = (0, reported)
-    run = run_pyinfra(cluster.inventory(cp, cluster.converged(WORKER)), "-y")
+    run = run_pyinfra(cluster.inventory(cp, cluster.converged(WORKER, **data), **data), "-y")
     assert run.returncode != 0
     assert problem in run.stderr
     assert run.commands(CP) == probes(run, CP)
@@ -453,6 +455,8 @@ def test_systemd_rollout_installs_flanneld_on_every_node(cluster):
         assert ("systemctl daemon-reload && systemctl enable flanneld.service && systemctl start flanneld.service"
                 in run.commands(host))
         assert not [c for c in run.commands(host) if "kube-flannel.yml" in c]
+    # the node IPAM flags changed in this run: the first control-plane host then waits for every podCIDR
+    assert [c for c in run.commands(CP) if "get nodes" in c and "podCIDR" in c]
 
 
 def test_systemd_rollout_converged(cluster):

@@ -90,6 +90,7 @@ def converged_state(settings: Settings, releases: Releases, *, host_names: list[
         manifest = flannel.render_manifest(settings)
         text_files.append(text_file(flannel.MANIFEST_PATH, manifest))
         state.queries["flannel_manifest"] = (0, [flannel.manifest_sha256(manifest)])
+    if flannel.checks_pod_cidrs(settings, first_control_plane):
         network = settings.cluster_cidr
         subnets = network.subnets(new_prefix=settings.node_cidr_mask_size)
         state.queries["pod_cidrs"] = (0, [f"{name} {next(subnets)}" for name in host_names])
