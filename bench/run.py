@@ -2,8 +2,9 @@
 The deploy benchmark of issue #5: `python3 -m bench.run [--nodes 1,3,12] [--runs 5]`.
 
 For each cluster size it boots a fresh local cluster (tests.localcluster, one cluster at
-a time, torn down before the next and on any failure or Ctrl-C), installs the test bed's
-stand-ins (tests.podbed) and times, with the real pyinfra CLI:
+a time, torn down before the next and on any failure or Ctrl-C), brings up the test bed's
+Kubernetes cluster without pod network (tests.podbed, tests.kubebed) and times, with the
+real pyinfra CLI:
 
 - the first run of deploy.py on the fresh nodes (once per size),
 - the no-op rerun on the converged nodes (median of --runs),
@@ -302,7 +303,7 @@ def bench_size(nodes: int, runs: int, mirror, base_url: str, generation: str, wo
         stack.callback(signal.signal, signal.SIGINT, signal.SIG_IGN)
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=min(nodes, 16), thread_name_prefix="journal"))
         bed = PodBed(cluster, base_url, mirror, generation, size_dir)
-        bed.install_standins()
+        bed.install_cluster()
         inventory = bed.write_inventory()
         measurements = [measure(bed, pool, "first", inventory)]
         for _ in range(runs):

@@ -1,8 +1,10 @@
 """
-`make demo`: boot a 3-node local cluster, deploy podnet on it with the real pyinfra CLI,
-run a pod sandbox on every node and print node -> podCIDR -> pod IP -> interface MTU.
-`make demo-down` tears it all down. See tests/podbed.py for what is real and what is a
-stand-in.
+`make demo`: boot a 3-node local cluster running a real Kubernetes control plane and
+kubelets (no pod network yet), deploy podnet on it with the real pyinfra CLI, create a
+pod on every node through the API server and print node -> podCIDR (assigned by
+kube-controller-manager) -> pod IP (started by the kubelet) -> interface MTU -> whether it
+reaches the next node's pod. `make demo-down` tears it all down. See tests/podbed.py for
+what is real and what is not.
 
     python3 -m tests.demo up --state-dir .demo [--nodes 3] [--containerd 1.x|2.x]
     python3 -m tests.demo down --state-dir .demo
@@ -15,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from tests.kubebed import binaries
 from tests.localcluster import Cluster, teardown
 from tests.mirror import build_mirror, serve_mirror
 from tests.podbed import PodBed
@@ -24,6 +27,10 @@ CLUSTER_NAME = "demo"
 
 def up(state_dir: Path, nodes: int, generation: str) -> int:
     state_dir = state_dir.absolute()
+    missing = binaries.missing()
+    if missing:
+        print(f"podnet demo: cannot run without the Kubernetes and flannel binaries: {missing}", file=sys.stderr)
+        return 1
     print(f"podnet demo: building the offline mirror and booting {nodes} Debian nodes ...", flush=True)
     mirror = build_mirror()
     cluster = Cluster(name=CLUSTER_NAME, nodes=nodes, state_dir=state_dir / "cluster")
@@ -31,7 +38,12 @@ def up(state_dir: Path, nodes: int, generation: str) -> int:
         cluster.up()
         with serve_mirror(mirror.root) as base_url:
             bed = PodBed(cluster, base_url, mirror, generation, state_dir)
-            bed.install_standins()
+            print("podnet demo: starting etcd, kube-apiserver, kube-controller-manager (node IPAM off), "
+                  "kube-scheduler, kubelets and kube-proxy ...", flush=True)
+            bed.install_cluster()
+            before = bed.pod_cidrs()
+            print("podnet demo: podCIDRs before podnet: "
+                  + ", ".join(f"{name}: {cidr or 'none'}" for name, cidr in sorted(before.items())), flush=True)
             inventory = bed.write_inventory()
             print(f"podnet demo: pyinfra {inventory} deploy.py", flush=True)
             run = bed.deploy()
@@ -39,26 +51,28 @@ def up(state_dir: Path, nodes: int, generation: str) -> int:
             if run.returncode != 0:
                 print("podnet demo: the deploy failed (output above); `make demo-down` tears down", file=sys.stderr)
                 return 1
-        sandbox_image = bed.inventory_data().get("sandbox_image", "registry.k8s.io/pause:3.10")
-        bed.import_pause_image(sandbox_image)
+        pods = [bed.run_pod(node, f"demo-{index}") for index, node in enumerate(cluster.nodes)]
         rows = []
-        for index, node in enumerate(cluster.nodes):
-            pod = bed.run_pod(node, f"demo-{index}")
-            address, mtu = bed.pod_interface(pod)
-            rows.append((node.name, str(bed.node_subnet(index).network), pod.ip, mtu))
+        for index, pod in enumerate(pods):
+            _, mtu = bed.pod_interface(pod)
+            peer = pods[(index + 1) % len(pods)]
+            reached = "ok" if bed.ping(pod, peer.ip) else "FAILED"
+            rows.append((pod.node.name, str(bed.node_subnet(pod.node).network), pod.ip, mtu,
+                         f"{peer.ip} ({peer.node.name}): {reached}"))
         (state_dir / "pods.json").write_text(json.dumps(rows))
     except BaseException:
         print("podnet demo: failed; tearing the cluster down", file=sys.stderr)
         cluster.down()
         raise
     print_table(rows)
-    print(f"\nThe cluster stays up (inventory: {state_dir / 'inventory.py'}). Tear down: make demo-down")
-    return 0
+    print(f"\nThe cluster stays up (inventory: {state_dir / 'inventory.py'}; kubectl on {cluster.nodes[0].name} "
+          f"with /etc/kubernetes/admin.conf). Tear down: make demo-down")
+    return 0 if all(row[-1].endswith(": ok") for row in rows) else 1
 
 
 def print_table(rows: list[tuple]) -> None:
-    header = ("node", "podCIDR", "pod IP", "MTU")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
+    header = ("node", "podCIDR", "pod IP", "MTU", "ping to the next node's pod")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(str(value).ljust(width) for value, width in zip(row, widths)))
 

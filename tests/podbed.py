@@ -1,36 +1,45 @@
 """
-The pod test bed: real Debian nodes (tests.localcluster), the offline release mirror
-(tests.mirror), the real pyinfra CLI running the real deploy.py, and a CRI client to
-create pod sandboxes on the nodes. Used by the end-to-end tests and by `make demo`.
+The pod test bed: real Debian nodes (tests.localcluster) running a real Kubernetes
+cluster (tests.kubebed: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+kubelets, kube-proxy, built from public source), the offline release mirror
+(tests.mirror), and the real pyinfra CLI running the real deploy.py. Pods are created
+through the API server and started by the kubelets: kubelet -> containerd's CRI ->
+flannel CNI plugin -> bridge -> host-local, with flanneld (podnet's DaemonSet or systemd
+unit) writing subnet.env from the podCIDR kube-controller-manager assigned. Used by the
+end-to-end tests, `make demo` and the benchmark.
 
-STAND-INS, for what cannot be had on this machine (no Kubernetes or flannel binaries):
-- kubeadm's kube-controller-manager static pod manifest is written onto the control-plane
-  node from tests/support/kubeadm.py (as `kubeadm init` writes it; no kubelet runs it);
-- flanneld's /run/flannel/subnet.env is written on every node with a distinct /24 of the
-  cluster CIDR, as flanneld would after leasing the node's podCIDR (the inventory sets
-  flannel_rollout = "external");
-- the flannel CNI plugin in the mirror is tests/mirror/flannel_standin.py.
-Everything else is real: containerd and its CRI plugin, runc, the CNI plugins, pods.
+What is not real here, and why (see also tests/kubebed/cluster.py):
+- images come from no registry: the pause image is built from a small C program, the
+  control-plane and flannel images from the binaries (flanneld v0.28.9 with Debian's
+  iptables; the test inventory names that image in `flannel_image`);
+- test nodes have no default route: the inventory sets `flannel_iface` to each node's
+  address (as the Vagrant inventory does), and the nodes route the service network on
+  their link;
+- this machine's root lacks CAP_SYS_RESOURCE: `restrict_oom_score_adj = true`.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import subprocess
 import sys
-import uuid
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.cri import CriClient, build_pause_image, forward_unix_socket
+from tests.cri import CriClient, forward_unix_socket
+from tests.kubebed import binaries
+from tests.kubebed.cluster import KubeBed
 from tests.localcluster import Cluster, Node
-from tests.support.kubeadm import KUBEADM_MANIFEST
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST_PATH = "/etc/kubernetes/manifests/kube-controller-manager.yaml"
-FLANNELD_MTU = 1450  # what the stand-in flanneld writes as FLANNEL_MTU
+KCM_UNIT_PATH = "/etc/systemd/system/kube-controller-manager.service"
+VXLAN_MTU = 1450  # flanneld's FLANNEL_MTU with the vxlan backend on the 1500-byte test link
 DEPLOY_TIMEOUT = 600
+POD_TIMEOUT = 90
 
 
 @dataclass
@@ -53,7 +62,7 @@ class DeployRun:
 @dataclass
 class Pod:
     node: Node
-    sandbox_id: str
+    name: str
     ip: str
 
 
@@ -94,15 +103,26 @@ def parse_detected_changes(output: str) -> dict[str, int] | None:
 
 
 class PodBed:
-    def __init__(self, cluster: Cluster, base_url: str, mirror, generation: str, workdir: Path):
+    """One test cluster and the podnet deploy against it.
+
+    generation: containerd "1.x" (Debian's 1.6) or "2.x" (2.3.4, podnet's default);
+    runtime: how kube-controller-manager runs ("static-pod", podnet's default, or "systemd");
+    rollout: podnet's flannel_rollout ("daemonset", the default, or "systemd").
+    """
+
+    def __init__(self, cluster: Cluster, base_url: str, mirror, generation: str, workdir: Path,
+                 runtime: str = "static-pod", rollout: str = "daemonset"):
         self.cluster = cluster
         self.base_url = base_url
         self.mirror = mirror
         self.generation = generation
+        self.runtime = runtime
+        self.rollout = rollout
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cluster_cidr = ipaddress.ip_network("10.244.0.0/16")
         self.overrides: dict = {}
+        self.kube: KubeBed | None = None
 
     # --- inventory -------------------------------------------------------------------
 
@@ -113,34 +133,39 @@ class PodBed:
         data.update(
             cluster_cidr=str(self.cluster_cidr),
             node_cidr_mask_size=24,
-            flannel_rollout="external",  # the stand-in flanneld is the harness (see module docstring)
+            flannel_rollout=self.rollout,
+            flannel_image=f"docker.io/flannel/flannel:v{binaries.FLANNELD_VERSION}",  # built locally (no registry)
+            flannel_rollout_timeout=120,
+            kube_controller_manager_runtime=self.runtime,
             restrict_oom_score_adj=True,  # this machine's root lacks CAP_SYS_RESOURCE
             download_cache_dir=str(self.workdir / "downloads"),
-            # The flannel CNI plugin's sum is resolved from the mirror's .sha256 file and locked here.
+            # flannel's sums are resolved from what the mirror publishes and locked here
             artifact_lock_file=str(self.workdir / "artifacts.lock.yaml"),
-            flannel_mtu=FLANNELD_MTU,
         )
         data.update(overrides)
         return data
 
     def write_inventory(self, **overrides) -> Path:
         self.overrides = dict(overrides)
-        return self.cluster.write_inventory(self.workdir / "inventory.py", self.inventory_data(**overrides))
+        # No default route on test nodes: flanneld is told each node's own address (as on Vagrant).
+        per_host = {n.name: {"flannel_iface": n.ip} for n in self.cluster.nodes}
+        return self.cluster.write_inventory(self.workdir / "inventory.py", self.inventory_data(**overrides),
+                                            host_data=per_host)
 
-    # --- stand-ins -------------------------------------------------------------------
+    # --- the cluster before podnet -----------------------------------------------------
 
-    def node_subnet(self, index: int) -> ipaddress.IPv4Interface:
-        subnet = list(self.cluster_cidr.subnets(new_prefix=24))[index]
-        return ipaddress.ip_interface(f"{subnet.network_address + 1}/{subnet.prefixlen}")
-
-    def install_standins(self) -> None:
-        """kubeadm's manifest on the control-plane node, flanneld's subnet.env on every node."""
-        self.cluster.ssh(self.cluster.nodes[0], f"mkdir -p {Path(MANIFEST_PATH).parent} && cat > {MANIFEST_PATH}",
-                         input=KUBEADM_MANIFEST, check=True)
-        for index, node in enumerate(self.cluster.nodes):
-            env = (f"FLANNEL_NETWORK={self.cluster_cidr}\nFLANNEL_SUBNET={self.node_subnet(index)}\n"
-                   f"FLANNEL_MTU={FLANNELD_MTU}\nFLANNEL_IPMASQ=true\n")
-            self.cluster.ssh(node, "mkdir -p /run/flannel && cat > /run/flannel/subnet.env", input=env, check=True)
+    def install_cluster(self) -> KubeBed:
+        """A running Kubernetes cluster without pod network (tests.kubebed), as podnet finds it."""
+        settings = self.inventory_data()
+        version = settings["containerd_version"]
+        self.kube = KubeBed(self.cluster, self.workdir / "kube", runtime=self.runtime,
+                            containerd_tarball=self.mirror.path("containerd", version),
+                            runc_binary=self.mirror.path("runc", settings["runc_version"]),
+                            containerd_config_version=2 if version.startswith("1.") else 3)
+        self.kube.install()
+        if self.rollout == "systemd":
+            self.kube.share_admin_kubeconfig()
+        return self.kube
 
     # --- the deploy ------------------------------------------------------------------
 
@@ -160,15 +185,57 @@ class PodBed:
     def sh(self, node: Node, command: str, check: bool = True) -> str:
         return self.cluster.ssh(node, command, check=check, timeout=120).stdout
 
-    def containerd_pid(self, node: Node) -> int:
-        return int(self.sh(node, "systemctl show -p MainPID --value containerd").strip())
+    def kubectl(self, args: str, check: bool = True, input: str | None = None) -> str:
+        assert self.kube is not None
+        return self.kube.kubectl(args, check=check, input=input)
 
-    def import_pause_image(self, image: str) -> None:
-        archive = build_pause_image(image, self.workdir / "pause.tar")
-        for node in self.cluster.nodes:
-            with open(archive, "rb") as f:
-                subprocess.run(self.cluster.ssh_argv(node, "cat > /tmp/pause.tar"), stdin=f, check=True, timeout=60)
-            self.sh(node, "/usr/local/bin/ctr -n k8s.io images import /tmp/pause.tar >/dev/null")
+    def main_pid(self, node: Node, unit: str) -> int:
+        return int(self.sh(node, f"systemctl show -p MainPID --value {unit}").strip())
+
+    def containerd_pid(self, node: Node) -> int:
+        return self.main_pid(node, "containerd")
+
+    def flanneld_pids(self) -> dict[str, int]:
+        """Node name -> PID of the flanneld process running there (DaemonSet pod or unit)."""
+        return {node.name: int(self.sh(node, "pgrep -x flanneld").split()[0]) for node in self.cluster.nodes}
+
+    def flannel_pods(self) -> dict[str, str]:
+        """Node name -> uid of its kube-flannel pod (pods being deleted are left out)."""
+        pods = json.loads(self.kubectl("-n kube-flannel get pods -o json"))["items"]
+        return {pod["spec"]["nodeName"]: pod["metadata"]["uid"] for pod in pods
+                if not pod["metadata"].get("deletionTimestamp")}
+
+    def wait_for_flannel(self, timeout: float = POD_TIMEOUT) -> None:
+        """flanneld has written subnet.env on every node from that node's podCIDR (bounded wait:
+        a rollout is complete when the pods run, flanneld writes the file a moment later)."""
+        deadline = time.monotonic() + timeout
+        pending: list[str] = []
+        while time.monotonic() < deadline:
+            cidrs = self.pod_cidrs()
+            pending = []
+            for node in self.cluster.nodes:
+                env = self.sh(node, "cat /run/flannel/subnet.env 2>/dev/null", check=False)
+                subnet = dict(line.split("=", 1) for line in env.split() if "=" in line).get("FLANNEL_SUBNET", "")
+                network = cidrs.get(node.name) or ""
+                if not network or not subnet or str(ipaddress.ip_interface(subnet).network) != network:
+                    pending.append(f"{node.name} (podCIDR {network or 'none'}, subnet.env {subnet or 'none'})")
+            if not pending:
+                return
+            time.sleep(1)
+        raise AssertionError(f"flanneld has not written subnet.env after {timeout:.0f}s on: {', '.join(pending)}")
+
+    def pod_cidrs(self) -> dict[str, str]:
+        assert self.kube is not None
+        return self.kube.pod_cidrs()
+
+    def node_subnet(self, node: Node) -> ipaddress.IPv4Interface:
+        """The node's pod subnet with its gateway (.1), from the podCIDR the controller manager gave it."""
+        network = ipaddress.ip_network(self.pod_cidrs()[node.name])
+        return ipaddress.ip_interface(f"{network.network_address + 1}/{network.prefixlen}")
+
+    def subnet_env(self, node: Node) -> dict[str, str]:
+        text = self.sh(node, "cat /run/flannel/subnet.env")
+        return dict(line.split("=", 1) for line in text.split() if "=" in line)
 
     def cri(self, node: Node):
         """A context manager yielding a CriClient connected to the node's containerd over ssh."""
@@ -186,31 +253,50 @@ class PodBed:
 
         return _Cri()
 
+    # --- pods, through the API server and the kubelet ------------------------------------
+
     def run_pod(self, node: Node, name: str) -> Pod:
-        uid = str(uuid.uuid4())
-        # As kubelet does with the systemd cgroup driver (SystemdCgroup = true): a slice per pod.
-        cgroup_parent = f"kubepods-besteffort-pod{uid.replace('-', '_')}.slice"
-        with self.cri(node) as cri:
-            sandbox_id = cri.run_pod_sandbox(name=name, uid=uid, namespace="podnet-e2e", cgroup_parent=cgroup_parent)
-            _, ip = cri.pod_sandbox_status(sandbox_id)
-        return Pod(node, sandbox_id, ip)
+        """A pod bound to ``node`` (the pause image); waits (bounded) until it runs with an IP."""
+        manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+                    "spec": {"nodeName": node.name, "terminationGracePeriodSeconds": 0,
+                             "containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.10"}]}}
+        self.kubectl("apply -f -", input=json.dumps(manifest))
+        deadline = time.monotonic() + POD_TIMEOUT
+        status = {}
+        while time.monotonic() < deadline:
+            status = json.loads(self.kubectl(f"get pod {name} -o json"))["status"]
+            if status.get("phase") == "Running" and status.get("podIP"):
+                return Pod(node, name, status["podIP"])
+            time.sleep(1)
+        events = self.kubectl(f"get events --field-selector involvedObject.name={name} -o "
+                              "jsonpath='{range .items[*]}{.reason}: {.message}{\"\\n\"}{end}'", check=False)
+        raise AssertionError(f"pod {name} on {node.name} not running with an IP after {POD_TIMEOUT}s: "
+                             f"{status}\n{events[-3000:]}")
 
     def remove_pod(self, pod: Pod) -> None:
-        with self.cri(pod.node) as cri:
-            cri.stop_pod_sandbox(pod.sandbox_id)
-            cri.remove_pod_sandbox(pod.sandbox_id)
+        self.kubectl(f"delete pod {pod.name} --wait=true --timeout=60s")
+
+    def pod_netns(self, pod: Pod) -> str:
+        """The network namespace (on the pod's node) whose eth0 holds the pod's IP."""
+        script = ("for ns in $(ip netns list | awk '{print $1}'); do "
+                  f"  ip -n \"$ns\" -o -4 addr show dev eth0 2>/dev/null | grep -q ' {pod.ip}/' && echo \"$ns\"; "
+                  "done")
+        names = self.sh(pod.node, script).split()
+        if len(names) != 1:
+            raise AssertionError(f"no single netns with {pod.ip} on {pod.node.name}: {names}")
+        return names[0]
 
     def pod_interface(self, pod: Pod) -> tuple[str, int]:
-        """(address/prefix, mtu) of eth0 in the network namespace that holds the pod's IP."""
-        script = (
-            "for ns in $(ip netns list | awk '{print $1}'); do "
-            f"  if ip -n \"$ns\" -o -4 addr show dev eth0 2>/dev/null | grep -q ' {pod.ip}/'; then "
-            "    ip -n \"$ns\" -o -4 addr show dev eth0 | awk '{print $4}'; "
-            "    ip -n \"$ns\" -o link show dev eth0 | sed -n 's/.* mtu \\([0-9]*\\).*/\\1/p'; "
-            "  fi; "
-            "done"
-        )
-        lines = self.sh(pod.node, script).split()
-        if len(lines) != 2:
-            raise AssertionError(f"no network namespace on {pod.node.name} holds {pod.ip}: {lines}")
-        return lines[0], int(lines[1])
+        """(address/prefix, mtu) of eth0 in the pod's network namespace."""
+        ns = self.pod_netns(pod)
+        address = self.sh(pod.node, f"ip -n {ns} -o -4 addr show dev eth0 | awk '{{print $4}}'").strip()
+        mtu = self.sh(pod.node, f"ip -n {ns} -o link show dev eth0 | sed -n 's/.* mtu \\([0-9]*\\).*/\\1/p'")
+        return address, int(mtu)
+
+    def ping(self, source: Pod, target_ip: str, payload: int | None = None) -> bool:
+        """One ping from ``source``'s network namespace; with ``payload``, that many ICMP data bytes
+        and don't-fragment set (an IPv4 packet of payload + 28 bytes)."""
+        size = f" -M do -s {payload}" if payload is not None else ""
+        done = self.cluster.ssh(source.node, f"ip netns exec {self.pod_netns(source)} ping -c 1 -W 2{size} "
+                                             f"{target_ip}", check=False, timeout=30)
+        return done.returncode == 0

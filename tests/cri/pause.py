@@ -124,19 +124,33 @@ def normalized_image_name(image_name: str) -> str:
 
 def image_archive_bytes(image_name: str, pause_binary: bytes, architecture: str | None = None) -> bytes:
     """The docker-archive tar for ``pause_binary`` tagged ``image_name``."""
+    return layered_image_bytes(image_name, [("pause", pause_binary, 0o755)], entrypoint=["/pause"],
+                               created_by="podnet tests: static pause", architecture=architecture)
+
+
+def layered_image_bytes(image_name: str, members: list[tuple[str, bytes, int]], entrypoint: list[str] | None = None,
+                        env: list[str] | None = None, created_by: str = "podnet tests",
+                        architecture: str | None = None) -> bytes:
+    """A one-layer docker-archive tar (``docker save`` layout) holding ``members`` (path, data, mode),
+    tagged ``image_name``; byte-for-byte deterministic."""
     _check_image_name(image_name)
     arch = architecture or _GOARCH.get(platform.machine(), "amd64")
 
-    layer = _tar_bytes([("pause", pause_binary, 0o755)])
+    layer = _tar_bytes(members)
     layer_hex = hashlib.sha256(layer).hexdigest()
 
+    image_config: dict = {"WorkingDir": "/"}
+    if entrypoint:
+        image_config["Entrypoint"] = entrypoint
+    if env:
+        image_config["Env"] = env
     config = {
         "architecture": arch,
         "os": "linux",
         "created": "1970-01-01T00:00:00Z",
-        "config": {"Entrypoint": ["/pause"], "WorkingDir": "/"},
+        "config": image_config,
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_hex}"]},
-        "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "podnet tests: static pause"}],
+        "history": [{"created": "1970-01-01T00:00:00Z", "created_by": created_by}],
     }
     config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
     config_name = f"{hashlib.sha256(config_bytes).hexdigest()}.json"

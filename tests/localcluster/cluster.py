@@ -142,11 +142,13 @@ class Cluster:
         """Run `command` on a node as root; returns the CompletedProcess (text)."""
         return run(self.ssh_argv(target, command), check=check, timeout=timeout, input=input)
 
-    def write_inventory(self, path: str | Path, data: dict | None = None, control_plane: int = 1):
+    def write_inventory(self, path: str | Path, data: dict | None = None, control_plane: int = 1,
+                        host_data: dict[str, dict] | None = None):
         """Write a pyinfra inventory: groups control_plane (first N nodes) and workers.
 
-        `data` becomes the `all` group data; it must be plain literals (str/int/bool/None,
-        lists and dicts of them) so the file is valid Python.
+        `data` becomes the `all` group data, `host_data` (node name -> data) is added to
+        single hosts; both must be plain literals (str/int/bool/None, lists and dicts of
+        them) so the file is valid Python.
         """
         if not self.nodes:
             raise ClusterError("cluster is not up")
@@ -154,7 +156,9 @@ class Cluster:
             raise ClusterError(f"control_plane must be 1..{len(self.nodes)}")
         data = dict(data or {})
         _check_literal(data)
-        hosts = [(n.name, self._host_data(n)) for n in self.nodes]
+        host_data = host_data or {}
+        _check_literal(host_data)
+        hosts = [(n.name, {**self._host_data(n), **host_data.get(n.name, {})}) for n in self.nodes]
         text = INVENTORY_TEMPLATE.format(
             name=self.name,
             control_plane=pprint.pformat(hosts[:control_plane], sort_dicts=False),

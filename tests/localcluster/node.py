@@ -130,6 +130,7 @@ def nspawn_argv(root: Path, name: str, bridge: str, binds: dict[Path, str]) -> l
         "--console=read-only",  # boot messages go to the log file
         "--resolv-conf=off",  # keep the node's own (DNS-less) resolv.conf
         "--setenv=SYSTEMD_COLORS=0",  # plain-text boot log
+        "--bind=/dev/kmsg",  # the kubelet's OOM watcher opens it (test clusters run a real kubelet)
         *(f"--bind={host}:{inside}" for host, inside in binds.items()),
     ]  # fmt: skip
 

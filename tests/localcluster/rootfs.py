@@ -27,7 +27,9 @@ from .util import ClusterError, log, run
 
 # What a node needs besides minbase.  libseccomp2: runc links it.  iptables: CNI
 # bridge/portmap/flannel ipmasq call it.  kmod/procps: modprobe/sysctl used by the toolkit.
-# iputils-ping: node-to-node reachability checks in tests.
+# iputils-ping: node-to-node reachability checks in tests.  etcd-server: the test control
+# plane's etcd (masked below; started only on the control-plane node).  conntrack:
+# kube-proxy cleans up stale UDP entries with it.
 BASE_PACKAGES = [
     "systemd",
     "systemd-sysv",
@@ -41,6 +43,8 @@ BASE_PACKAGES = [
     "procps",
     "libseccomp2",
     "iputils-ping",
+    "etcd-server",
+    "conntrack",
 ]
 
 # Units that fail or slow the boot inside a container (no consoles, no network-online,
@@ -56,6 +60,7 @@ MASKED_UNITS = [
     "e2scrub_all.timer",
     "e2scrub_reap.service",
     "fstrim.timer",
+    "etcd.service",  # Debian's package enables it; the test control plane starts its own etcd
 ]
 
 SSHD_DROPIN = """\

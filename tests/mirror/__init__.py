@@ -6,9 +6,10 @@
     with mirror.serve() as base_url:        # http://127.0.0.1:<port>, loopback only
         settings = mirror.inventory_data(base_url, containerd_generation="2.x")
 
-The tree keeps upstream's URL paths (see UPSTREAM_PATHS), built from Debian
-packages by tests/mirror/build.py; the flannel CNI plugin is a Python test
-stand-in (tests/mirror/flannel_standin.py).
+The tree keeps upstream's URL paths (files/artifacts.yaml), built by
+tests/mirror/build.py from Debian packages (containerd 1.6/2.1, runc, CNI
+plugins) and from shared/bin (the flannel CNI plugin, flanneld, containerd
+2.3.4: real builds from public source, see tests/kubebed/binaries.py).
 """
 
 from __future__ import annotations
@@ -20,13 +21,11 @@ from pathlib import Path
 from typing import Dict, List, Optional, Union
 
 from . import build as _build
-from .build import (ARCH, ARTIFACTS, FLANNEL_STANDIN, FLANNEL_STANDIN_VERSION, UPSTREAM_PATHS,
-                    MirrorBuildError, sha256_file, upstream_path, upstream_version, version_key)
+from .build import ARCH, ARTIFACTS, MirrorBuildError, sha256_file, upstream_path, upstream_version, version_key
 from .server import serve_mirror
 
 __all__ = [
-    "ARCH", "ARTIFACTS", "FLANNEL_STANDIN", "FLANNEL_STANDIN_VERSION", "UPSTREAM_PATHS",
-    "Mirror", "MirrorBuildError", "build_mirror", "serve_mirror", "upstream_path",
+    "ARCH", "ARTIFACTS", "Mirror", "MirrorBuildError", "build_mirror", "serve_mirror", "upstream_path",
     "upstream_version",
 ]
 
@@ -39,7 +38,7 @@ class Mirror:
 
     root:     directory laid out by upstream path (serve this)
     manifest: {artifact: {version: {"amd64": sha256}}} for artifacts
-              containerd, runc, cni_plugins, flannel_cni_plugin
+              containerd, runc, cni_plugins, flannel_cni_plugin, flanneld
     sources:  {artifact: {version: {suite, package, debian_version, deb, deb_sha256, path, sha256}}}
     out_dir:  directory holding tree/, manifest.json, sources.json
     """
@@ -102,14 +101,16 @@ class Mirror:
         """The settings the toolkit reads, pointing at this mirror served at base_url.
 
         containerd_generation: "1.x" -> bookworm's containerd (1.6.x),
-                               "2.x" -> sid's containerd (2.x).
+                               "2.x" -> the newest 2.x (2.3.4 from shared/bin,
+                               podnet's default), or an exact version.
         cni_plugins_version:   default: the CNI plugins from the same Debian
                                suite as the chosen containerd (1.1.x with 1.x,
                                1.9.x with 2.x).
         runc is bookworm's in both cases.  artifact_checksums pins every
-        version in the mirror except the flannel CNI plugin's: podnet reads
-        that one from the checksum file beside it (a fresh lock each time,
-        unless the caller sets artifact_lock_file).
+        version in the mirror except the flannel CNI plugin's and flanneld's:
+        podnet reads those from the checksum file beside the plugin and the
+        release-API document of flanneld, and locks them (the caller sets
+        artifact_lock_file).
         """
         containerd = self.containerd_version(containerd_generation)
         if cni_plugins_version is None:
@@ -125,9 +126,10 @@ class Mirror:
             "containerd_version": containerd,
             "runc_version": (runc or self.versions("runc"))[-1],
             "cni_plugins_version": cni_plugins_version,
-            "flannel_cni_plugin_version": FLANNEL_STANDIN_VERSION,
+            "flannel_cni_plugin_version": self.versions("flannel_cni_plugin")[-1],
+            "flanneld_version": self.versions("flanneld")[-1],
             "artifact_checksums": {name: copy.deepcopy(versions) for name, versions in self.manifest.items()
-                                   if name != "flannel_cni_plugin"},
+                                   if name not in ("flannel_cni_plugin", "flanneld")},
         }
 
     def serve(self, request_log=None):

@@ -9,8 +9,12 @@ with upstream's layout from Debian packages:
 * sid:      containerd 2.x, containernetworking-plugins 1.9.x
   (those binaries need only GLIBC_2.34 and run on bookworm nodes; sid's runc
   needs a newer glibc, so runc always comes from bookworm)
-* flannel CNI plugin: a Python test stand-in (flannel_standin.py), because
-  the real flannel-io/cni-plugin binary is not packaged in Debian.
+* from shared/bin (tests/kubebed/binaries.py: real builds from public source,
+  Debian packages none of them): the flannel CNI plugin v1.9.1-flannel1
+  (cni-plugin-flannel-linux-amd64-v1.9.1.tgz holding flannel-amd64), flanneld
+  v0.28.9 (flanneld-amd64, with the GitHub release-API document that reports
+  its digest, since upstream publishes no checksum file for it) and containerd
+  v2.3.4, podnet's default.
 
 The ``.deb`` files are fetched with ``apt-get download`` through PRIVATE apt
 configurations (own sources list, lists and cache under the cache dir); the
@@ -62,26 +66,16 @@ from tests.debian_sources import (
 )
 
 ARCH = "amd64"
-FLANNEL_STANDIN_VERSION = "1.7.1-flannel1"
 # Bump when the layout of the produced tree/tarballs changes: cached outputs
 # built with another layout version are rebuilt (from the cached .debs).
-LAYOUT_VERSION = 2  # 2: upstream's published checksum files beside the release files
+LAYOUT_VERSION = 3  # 2: upstream's checksum files beside the release files; 3: shared/bin artifacts
 
 DEFAULT_CACHE = "/var/cache/podnet-test"
 HOST_SOURCES_LIST = Path("/etc/apt/sources.list")
 DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 HERE = Path(__file__).resolve().parent
-FLANNEL_STANDIN = HERE / "flannel_standin.py"
 
-ARTIFACTS = ("containerd", "runc", "cni_plugins", "flannel_cni_plugin")
-
-# Upstream release paths (relative to the mirror base / https://github.com).
-UPSTREAM_PATHS = {
-    "containerd": "containerd/containerd/releases/download/v{version}/containerd-{version}-linux-{arch}.tar.gz",
-    "runc": "opencontainers/runc/releases/download/v{version}/runc.{arch}",
-    "cni_plugins": "containernetworking/plugins/releases/download/v{version}/cni-plugins-linux-{arch}-v{version}.tgz",
-    "flannel_cni_plugin": "flannel-io/cni-plugin/releases/download/v{version}/cni-plugin-flannel-linux-{arch}-v{version}.tgz",
-}
+ARTIFACTS = ("containerd", "runc", "cni_plugins", "flannel_cni_plugin", "flanneld")
 
 # Which packages come from which suite.  "bookworm" is what the nodes run.
 SUITES = {
@@ -135,7 +129,12 @@ def version_key(version: str) -> Tuple:
 
 
 def upstream_path(artifact: str, version: str, arch: str = ARCH) -> str:
-    return UPSTREAM_PATHS[artifact].format(version=version, arch=arch)
+    """The release file's path below the mirror base: upstream's URL path (files/artifacts.yaml)."""
+    from urllib.parse import urlsplit
+
+    from tasks.artifacts import upstream_url
+
+    return urlsplit(upstream_url(artifact, version, arch)).path.lstrip("/")
 
 
 def sha256_file(path: Union[str, Path]) -> str:
@@ -466,20 +465,62 @@ def cni_members(tree: Path, version: str, debian_version: str, suite: str) -> Li
     return members
 
 
-def flannel_members() -> List[Member]:
-    data = FLANNEL_STANDIN.read_bytes()
-    if not data.startswith(b"#!/usr/bin/env python3\n"):
-        raise MirrorBuildError(f"{FLANNEL_STANDIN} must start with '#!/usr/bin/env python3'")
-    return [(f"flannel-{ARCH}", data, 0o755)]
+def shared_artifacts() -> Dict[str, Tuple[str, Path]]:
+    """artifact -> (version, binary) for what comes from shared/bin (tests.kubebed.binaries)."""
+    from tests.kubebed import binaries
+
+    return {
+        "flannel_cni_plugin": (binaries.FLANNEL_CNI_PLUGIN_VERSION, binaries.binary("flannel")),
+        "flanneld": (binaries.FLANNELD_VERSION, binaries.binary("flanneld")),
+        "containerd": (binaries.CONTAINERD_VERSION, binaries.binary("containerd")),
+    }
 
 
 def inputs_fingerprint() -> Dict[str, object]:
     """What, besides the .debs, determines the output (cache invalidation key)."""
+    from tests.kubebed import binaries
+
     return {
         "layout_version": LAYOUT_VERSION,
-        "flannel_standin_sha256": sha256_file(FLANNEL_STANDIN),
+        "shared_bin": {name: sha256_file(binaries.binary(name))
+                       for name in ("flannel", "flanneld", *binaries.CONTAINERD_BINARIES)},
         "arch": ARCH,
     }
+
+
+def write_shared_artifacts(tree: Path, manifest, sources) -> None:
+    """The release files built from shared/bin, as upstream names and packs them."""
+    from tests.kubebed import binaries
+
+    shared = shared_artifacts()
+    version, flannel = shared["flannel_cni_plugin"]
+    sha = write_deterministic_tgz(tree / upstream_path("flannel_cni_plugin", version),
+                                  [(f"flannel-{ARCH}", flannel, 0o755)])
+    _add(manifest, sources, "flannel_cni_plugin", version, sha, {"suite": None, "shared_bin": "flannel"})
+    version, flanneld = shared["flanneld"]
+    dest = tree / upstream_path("flanneld", version)
+    copy_atomic(flanneld, dest, 0o755)
+    _add(manifest, sources, "flanneld", version, sha256_file(dest), {"suite": None, "shared_bin": "flanneld"})
+    version, _ = shared["containerd"]
+    members: List[Member] = [("bin/", None, 0o755)]
+    members += [(f"bin/{name}", binaries.binary(name), 0o755) for name in binaries.CONTAINERD_BINARIES]
+    sha = write_deterministic_tgz(tree / upstream_path("containerd", version), members)
+    _add(manifest, sources, "containerd", version, sha, {"suite": None, "shared_bin": "containerd"})
+
+
+def write_release_documents(tree: Path, manifest) -> None:
+    """GitHub's release-API answer for each flanneld release in the mirror (assets and their
+    sha256 digests), at the API path below the mirror base, as podnet reads it."""
+    from urllib.parse import urlsplit
+
+    from tasks.checksums import published_source
+
+    for version, shas in manifest.get("flanneld", {}).items():
+        path = urlsplit(published_source("flanneld", version, ARCH, None)).path.lstrip("/")
+        assets = [{"name": Path(upstream_path("flanneld", version, arch)).name, "digest": f"sha256:{sha}",
+                   "browser_download_url": f"https://github.com/{upstream_path('flanneld', version, arch)}"}
+                  for arch, sha in sorted(shas.items())]
+        write_atomic(tree / path, json.dumps({"tag_name": f"v{version}", "assets": assets}, indent=1).encode())
 
 
 def _add(manifest, sources, artifact, version, sha, info):
@@ -538,13 +579,9 @@ def build_into(out: Path, debs: Dict[str, Dict[str, Path]], work: Path) -> None:
     for artifact, version, sha, info in results:
         _add(manifest, sources, artifact, version, sha, info)
 
-    dest = tree / upstream_path("flannel_cni_plugin", FLANNEL_STANDIN_VERSION)
-    sha = write_deterministic_tgz(dest, flannel_members())
-    _add(manifest, sources, "flannel_cni_plugin", FLANNEL_STANDIN_VERSION, sha, {
-        "suite": None, "package": None, "debian_version": None,
-        "standin": "tests/mirror/flannel_standin.py (TEST STAND-IN, not upstream's binary)"})
-
+    write_shared_artifacts(tree, manifest, sources)
     write_published_checksums(tree, manifest)
+    write_release_documents(tree, manifest)
     write_json_atomic(out / "sources.json", {"inputs": inputs_fingerprint(), "artifacts": sources})
     # manifest.json last: its presence marks a complete build.
     write_json_atomic(out / "manifest.json", manifest)
@@ -562,6 +599,8 @@ def write_published_checksums(tree: Path, manifest: Dict[str, Dict[str, Dict[str
     for artifact, versions in sorted(manifest.items()):
         for version, shas in sorted(versions.items()):
             for arch, sha in sorted(shas.items()):
+                if artifact == "flanneld":  # no checksum files upstream: the release API (below)
+                    continue
                 path = urlsplit(published_source(artifact, version, arch, None)).path.lstrip("/")
                 files.setdefault(path, []).append(f"{sha}  {Path(upstream_path(artifact, version, arch)).name}\n")
     for path, lines in files.items():
