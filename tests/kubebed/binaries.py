@@ -2,7 +2,7 @@
 The real Kubernetes and flannel binaries the test cluster runs.
 
 They come from ``shared/bin`` beside the checkout (``$PODNET_SHARED_BIN`` overrides the
-place): xz-compressed static linux/amd64 builds of Kubernetes 1.36.2, flanneld v0.28.9,
+place; SHARED_BIN_PLACES lists where else they are looked for): xz-compressed static linux/amd64 builds of Kubernetes 1.36.2, flanneld v0.28.9,
 the flannel CNI plugin v1.9.1-flannel1 and containerd v2.3.4, with their sums in
 ``SHA256SUMS`` (see its README for provenance). Each is decompressed once into the test
 cache, checked against that sum, and reused.
@@ -41,8 +41,15 @@ UPSTREAM = {
 DOWNLOAD_TIMEOUT = 20
 
 
+# Where the project's machines keep them: beside the checkout, or (a clone elsewhere) /work/shared/bin.
+SHARED_BIN_PLACES = (REPO.parent / "shared" / "bin", Path("/work/shared/bin"))
+
+
 def shared_dir() -> Path:
-    return Path(os.environ.get("PODNET_SHARED_BIN") or REPO.parent / "shared" / "bin")
+    """``$PODNET_SHARED_BIN``, else the first of SHARED_BIN_PLACES that holds SHA256SUMS."""
+    if os.environ.get("PODNET_SHARED_BIN"):
+        return Path(os.environ["PODNET_SHARED_BIN"])
+    return next((p for p in SHARED_BIN_PLACES if (p / "SHA256SUMS").is_file()), SHARED_BIN_PLACES[0])
 
 
 def _sums(directory: Path) -> dict[str, str]:
