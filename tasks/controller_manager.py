@@ -4,18 +4,26 @@ kube-controller-manager node IPAM: `--allocate-node-cidrs=true`, `--cluster-cidr
 and node IPAM enabled in `--controllers` by merging, never replacing, the list.
 
 Works on kubeadm's static pod manifest (parsed and rewritten with pyyaml, every other
-field kept) and on a systemd unit whose ExecStart runs kube-controller-manager. The
-rewrite happens only when a flag actually changes.
+field kept; the kubelet runs `command` followed by `args`, read as one command line) and on
+a systemd unit whose ExecStart runs kube-controller-manager (read with systemd's own line
+continuation, comment and quoting rules). A command line is read as kube-controller-manager's
+flag parser reads it (read_flags, effective_values). The rewrite happens only when an effective
+value is not the wanted one; it then writes each flag podnet owns exactly once, so the command
+line has one value per flag.
 """
 
 from __future__ import annotations
 
 import base64
+import csv
 import hashlib
 import io
+import ipaddress
 import posixpath
 import re
 import shlex
+import string
+from dataclasses import dataclass
 
 import yaml
 
@@ -26,9 +34,14 @@ from tasks.probe import NodeState, ProbeRequest
 from tasks.settings import Settings
 
 CONTAINER_NAME = "kube-controller-manager"
-NODE_IPAM_NAMES = ("nodeipam", "node-ipam-controller")  # the controller's name and its alias
+NODE_IPAM_NAMES = ("nodeipam", "node-ipam-controller")  # the controller's alias and its name
 BACKUP_DIR = "/var/lib/podnet/backup"
-# Flags whose value we own and which take a value (so "--flag value" is read as one flag).
+# The flags podnet owns, by how kube-controller-manager registers them with spf13/pflag:
+# a boolean (BoolVar: NoOptDefVal "true", so "--flag" alone means true and never takes the next
+# item), a string slice (StringSliceVar: each repeat appends to the list), the rest plain values
+# (a repeat replaces the value; "--flag value" takes the next item, whatever it starts with).
+BOOLEAN_FLAGS = ("allocate-node-cidrs",)
+SLICE_FLAGS = ("controllers",)
 OWNED_FLAGS = ("allocate-node-cidrs", "cluster-cidr", "node-cidr-mask-size", "node-cidr-mask-size-ipv4",
                "node-cidr-mask-size-ipv6", "service-cluster-ip-range", "controllers")
 
@@ -78,36 +91,213 @@ def merge_controllers(value: str) -> str:
     return ",".join(kept)
 
 
-def _split_flag(token: str) -> tuple[str, str | None]:
-    name, sep, value = token[2:].partition("=")
-    return name, (value if sep else None)
+def node_ipam_enabled(controllers: list[str] | None) -> bool:
+    """
+    Whether kube-controller-manager runs node IPAM with this --controllers list (None: the flag is
+    not given, so its default `*`). As upstream decides it: aliases become the controller's name
+    (GenericControllerManagerConfigurationOptions.ApplyTo, k8s.io/controller-manager/options/
+    generic.go), then the first item naming the controller wins, `name` on or `-name` off, and
+    without one `*` turns on every controller not disabled by default, node IPAM included
+    (IsControllerEnabled, k8s.io/controller-manager/app/helper.go).
+    """
+    if controllers is None:
+        return True
+    for item in controllers:
+        if item.startswith("-") and item[1:] in NODE_IPAM_NAMES:
+            return False
+        if item in NODE_IPAM_NAMES:
+            return True
+    return "*" in controllers
+
+
+# --- reading a command line as kube-controller-manager does ---------------------------------
+
+
+@dataclass(frozen=True)
+class FlagUse:
+    """One long flag on a command line: its name, its value, and the items [start, end) it takes."""
+
+    name: str
+    value: str | None  # None: a value flag with no item left after it, or a flag podnet does not own given bare
+    start: int
+    end: int
+
+
+def read_flags(items: list[str]) -> tuple[list[FlagUse], int]:
+    """
+    The long flags of a kube-controller-manager command line in order, and the index where flag
+    parsing stops (a "--" item, else the end), as spf13/pflag reads them (FlagSet.parseArgs and
+    parseLongArg in flag.go) with the name normalisation kube-controller-manager installs
+    (k8s.io/component-base/cli/run.go: cliflag.WordSepNormalizeFunc, "_" read as "-"):
+
+    - "--name=value" gives the value after the first "=" (also an empty one);
+    - "--name" alone gives "true" to a boolean flag, and to any other flag the next item, whatever
+      it looks like ("--controllers -nodeipam" is one flag);
+    - items after "--" are arguments, not flags; items that are not long flags ("-v", "2", the
+      binary) are kept where they are.
+
+    podnet knows the type of the flags it owns only: after a flag it does not own given bare, the
+    next item stays a separate item (its value, or an argument), unless it starts with "-".
+    A bare boolean followed by an argument is refused: kube-controller-manager reads
+    "--allocate-node-cidrs false" as true plus the argument "false", and refuses to start because
+    it takes no arguments (NewControllerManagerCommand, cmd/kube-controller-manager/app/
+    controllermanager.go).
+    """
+    uses: list[FlagUse] = []
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if item == "--":
+            return uses, i
+        if not item.startswith("--") or item[2:3] in ("", "-", "="):
+            i += 1
+            continue
+        name, sep, value = item[2:].partition("=")
+        name = name.replace("_", "-")
+        end = i + 1
+        if not sep:
+            if name in BOOLEAN_FLAGS:
+                value = "true"
+                if end < len(items) and (not items[end].startswith("-") or items[end] == "-") and items[end]:
+                    raise ControllerManagerError(
+                        f"{items[end]!r} after --{name} is not its value: kube-controller-manager reads a boolean "
+                        f"flag given alone as true and {items[end]!r} as an argument, and refuses to start because "
+                        f"it takes no arguments. Write --{name}={items[end]} (or remove {items[end]!r}) and rerun")
+            elif name in OWNED_FLAGS and end < len(items):
+                value, end = items[end], end + 1
+            else:
+                value = None
+        uses.append(FlagUse(name, value, i, end))
+        i = end
+    return uses, len(items)
+
+
+def _slice_items(value: str) -> list[str]:
+    """A string-slice flag's value as pflag splits it: one CSV record (readAsCSV, string_slice.go)."""
+    return next(csv.reader([value])) if value else []
+
+
+def effective_values(uses: list[FlagUse]) -> dict[str, str | list[str] | None]:
+    """What kube-controller-manager ends up with for each flag given: a repeated plain flag keeps its
+    last value; a repeated string slice is one list, each repeat appended to the first
+    (stringSliceValue.Set, string_slice.go)."""
+    values: dict[str, str | list[str] | None] = {}
+    for use in uses:
+        if use.name in SLICE_FLAGS:
+            values[use.name] = [*values.get(use.name, []), *_slice_items(use.value or "")]  # type: ignore[misc]
+        else:
+            values[use.name] = use.value
+    return values
+
+
+def _go_bool(value: str) -> bool | None:
+    """strconv.ParseBool, which pflag's boolean flags use."""
+    return {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
+            "0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False}.get(value)
+
+
+def _go_int(value: str) -> int | None:
+    """strconv.ParseInt(value, 0, 32), which pflag's int32 flags use: 0x/0o/0b prefixes, a leading 0 for octal,
+    no white space."""
+    if not value.isascii() or value != value.strip():
+        return None
+    sign, digits = (-1, value[1:]) if value[:1] == "-" else (1, value[1:] if value[:1] == "+" else value)
+    if len(digits) > 1 and digits[0] == "0" and digits[1] not in "xXoObB":
+        digits = "0o" + digits[1:]
+    try:
+        number = sign * int(digits, 0)
+    except ValueError:
+        return None
+    return number if -2**31 <= number < 2**31 else None
+
+
+def _cidrs(value: str) -> list | None:
+    """A comma-separated CIDR list as kube-controller-manager parses it (networks, host bits dropped)."""
+    try:
+        return [ipaddress.ip_network(part, strict=False) for part in value.strip().split(",")]
+    except ValueError:
+        return None
+
+
+def _same_value(name: str, current: str | None, wanted: str) -> bool:
+    """Whether kube-controller-manager reads the current value of a flag podnet owns as the wanted one."""
+    if current is None:
+        return False
+    if name in BOOLEAN_FLAGS:
+        return _go_bool(current) is _go_bool(wanted)
+    if name.startswith("node-cidr-mask-size"):
+        return _go_int(current) == int(wanted)
+    wanted_cidrs = _cidrs(wanted)
+    return _cidrs(current) == wanted_cidrs and wanted_cidrs is not None
+
+
+def _stale_flags(values: dict, flags: dict[str, str | None]) -> list[str]:
+    """The flags whose effective value is not the wanted one (given at all, for one that must go)."""
+    return [name for name, wanted in flags.items()
+            if (name in values if wanted is None else not _same_value(name, values.get(name), wanted))]
+
+
+def _controllers_value(values: dict, uses: list[FlagUse]) -> str | None:
+    """The --controllers value podnet writes (None: leave the flag as it is), from the merged list."""
+    controllers = values.get("controllers")
+    if node_ipam_enabled(controllers):  # type: ignore[arg-type]
+        return None
+    given = ",".join(controllers)  # type: ignore[arg-type]
+    try:
+        return merge_controllers(given)
+    except ControllerManagerError as error:
+        repeats = sum(1 for use in uses if use.name == "controllers")
+        if repeats > 1:
+            raise ControllerManagerError(f"{error} (--controllers is given {repeats} times; kube-controller-manager "
+                                         "appends the repeats into this one list)") from None
+        raise
+
+
+def _merge_plan(segments: list[list[str]], flags: dict[str, str | None]) -> list[tuple[int, int | str]] | None:
+    """
+    The merged command line as (segment, item) pairs, where item is the index of a kept item of the
+    segments joined together, or the text of a new one; None when kube-controller-manager already
+    reads every wanted value and runs node IPAM. Each flag podnet owns is then written once, as
+    --name=value, where it first appeared (inside the segment it was in), or before "--" (else at the
+    end of the last segment) when it was not given; every other item is kept in order.
+    """
+    items = [item for segment in segments for item in segment]
+    owner = [k for k, segment in enumerate(segments) for _ in segment]
+    uses, end = read_flags(items)
+    values = effective_values(uses)
+    wanted = {name: value for name, value in flags.items() if value is not None}
+    controllers = _controllers_value(values, uses)
+    if not _stale_flags(values, flags) and controllers is None:
+        return None
+    if controllers is not None:
+        wanted["controllers"] = controllers
+    elif "controllers" in values:
+        wanted["controllers"] = ",".join(values["controllers"])  # type: ignore[arg-type]
+    starts = {use.start: use for use in uses if use.name in OWNED_FLAGS}
+    plan: list[tuple[int, int | str]] = []
+    i = 0
+    while i < len(items):
+        if i == end:
+            plan.extend((owner[i], f"--{name}={value}") for name, value in wanted.items())
+            wanted.clear()
+        use = starts.get(i)
+        if use is None:
+            plan.append((owner[i], i))
+            i += 1
+            continue
+        if use.name in wanted:
+            plan.append((owner[i], f"--{use.name}={wanted.pop(use.name)}"))
+        i = use.end
+    plan.extend((len(segments) - 1, f"--{name}={value}") for name, value in wanted.items())
+    return plan
 
 
 def merge_command(command: list[str], flags: dict[str, str | None]) -> list[str]:
-    """The kube-controller-manager command line with our flags set and other tokens kept in order."""
-    out: list[str] = []
-    written: set[str] = set()
-    i = 0
-    while i < len(command):
-        token = command[i]
-        i += 1
-        if not token.startswith("--"):
-            out.append(token)
-            continue
-        name, value = _split_flag(token)
-        if name in OWNED_FLAGS and value is None and i < len(command) and not command[i].startswith("-"):
-            value = command[i]  # "--flag value" form
-            i += 1
-        if name == "controllers":
-            out.append(f"--controllers={merge_controllers(value or '')}")
-        elif name in flags:
-            if flags[name] is not None and name not in written:
-                out.append(f"--{name}={flags[name]}")
-                written.add(name)
-        else:
-            out.append(token if value is None or "=" in token else f"--{name}={value}")
-    out.extend(f"--{name}={value}" for name, value in flags.items() if value is not None and name not in written)
-    return out
+    """The kube-controller-manager command line with our flags set and other items kept in order."""
+    plan = _merge_plan([command], flags)
+    if plan is None:
+        return list(command)
+    return [command[item] if isinstance(item, int) else item for _, item in plan]
 
 
 def merge_manifest(text: str, flags: dict[str, str | None]) -> str | None:
@@ -117,31 +307,197 @@ def merge_manifest(text: str, flags: dict[str, str | None]) -> str | None:
     container = next((c for c in containers if c.get("name") == CONTAINER_NAME), None)
     if container is None:
         raise ControllerManagerError(f"no container named {CONTAINER_NAME!r} in the manifest")
-    # The kubelet runs command + args and a later flag wins: merge where the flags are.
-    key = "args" if container.get("args") else "command"
-    current = list(container.get(key) or [])
-    merged = merge_command(current, flags)
-    if merged == current:
+    # The kubelet runs command followed by args: one command line, whose flags may be in either;
+    # new flags go to the end of args when there are args, else to the end of command.
+    keys = [key for key in ("command", "args") if container.get(key)] or ["command"]
+    segments = [list(container.get(key) or []) for key in keys]
+    for key, segment in zip(keys, segments):
+        for item in segment:
+            if not isinstance(item, str):
+                raise ControllerManagerError(f"{key}: {item!r} is not a string, so the kubelet does not run this "
+                                             f"manifest (YAML reads it as a {type(item).__name__}); quote it")
+    plan = _merge_plan(segments, flags)
+    if plan is None:
         return None
-    container[key] = merged
+    items = [item for segment in segments for item in segment]
+    merged: list[list[str]] = [[] for _ in keys]
+    for segment, item in plan:
+        merged[segment].append(items[item] if isinstance(item, int) else item)
+    for key, value in zip(keys, merged):
+        container[key] = value
     return yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
 
 
-EXEC_START_RE = re.compile(r"^ExecStart=(?P<value>(?:.*\\\n)*.*)$", re.MULTILINE)
+# --- systemd units ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnitEntry:
+    """One key=value entry of a unit file: its section, key and value, and the text span it occupies."""
+
+    section: str | None
+    key: str
+    value: str
+    start: int
+    end: int
+
+
+def _continues(line: str) -> bool:
+    """A line that ends in a backslash which is not itself escaped continues on the next line."""
+    return (len(line) - len(line.rstrip("\\"))) % 2 == 1
+
+
+def unit_entries(text: str) -> list[UnitEntry]:
+    """
+    The entries of a unit file as systemd reads them (systemd.syntax(7); config_parse in
+    src/shared/conf-parser.c): lines starting with "#" or ";" are comments; a line ending in a
+    backslash continues on the next line, the backslash read as a space, and comment lines inside
+    such a continuation are skipped; white space around "=" and around the value is dropped.
+    """
+    lines = text.splitlines(keepends=True)
+    entries: list[UnitEntry] = []
+    section = None
+    pos = i = 0
+    while i < len(lines):
+        start = pos
+        logical = lines[i].rstrip("\r\n")
+        pos += len(lines[i])
+        i += 1
+        if not logical.strip() or logical.strip()[0] in "#;":
+            continue
+        while _continues(logical):
+            logical = logical[:-1] + " "
+            while i < len(lines) and lines[i].strip()[:1] in ("#", ";"):
+                pos += len(lines[i])
+                i += 1
+            if i == len(lines):
+                break
+            logical += lines[i].rstrip("\r\n")
+            pos += len(lines[i])
+            i += 1
+        stripped = logical.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            section = stripped[1:-1]
+            continue
+        key, sep, value = stripped.partition("=")
+        if sep:
+            entries.append(UnitEntry(section, key.strip(), value.strip(), start, pos))
+    return entries
+
+
+C_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v",
+             "\\": "\\", '"': '"', "'": "'", "s": " "}
+HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
+WHITESPACE = " \t\n\r"
+
+
+def _unescape(value: str, i: int, in_quote: bool) -> tuple[str, int]:
+    """
+    The text of the escape whose backslash is value[i], and where reading goes on: systemd's C
+    escapes (cunescape_one, src/basic/escape.c: \\a \\b \\f \\n \\r \\t \\v \\\\ \\" \\' \\s, \\xHH,
+    \\uHHHH, \\UHHHHHHHH, \\ooo; no NUL). An unknown or broken one keeps its backslash, as
+    extract_first_word_and_warn's retry with EXTRACT_CUNESCAPE_RELAX does; so does a backslash
+    ending the line outside quotes.
+    """
+    if i + 1 == len(value):
+        if in_quote:
+            raise ControllerManagerError("ExecStart= has unbalanced quoting, so systemd ignores the line")
+        return "\\", i + 1
+    c = value[i + 1]
+    if c in C_ESCAPES:
+        return C_ESCAPES[c], i + 2
+    if c in HEX_ESCAPES:
+        first, width, base, limit, allowed = i + 2, HEX_ESCAPES[c], 16, 0x10FFFF, string.hexdigits
+    else:
+        first, width, base, limit, allowed = i + 1, 3, 8, 0xFF, string.octdigits
+    digits = value[first:first + width]
+    if len(digits) == width and all(d in allowed for d in digits) and 0 < int(digits, base) <= limit:
+        return chr(int(digits, base)), first + width
+    return "\\" + c, i + 2
+
+
+def systemd_words(value: str) -> list[tuple[str, str]]:
+    """
+    An ExecStart= value split into (raw text, word) as systemd splits a command line
+    (config_parse_exec in src/core/load-fragment.c: extract_first_word with EXTRACT_UNQUOTE and
+    EXTRACT_CUNESCAPE, src/basic/extract-word.c; then unit specifiers, where "%%" is "%"): words
+    are separated by unquoted white space; '...' and "..." quote, also in the middle of a word, and
+    are removed; backslash escapes are C escapes inside and outside quotes, and a word \\; is ";"
+    (a lone ; separates commands, which merge_unit refuses). Unbalanced quoting
+    makes systemd ignore the whole line, and is refused. Environment variables ($NAME, ${NAME})
+    are expanded by systemd only when the command runs: such words are read as written.
+    """
+    words: list[tuple[str, str]] = []
+    i = 0
+    while True:
+        while i < len(value) and value[i] in WHITESPACE:
+            i += 1
+        if i == len(value):
+            return words
+        start, out, quote = i, [], ""
+        while i < len(value) and (quote or value[i] not in WHITESPACE):
+            c = value[i]
+            if c == "\\":
+                text, i = _unescape(value, i, bool(quote))
+                out.append(text)
+            elif quote and c == quote:
+                quote, i = "", i + 1
+            elif not quote and c in "'\"":
+                quote, i = c, i + 1
+            else:
+                out.append(c)
+                i += 1
+        if quote:
+            raise ControllerManagerError("ExecStart= has unbalanced quoting, so systemd ignores the line")
+        raw = value[start:i]
+        words.append((raw, ";" if raw == "\\;" else "".join(out).replace("%%", "%")))
+
+
+SYSTEMD_PLAIN_WORD = re.compile(r"[A-Za-z0-9_@+=:,./*-]+")
+
+
+def systemd_word(word: str) -> str:
+    """A word written so that systemd reads it back as exactly this word."""
+    if SYSTEMD_PLAIN_WORD.fullmatch(word):
+        return word
+    escaped = word.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+    return '"' + escaped.replace("%", "%%").replace("$", "$$") + '"'
+
+
+def exec_start_entry(text: str) -> UnitEntry:
+    """
+    The ExecStart= that starts the service: an empty ExecStart= resets the list and a service that
+    is not Type=oneshot must be left with exactly one command (systemd.service(5)), in [Service].
+    """
+    entries = [e for e in unit_entries(text) if e.section == "Service" and e.key == "ExecStart"]
+    resets = [k for k, e in enumerate(entries) if not e.value]
+    commands = entries[resets[-1] + 1:] if resets else entries
+    if not commands:
+        raise ControllerManagerError("no ExecStart= line running kube-controller-manager")
+    if len(commands) > 1:
+        raise ControllerManagerError(f"{len(commands)} ExecStart= commands in [Service]; systemd runs a service "
+                                     "that is not Type=oneshot only with exactly one: keep one and rerun")
+    return commands[0]
 
 
 def merge_unit(text: str, flags: dict[str, str | None]) -> str | None:
-    """The systemd unit with merged flags in its (last non-empty) ExecStart, or None when unchanged."""
-    matches = [m for m in EXEC_START_RE.finditer(text) if m.group("value").strip()]
-    if not matches:
-        raise ControllerManagerError("no ExecStart= line running kube-controller-manager")
-    match = matches[-1]
-    current = shlex.split(match.group("value").replace("\\\n", " "))
-    merged = merge_command(current, flags)
-    if merged == current:
+    """The systemd unit with merged flags in its ExecStart, or None when unchanged. Kept words are
+    written as they were (quoting, $VARIABLES and %specifiers intact), one per continuation line."""
+    entry = exec_start_entry(text)
+    words = systemd_words(entry.value)
+    if any(raw == ";" for raw, _ in words):
+        raise ControllerManagerError("ExecStart= holds more than one command (';'); kube-controller-manager's "
+                                     "unit must run it alone")
+    plan = _merge_plan([[word for _, word in words]], flags)
+    if plan is None:
         return None
-    exec_start = "ExecStart=" + " \\\n  ".join(shlex.quote(t) for t in merged)
-    return text[:match.start()] + exec_start + text[match.end():]
+    exec_start = "ExecStart="
+    for n, (_, item) in enumerate(plan):
+        raw = words[item][0] if isinstance(item, int) else systemd_word(item)
+        # a continuation line starting with "#" or ";" would be read as a comment
+        exec_start += raw if n == 0 else (" " + raw if raw[0] in "#;" else " \\\n  " + raw)
+    newline = "\n" if text[:entry.end].endswith("\n") else ""
+    return text[:entry.start] + exec_start + newline + text[entry.end:]
 
 
 def config_path(s: Settings) -> str:

@@ -2,10 +2,14 @@
 Node IPAM flags merged into real kube-controller-manager command lines (kubeadm's static
 pod, kubespray's, a Kubernetes-The-Hard-Way systemd unit): podnet sets its own flags,
 merges --controllers without switching anything else on or off, keeps every other
-token and field, and reports "no change" when there is nothing to write.
+token and field, and reports "no change" when there is nothing to write. Command lines are
+read as kube-controller-manager's flag parser reads them, and a unit's ExecStart as systemd
+reads it; every form is tried on both runtimes.
 """
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import yaml
@@ -346,3 +350,201 @@ def test_merge_unit_drop_in_resets_exec_start():
 def test_unit_without_exec_start_is_refused():
     with pytest.raises(ControllerManagerError, match="no ExecStart= line running kube-controller-manager"):
         merge_unit("[Service]\nRestart=always\n", flags())
+
+
+# --- command lines read as kube-controller-manager's flag parser reads them -------------------
+# (spf13/pflag through k8s.io/component-base: a repeated plain flag keeps its last value, a repeated
+# --controllers is one list, "--flag value" is one flag, a boolean alone is true, "_" is "-"), on
+# both runtimes: the kubeadm manifest's command list and a systemd unit's ExecStart.
+
+KCM = ["/usr/local/bin/kube-controller-manager", "--kubeconfig=/etc/kubernetes/controller-manager.conf"]
+RIGHT = ["--allocate-node-cidrs=true", "--cluster-cidr=10.244.0.0/16", "--node-cidr-mask-size=24",
+         "--service-cluster-ip-range=10.96.0.0/12"]
+
+FLAG_FORMS = [
+    pytest.param(  # issue 10, case 4: kubeadm's list, and a duplicated extra arg further down
+        KCM + ["--controllers=*,bootstrapsigner,tokencleaner"] + RIGHT + ["--controllers=-nodeipam"],
+        KCM + ["--controllers=*,bootstrapsigner,tokencleaner"] + RIGHT,
+        id="repeated-controllers-append-a-disable"),
+    pytest.param(
+        KCM + ["--controllers=bootstrapsigner,tokencleaner", "--controllers=-nodeipam,ttl"],
+        KCM + ["--controllers=bootstrapsigner,tokencleaner,ttl,nodeipam"] + RIGHT,
+        id="repeated-controllers-without-star"),
+    pytest.param(  # the first item naming node IPAM wins: it runs
+        KCM + ["--controllers=*,nodeipam"] + RIGHT + ["--controllers=-nodeipam"],
+        None, id="repeated-controllers-enabled-first"),
+    pytest.param(
+        KCM + ["--controllers=-node-ipam-controller,*"] + RIGHT + ["--controllers=nodeipam"],
+        KCM + ["--controllers=*,nodeipam"] + RIGHT,
+        id="repeated-controllers-disabled-first-by-its-name"),
+    pytest.param(
+        KCM + ["--cluster-cidr=10.244.0.0/16"] + RIGHT[:1] + RIGHT[2:] + ["--cluster-cidr=10.0.0.0/8"],
+        KCM + ["--cluster-cidr=10.244.0.0/16"] + RIGHT[:1] + RIGHT[2:],
+        id="repeated-scalar-last-wrong"),
+    pytest.param(
+        KCM + ["--cluster-cidr=10.0.0.0/8"] + RIGHT, None, id="repeated-scalar-last-right"),
+    pytest.param(
+        KCM + ["--controllers", "-nodeipam,*", "--cluster-cidr", "10.244.0.0/16", "--node-cidr-mask-size", "24"],
+        KCM + ["--controllers=*", "--cluster-cidr=10.244.0.0/16", "--node-cidr-mask-size=24",
+               "--allocate-node-cidrs=true", "--service-cluster-ip-range=10.96.0.0/12"],
+        id="flag-value-as-two-items-even-with-a-leading-dash"),
+    pytest.param(
+        KCM + ["--allocate-node-cidrs"] + RIGHT[1:], None, id="bare-boolean-is-true"),
+    pytest.param(
+        KCM + ["--allocate-node-cidrs=false"] + RIGHT[1:] + ["--allocate-node-cidrs=True"],
+        None, id="boolean-repeated-last-True"),
+    pytest.param(
+        KCM + ["--allocate-node-cidrs=1"] + RIGHT[1:] + ["--allocate-node-cidrs=f"],
+        KCM + RIGHT, id="boolean-repeated-last-f"),
+    pytest.param(
+        KCM + ["--cluster_cidr=10.0.0.0/8"] + RIGHT[:1] + RIGHT[2:],
+        KCM + ["--cluster-cidr=10.244.0.0/16"] + RIGHT[:1] + RIGHT[2:],
+        id="underscore-is-a-dash"),
+    pytest.param(
+        KCM + RIGHT[:2] + ["--node-cidr-mask-size=0x18"] + RIGHT[3:], None, id="int-in-hex-is-24"),
+    pytest.param(
+        KCM + RIGHT[:2] + ["--node-cidr-mask-size=024"] + RIGHT[3:], KCM + RIGHT, id="int-with-leading-0-is-octal-20"),
+    pytest.param(
+        KCM + ["--cluster-cidr"], KCM + RIGHT[1:2] + RIGHT[:1] + RIGHT[2:], id="value-flag-without-its-value"),
+]
+
+
+def unit_with(words: list[str]) -> str:
+    """A Kubernetes-The-Hard-Way style unit whose ExecStart gives kube-controller-manager exactly these words."""
+    written = [w if re.fullmatch(r"[A-Za-z0-9_@+=:,./*-]+", w) else "'" + w + "'" for w in words]
+    return ("[Unit]\nDescription=Kubernetes Controller Manager\n\n[Service]\nExecStart="
+            + " \\\n  ".join(written) + "\nRestart=on-failure\n\n[Install]\nWantedBy=multi-user.target\n")
+
+
+def manifest_with(command: list[str]) -> str:
+    """kubeadm's manifest with this command, every item a YAML string (as the kubelet requires)."""
+    document = yaml.safe_load(KUBEADM_MANIFEST)
+    container_of(document)["command"] = command
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+@pytest.mark.parametrize("command, merged", FLAG_FORMS)
+def test_flag_forms_in_a_static_pod_manifest(command, merged):
+    text = merge_manifest(manifest_with(command), flags())
+    if merged is None:
+        assert text is None
+    else:
+        assert container_of(yaml.safe_load(text))["command"] == merged
+
+
+@pytest.mark.parametrize("command, merged", FLAG_FORMS)
+def test_flag_forms_in_a_systemd_unit(command, merged):
+    assert merge_unit(unit_with(command), flags()) == (None if merged is None else unit_with(merged))
+
+
+def test_issue_10_case_4_kubeadm_manifest_with_a_duplicated_extra_arg():
+    command = KUBEADM_COMMAND_POD_SUBNET + ["--controllers=-nodeipam"]
+    merged = yaml.safe_load(merge_manifest(kubeadm_manifest(command), flags()))
+    assert container_of(merged)["command"] == KUBEADM_COMMAND_POD_SUBNET + ["--node-cidr-mask-size=24"]
+    values = flag_values(container_of(merged)["command"])
+    assert values["controllers"] == "*,bootstrapsigner,tokencleaner"
+
+
+def test_repeated_controllers_that_enable_nothing_name_the_list_kube_controller_manager_reads():
+    with pytest.raises(ControllerManagerError) as raised:
+        merge_command(KCM + ["--controllers=", "--controllers=-nodeipam"], flags())
+    assert str(raised.value) == (
+        "--controllers=-nodeipam enables no controller; adding node IPAM would give --controllers=nodeipam, "
+        "which runs node IPAM alone and switches every other controller off. Fix --controllers "
+        "(e.g. '*,bootstrapsigner,tokencleaner') and rerun (--controllers is given 2 times; "
+        "kube-controller-manager appends the repeats into this one list)")
+
+
+@pytest.mark.parametrize("command", [KCM + ["--allocate-node-cidrs", "false"] + RIGHT[1:],
+                                     KCM + RIGHT[1:] + ["--allocate-node-cidrs", "false"]])
+def test_bare_boolean_followed_by_an_argument_is_refused(command):
+    message = ("'false' after --allocate-node-cidrs is not its value: kube-controller-manager reads a boolean flag "
+               "given alone as true and 'false' as an argument, and refuses to start because it takes no arguments. "
+               "Write --allocate-node-cidrs=false (or remove 'false') and rerun")
+    with pytest.raises(ControllerManagerError) as raised:
+        merge_manifest(manifest_with(command), flags())
+    assert str(raised.value) == message
+    with pytest.raises(ControllerManagerError) as raised:
+        merge_unit(unit_with(command), flags())
+    assert str(raised.value) == message
+
+
+def test_flags_split_between_command_and_args_are_one_command_line():
+    manifest = kubeadm_manifest(["kube-controller-manager", "--controllers=*,bootstrapsigner"])
+    document = yaml.safe_load(manifest)
+    container_of(document)["args"] = RIGHT + ["--controllers=-nodeipam"]
+    merged = container_of(yaml.safe_load(merge_manifest(yaml.safe_dump(document), flags())))
+    assert merged["command"] == ["kube-controller-manager", "--controllers=*,bootstrapsigner"]
+    assert merged["args"] == RIGHT
+
+
+def test_manifest_item_that_is_no_string_is_refused():
+    with pytest.raises(ControllerManagerError) as raised:
+        merge_manifest(kubeadm_manifest(KCM + ["--node-cidr-mask-size", "24"]), flags())
+    assert str(raised.value) == ("command: 24 is not a string, so the kubelet does not run this manifest "
+                                 "(YAML reads it as a int); quote it")
+
+
+def test_flags_after_a_double_dash_are_arguments():
+    merged = merge_command(KCM + ["--", "--controllers=-nodeipam"], flags())
+    assert merged == KCM + RIGHT + ["--", "--controllers=-nodeipam"]
+
+
+# --- systemd's own reading of ExecStart= -------------------------------------------------------
+
+
+UNIT_HEAD = "[Unit]\nDescription=Kubernetes Controller Manager\n\n[Service]\n"
+
+
+def test_commented_line_inside_a_continuation_is_skipped():
+    unit = (UNIT_HEAD + "ExecStart=/usr/local/bin/kube-controller-manager \\\n"
+            "  --kubeconfig=/etc/kubernetes/controller-manager.conf \\\n"
+            "#  --controllers=*,-nodeipam \\\n"
+            "; --cluster-cidr=10.0.0.0/8 \\\n"
+            "  --allocate-node-cidrs=true --cluster-cidr=10.244.0.0/16 \\\n"
+            "  --node-cidr-mask-size=24 --service-cluster-ip-range=10.96.0.0/12\nRestart=always\n")
+    assert merge_unit(unit, flags()) is None
+
+
+def test_quotes_and_escapes_are_read_as_systemd_reads_them():
+    unit = (UNIT_HEAD + "ExecStart = /usr/local/bin/kube-controller-manager "
+            "--controllers='*,-nodeipam' \"--cluster-cidr=10.0.0.0/8\" --cluster-name=\"my cluster\" "
+            "--node-cidr-mask-size=2\\x34 --service-cluster-ip-range=10.96.0.0\\05716 --allocate-node-cidrs=t\n"
+            "Restart=always\n")
+    assert merge_unit(unit, flags()) == (
+        UNIT_HEAD + "ExecStart=/usr/local/bin/kube-controller-manager \\\n"
+        "  --controllers=* \\\n"
+        "  --cluster-cidr=10.244.0.0/16 \\\n"
+        "  --cluster-name=\"my cluster\" \\\n"
+        "  --node-cidr-mask-size=24 \\\n"
+        "  --service-cluster-ip-range=10.96.0.0/12 \\\n"
+        "  --allocate-node-cidrs=true\n"
+        "Restart=always\n")
+
+
+def test_escaped_backslash_at_the_end_of_a_line_does_not_continue_it():
+    unit = (UNIT_HEAD + "ExecStart=/usr/local/bin/kube-controller-manager --log-dir=C:\\\\\n"
+            "--controllers=-nodeipam\nRestart=always\n")
+    merged = merge_unit(unit, flags())
+    assert merged == (UNIT_HEAD + "ExecStart=/usr/local/bin/kube-controller-manager \\\n  --log-dir=C:\\\\ \\\n  "
+                      + " \\\n  ".join(RIGHT) + "\n--controllers=-nodeipam\nRestart=always\n")
+
+
+def test_unbalanced_quoting_is_refused():
+    with pytest.raises(ControllerManagerError) as raised:
+        merge_unit(UNIT_HEAD + "ExecStart=/usr/bin/kube-controller-manager '--controllers=*\n", flags())
+    assert str(raised.value) == "ExecStart= has unbalanced quoting, so systemd ignores the line"
+
+
+def test_two_exec_start_commands_are_refused():
+    unit = UNIT_HEAD + "ExecStart=/usr/bin/kube-controller-manager\nExecStart=/usr/bin/kube-controller-manager --v=2\n"
+    with pytest.raises(ControllerManagerError) as raised:
+        merge_unit(unit, flags())
+    assert str(raised.value) == ("2 ExecStart= commands in [Service]; systemd runs a service that is not "
+                                 "Type=oneshot only with exactly one: keep one and rerun")
+
+
+def test_exec_start_outside_service_section_is_not_the_command():
+    unit = "[X-Podnet]\nExecStart=/usr/bin/kube-controller-manager\n"
+    with pytest.raises(ControllerManagerError, match="no ExecStart= line running kube-controller-manager"):
+        merge_unit(unit, flags())
