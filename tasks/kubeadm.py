@@ -4,6 +4,10 @@ for the Vagrant inventory): kubelet, kubeadm and kubectl from pinned release fil
 kubelet unit and kubeadm's drop-in as upstream packages them, the node IP for the kubelet,
 `kubeadm init` on the first control-plane host and `kubeadm join` everywhere else.
 
+kubeadm's configuration is written in the format the kubeadm of `kubernetes_version` reads
+(config_api: kubeadm.k8s.io/v1beta3 for 1.22-1.30, v1beta4 for 1.31-1.36); any other release is
+refused as a settings error before any host is touched (check_settings, from tasks/cluster.py).
+
 In deploy.py the order is: prerequisites (with the kernel ones: swap off, the tools
 kubeadm's preflight requires) -> containerd and CNI -> `apply` here -> kube-controller-manager
 node IPAM -> flannel rollout and the podCIDR check.
@@ -26,11 +30,11 @@ from pyinfra.api import StringCommand
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
 from pyinfra.api.hiddenvalue import HiddenValue
 
-from tasks import containerd, controller_manager, ops
+from tasks import containerd, controller_manager, kubeadm_config, ops
 from tasks.desired import DesiredFile, local_file, render, text_file
 from tasks.errors import PodnetError
 from tasks.probe import NodeState, ProbeRequest
-from tasks.settings import Settings
+from tasks.settings import Settings, SettingsError
 
 BIN_DIR = "/usr/local/bin"
 KUBEADM = f"{BIN_DIR}/kubeadm"
@@ -79,6 +83,51 @@ class KubeadmError(PodnetError, RuntimeError):
     """Creating or joining the cluster failed; the message says where and what kubeadm said."""
 
 
+# --- which configuration format the installed kubeadm reads ----------------------------------
+
+# Kubernetes minor releases (1.x) whose kubeadm reads each configuration API podnet renders.
+CONFIG_APIS = (
+    (22, 30, "kubeadm.k8s.io/v1beta3"),
+    (31, 36, "kubeadm.k8s.io/v1beta4"),
+)
+SUPPORTED_KUBERNETES = (f"a Kubernetes release from 1.{CONFIG_APIS[0][0]}.0 to 1.{CONFIG_APIS[-1][1]}.x "
+                        "(podnet writes kubeadm's configuration as "
+                        + " and ".join(f"{api} for 1.{first}-1.{last}" for first, last, api in CONFIG_APIS) + ")")
+
+
+def config_api(kubernetes_version: str) -> str:
+    """
+    The kubeadm configuration apiVersion podnet renders for ``kubernetes_version`` (the release of
+    kubeadm, kubelet and the control plane); ValueError naming the supported range outside it.
+
+    From kubernetes/kubernetes cmd/kubeadm/app/util/config/common.go (validateSupportedVersion:
+    "v1.22: v1beta2 read-only, writes only v1beta3 config"; "v1.27: only v1beta3 config";
+    "v1.31: v1beta3 read-only, writes only v1beta4 config"), kubernetes/kubernetes#125029 (v1beta4
+    enabled in 1.31, extraArgs became a list of name/value, v1beta3 deprecated) and #136016 (v1beta3
+    removed after 1.35; kubeadm.k8s.io/v1 added as an experimental placeholder that cannot be used
+    yet), and the API references cmd/kubeadm/app/apis/kubeadm/v1beta3 and v1beta4
+    (kubernetes.io/docs/reference/config-api/kubeadm-config.v1beta3/, .v1beta4/):
+
+    - below 1.22 kubeadm does not know v1beta3, the oldest format podnet writes;
+    - 1.22-1.30 read v1beta3 and not v1beta4 (a v1beta4 file is rejected by kubeadm 1.30);
+    - 1.31-1.36 read v1beta4, their own format (v1beta3 only deprecated, then removed);
+    - after 1.36 no kubeadm has been checked, and v1 is on its way to become the format: those
+      releases are refused until this table says which format they read.
+
+    Every other file podnet writes for the kubelet is the same across this range: the
+    KubeletConfiguration fields (kubelet.config.k8s.io/v1beta1, cgroupDriver), --node-ip through
+    KUBELET_EXTRA_ARGS, and the kubelet unit and kubeadm drop-in as upstream packages them.
+    """
+    try:
+        major, minor = (int(part) for part in kubernetes_version.split(".")[:2])
+    except ValueError:
+        raise ValueError(SUPPORTED_KUBERNETES) from None
+    for first, last, api in CONFIG_APIS:
+        if major == 1 and first <= minor <= last:
+            return api
+    raise ValueError(SUPPORTED_KUBERNETES)
+
+
 @dataclass(frozen=True)
 class Bootstrap:
     """What kubeadm does on this host in this run."""
@@ -117,14 +166,18 @@ def init_config(s: Settings) -> str:
     """
     kubeadm's configuration for `kubeadm init` on the first control-plane host: the API
     server on the node IP, the pod and service networks from the settings, the node IPAM
-    flags podnet keeps on kube-controller-manager (so kubeadm writes them itself), and the
-    kubelet's cgroup driver matching containerd's (systemd_cgroup).
+    flags podnet keeps on kube-controller-manager (so kubeadm writes them itself, and keeps them
+    in the kubeadm-config ConfigMap that `kubeadm upgrade` reads), and the kubelet's cgroup driver
+    matching containerd's (systemd_cgroup). In the format the kubeadm of kubernetes_version reads
+    (config_api): v1beta3 with extraArgs as a map, v1beta4 with extraArgs as a list of name/value.
     """
     pods = [str(s.cluster_cidr)] + ([str(s.cluster_cidr_ipv6)] if s.cluster_cidr_ipv6 else [])
     services = [str(s.service_cluster_ip_range)] + (
         [str(s.service_cluster_ip_range_ipv6)] if s.service_cluster_ip_range_ipv6 else [])
     flags = [(name, value) for name, value in controller_manager.desired_flags(s).items() if value is not None]
-    return render("kubeadm/kubeadm-init.yaml.j2",
+    api_version = config_api(s.kubernetes_version)
+    return render("kubeadm/kubeadm-init.yaml.j2", api_version=api_version,
+                  extra_args_style=kubeadm_config.EXTRA_ARGS_STYLE[api_version],
                   advertise_address=str(s.node_ip), api_server_port=API_SERVER_PORT, cri_socket=CRI_SOCKET,
                   kubernetes_version=f"v{s.kubernetes_version}",
                   control_plane_endpoint=host_port(s.node_ip, API_SERVER_PORT),
@@ -133,10 +186,10 @@ def init_config(s: Settings) -> str:
 
 
 def probe_request(s: Settings, is_first_control_plane: bool) -> ProbeRequest:
-    hashes = [KUBEADM, KUBELET, KUBECTL, KUBELET_UNIT_PATH, DROPIN_PATH, KUBELET_DEFAULTS_PATH]
+    texts = [KUBELET_UNIT_PATH, DROPIN_PATH, KUBELET_DEFAULTS_PATH]
     if is_first_control_plane:
-        hashes.append(INIT_CONFIG_PATH)
-    return ProbeRequest(hashes=hashes, features=dict(FEATURES), units=[KUBELET_UNIT])
+        texts.append(INIT_CONFIG_PATH)
+    return ProbeRequest(hashes=[KUBEADM, KUBELET, KUBECTL], texts=texts, features=dict(FEATURES), units=[KUBELET_UNIT])
 
 
 # --- prerequisites ---------------------------------------------------------------------

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import base64
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tasks import controller_manager, flannel, kubeadm
+from tasks import controller_manager, flannel, kubeadm, kubeadm_config
 from tasks.ops import HostCommand
 from tasks.probe import NodeState
 from tasks.settings import Settings, SettingsError, parse_host_settings, parse_inventory
@@ -33,17 +34,21 @@ from tests.support.kubeadm import (
     kubeadm_manifest,
 )
 from tests.support.plan import (
+    PROBE_MARK,
     FakeNode,
     Run,
     converged_state,
     fresh_state,
+    kubeadm_config_answer,
     probe_answer,
     run_pyinfra,
     write_inventory,
 )
 from tests.support.releases import ARCH, Releases, script, sha256
+from tests.test_kubeadm_config import V1BETA3_KUBEADM_1_30, V1BETA4_KUBEADM_1_35, V1BETA4_PODNET
 
 VERSION = "1.35.1"
+V1BETA3_VERSION = "1.30.14"  # the newest Kubernetes release whose kubeadm reads v1beta3 and not v1beta4
 CP, CP2, W1, W2 = "@fake/cp1", "@fake/cp2", "@fake/w1", "@fake/w2"
 ADDRESSES = {CP: "192.168.56.11", CP2: "192.168.56.12", W1: "192.168.56.21", W2: "192.168.56.22"}
 TOKEN = "abcdef.0123456789abcdef"
@@ -60,6 +65,9 @@ INIT = "kubeadm: control plane initialised (kubeadm init)"
 WORKER_JOIN = "kubeadm: worker joined (kubeadm join)"
 CP_JOIN = "kubeadm: control-plane host joined (kubeadm join --control-plane)"
 MERGE_AFTER_INIT = "kube-controller-manager: node IPAM flags in the manifest kubeadm wrote"
+KUBEADM_CONFIG = "kubeadm-config: node IPAM flags in the ClusterConfiguration kubeadm upgrade reads"
+PATCH_KUBEADM_CONFIG = ("kubectl --kubeconfig=/etc/kubernetes/admin.conf -n kube-system patch configmap kubeadm-config "
+                        "--type=merge -p ")
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +75,14 @@ def mirror(tmp_path_factory):
     tree = tmp_path_factory.mktemp("mirror")
     releases = Releases(tree)
     kube = {name: script(name, VERSION) for name in ("kubeadm", "kubelet", "kubectl")}
-    for name, data in kube.items():
-        path = tree / f"release/v{VERSION}/bin/linux/{ARCH}/{name}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
     checksums = releases.checksums()
-    checksums.update({name: {VERSION: {ARCH: sha256(data)}} for name, data in kube.items()})
+    for version in (VERSION, V1BETA3_VERSION):
+        for name in kube:
+            data = script(name, version)
+            path = tree / f"release/v{version}/bin/linux/{ARCH}/{name}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            checksums.setdefault(name, {})[version] = {ARCH: sha256(data)}
     with ScriptedServer(tree) as server:
         yield releases, kube, checksums, server
 
@@ -110,6 +120,7 @@ class Bed:
         if host == CP:  # no kubectl and no admin.conf yet
             state.queries["flannel_manifest"] = (127, ["sh: 1: kubectl: not found"])
             state.queries["pod_cidrs"] = (127, ["sh: 1: kubectl: not found"])
+            state.queries[kubeadm_config.QUERY] = (127, ["sh: 1: kubectl: not found"])
         return state
 
     def converged(self, host: str) -> NodeState:
@@ -127,6 +138,8 @@ class Bed:
         state.features.update({name: True for name in kubeadm.FEATURES})
         state.features.update({kubeadm.SWAP_ACTIVE: False, kubeadm.SWAP_IN_FSTAB: False,
                                kubeadm.INITIALISED: s.is_control_plane})
+        if host == CP:  # what kubeadm init stored from podnet's init configuration
+            state.queries[kubeadm_config.QUERY] = kubeadm_config_answer(V1BETA4_PODNET)
         return state
 
     def inventory(self, states: dict[str, NodeState], cp_responses: dict | None = None) -> Path:
@@ -307,6 +320,203 @@ def test_a_kubernetes_version_without_checksum_fails_naming_the_setting(bed):
             "pins kubeadm for amd64 at 1.34.4, 1.35.1; to use 1.36.0, pin it in your inventory's group data: artifact_checksums = {'kubeadm': {'1.36.0': {'amd64': '<sha256>'}}}") in run.output
     for host in bed.hosts:
         assert run.uploads(host) == []
+
+
+# --- kubeadm upgrade keeps podnet's flags: the kubeadm-config ConfigMap ---------------------------
+
+V1BETA3_RECORDED = V1BETA3_KUBEADM_1_30.replace("controllerManager: {}\n", """\
+controllerManager:
+  extraArgs:
+    allocate-node-cidrs: 'true'
+    cluster-cidr: 10.244.0.0/16
+    node-cidr-mask-size: '24'
+    service-cluster-ip-range: 10.96.0.0/12
+""")
+V1BETA4_RECORDED = V1BETA4_KUBEADM_1_35.replace("controllerManager: {}\n", """\
+controllerManager:
+  extraArgs:
+  - name: allocate-node-cidrs
+    value: 'true'
+  - name: cluster-cidr
+    value: 10.244.0.0/16
+  - name: node-cidr-mask-size
+    value: '24'
+  - name: service-cluster-ip-range
+    value: 10.96.0.0/12
+""")
+
+
+def existing_kubeadm_cluster(bed, cluster_configuration: str | None) -> dict[str, NodeState]:
+    """A cluster made with kubeadm before podnet (cluster_bootstrap off); podnet already merged the
+    manifest, and the kubeadm-config ConfigMap holds ``cluster_configuration`` (None: no ConfigMap)."""
+    bed.extra = {"cluster_bootstrap": False}
+    states = {h: bed.converged(h) for h in bed.hosts}
+    states[CP].queries[kubeadm_config.QUERY] = kubeadm_config_answer(cluster_configuration, "4711")
+    return states
+
+
+def patches(run: Run, host: str) -> list[dict]:
+    """The JSON merge patches kubectl was asked to apply to kubeadm-config on ``host``."""
+    return [json.loads(shlex.split(c)[-1]) for c in run.commands(host) if c.startswith(PATCH_KUBEADM_CONFIG)]
+
+
+@pytest.mark.parametrize("stored, recorded", [(V1BETA3_KUBEADM_1_30, V1BETA3_RECORDED),
+                                              (V1BETA4_KUBEADM_1_35, V1BETA4_RECORDED)],
+                         ids=["v1beta3", "v1beta4"])
+def test_an_existing_kubeadm_cluster_gets_the_flags_recorded_in_kubeadm_config(bed, stored, recorded):
+    run = ok(run_pyinfra(bed.inventory(existing_kubeadm_cluster(bed, stored)), "-y"))
+    assert patches(run, CP) == [{"metadata": {"resourceVersion": "4711"}, "data": {"ClusterConfiguration": recorded}}]
+    cp = run.commands(CP)
+    assert len(cp) == 2 and cp[0].startswith(PROBE_MARK)  # the probe, then the one kubectl patch
+    for worker in (W1, W2):
+        assert run.commands(worker) == [run.commands(worker)[0]] and run.commands(worker)[0].startswith(PROBE_MARK)
+    assert run.uploads(CP) == []  # the manifest was already right: nothing else changed
+
+
+def test_dry_run_shows_the_kubeadm_config_change_and_does_not_make_it(bed):
+    run = ok(run_pyinfra(bed.inventory(existing_kubeadm_cluster(bed, V1BETA4_KUBEADM_1_35)), "--dry", "--json"))
+    assert {op: hosts for op, hosts in run.plan().items() if hosts} == {KUBEADM_CONFIG: [CP]}
+    assert ("@fake/cp1: recording allocate-node-cidrs=true, cluster-cidr=10.244.0.0/16, node-cidr-mask-size=24, "
+            "service-cluster-ip-range=10.96.0.0/12 in ConfigMap kube-system/kubeadm-config (kubeadm.k8s.io/v1beta4 "
+            "controllerManager.extraArgs), from which kubeadm upgrade regenerates the kube-controller-manager "
+            "manifest") in run.output
+    assert patches(run, CP) == [] and len(run.commands(CP)) == 1
+
+
+def test_dry_run_with_diff_shows_the_cluster_configuration_lines_that_change(bed):
+    run = ok(run_pyinfra(bed.inventory(existing_kubeadm_cluster(bed, V1BETA3_KUBEADM_1_30)), "--dry", "--diff"))
+    shown = [line.strip() for line in run.output.splitlines()]
+    start = shown.index("+++ ConfigMap kube-system/kubeadm-config ClusterConfiguration (podnet)")
+    assert shown[start + 1:start + 12] == [
+        "@@ -5,7 +5,12 @@", "apiVersion: kubeadm.k8s.io/v1beta3", "certificatesDir: /etc/kubernetes/pki",
+        "clusterName: kubernetes", "-controllerManager: {}", "+controllerManager:", "+  extraArgs:",
+        "+    allocate-node-cidrs: 'true'", "+    cluster-cidr: 10.244.0.0/16", "+    node-cidr-mask-size: '24'",
+        "+    service-cluster-ip-range: 10.96.0.0/12"]
+    assert patches(run, CP) == []
+
+
+def test_kubeadm_config_with_the_flags_is_left_alone(bed):
+    states = existing_kubeadm_cluster(bed, V1BETA4_RECORDED)
+    plan = ok(run_pyinfra(bed.inventory(states), "--dry", "--json")).plan()
+    assert plan[KUBEADM_CONFIG] == []
+    assert {op: hosts for op, hosts in plan.items() if hosts} == {}
+    run = ok(run_pyinfra(bed.inventory(states), "-y"))
+    for host in bed.hosts:
+        assert len(run.commands(host)) == 1 and run.uploads(host) == []
+
+
+def test_a_cluster_without_kubeadm_config_is_not_kubeadm_managed(bed):
+    run = ok(run_pyinfra(bed.inventory(existing_kubeadm_cluster(bed, None)), "-y"))
+    assert patches(run, CP) == [] and len(run.commands(CP)) == 1
+
+
+def test_a_changed_flag_reaches_the_manifest_and_kubeadm_config(bed):
+    states = existing_kubeadm_cluster(bed, V1BETA4_RECORDED)
+    bed.extra["service_cluster_ip_range"] = "10.32.0.0/16"
+    run = ok(run_pyinfra(bed.inventory(states), "-y"))
+    assert "/etc/kubernetes/manifests/.kube-controller-manager.yaml.podnet-new" in run.uploads(CP)
+    recorded = V1BETA4_RECORDED.replace("value: 10.96.0.0/12", "value: 10.32.0.0/16")
+    assert patches(run, CP) == [{"metadata": {"resourceVersion": "4711"}, "data": {"ClusterConfiguration": recorded}}]
+
+
+def test_kubectl_failing_on_the_control_plane_stops_the_run_naming_the_kubeconfig(bed):
+    states = existing_kubeadm_cluster(bed, None)
+    states[CP].queries[kubeadm_config.QUERY] = (1, ["The connection to the server 192.168.56.11:6443 was refused"])
+    run = run_pyinfra(bed.inventory(states), "-y")
+    assert run.returncode != 0
+    assert ("@fake/cp1: reading ConfigMap kube-system/kubeadm-config with kubectl failed: The connection to the server "
+            "192.168.56.11:6443 was refused; podnet records the node IPAM flags there on kubeadm clusters: check that "
+            "kubectl is installed and kubeconfig /etc/kubernetes/admin.conf works") in run.output
+    for host in bed.hosts:
+        assert len(run.commands(host)) <= 1 and run.uploads(host) == []
+
+
+def test_a_cluster_configuration_podnet_cannot_read_stops_the_run_before_any_change(bed):
+    states = existing_kubeadm_cluster(bed, V1BETA3_KUBEADM_1_30.replace("v1beta3", "v1beta2"))
+    states[W1].hashes[kubeadm.KUBELET_DEFAULTS_PATH] = "0" * 64  # something that would change elsewhere
+    run = run_pyinfra(bed.inventory(states), "-y")
+    assert run.returncode != 0
+    assert ("@fake/cp1: ConfigMap kube-system/kubeadm-config: ClusterConfiguration has apiVersion "
+            "'kubeadm.k8s.io/v1beta2'; podnet records the node IPAM flags in kubeadm.k8s.io/v1beta3") in run.output
+    for host in bed.hosts:
+        assert run.uploads(host) == []
+
+
+def test_a_cluster_created_in_this_run_gets_the_flags_from_the_init_configuration(bed):
+    # kubeadm init stores podnet's ClusterConfiguration in kubeadm-config itself: no patch.
+    run = ok(run_pyinfra(bed.inventory({h: bed.fresh(h) for h in bed.hosts}), "-y"))
+    assert "/usr/local/bin/kubeadm init --config /etc/podnet/kubeadm-init.yaml" in run.commands(CP)
+    assert patches(run, CP) == []
+
+
+# --- the kubeadm release podnet can configure ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["1.21.14", "1.37.0", "2.0.0"])
+def test_a_kubernetes_version_podnet_cannot_configure_fails_before_any_host_is_touched(bed, version):
+    states = {h: bed.fresh(h) for h in bed.hosts}  # the nodes as they are; only the inventory asks for it
+    bed.extra = {"kubernetes_version": version}
+    run = run_pyinfra(bed.inventory(states), "-y")
+    assert run.returncode != 0
+    assert (f"kubernetes_version: '{version}' is not supported with cluster_bootstrap; expected a Kubernetes release "
+            "from 1.22.0 to 1.36.x (podnet writes kubeadm's configuration as kubeadm.k8s.io/v1beta3 for 1.22-1.30 and "
+            "kubeadm.k8s.io/v1beta4 for 1.31-1.36)") in run.output
+    for host in bed.hosts:
+        assert run.commands(host) == []  # not even the probe
+
+
+def test_kubernetes_1_30_gets_a_v1beta3_init_configuration(bed):
+    bed.extra = {"kubernetes_version": V1BETA3_VERSION}
+    run = ok(run_pyinfra(bed.inventory({h: bed.fresh(h) for h in bed.hosts}), "--dry", "--diff"))
+    shown = [line.strip() for line in run.output.splitlines()]
+    start = shown.index("+++ /etc/podnet/kubeadm-init.yaml (podnet)")
+    init = [line[1:] for line in shown[start + 2:start + 31]]
+    assert init[:3] == ["# Managed by podnet: what `kubeadm init` ran with on this host (cluster_bootstrap).",
+                        "apiVersion: kubeadm.k8s.io/v1beta3", "kind: InitConfiguration"]
+    assert init[init.index("kind: ClusterConfiguration") - 1] == "apiVersion: kubeadm.k8s.io/v1beta3"
+    assert init[init.index("  extraArgs:") + 1:init.index("  extraArgs:") + 5] == [
+        '    "allocate-node-cidrs": "true"', '    "cluster-cidr": "10.244.0.0/16"', '    "node-cidr-mask-size": "24"',
+        '    "service-cluster-ip-range": "10.96.0.0/12"']
+
+
+def test_kubernetes_version_is_not_checked_without_cluster_bootstrap():
+    assert parse_inventory([FakeHost("cp1", {"kubernetes_version": "1.19.0"}, ["control_plane"])])
+    with pytest.raises(SettingsError) as error:
+        parse_inventory([FakeHost("cp1", {"kubernetes_version": "1.19.0", "cluster_bootstrap": True,
+                                          "node_ip": "192.168.56.11"}, ["control_plane"])])
+    assert error.value.problems == [
+        "cp1: kubernetes_version: '1.19.0' is not supported with cluster_bootstrap; expected a Kubernetes release from "
+        "1.22.0 to 1.36.x (podnet writes kubeadm's configuration as kubeadm.k8s.io/v1beta3 for 1.22-1.30 and "
+        "kubeadm.k8s.io/v1beta4 for 1.31-1.36)"]
+
+
+@pytest.mark.parametrize("version, api_version", [
+    ("1.22.0", "kubeadm.k8s.io/v1beta3"), ("1.30.14", "kubeadm.k8s.io/v1beta3"), ("1.31.0", "kubeadm.k8s.io/v1beta4"),
+    ("1.31.0-rc.1", "kubeadm.k8s.io/v1beta4"), ("1.35.1", "kubeadm.k8s.io/v1beta4"), ("1.36.2", "kubeadm.k8s.io/v1beta4"),
+])
+def test_the_configuration_format_follows_the_kubeadm_release(version, api_version):
+    assert kubeadm.config_api(version) == api_version
+    init, cluster, kubelet = yaml.safe_load_all(kubeadm.init_config(s_for(kubernetes_version=version)))
+    assert (init["apiVersion"], cluster["apiVersion"], cluster["kubernetesVersion"]) == (
+        api_version, api_version, f"v{version}")
+    flags = {"allocate-node-cidrs": "true", "cluster-cidr": "10.244.0.0/16", "node-cidr-mask-size": "24",
+             "service-cluster-ip-range": "10.96.0.0/12"}
+    if api_version == "kubeadm.k8s.io/v1beta3":
+        assert cluster["controllerManager"] == {"extraArgs": flags}
+    else:
+        assert cluster["controllerManager"] == {"extraArgs": [{"name": k, "value": v} for k, v in flags.items()]}
+    assert kubelet == {"apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+                       "cgroupDriver": "systemd"}
+
+
+@pytest.mark.parametrize("version", ["1.21.14", "1.37.0", "0.36.0"])
+def test_no_configuration_is_rendered_for_a_release_outside_the_range(version):
+    with pytest.raises(ValueError, match=r"^a Kubernetes release from 1.22.0 to 1.36.x"):
+        kubeadm.config_api(version)
+    with pytest.raises(SettingsError) as error:  # the settings refuse it before anything renders
+        s_for(kubernetes_version=version)
+    assert error.value.problems[0].startswith(f"kubernetes_version: '{version}' is not supported with "
+                                              "cluster_bootstrap; expected a Kubernetes release from 1.22.0")
 
 
 # --- what kubeadm and the kubelet are given --------------------------------------------------

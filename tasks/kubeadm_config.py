@@ -1,0 +1,283 @@
+"""
+kube-controller-manager's node IPAM flags in kubeadm's own record of the cluster.
+
+`kubeadm upgrade` (apply and node) regenerates /etc/kubernetes/manifests/kube-controller-manager.yaml
+from the ClusterConfiguration stored in ConfigMap kube-system/kubeadm-config, so flags that exist
+only in the manifest are lost on the next upgrade. On a kubeadm-managed control plane (that
+ConfigMap exists) podnet therefore also records the node IPAM flags there, in
+`controllerManager.extraArgs`, in the schema of the ClusterConfiguration's own apiVersion:
+
+- kubeadm.k8s.io/v1beta3 (kubeadm 1.22-1.30): a map of flag name -> string value;
+- kubeadm.k8s.io/v1beta4 (kubeadm 1.31 on): a list of {name, value}; a name may repeat.
+
+Every other field and every other extra argument is kept. The extra arguments are merged as the
+command line kubeadm makes of them (`--name=value`, repeats in kubeadm's order), by the same merge
+as the manifest's command line (tasks/controller_manager.py: merge_command), so `--controllers` is
+merged, never replaced, and a flag is rewritten only when kube-controller-manager would not get
+podnet's value.
+
+The ConfigMap is cluster-wide: the first control-plane host reads it in its probe (one kubectl
+query) and, when a flag differs, patches it with kubectl at execution time. The patch carries the
+resourceVersion the probe saw, so a ConfigMap changed in between is refused (409 Conflict)
+rather than overwritten.
+
+Upstream: kubernetes/kubernetes cmd/kubeadm/app/apis/kubeadm/v1beta3/types.go and
+v1beta4/types.go (ControlPlaneComponent.ExtraArgs: "Extra arguments will override existing default
+arguments. Duplicate extra arguments are allowed"), cmd/kubeadm/app/util/arguments.go
+(ArgumentsToCommand), cmd/kubeadm/app/constants/constants.go (KubeadmConfigConfigMap
+"kubeadm-config", ClusterConfigurationConfigMapKey "ClusterConfiguration"), and the release note of
+kubernetes/kubernetes#125029 ("The storage configuration in the kube-system/kubeadm-config ConfigMap
+is now a v1beta4 ClusterConfiguration").
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import shlex
+from dataclasses import dataclass
+
+import yaml
+
+from pyinfra import logger
+
+from tasks import controller_manager, ops
+from tasks.errors import PodnetError
+from tasks.probe import NodeState, ProbeRequest
+from tasks.settings import Settings
+
+NAMESPACE = "kube-system"
+CONFIGMAP = "kubeadm-config"
+KEY = "ClusterConfiguration"
+WHERE = f"ConfigMap {NAMESPACE}/{CONFIGMAP}"
+QUERY = "kubeadm_config"  # the probe's query name
+MARK = "podnet-kubeadm-config"  # first line of the query's answer: MARK <resourceVersion>
+
+# kubeadm configuration API -> how ControlPlaneComponent.extraArgs is written.
+EXTRA_ARGS_STYLE = {
+    "kubeadm.k8s.io/v1beta3": "map",  # map[string]string
+    "kubeadm.k8s.io/v1beta4": "list",  # []Arg{Name, Value}
+}
+OPERATION = "kubeadm-config: node IPAM flags in the ClusterConfiguration kubeadm upgrade reads"
+
+
+class KubeadmConfigError(PodnetError, ValueError):
+    """The kubeadm-config ConfigMap cannot be read or merged safely."""
+
+
+# --- YAML as kubeadm writes it ----------------------------------------------------------------
+# kubeadm (Go, sigs.k8s.io/yaml) reads YAML 1.1 booleans like PyYAML does, but has no base-60
+# numbers: a plain `10:30` is a string to kubeadm and 630 to PyYAML's resolver. The loader reads it
+# as a string; the dumper quotes anything its resolver would not read back as a string.
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_INT, re.compile(r"^[-+]?(?:0b[0-1_]+|0[0-7_]+|0|[1-9][0-9_]*|0x[0-9a-fA-F_]+)$"),
+                              list("-+0123456789"))
+_Loader.add_implicit_resolver(_FLOAT, re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?"
+                                                 r"|\.[0-9_]+(?:[eE][-+][0-9]+)?|[-+]?\.(?:inf|Inf|INF)"
+                                                 r"|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
+
+
+def load(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def dump(document) -> str:
+    return yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=1 << 30)
+
+
+# --- the merge --------------------------------------------------------------------------------
+
+
+def desired_args(s: Settings) -> dict[str, str | None]:
+    """Extra argument -> value podnet records; None means the argument must not be there."""
+    return controller_manager.desired_flags(s)
+
+
+def kubeadm_order(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """
+    Repeated arguments in the order kubeadm passes them: ArgumentsToCommand (cmd/kubeadm/app/util/
+    arguments.go) sorts the arguments by name, then by value, so of two `cluster-cidr` entries the
+    larger value comes last and wins. Only same-name entries trade places (by value, within the
+    places they hold); every other entry stays where it is, as the order of different names does not
+    change what kube-controller-manager reads.
+    """
+    values: dict[str, list[str]] = {}
+    for name, value in pairs:
+        values.setdefault(name, []).append(value)
+    for name in values:
+        values[name].sort(key=lambda value: "" if value is None else str(value))
+    return [(name, values[name].pop(0)) for name, _ in pairs]
+
+
+def merge_args(pairs: list[tuple[str, str]], args: dict[str, str | None]) -> tuple[list[tuple[str, str]], list[str]]:
+    """
+    Extra arguments (name, value) in order, merged exactly as podnet merges the manifest's command
+    line: kubeadm turns each into `--name=value` (ControlPlaneComponent.ExtraArgs, appended after
+    its own flags of other names), so they are merged as that command line by
+    controller_manager.merge_command (each flag podnet owns once, where it first was, else at the
+    end; --controllers merged, never replaced) and read back. Returns the merged pairs and what
+    changed (empty: kube-controller-manager would already run with podnet's values).
+    """
+    pairs = kubeadm_order(pairs)
+    items = [f"--{name}={'' if value is None else value}" for name, value in pairs]
+    merged_items = controller_manager.merge_command(items, args)
+    if merged_items == items:
+        return list(pairs), []
+    merged = [(item[2:].partition("=")[0], item[2:].partition("=")[2]) for item in merged_items]
+    changes = []
+    for name in ["controllers", *args]:
+        old = [str(value) for n, value in pairs if n == name]
+        new = [value for n, value in merged if n == name]
+        if old != new:
+            was = f" (was {', '.join(old)})" if old else ""
+            changes.append(f"{name} removed{was}" if not new else f"{name}={', '.join(new)}{was}")
+    return merged, changes
+
+
+def merge_cluster_configuration(text: str, args: dict[str, str | None]) -> tuple[str | None, list[str], str]:
+    """
+    The ClusterConfiguration with ``args`` recorded in controllerManager.extraArgs.
+    Returns (new text or None when nothing changes, what changed, its apiVersion).
+    """
+    try:
+        document = load(text)
+    except yaml.YAMLError as error:
+        raise KubeadmConfigError(f"{WHERE}: {KEY} is not YAML: {error}") from None
+    if not isinstance(document, dict) or document.get("kind") != KEY:
+        raise KubeadmConfigError(f"{WHERE}: {KEY} is not a kubeadm ClusterConfiguration document")
+    api_version = document.get("apiVersion")
+    style = EXTRA_ARGS_STYLE.get(api_version)
+    if style is None:
+        known = " and ".join(f"{v} (extraArgs as a {s})" for v, s in EXTRA_ARGS_STYLE.items())
+        raise KubeadmConfigError(
+            f"{WHERE}: {KEY} has apiVersion {api_version!r}; podnet records the node IPAM flags in {known} "
+            "only. Upgrade the cluster with a kubeadm that stores one of them, then rerun")
+    component = document.get("controllerManager")
+    if component is None:
+        component = {}
+    if not isinstance(component, dict):
+        raise KubeadmConfigError(f"{WHERE}: {KEY} controllerManager is not a mapping")
+    extra = component.get("extraArgs")
+    if style == "map":
+        if not isinstance(extra or {}, dict):
+            raise KubeadmConfigError(f"{WHERE}: {KEY} ({api_version}) controllerManager.extraArgs is not a map "
+                                     "of flag name to value")
+        pairs = list((extra or {}).items())
+    else:
+        if not isinstance(extra or [], list) or not all(isinstance(e, dict) and "name" in e for e in extra or []):
+            raise KubeadmConfigError(f"{WHERE}: {KEY} ({api_version}) controllerManager.extraArgs is not a list "
+                                     "of {name, value}")
+        pairs = [(entry["name"], entry.get("value")) for entry in extra or []]
+    try:
+        merged, changes = merge_args(pairs, args)
+    except controller_manager.ControllerManagerError as error:
+        raise KubeadmConfigError(f"{WHERE}: {KEY} controllerManager.extraArgs: {error}") from None
+    if not changes:
+        return None, [], api_version
+    if style == "map":
+        component["extraArgs"] = dict(merged)
+    else:
+        component["extraArgs"] = [{"name": name, "value": value} for name, value in merged]
+    document["controllerManager"] = component
+    return dump(document), changes, api_version
+
+
+# --- asking the cluster -----------------------------------------------------------------------
+
+
+def kubectl(s: Settings) -> str:
+    return f"kubectl --kubeconfig={shlex.quote(s.kubeconfig)} -n {NAMESPACE}"
+
+
+def applies(s: Settings, is_first_control_plane: bool) -> bool:
+    """Only the first control-plane host of a static pod control plane (the kubeadm layout) asks."""
+    return is_first_control_plane and s.is_control_plane and s.kube_controller_manager_runtime == "static-pod"
+
+
+def query_command(s: Settings) -> str:
+    """Prints nothing when the ConfigMap does not exist; else MARK, its resourceVersion, and the document."""
+    return (f"{kubectl(s)} get configmap {CONFIGMAP} --ignore-not-found -o "
+            f"jsonpath='{{\"{MARK} \"}}{{.metadata.resourceVersion}}{{\"\\n\"}}{{.data.{KEY}}}'")
+
+
+def probe_request(s: Settings, is_first_control_plane: bool) -> ProbeRequest:
+    request = ProbeRequest()
+    if applies(s, is_first_control_plane):
+        request.queries[QUERY] = query_command(s)
+    return request
+
+
+@dataclass(frozen=True)
+class Stored:
+    """The ClusterConfiguration as the ConfigMap holds it."""
+
+    resource_version: str
+    text: str
+
+
+def parse_answer(rc: int, lines: list[str], s: Settings, host_name: str) -> Stored | None:
+    """The probe's answer: None when the ConfigMap does not exist (not a kubeadm-managed control plane)."""
+    if rc != 0:
+        raise KubeadmConfigError(
+            f"{host_name}: reading {WHERE} with kubectl failed: {' '.join(lines)[:300]}; podnet records the node "
+            f"IPAM flags there on kubeadm clusters: check that kubectl is installed and kubeconfig {s.kubeconfig} "
+            "works")
+    start = next((i for i, line in enumerate(lines) if line.startswith(MARK + " ")), None)
+    if start is None:
+        return None
+    text = "\n".join(lines[start + 1:]).strip("\n")
+    if not text:
+        raise KubeadmConfigError(f"{host_name}: {WHERE} has no {KEY}; kubeadm upgrade needs it: restore it "
+                                 "(kubeadm init phase upload-config kubeadm) and rerun")
+    return Stored(lines[start][len(MARK) + 1:].strip(), text + "\n")
+
+
+def patch_command(s: Settings, stored: Stored, text: str) -> str:
+    """kubectl patch of the ClusterConfiguration key only, refused if the ConfigMap changed since the probe."""
+    patch = {"metadata": {"resourceVersion": stored.resource_version}, "data": {KEY: text}}
+    return (f"{kubectl(s)} patch configmap {CONFIGMAP} --type=merge "
+            f"-p {shlex.quote(json.dumps(patch, separators=(',', ':')))}")
+
+
+def apply(s: Settings, node: NodeState, host_name: str, cluster_created: bool = False,
+          diff: bool = False) -> bool:
+    """
+    Record the node IPAM flags in the kubeadm-config ConfigMap when it exists and differs;
+    returns whether it is changed in this run. ``cluster_created``: kubeadm init runs in this
+    run (cluster_bootstrap) and stores podnet's init configuration, which holds the flags.
+    """
+    change = None
+    answer = node.queries.get(QUERY)
+    if answer is not None and not cluster_created:
+        stored = parse_answer(answer[0], answer[1], s, host_name)
+        if stored is not None:
+            try:
+                text, changes, api_version = merge_cluster_configuration(stored.text, desired_args(s))
+            except KubeadmConfigError as error:
+                raise KubeadmConfigError(f"{host_name}: {error}") from None
+            if text is not None:
+                change = (stored, text, changes, api_version)
+    if change is not None and diff:
+        stored, text = change[0], change[1]
+        for line in difflib.unified_diff(stored.text.splitlines(), text.splitlines(), f"{WHERE} {KEY} (cluster)",
+                                         f"{WHERE} {KEY} (podnet)", lineterm=""):
+            logger.info("    %s", line)
+    ops.shell_when(
+        name=OPERATION,
+        commands=[patch_command(s, change[0], change[1])] if change else [],
+        reason=(f"recording {', '.join(change[2])} in {WHERE} ({change[3]} controllerManager.extraArgs), "
+                "from which kubeadm upgrade regenerates the kube-controller-manager manifest") if change else None,
+    )
+    return change is not None
