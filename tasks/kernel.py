@@ -1,17 +1,42 @@
 """
 Kernel prerequisites: overlay and br_netfilter loaded, bridged traffic through iptables,
 IP forwarding on; applied now and persisted across reboots.
+
+Persisted so that podnet's values are the ones a node has after it boots. systemd-sysctl
+(at boot) and procps' ``sysctl --system`` read every ``*.conf`` of the sysctl.d directories
+(``tasks.probe.SYSCTL_DIRS``; a name in an earlier directory hides the same name in later
+ones) sorted by file name, whatever the directory, and the file read last sets a key. So
+podnet's file is named to sort after the others, Debian's ``99-sysctl.conf`` (its link to
+/etc/sysctl.conf) included. procps also reads /etc/sysctl.conf after every sysctl.d file,
+and a file named to sort after podnet's still wins: the probe reads every sysctl file on
+the node, and each one that sets a podnet parameter to another value is reported, naming
+the file, the key and both values.
 """
 
 from __future__ import annotations
 
+import posixpath
+import shlex
+from dataclasses import dataclass
+
+from pyinfra import host, logger
+
 from tasks import ops
 from tasks.desired import DesiredFile, render, text_file
-from tasks.probe import NodeState, ProbeRequest
+from tasks.probe import SYSCTL_CONF, SYSCTL_DIRS, NodeState, ProbeRequest
 from tasks.settings import Settings
 
 MODULES_LOAD_PATH = "/etc/modules-load.d/podnet.conf"
-SYSCTL_PATH = "/etc/sysctl.d/99-podnet.conf"
+# "zz-" sorts after digits, upper-case letters and the usual lower-case names in byte order
+# (strcmp, as both systemd-sysctl and procps sort), so after 99-sysctl.conf.
+SYSCTL_PATH = "/etc/sysctl.d/zz-podnet.conf"
+# Where earlier podnet releases persisted the same values (it sorts before 99-sysctl.conf):
+# removed once SYSCTL_PATH is in place.
+OLD_SYSCTL_PATHS = ("/etc/sysctl.d/99-podnet.conf",)
+# Names of one kernel switch: writing either sets both (net.ipv4.ip_forward is conf/all/forwarding).
+KEY_ALIASES = {"net.ipv4.conf.all.forwarding": "net.ipv4.ip_forward"}
+# Where packages install sysctl files (a file of the same name in /etc/sysctl.d overrides them).
+VENDOR_SYSCTL_DIRS = ("/usr/lib/sysctl.d/", "/lib/sysctl.d/")
 
 # Module -> shell test that succeeds when its feature is present. A module can be built
 # into the kernel (no /sys/module entry), so we test for what it provides.
@@ -41,15 +66,149 @@ def desired_files(settings: Settings) -> list[DesiredFile]:
 
 
 def probe_request(settings: Settings) -> ProbeRequest:
-    return ProbeRequest(hashes=[MODULES_LOAD_PATH, SYSCTL_PATH], features=dict(MODULE_FEATURES),
-                        sysctls=list(parameters(settings)))
+    return ProbeRequest(texts=[MODULES_LOAD_PATH, SYSCTL_PATH], features=dict(MODULE_FEATURES),
+                        sysctls=list(parameters(settings)), sysctl_config=list(parameters(settings)))
+
+
+# --- what the node's sysctl files set ------------------------------------------------------
+
+
+def normalize_key(key: str) -> str:
+    """A sysctl name in dotted form. As sysctl.d(5) reads names: when the first separator is a
+    slash, slashes separate and dots are part of a name (net/ipv4/conf/eth0.200/forwarding is
+    net.ipv4.conf.eth0/200.forwarding)."""
+    slash, dot = key.find("/"), key.find(".")
+    if slash != -1 and (dot == -1 or slash < dot):
+        return key.translate(str.maketrans("/.", "./"))
+    return key
+
+
+def parse_setting(line: str) -> tuple[str, str] | None:
+    """(key, value) of a sysctl file line that sets a key; None for comments, globs and
+    exclusions. A glob never overrides a key set explicitly elsewhere (systemd-sysctl and
+    procps alike), so it cannot undo podnet's values."""
+    text = line.strip()
+    if not text or text[0] in "#;" or "=" not in text:
+        return None
+    key, _, value = text.partition("=")
+    key = normalize_key(key.strip().removeprefix("-").strip())
+    if not key or any(c in key for c in "*?["):
+        return None
+    return key, " ".join(value.split())
+
+
+def file_settings(node: NodeState, path: str) -> dict[str, str]:
+    """What one file sets (the last assignment of a key in it counts)."""
+    values: dict[str, str] = {}
+    for line in node.sysctl_lines.get(path, []):
+        parsed = parse_setting(line)
+        if parsed:
+            values[parsed[0]] = parsed[1]
+    return values
+
+
+def boot_order(files: list[str]) -> list[str]:
+    """The sysctl.d files applied at boot (and by `sysctl --system` before /etc/sysctl.conf),
+    first to last: for each file name the one in the first of SYSCTL_DIRS that has it, sorted
+    by file name whatever its directory. For a key, the last file setting it wins."""
+    chosen: dict[str, str] = {}
+    for directory in SYSCTL_DIRS:
+        for path in files:
+            parent, name = posixpath.split(path)
+            if parent == directory and name.endswith(".conf"):
+                chosen.setdefault(name, path)
+    return [chosen[name] for name in sorted(chosen)]
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A sysctl file on the node that sets a podnet parameter to another value."""
+
+    file: str  # the file to edit (a link's target)
+    key: str  # as the file names it
+    value: str
+    param: str  # podnet's parameter it sets (key, or the name podnet uses for the same switch)
+    wanted: str
+    read_at_boot_as: str | None  # the sysctl.d name systemd-sysctl reads it by; None: not read at boot
+    wins_at_boot: bool  # read after podnet's file at boot: its value is the one after a reboot
+    read_last_by_procps: bool  # /etc/sysctl.conf: `sysctl --system` reads it after every sysctl.d file
+
+    def message(self) -> str:
+        read = "it is read" if self.read_at_boot_as in (None, self.file) else f"it is read as {self.read_at_boot_as},"
+        parts = []
+        if self.wins_at_boot:
+            parts.append(f"at boot {read} after {SYSCTL_PATH}, so {self.param} is {self.value} after every reboot "
+                         "until podnet runs again")
+        elif self.read_at_boot_as is not None:
+            parts.append(f"at boot {read} before {SYSCTL_PATH}, so podnet's {self.wanted} wins")
+        if self.read_last_by_procps:
+            parts.append(f"`sysctl --system` (procps) reads {SYSCTL_CONF} after every sysctl.d file "
+                         f"and would set {self.value}")
+        if self.read_at_boot_as and self.read_at_boot_as.startswith(VENDOR_SYSCTL_DIRS):
+            fix = ("it belongs to a package: override it with a file of the same name in /etc/sysctl.d "
+                   "(a copy without that line)")
+        else:
+            fix = f"set it to {self.wanted} there or remove that line"
+        same = "" if self.key == self.param else f" (the same switch as {self.param})"
+        return (f"{self.file} sets {self.key} = {self.value}{same}, podnet needs {self.wanted}: "
+                f"{'; '.join(parts)}; {fix}")
+
+
+def sysctl_conflicts(wanted: dict[str, str], node: NodeState) -> list[Conflict]:
+    """Every sysctl file the node reads that sets a key of ``wanted`` (or another name of it,
+    KEY_ALIASES) to another value, as the files will be after this run (podnet's in place, the
+    old one gone)."""
+    targets = {path: target or path for path, target in node.sysctl_files.items() if path not in OLD_SYSCTL_PATHS}
+    targets[SYSCTL_PATH] = SYSCTL_PATH
+    order = boot_order(list(targets))
+    ours = order.index(SYSCTL_PATH)
+    found: dict[tuple[str, str], dict] = {}  # (file, key) -> Conflict fields
+
+    def note(path: str, **how: str | bool) -> None:
+        for key, value in file_settings(node, path).items():
+            param = KEY_ALIASES.get(key, key)
+            if param in wanted and value != wanted[param]:
+                entry = found.setdefault((targets[path], key), {
+                    "file": targets[path], "key": key, "value": value, "param": param, "wanted": wanted[param],
+                    "read_at_boot_as": None, "wins_at_boot": False, "read_last_by_procps": False})
+                entry.update({field: given for field, given in how.items() if given})
+
+    for position, path in enumerate(order):
+        if path != SYSCTL_PATH:
+            note(path, read_at_boot_as=path, wins_at_boot=position > ours)
+    if SYSCTL_CONF in targets and targets[SYSCTL_CONF] != "/dev/null":
+        note(SYSCTL_CONF, read_last_by_procps=True)
+    return [Conflict(**found[k]) for k in sorted(found)]
+
+
+# --- the step ----------------------------------------------------------------------------
 
 
 def apply(settings: Settings, node: NodeState) -> None:
     """Persist and apply the kernel prerequisites."""
-    ops.files_installed(name="kernel: modules-load.d and sysctl.d files",
-                        files=desired_files(settings), current=node)
+    files = desired_files(settings)
+    values = parameters(settings)
+    sysctl_persisted = not ops.files_needing_change([f for f in files if f.path == SYSCTL_PATH], node)
+    ops.files_installed(name="kernel: modules-load.d and sysctl.d files", files=files, current=node)
+    old = [path for path in OLD_SYSCTL_PATHS if path in node.sysctl_files]
+    ops.shell_when(
+        name="kernel: sysctl.d file of earlier podnet releases removed",
+        commands=["rm -f " + " ".join(shlex.quote(path) for path in old)],
+        reason=(f"removing {', '.join(old)}: podnet's kernel parameters are persisted in {SYSCTL_PATH} now, "
+                "which is read after /etc/sysctl.d/99-sysctl.conf at boot") if old else None,
+    )
+    conflicts = sysctl_conflicts(values, node)
+    for conflict in conflicts:
+        logger.warning("podnet: %s: %s", host.name, conflict.message())
+    explained = {c.param for c in conflicts if c.wins_at_boot}
+    if sysctl_persisted:
+        for key, value in values.items():
+            current = node.sysctls.get(key)
+            if current is not None and current != value and key not in explained:
+                logger.warning("podnet: %s: %s is %s although %s persists %s: something set it after boot "
+                               "(a script, a network manager, sysctl -w); setting %s again",
+                               host.name, key, current, SYSCTL_PATH, value, value)
     ops.kernel_modules_loaded(name="kernel: overlay and br_netfilter loaded",
                               missing=[m for m in MODULE_FEATURES if not node.features.get(m)])
     ops.kernel_parameters_applied(name="kernel: bridge-nf-call and ip_forward applied",
-                                  values=parameters(settings), current=node)
+                                  values=values, current=node)
