@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks import artifacts, checksums, cni, containerd, controller_manager, flannel, kernel, kubeadm
+from tasks import (artifacts, checksums, cni, containerd, controller_manager, flannel, kernel, kubeadm, kubeadm_config,
+                   pod_network)
 from tasks.artifacts import KUBERNETES_BINARIES
 from tasks.desired import DesiredFile
 from tasks.download import Downloader
@@ -41,13 +42,15 @@ def downloader_for(cache_dir: Path) -> Downloader:
 
 def probe_request(settings: Settings, is_first_control_plane: bool, diff: bool) -> ProbeRequest:
     request = kernel.probe_request(settings)
-    request = request.merge(containerd.probe_request(settings, diff))
-    request = request.merge(cni.probe_request(settings, diff))
+    request = request.merge(containerd.probe_request(settings))
+    request = request.merge(cni.probe_request(settings))
     if settings.cluster_bootstrap:
         request = request.merge(kubeadm.probe_request(settings, is_first_control_plane))
-    if settings.is_control_plane:
+    if settings.is_control_plane and settings.kube_controller_manager_runtime != "external":
         request = request.merge(controller_manager.probe_request(settings))
-    return request.merge(flannel.probe_request(settings, is_first_control_plane))
+        request = request.merge(kubeadm_config.probe_request(settings, is_first_control_plane))
+    request = request.merge(pod_network.probe_request(settings))
+    return request.merge(flannel.probe_request(settings, is_first_control_plane)).for_run(diff)
 
 
 def probe(host, settings: Settings, is_first_control_plane: bool, diff: bool) -> NodeState:

@@ -71,9 +71,8 @@ def configs_ahead(entries: list[str]) -> list[str]:
     return sorted(e for e in entries if e.endswith(CONFIG_EXTENSIONS) and e < CONFLIST_NAME)
 
 
-def probe_request(settings: Settings, diff: bool) -> ProbeRequest:
-    conflist = f"{settings.cni_conf_dir}/{CONFLIST_NAME}"
-    return ProbeRequest(hashes=[f"{settings.cni_bin_dir}/*", conflist], contents=[conflist] if diff else [],
+def probe_request(settings: Settings) -> ProbeRequest:
+    return ProbeRequest(hashes=[f"{settings.cni_bin_dir}/*"], texts=[f"{settings.cni_conf_dir}/{CONFLIST_NAME}"],
                         listings=[settings.cni_conf_dir])
 
 

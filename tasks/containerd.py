@@ -83,10 +83,9 @@ def config_file(settings: "Settings") -> DesiredFile:
     return text_file(CONFIG_PATH, render_config(settings))
 
 
-def probe_request(settings: "Settings", diff: bool) -> ProbeRequest:
-    managed_text = [UNIT_PATH, CONFIG_PATH]
-    return ProbeRequest(hashes=[f"{BIN_DIR}/containerd*", f"{BIN_DIR}/ctr", RUNC_PATH, *managed_text],
-                        contents=managed_text if diff else [], units=[UNIT])
+def probe_request(settings: "Settings") -> ProbeRequest:
+    return ProbeRequest(hashes=[f"{BIN_DIR}/containerd*", f"{BIN_DIR}/ctr", RUNC_PATH], texts=[UNIT_PATH, CONFIG_PATH],
+                        units=[UNIT])
 
 
 def validate_command(containerd_binary: str = f"{BIN_DIR}/containerd") -> str:

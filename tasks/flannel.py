@@ -13,7 +13,7 @@ import json
 import shlex
 import time
 
-from tasks import ops
+from tasks import ops, pod_network
 from tasks.desired import DesiredFile, local_file, render, text_file
 from tasks.errors import PodnetError
 from tasks.probe import NodeState, ProbeRequest
@@ -33,6 +33,20 @@ POLL_SECONDS = 5
 
 class PodCidrError(PodnetError, RuntimeError):
     """A node without a podCIDR inside the cluster CIDR."""
+
+
+class PodMtuError(PodnetError, ValueError):
+    """A pod MTU (flannel_mtu) larger than the backend can carry over the node's interface."""
+
+
+# Bytes a backend adds to every pod packet on the wire, as flanneld subtracts them from the
+# interface MTU for FLANNEL_MTU: vxlan's encapOverhead (pkg/backend/vxlan/vxlan_network.go,
+# 50 = outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14; an IPv6 underlay needs 20 more,
+# which flanneld's constant ignores, so podnet counts it), wireguard's overhead
+# (pkg/backend/wireguard/wireguard_network.go, 80, sized for an IPv6 outer header), host-gw
+# none (pkg/backend/hostgw: plain routing).
+ENCAP_OVERHEAD = {"vxlan": 50, "wireguard": 80, "host-gw": 0}
+IPV6_UNDERLAY_EXTRA = {"vxlan": 20}
 
 
 def net_conf(s: Settings) -> dict:
@@ -111,41 +125,97 @@ def probe_request(s: Settings, first_control_plane: bool) -> ProbeRequest:
         request.queries["flannel_manifest"] = (
             f"{kubectl(s)} -n {NAMESPACE} get ds {DAEMONSET} --ignore-not-found "
             f"-o jsonpath='{{.metadata.annotations.podnet\\.io/manifest-sha256}}'")
-        request.hashes.append(MANIFEST_PATH)
+        request.texts.append(MANIFEST_PATH)
     elif s.flannel_rollout == "systemd":
-        request.hashes += [FLANNELD_PATH, UNIT_PATH, NET_CONF_PATH]
+        request.hashes.append(FLANNELD_PATH)
+        request.texts += [UNIT_PATH, NET_CONF_PATH]
         request.units.append(UNIT)
     if checks_pod_cidrs(s, first_control_plane):
         request.queries["pod_cidrs"] = node_pod_cidrs_command(s)
+    if s.flannel_mtu is not None:
+        request.queries["flannel_iface_mtu"] = iface_mtu_command(s)
     return request
 
 
+def iface_mtu_command(s: Settings) -> str:
+    """Prints "<interface> <mtu>" of the interface flanneld uses: flannel_iface (a name, or an
+    address on it, as flanneld's --iface accepts), else the interface of the default route
+    (flanneld's own choice without --iface)."""
+    if s.flannel_iface is None:
+        find = "ip -o route show default | awk '{for (i = 1; i < NF; i++) if ($i == \"dev\") {print $(i + 1); exit}}'"
+    else:
+        try:
+            address = ipaddress.ip_address(s.flannel_iface)
+        except ValueError:
+            find = f"echo {shlex.quote(s.flannel_iface)}"
+        else:
+            find = f"ip -o addr show to {address} | awk '{{print $2; exit}}'"
+    return (f"dev=$({find}); [ -n \"$dev\" ] && [ -r \"/sys/class/net/$dev/mtu\" ] && "
+            "printf '%s %s\\n' \"$dev\" \"$(cat \"/sys/class/net/$dev/mtu\")\"")
+
+
+def pod_mtu_fits(s: Settings, node: NodeState, host_name: str) -> None:
+    """
+    Refuse a flannel_mtu the backend cannot carry over this node's interface: at most the
+    interface MTU minus the backend's encapsulation overhead (ENCAP_OVERHEAD), else large
+    packets between nodes are dropped. Raises PodMtuError while planning, before any change.
+    When the probe could not tell the interface, flanneld itself reports it; nothing is checked.
+    """
+    if s.flannel_mtu is None:
+        return
+    rc, lines = node.queries.get("flannel_iface_mtu", (1, []))
+    parts = lines[0].split() if rc == 0 and lines else []
+    if len(parts) != 2 or not parts[1].isdigit():
+        return
+    iface, iface_mtu = parts[0], int(parts[1])
+    overhead = ENCAP_OVERHEAD[s.flannel_backend]
+    if s.node_ip is not None and s.node_ip.version == 6:
+        overhead += IPV6_UNDERLAY_EXTRA.get(s.flannel_backend, 0)
+    largest = iface_mtu - overhead
+    if s.flannel_mtu > largest:
+        carried = f"the {s.flannel_backend} backend adds {overhead} bytes" if overhead else \
+            f"the {s.flannel_backend} backend adds nothing"
+        raise PodMtuError(f"{host_name}: flannel_mtu: {s.flannel_mtu} is too large: flanneld's interface {iface} "
+                          f"has MTU {iface_mtu} and {carried}, so pod packets of more than {largest} bytes would be "
+                          f"dropped between nodes; set flannel_mtu to at most {largest}, or leave it unset "
+                          f"(flanneld then derives it)")
+
+
 def node_pod_cidrs_command(s: Settings) -> str:
+    """Prints "<node> [<podCIDR> ...]" per node (spec.podCIDRs: one per IP family)."""
     return (f"{kubectl(s)} get nodes -o "
-            "jsonpath='{range .items[*]}{.metadata.name}{\" \"}{.spec.podCIDR}{\"\\n\"}{end}'")
+            "jsonpath='{range .items[*]}{.metadata.name}{\" \"}{.spec.podCIDRs[*]}{\"\\n\"}{end}'")
 
 
 def pod_cidr_problems(s: Settings, lines: list[str]) -> list[str]:
-    """Nodes whose spec.podCIDR is missing or outside the cluster CIDR."""
+    """Nodes without a podCIDR, or with one the settings could not have given (outside the
+    cluster CIDR of its family, or another prefix length than the node mask)."""
     problems = []
     flags = (f"--allocate-node-cidrs=true --cluster-cidr={s.cluster_cidr} "
              f"--node-cidr-mask-size={s.node_cidr_mask_size}")
     for line in lines:
-        name, _, cidr = line.strip().partition(" ")
-        if not name:
-            continue
-        cidr = cidr.strip()
-        if not cidr:
+        name, *cidrs = line.split()
+        if not cidrs:
             problems.append(f"node {name} has no spec.podCIDR (pod cidr not assigned): check that "
                             f"kube-controller-manager runs with {flags}")
             continue
-        try:
-            inside = ipaddress.ip_network(cidr).subnet_of(s.cluster_cidr)
-        except (ValueError, TypeError):
-            inside = False
-        if not inside:
-            problems.append(f"node {name} has spec.podCIDR {cidr}, outside cluster_cidr {s.cluster_cidr}: "
-                            f"kube-controller-manager's --cluster-cidr must equal flannel's Network; check {flags}")
+        for cidr in cidrs:
+            if pod_network.fits(s, cidr):
+                continue
+            try:
+                network = ipaddress.ip_network(cidr)
+            except ValueError:
+                problems.append(f"node {name} has spec.podCIDR {cidr!r}, not a network")
+                continue
+            cluster = s.cluster_cidr if network.version == 4 else s.cluster_cidr_ipv6
+            if cluster is not None and network.subnet_of(cluster):  # type: ignore[arg-type]
+                mask = s.node_cidr_mask_size if network.version == 4 else s.node_cidr_mask_size_ipv6
+                problems.append(f"node {name} has spec.podCIDR {cidr}, not a /{mask} (node_cidr_mask_size): "
+                                f"kube-controller-manager's --node-cidr-mask-size must be {mask}; check {flags}")
+            else:
+                key = "cluster_cidr" if network.version == 4 else "cluster_cidr_ipv6"
+                problems.append(f"node {name} has spec.podCIDR {cidr}, outside {key} {cluster}: "
+                                f"kube-controller-manager's --cluster-cidr must equal flannel's Network; check {flags}")
     return problems
 
 

@@ -39,6 +39,10 @@ def _show_diff(f: DesiredFile, current: NodeState) -> None:
         logger.info("    %s: binary differs (sha256 %s -> %s)", f.path,
                     current.hashes.get(f.path, "missing")[:12], f.sha256[:12])
         return
+    if f.path not in current.contents and f.path in current.hashes:  # on the node, but its content was not read
+        logger.info("    %s: differs (sha256 %s -> %s; the probe did not read its content)", f.path,
+                    current.hashes[f.path][:12], f.sha256[:12])
+        return
     old = current.contents.get(f.path, b"").decode(errors="replace").splitlines()
     new = f.content.decode().splitlines()  # type: ignore[union-attr]
     for line in difflib.unified_diff(old, new, f.path + " (node)", f.path + " (podnet)", lineterm=""):

@@ -25,6 +25,9 @@ class ProbeRequest:
     hashes: list[str] = field(default_factory=list)
     # Files whose whole content is wanted (small text files).
     contents: list[str] = field(default_factory=list)
+    # Text files podnet manages: hashed like ``hashes``, and read like ``contents`` when the run
+    # shows diffs (``for_run``), so every managed file gets a real diff against the node's copy.
+    texts: list[str] = field(default_factory=list)
     # Kernel parameters by sysctl name, e.g. net.ipv4.ip_forward.
     sysctls: list[str] = field(default_factory=list)
     # Kernel features: name -> shell test that succeeds when present.
@@ -35,6 +38,9 @@ class ProbeRequest:
     listings: list[str] = field(default_factory=list)
     # Named read-only shell queries whose stdout lines are wanted (e.g. kubectl get).
     queries: dict[str, str] = field(default_factory=dict)
+    # Kernel parameters whose persisted settings are wanted: every sysctl configuration file
+    # (*.conf in SYSCTL_DIRS, then SYSCTL_CONF) with what it resolves to, and its lines that may set one of them.
+    sysctl_config: list[str] = field(default_factory=list)
 
     def merge(self, other: "ProbeRequest") -> "ProbeRequest":
         def unique(a, b):
@@ -43,12 +49,20 @@ class ProbeRequest:
         return ProbeRequest(
             hashes=unique(self.hashes, other.hashes),
             contents=unique(self.contents, other.contents),
+            texts=unique(self.texts, other.texts),
             sysctls=unique(self.sysctls, other.sysctls),
             features={**self.features, **other.features},
             units=unique(self.units, other.units),
             listings=unique(self.listings, other.listings),
             queries={**self.queries, **other.queries},
+            sysctl_config=unique(self.sysctl_config, other.sysctl_config),
         )
+
+    def for_run(self, diff: bool) -> "ProbeRequest":
+        """What the probe asks: managed text files hashed, and read as well when ``diff``."""
+        return ProbeRequest(**{**self.__dict__, "hashes": list(dict.fromkeys([*self.hashes, *self.texts])),
+                               "contents": list(dict.fromkeys([*self.contents, *(self.texts if diff else [])])),
+                               "texts": []})
 
 
 @dataclass
@@ -64,6 +78,11 @@ class NodeState:
     units: dict[str, tuple[str, str]] = field(default_factory=dict)  # unit -> (active, enabled)
     listings: dict[str, list[str]] = field(default_factory=dict)
     queries: dict[str, tuple[int, list[str]]] = field(default_factory=dict)  # name -> (exit code, lines)
+    # Every sysctl configuration file (*.conf in SYSCTL_DIRS, then SYSCTL_CONF): path -> the path it resolves to
+    # (itself, a link's target, /dev/null for a masked name).
+    sysctl_files: dict[str, str] = field(default_factory=dict)
+    # path -> its lines that may set a requested parameter, as written (files without one absent).
+    sysctl_lines: dict[str, list[str]] = field(default_factory=dict)
 
     def unit_active(self, unit: str) -> bool:
         return self.units.get(unit, ("", ""))[0] == "active"
@@ -102,6 +121,33 @@ if ! cmp -s "$t/keep" CACHE 2>/dev/null; then mkdir -p CACHEDIR && cp "$t/keep" 
 rm -rf "$t"; }""".replace("CACHEDIR", posixpath.dirname(DIGEST_CACHE)).replace("CACHE", DIGEST_CACHE)
 
 
+# What systemd-sysctl reads at boot (sysctl.d(5)) and procps' `sysctl --system` reads, in their
+# directory precedence: a file name in an earlier directory hides the same name in later ones.
+# /etc/sysctl.conf is read by procps after every sysctl.d file; systemd-sysctl reads it only
+# through a link such as Debian's /etc/sysctl.d/99-sysctl.conf.
+SYSCTL_DIRS = ("/etc/sysctl.d", "/run/sysctl.d", "/usr/local/lib/sysctl.d", "/usr/lib/sysctl.d", "/lib/sysctl.d")
+SYSCTL_CONF = "/etc/sysctl.conf"
+
+
+def _sysctl_lines_pattern(keys: list[str]) -> str:
+    """An extended regular expression for the lines that may set one of ``keys``: the first
+    component of a key, after an optional '-', then either separator ('.' or '/')."""
+    firsts = sorted({key.replace("/", ".").split(".", 1)[0] for key in keys})
+    literal = ["".join(c if c.isalnum() or c in "_-" else f"[{c}]" for c in first) for first in firsts]
+    return f"^[[:space:]]*-?[[:space:]]*({'|'.join(literal)})[./]"
+
+
+def sysctl_config_script(keys: list[str], dirs: tuple[str, ...] = SYSCTL_DIRS, conf: str = SYSCTL_CONF) -> str:
+    """Print every sysctl configuration file (``sysctlfile``, path, what it resolves to) and
+    its lines that may set one of ``keys`` (``sysctlline``, path, line as written)."""
+    q = shlex.quote
+    files = " ".join(f"{q(d)}/*.conf" for d in dirs) + " " + q(conf)
+    return (f"for f in {files}; do {{ [ -e \"$f\" ] || [ -L \"$f\" ]; }} || continue; "
+            "printf 'sysctlfile\\t%s\\t%s\\n' \"$f\" \"$(readlink -f \"$f\")\"; "
+            f"grep -E {q(_sysctl_lines_pattern(keys))} \"$f\" 2>/dev/null | "
+            "while IFS= read -r line; do printf 'sysctlline\\t%s\\t%s\\n' \"$f\" \"$line\"; done; done")
+
+
 def probe_script(request: ProbeRequest) -> str:
     """The one shell command that answers a ProbeRequest. Always exits 0."""
     q = shlex.quote
@@ -126,6 +172,8 @@ def probe_script(request: ProbeRequest) -> str:
     for name, command in request.queries.items():
         lines.append(f"out=$( ({command}) 2>&1 ); rc=$?; printf 'query\\t%s\\t%s\\t%s\\n' {q(name)} \"$rc\" "
                      "\"$(printf '%s' \"$out\" | base64 -w0)\"")
+    if request.sysctl_config:
+        lines.append(sysctl_config_script(request.sysctl_config))
     lines.append("true")
     return "\n".join(lines)
 
@@ -158,6 +206,11 @@ def parse_probe(lines: list[str]) -> NodeState:
             state.units[parts[0]] = (parts[1] or "unknown", parts[2] or "not-found")
         elif kind == "entry" and len(parts) == 2:
             state.listings.setdefault(parts[0], []).append(parts[1])
+        elif kind == "sysctlfile" and len(parts) == 2:
+            state.sysctl_files[parts[0]] = parts[1]
+        elif kind == "sysctlline" and len(parts) >= 2:
+            path, _, text = rest.partition("\t")
+            state.sysctl_lines.setdefault(path, []).append(text)
         elif kind == "query" and len(parts) == 3:
             output = base64.b64decode(parts[2]).decode(errors="replace")
             state.queries[parts[0]] = (int(parts[1]), output.splitlines())

@@ -8,6 +8,11 @@ count, values that must agree across hosts) run over every host before the first
 operation is planned, so bad input stops the run before any host is touched.
 
 Each error names the key, the bad value and what would be valid.
+
+A rule that mirrors a component (kube-controller-manager, kubeadm, flanneld, the CNI plugins,
+the Linux kernel, containerd) is exactly that component's rule, and says where upstream
+enforces it; podnet never refuses what the component would run with, unless a rule says it is
+podnet's own and why an operator wants it.
 """
 
 from __future__ import annotations
@@ -32,13 +37,34 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 FLANNEL_BACKENDS = ("vxlan", "host-gw", "wireguard")
 FLANNEL_ROLLOUTS = ("daemonset", "systemd", "external")
-CONTROLLER_MANAGER_RUNTIMES = ("static-pod", "systemd")
-MTU_RANGE = (576, 9000)
-VNI_RANGE = (1, 16_777_215)
+CONTROLLER_MANAGER_RUNTIMES = ("static-pod", "systemd", "external")
+# flannel_mtu is the CNI delegate's "mtu", which the bridge plugin sets on each pod's veth pair and on
+# cni0. Linux accepts ETH_MIN_MTU (68) to ETH_MAX_MTU (65535) there (include/uapi/linux/if_ether.h;
+# veth_setup in drivers/net/veth.c and br_dev_setup in net/bridge/br_device.c set min_mtu/max_mtu, and
+# dev_validate_mtu in net/core/dev.c refuses anything outside them).
+MTU_RANGE = (68, 65_535)
+# Linux switches IPv6 off on an interface with a smaller MTU (IPV6_MIN_MTU, net/ipv6/addrconf.c).
+IPV6_MIN_MTU = 1280
+# flanneld's vxlan VNI: the kernel takes 0 to 2**24 - 1 (vxlan_validate in drivers/net/vxlan/vxlan_core.c,
+# "VXLAN ID must be lower than 16777216"), but flanneld names its device "flannel.<VNI>", on dual stack also
+# "flannel-v6.<VNI>" (RegisterNetwork, pkg/backend/vxlan/vxlan.go), and a Linux interface name has at most
+# IFNAMSIZ - 1 = 15 characters (dev_valid_name, net/core/dev.c): 7 digits, or 4 on dual stack.
+VNI_RANGE = (0, 9_999_999)
+DUAL_STACK_MAX_VNI = 9_999
 PORT_RANGE = (1, 65_535)
-# kube-controller-manager's cidrset refuses a node mask more than 16 bits longer
-# than the cluster prefix.
-MAX_NODE_MASK_DIFF = 16
+# kube-controller-manager's cidrset keeps one bit per node podCIDR and refuses, for an IPv6 cluster CIDR
+# only, a node mask more than 16 bits longer than the cluster prefix (NewCIDRSet and clusterSubnetMaxDiff in
+# pkg/controller/nodeipam/ipam/cidrset/cidr_set.go). An IPv4 cluster CIDR has no such limit.
+MAX_IPV6_NODE_MASK_DIFF = 16
+# kubeadm init's checks of podSubnet and serviceSubnet (cmd/kubeadm/app/constants/constants.go, used by
+# ValidateNetworking in cmd/kubeadm/app/apis/kubeadm/validation/validation.go); they apply with cluster_bootstrap.
+KUBEADM_POD_SUBNET_NODE_MASK_MAX_DIFF = 16  # PodSubnetNodeMaskMaxDiff, both IP families
+KUBEADM_MIN_POD_SUBNET_ADDRESSES = 14  # MinimumAddressesInPodSubnet
+KUBEADM_MIN_SERVICE_SUBNET_ADDRESSES = 10  # MinimumAddressesInServiceSubnet
+KUBEADM_MAX_SERVICE_SUBNET_HOST_BITS = 20  # MaximumBitsForServiceSubnet
+# The node masks kubeadm assumes when --node-cidr-mask-size-ipv4 / -ipv6 are not among kube-controller-manager's
+# extra args: kube-controller-manager's defaults (getClusterNodeMask in the same validation.go).
+KUBEADM_DEFAULT_NODE_MASK = {4: 24, 6: 64}
 # uname -m -> release architecture name used by every artifact we download.
 ARCHITECTURES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
@@ -85,6 +111,9 @@ SPECS: tuple[SettingSpec, ...] = (
                 "systemd (a unit on every node) or external (deployed by something else)"),
     SettingSpec("flannel_image", "docker.io/flannel/flannel:v0.28.4", "flanneld image of the DaemonSet"),
     SettingSpec("flannel_rollout_timeout", 300, "seconds to wait for the flannel rollout and podCIDRs"),
+    SettingSpec("allow_pod_network_change", False,
+                "let a run change cluster_cidr or node_cidr_mask_size (or the IPv6 ones) that nodes' podCIDRs do not "
+                "fit: podnet then registers those nodes again and removes their old cni0 (pods must be recreated)"),
     SettingSpec("containerd_version", "2.3.4", "containerd release (1.6.x-1.7.x: config v2; 2.x: config v3)",
                 scope="host"),
     SettingSpec("runc_version", "1.4.3", "runc release", scope="host"),
@@ -113,7 +142,8 @@ SPECS: tuple[SettingSpec, ...] = (
                 "containerd CRI restrict_oom_score_adj (for nodes without CAP_SYS_RESOURCE)"),
     SettingSpec("control_plane_group", "control_plane", "inventory group whose hosts are control plane"),
     SettingSpec("kube_controller_manager_runtime", "static-pod",
-                "how kube-controller-manager runs: static-pod (kubeadm manifest) or systemd"),
+                "how kube-controller-manager runs: static-pod (kubeadm manifest), systemd, or external (managed "
+                "elsewhere, e.g. a hosted control plane: podnet does not set its node IPAM flags)"),
     SettingSpec("kube_controller_manager_manifest", "/etc/kubernetes/manifests/kube-controller-manager.yaml",
                 "kubeadm static pod manifest (static-pod runtime)"),
     SettingSpec("kube_controller_manager_unit", "/etc/systemd/system/kube-controller-manager.service",
@@ -150,6 +180,7 @@ class Settings:
     flannel_rollout: str
     flannel_image: str
     flannel_rollout_timeout: int
+    allow_pod_network_change: bool
     containerd_version: str
     runc_version: str
     cni_plugins_version: str
@@ -201,6 +232,11 @@ assert [f.name for f in fields(Settings)][:-1] == [s.name for s in SPECS], "SPEC
 
 
 def _network(value: Any, version: int) -> Network:
+    """
+    A CIDR of one IP family. Host bits set (10.244.1.0/16) are podnet's own refusal:
+    kube-controller-manager, kubeadm and flanneld all drop them (net.ParseCIDR), so the value
+    would silently mean another network than the one written; the message names that network.
+    """
     example = "10.244.0.0/16" if version == 4 else "fd00:10:244::/56"
     if not isinstance(value, str) or "/" not in value:
         raise ValueError(f"an IPv{version} CIDR with a prefix length, such as {example}")
@@ -274,24 +310,45 @@ def _text(value: Any) -> str:
     return value
 
 
-# An image reference: [registry[:port]/]path[:tag][@sha256:digest], lower-case path components.
-IMAGE_RE = re.compile(r"^(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
-                      r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$")
+# An image reference as containerd's CRI plugin parses it: the grammar of distribution/reference
+# (regexp.go: name [":" tag] ["@" digest]; Parse in reference.go: a name of at most 255 characters, and a
+# digest that opencontainers/go-digest accepts: sha256, sha384 or sha512 in lower-case hex, algorithm.go).
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN_COMPONENT = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
+_REGISTRY = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[A-Fa-f0-9:]+\])(?::[0-9]+)?"
+IMAGE_RE = re.compile(rf"^(?P<name>(?:{_REGISTRY}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
+                      r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+                      r"(?:@(?:sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128}))?$")
+IMAGE_NAME_MAX = 255
 
 
 def _image(value: Any) -> str:
-    if not isinstance(value, str) or not IMAGE_RE.match(value):
+    match = IMAGE_RE.fullmatch(value) if isinstance(value, str) else None
+    if match is None or len(match.group("name")) > IMAGE_NAME_MAX:
         raise ValueError("an image reference such as registry.k8s.io/pause:3.10")
     return value
 
 
-IFACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
+IFACE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 
 def _iface(value: Any) -> str:
-    if not isinstance(value, str) or not IFACE_RE.match(value):
-        raise ValueError("an interface name of 1-15 letters, digits or _.:- (e.g. eth1)")
-    return value
+    """
+    flanneld's --iface: an address of the node, or an interface name (flanneld tries the value as an
+    IP address first, then as a name). A Linux interface name has 1 to 15 characters, is not "." or
+    "..", and has no "/", ":" or white space (dev_valid_name, net/core/dev.c): an alias label such as
+    eth0:1 is not an interface. podnet's own rule on top: only letters, digits and _.- , because the
+    name goes unquoted into the flanneld unit's ExecStart and the DaemonSet's arguments. An address is
+    written in its canonical form, as the node_ip it may equal.
+    """
+    if isinstance(value, str):
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            if IFACE_RE.fullmatch(value) and value not in (".", ".."):
+                return value
+    raise ValueError("an interface name of 1-15 letters, digits or _.- (e.g. eth1; Linux allows no ':' or '/' "
+                     "in one), or an IP address of the node")
 
 
 def _url(value: Any) -> str:
@@ -360,6 +417,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "flannel_rollout": _choice(FLANNEL_ROLLOUTS),
     "flannel_image": _image,
     "flannel_rollout_timeout": _integer(10, 3600),
+    "allow_pod_network_change": _boolean,
     "containerd_version": _version,
     "runc_version": _version,
     "cni_plugins_version": _version,
@@ -429,18 +487,49 @@ def parse_host_settings(data: dict, host_name: str, groups: Iterable[str]) -> Se
 
 
 def _mask_problem(key: str, mask: int, net: Network, cluster_key: str) -> str | None:
-    if mask <= net.prefixlen or mask > net.max_prefixlen - 2:
-        return (f"{key}: {mask} is not valid; expected a prefix length longer than {cluster_key} "
-                f"/{net.prefixlen} and at most /{net.max_prefixlen - 2}")
-    if mask - net.prefixlen > MAX_NODE_MASK_DIFF:
-        return (f"{key}: {mask} is not valid; kube-controller-manager allows at most "
-                f"{MAX_NODE_MASK_DIFF} bits more than {cluster_key} /{net.prefixlen} "
-                f"(so at most /{net.prefixlen + MAX_NODE_MASK_DIFF})")
+    """
+    A node mask that kube-controller-manager and the CNI plugins accept for this cluster CIDR:
+
+    - not shorter than the cluster prefix: NewNodeIpamController (pkg/controller/nodeipam/
+      node_ipam_controller.go) refuses a cluster CIDR "mask size ... must be less than or equal to
+      --node-cidr-mask-size configured for CIDR family"; equal is allowed (one podCIDR, one node);
+    - for an IPv6 cluster CIDR only, at most 16 bits longer (MAX_IPV6_NODE_MASK_DIFF, cidrset);
+    - at most /30 (IPv4) or /126 (IPv6): a node's podCIDR is the range the host-local IPAM plugin
+      allocates pod addresses from, and it refuses a /31, /32, /127 or /128 ("Network ... too small to
+      allocate from", Range.Canonicalize in containernetworking/plugins
+      plugins/ipam/host-local/backend/allocator/range.go). A cluster CIDR longer than that fits no
+      node mask at all, which is reported against the cluster CIDR.
+    """
+    longest = net.max_prefixlen - 2
+    if net.prefixlen > longest:
+        return (f"{cluster_key}: '{net}' is too small; expected a prefix length of at most /{longest}, the "
+                "smallest node podCIDR the host-local IPAM plugin can allocate pod addresses from")
+    if not net.prefixlen <= mask <= longest:
+        return (f"{key}: {mask} is not valid; expected a prefix length from /{net.prefixlen} ({cluster_key} "
+                f"'{net}' as one podCIDR) to /{longest} (the smallest podCIDR host-local allocates from)")
+    if net.version == 6 and mask - net.prefixlen > MAX_IPV6_NODE_MASK_DIFF:
+        return (f"{key}: {mask} is not valid; kube-controller-manager allows an IPv6 node mask at most "
+                f"{MAX_IPV6_NODE_MASK_DIFF} bits longer than {cluster_key} /{net.prefixlen} "
+                f"(so at most /{net.prefixlen + MAX_IPV6_NODE_MASK_DIFF})")
     return None
 
 
 def _relations(s: Settings) -> list[str]:
-    """Rules between settings of one host."""
+    """
+    Rules between settings of one host. Besides the component rules documented where they are
+    checked, these are podnet's own, each against a silent failure no component reports:
+
+    - pod and service networks disjoint: kube-apiserver's --service-cluster-ip-range help says the
+      range "must not overlap with any IP ranges assigned to nodes or pods", but nothing enforces it;
+      kube-controller-manager only marks the overlap as used (the range allocator's
+      occupyServiceCIDR, pkg/controller/nodeipam/ipam/range_allocator.go), so an overlap is almost
+      always a typo that silently takes addresses from the pods;
+    - an IPv6 service range only with an IPv6 pod network: podnet gives kube-controller-manager the
+      IPv6 service range only on dual stack, so it would otherwise be ignored without a word;
+    - no node address inside a pod or service range: a podCIDR or a Service ClusterIP could then
+      hold a node's own address;
+    - flannel_vni / flannel_port only for a backend that reads them: flanneld ignores them otherwise.
+    """
     problems = []
     for key, mask, net, cluster_key in (
         ("node_cidr_mask_size", s.node_cidr_mask_size, s.cluster_cidr, "cluster_cidr"),
@@ -472,7 +561,10 @@ def _relations(s: Settings) -> list[str]:
                 problems.append(f"{key}: '{net}' contains this node's own address {s.node_ip}; "
                                 "choose a range that no node address is in")
 
-    from tasks.containerd import config_generation  # the generation rule lives with containerd
+    # The generation rule lives with containerd (config_generation, tasks/containerd.py): the config's
+    # version header (containerd's docs/PLUGINS.md) is 2 for 1.6/1.7, which do not read 3, and 3 from
+    # 2.0 on. Releases before 1.6 are podnet's own refusal: out of upstream support, never tested here.
+    from tasks.containerd import config_generation
 
     try:
         config_generation(s.containerd_version)
@@ -484,8 +576,13 @@ def _relations(s: Settings) -> list[str]:
                         f"not {s.flannel_backend!r}; remove it or use flannel_backend 'vxlan'")
     if s.flannel_backend == "host-gw" and s.flannel_port is not None:
         problems.append(f"flannel_port: {s.flannel_port} is not used by the host-gw backend; remove it")
-    if s.dual_stack and s.flannel_mtu is not None and s.flannel_mtu < 1280:
-        problems.append(f"flannel_mtu: {s.flannel_mtu} is below 1280, the IPv6 minimum, on a dual-stack network")
+    if s.dual_stack and s.flannel_mtu is not None and s.flannel_mtu < IPV6_MIN_MTU:
+        problems.append(f"flannel_mtu: {s.flannel_mtu} is below {IPV6_MIN_MTU}, the IPv6 minimum, "
+                        "on a dual-stack network")
+    if s.dual_stack and s.flannel_backend == "vxlan" and s.flannel_vni > DUAL_STACK_MAX_VNI:
+        problems.append(f"flannel_vni: {s.flannel_vni} is too large on a dual-stack network; expected at most "
+                        f"{DUAL_STACK_MAX_VNI}: flanneld names its IPv6 device flannel-v6.<VNI>, and a Linux "
+                        "interface name has at most 15 characters")
     if s.cluster_bootstrap:
         problems.extend(_bootstrap_problems(s))
     return problems
@@ -494,6 +591,15 @@ def _relations(s: Settings) -> list[str]:
 def _bootstrap_problems(s: Settings) -> list[str]:
     """cluster_bootstrap creates the cluster with kubeadm: what that needs from the other settings."""
     problems = []
+    # The configuration format per kubeadm release lives with kubeadm (config_api, tasks/kubeadm.py,
+    # after kubeadm's validateSupportedVersion): a release outside the range podnet renders is refused.
+    from tasks.kubeadm import config_api
+
+    try:
+        config_api(s.kubernetes_version)
+    except ValueError as error:
+        problems.append(f"kubernetes_version: {s.kubernetes_version!r} is not supported with cluster_bootstrap; "
+                        f"expected {error}")
     if s.node_ip is None:
         problems.append("node_ip: not set; cluster_bootstrap needs each node's own address (kubelet --node-ip, "
                         "and the API server's advertise address on the first control-plane host): set node_ip, "
@@ -510,7 +616,58 @@ def _bootstrap_problems(s: Settings) -> list[str]:
         if getattr(s, key) != kubeadm_path:
             problems.append(f"{key}: {getattr(s, key)!r} cannot be used with cluster_bootstrap; kubeadm writes "
                             f"{kubeadm_path}: remove the setting")
+    problems.extend(_kubeadm_network_problems(s))
     return problems
+
+
+def _kubeadm_network_problems(s: Settings) -> list[str]:
+    """
+    kubeadm init's own checks of the podSubnet and serviceSubnet podnet gives it, which would stop
+    kubeadm on the first control-plane host (ValidateNetworking in cmd/kubeadm/app/apis/kubeadm/
+    validation/validation.go):
+
+    - a pod subnet holds at least 14 addresses and is neither longer than, nor more than 16 bits
+      shorter than, the node mask kubeadm assumes for its family (ValidatePodSubnetNodeMask). kubeadm
+      reads that mask only from --node-cidr-mask-size-ipv4 / -ipv6 (getClusterNodeMask), else takes
+      24 / 64: podnet passes those flags on dual stack, while a single-stack cluster gets
+      --node-cidr-mask-size, so there kubeadm checks cluster_cidr against /24 whatever the node mask;
+    - a service subnet holds at least 10 addresses and has at most 20 host bits
+      (ValidateServiceSubnetSize).
+    """
+    from tasks.controller_manager import desired_flags  # it imports this module
+
+    flags = desired_flags(s)
+    problems = []
+    for key, net, mask_key in (("cluster_cidr", s.cluster_cidr, "node-cidr-mask-size-ipv4"),
+                               ("cluster_cidr_ipv6", s.cluster_cidr_ipv6, "node-cidr-mask-size-ipv6")):
+        if net is None:
+            continue
+        mask = int(flags.get(mask_key) or KUBEADM_DEFAULT_NODE_MASK[net.version])
+        shortest = mask - KUBEADM_POD_SUBNET_NODE_MASK_MAX_DIFF
+        longest = min(mask, _longest_prefix(net.version, KUBEADM_MIN_POD_SUBNET_ADDRESSES))
+        if not shortest <= net.prefixlen <= longest:
+            why = (f"node mask /{mask}" if flags.get(mask_key) else
+                   f"/{mask}, kube-controller-manager's default it assumes because it reads only "
+                   f"--{mask_key}, which a single-stack cluster does not get")
+            problems.append(f"{key}: '{net}' cannot be used with cluster_bootstrap; kubeadm init checks its "
+                            f"podSubnet against the {why}, and needs a prefix length from /{shortest} to /{longest}")
+    for key, net in (("service_cluster_ip_range", s.service_cluster_ip_range),
+                     ("service_cluster_ip_range_ipv6", s.service_cluster_ip_range_ipv6)):
+        if net is None:
+            continue
+        shortest = net.max_prefixlen - KUBEADM_MAX_SERVICE_SUBNET_HOST_BITS
+        longest = _longest_prefix(net.version, KUBEADM_MIN_SERVICE_SUBNET_ADDRESSES)
+        if not shortest <= net.prefixlen <= longest:
+            problems.append(f"{key}: '{net}' cannot be used with cluster_bootstrap; kubeadm init needs a service "
+                            f"subnet from /{shortest} to /{longest} (at most {KUBEADM_MAX_SERVICE_SUBNET_HOST_BITS} "
+                            f"host bits, at least {KUBEADM_MIN_SERVICE_SUBNET_ADDRESSES} addresses)")
+    return problems
+
+
+def _longest_prefix(version: int, addresses: int) -> int:
+    """The longest prefix length of an IPv4 or IPv6 network that still holds this many addresses."""
+    bits = 32 if version == 4 else 128
+    return bits - (addresses - 1).bit_length()
 
 
 # --- whole inventory -----------------------------------------------------------
@@ -574,13 +731,28 @@ def _cluster_rules(parsed: dict[str, Settings]) -> list[str]:
                 f"it to their node_ip ({', '.join(others)} do not: "
                 f"{', '.join(repr(parsed[n].flannel_iface) for n in others)}); set flannel_iface to its own node_ip "
                 "on every host, or one interface name on every host")
-    if not any(s.is_control_plane for s in parsed.values()) and first.cluster_bootstrap:
-        problems.append(f"control_plane_group: no host is in group {first.control_plane_group!r}; "
-                        "cluster_bootstrap runs kubeadm init on the first control-plane host")
-    elif not any(s.is_control_plane for s in parsed.values()) and first.flannel_rollout == "daemonset":
-        problems.append(f"control_plane_group: no host is in group {first.control_plane_group!r}; "
-                        "the flannel DaemonSet is applied from the first control-plane host")
+    problems.extend(_control_plane_problems(parsed, first))
     return problems
+
+
+def _control_plane_problems(parsed: dict[str, Settings], first: Settings) -> list[str]:
+    """Every step the settings imply has a host to run on, or the settings say it runs elsewhere:
+    kubeadm init, the node IPAM flags of kube-controller-manager and the flannel rollout's
+    podCIDR check all run on control-plane hosts (podnet's own rule: without one they would be
+    skipped without a word)."""
+    if any(s.is_control_plane for s in parsed.values()):
+        return []
+    group = f"control_plane_group: no host is in group {first.control_plane_group!r}"
+    if first.cluster_bootstrap:
+        return [f"{group}; cluster_bootstrap runs kubeadm init on the first control-plane host"]
+    if first.flannel_rollout == "daemonset":
+        return [f"{group}; the flannel DaemonSet is applied from the first control-plane host"]
+    if first.kube_controller_manager_runtime != "external":
+        return [f"{group}; podnet sets kube-controller-manager's node IPAM flags (--allocate-node-cidrs, "
+                "--cluster-cidr, --node-cidr-mask-size) on the hosts of that group: add the hosts that run it, or "
+                "set kube_controller_manager_runtime = 'external' if it is managed elsewhere (then node IPAM must "
+                "already be on there)"]
+    return []
 
 
 def _show(value: Any) -> str:

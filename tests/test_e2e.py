@@ -199,7 +199,7 @@ def test_kernel_prerequisites_are_applied_and_persisted(bed):
         values = bed.sh(node, "cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/bridge/bridge-nf-call-iptables "
                               "/proc/sys/net/bridge/bridge-nf-call-ip6tables").split()
         assert values == ["1", "1", "1"]
-        assert "net.ipv4.ip_forward = 1" in bed.sh(node, "cat /etc/sysctl.d/99-podnet.conf")
+        assert "net.ipv4.ip_forward = 1" in bed.sh(node, "cat /etc/sysctl.d/zz-podnet.conf")
         assert bed.sh(node, "grep -v '^#' /etc/modules-load.d/podnet.conf").split() == ["overlay", "br_netfilter"]
 
 
@@ -318,6 +318,23 @@ def test_dry_diff_shows_a_coming_change_without_making_it(bed):
         assert '+      "delegate": {"hairpinMode": true, "isDefaultGateway": true, "mtu": 1300}' in dry.output
         conflist = bed.sh(bed.cluster.nodes[0], "cat /etc/cni/net.d/10-flannel.conflist")
         assert '"mtu"' not in conflist
+    finally:
+        bed.write_inventory()
+
+
+def test_a_pod_mtu_the_backend_cannot_carry_is_refused_before_any_change(bed):
+    bed.write_inventory(flannel_mtu=VXLAN_MTU + 1)
+    try:
+        marks = [node_costs.mark(node) for node in bed.cluster.nodes]
+        run = bed.deploy()
+        assert run.returncode != 0
+        message = ("flannel_mtu: 1451 is too large: flanneld's interface host0 has MTU 1500 and the vxlan backend "
+                   "adds 50 bytes, so pod packets of more than 1450 bytes would be dropped between nodes; set "
+                   "flannel_mtu to at most 1450")
+        assert any(f"{node.name}: {message}" in run.output for node in bed.cluster.nodes), run.output[-3000:]
+        for node, before in zip(bed.cluster.nodes, marks):  # the probe, nothing else
+            cost = node_costs.cost_since(node, before)
+            assert (cost.commands, cost.sftp) == (1, 0), (node.name, cost)
     finally:
         bed.write_inventory()
 
@@ -450,3 +467,45 @@ def test_the_pod_cidr_check_fails_clearly_when_node_ipam_is_switched_off(bed):
     bed.kube.wait_for(control_plane, f"kubectl --kubeconfig=/etc/kubernetes/admin.conf get node {worker.name} "
                                   "-o jsonpath='{.spec.podCIDR}' | grep -q .", "the worker's new podCIDR")
     assert bed.deploy().returncode == 0
+
+
+@pytest.mark.only_bed("containerd-2.x")  # last on its cluster: it moves the cluster to another pod network
+def test_a_pod_network_change_is_refused_then_carried_out_with_the_opt_in(bed):
+    control_plane = bed.cluster.nodes[0]
+    before = bed.pod_cidrs()
+    manifest = bed.sh(control_plane, f"cat {MANIFEST_PATH}")
+    old_pod = bed.run_pod(bed.cluster.nodes[1], "pod-old-network")
+    bed.write_inventory(**bed.overrides, cluster_cidr="10.245.0.0/16")
+    marks = [node_costs.mark(node) for node in bed.cluster.nodes]
+    refused = bed.deploy()
+    assert refused.returncode != 0
+    assert ("cluster_cidr: nodes hold podCIDRs that cluster_cidr '10.245.0.0/16' with node_cidr_mask_size 24 does not "
+            "fit (" + ", ".join(f"{name} {cidr}" for name, cidr in sorted(before.items())) + ")") in refused.output
+    for node, mark in zip(bed.cluster.nodes, marks):  # nothing but the probe
+        assert node_costs.cost_since(node, mark).commands == 1, node.name
+    assert bed.sh(control_plane, f"cat {MANIFEST_PATH}") == manifest and bed.pod_cidrs() == before
+
+    bed.write_inventory(**bed.overrides, allow_pod_network_change=True)
+    moved = bed.deploy()
+    assert moved.returncode == 0, moved.output[-4000:]
+    changed = moved.changed_operations()
+    assert changed["pod network: nodes registered again in the new pod network"] == 1
+    assert changed["pod network: kubelet restarted to register again"] == nodes_of(bed)
+    assert changed["pod network: old cni0 removed"] >= 1
+    cidrs = bed.pod_cidrs()
+    assert sorted(cidrs) == sorted(before)
+    assert all(ipaddress.ip_network(c).subnet_of(ipaddress.ip_network("10.245.0.0/16")) for c in cidrs.values()), cidrs
+    bed.wait_for_flannel()
+    assert bed.kubectl(f"get pod {old_pod.name} --ignore-not-found") == ""  # went with its node's registration
+    pods = [bed.run_pod(node, f"pod-new-network-{index}") for index, node in enumerate(bed.cluster.nodes)]
+    try:
+        for pod in pods:
+            assert ipaddress.ip_address(pod.ip) in bed.node_subnet(pod.node).network
+            assert bed.sh(pod.node, "ip -o -4 addr show dev cni0 | awk '{print $4}'").split() == [
+                str(bed.node_subnet(pod.node))]
+        for source, target in itertools.permutations(pods, 2):
+            assert bed.ping(source, target.ip), f"{source.name} cannot reach {target.name} in the new network"
+    finally:
+        for pod in pods:
+            bed.remove_pod(pod)
+    assert bed.deploy().changed_operations() == {}

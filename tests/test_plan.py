@@ -171,7 +171,7 @@ def test_fresh_hosts_get_binaries_configs_modules_sysctls_and_containerd(cluster
                      "/usr/local/bin/ctr", "/etc/systemd/system/containerd.service", "/etc/containerd/config.toml",
                      "/opt/cni/bin/bridge", "/opt/cni/bin/host-local", "/opt/cni/bin/portmap",
                      "/opt/cni/bin/loopback", "/opt/cni/bin/flannel", "/etc/cni/net.d/10-flannel.conflist",
-                     "/etc/modules-load.d/podnet.conf", "/etc/sysctl.d/99-podnet.conf"]:
+                     "/etc/modules-load.d/podnet.conf", "/etc/sysctl.d/zz-podnet.conf"]:
             directory, name = path.rsplit("/", 1)
             staged = f"{directory}/.{name}.podnet-new"
             assert staged in uploads, (host, path)
@@ -341,10 +341,10 @@ def test_containerd_restarts_only_when_its_config_changes(cluster):
 
 
 @pytest.mark.parametrize("reported, problem", [
+    # a podCIDR the settings could not have given: the pod network changed under the node (tasks/pod_network.py)
     (["cp1 10.244.0.0/24", "w1 10.99.0.0/24"],
-     ("node w1 has spec.podCIDR 10.99.0.0/24, outside cluster_cidr 10.244.0.0/16: kube-controller-manager's "
-     "--cluster-cidr must equal flannel's Network; check --allocate-node-cidrs=true --cluster-cidr=10.244.0.0/16 "
-     "--node-cidr-mask-size=24")),
+     ("@fake/cp1: cluster_cidr: nodes hold podCIDRs that cluster_cidr '10.244.0.0/16' with node_cidr_mask_size 24 "
+      "does not fit (w1 10.99.0.0/24); a node's podCIDR never changes by itself")),
     (["cp1 10.244.0.0/24", "w1"],
      ("node w1 has no spec.podCIDR (pod cidr not assigned): check that kube-controller-manager runs with "
      "--allocate-node-cidrs=true --cluster-cidr=10.244.0.0/16 --node-cidr-mask-size=24")),
@@ -506,3 +506,35 @@ def test_probe_script_on_a_real_shell_reads_what_the_fake_answers_claim(tmp_path
     assert state.queries == {"ok_empty": (0, []), "fails": (3, ["broken"]), "lines": (0, ["a b", "c d"])}
     # and the answers the plan tests script are read back the same way
     assert parse_probe(probe_answer(state)) == state
+
+
+def test_an_external_controller_manager_is_left_alone(cluster):
+    data = {"kube_controller_manager_runtime": "external"}
+    cp = cluster.fresh(CP, data=data, kcm_manifest=None)  # no manifest on this host: not needed
+    run = run_pyinfra(cluster.inventory(cp, cluster.fresh(WORKER, data=data), **data), "-y")
+    assert_ok(run)
+    assert not [c for c in run.commands(CP) if "kube-controller-manager" in c]
+    assert "kube-controller-manager" not in " ".join(run.uploads(CP))
+
+
+@pytest.mark.parametrize("change, path, removed, added", [
+    ({"flannel_image": "docker.io/flannel/flannel:v0.28.9"}, "/etc/podnet/kube-flannel.yml",
+     ["-        image: docker.io/flannel/flannel:v0.28.4"], ["+        image: docker.io/flannel/flannel:v0.28.9"]),
+    ({"cluster_cidr_ipv6": "fd00:10:244::/56"}, "/etc/sysctl.d/zz-podnet.conf",
+     [], ["+net.ipv6.conf.all.forwarding = 1"]),
+    ({"flannel_mtu": 1400}, "/etc/cni/net.d/10-flannel.conflist",
+     ['-      "delegate": {"hairpinMode": true, "isDefaultGateway": true}'],
+     ['+      "delegate": {"hairpinMode": true, "isDefaultGateway": true, "mtu": 1400}']),
+])
+def test_dry_diff_shows_a_real_diff_of_every_managed_text_file(cluster, change, path, removed, added):
+    cp, worker = cluster.converged(CP), cluster.converged(WORKER)
+    run = run_pyinfra(cluster.inventory(cp, worker, **change), "--dry", "--diff")
+    assert_ok(run)
+    lines = [line.removeprefix("        ") for line in run.stderr.splitlines()]  # pyinfra indents the diff
+    start = lines.index(f"--- {path} (node)")
+    assert lines[start + 1] == f"+++ {path} (podnet)"
+    end = next((i for i in range(start + 2, len(lines)) if not lines[i].startswith(("+", "-", "@", " "))
+                or lines[i].startswith(("--- ", "+++ "))), len(lines))
+    changed = [line for line in lines[start + 2:end] if line.startswith(("+", "-"))
+               and "podnet.io/manifest-sha256" not in line]  # the manifest's own hash changes with it
+    assert changed == removed + added, lines[start:end]  # the changed lines, not the whole file as new

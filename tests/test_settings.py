@@ -17,6 +17,8 @@ from pyinfra.api import Inventory
 
 from tasks import artifacts
 from tasks.artifacts import ArtifactError, mirrored, resolve
+from tasks import flannel
+from tasks.controller_manager import desired_flags
 from tasks.settings import SPECS, SettingsError, parse_inventory
 from tests.support.hosts import FakeHost, control_plane, parse, problems, settings, worker
 
@@ -140,34 +142,81 @@ def test_ipv6_where_ipv4_wanted():
         "fd00:10:244::/56, not an IPv4 one")
 
 
-@pytest.mark.parametrize("mask", [16, 8])
-def test_node_mask_not_longer_than_cluster_prefix(mask):
-    assert only_problem(cluster_cidr="10.244.0.0/16", node_cidr_mask_size=mask) == (
-        f"cp1: node_cidr_mask_size: {mask} is not valid; expected a prefix length longer than "
-        "cluster_cidr /16 and at most /30")
+# Node masks: kube-controller-manager refuses a node mask shorter than the cluster prefix
+# (NewNodeIpamController) and, for IPv6 only, one more than 16 bits longer (cidrset); the
+# host-local IPAM plugin cannot allocate from a /31, /32, /127 or /128.
+
+OTHER_SERVICES = "192.168.0.0/16"  # a service range outside 10.0.0.0/8 and 172.16.0.0/12
 
 
-def test_node_mask_too_long_for_addresses():
-    assert only_problem(node_cidr_mask_size=31) == (
-        "cp1: node_cidr_mask_size: 31 is not valid; expected a prefix length longer than "
-        "cluster_cidr /16 and at most /30")
+@pytest.mark.parametrize("cluster_cidr, mask", [
+    ("10.0.0.0/8", 25),  # issue 10, case 3: 17 bits more; kube-controller-manager limits that only for IPv6
+    ("10.0.0.0/8", 30),  # 22 bits more
+    ("172.16.0.0/12", 29),
+    ("10.244.0.0/16", 16),  # one podCIDR, the whole network (a one-node inventory)
+    ("10.244.0.0/16", 30),  # the smallest podCIDR host-local allocates from
+])
+def test_ipv4_node_masks_kube_controller_manager_runs_with(cluster_cidr, mask):
+    s = settings(cluster_cidr=cluster_cidr, node_cidr_mask_size=mask, service_cluster_ip_range=OTHER_SERVICES)
+    assert (str(s.cluster_cidr), s.node_cidr_mask_size) == (cluster_cidr, mask)
+    assert desired_flags(s)["cluster-cidr"] == cluster_cidr
+    assert desired_flags(s)["node-cidr-mask-size"] == str(mask)
 
 
-def test_node_mask_more_than_16_bits_longer():
-    assert only_problem(cluster_cidr="172.16.0.0/12", node_cidr_mask_size=29) == (
-        "cp1: node_cidr_mask_size: 29 is not valid; kube-controller-manager allows at most 16 bits more "
-        "than cluster_cidr /12 (so at most /28)")
-    # exactly 16 bits is kube-controller-manager's limit and accepted
-    assert settings(cluster_cidr="172.16.0.0/12", node_cidr_mask_size=28).node_cidr_mask_size == 28
+@pytest.mark.parametrize("cluster_cidr, mask, valid", [
+    ("10.244.0.0/16", 15, "from /16 (cluster_cidr '10.244.0.0/16' as one podCIDR) to /30"),
+    ("10.244.0.0/16", 8, "from /16 (cluster_cidr '10.244.0.0/16' as one podCIDR) to /30"),
+    ("10.244.0.0/16", 31, "from /16 (cluster_cidr '10.244.0.0/16' as one podCIDR) to /30"),
+    ("10.244.0.0/16", 32, "from /16 (cluster_cidr '10.244.0.0/16' as one podCIDR) to /30"),
+    ("10.0.0.0/8", 7, "from /8 (cluster_cidr '10.0.0.0/8' as one podCIDR) to /30"),
+])
+def test_ipv4_node_mask_outside_what_runs(cluster_cidr, mask, valid):
+    assert only_problem(cluster_cidr=cluster_cidr, node_cidr_mask_size=mask,
+                        service_cluster_ip_range=OTHER_SERVICES) == (
+        f"cp1: node_cidr_mask_size: {mask} is not valid; expected a prefix length {valid} "
+        "(the smallest podCIDR host-local allocates from)")
 
 
-def test_ipv6_node_mask_rules():
-    assert only_problem(cluster_cidr_ipv6="fd00:10:244::/56", node_cidr_mask_size_ipv6=80) == (
-        "cp1: node_cidr_mask_size_ipv6: 80 is not valid; kube-controller-manager allows at most 16 bits "
-        "more than cluster_cidr_ipv6 /56 (so at most /72)")
-    assert only_problem(cluster_cidr_ipv6="fd00:10:244::/64", node_cidr_mask_size_ipv6=64) == (
-        "cp1: node_cidr_mask_size_ipv6: 64 is not valid; expected a prefix length longer than "
-        "cluster_cidr_ipv6 /64 and at most /126")
+@pytest.mark.parametrize("cluster_cidr", ["10.244.0.0/31", "10.244.0.1/32"])
+def test_cluster_cidr_no_node_mask_fits(cluster_cidr):
+    assert only_problem(cluster_cidr=cluster_cidr, node_cidr_mask_size=32) == (
+        f"cp1: cluster_cidr: '{cluster_cidr}' is too small; expected a prefix length of at most /30, the "
+        "smallest node podCIDR the host-local IPAM plugin can allocate pod addresses from")
+
+
+@pytest.mark.parametrize("cluster_cidr_ipv6, mask", [
+    ("fd00:10:244::/56", 72),  # exactly 16 bits more: cidrset's limit
+    ("fd00:10:244::/56", 56),  # one podCIDR
+    ("fd00:10:244::/64", 64),  # one /64 for a one-node inventory
+    ("fd00:10:244::/112", 126),  # the smallest IPv6 podCIDR host-local allocates from
+])
+def test_ipv6_node_masks_kube_controller_manager_runs_with(cluster_cidr_ipv6, mask):
+    s = settings(cluster_cidr_ipv6=cluster_cidr_ipv6, node_cidr_mask_size_ipv6=mask)
+    assert desired_flags(s)["node-cidr-mask-size-ipv6"] == str(mask)
+
+
+def test_ipv6_node_mask_more_than_16_bits_longer():
+    assert only_problem(cluster_cidr_ipv6="fd00:10:244::/56", node_cidr_mask_size_ipv6=73) == (
+        "cp1: node_cidr_mask_size_ipv6: 73 is not valid; kube-controller-manager allows an IPv6 node mask at "
+        "most 16 bits longer than cluster_cidr_ipv6 /56 (so at most /72)")
+    assert only_problem(cluster_cidr_ipv6="fd00:10:244::/48", node_cidr_mask_size_ipv6=80) == (
+        "cp1: node_cidr_mask_size_ipv6: 80 is not valid; kube-controller-manager allows an IPv6 node mask at "
+        "most 16 bits longer than cluster_cidr_ipv6 /48 (so at most /64)")
+
+
+@pytest.mark.parametrize("mask", [55, 127, 128])
+def test_ipv6_node_mask_outside_what_runs(mask):
+    assert only_problem(cluster_cidr_ipv6="fd00:10:244::/56", node_cidr_mask_size_ipv6=mask) == (
+        f"cp1: node_cidr_mask_size_ipv6: {mask} is not valid; expected a prefix length from /56 "
+        "(cluster_cidr_ipv6 'fd00:10:244::/56' as one podCIDR) to /126 (the smallest podCIDR host-local "
+        "allocates from)")
+
+
+def test_whole_network_as_one_podcidr_fits_one_node_only():
+    data = {"cluster_cidr": "10.244.0.0/16", "node_cidr_mask_size": 16}
+    assert problems(control_plane("cp1", **data), worker("w1", **data)) == [
+        ("cluster_cidr: '10.244.0.0/16' with node mask /16 has room for 1 node podCIDRs, but the inventory "
+         "has 2 nodes; use a larger network or a longer mask")]
 
 
 def test_cluster_cidr_too_small_for_the_inventory():
@@ -227,13 +276,15 @@ def test_node_ip_not_an_address():
         "cp1: node_ip: 'node-1.example' is not valid; expected an IPv4 or IPv6 address")
 
 
-@pytest.mark.parametrize("mtu", [575, 9001, "1450", True])
+# The pod MTU goes on the veth pair and cni0: Linux's ETH_MIN_MTU to ETH_MAX_MTU.
+
+@pytest.mark.parametrize("mtu", [67, 65_536, 0, "1450", True])
 def test_mtu_out_of_range(mtu):
     assert only_problem(flannel_mtu=mtu) == (
-        f"cp1: flannel_mtu: {mtu!r} is not valid; expected a whole number from 576 to 9000")
+        f"cp1: flannel_mtu: {mtu!r} is not valid; expected a whole number from 68 to 65535")
 
 
-@pytest.mark.parametrize("mtu", [576, 1450, 9000])
+@pytest.mark.parametrize("mtu", [68, 576, 1450, 9000, 9001, 65_535])  # 9001: AWS instances' MTU, host-gw
 def test_mtu_in_range(mtu):
     assert settings(flannel_mtu=mtu).flannel_mtu == mtu
 
@@ -248,10 +299,26 @@ def test_unknown_backend():
         "cp1: flannel_backend: 'udp' is not valid; expected one of vxlan, host-gw, wireguard")
 
 
-@pytest.mark.parametrize("vni", [0, 16_777_216, -1])
+# The VNI: 24 bits for the kernel, but flanneld's device flannel.<VNI> (flannel-v6.<VNI> on dual
+# stack) must be a Linux interface name of at most 15 characters.
+
+@pytest.mark.parametrize("vni", [-1, 10_000_000, 16_777_215, 16_777_216])
 def test_vni_out_of_range(vni):
     assert only_problem(flannel_vni=vni) == (
-        f"cp1: flannel_vni: {vni} is not valid; expected a whole number from 1 to 16777215")
+        f"cp1: flannel_vni: {vni} is not valid; expected a whole number from 0 to 9999999")
+
+
+@pytest.mark.parametrize("vni", [0, 1, 4096, 9_999_999])
+def test_vni_in_range(vni):
+    s = settings(flannel_vni=vni)
+    assert flannel.net_conf(s)["Backend"] == {"Type": "vxlan", "VNI": vni, "Port": 8472}
+
+
+def test_vni_on_dual_stack_fits_the_ipv6_device_name():
+    assert only_problem(flannel_vni=10_000, cluster_cidr_ipv6="fd00:10:244::/56") == (
+        "cp1: flannel_vni: 10000 is too large on a dual-stack network; expected at most 9999: flanneld names "
+        "its IPv6 device flannel-v6.<VNI>, and a Linux interface name has at most 15 characters")
+    assert settings(flannel_vni=9_999, cluster_cidr_ipv6="fd00:10:244::/56").flannel_vni == 9_999
 
 
 @pytest.mark.parametrize("port", [0, 65_536])
@@ -318,12 +385,30 @@ def test_duplicate_node_ip_from_inventory_name():
         "node_ip: 192.168.1.10 is given to both 192.168.1.10 and w1"]
 
 
+@pytest.mark.parametrize("rollout", ["systemd", "external"])
+def test_no_control_plane_host_means_no_node_ipam_flags_unless_the_controller_manager_is_managed_elsewhere(rollout):
+    # the reported case: exit 0 without ever setting the controller-manager flags, and not a word
+    assert problems(worker("w1", flannel_rollout=rollout), worker("w2", flannel_rollout=rollout)) == [
+        "control_plane_group: no host is in group 'control_plane'; podnet sets kube-controller-manager's node IPAM "
+        "flags (--allocate-node-cidrs, --cluster-cidr, --node-cidr-mask-size) on the hosts of that group: add the "
+        "hosts that run it, or set kube_controller_manager_runtime = 'external' if it is managed elsewhere (then "
+        "node IPAM must already be on there)"]
+    elsewhere = {"flannel_rollout": rollout, "kube_controller_manager_runtime": "external"}
+    assert set(parse(worker("w1", **elsewhere), worker("w2", **elsewhere))) == {"w1", "w2"}
+
+
+def test_an_external_controller_manager_still_needs_a_control_plane_host_for_the_daemonset():
+    elsewhere = {"kube_controller_manager_runtime": "external"}
+    assert problems(worker("w1", **elsewhere)) == [
+        "control_plane_group: no host is in group 'control_plane'; the flannel DaemonSet is applied from the first "
+        "control-plane host"]
+
+
 def test_no_control_plane_host_with_daemonset_rollout():
     assert problems(worker("w1"), worker("w2")) == [
         ("control_plane_group: no host is in group 'control_plane'; the flannel DaemonSet is applied from "
         "the first control-plane host")]
-    # systemd rollout needs no control plane in the inventory; a renamed group is honoured
-    assert parse(worker("w1", flannel_rollout="systemd"), worker("w2", flannel_rollout="systemd"))
+    # a renamed group is honoured
     parsed = parse(FakeHost("m1", {"control_plane_group": "masters"}, ["masters"]),
                    FakeHost("w1", {"control_plane_group": "masters"}, ["nodes"]))
     assert parsed["m1"].is_control_plane
@@ -490,6 +575,11 @@ def test_group_data_documents_every_setting_with_its_default():
     ("sandbox_image", 'registry.k8s.io/pause:3.10"'),  # would break containerd's config.toml
     ("sandbox_image", "Registry.k8s.io/Pause"),
     ("flannel_image", "docker.io/flannel/flannel:v0.28.4 --privileged"),
+    ("sandbox_image", "registry.k8s.io/pause:3.10\n"),
+    ("sandbox_image", "-registry.k8s.io/pause:3.10"),
+    ("sandbox_image", "registry.k8s.io/pause@sha256:" + "A" * 64),  # go-digest wants lower-case hex
+    ("sandbox_image", "registry.k8s.io/pause@md5:" + "a" * 32),  # not an algorithm go-digest knows
+    ("flannel_image", "example.com/" + "a" * 244 + ":1"),  # a name of 256 characters
 ])
 def test_image_references_are_checked(key, value):
     assert only_problem(**{key: value}) == (
@@ -497,7 +587,90 @@ def test_image_references_are_checked(key, value):
 
 
 @pytest.mark.parametrize("image", ["registry.k8s.io/pause:3.10", "pause:3.10", "localhost:5000/team/pause:3.10",
-                                   "docker.io/flannel/flannel:v0.28.4", "registry.k8s.io/pause@sha256:" + "a" * 64])
+                                   "docker.io/flannel/flannel:v0.28.4", "registry.k8s.io/pause@sha256:" + "a" * 64,
+                                   # the separators distribution/reference allows: __ and runs of -
+                                   "registry.example:5000/team__a/pause--x:3.10",
+                                   "[fd00::1]:5000/pause:3.10",
+                                   "registry.k8s.io/pause:3.10@sha512:" + "b" * 128,
+                                   "example.com/" + "a" * 243 + ":1"])  # a name of 255 characters
 def test_real_image_references_are_accepted(image):
     parsed = parse(control_plane("cp1", sandbox_image=image, flannel_image=image))
     assert (parsed["cp1"].sandbox_image, parsed["cp1"].flannel_image) == (image, image)
+
+
+# --- flannel_iface: an address of the node, or a Linux interface name ------------------------
+
+
+@pytest.mark.parametrize("iface, parsed", [
+    ("eth1", "eth1"),
+    ("eth0.100", "eth0.100"),  # a VLAN
+    ("br-1a2b3c4d5e6f", "br-1a2b3c4d5e6f"),  # 15 characters, Linux's longest
+    ("192.168.56.11", "192.168.56.11"),
+    ("fd00:10:244::1234:5678", "fd00:10:244::1234:5678"),  # an IPv6 address is longer than 15 characters
+    ("FD00:0:0::1", "fd00::1"),  # written as flanneld and node_ip print it
+])
+def test_flannel_iface_flanneld_accepts(iface, parsed):
+    assert settings(flannel_iface=iface).flannel_iface == parsed
+
+
+def test_flannel_iface_address_written_otherwise_is_still_the_node_ip():
+    s = settings(node_ip="fd00::11", flannel_iface="FD00:0::11")
+    assert s.flannel_iface_is_node_ip
+
+
+@pytest.mark.parametrize("iface", ["eth0:1", "a/b", ".", "..", "sixteen-chars-xx", "", "eth 1", "eth1\n"])
+def test_flannel_iface_that_is_no_linux_interface_name(iface):
+    assert only_problem(flannel_iface=iface) == (
+        f"cp1: flannel_iface: {iface!r} is not valid; expected an interface name of 1-15 letters, digits or _.- "
+        "(e.g. eth1; Linux allows no ':' or '/' in one), or an IP address of the node")
+
+
+# --- cluster_bootstrap: what kubeadm init checks before it changes anything ------------------
+
+
+def bootstrap(**data) -> dict:
+    return {"cluster_bootstrap": True, "node_ip": "192.168.56.11", **data}
+
+
+def test_kubeadm_accepts_the_node_masks_kube_controller_manager_runs_with():
+    # single stack: kubeadm checks the pod subnet against /24 (it reads only --node-cidr-mask-size-ipv4)
+    s = settings(**bootstrap(cluster_cidr="10.0.0.0/8", node_cidr_mask_size=25,
+                             service_cluster_ip_range="172.20.0.0/16"))
+    assert s.node_cidr_mask_size == 25
+    assert settings(**bootstrap(cluster_cidr="10.244.0.0/24", node_cidr_mask_size=26)).node_cidr_mask_size == 26
+
+
+@pytest.mark.parametrize("cluster_cidr, mask", [("10.244.0.0/25", 26), ("10.0.0.0/7", 25)])
+def test_kubeadm_pod_subnet_check_on_single_stack(cluster_cidr, mask):
+    data = dict(cluster_cidr=cluster_cidr, node_cidr_mask_size=mask, service_cluster_ip_range="172.20.0.0/16")
+    assert settings(**data).node_cidr_mask_size == mask  # kube-controller-manager runs with it
+    assert only_problem(**bootstrap(**data)) == (
+        f"cp1: cluster_cidr: '{cluster_cidr}' cannot be used with cluster_bootstrap; kubeadm init checks its "
+        "podSubnet against the /24, kube-controller-manager's default it assumes because it reads only "
+        "--node-cidr-mask-size-ipv4, which a single-stack cluster does not get, and needs a prefix length "
+        "from /8 to /24")
+
+
+def test_kubeadm_pod_subnet_check_on_dual_stack():
+    dual = dict(cluster_cidr_ipv6="fd00:10:244::/56", service_cluster_ip_range="172.20.0.0/16")
+    assert only_problem(**bootstrap(cluster_cidr="10.0.0.0/8", node_cidr_mask_size=25, **dual)) == (
+        "cp1: cluster_cidr: '10.0.0.0/8' cannot be used with cluster_bootstrap; kubeadm init checks its podSubnet "
+        "against the node mask /25, and needs a prefix length from /9 to /25")
+    assert only_problem(**bootstrap(cluster_cidr="10.244.0.0/29", node_cidr_mask_size=30, **dual)) == (
+        "cp1: cluster_cidr: '10.244.0.0/29' cannot be used with cluster_bootstrap; kubeadm init checks its "
+        "podSubnet against the node mask /30, and needs a prefix length from /14 to /28")
+    assert settings(**bootstrap(cluster_cidr="10.0.0.0/9", node_cidr_mask_size=25, **dual)).dual_stack
+
+
+@pytest.mark.parametrize("key, value, valid", [
+    ("service_cluster_ip_range", "10.96.0.0/11", "/12 to /28"),
+    ("service_cluster_ip_range", "10.96.0.0/29", "/12 to /28"),
+    ("service_cluster_ip_range_ipv6", "fd00:10:96::/107", "/108 to /124"),
+    ("service_cluster_ip_range_ipv6", "fd00:10:96::/125", "/108 to /124"),
+])
+def test_kubeadm_service_subnet_size(key, value, valid):
+    data = {key: value, "cluster_cidr_ipv6": "fd00:10:244::/56"}
+    assert settings(**data).dual_stack  # nothing else refuses it
+    assert only_problem(**bootstrap(**data)) == (
+        f"cp1: {key}: '{value}' cannot be used with cluster_bootstrap; kubeadm init needs a service subnet from "
+        f"{valid} (at most 20 host bits, at least 10 addresses)")

@@ -283,7 +283,7 @@ def test_kernel_files():
     modules, sysctl = kernel.desired_files(settings())
     assert modules.path == "/etc/modules-load.d/podnet.conf"
     assert non_comment_lines(modules) == ["overlay", "br_netfilter"]
-    assert sysctl.path == "/etc/sysctl.d/99-podnet.conf"
+    assert sysctl.path == "/etc/sysctl.d/zz-podnet.conf"
     assert non_comment_lines(sysctl) == ["net.bridge.bridge-nf-call-iptables = 1",
                                          "net.bridge.bridge-nf-call-ip6tables = 1",
                                          "net.ipv4.ip_forward = 1"]

@@ -51,6 +51,9 @@ commit it); artifact_checksums pins one by hand and wins over both.
 # seconds to wait for the flannel rollout and podCIDRs
 # flannel_rollout_timeout = 300
 
+# let a run change cluster_cidr or node_cidr_mask_size (or the IPv6 ones) that nodes' podCIDRs do not fit: podnet then registers those nodes again and removes their old cni0 (pods must be recreated)
+# allow_pod_network_change = False
+
 # containerd release (1.6.x-1.7.x: config v2; 2.x: config v3) (per host)
 # containerd_version = '2.3.4'
 
@@ -99,7 +102,7 @@ commit it); artifact_checksums pins one by hand and wins over both.
 # inventory group whose hosts are control plane
 # control_plane_group = 'control_plane'
 
-# how kube-controller-manager runs: static-pod (kubeadm manifest) or systemd
+# how kube-controller-manager runs: static-pod (kubeadm manifest), systemd, or external (managed elsewhere, e.g. a hosted control plane: podnet does not set its node IPAM flags)
 # kube_controller_manager_runtime = 'static-pod'
 
 # kubeadm static pod manifest (static-pod runtime)

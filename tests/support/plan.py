@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks import cni, containerd, controller_manager, flannel, kernel
+from tasks import cni, containerd, controller_manager, flannel, kernel, kubeadm_config
 from tasks.desired import DesiredFile, text_file
 from tasks.probe import NodeState
 from tasks.settings import Settings
@@ -49,6 +49,9 @@ def probe_answer(state: NodeState) -> list[str]:
     lines += [f"entry\t{directory}\t{entry}" for directory, entries in state.listings.items() for entry in entries]
     lines += [f"query\t{name}\t{rc}\t{b64(chr(10).join(out).encode())}"
               for name, (rc, out) in state.queries.items()]
+    for path, target in state.sysctl_files.items():
+        lines.append(f"sysctlfile\t{path}\t{target}")
+        lines += [f"sysctlline\t{path}\t{line}" for line in state.sysctl_lines.get(path, [])]
     return lines
 
 
@@ -101,10 +104,13 @@ def converged_state(settings: Settings, releases: Releases, *, host_names: list[
     for f in text_files:
         state.hashes[f.path] = f.sha256
         state.modes[f.path] = f.mode.lstrip("0")
+        state.contents[f.path] = f.content  # what the probe reads of a managed text file under --diff
     for path, data in installed_binaries(settings, releases).items():
         state.hashes[path] = hashlib.sha256(data).hexdigest()
         state.modes[path] = "755"
     state.sysctls = dict(kernel.parameters(settings))
+    state.sysctl_files[kernel.SYSCTL_PATH] = kernel.SYSCTL_PATH
+    state.sysctl_lines[kernel.SYSCTL_PATH] = [f"{key} = {value}" for key, value in kernel.parameters(settings).items()]
     state.features = {module: True for module in kernel.MODULE_FEATURES}
     state.units[containerd.UNIT] = ("active", "enabled")
     state.listings[settings.cni_conf_dir] = [cni.CONFLIST_NAME]
@@ -112,6 +118,15 @@ def converged_state(settings: Settings, releases: Releases, *, host_names: list[
         merged = controller_manager.merge_manifest(kcm_manifest, controller_manager.desired_flags(settings))
         state.contents[settings.kube_controller_manager_manifest] = (merged or kcm_manifest).encode()
     return state
+
+
+def kubeadm_config_answer(cluster_configuration: str | None, resource_version: str = "4711") -> tuple[int, list[str]]:
+    """What the probe's kubeadm-config query (tasks.kubeadm_config.query_command) reports: nothing when
+    ConfigMap kube-system/kubeadm-config does not exist, else kubectl's jsonpath output (marker line with
+    the resourceVersion, then the ClusterConfiguration document)."""
+    if cluster_configuration is None:
+        return 0, []
+    return 0, [f"{kubeadm_config.MARK} {resource_version}", *cluster_configuration.splitlines()]
 
 
 @dataclass

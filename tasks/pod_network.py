@@ -1,0 +1,252 @@
+"""
+A change of the pod network that a live cluster cannot follow by itself, and the stale
+``cni0`` bridge it leaves behind.
+
+A node's ``spec.podCIDR`` is given once and never changes: kube-controller-manager's range
+allocator only fills it in for nodes without one (pkg/controller/nodeipam/ipam/
+range_allocator.go) and the API server refuses any other update (pkg/apis/core/validation,
+ValidateNodeUpdate: "node updates may not change podCIDR except from \"\" to valid"). So a
+new ``cluster_cidr`` or ``node_cidr_mask_size`` (or their IPv6 twins) that the nodes'
+podCIDRs do not fit needs every such node registered again, and the ``cni0`` bridge the
+bridge plugin made with the old gateway removed (it refuses to reuse a bridge holding
+another address: "cni0 already has an IP address different from ..."), and the pods
+recreated.
+
+podnet sees this before any host changes (the first control-plane host lists every node's
+podCIDRs in the probe) and refuses, saying what the change needs, unless the operator sets
+``allow_pod_network_change``: then podnet, after the new node IPAM flags are live, deletes
+the pods with addresses from the old network on those nodes and the Node objects, restarts
+their kubelets so they register again and get podCIDRs from the new network, and removes
+each node's old ``cni0`` once no pod uses it. On every node,
+a ``cni0`` whose address is not the gateway of the node's current subnet (flanneld's
+subnet.env) is reported, and removed when the setting allows it and no pod uses it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+import time
+
+from pyinfra import logger
+
+from tasks import ops
+from tasks.errors import PodnetError
+from tasks.probe import NodeState, ProbeRequest
+from tasks.settings import Settings
+
+SUBNET_ENV = "/run/flannel/subnet.env"
+BRIDGE = "cni0"
+POLL_SECONDS = 2
+# Prints "addr <address/prefix>" per IPv4 address of cni0 and "ports <n>" (veths attached, one per pod).
+CNI0_COMMAND = (f"[ -d /sys/class/net/{BRIDGE} ] && {{ ip -o -4 addr show dev {BRIDGE} | awk '{{print \"addr \" $4}}'; "
+                f"echo ports $(ls /sys/class/net/{BRIDGE}/brif | wc -l); }}")
+
+
+class PodNetworkChangeError(PodnetError, ValueError):
+    """Pod network settings that the nodes' podCIDRs do not fit, without allow_pod_network_change."""
+
+
+def probe_request(s: Settings) -> ProbeRequest:
+    """Every node: flanneld's subnet.env and cni0's address and ports (the first control-plane
+    host's podCIDR list comes with tasks.flannel's probe request)."""
+    return ProbeRequest(contents=[SUBNET_ENV], queries={"cni0": CNI0_COMMAND})
+
+
+def fits(s: Settings, cidr: str) -> bool:
+    """A podCIDR that the pod network settings could have given: inside the cluster CIDR of its
+    family, with that family's node mask."""
+    try:
+        network = ipaddress.ip_network(cidr)
+    except ValueError:
+        return False
+    if network.version == 4:
+        cluster, mask = s.cluster_cidr, s.node_cidr_mask_size
+    else:
+        cluster, mask = s.cluster_cidr_ipv6, s.node_cidr_mask_size_ipv6
+    return cluster is not None and network.prefixlen == mask and network.subnet_of(cluster)  # type: ignore[arg-type]
+
+
+def nodes_not_fitting(s: Settings, lines: list[str]) -> dict[str, list[str]]:
+    """Node name -> its podCIDRs that the settings do not fit (from ``name cidr [cidr]`` lines)."""
+    stale: dict[str, list[str]] = {}
+    for line in lines:
+        name, *cidrs = line.split()
+        wrong = [c for c in cidrs if not fits(s, c)]
+        if wrong:
+            stale[name] = wrong
+    return stale
+
+
+def subnet_of_node(node: NodeState) -> ipaddress.IPv4Interface | None:
+    """The node's current subnet with its gateway, as flanneld wrote it (FLANNEL_SUBNET), if any."""
+    for line in node.contents.get(SUBNET_ENV, b"").decode(errors="replace").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "FLANNEL_SUBNET":
+            try:
+                return ipaddress.IPv4Interface(value.strip())
+            except ValueError:
+                return None
+    return None
+
+
+def cni0_state(node: NodeState) -> tuple[list[str], int] | None:
+    """(cni0's IPv4 addresses, pods attached), or None without a cni0."""
+    rc, lines = node.queries.get("cni0", (1, []))
+    if rc != 0 or not lines:
+        return None
+    addresses = [line.split()[1] for line in lines if line.startswith("addr ")]
+    ports = next((int(line.split()[1]) for line in lines if line.startswith("ports ")), 0)
+    return addresses, ports
+
+
+def stale_cni0(node: NodeState) -> str | None:
+    """Why cni0 is stale (an address other than the current subnet's gateway), or None."""
+    subnet, bridge = subnet_of_node(node), cni0_state(node)
+    if subnet is None or bridge is None:
+        return None
+    addresses, ports = bridge
+    wrong = [a for a in addresses if a != str(subnet)]
+    if not wrong:
+        return None
+    used = f"{ports} pod(s) still use it" if ports else "no pod uses it"
+    return (f"{BRIDGE} has {', '.join(wrong)}, but this node's subnet is {subnet} ({SUBNET_ENV}); new pods fail with "
+            f"'{BRIDGE} already has an IP address different from {subnet}' until it is removed ({used})")
+
+
+def change_problem(s: Settings, stale: dict[str, list[str]]) -> str:
+    held = ", ".join(f"{name} {' '.join(cidrs)}" for name, cidrs in sorted(stale.items()))
+    v6 = (f", cluster_cidr_ipv6 '{s.cluster_cidr_ipv6}' with node_cidr_mask_size_ipv6 {s.node_cidr_mask_size_ipv6}"
+          if s.cluster_cidr_ipv6 is not None else "")
+    return (f"cluster_cidr: nodes hold podCIDRs that cluster_cidr '{s.cluster_cidr}' with node_cidr_mask_size "
+            f"{s.node_cidr_mask_size}{v6} does not fit ({held}); a node's podCIDR never changes by itself, so this "
+            "pod network change needs each of these nodes registered again (its Node object deleted and its kubelet "
+            f"restarted), the old {BRIDGE} bridge on each node removed and every pod recreated. Keep the settings the "
+            "nodes were given, or set allow_pod_network_change = True to let podnet re-register the nodes and remove "
+            f"the old {BRIDGE} bridges (README: Changing the pod network)")
+
+
+def checked(s: Settings, node: NodeState, host_name: str, first_control_plane: bool) -> dict[str, list[str]]:
+    """
+    While planning: on the first control-plane host, the nodes whose podCIDRs the settings do
+    not fit (PodNetworkChangeError unless allow_pod_network_change); on every node, a stale
+    cni0 reported. Returns the nodes to register again (empty when nothing is to change).
+    """
+    stale: dict[str, list[str]] = {}
+    if first_control_plane:
+        rc, lines = node.queries.get("pod_cidrs", (1, []))
+        stale = nodes_not_fitting(s, lines) if rc == 0 else {}
+        if stale and not s.allow_pod_network_change:
+            raise PodNetworkChangeError(f"{host_name}: {change_problem(s, stale)}")
+    problem = stale_cni0(node)
+    if problem and not s.allow_pod_network_change:
+        logger.warning(f"podnet: {host_name}: {problem}; remove it (`ip link delete {BRIDGE}`) once no pod uses it, "
+                       "or set allow_pod_network_change = True to let podnet do it")
+    return stale
+
+
+def this_node_is_leaving_its_subnet(s: Settings, node: NodeState) -> bool:
+    """The node's current subnet (flanneld's subnet.env) does not fit the settings: it registers again."""
+    subnet = subnet_of_node(node)
+    return subnet is not None and not fits(s, str(subnet.network))
+
+
+def registered_again(s: Settings, node: NodeState, host_name: str, stale_nodes: dict[str, list[str]]) -> None:
+    """With allow_pod_network_change, after the new node IPAM flags: the first control-plane host
+    deletes the Nodes whose podCIDRs the settings do not fit (``stale_nodes``, from ``checked``),
+    and every node whose current subnet does not fit restarts its kubelet to register again."""
+    if not s.allow_pod_network_change:
+        return
+    names = sorted(stale_nodes)
+    ops.python_step(name="pod network: nodes registered again in the new pod network",
+                    function=delete_nodes_after_new_ipam, args=(s, names),
+                    reason=f"deleting Node {', '.join(names)} (podCIDRs outside the new pod network)" if names else None)
+    leaving = this_node_is_leaving_its_subnet(s, node)
+    ops.shell_when(name="pod network: kubelet restarted to register again",
+                   commands=["systemctl restart kubelet"],
+                   reason=f"{host_name} holds {subnet_of_node(node)} from the old pod network" if leaving else None)
+
+
+def old_bridge_removed(s: Settings, node: NodeState) -> None:
+    """With allow_pod_network_change, after flanneld: cni0 of the old pod network removed once no pod uses it."""
+    if not s.allow_pod_network_change:
+        return
+    stale = stale_cni0(node)
+    leaving = this_node_is_leaving_its_subnet(s, node)
+    ops.python_step(name=f"pod network: old {BRIDGE} removed", function=remove_old_bridge, args=(s,),
+                    reason=stale or (f"{BRIDGE} belongs to the old pod network" if leaving else None))
+
+
+def delete_nodes_after_new_ipam(state, host, connector_arguments, s: Settings, names: list[str]) -> bool:
+    """Wait (bounded) until kube-controller-manager runs with the new --cluster-cidr, then delete the
+    pods of the old pod network on these nodes (not host-network ones) and the Nodes."""
+    flag = f"--cluster-cidr={s.cluster_cidr}"
+    deadline = time.monotonic() + s.flannel_rollout_timeout
+    while True:
+        ok, output = host.run_shell_command("tr '\\0' ' ' < /proc/$(pgrep -o -x kube-controller)/cmdline",
+                                           **connector_arguments)
+        if ok and flag in " ".join(output.stdout_lines).split():
+            break
+        if time.monotonic() > deadline:
+            raise PodNetworkChangeError(f"kube-controller-manager on {host.name} did not start with {flag} within "
+                                        f"{s.flannel_rollout_timeout}s; no Node was deleted")
+        time.sleep(POLL_SECONDS)
+    kubectl = f"kubectl --kubeconfig={shlex.quote(s.kubeconfig)}"
+    # The pods with addresses from the old network go first (a Node that registers again at once
+    # keeps its pods otherwise); host-network pods (control plane, kube-proxy, flanneld) stay.
+    ok, output = host.run_shell_command(
+        f"{kubectl} get pods --all-namespaces -o jsonpath='{{range .items[*]}}{{.spec.nodeName}} "
+        "{.metadata.namespace} {.metadata.name} {.spec.hostNetwork}{\"\\n\"}{end}'", **connector_arguments)
+    if not ok:
+        raise PodNetworkChangeError(f"listing pods failed: {' '.join(output.stderr_lines)[:300]}")
+    pods = [fields[:3] for fields in (line.split() for line in output.stdout_lines)
+            if len(fields) >= 3 and fields[0] in names and fields[3:] != ["true"]]
+    for _, namespace, name in pods:
+        ok, output = host.run_shell_command(f"{kubectl} -n {shlex.quote(namespace)} delete pod {shlex.quote(name)} "
+                                            "--wait=false", **connector_arguments)
+        if not ok:
+            raise PodNetworkChangeError(f"deleting pod {namespace}/{name} failed: "
+                                        f"{' '.join(output.stderr_lines)[:300]}")
+    if pods:
+        logger.info(f"    {host.name}: deleted {len(pods)} pod(s) of the old pod network: "
+                    + ", ".join(f"{ns}/{name}" for _, ns, name in pods))
+    ok, output = host.run_shell_command(f"{kubectl} delete node {' '.join(shlex.quote(n) for n in names)} "
+                                        "--wait=true --timeout=60s", **connector_arguments)
+    if not ok:
+        raise PodNetworkChangeError(f"deleting Node {', '.join(names)} failed: {' '.join(output.stderr_lines)[:300]}")
+    return True
+
+
+def remove_old_bridge(state, host, connector_arguments, s: Settings) -> bool:
+    """
+    Once flanneld wrote this node's new subnet and no pod is attached to cni0 any more (the
+    pods of a re-registered node are removed by its kubelet), delete cni0 if its address is
+    not the new gateway; the bridge plugin makes it again with the right one for the next pod.
+    Bounded by flannel_rollout_timeout; a bridge still in use then is reported, not removed.
+    """
+    deadline = time.monotonic() + s.flannel_rollout_timeout
+    last = ""
+    while True:
+        ok, output = host.run_shell_command(
+            f"sed -n 's/^FLANNEL_SUBNET=//p' {SUBNET_ENV}; {CNI0_COMMAND} || echo absent", **connector_arguments)
+        lines = output.stdout_lines if ok else []
+        subnet = lines[0].strip() if lines else ""
+        if "absent" in lines:
+            return True
+        addresses = [line.split()[1] for line in lines if line.startswith("addr ")]
+        ports = next((int(line.split()[1]) for line in lines if line.startswith("ports ")), -1)
+        fresh = bool(subnet) and fits(s, str(ipaddress.ip_interface(subnet).network))
+        if fresh and addresses == [subnet]:
+            return True  # already the right bridge
+        if fresh and ports == 0:
+            ok, output = host.run_shell_command(f"ip link delete {BRIDGE}", **connector_arguments)
+            if not ok:
+                raise PodNetworkChangeError(f"{host.name}: ip link delete {BRIDGE} failed: "
+                                            f"{' '.join(output.stderr_lines)[:300]}")
+            logger.info(f"    {host.name}: removed {BRIDGE} ({', '.join(addresses)}); new pods get {subnet}")
+            return True
+        last = f"subnet.env {subnet or 'missing'}, {BRIDGE} {', '.join(addresses) or 'without address'}, {ports} pod(s)"
+        if time.monotonic() > deadline:
+            raise PodNetworkChangeError(f"{host.name}: {BRIDGE} of the old pod network still in use after "
+                                        f"{s.flannel_rollout_timeout}s ({last}); delete its pods, then run again")
+        time.sleep(POLL_SECONDS)
