@@ -56,5 +56,7 @@ elif settings.flannel_rollout == "systemd":
     flannel.apply_systemd(settings, node, binaries.flanneld,
                           check_pod_cidrs=flannel.checks_pod_cidrs(settings, is_first_control_plane),
                           ipam_changed=ipam_changed)
+    if first_control_plane_name is None:
+        flannel.say_pod_cidrs_unchecked(settings)
 
 pod_network.old_bridge_removed(settings, node)

@@ -65,8 +65,10 @@ class LockEntry:
 
 def where_to_pin(name: str, version: str, arch: str, lock_path: Path) -> str:
     """The two places a sum can be pinned by hand, spelled out for this artifact."""
-    return (f"files/artifacts.yaml pins {name} for {arch} at {artifacts.pinned_versions(name, arch)}; "
-            f"to use {version}, pin it in your inventory's group data: artifact_checksums = "
+    pinned = artifacts.pinned_versions(name, arch)
+    known = f"files/artifacts.yaml pins {name} for {arch} at {pinned}" if pinned != "none" else \
+        f"files/artifacts.yaml pins no {name} release for {arch}"
+    return (f"{known}; to use {version}, pin it in your inventory's group data: artifact_checksums = "
             f"{{'{name}': {{'{version}': {{'{arch}': '<sha256>'}}}}}}, or add it to the lock file {lock_path} "
             f"as {name}: {{'{version}': {{{arch}: {{sha256: <sha256>, source: <where you read it>}}}}}}")
 

@@ -13,6 +13,8 @@ import json
 import shlex
 import time
 
+from pyinfra import logger
+
 from tasks import ops, pod_network
 from tasks.desired import DesiredFile, local_file, render, text_file
 from tasks.errors import PodnetError
@@ -117,6 +119,18 @@ def checks_pod_cidrs(s: Settings, first_control_plane: bool) -> bool:
     """The first control-plane host checks every node's podCIDR for a rollout podnet makes
     (DaemonSet or systemd): flanneld's kube subnet manager needs one on each node."""
     return first_control_plane and s.flannel_rollout in ("daemonset", "systemd")
+
+
+_said: set[str] = set()
+
+
+def say_pod_cidrs_unchecked(s: Settings) -> None:
+    """Without a control-plane host the podCIDR check cannot run (no kubectl): said once per run."""
+    if s.flannel_rollout == "systemd" and "pod_cidrs" not in _said:
+        _said.add("pod_cidrs")
+        logger.warning(f"podnet: no host is in group {s.control_plane_group!r}: nothing checks that every node has a "
+                       "podCIDR for flanneld (flanneld waits for one and logs 'pod cidr not assigned'); add a host with "
+                       "kubectl and the kubeconfig setting to that group to have it checked")
 
 
 def probe_request(s: Settings, first_control_plane: bool) -> ProbeRequest:

@@ -56,14 +56,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verify", action="store_true",
                         help="also ask upstream again for every locked sum and fail where it now differs")
     options = parser.parse_args(argv)
+    if not Path(options.inventory).is_file():
+        print(f"podnet: {options.inventory}: no such inventory file", file=sys.stderr)
+        return 1
+    hosts = list(load_inventory(options.inventory))
+    if not hosts:
+        print(f"podnet: {options.inventory}: no hosts (is it an inventory file?); nothing to lock", file=sys.stderr)
+        return 1
     try:
-        runs = lock_inventory(load_inventory(options.inventory), options.arch or ["amd64"], options.verify)
+        runs = lock_inventory(hosts, options.arch or ["amd64"], options.verify)
     except (SettingsError, ArtifactError) as error:
         print(f"podnet: {error}", file=sys.stderr)
         return 1
     for run in runs:
-        print(run.summary() or f"podnet: {run.lock.path} already holds every sum this inventory needs"
-              + (" (and upstream still publishes them)" if options.verify else ""))
+        if run.summary():
+            print(run.summary())
+        elif run.lock.entries:
+            print(f"podnet: {run.lock.path} already holds every sum this inventory needs that is not pinned"
+                  + (" (and upstream still publishes them)" if options.verify else ""))
+        else:
+            print(f"podnet: every sum this inventory needs is pinned; {run.lock.path} is not needed")
     return 0
 
 

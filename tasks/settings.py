@@ -143,7 +143,8 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("control_plane_group", "control_plane", "inventory group whose hosts are control plane"),
     SettingSpec("kube_controller_manager_runtime", "static-pod",
                 "how kube-controller-manager runs: static-pod (kubeadm manifest), systemd, or external (managed "
-                "elsewhere, e.g. a hosted control plane: podnet does not set its node IPAM flags)"),
+                "elsewhere, e.g. a hosted control plane: podnet does not set its node IPAM flags; the flannel "
+                "DaemonSet still needs a control-plane host with kubectl)"),
     SettingSpec("kube_controller_manager_manifest", "/etc/kubernetes/manifests/kube-controller-manager.yaml",
                 "kubeadm static pod manifest (static-pod runtime)"),
     SettingSpec("kube_controller_manager_unit", "/etc/systemd/system/kube-controller-manager.service",
@@ -547,7 +548,7 @@ def _relations(s: Settings) -> list[str]:
     ):
         if pods is not None and services is not None and pods.overlaps(services):
             problems.append(f"{pods_key}: '{pods}' overlaps {services_key} '{services}'; "
-                            "pod and service networks must be disjoint")
+                            "pod and service networks must be disjoint: choose ranges that share no address")
 
     if s.service_cluster_ip_range_ipv6 is not None and s.cluster_cidr_ipv6 is None:
         problems.append("service_cluster_ip_range_ipv6: set without cluster_cidr_ipv6; "
@@ -746,7 +747,9 @@ def _control_plane_problems(parsed: dict[str, Settings], first: Settings) -> lis
     if first.cluster_bootstrap:
         return [f"{group}; cluster_bootstrap runs kubeadm init on the first control-plane host"]
     if first.flannel_rollout == "daemonset":
-        return [f"{group}; the flannel DaemonSet is applied from the first control-plane host"]
+        return [f"{group}; the flannel DaemonSet is applied from the first control-plane host (with kubectl and "
+                "the kubeconfig setting): put such a host in that group (or name its group in control_plane_group), "
+                "or set flannel_rollout to 'systemd' or 'external'"]
     if first.kube_controller_manager_runtime != "external":
         return [f"{group}; podnet sets kube-controller-manager's node IPAM flags (--allocate-node-cidrs, "
                 "--cluster-cidr, --node-cidr-mask-size) on the hosts of that group: add the hosts that run it, or "

@@ -126,7 +126,7 @@ def test_release_api_answers_that_give_no_sum(server, lock_path, tmp_path, docum
         resolve(s, "flanneld", "amd64", run_for(lock_path, tmp_path).lookup(s))
     assert str(raised.value).startswith(
         "flanneld 0.28.4 amd64: no sha256 is pinned or locked, and upstream's published sum cannot be used: "
-        f"{server.url}{RELEASE_API_PATH} {detail}; files/artifacts.yaml pins flanneld for amd64 at none; to use "
+        f"{server.url}{RELEASE_API_PATH} {detail}; files/artifacts.yaml pins no flanneld release for amd64; to use "
         "0.28.4, pin it in your inventory's group data: artifact_checksums = {'flanneld': {'0.28.4': {'amd64': "
         "'<sha256>'}}}, or add it to the lock file")
     assert not lock_path.exists()
@@ -157,7 +157,7 @@ def test_a_missing_checksum_file_says_what_to_pin_and_where(server, lock_path, t
     assert str(raised.value) == (
         "flannel_cni_plugin 1.9.1-flannel1 amd64: no sha256 is pinned or locked, and upstream's published sum "
         f"cannot be used: could not download {server.url}{FLANNEL_PATH}.sha256: HTTP 404; files/artifacts.yaml "
-        "pins flannel_cni_plugin for amd64 at none; to use 1.9.1-flannel1, pin it in your inventory's group data: "
+        "pins no flannel_cni_plugin release for amd64; to use 1.9.1-flannel1, pin it in your inventory's group data: "
         "artifact_checksums = {'flannel_cni_plugin': {'1.9.1-flannel1': {'amd64': '<sha256>'}}}, or add it to the "
         f"lock file {lock_path} as flannel_cni_plugin: {{'1.9.1-flannel1': {{amd64: {{sha256: <sha256>, "
         "source: <where you read it>}}}")

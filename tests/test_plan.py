@@ -279,7 +279,17 @@ def test_the_lock_command_writes_the_lock_without_touching_a_host(cluster):
     # a second time: already locked; with --verify, upstream is asked again and still agrees
     done = lock_command("--verify")
     assert done.returncode == 0, done.stderr
-    assert "already holds every sum this inventory needs (and upstream still publishes them)" in done.stdout
+    assert "already holds every sum this inventory needs that is not pinned (and upstream still publishes them)" \
+        in done.stdout
+    # a path that is no inventory: an error, not an empty success
+    missing = subprocess.run([sys.executable, "-m", "tasks.lock", str(cluster.tmp / "no-such-inventory.py")], cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "no-such-inventory.py: no such inventory file" in missing.stderr
+    empty = cluster.tmp / "empty.py"
+    empty.write_text("# nothing here\n")
+    done_empty = subprocess.run([sys.executable, "-m", "tasks.lock", str(empty)], cwd=REPO, capture_output=True,
+                                text=True, timeout=120)
+    assert done_empty.returncode == 1 and "empty.py: no hosts (is it an inventory file?)" in done_empty.stderr
     # upstream now publishes another sum: --verify fails naming both
     cluster.server.script(flannel + ".sha256", Reply(body=f"{'e' * 64}  {Path(flannel).name}\n".encode()))
     done = lock_command("--verify")
@@ -538,3 +548,14 @@ def test_dry_diff_shows_a_real_diff_of_every_managed_text_file(cluster, change, 
     changed = [line for line in lines[start + 2:end] if line.startswith(("+", "-"))
                and "podnet.io/manifest-sha256" not in line]  # the manifest's own hash changes with it
     assert changed == removed + added, lines[start:end]  # the changed lines, not the whole file as new
+
+
+def test_without_a_control_plane_host_the_skipped_pod_cidr_check_is_said(cluster):
+    data = {"flannel_rollout": "systemd", "kube_controller_manager_runtime": "external",
+            "control_plane_group": "nobody"}
+    nodes = [FakeNode(name, "workers", cluster.data(**data), probe_answer(cluster.fresh(WORKER, data=data)))
+             for name in ("w1", "w2")]
+    run = run_pyinfra(write_inventory(cluster.tmp / "inventory.py", nodes), "-y")
+    assert_ok(run)
+    assert run.stderr.count("podnet: no host is in group 'nobody': nothing checks that every node has a podCIDR "
+                            "for flanneld") == 1

@@ -238,13 +238,13 @@ def test_ipv6_cluster_cidr_too_small_for_the_inventory():
 def test_pod_cidr_overlapping_service_cidr_v4():
     assert only_problem(cluster_cidr="10.96.0.0/16") == (
         "cp1: cluster_cidr: '10.96.0.0/16' overlaps service_cluster_ip_range '10.96.0.0/12'; "
-        "pod and service networks must be disjoint")
+        "pod and service networks must be disjoint: choose ranges that share no address")
 
 
 def test_pod_cidr_overlapping_service_cidr_v6():
     assert only_problem(cluster_cidr_ipv6="fd00:10::/56", service_cluster_ip_range_ipv6="fd00:10::/112") == (
         "cp1: cluster_cidr_ipv6: 'fd00:10::/56' overlaps service_cluster_ip_range_ipv6 'fd00:10::/112'; "
-        "pod and service networks must be disjoint")
+        "pod and service networks must be disjoint: choose ranges that share no address")
 
 
 def test_ipv6_service_range_without_ipv6_pod_network():
@@ -401,13 +401,15 @@ def test_an_external_controller_manager_still_needs_a_control_plane_host_for_the
     elsewhere = {"kube_controller_manager_runtime": "external"}
     assert problems(worker("w1", **elsewhere)) == [
         "control_plane_group: no host is in group 'control_plane'; the flannel DaemonSet is applied from the first "
-        "control-plane host"]
+        "control-plane host (with kubectl and the kubeconfig setting): put such a host in that group (or name its "
+        "group in control_plane_group), or set flannel_rollout to 'systemd' or 'external'"]
 
 
 def test_no_control_plane_host_with_daemonset_rollout():
     assert problems(worker("w1"), worker("w2")) == [
         ("control_plane_group: no host is in group 'control_plane'; the flannel DaemonSet is applied from "
-        "the first control-plane host")]
+        "the first control-plane host (with kubectl and the kubeconfig setting): put such a host in that group "
+        "(or name its group in control_plane_group), or set flannel_rollout to 'systemd' or 'external'")]
     # a renamed group is honoured
     parsed = parse(FakeHost("m1", {"control_plane_group": "masters"}, ["masters"]),
                    FakeHost("w1", {"control_plane_group": "masters"}, ["nodes"]))

@@ -102,7 +102,7 @@ commit it); artifact_checksums pins one by hand and wins over both.
 # inventory group whose hosts are control plane
 # control_plane_group = 'control_plane'
 
-# how kube-controller-manager runs: static-pod (kubeadm manifest), systemd, or external (managed elsewhere, e.g. a hosted control plane: podnet does not set its node IPAM flags)
+# how kube-controller-manager runs: static-pod (kubeadm manifest), systemd, or external (managed elsewhere, e.g. a hosted control plane: podnet does not set its node IPAM flags; the flannel DaemonSet still needs a control-plane host with kubectl)
 # kube_controller_manager_runtime = 'static-pod'
 
 # kubeadm static pod manifest (static-pod runtime)
