@@ -90,14 +90,19 @@ def subnet_of_node(node: NodeState) -> ipaddress.IPv4Interface | None:
     return None
 
 
+def parse_cni0(lines: list[str]) -> tuple[list[str], int]:
+    """(IPv4 addresses, pods attached) from CNI0_COMMAND's output."""
+    addresses = [line.split()[1] for line in lines if line.startswith("addr ")]
+    ports = next((int(line.split()[1]) for line in lines if line.startswith("ports ")), 0)
+    return addresses, ports
+
+
 def cni0_state(node: NodeState) -> tuple[list[str], int] | None:
     """(cni0's IPv4 addresses, pods attached), or None without a cni0."""
     rc, lines = node.queries.get("cni0", (1, []))
     if rc != 0 or not lines:
         return None
-    addresses = [line.split()[1] for line in lines if line.startswith("addr ")]
-    ports = next((int(line.split()[1]) for line in lines if line.startswith("ports ")), 0)
-    return addresses, ports
+    return parse_cni0(lines)
 
 
 def stale_cni0(node: NodeState) -> str | None:
@@ -228,14 +233,17 @@ def remove_old_bridge(state, host, connector_arguments, s: Settings) -> bool:
     last = ""
     while True:
         ok, output = host.run_shell_command(
-            f"sed -n 's/^FLANNEL_SUBNET=//p' {SUBNET_ENV}; {CNI0_COMMAND} || echo absent", **connector_arguments)
+            f"echo subnet $(sed -n 's/^FLANNEL_SUBNET=//p' {SUBNET_ENV} 2>/dev/null); {CNI0_COMMAND} || echo absent",
+            **connector_arguments)
         lines = output.stdout_lines if ok else []
-        subnet = lines[0].strip() if lines else ""
         if "absent" in lines:
             return True
-        addresses = [line.split()[1] for line in lines if line.startswith("addr ")]
-        ports = next((int(line.split()[1]) for line in lines if line.startswith("ports ")), -1)
-        fresh = bool(subnet) and fits(s, str(ipaddress.ip_interface(subnet).network))
+        subnet = next((line.split()[1] for line in lines if line.startswith("subnet ") and len(line.split()) == 2), "")
+        addresses, ports = parse_cni0(lines)
+        try:
+            fresh = bool(subnet) and fits(s, str(ipaddress.ip_interface(subnet).network))
+        except ValueError:
+            fresh = False
         if fresh and addresses == [subnet]:
             return True  # already the right bridge
         if fresh and ports == 0:
