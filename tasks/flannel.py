@@ -111,10 +111,6 @@ def manifest_sha256(manifest: str) -> str:
     raise AssertionError("manifest without its hash annotation")
 
 
-def kubectl(s: Settings) -> str:
-    return f"kubectl --kubeconfig={shlex.quote(s.kubeconfig)}"
-
-
 def checks_pod_cidrs(s: Settings, first_control_plane: bool) -> bool:
     """The first control-plane host checks every node's podCIDR for a rollout podnet makes
     (DaemonSet or systemd): flanneld's kube subnet manager needs one on each node."""
@@ -137,7 +133,7 @@ def probe_request(s: Settings, first_control_plane: bool) -> ProbeRequest:
     request = ProbeRequest()
     if s.flannel_rollout == "daemonset" and first_control_plane:
         request.queries["flannel_manifest"] = (
-            f"{kubectl(s)} -n {NAMESPACE} get ds {DAEMONSET} --ignore-not-found "
+            f"{s.kubectl} -n {NAMESPACE} get ds {DAEMONSET} --ignore-not-found "
             f"-o jsonpath='{{.metadata.annotations.podnet\\.io/manifest-sha256}}'")
         request.texts.append(MANIFEST_PATH)
     elif s.flannel_rollout == "systemd":
@@ -197,7 +193,7 @@ def pod_mtu_fits(s: Settings, node: NodeState, host_name: str) -> None:
 
 def node_pod_cidrs_command(s: Settings) -> str:
     """Prints "<node> [<podCIDR> ...]" per node (spec.podCIDRs: one per IP family)."""
-    return (f"{kubectl(s)} get nodes -o "
+    return (f"{s.kubectl} get nodes -o "
             "jsonpath='{range .items[*]}{.metadata.name}{\" \"}{.spec.podCIDRs[*]}{\"\\n\"}{end}'")
 
 
@@ -270,8 +266,8 @@ def apply_daemonset(s: Settings, node: NodeState, ipam_changed: bool, cluster_cr
                         current=node)
     ops.shell_when(
         name="flannel: DaemonSet applied and rolled out",
-        commands=[f"{kubectl(s)} apply -f {MANIFEST_PATH}",
-                  f"{kubectl(s)} -n {NAMESPACE} rollout status ds/{DAEMONSET} --timeout={s.flannel_rollout_timeout}s"],
+        commands=[f"{s.kubectl} apply -f {MANIFEST_PATH}",
+                  f"{s.kubectl} -n {NAMESPACE} rollout status ds/{DAEMONSET} --timeout={s.flannel_rollout_timeout}s"],
         reason=("applying kube-flannel: " + ("not deployed yet" if not current_hash else "manifest changed"))
         if needs_apply else None,
     )

@@ -198,7 +198,7 @@ def merge_cluster_configuration(text: str, args: dict[str, str | None]) -> tuple
 
 
 def kubectl(s: Settings) -> str:
-    return f"kubectl --kubeconfig={shlex.quote(s.kubeconfig)} -n {NAMESPACE}"
+    return f"{s.kubectl} -n {NAMESPACE}"
 
 
 def applies(s: Settings, is_first_control_plane: bool) -> bool:

@@ -196,7 +196,7 @@ def delete_nodes_after_new_ipam(state, host, connector_arguments, s: Settings, n
             raise PodNetworkChangeError(f"kube-controller-manager on {host.name} did not start with {flag} within "
                                         f"{s.flannel_rollout_timeout}s; no Node was deleted")
         time.sleep(POLL_SECONDS)
-    kubectl = f"kubectl --kubeconfig={shlex.quote(s.kubeconfig)}"
+    kubectl = s.kubectl
     # The pods with addresses from the old network go first (a Node that registers again at once
     # keeps its pods otherwise); host-network pods (control plane, kube-proxy, flanneld) stay.
     ok, output = host.run_shell_command(

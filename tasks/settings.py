@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
+import shlex
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -211,6 +212,11 @@ class Settings:
     @property
     def dual_stack(self) -> bool:
         return self.cluster_cidr_ipv6 is not None
+
+    @property
+    def kubectl(self) -> str:
+        """The kubectl command line with the kubeconfig setting, for commands run on control-plane hosts."""
+        return f"kubectl --kubeconfig={shlex.quote(self.kubeconfig)}"
 
     @property
     def effective_flannel_port(self) -> int | None:
