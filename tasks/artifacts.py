@@ -20,11 +20,10 @@ from urllib.parse import urlsplit
 import yaml
 
 from tasks.errors import PodnetError
+from tasks.releases import ARTIFACT_NAMES
 from tasks.settings import Settings
 
 ARTIFACTS_FILE = Path(__file__).resolve().parent.parent / "files" / "artifacts.yaml"
-ARTIFACT_NAMES = ("containerd", "runc", "cni_plugins", "flannel_cni_plugin", "flanneld", "kubeadm", "kubelet",
-                  "kubectl")
 # The setting that holds an artifact's version, where it is not `<artifact>_version`.
 VERSION_SETTINGS = {"kubeadm": "kubernetes_version", "kubelet": "kubernetes_version",
                     "kubectl": "kubernetes_version"}

@@ -9,13 +9,13 @@ only lay the chosen values out.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tasks import ops
 from tasks.desired import DesiredFile, local_file, render, text_file
 from tasks.probe import NodeState, ProbeRequest
+from tasks.releases import ConfigGeneration, config_generation  # noqa: F401 (part of this concern's face)
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
@@ -26,29 +26,6 @@ UNIT = "containerd.service"
 UNIT_PATH = "/etc/systemd/system/containerd.service"
 CONFIG_PATH = "/etc/containerd/config.toml"
 SOCKET = "/run/containerd/containerd.sock"
-
-
-@dataclass(frozen=True)
-class ConfigGeneration:
-    """Which config.toml layout a containerd version reads."""
-
-    template: str  # template under templates/containerd/
-    version: int  # the `version = N` line
-    cni_bin_dirs_key: str  # "bin_dir" (one path) or "bin_dirs" (a list, containerd >= 2.1)
-
-
-def config_generation(containerd_version: str) -> ConfigGeneration:
-    """
-    containerd 1.6/1.7 read config version 2 (`io.containerd.grpc.v1.cri`); 2.x reads
-    version 3 (`io.containerd.cri.v1.runtime` / `.images`), where 2.1 replaced the CNI
-    `bin_dir` by `bin_dirs`.
-    """
-    major, minor = (int(part) for part in containerd_version.split(".")[:2])
-    if major == 1 and minor in (6, 7):
-        return ConfigGeneration("containerd/config-v2.toml.j2", 2, "bin_dir")
-    if major == 2:
-        return ConfigGeneration("containerd/config-v3.toml.j2", 3, "bin_dirs" if minor >= 1 else "bin_dir")
-    raise ValueError("a containerd release from 1.6.0 to 2.x (1.6/1.7 use config version 2, 2.x version 3)")
 
 
 def render_config(settings: "Settings") -> str:

@@ -34,6 +34,7 @@ from tasks import containerd, controller_manager, kubeadm_config, ops
 from tasks.desired import DesiredFile, local_file, render, text_file
 from tasks.errors import PodnetError
 from tasks.probe import NodeState, ProbeRequest
+from tasks.releases import CONFIG_APIS, SUPPORTED_KUBERNETES, config_api  # noqa: F401
 from tasks.settings import Settings, SettingsError
 
 BIN_DIR = "/usr/local/bin"
@@ -81,51 +82,6 @@ CERTIFICATE_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 
 class KubeadmError(PodnetError, RuntimeError):
     """Creating or joining the cluster failed; the message says where and what kubeadm said."""
-
-
-# --- which configuration format the installed kubeadm reads ----------------------------------
-
-# Kubernetes minor releases (1.x) whose kubeadm reads each configuration API podnet renders.
-CONFIG_APIS = (
-    (22, 30, "kubeadm.k8s.io/v1beta3"),
-    (31, 36, "kubeadm.k8s.io/v1beta4"),
-)
-SUPPORTED_KUBERNETES = (f"a Kubernetes release from 1.{CONFIG_APIS[0][0]}.0 to 1.{CONFIG_APIS[-1][1]}.x "
-                        "(podnet writes kubeadm's configuration as "
-                        + " and ".join(f"{api} for 1.{first}-1.{last}" for first, last, api in CONFIG_APIS) + ")")
-
-
-def config_api(kubernetes_version: str) -> str:
-    """
-    The kubeadm configuration apiVersion podnet renders for ``kubernetes_version`` (the release of
-    kubeadm, kubelet and the control plane); ValueError naming the supported range outside it.
-
-    From kubernetes/kubernetes cmd/kubeadm/app/util/config/common.go (validateSupportedVersion:
-    "v1.22: v1beta2 read-only, writes only v1beta3 config"; "v1.27: only v1beta3 config";
-    "v1.31: v1beta3 read-only, writes only v1beta4 config"), kubernetes/kubernetes#125029 (v1beta4
-    enabled in 1.31, extraArgs became a list of name/value, v1beta3 deprecated) and #136016 (v1beta3
-    removed after 1.35; kubeadm.k8s.io/v1 added as an experimental placeholder that cannot be used
-    yet), and the API references cmd/kubeadm/app/apis/kubeadm/v1beta3 and v1beta4
-    (kubernetes.io/docs/reference/config-api/kubeadm-config.v1beta3/, .v1beta4/):
-
-    - below 1.22 kubeadm does not know v1beta3, the oldest format podnet writes;
-    - 1.22-1.30 read v1beta3 and not v1beta4 (a v1beta4 file is rejected by kubeadm 1.30);
-    - 1.31-1.36 read v1beta4, their own format (v1beta3 only deprecated, then removed);
-    - after 1.36 no kubeadm has been checked, and v1 is on its way to become the format: those
-      releases are refused until this table says which format they read.
-
-    Every other file podnet writes for the kubelet is the same across this range: the
-    KubeletConfiguration fields (kubelet.config.k8s.io/v1beta1, cgroupDriver), --node-ip through
-    KUBELET_EXTRA_ARGS, and the kubelet unit and kubeadm drop-in as upstream packages them.
-    """
-    try:
-        major, minor = (int(part) for part in kubernetes_version.split(".")[:2])
-    except ValueError:
-        raise ValueError(SUPPORTED_KUBERNETES) from None
-    for first, last, api in CONFIG_APIS:
-        if major == 1 and first <= minor <= last:
-            return api
-    raise ValueError(SUPPORTED_KUBERNETES)
 
 
 @dataclass(frozen=True)

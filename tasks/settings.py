@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from tasks.errors import PodnetError
+from tasks.releases import ARCHITECTURES, ARTIFACT_NAMES, config_api, config_generation
 
 # Keys in inventory data that belong to pyinfra (connectors, global arguments),
 # not to podnet. Anything else that is not a podnet setting is reported as unknown.
@@ -66,8 +67,6 @@ KUBEADM_MAX_SERVICE_SUBNET_HOST_BITS = 20  # MaximumBitsForServiceSubnet
 # The node masks kubeadm assumes when --node-cidr-mask-size-ipv4 / -ipv6 are not among kube-controller-manager's
 # extra args: kube-controller-manager's defaults (getClusterNodeMask in the same validation.go).
 KUBEADM_DEFAULT_NODE_MASK = {4: 24, 6: 64}
-# uname -m -> release architecture name used by every artifact we download.
-ARCHITECTURES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
 
 class SettingsError(PodnetError, ValueError):
@@ -76,163 +75,6 @@ class SettingsError(PodnetError, ValueError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("invalid podnet settings:\n" + "\n".join(f"  - {p}" for p in problems))
-
-
-@dataclass(frozen=True)
-class SettingSpec:
-    """One documented setting: its name, default, meaning, and where it may differ."""
-
-    name: str
-    default: Any
-    meaning: str
-    # "cluster": must have the same value on every host; "host": may differ per host.
-    scope: str = "cluster"
-
-
-SPECS: tuple[SettingSpec, ...] = (
-    SettingSpec("cluster_cidr", "10.244.0.0/16",
-                "IPv4 pod network: kube-controller-manager --cluster-cidr and flannel net-conf Network"),
-    SettingSpec("node_cidr_mask_size", 24, "prefix length of each node's podCIDR (IPv4)"),
-    SettingSpec("service_cluster_ip_range", "10.96.0.0/12",
-                "IPv4 service network (--service-cluster-ip-range); must not overlap the pod network"),
-    SettingSpec("cluster_cidr_ipv6", None, "IPv6 pod network for dual stack, e.g. fd00:10:244::/56"),
-    SettingSpec("node_cidr_mask_size_ipv6", 64, "prefix length of each node's IPv6 podCIDR"),
-    SettingSpec("service_cluster_ip_range_ipv6", None, "IPv6 service network for dual stack"),
-    SettingSpec("flannel_backend", "vxlan", "flannel backend: " + ", ".join(FLANNEL_BACKENDS)),
-    SettingSpec("flannel_vni", 1, "VXLAN network identifier (vxlan backend)"),
-    SettingSpec("flannel_port", None,
-                "UDP port of the vxlan (default 8472) or wireguard (default 51820) backend"),
-    SettingSpec("flannel_mtu", None,
-                "pod interface MTU written into the CNI delegate; unset = flanneld's FLANNEL_MTU"),
-    SettingSpec("flannel_iface", None,
-                "interface flanneld uses between nodes (--iface): a name such as eth1, or the node's "
-                "address on it (the node_ip: the DaemonSet then gives each node its own address)", scope="host"),
-    SettingSpec("flannel_rollout", "daemonset",
-                "how flanneld runs: daemonset (kube-flannel, applied with kubectl), "
-                "systemd (a unit on every node) or external (deployed by something else)"),
-    SettingSpec("flannel_image", "docker.io/flannel/flannel:v0.28.4", "flanneld image of the DaemonSet"),
-    SettingSpec("flannel_rollout_timeout", 300, "seconds to wait for the flannel rollout and podCIDRs"),
-    SettingSpec("allow_pod_network_change", False,
-                "let a run change cluster_cidr or node_cidr_mask_size (or the IPv6 ones) that nodes' podCIDRs do not "
-                "fit: podnet then registers those nodes again and removes their old cni0 (pods must be recreated)"),
-    SettingSpec("containerd_version", "2.3.4", "containerd release (1.6.x-1.7.x: config v2; 2.x: config v3)",
-                scope="host"),
-    SettingSpec("runc_version", "1.4.3", "runc release", scope="host"),
-    SettingSpec("cni_plugins_version", "1.9.1", "containernetworking/plugins release", scope="host"),
-    SettingSpec("flannel_cni_plugin_version", "1.9.1-flannel1",
-                "flannel-io/cni-plugin release (the default is the one flannel v0.28.4's kube-flannel.yml uses)",
-                scope="host"),
-    SettingSpec("flanneld_version", "0.28.4", "flanneld release (systemd rollout)", scope="host"),
-    SettingSpec("mirror_url", None,
-                "base URL that replaces the upstream download hosts (air-gapped sites); "
-                "the upstream path is kept below it"),
-    SettingSpec("artifact_checksums", {},
-                "sha256 overrides/additions: {artifact: {version: {arch: sha256}}}", scope="host"),
-    SettingSpec("artifact_lock_file", "inventory/artifacts.lock.yaml",
-                "checksum lock: sha256 resolved from upstream's published sums, written once and then read "
-                "(commit it); a relative path is below the podnet checkout"),
-    SettingSpec("resolve_checksums", True,
-                "resolve a sha256 that is neither pinned nor locked from upstream's published sums; "
-                "false: every sum must be pinned (artifact_checksums, files/artifacts.yaml) or locked"),
-    SettingSpec("download_cache_dir", "~/.cache/podnet", "laptop-side download cache"),
-    SettingSpec("cni_bin_dir", "/opt/cni/bin", "where CNI plugin binaries are installed"),
-    SettingSpec("cni_conf_dir", "/etc/cni/net.d", "where containerd looks for the CNI config"),
-    SettingSpec("sandbox_image", "registry.k8s.io/pause:3.10", "pod sandbox (pause) image"),
-    SettingSpec("systemd_cgroup", True, "runc uses the systemd cgroup driver (SystemdCgroup)"),
-    SettingSpec("restrict_oom_score_adj", False,
-                "containerd CRI restrict_oom_score_adj (for nodes without CAP_SYS_RESOURCE)"),
-    SettingSpec("control_plane_group", "control_plane", "inventory group whose hosts are control plane"),
-    SettingSpec("kube_controller_manager_runtime", "static-pod",
-                "how kube-controller-manager runs: static-pod (kubeadm manifest), systemd, or external (managed "
-                "elsewhere, e.g. a hosted control plane: podnet does not set its node IPAM flags; the flannel "
-                "DaemonSet still needs a control-plane host with kubectl)"),
-    SettingSpec("kube_controller_manager_manifest", "/etc/kubernetes/manifests/kube-controller-manager.yaml",
-                "kubeadm static pod manifest (static-pod runtime)"),
-    SettingSpec("kube_controller_manager_unit", "/etc/systemd/system/kube-controller-manager.service",
-                "systemd unit whose ExecStart runs kube-controller-manager (systemd runtime)"),
-    SettingSpec("kubeconfig", "/etc/kubernetes/admin.conf",
-                "kubeconfig on control-plane hosts for kubectl, and for flanneld (systemd rollout)"),
-    SettingSpec("node_ip", None,
-                "the node's own address (defaults to the inventory name when that is an IP)", scope="host"),
-    SettingSpec("cluster_bootstrap", False,
-                "create the cluster with kubeadm on fresh machines: install kubelet, kubeadm and kubectl, "
-                "kubeadm init on the first control-plane host, kubeadm join on the others (needs node_ip)"),
-    SettingSpec("kubernetes_version", "1.35.1",
-                "Kubernetes release of kubelet, kubeadm and kubectl and of the control plane kubeadm creates "
-                "(cluster_bootstrap)"),
-)
-SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Validated settings of one host. Built only by ``parse_host_settings``."""
-
-    cluster_cidr: ipaddress.IPv4Network
-    node_cidr_mask_size: int
-    service_cluster_ip_range: ipaddress.IPv4Network
-    cluster_cidr_ipv6: ipaddress.IPv6Network | None
-    node_cidr_mask_size_ipv6: int
-    service_cluster_ip_range_ipv6: ipaddress.IPv6Network | None
-    flannel_backend: str
-    flannel_vni: int
-    flannel_port: int | None
-    flannel_mtu: int | None
-    flannel_iface: str | None
-    flannel_rollout: str
-    flannel_image: str
-    flannel_rollout_timeout: int
-    allow_pod_network_change: bool
-    containerd_version: str
-    runc_version: str
-    cni_plugins_version: str
-    flannel_cni_plugin_version: str
-    flanneld_version: str
-    mirror_url: str | None
-    artifact_checksums: dict = field(hash=False)
-    artifact_lock_file: Path = Path("inventory/artifacts.lock.yaml")
-    resolve_checksums: bool = True
-    download_cache_dir: Path = Path("~/.cache/podnet")
-    cni_bin_dir: str = "/opt/cni/bin"
-    cni_conf_dir: str = "/etc/cni/net.d"
-    sandbox_image: str = "registry.k8s.io/pause:3.10"
-    systemd_cgroup: bool = True
-    restrict_oom_score_adj: bool = False
-    control_plane_group: str = "control_plane"
-    kube_controller_manager_runtime: str = "static-pod"
-    kube_controller_manager_manifest: str = ""
-    kube_controller_manager_unit: str = ""
-    kubeconfig: str = ""
-    node_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
-    cluster_bootstrap: bool = False
-    kubernetes_version: str = "1.35.1"
-    # Derived from inventory membership, not from a data key.
-    is_control_plane: bool = False
-
-    @property
-    def dual_stack(self) -> bool:
-        return self.cluster_cidr_ipv6 is not None
-
-    @property
-    def kubectl(self) -> str:
-        """The kubectl command line with the kubeconfig setting, for commands run on control-plane hosts."""
-        return f"kubectl --kubeconfig={shlex.quote(self.kubeconfig)}"
-
-    @property
-    def effective_flannel_port(self) -> int | None:
-        """The backend's UDP port, with flannel's own default when not set."""
-        if self.flannel_port is not None:
-            return self.flannel_port
-        return {"vxlan": 8472, "wireguard": 51820}.get(self.flannel_backend)
-
-    @property
-    def flannel_iface_is_node_ip(self) -> bool:
-        """flanneld is pointed at the node's own address rather than at an interface name."""
-        return self.flannel_iface is not None and self.node_ip is not None \
-            and self.flannel_iface == str(self.node_ip)
-
-
-assert [f.name for f in fields(Settings)][:-1] == [s.name for s in SPECS], "SPECS and Settings disagree"
 
 
 # --- value parsers: each returns the parsed value or raises ValueError(what would be valid) ---
@@ -384,9 +226,6 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _checksums(value: Any) -> dict:
-    # Imported here: artifacts imports this module for SettingsError.
-    from tasks.artifacts import ARTIFACT_NAMES
-
     shape = "{artifact: {version: {arch: '<64 hex digits>'}}} with artifact one of " + ", ".join(ARTIFACT_NAMES)
     if not isinstance(value, dict):
         raise ValueError(shape)
@@ -409,47 +248,194 @@ def _checksums(value: Any) -> dict:
     return out
 
 
-PARSERS: dict[str, Callable[[Any], Any]] = {
-    "cluster_cidr": _ipv4_network,
-    "node_cidr_mask_size": _integer(1, 32),
-    "service_cluster_ip_range": _ipv4_network,
-    "cluster_cidr_ipv6": _ipv6_network,
-    "node_cidr_mask_size_ipv6": _integer(1, 128),
-    "service_cluster_ip_range_ipv6": _ipv6_network,
-    "flannel_backend": _choice(FLANNEL_BACKENDS),
-    "flannel_vni": _integer(*VNI_RANGE),
-    "flannel_port": _optional(_integer(*PORT_RANGE)),
-    "flannel_mtu": _optional(_integer(*MTU_RANGE)),
-    "flannel_iface": _optional(_iface),
-    "flannel_rollout": _choice(FLANNEL_ROLLOUTS),
-    "flannel_image": _image,
-    "flannel_rollout_timeout": _integer(10, 3600),
-    "allow_pod_network_change": _boolean,
-    "containerd_version": _version,
-    "runc_version": _version,
-    "cni_plugins_version": _version,
-    "flannel_cni_plugin_version": _version,
-    "flanneld_version": _version,
-    "mirror_url": _optional(_url),
-    "artifact_checksums": _checksums,
-    "artifact_lock_file": lambda v: _checkout_path(_text(v)),
-    "resolve_checksums": _boolean,
-    "download_cache_dir": lambda v: Path(_text(v)).expanduser(),
-    "cni_bin_dir": _absolute_path,
-    "cni_conf_dir": _absolute_path,
-    "sandbox_image": _image,
-    "systemd_cgroup": _boolean,
-    "restrict_oom_score_adj": _boolean,
-    "control_plane_group": _text,
-    "kube_controller_manager_runtime": _choice(CONTROLLER_MANAGER_RUNTIMES),
-    "kube_controller_manager_manifest": _absolute_path,
-    "kube_controller_manager_unit": _absolute_path,
-    "kubeconfig": _absolute_path,
-    "node_ip": _optional(_address),
-    "cluster_bootstrap": _boolean,
-    "kubernetes_version": _version,
-}
-assert set(PARSERS) == set(SPEC_BY_NAME), "every setting needs a parser"
+# --- the settings: each declared once -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """One setting as declared: its name, default (as written in inventory data), meaning, scope, parser."""
+
+    name: str
+    default: Any
+    meaning: str
+    # "cluster": must have the same value on every host; "host": may differ per host.
+    scope: str = "cluster"
+    # The raw inventory value -> the value ``Settings`` holds; ValueError(what would be valid) otherwise.
+    parse: Callable[[Any], Any] = field(default=lambda value: value, compare=False, repr=False)
+
+
+def setting(default: Any, parse: Callable[[Any], Any], meaning: str, scope: str = "cluster", hash: bool = True):
+    """
+    Declare one setting as a field of ``Settings``: the default as an operator would write it in
+    inventory data, the parser that checks and converts it, what it means (the README table and the
+    group-data example say exactly this), and whether it may differ per host (``scope="host"``).
+    """
+    return field(hash=None if hash else False,
+                 metadata={"setting": {"default": default, "parse": parse, "meaning": meaning, "scope": scope}})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """
+    Validated settings of one host, built only by ``parse_host_settings``. Each field is one
+    inventory key, declared once here with its default, parser, meaning and scope; ``SPECS`` (the
+    README table, ``inventory/group_data/all.py``, the unknown-key check) is read from these fields.
+    """
+
+    cluster_cidr: ipaddress.IPv4Network = setting(
+        "10.244.0.0/16", _ipv4_network,
+        "IPv4 pod network: kube-controller-manager --cluster-cidr and flannel net-conf Network")
+    node_cidr_mask_size: int = setting(
+        24, _integer(1, 32),
+        "prefix length of each node's podCIDR (IPv4)")
+    service_cluster_ip_range: ipaddress.IPv4Network = setting(
+        "10.96.0.0/12", _ipv4_network,
+        "IPv4 service network (--service-cluster-ip-range); must not overlap the pod network")
+    cluster_cidr_ipv6: ipaddress.IPv6Network | None = setting(
+        None, _ipv6_network,
+        "IPv6 pod network for dual stack, e.g. fd00:10:244::/56")
+    node_cidr_mask_size_ipv6: int = setting(
+        64, _integer(1, 128),
+        "prefix length of each node's IPv6 podCIDR")
+    service_cluster_ip_range_ipv6: ipaddress.IPv6Network | None = setting(
+        None, _ipv6_network,
+        "IPv6 service network for dual stack")
+    flannel_backend: str = setting(
+        "vxlan", _choice(FLANNEL_BACKENDS),
+        "flannel backend: " + ", ".join(FLANNEL_BACKENDS))
+    flannel_vni: int = setting(
+        1, _integer(*VNI_RANGE),
+        "VXLAN network identifier (vxlan backend)")
+    flannel_port: int | None = setting(
+        None, _optional(_integer(*PORT_RANGE)),
+        "UDP port of the vxlan (default 8472) or wireguard (default 51820) backend")
+    flannel_mtu: int | None = setting(
+        None, _optional(_integer(*MTU_RANGE)),
+        "pod interface MTU written into the CNI delegate; unset = flanneld's FLANNEL_MTU")
+    flannel_iface: str | None = setting(
+        None, _optional(_iface),
+        "interface flanneld uses between nodes (--iface): a name such as eth1, or the node's address on "
+        "it (the node_ip: the DaemonSet then gives each node its own address)", scope="host")
+    flannel_rollout: str = setting(
+        "daemonset", _choice(FLANNEL_ROLLOUTS),
+        "how flanneld runs: daemonset (kube-flannel, applied with kubectl), systemd (a unit on every "
+        "node) or external (deployed by something else)")
+    flannel_image: str = setting(
+        "docker.io/flannel/flannel:v0.28.4", _image,
+        "flanneld image of the DaemonSet")
+    flannel_rollout_timeout: int = setting(
+        300, _integer(10, 3600),
+        "seconds to wait for the flannel rollout and podCIDRs")
+    allow_pod_network_change: bool = setting(
+        False, _boolean,
+        "let a run change cluster_cidr or node_cidr_mask_size (or the IPv6 ones) that nodes' podCIDRs do "
+        "not fit: podnet then registers those nodes again and removes their old cni0 (pods must be "
+        "recreated)")
+    containerd_version: str = setting(
+        "2.3.4", _version,
+        "containerd release (1.6.x-1.7.x: config v2; 2.x: config v3)", scope="host")
+    runc_version: str = setting(
+        "1.4.3", _version,
+        "runc release", scope="host")
+    cni_plugins_version: str = setting(
+        "1.9.1", _version,
+        "containernetworking/plugins release", scope="host")
+    flannel_cni_plugin_version: str = setting(
+        "1.9.1-flannel1", _version,
+        "flannel-io/cni-plugin release (the default is the one flannel v0.28.4's kube-flannel.yml uses)", scope="host")
+    flanneld_version: str = setting(
+        "0.28.4", _version,
+        "flanneld release (systemd rollout)", scope="host")
+    mirror_url: str | None = setting(
+        None, _optional(_url),
+        "base URL that replaces the upstream download hosts (air-gapped sites); the upstream path is kept"
+        " below it")
+    artifact_checksums: dict = setting(
+        {}, _checksums,
+        "sha256 overrides/additions: {artifact: {version: {arch: sha256}}}", scope="host", hash=False)
+    artifact_lock_file: Path = setting(
+        "inventory/artifacts.lock.yaml", lambda v: _checkout_path(_text(v)),
+        "checksum lock: sha256 resolved from upstream's published sums, written once and then read "
+        "(commit it); a relative path is below the podnet checkout")
+    resolve_checksums: bool = setting(
+        True, _boolean,
+        "resolve a sha256 that is neither pinned nor locked from upstream's published sums; false: every "
+        "sum must be pinned (artifact_checksums, files/artifacts.yaml) or locked")
+    download_cache_dir: Path = setting(
+        "~/.cache/podnet", lambda v: Path(_text(v)).expanduser(),
+        "laptop-side download cache")
+    cni_bin_dir: str = setting(
+        "/opt/cni/bin", _absolute_path,
+        "where CNI plugin binaries are installed")
+    cni_conf_dir: str = setting(
+        "/etc/cni/net.d", _absolute_path,
+        "where containerd looks for the CNI config")
+    sandbox_image: str = setting(
+        "registry.k8s.io/pause:3.10", _image,
+        "pod sandbox (pause) image")
+    systemd_cgroup: bool = setting(
+        True, _boolean,
+        "runc uses the systemd cgroup driver (SystemdCgroup)")
+    restrict_oom_score_adj: bool = setting(
+        False, _boolean,
+        "containerd CRI restrict_oom_score_adj (for nodes without CAP_SYS_RESOURCE)")
+    control_plane_group: str = setting(
+        "control_plane", _text,
+        "inventory group whose hosts are control plane")
+    kube_controller_manager_runtime: str = setting(
+        "static-pod", _choice(CONTROLLER_MANAGER_RUNTIMES),
+        "how kube-controller-manager runs: static-pod (kubeadm manifest), systemd, or external (managed "
+        "elsewhere, e.g. a hosted control plane: podnet does not set its node IPAM flags; the flannel "
+        "DaemonSet still needs a control-plane host with kubectl)")
+    kube_controller_manager_manifest: str = setting(
+        "/etc/kubernetes/manifests/kube-controller-manager.yaml", _absolute_path,
+        "kubeadm static pod manifest (static-pod runtime)")
+    kube_controller_manager_unit: str = setting(
+        "/etc/systemd/system/kube-controller-manager.service", _absolute_path,
+        "systemd unit whose ExecStart runs kube-controller-manager (systemd runtime)")
+    kubeconfig: str = setting(
+        "/etc/kubernetes/admin.conf", _absolute_path,
+        "kubeconfig on control-plane hosts for kubectl, and for flanneld (systemd rollout)")
+    node_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = setting(
+        None, _optional(_address),
+        "the node's own address (defaults to the inventory name when that is an IP)", scope="host")
+    cluster_bootstrap: bool = setting(
+        False, _boolean,
+        "create the cluster with kubeadm on fresh machines: install kubelet, kubeadm and kubectl, kubeadm"
+        " init on the first control-plane host, kubeadm join on the others (needs node_ip)")
+    kubernetes_version: str = setting(
+        "1.35.1", _version,
+        "Kubernetes release of kubelet, kubeadm and kubectl and of the control plane kubeadm creates "
+        "(cluster_bootstrap)")
+    # Derived from inventory membership, not from a data key.
+    is_control_plane: bool = False
+
+    @property
+    def dual_stack(self) -> bool:
+        return self.cluster_cidr_ipv6 is not None
+
+    @property
+    def kubectl(self) -> str:
+        """The kubectl command line with the kubeconfig setting, for commands run on control-plane hosts."""
+        return f"kubectl --kubeconfig={shlex.quote(self.kubeconfig)}"
+
+    @property
+    def effective_flannel_port(self) -> int | None:
+        """The backend's UDP port, with flannel's own default when not set."""
+        if self.flannel_port is not None:
+            return self.flannel_port
+        return {"vxlan": 8472, "wireguard": 51820}.get(self.flannel_backend)
+
+    @property
+    def flannel_iface_is_node_ip(self) -> bool:
+        """flanneld is pointed at the node's own address rather than at an interface name."""
+        return self.flannel_iface is not None and self.node_ip is not None \
+            and self.flannel_iface == str(self.node_ip)
+
+
+SPECS: tuple[SettingSpec, ...] = tuple(SettingSpec(f.name, **f.metadata["setting"])
+                                       for f in fields(Settings) if "setting" in f.metadata)
+SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
 
 
 def _unknown_keys(data: dict) -> list[str]:
@@ -474,7 +460,7 @@ def parse_host_settings(data: dict, host_name: str, groups: Iterable[str]) -> Se
     for spec in SPECS:
         raw = data.get(spec.name, spec.default)
         try:
-            values[spec.name] = PARSERS[spec.name](raw)
+            values[spec.name] = spec.parse(raw)
         except ValueError as error:
             problems.append(f"{spec.name}: {_describe(raw)} is not valid; expected {error}")
     if problems:
@@ -568,11 +554,9 @@ def _relations(s: Settings) -> list[str]:
                 problems.append(f"{key}: '{net}' contains this node's own address {s.node_ip}; "
                                 "choose a range that no node address is in")
 
-    # The generation rule lives with containerd (config_generation, tasks/containerd.py): the config's
-    # version header (containerd's docs/PLUGINS.md) is 2 for 1.6/1.7, which do not read 3, and 3 from
-    # 2.0 on. Releases before 1.6 are podnet's own refusal: out of upstream support, never tested here.
-    from tasks.containerd import config_generation
-
+    # The generation rule is config_generation (tasks/releases.py): the config's version header
+    # (containerd's docs/PLUGINS.md) is 2 for 1.6/1.7, which do not read 3, and 3 from 2.0 on.
+    # Releases before 1.6 are podnet's own refusal: out of upstream support, never tested here.
     try:
         config_generation(s.containerd_version)
     except ValueError as error:
@@ -598,10 +582,8 @@ def _relations(s: Settings) -> list[str]:
 def _bootstrap_problems(s: Settings) -> list[str]:
     """cluster_bootstrap creates the cluster with kubeadm: what that needs from the other settings."""
     problems = []
-    # The configuration format per kubeadm release lives with kubeadm (config_api, tasks/kubeadm.py,
-    # after kubeadm's validateSupportedVersion): a release outside the range podnet renders is refused.
-    from tasks.kubeadm import config_api
-
+    # The configuration format per kubeadm release is config_api (tasks/releases.py, after kubeadm's
+    # validateSupportedVersion): a release outside the range podnet renders is refused.
     try:
         config_api(s.kubernetes_version)
     except ValueError as error:
@@ -641,9 +623,7 @@ def _kubeadm_network_problems(s: Settings) -> list[str]:
     - a service subnet holds at least 10 addresses and has at most 20 host bits
       (ValidateServiceSubnetSize).
     """
-    from tasks.controller_manager import desired_flags  # it imports this module
-
-    flags = desired_flags(s)
+    flags = _family_mask_flags(s)
     problems = []
     for key, net, mask_key in (("cluster_cidr", s.cluster_cidr, "node-cidr-mask-size-ipv4"),
                                ("cluster_cidr_ipv6", s.cluster_cidr_ipv6, "node-cidr-mask-size-ipv6")):
@@ -669,6 +649,15 @@ def _kubeadm_network_problems(s: Settings) -> list[str]:
                             f"subnet from /{shortest} to /{longest} (at most {KUBEADM_MAX_SERVICE_SUBNET_HOST_BITS} "
                             f"host bits, at least {KUBEADM_MIN_SERVICE_SUBNET_ADDRESSES} addresses)")
     return problems
+
+
+def _family_mask_flags(s: Settings) -> dict[str, str]:
+    """The per-family node mask flags podnet gives kube-controller-manager: exactly on dual stack
+    (desired_flags in tasks/controller_manager.py; tests/test_settings.py holds the two together)."""
+    if not s.dual_stack:
+        return {}
+    return {"node-cidr-mask-size-ipv4": str(s.node_cidr_mask_size),
+            "node-cidr-mask-size-ipv6": str(s.node_cidr_mask_size_ipv6)}
 
 
 def _longest_prefix(version: int, addresses: int) -> int:

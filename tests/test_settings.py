@@ -676,3 +676,14 @@ def test_kubeadm_service_subnet_size(key, value, valid):
     assert only_problem(**bootstrap(**data)) == (
         f"cp1: {key}: '{value}' cannot be used with cluster_bootstrap; kubeadm init needs a service subnet from "
         f"{valid} (at most 20 host bits, at least 10 addresses)")
+
+
+@pytest.mark.parametrize("data", [{}, {"cluster_cidr_ipv6": "fd00:10:244::/56", "node_cidr_mask_size_ipv6": 72}])
+def test_kubeadm_rule_reads_the_mask_flags_kube_controller_manager_gets(data):
+    """settings' kubeadm podSubnet rule knows which per-family mask flags podnet passes without importing
+    the controller-manager concern; the two must agree."""
+    from tasks.settings import _family_mask_flags
+
+    s = parse(control_plane("cp1", **data))["cp1"]
+    flags = {k: v for k, v in desired_flags(s).items() if k.startswith("node-cidr-mask-size-") and v is not None}
+    assert _family_mask_flags(s) == flags
