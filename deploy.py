@@ -17,11 +17,11 @@ changes nothing and restarts nothing.
 from pyinfra import host, inventory, state
 
 from tasks import (cni, containerd, controller_manager, flannel, kernel, kubeadm, kubeadm_config, pod_network,
-                   pyinfra_tuning)
+                   pyinfra_compat)
 from tasks.cluster import fetch_artifacts, first_control_plane, probe, settings_for
 
-pyinfra_tuning.enable_tcp_nodelay([host])
-pyinfra_tuning.fast_operation_order()
+pyinfra_compat.enable_tcp_nodelay([host])
+pyinfra_compat.fast_operation_order()
 settings = settings_for(host, inventory)
 first_control_plane_name = first_control_plane(inventory)
 is_first_control_plane = first_control_plane_name == host.name

@@ -26,14 +26,13 @@ import shlex
 import threading
 from dataclasses import dataclass
 
-from pyinfra.api import StringCommand
-from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
-from pyinfra.api.hiddenvalue import HiddenValue
+from pyinfra.api import HiddenValue, StringCommand
 
 from tasks import containerd, controller_manager, kubeadm_config, ops
 from tasks.desired import DesiredFile, local_file, render, text_file
 from tasks.errors import PodnetError
 from tasks.probe import NodeState, ProbeRequest
+from tasks.pyinfra_compat import connector_arguments_of
 from tasks.releases import CONFIG_APIS, SUPPORTED_KUBERNETES, config_api  # noqa: F401
 from tasks.settings import Settings, SettingsError
 
@@ -179,12 +178,6 @@ def prerequisites(s: Settings, node: NodeState, host_name: str) -> None:
 
 
 # --- kubeadm init and join ---------------------------------------------------------------
-
-
-def connector_arguments_of(state, other_host) -> dict:
-    """The connector arguments (_sudo and the like) a command on ``other_host`` runs with."""
-    arguments, _ = pop_global_arguments(state, other_host, {})
-    return {key: arguments[key] for key in CONNECTOR_ARGUMENT_KEYS if key in arguments}
 
 
 _asked: dict[tuple[str, str], str | tuple[str, str, str]] = {}

@@ -18,7 +18,7 @@ from tasks import artifacts
 from tasks.artifacts import ArtifactError
 from tasks.checksums import Checksums, ChecksumLock
 from tasks.download import Downloader
-from tasks.pyinfra_tuning import load_inventory
+from tasks.pyinfra_compat import load_inventory
 from tasks.settings import ARCHITECTURES, SettingsError, parse_inventory
 
 

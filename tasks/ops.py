@@ -14,9 +14,10 @@ import posixpath
 import shlex
 
 from pyinfra import host, logger, state
-from pyinfra.api import FileUploadCommand, FunctionCommand, operation
+from pyinfra.api import FileUploadCommand, operation
 
 from tasks.desired import DesiredFile
+from tasks.pyinfra_compat import HostCommand
 from tasks.probe import DIGEST_CACHE, NodeState
 
 STAGED_SUFFIX = ".podnet-new"
@@ -174,17 +175,6 @@ def shell_when(commands: list[str], reason: str | None):
         return
     logger.info("    %s: %s", host.name, reason)
     yield " && ".join(commands)
-
-
-class HostCommand(FunctionCommand):
-    """
-    A Python step run at execution time, called as ``function(state, host, connector_arguments,
-    *args)``: it gets the operation's connector arguments (``_sudo`` and the like) so that the
-    commands it runs itself have the same privileges as the operation's shell commands.
-    """
-
-    def execute(self, state, host, connector_arguments):
-        return self.function(state, host, dict(connector_arguments), *self.args, **self.kwargs)
 
 
 @operation()
