@@ -58,17 +58,6 @@ def pinned() -> dict:
 KUBERNETES_BINARIES = ("kubeadm", "kubelet", "kubectl")
 
 
-def needed(settings: Settings) -> tuple[str, ...]:
-    """The artifacts a node with these settings gets: flanneld only for the systemd rollout,
-    kubeadm, kubelet and kubectl only with cluster_bootstrap."""
-    names = ("containerd", "runc", "cni_plugins", "flannel_cni_plugin")
-    if settings.flannel_rollout == "systemd":
-        names += ("flanneld",)
-    if settings.cluster_bootstrap:
-        names += KUBERNETES_BINARIES
-    return names
-
-
 def version_setting(name: str) -> str:
     """The setting that chooses this artifact's version."""
     return VERSION_SETTINGS.get(name, f"{name}_version")

@@ -1,20 +1,21 @@
 """
-Per-run, per-host context: the validated settings, the node's probe answer and the
-verified artifacts, each computed once and shared by every concern.
+Runs a list of steps (tasks/context.py) on one host: the settings validated for the whole
+inventory once, one probe with what every applicable step asks, the release files fetched
+once, every step's check, then every step's apply, in the list's order.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from tasks import (artifacts, checksums, cni, containerd, controller_manager, flannel, kernel, kubeadm, kubeadm_config,
-                   pod_network)
-from tasks.artifacts import KUBERNETES_BINARIES
-from tasks.desired import DesiredFile
+from tasks import artifacts, checksums
+from tasks.artifacts import Artifact
+from tasks.context import HostContext, Step
 from tasks.download import Downloader
 from tasks.probe import NodeState, ProbeRequest, node_state
-from tasks.settings import ARCHITECTURES, Settings, SettingsError, parse_inventory
+from tasks.releases import ARCHITECTURES
+from tasks.settings import Settings, SettingsError, parse_inventory
 
 _settings: dict[str, Settings] = {}
 _downloaders: dict[Path, Downloader] = {}
@@ -33,6 +34,13 @@ def first_control_plane(inventory) -> str | None:
     return hosts[0] if hosts else None
 
 
+def context_for(host, inventory, diff: bool = False) -> HostContext:
+    """A new context for this host (settings validated first, for the whole inventory)."""
+    settings = settings_for(host, inventory)
+    return HostContext(host_name=host.name, settings=settings, first_control_plane=first_control_plane(inventory),
+                       diff=diff)
+
+
 def downloader_for(cache_dir: Path) -> Downloader:
     """One downloader per cache directory for the whole run, so each artifact is fetched once."""
     if cache_dir not in _downloaders:
@@ -40,22 +48,22 @@ def downloader_for(cache_dir: Path) -> Downloader:
     return _downloaders[cache_dir]
 
 
-def probe_request(settings: Settings, is_first_control_plane: bool, diff: bool) -> ProbeRequest:
-    request = kernel.probe_request(settings)
-    request = request.merge(containerd.probe_request(settings))
-    request = request.merge(cni.probe_request(settings))
-    if settings.cluster_bootstrap:
-        request = request.merge(kubeadm.probe_request(settings, is_first_control_plane))
-    if settings.is_control_plane and settings.kube_controller_manager_runtime != "external":
-        request = request.merge(controller_manager.probe_request(settings))
-        request = request.merge(kubeadm_config.probe_request(settings, is_first_control_plane))
-    request = request.merge(pod_network.probe_request(settings))
-    return request.merge(flannel.probe_request(settings, is_first_control_plane)).for_run(diff)
+def applicable(steps: tuple[Step, ...], ctx: HostContext) -> list[Step]:
+    """The steps that have something to do on this host."""
+    return [step for step in steps if step.applies(ctx)]
 
 
-def probe(host, settings: Settings, is_first_control_plane: bool, diff: bool) -> NodeState:
-    """Ask the host everything at once."""
-    return node_state(host, probe_request(settings, is_first_control_plane, diff))
+def probe_request(steps: list[Step], ctx: HostContext) -> ProbeRequest:
+    """What these steps ask the node, merged into one request."""
+    request = ProbeRequest()
+    for step in steps:
+        request = request.merge(step.probe(ctx))
+    return request.for_run(ctx.diff)
+
+
+def artifacts_needed(steps: list[Step], ctx: HostContext) -> tuple[str, ...]:
+    """The release files these steps install, each once, in step order."""
+    return tuple(dict.fromkeys(name for step in steps for name in step.artifacts(ctx)))
 
 
 def architecture(node: NodeState, host_name: str) -> str:
@@ -67,34 +75,47 @@ def architecture(node: NodeState, host_name: str) -> str:
 
 
 @dataclass
-class NodeArtifacts:
-    """The node's binaries as desired files, from verified downloads."""
+class RunArtifacts:
+    """This run's verified release files for one host (tasks.context.ArtifactFiles)."""
 
-    containerd: list[DesiredFile]
-    runc: DesiredFile
-    cni_plugins: list[DesiredFile]
-    flanneld: Path | None
-    kubernetes: list[DesiredFile] = field(default_factory=list)  # kubeadm, kubelet, kubectl (cluster_bootstrap)
+    downloader: Downloader
+    resolved: dict[str, Artifact]
+
+    def file(self, name: str) -> Path:
+        return self.downloader.fetch(self.resolved[name])
+
+    def unpacked(self, name: str) -> Path:
+        return self.downloader.unpack(self.resolved[name])
 
 
-def fetch_artifacts(settings: Settings, node: NodeState, host_name: str) -> NodeArtifacts:
-    """Resolve, download (once per run and cache) and unpack what this node needs."""
-    arch = architecture(node, host_name)
+def fetch_artifacts(ctx: HostContext, names: tuple[str, ...]) -> RunArtifacts:
+    """Resolve the sha256 of each release file and download it (once per run and cache), before any
+    check or change: a file that cannot be had stops the run while planning."""
+    settings = ctx.settings
     downloader = downloader_for(settings.download_cache_dir)
     lookup = checksums.for_run(settings.artifact_lock_file, downloader).lookup(settings)
     try:
-        resolved = {name: artifacts.resolve(settings, name, arch, lookup) for name in artifacts.needed(settings)}
+        resolved = {name: artifacts.resolve(settings, name, ctx.arch, lookup) for name in names}
     except artifacts.ArtifactError as error:
-        raise SettingsError([f"{host_name}: {error}"]) from None
-    flannel_dir = downloader.unpack(resolved["flannel_cni_plugin"])
-    flannel_binary = flannel_dir / f"flannel-{arch}"
-    if not flannel_binary.is_file():
-        raise artifacts.ArtifactError(f"{resolved['flannel_cni_plugin'].url} has no member flannel-{arch}")
-    return NodeArtifacts(
-        containerd=containerd.containerd_binaries(downloader.unpack(resolved["containerd"])),
-        runc=containerd.runc_binary(downloader.fetch(resolved["runc"])),
-        cni_plugins=cni.plugin_binaries(settings, downloader.unpack(resolved["cni_plugins"]), flannel_binary),
-        flanneld=downloader.fetch(resolved["flanneld"]) if "flanneld" in resolved else None,
-        kubernetes=kubeadm.binaries(*(downloader.fetch(resolved[name]) for name in KUBERNETES_BINARIES))
-        if settings.cluster_bootstrap else [],
-    )
+        raise SettingsError([f"{ctx.host_name}: {error}"]) from None
+    for artifact in resolved.values():
+        downloader.fetch(artifact)
+    return RunArtifacts(downloader, resolved)
+
+
+def run(steps: tuple[Step, ...], host, inventory, diff: bool = False) -> HostContext:
+    """
+    Plan ``steps`` on ``host``: ask the node once, fetch the release files once, run every
+    applicable step's check (a refusal stops the run before any host changes), then each one's
+    apply. Returns the context, with what the steps decided.
+    """
+    ctx = context_for(host, inventory, diff)
+    steps_here = applicable(steps, ctx)
+    ctx.node = node_state(host, probe_request(steps_here, ctx))
+    ctx.arch = architecture(ctx.node, host.name)
+    ctx.artifacts = fetch_artifacts(ctx, artifacts_needed(steps_here, ctx))
+    for step in steps_here:
+        step.check(ctx)
+    for step in steps_here:
+        step.apply(ctx)
+    return ctx

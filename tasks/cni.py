@@ -10,7 +10,9 @@ import shlex
 from pathlib import Path
 
 from tasks import ops
+from tasks.context import HostContext, Step
 from tasks.desired import DesiredFile, local_file, render, text_file
+from tasks.artifacts import ArtifactError
 from tasks.errors import PodnetError
 from tasks.probe import NodeState, ProbeRequest
 from tasks.settings import Settings
@@ -90,3 +92,26 @@ def apply(settings: Settings, node: NodeState, binaries: list[DesiredFile]) -> N
         reason=(f"moving aside {', '.join(ahead)} (renamed to *{MOVED_ASIDE_SUFFIX}): containerd loads only "
                 f"the first config in {conf_dir}") if ahead else None,
     )
+
+
+def flannel_binary(ctx: HostContext) -> Path:
+    """flannel's CNI plugin from its release archive (``flannel-<arch>``); ArtifactError naming the archive
+    when it has no such member."""
+    binary = ctx.unpacked("flannel_cni_plugin") / f"flannel-{ctx.arch}"
+    if not binary.is_file():
+        raise ArtifactError(f"{ctx.settings.mirror_url or 'the'} flannel_cni_plugin "
+                            f"{ctx.settings.flannel_cni_plugin_version} archive has no member flannel-{ctx.arch}")
+    return binary
+
+
+def _apply(ctx: HostContext) -> None:
+    apply(ctx.settings, ctx.node, plugin_binaries(ctx.settings, ctx.unpacked("cni_plugins"), flannel_binary(ctx)))
+
+
+STEP = Step(
+    "cni: plugins and 10-flannel.conflist",
+    probe=lambda ctx: probe_request(ctx.settings),
+    artifacts=lambda ctx: ("cni_plugins", "flannel_cni_plugin"),
+    check=flannel_binary,
+    apply=_apply,
+)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tasks import ops
+from tasks.context import HostContext, Step
 from tasks.desired import DesiredFile, local_file, render, text_file
 from tasks.probe import NodeState, ProbeRequest
 from tasks.releases import ConfigGeneration, config_generation  # noqa: F401 (part of this concern's face)
@@ -88,3 +89,15 @@ def apply(settings: "Settings", node: NodeState, binaries: list[DesiredFile], ru
                         current=node, validate=validate_command())
     ops.service_running(name="containerd: enabled and running", unit=UNIT, current=node,
                         restart=bool(content_changed), daemon_reload=unit in ops.files_needing_change([unit], node))
+
+
+def _apply(ctx: HostContext) -> None:
+    apply(ctx.settings, ctx.node, containerd_binaries(ctx.unpacked("containerd")), runc_binary(ctx.file("runc")))
+
+
+STEP = Step(
+    "containerd: runtime with the CRI plugin's cni section",
+    probe=lambda ctx: probe_request(ctx.settings),
+    artifacts=lambda ctx: ("containerd", "runc"),
+    apply=_apply,
+)

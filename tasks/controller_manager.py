@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import yaml
 
 from tasks import ops
+from tasks.context import HostContext, Step
 from tasks.desired import DesiredFile, text_file
 from tasks.errors import PodnetError
 from tasks.probe import NodeState, ProbeRequest
@@ -506,7 +507,8 @@ def config_path(s: Settings) -> str:
 
 
 def probe_request(s: Settings) -> ProbeRequest:
-    return ProbeRequest(contents=[config_path(s)], units=[posixpath.basename(s.kube_controller_manager_unit)]
+    # The content to merge the flags into; its digest, which installing a rewritten one compares.
+    return ProbeRequest(contents=[config_path(s)], hashes=[config_path(s)], units=[posixpath.basename(s.kube_controller_manager_unit)]
                         if s.kube_controller_manager_runtime == "systemd" else [])
 
 
@@ -593,3 +595,20 @@ def apply(s: Settings, node: NodeState, host_name: str, created_by_kubeadm: bool
         ops.service_running(name="kube-controller-manager: running with the new flags", unit=unit, current=node,
                             restart=desired is not None, daemon_reload=desired is not None)
     return desired is not None
+
+
+def _runs_here(ctx: HostContext) -> bool:
+    """Control-plane hosts, unless kube-controller-manager is managed elsewhere."""
+    return ctx.settings.is_control_plane and ctx.settings.kube_controller_manager_runtime != "external"
+
+
+def _apply(ctx: HostContext) -> None:
+    ctx.ipam_changed = apply(ctx.settings, ctx.node, ctx.host_name, created_by_kubeadm=ctx.control_plane_created)
+
+
+STEP = Step(
+    "kube-controller-manager: node IPAM flags",
+    applies=_runs_here,
+    probe=lambda ctx: probe_request(ctx.settings),
+    apply=_apply,
+)

@@ -16,8 +16,10 @@ import time
 from pyinfra import logger
 
 from tasks import ops, pod_network
+from tasks.context import HostContext, Step
 from tasks.desired import DesiredFile, local_file, render, text_file
 from tasks.errors import PodnetError
+from tasks.pod_network import node_pod_cidrs_command
 from tasks.probe import NodeState, ProbeRequest
 from tasks.settings import Settings
 
@@ -114,7 +116,7 @@ def manifest_sha256(manifest: str) -> str:
 def checks_pod_cidrs(s: Settings, first_control_plane: bool) -> bool:
     """The first control-plane host checks every node's podCIDR for a rollout podnet makes
     (DaemonSet or systemd): flanneld's kube subnet manager needs one on each node."""
-    return first_control_plane and s.flannel_rollout in ("daemonset", "systemd")
+    return pod_network.asks_pod_cidrs(s, first_control_plane)
 
 
 _said: set[str] = set()
@@ -130,6 +132,18 @@ def say_pod_cidrs_unchecked(s: Settings) -> None:
 
 
 def probe_request(s: Settings, first_control_plane: bool) -> ProbeRequest:
+    """What the rollout (``rollout_probe_request``) and the MTU check (``mtu_probe_request``) ask."""
+    return rollout_probe_request(s, first_control_plane).merge(mtu_probe_request(s))
+
+
+def mtu_probe_request(s: Settings) -> ProbeRequest:
+    """Every node, when flannel_mtu is set: the MTU of the interface flanneld will use."""
+    return ProbeRequest(queries={"flannel_iface_mtu": iface_mtu_command(s)} if s.flannel_mtu is not None else {})
+
+
+def rollout_probe_request(s: Settings, first_control_plane: bool) -> ProbeRequest:
+    """The DaemonSet's manifest hash (first control-plane host) or flanneld's files and unit (systemd
+    rollout), and every node's podCIDRs where the rollout checks them."""
     request = ProbeRequest()
     if s.flannel_rollout == "daemonset" and first_control_plane:
         request.queries["flannel_manifest"] = (
@@ -142,8 +156,6 @@ def probe_request(s: Settings, first_control_plane: bool) -> ProbeRequest:
         request.units.append(UNIT)
     if checks_pod_cidrs(s, first_control_plane):
         request.queries["pod_cidrs"] = node_pod_cidrs_command(s)
-    if s.flannel_mtu is not None:
-        request.queries["flannel_iface_mtu"] = iface_mtu_command(s)
     return request
 
 
@@ -189,12 +201,6 @@ def pod_mtu_fits(s: Settings, node: NodeState, host_name: str) -> None:
                           f"has MTU {iface_mtu} and {carried}, so pod packets of more than {largest} bytes would be "
                           f"dropped between nodes; set flannel_mtu to at most {largest}, or leave it unset "
                           f"(flanneld then derives it)")
-
-
-def node_pod_cidrs_command(s: Settings) -> str:
-    """Prints "<node> [<podCIDR> ...]" per node (spec.podCIDRs: one per IP family)."""
-    return (f"{s.kubectl} get nodes -o "
-            "jsonpath='{range .items[*]}{.metadata.name}{\" \"}{.spec.podCIDRs[*]}{\"\\n\"}{end}'")
 
 
 def pod_cidr_problems(s: Settings, lines: list[str]) -> list[str]:
@@ -304,3 +310,38 @@ def apply_systemd(s: Settings, node: NodeState, flanneld_binary, check_pod_cidrs
                         daemon_reload=unit in changed)
     if check_pod_cidrs:
         pod_cidrs_checked(s, node, changed=ipam_changed)
+
+
+# --- the steps ----------------------------------------------------------------------------
+
+
+def _rolls_out_here(ctx: HostContext) -> bool:
+    """The DaemonSet from the first control-plane host; the systemd unit on every node."""
+    return ((ctx.settings.flannel_rollout == "daemonset" and ctx.is_first_control_plane)
+            or ctx.settings.flannel_rollout == "systemd")
+
+
+def _roll_out(ctx: HostContext) -> None:
+    s = ctx.settings
+    if s.flannel_rollout == "daemonset":
+        apply_daemonset(s, ctx.node, ctx.ipam_changed, cluster_created=ctx.cluster_created)
+        return
+    apply_systemd(s, ctx.node, ctx.file("flanneld"), check_pod_cidrs=checks_pod_cidrs(s, ctx.is_first_control_plane),
+                  ipam_changed=ctx.ipam_changed)
+    if ctx.first_control_plane is None:
+        say_pod_cidrs_unchecked(s)
+
+
+POD_MTU = Step(
+    "flannel: flannel_mtu fits the interface flanneld uses",
+    probe=lambda ctx: mtu_probe_request(ctx.settings),
+    check=lambda ctx: pod_mtu_fits(ctx.settings, ctx.node, ctx.host_name),
+    apply=lambda ctx: None,
+)
+ROLLOUT = Step(
+    "flannel: flanneld rolled out (DaemonSet or systemd unit)",
+    applies=_rolls_out_here,
+    probe=lambda ctx: rollout_probe_request(ctx.settings, ctx.is_first_control_plane),
+    artifacts=lambda ctx: ("flanneld",) if ctx.settings.flannel_rollout == "systemd" else (),
+    apply=_roll_out,
+)

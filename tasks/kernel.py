@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pyinfra import host, logger
 
 from tasks import ops
+from tasks.context import HostContext, Step
 from tasks.desired import DesiredFile, render, text_file
 from tasks.probe import SYSCTL_CONF, SYSCTL_DIRS, NodeState, ProbeRequest
 from tasks.settings import Settings
@@ -212,3 +213,10 @@ def apply(settings: Settings, node: NodeState) -> None:
                               missing=[m for m in MODULE_FEATURES if not node.features.get(m)])
     ops.kernel_parameters_applied(name="kernel: bridge-nf-call and ip_forward applied",
                                   values=values, current=node)
+
+
+STEP = Step(
+    "kernel: modules and sysctls for the pod network",
+    probe=lambda ctx: probe_request(ctx.settings),
+    apply=lambda ctx: apply(ctx.settings, ctx.node),
+)

@@ -29,10 +29,12 @@ from dataclasses import dataclass
 from pyinfra.api import HiddenValue, StringCommand
 
 from tasks import containerd, controller_manager, kubeadm_config, ops
+from tasks.context import HostContext, Step
 from tasks.desired import DesiredFile, local_file, render, text_file
 from tasks.errors import PodnetError
 from tasks.probe import NodeState, ProbeRequest
 from tasks.pyinfra_compat import connector_arguments_of
+from tasks.artifacts import KUBERNETES_BINARIES
 from tasks.releases import CONFIG_APIS, SUPPORTED_KUBERNETES, config_api  # noqa: F401
 from tasks.settings import Settings, SettingsError
 
@@ -278,3 +280,36 @@ def apply(s: Settings, node: NodeState, files: list[DesiredFile], host_name: str
     ops.python_step(name="kubeadm: worker joined (kubeadm join)", function=join, args=(s, first_control_plane),
                     reason=f"{KUBELET_CONF} is missing: joining the cluster" if worker_join else None)
     return Bootstrap(creates_cluster=init_needed, creates_control_plane=init_needed or control_plane_join)
+
+
+# --- the steps ----------------------------------------------------------------------------
+
+
+def _bootstraps(ctx: HostContext) -> bool:
+    return ctx.settings.cluster_bootstrap
+
+
+def _probe(ctx: HostContext) -> ProbeRequest:
+    return probe_request(ctx.settings, ctx.is_first_control_plane)
+
+
+def _apply(ctx: HostContext) -> None:
+    bootstrap = apply(ctx.settings, ctx.node, binaries(*(ctx.file(name) for name in KUBERNETES_BINARIES)),
+                      ctx.host_name, ctx.first_control_plane)
+    ctx.cluster_created = bootstrap.creates_cluster
+    ctx.control_plane_created = bootstrap.creates_control_plane
+
+
+PREREQUISITES = Step(
+    "kubeadm: swap off and preflight tools",
+    applies=_bootstraps,
+    probe=_probe,
+    apply=lambda ctx: prerequisites(ctx.settings, ctx.node, ctx.host_name),
+)
+BOOTSTRAP = Step(
+    "kubeadm: kubelet, kubeadm and kubectl; kubeadm init or join",
+    applies=_bootstraps,
+    probe=_probe,
+    artifacts=lambda ctx: KUBERNETES_BINARIES,
+    apply=_apply,
+)

@@ -43,6 +43,7 @@ import yaml
 from pyinfra import logger
 
 from tasks import controller_manager, ops
+from tasks.context import HostContext, Step
 from tasks.errors import PodnetError
 from tasks.probe import NodeState, ProbeRequest
 from tasks.settings import Settings
@@ -281,3 +282,12 @@ def apply(s: Settings, node: NodeState, host_name: str, cluster_created: bool = 
                 "from which kubeadm upgrade regenerates the kube-controller-manager manifest") if change else None,
     )
     return change is not None
+
+
+STEP = Step(
+    "kubeadm-config: node IPAM flags recorded for kubeadm upgrade",
+    applies=lambda ctx: ctx.settings.kube_controller_manager_runtime != "external"
+    and applies(ctx.settings, ctx.is_first_control_plane),
+    probe=lambda ctx: probe_request(ctx.settings, ctx.is_first_control_plane),
+    apply=lambda ctx: apply(ctx.settings, ctx.node, ctx.host_name, cluster_created=ctx.cluster_created, diff=ctx.diff),
+)

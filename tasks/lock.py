@@ -15,11 +15,15 @@ import sys
 from pathlib import Path
 
 from tasks import artifacts
+from tasks.cluster import applicable, artifacts_needed
+from tasks.context import HostContext
+from tasks.deploys import POD_NETWORK
 from tasks.artifacts import ArtifactError
 from tasks.checksums import Checksums, ChecksumLock
 from tasks.download import Downloader
 from tasks.pyinfra_compat import load_inventory
-from tasks.settings import ARCHITECTURES, SettingsError, parse_inventory
+from tasks.releases import ARCHITECTURES
+from tasks.settings import SettingsError, parse_inventory
 
 
 def lock_inventory(hosts, architectures: list[str], verify: bool = False,
@@ -30,14 +34,16 @@ def lock_inventory(hosts, architectures: list[str], verify: bool = False,
     Raises SettingsError for bad inventory data and ChecksumError as a deploy would.
     """
     parsed = parse_inventory(hosts)
+    first_control_plane = next((name for name, s in parsed.items() if s.is_control_plane), None)
     runs: dict[Path, Checksums] = {}
-    for settings in parsed.values():
+    for host_name, settings in parsed.items():
+        ctx = HostContext(host_name=host_name, settings=settings, first_control_plane=first_control_plane)
         run = runs.get(settings.artifact_lock_file)
         if run is None:
             run = runs[settings.artifact_lock_file] = Checksums(
                 ChecksumLock(settings.artifact_lock_file),
                 downloader or Downloader(settings.download_cache_dir, progress=False))
-        for name in artifacts.needed(settings):
+        for name in artifacts_needed(applicable(POD_NETWORK, ctx), ctx):
             for arch in architectures:
                 if verify:
                     run.verify(settings, name, artifacts.version_of(settings, name), arch)

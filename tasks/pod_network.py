@@ -31,6 +31,7 @@ import time
 from pyinfra import logger
 
 from tasks import ops
+from tasks.context import HostContext, Step
 from tasks.errors import PodnetError
 from tasks.probe import NodeState, ProbeRequest
 from tasks.settings import Settings
@@ -47,10 +48,25 @@ class PodNetworkChangeError(PodnetError, ValueError):
     """Pod network settings that the nodes' podCIDRs do not fit, without allow_pod_network_change."""
 
 
-def probe_request(s: Settings) -> ProbeRequest:
-    """Every node: flanneld's subnet.env and cni0's address and ports (the first control-plane
-    host's podCIDR list comes with tasks.flannel's probe request)."""
-    return ProbeRequest(contents=[SUBNET_ENV], queries={"cni0": CNI0_COMMAND})
+def asks_pod_cidrs(s: Settings, first_control_plane: bool) -> bool:
+    """The first control-plane host lists every node's podCIDRs for a rollout podnet makes (DaemonSet or
+    systemd): this module checks them against the settings, flannel's rollout waits for them."""
+    return first_control_plane and s.flannel_rollout in ("daemonset", "systemd")
+
+
+def node_pod_cidrs_command(s: Settings) -> str:
+    """Prints "<node> [<podCIDR> ...]" per node (spec.podCIDRs: one per IP family)."""
+    return (f"{s.kubectl} get nodes -o "
+            "jsonpath='{range .items[*]}{.metadata.name}{\" \"}{.spec.podCIDRs[*]}{\"\\n\"}{end}'")
+
+
+def probe_request(s: Settings, first_control_plane: bool = False) -> ProbeRequest:
+    """Every node: flanneld's subnet.env and cni0's address and ports; the first control-plane host
+    (``asks_pod_cidrs``): every node's podCIDRs."""
+    request = ProbeRequest(contents=[SUBNET_ENV], queries={"cni0": CNI0_COMMAND})
+    if asks_pod_cidrs(s, first_control_plane):
+        request.queries["pod_cidrs"] = node_pod_cidrs_command(s)
+    return request
 
 
 def fits(s: Settings, cidr: str) -> bool:
@@ -138,7 +154,7 @@ def checked(s: Settings, node: NodeState, host_name: str, first_control_plane: b
     cni0 reported. Returns the nodes to register again (empty when nothing is to change).
     """
     stale: dict[str, list[str]] = {}
-    if first_control_plane:
+    if asks_pod_cidrs(s, first_control_plane):
         rc, lines = node.queries.get("pod_cidrs", (1, []))
         stale = nodes_not_fitting(s, lines) if rc == 0 else {}
         if stale and not s.allow_pod_network_change:
@@ -258,3 +274,27 @@ def remove_old_bridge(state, host, connector_arguments, s: Settings) -> bool:
             raise PodNetworkChangeError(f"{host.name}: {BRIDGE} of the old pod network still in use after "
                                         f"{s.flannel_rollout_timeout}s ({last}); delete its pods, then run again")
         time.sleep(POLL_SECONDS)
+
+
+# --- the steps ----------------------------------------------------------------------------
+
+
+def _probe(ctx: HostContext) -> ProbeRequest:
+    return probe_request(ctx.settings, ctx.is_first_control_plane)
+
+
+def _check(ctx: HostContext) -> None:
+    ctx.nodes_to_register_again = checked(ctx.settings, ctx.node, ctx.host_name, ctx.is_first_control_plane)
+
+
+REGISTRATION = Step(
+    "pod network: a change the nodes' podCIDRs do not fit refused, or the nodes registered again",
+    probe=_probe,
+    check=_check,
+    apply=lambda ctx: registered_again(ctx.settings, ctx.node, ctx.host_name, ctx.nodes_to_register_again),
+)
+OLD_BRIDGE = Step(
+    "pod network: the old pod network's cni0 removed",
+    probe=_probe,
+    apply=lambda ctx: old_bridge_removed(ctx.settings, ctx.node),
+)

@@ -10,11 +10,15 @@ for the rest of the run, so planning and execution never ask the host the same t
 from __future__ import annotations
 
 import base64
+import fnmatch
 import posixpath
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Callable
 
 from pyinfra.api import FactBase
+
+from tasks.errors import PodnetError
 
 
 @dataclass
@@ -58,11 +62,58 @@ class ProbeRequest:
             sysctl_config=unique(self.sysctl_config, other.sysctl_config),
         )
 
+    def covers(self, other: "ProbeRequest") -> bool:
+        """Everything ``other`` asks is asked here too."""
+        return all(set(getattr(other, f.name)) <= set(getattr(self, f.name)) for f in fields(self)) and all(
+            getattr(self, name).get(key) == command for name in ("features", "queries")
+            for key, command in getattr(other, name).items())
+
     def for_run(self, diff: bool) -> "ProbeRequest":
         """What the probe asks: managed text files hashed, and read as well when ``diff``."""
         return ProbeRequest(**{**self.__dict__, "hashes": list(dict.fromkeys([*self.hashes, *self.texts])),
                                "contents": list(dict.fromkeys([*self.contents, *(self.texts if diff else [])])),
                                "texts": []})
+
+
+class ProbeContractError(PodnetError, RuntimeError):
+    """A step read an answer that no probe request asked for: a bug in that step's ``probe``."""
+
+
+class Answers(dict):
+    """
+    One kind of probe answer (file digests, contents, units...). Reading a key the probe was not
+    asked for raises ProbeContractError instead of looking like "absent" (a file reinstalled, a
+    unit enabled on every run). Keys that were asked for and are absent read as absent.
+    """
+
+    def __init__(self, kind: str, asked: Callable[[str], bool], answers: dict):
+        super().__init__(answers)
+        self.kind = kind
+        self._asked = asked
+
+    def _check(self, key) -> None:
+        if not self._asked(key):
+            raise ProbeContractError(f"the probe was not asked for {self.kind} {key!r}: add it to the probe of the "
+                                     "step that reads it")
+
+    def __getitem__(self, key):
+        self._check(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key) -> bool:
+        self._check(key)
+        return super().__contains__(key)
+
+    def get(self, key, default=None):
+        self._check(key)
+        return super().get(key, default)
+
+
+def _matches_any(patterns: list[str]) -> Callable[[str], bool]:
+    """A path asked for by name, or by a pattern ending in '*' (expanded by the node's shell)."""
+    exact = set(patterns)
+    globs = [p for p in patterns if p.endswith("*")]
+    return lambda path: path in exact or any(fnmatch.fnmatchcase(path, g) for g in globs)
 
 
 @dataclass
@@ -83,6 +134,21 @@ class NodeState:
     sysctl_files: dict[str, str] = field(default_factory=dict)
     # path -> its lines that may set a requested parameter, as written (files without one absent).
     sysctl_lines: dict[str, list[str]] = field(default_factory=dict)
+
+    def answering(self, request: ProbeRequest) -> "NodeState":
+        """This answer held to ``request``: reading anything it did not ask for raises ProbeContractError."""
+        def one_of(keys) -> Callable[[str], bool]:
+            return set(keys).__contains__
+
+        asked = {
+            "hashes": _matches_any(request.hashes), "modes": _matches_any(request.hashes),
+            "contents": one_of(request.contents), "sysctls": one_of(request.sysctls),
+            "features": one_of(request.features), "units": one_of(request.units),
+            "listings": one_of(request.listings), "queries": one_of(request.queries),
+        }
+        return NodeState(**{**self.__dict__, **{kind: Answers(kind.rstrip("s") if kind != "hashes" else "digest",
+                                                              check, dict(getattr(self, kind)))
+                                                for kind, check in asked.items()}})
 
     def unit_active(self, unit: str) -> bool:
         return self.units.get(unit, ("", ""))[0] == "active"
@@ -227,11 +293,21 @@ class NodeProbe(FactBase):
         return parse_probe(list(output))
 
 
-_answers: dict[str, NodeState] = {}
+_answers: dict[str, tuple[ProbeRequest, NodeState]] = {}
 
 
 def node_state(host, request: ProbeRequest) -> NodeState:
-    """The host's NodeState, asked once per run."""
-    if host.name not in _answers:
-        _answers[host.name] = host.get_fact(NodeProbe, script=probe_script(request))
-    return _answers[host.name]
+    """
+    The host's answer to ``request``, held to it (``NodeState.answering``). A host is asked once per
+    run; a later request that asks nothing new gets the same answer, one that asks more is merged
+    with the first and the host is asked again, once, for the union (a podnet deploy reused step
+    by step from another deploy; podnet's own deploy asks once).
+    """
+    known = _answers.get(host.name)
+    if known is not None and known[0].covers(request):
+        return known[1].answering(request)
+    if known is not None:
+        request = known[0].merge(request)
+    answer = host.get_fact(NodeProbe, script=probe_script(request))
+    _answers[host.name] = (request, answer)
+    return answer.answering(request)

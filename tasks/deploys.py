@@ -1,0 +1,81 @@
+"""
+podnet's steps as pyinfra deploys, for ``deploy.py`` and for anyone's own deploy.
+
+``POD_NETWORK`` is the whole pod network in order; each concern's steps are also a ``@deploy``
+of its own. Settings come from the same inventory data as for ``deploy.py`` (validated for the
+whole inventory first), and each call probes the host once (a later call that needs more asks
+the host again for the difference only)::
+
+    from pyinfra.operations import apt
+    from tasks.deploys import containerd_runtime
+
+    apt.packages(packages=["jq"])
+    containerd_runtime()
+
+A step's checks and applies see what earlier steps of the same call decided (kubeadm creating
+the cluster in this run, changed node IPAM flags); call ``steps(...)`` to run several together.
+"""
+
+from __future__ import annotations
+
+from pyinfra import host, inventory, state
+from pyinfra.api import deploy
+
+from tasks import cluster, cni, containerd, controller_manager, flannel, kernel, kubeadm, kubeadm_config, pod_network
+from tasks.context import HostContext, Step
+
+# The pod network, in the order its steps run on every host.
+POD_NETWORK: tuple[Step, ...] = (
+    kernel.STEP,  # overlay, br_netfilter, bridge-nf-call and ip_forward, persisted
+    kubeadm.PREREQUISITES,  # cluster_bootstrap: swap off, kubeadm's preflight tools
+    containerd.STEP,  # containerd and runc, config.toml with the CRI plugin's cni section
+    cni.STEP,  # CNI plugins, flannel's, 10-flannel.conflist
+    kubeadm.BOOTSTRAP,  # cluster_bootstrap: kubelet, kubeadm, kubectl; kubeadm init or join
+    controller_manager.STEP,  # control-plane hosts: node IPAM flags
+    kubeadm_config.STEP,  # first control-plane host of a kubeadm cluster: the flags in kubeadm-config
+    flannel.POD_MTU,  # check: flannel_mtu fits the node's interface
+    pod_network.REGISTRATION,  # check: podCIDRs fit the settings; with the opt-in, nodes registered again
+    flannel.ROLLOUT,  # the DaemonSet (first control-plane host) or flanneld's unit (every node)
+    pod_network.OLD_BRIDGE,  # with the opt-in: the old network's cni0 removed
+)
+
+
+def steps(*chosen: Step) -> HostContext:
+    """Run ``chosen`` on the current host as one run: one probe, one fetch, checks then applies."""
+    return cluster.run(chosen, host, inventory, diff=bool(state.config.DIFF))
+
+
+@deploy("podnet: pod network")
+def pod_network_deploy():
+    """Every pod gets its own IP: all of POD_NETWORK."""
+    steps(*POD_NETWORK)
+
+
+@deploy("podnet: kernel prerequisites")
+def kernel_prerequisites():
+    steps(kernel.STEP)
+
+
+@deploy("podnet: containerd")
+def containerd_runtime():
+    steps(containerd.STEP)
+
+
+@deploy("podnet: CNI plugins and conflist")
+def cni_plugins():
+    steps(cni.STEP)
+
+
+@deploy("podnet: kubeadm cluster")
+def kubeadm_cluster():
+    steps(kubeadm.PREREQUISITES, kubeadm.BOOTSTRAP)
+
+
+@deploy("podnet: kube-controller-manager node IPAM")
+def node_ipam():
+    steps(controller_manager.STEP, kubeadm_config.STEP)
+
+
+@deploy("podnet: flannel")
+def flannel_rollout():
+    steps(flannel.POD_MTU, pod_network.REGISTRATION, flannel.ROLLOUT, pod_network.OLD_BRIDGE)
