@@ -109,6 +109,11 @@ class Answers(dict):
         return super().get(key, default)
 
 
+# NodeState field -> what one of its keys is, in ProbeContractError's message.
+ANSWER_KINDS = {"hashes": "digest", "modes": "mode", "contents": "content", "sysctls": "sysctl",
+                "features": "feature", "units": "unit", "listings": "listing", "queries": "query"}
+
+
 def _matches_any(patterns: list[str]) -> Callable[[str], bool]:
     """A path asked for by name, or by a pattern ending in '*' (expanded by the node's shell)."""
     exact = set(patterns)
@@ -146,8 +151,7 @@ class NodeState:
             "features": one_of(request.features), "units": one_of(request.units),
             "listings": one_of(request.listings), "queries": one_of(request.queries),
         }
-        return NodeState(**{**self.__dict__, **{kind: Answers(kind.rstrip("s") if kind != "hashes" else "digest",
-                                                              check, dict(getattr(self, kind)))
+        return NodeState(**{**self.__dict__, **{kind: Answers(ANSWER_KINDS[kind], check, dict(getattr(self, kind)))
                                                 for kind, check in asked.items()}})
 
     def unit_active(self, unit: str) -> bool:

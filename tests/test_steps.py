@@ -1,0 +1,174 @@
+"""
+The shape of podnet's code: every concern a list of Steps over one context, the probe contract,
+settings on the ground floor with no import circle, and a step reused from an operator's own deploy.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tasks import cluster, deploys
+from tasks.context import HostContext
+from tasks.probe import NodeState, ProbeContractError, ProbeRequest, node_state, parse_probe, probe_script
+from tasks.settings import parse_host_settings
+from tests.support.plan import run_pyinfra
+from tests.test_plan import CP, WORKER, assert_ok, cluster as plan_cluster, mirror, probes  # noqa: F401
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --- the probe contract -------------------------------------------------------------------
+
+
+def answered(request: ProbeRequest, lines: list[str]) -> NodeState:
+    return parse_probe(lines).answering(request)
+
+
+def test_reading_what_was_not_asked_fails_loudly():
+    node = answered(ProbeRequest(hashes=["/opt/cni/bin/*"], units=["containerd.service"]),
+                    ["sha\t" + "a" * 64 + "\t/opt/cni/bin/bridge", "unit\tcontainerd.service\tactive\tenabled"])
+    assert node.hashes.get("/opt/cni/bin/bridge") == "a" * 64
+    assert node.hashes.get("/opt/cni/bin/portmap") is None  # asked (by the glob) and absent: absent
+    assert node.unit_active("containerd.service")
+    with pytest.raises(ProbeContractError, match="not asked for digest '/etc/containerd/config.toml'"):
+        node.hashes.get("/etc/containerd/config.toml")
+    with pytest.raises(ProbeContractError, match="not asked for unit 'kubelet.service'"):
+        node.unit_active("kubelet.service")
+    with pytest.raises(ProbeContractError, match="not asked for query 'pod_cidrs'"):
+        node.queries.get("pod_cidrs", (1, []))
+    with pytest.raises(ProbeContractError):
+        assert "/run/flannel/subnet.env" in node.contents
+
+
+class FakeHost:
+    """Counts the probes a host is asked, answering every one like a node holding /a."""
+
+    name = "n1"
+
+    def __init__(self):
+        self.scripts: list[str] = []
+
+    def get_fact(self, fact, script):
+        self.scripts.append(script)
+        return parse_probe(["machine x86_64", "sha\t" + "b" * 64 + "\t/a", "unit\tkubelet.service\tactive\tenabled"])
+
+
+def test_a_second_request_is_merged_never_dropped(monkeypatch):
+    monkeypatch.setattr("tasks.probe._answers", {})
+    host = FakeHost()
+    first = node_state(host, ProbeRequest(hashes=["/a"]))
+    assert first.hashes.get("/a") == "b" * 64
+    assert node_state(host, ProbeRequest(hashes=["/a"])).hashes.get("/a") == "b" * 64
+    assert len(host.scripts) == 1  # nothing new asked: no second round trip
+    more = node_state(host, ProbeRequest(units=["kubelet.service"]))
+    assert more.unit_active("kubelet.service")
+    assert len(host.scripts) == 2 and host.scripts[1] == probe_script(ProbeRequest(hashes=["/a"],
+                                                                                   units=["kubelet.service"]))
+
+
+# --- every step decides itself whether it applies ----------------------------------------------
+
+
+def context(host: str, groups: list[str], first_control_plane: str | None = "cp1", **data) -> HostContext:
+    return HostContext(host_name=host, settings=parse_host_settings(data, host, groups),
+                       first_control_plane=first_control_plane)
+
+
+@pytest.mark.parametrize("host, groups, data, expected", [
+    ("cp1", ["control_plane"], {}, ["kernel", "containerd", "cni", "kube-controller-manager", "kubeadm-config",
+                                    "flannel: flannel_mtu", "pod network: a change", "flannel: flanneld",
+                                    "pod network: the old"]),
+    ("w1", ["workers"], {}, ["kernel", "containerd", "cni", "flannel: flannel_mtu", "pod network: a change",
+                             "pod network: the old"]),
+    ("w1", ["workers"], {"flannel_rollout": "systemd"},
+     ["kernel", "containerd", "cni", "flannel: flannel_mtu", "pod network: a change", "flannel: flanneld",
+      "pod network: the old"]),
+    ("cp1", ["control_plane"], {"kube_controller_manager_runtime": "external"},
+     ["kernel", "containerd", "cni", "flannel: flannel_mtu", "pod network: a change", "flannel: flanneld",
+      "pod network: the old"]),
+    ("cp1", ["control_plane"], {"cluster_bootstrap": True, "node_ip": "192.168.56.11"},
+     ["kernel", "kubeadm: swap", "containerd", "cni", "kubeadm: kubelet", "kube-controller-manager",
+      "kubeadm-config", "flannel: flannel_mtu", "pod network: a change", "flannel: flanneld", "pod network: the old"]),
+])
+def test_which_steps_apply_where(host, groups, data, expected):
+    ctx = context(host, groups, **data)
+    names = [step.name for step in cluster.applicable(deploys.POD_NETWORK, ctx)]
+    assert len(names) == len(expected) and all(n.startswith(e) for n, e in zip(names, expected)), names
+
+
+def test_artifacts_follow_the_steps_that_apply():
+    assert cluster.artifacts_needed(cluster.applicable(deploys.POD_NETWORK, context("w1", ["workers"])),
+                                    context("w1", ["workers"])) == (
+        "containerd", "runc", "cni_plugins", "flannel_cni_plugin")
+    systemd = context("w1", ["workers"], flannel_rollout="systemd")
+    assert cluster.artifacts_needed(cluster.applicable(deploys.POD_NETWORK, systemd), systemd)[-1] == "flanneld"
+    bootstrap = context("cp1", ["control_plane"], cluster_bootstrap=True, node_ip="192.168.56.11")
+    assert cluster.artifacts_needed(cluster.applicable(deploys.POD_NETWORK, bootstrap), bootstrap)[-3:] == (
+        "kubeadm", "kubelet", "kubectl")
+
+
+# --- floors: settings on the ground, no circle -------------------------------------------------
+
+
+def podnet_imports() -> dict[str, set[str]]:
+    """tasks module -> the tasks modules it imports (anywhere in it, also inside functions)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted((REPO / "tasks").glob("*.py")):
+        module = f"tasks.{path.stem}"
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tasks"):
+                if node.module == "tasks":
+                    found.update(f"tasks.{alias.name}" for alias in node.names)
+                else:
+                    found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names if alias.name.startswith("tasks."))
+        graph[module] = found - {module, "tasks"}
+    return graph
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = list(graph.get(start, ()))
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(graph.get(module, ()))
+    return seen
+
+
+def test_no_module_imports_one_that_depends_on_it():
+    graph = podnet_imports()
+    circles = sorted(m for m in graph if m in reachable(graph, m))
+    assert circles == [], f"import circles through {circles}"
+
+
+def test_settings_are_the_ground_floor():
+    graph = podnet_imports()
+    assert reachable(graph, "tasks.settings") <= {"tasks.errors", "tasks.releases"}
+    concerns = {"tasks.kernel", "tasks.containerd", "tasks.cni", "tasks.controller_manager", "tasks.kubeadm",
+                "tasks.kubeadm_config", "tasks.flannel", "tasks.pod_network"}
+    assert not reachable(graph, "tasks.context") & concerns
+
+
+# --- a step reused from an operator's own deploy -----------------------------------------------
+
+
+def test_a_users_deploy_runs_one_podnet_step(plan_cluster, tmp_path):
+    own = tmp_path / "my_deploy.py"
+    own.write_text("from pyinfra.operations import server\n\nfrom tasks.deploys import containerd_runtime\n\n"
+                   "server.shell(name='my own step', commands=['true'])\ncontainerd_runtime()\n")
+    run = run_pyinfra(plan_cluster.inventory(plan_cluster.fresh(CP), plan_cluster.fresh(WORKER)), "--dry", "--json",
+                      deploy=str(own))
+    assert_ok(run)
+    names = list(run.plan())
+    assert any("my own step" in n for n in names)
+    assert any("containerd: containerd binaries" in n for n in names)
+    assert not [n for n in names if "cni:" in n or "kernel:" in n or "flannel:" in n], names
+    for host in (CP, WORKER):
+        assert len(probes(run, host)) == 1
