@@ -160,6 +160,12 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("kubernetes_version", "1.35.1",
                 "Kubernetes release of kubelet, kubeadm and kubectl and of the control plane kubeadm creates "
                 "(cluster_bootstrap)"),
+    SettingSpec("reset_containerd", False,
+                "reset.py also stops containerd and removes what podnet installed for it (binaries, runc, unit, "
+                "config.toml); every container on the node stops", scope="host"),
+    SettingSpec("reset_kernel", False,
+                "reset.py also removes podnet's modules-load.d and sysctl.d files (values stay until a reboot)",
+                scope="host"),
 )
 SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
 
@@ -206,6 +212,8 @@ class Settings:
     node_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     cluster_bootstrap: bool = False
     kubernetes_version: str = "1.35.1"
+    reset_containerd: bool = False
+    reset_kernel: bool = False
     # Derived from inventory membership, not from a data key.
     is_control_plane: bool = False
 
@@ -448,6 +456,8 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "node_ip": _optional(_address),
     "cluster_bootstrap": _boolean,
     "kubernetes_version": _version,
+    "reset_containerd": _boolean,
+    "reset_kernel": _boolean,
 }
 assert set(PARSERS) == set(SPEC_BY_NAME), "every setting needs a parser"
 

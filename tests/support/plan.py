@@ -183,10 +183,10 @@ class Run:
         return {op["name"]: sorted(op["hosts_with_change"]) for op in json.loads(self.stdout)["plan"]}
 
 
-def run_pyinfra(inventory: Path, *options: str, timeout: float = 180) -> Run:
-    """``pyinfra --debug OPTIONS INVENTORY deploy.py`` from the repo root (the fake connector
-    logs every command and upload it is given at debug level)."""
-    args = [sys.executable, "-m", "pyinfra", "--debug", *options, str(inventory), "deploy.py"]
+def run_pyinfra(inventory: Path, *options: str, timeout: float = 180, script: str = "deploy.py") -> Run:
+    """``pyinfra --debug OPTIONS INVENTORY deploy.py`` (or ``script``) from the repo root (the fake
+    connector logs every command and upload it is given at debug level)."""
+    args = [sys.executable, "-m", "pyinfra", "--debug", *options, str(inventory), script]
     env = dict(os.environ, PYINFRA_FAKE_DELAY="0", PYINFRA_FAKE_DELAY_JITTER="0", PYINFRA_PROGRESS="off",
                PYTHONDONTWRITEBYTECODE="1")
     env.pop("PYINFRA_YES", None)
