@@ -110,6 +110,10 @@ def objects_command(s: Settings) -> str:
 def objects_present(s: Settings, node: NodeState) -> list[str]:
     """podnet's flannel objects that exist, in the manifest's order (kubectl prints type.group/name)."""
     rc, lines = node.queries.get(OBJECTS_QUERY, (0, []))
+    if rc != 0 and s.flannel_rollout != "daemonset":  # only a leftover from an earlier rollout could be there
+        logger.warning(f"podnet: kubectl on the first control-plane host failed ({' '.join(lines)[:300]}): a "
+                       "kube-flannel DaemonSet left from an earlier rollout, if any, is not deleted")
+        return []
     if rc != 0:
         raise ResetError(f"kubectl on the first control-plane host failed: {' '.join(lines)[:300]}; check that "
                          f"kubectl is installed and kubeconfig {s.kubeconfig} works")

@@ -6,12 +6,14 @@ podnet copies the file to ``BACKUP_DIR/<name>.<sha256[:12] of the copy>`` each t
 changes the flags (tasks.controller_manager). A reset puts a backup back only when that
 undoes exactly podnet's change: the file on the node is, byte for byte, what podnet's merge
 makes of the backup with the current settings (nothing else edited it since), and the backup
-is the pre-podnet original (not itself podnet's rewrite of another backup). Otherwise only
-podnet's flags are taken out of the command line, read as kube-controller-manager reads it
-(tasks.controller_manager.read_flags): ``--allocate-node-cidrs``, ``--cluster-cidr``,
-``--node-cidr-mask-size`` (and ``-ipv4``/``-ipv6``), and a ``nodeipam`` that ends a
-``--controllers`` list without ``*`` (where podnet's merge_controllers appends it).
-``--service-cluster-ip-range`` stays: kube-apiserver and kubeadm set it too.
+is the pre-podnet original (not itself podnet's rewrite of another backup). Without any
+backup podnet never changed the file, and it stays as it is (unless kubeadm wrote it from
+podnet's configuration, cluster_bootstrap). Otherwise only podnet's flags are taken out of
+the command line, read as kube-controller-manager reads it (tasks.controller_manager.read_flags):
+``--allocate-node-cidrs``, ``--cluster-cidr``, ``--node-cidr-mask-size`` (and ``-ipv4``/``-ipv6``),
+and a ``nodeipam`` that ends a ``--controllers`` list without ``*`` (where podnet's
+merge_controllers appends it). ``--service-cluster-ip-range`` stays: kube-apiserver and
+kubeadm set it too.
 """
 
 from __future__ import annotations
@@ -134,15 +136,26 @@ def original_backup(s: Settings, current: bytes, found: dict[str, bytes]) -> str
 
 
 def restored(s: Settings, node: NodeState, host_name: str) -> tuple[bytes | None, str]:
-    """What the manifest or unit must hold after the reset (None: it stays as it is) and how it
-    was found: from a backup, or with podnet's flags taken out."""
+    """What the manifest or unit must hold after the reset (None: it stays as it is) and why:
+
+    - it is one of podnet's backups already (a reset put it back): it stays;
+    - the pre-podnet original backup undoes exactly podnet's change (original_backup): that backup;
+    - there is no backup: podnet never rewrote the file (it backs up before every change), so it
+      stays, unless kubeadm wrote it from podnet's configuration (cluster_bootstrap);
+    - otherwise: the file without podnet's node IPAM flags (strip_plan).
+    """
     path = config_path(s)
     current = node.contents.get(path)
     if current is None:
         return None, f"{path} does not exist"
-    backup = original_backup(s, current, backups(node))
+    found = backups(node)
+    if current in found.values():
+        return None, f"{path} is as in podnet's backup"
+    backup = original_backup(s, current, found)
     if backup is not None:
-        return backups(node)[backup], f"restoring {path} from podnet's backup {backup}"
+        return found[backup], f"restoring {path} from podnet's backup {backup}"
+    if not found and not s.cluster_bootstrap:
+        return None, f"{path} was never changed by podnet (no backup in {BACKUP_DIR})"
     try:
         stripped = _merge(s)(current.decode(), {}, planner=strip_plan)
     except (ControllerManagerError, yaml.YAMLError) as error:

@@ -18,7 +18,7 @@ from tasks.probe import NodeState
 from tasks.reset_controller_manager import BACKUPS_QUERY, restored
 from tasks.settings import SettingsError, parse_host_settings
 from tests.support.hosts import settings
-from tests.support.kubeadm import HARD_WAY_UNIT, KUBEADM_MANIFEST
+from tests.support.kubeadm import HARD_WAY_UNIT, KUBEADM_MANIFEST, KUBEADM_MANIFEST_POD_SUBNET
 from tests.support.plan import FakeNode, probe_answer, run_pyinfra, write_inventory
 from tests.test_plan import CP, HOSTS, POD_CIDRS, WORKER, Cluster, assert_ok, cluster, mirror, probes  # noqa: F401
 
@@ -214,7 +214,8 @@ def test_a_unit_loses_podnets_flags_and_the_nodeipam_it_appended():
     unit = HARD_WAY_UNIT.replace("--bind-address=0.0.0.0", "--bind-address=0.0.0.0 \\\n  --controllers=csrsigning")
     merged = merge_unit(unit, desired_flags(s))
     assert "--controllers=csrsigning,nodeipam" in merged
-    content, how = restored(s, node_with(s, merged, {}), "cp1")
+    edited_later = "/var/lib/podnet/backup/kube-controller-manager.service.0123456789ab"  # not what merged came from
+    content, how = restored(s, node_with(s, merged, {edited_later: HARD_WAY_UNIT}), "cp1")
     assert how.startswith("removing podnet's node IPAM flags")
     # without a backup, what podnet rewrote (--service-cluster-ip-range's value) stays; the rest of the unit too
     text = content.decode()
@@ -237,8 +238,24 @@ def exec_start_words(unit: str) -> list[str]:
     return joined
 
 
-def test_a_manifest_without_podnets_flags_stays():
+def test_a_manifest_put_back_stays_on_the_next_reset():
     s = settings()
-    content, how = restored(s, node_with(s, KUBEADM_MANIFEST, {}), "cp1")
+    content, how = restored(s, node_with(s, KUBEADM_MANIFEST_POD_SUBNET, {BACKUP: KUBEADM_MANIFEST_POD_SUBNET}), "cp1")
+    assert content is None  # kubeadm's own --allocate-node-cidrs and --cluster-cidr stay
+    assert how == f"{MANIFEST} is as in podnet's backup"
+
+
+def test_a_manifest_podnet_never_changed_keeps_its_node_ipam_flags():
+    s = settings()
+    content, how = restored(s, node_with(s, KUBEADM_MANIFEST_POD_SUBNET, {}), "cp1")
     assert content is None
-    assert how == f"{MANIFEST} has none of podnet's node IPAM flags"
+    assert how == f"{MANIFEST} was never changed by podnet (no backup in /var/lib/podnet/backup)"
+
+
+def test_a_manifest_kubeadm_wrote_from_podnets_configuration_loses_the_flags():
+    s = settings(cluster_bootstrap=True, node_ip="192.168.56.10")
+    content, how = restored(s, node_with(s, KUBEADM_MANIFEST_POD_SUBNET, {}), "cp1")
+    assert how.startswith("removing podnet's node IPAM flags")
+    command = yaml.safe_load(content)["spec"]["containers"][0]["command"]
+    assert command == [c for c in yaml.safe_load(KUBEADM_MANIFEST_POD_SUBNET)["spec"]["containers"][0]["command"]
+                       if not c.startswith(("--allocate-node-cidrs", "--cluster-cidr"))]
