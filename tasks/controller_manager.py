@@ -301,8 +301,9 @@ def merge_command(command: list[str], flags: dict[str, str | None]) -> list[str]
     return [command[item] if isinstance(item, int) else item for _, item in plan]
 
 
-def merge_manifest(text: str, flags: dict[str, str | None]) -> str | None:
-    """The static pod manifest with merged flags, or None when nothing changes."""
+def merge_manifest(text: str, flags: dict[str, str | None], planner=None) -> str | None:
+    """The static pod manifest with merged flags, or None when nothing changes. ``planner``: another
+    function of (segments, flags) that returns a plan as ``_merge_plan`` does (tasks.reset_controller_manager)."""
     document = yaml.safe_load(text)
     containers = ((document or {}).get("spec") or {}).get("containers") or []
     container = next((c for c in containers if c.get("name") == CONTAINER_NAME), None)
@@ -317,7 +318,7 @@ def merge_manifest(text: str, flags: dict[str, str | None]) -> str | None:
             if not isinstance(item, str):
                 raise ControllerManagerError(f"{key}: {item!r} is not a string, so the kubelet does not run this "
                                              f"manifest (YAML reads it as a {type(item).__name__}); quote it")
-    plan = _merge_plan(segments, flags)
+    plan = (planner or _merge_plan)(segments, flags)
     if plan is None:
         return None
     items = [item for segment in segments for item in segment]
@@ -481,15 +482,16 @@ def exec_start_entry(text: str) -> UnitEntry:
     return commands[0]
 
 
-def merge_unit(text: str, flags: dict[str, str | None]) -> str | None:
+def merge_unit(text: str, flags: dict[str, str | None], planner=None) -> str | None:
     """The systemd unit with merged flags in its ExecStart, or None when unchanged. Kept words are
-    written as they were (quoting, $VARIABLES and %specifiers intact), one per continuation line."""
+    written as they were (quoting, $VARIABLES and %specifiers intact), one per continuation line.
+    ``planner``: as for merge_manifest."""
     entry = exec_start_entry(text)
     words = systemd_words(entry.value)
     if any(raw == ";" for raw, _ in words):
         raise ControllerManagerError("ExecStart= holds more than one command (';'); kube-controller-manager's "
                                      "unit must run it alone")
-    plan = _merge_plan([[word for _, word in words]], flags)
+    plan = (planner or _merge_plan)([[word for _, word in words]], flags)
     if plan is None:
         return None
     exec_start = "ExecStart="

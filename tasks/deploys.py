@@ -21,7 +21,8 @@ from __future__ import annotations
 from pyinfra import host, inventory, state
 from pyinfra.api import deploy
 
-from tasks import cluster, cni, containerd, controller_manager, flannel, kernel, kubeadm, kubeadm_config, pod_network
+from tasks import (cluster, cni, containerd, controller_manager, flannel, kernel, kubeadm, kubeadm_config, pod_network,
+                   reset)
 from tasks.context import HostContext, Step
 
 # The pod network, in the order its steps run on every host.
@@ -79,3 +80,10 @@ def node_ipam():
 @deploy("podnet: flannel")
 def flannel_rollout():
     steps(flannel.POD_MTU, pod_network.REGISTRATION, flannel.ROLLOUT, pod_network.OLD_BRIDGE)
+
+
+@deploy("podnet: reset")
+def pod_network_reset():
+    """podnet's pod network taken off the host (tasks/reset.py; reset.py also refuses a DaemonSet reset
+    that leaves hosts out)."""
+    steps(*reset.RESET)

@@ -46,6 +46,7 @@ INTERNALS = (
     ("pyinfra.api.arguments", "CONNECTOR_ARGUMENT_KEYS"),
     ("pyinfra.connectors.ssh", "SSHConnector.connect"),
     ("pyinfra.context", "ctx_state"),
+    ("pyinfra.api.state", "State.is_host_in_limit"),  # reset.py: which hosts a --limit leaves out
 )
 # Checked when used (load_inventory): importing pyinfra_cli patches the standard library with gevent,
 # which only a command-line entry point may do.

@@ -407,6 +407,14 @@ class Settings:
         "1.35.1", _version,
         "Kubernetes release of kubelet, kubeadm and kubectl and of the control plane kubeadm creates "
         "(cluster_bootstrap)")
+    reset_containerd: bool = setting(
+        False, _boolean,
+        "reset.py also stops containerd and removes what podnet installed for it (binaries, runc, unit, "
+        "config.toml); every container on the node stops", scope="host")
+    reset_kernel: bool = setting(
+        False, _boolean,
+        "reset.py also removes podnet's modules-load.d and sysctl.d files (values stay until a reboot)",
+        scope="host")
     # Derived from inventory membership, not from a data key.
     is_control_plane: bool = False
 

@@ -169,15 +169,16 @@ class PodBed:
 
     # --- the deploy ------------------------------------------------------------------
 
-    def deploy(self, *extra_args: str) -> DeployRun:
-        """Run the real deploy.py with the real pyinfra CLI over SSH (`-y`, or `--dry` to only plan)."""
+    def deploy(self, *extra_args: str, script: str = "deploy.py") -> DeployRun:
+        """Run the real deploy.py (or ``script``, such as reset.py) with the real pyinfra CLI over SSH
+        (`-y`, or `--dry` to only plan)."""
         confirm = [] if "--dry" in extra_args else ["-y"]
         command = [sys.executable, "-m", "pyinfra", *confirm, *extra_args, str(self.workdir / "inventory.py"),
-                   "deploy.py"]
+                   script]
         proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=DEPLOY_TIMEOUT,
                               stdin=subprocess.DEVNULL)
         output = proc.stdout + proc.stderr
-        (self.workdir / "last-deploy.log").write_text(output)
+        (self.workdir / f"last-{Path(script).stem}.log").write_text(output)
         return DeployRun(proc.returncode, output, parse_results(output), parse_detected_changes(output))
 
     # --- nodes -----------------------------------------------------------------------

@@ -124,3 +124,9 @@ Written by `python3 -m tasks.settings_docs` from the settings' declaration in ta
 
 # Kubernetes release of kubelet, kubeadm and kubectl and of the control plane kubeadm creates (cluster_bootstrap)
 # kubernetes_version = '1.35.1'
+
+# reset.py also stops containerd and removes what podnet installed for it (binaries, runc, unit, config.toml); every container on the node stops (per host)
+# reset_containerd = False
+
+# reset.py also removes podnet's modules-load.d and sysctl.d files (values stay until a reboot) (per host)
+# reset_kernel = False

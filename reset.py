@@ -1,0 +1,27 @@
+"""
+podnet reset: take the pod network podnet set up off some or all nodes.
+
+    pyinfra inventory/<cluster>.py reset.py [--limit HOST] [--dry]
+
+Removes what podnet installed for the pod network and what flannel left on the nodes (see
+tasks/reset.py and the README section "Taking the pod network off (reset)"): the conflist
+and CNI plugin binaries, the kube-flannel DaemonSet and its objects or the flanneld unit,
+flannel's interfaces, iptables chains and nftables tables, /run/flannel and host-local's
+records; puts kube-controller-manager's manifest or unit back as it was before podnet (or
+takes out podnet's node IPAM flags). containerd and the kernel settings stay unless
+`reset_containerd` / `reset_kernel` ask for them (e.g. `--data reset_kernel=true`).
+Settings are validated for the whole inventory before any host is touched; each host is
+asked once, and only what exists is removed, so a second reset changes nothing.
+"""
+
+from pyinfra import host, inventory, state
+
+from tasks import pyinfra_compat, reset
+from tasks.cluster import first_control_plane, settings_for
+from tasks.deploys import steps
+
+pyinfra_compat.enable_tcp_nodelay([host])
+pyinfra_compat.fast_operation_order()
+reset.whole_cluster_covered(settings_for(host, inventory), inventory, state.is_host_in_limit,
+                            first_control_plane(inventory))
+steps(*reset.RESET)

@@ -1,0 +1,165 @@
+"""
+kube-controller-manager after a reset: its manifest or unit as it was before podnet, or
+without podnet's node IPAM flags.
+
+podnet copies the file to ``BACKUP_DIR/<name>.<sha256[:12] of the copy>`` each time before it
+changes the flags (tasks.controller_manager). A reset puts a backup back only when that
+undoes exactly podnet's change: the file on the node is, byte for byte, what podnet's merge
+makes of the backup with the current settings (nothing else edited it since), and the backup
+is the pre-podnet original (not itself podnet's rewrite of another backup). Without any
+backup podnet never changed the file, and it stays as it is (unless kubeadm wrote it from
+podnet's configuration, cluster_bootstrap). Otherwise only podnet's flags are taken out of
+the command line, read as kube-controller-manager reads it (tasks.controller_manager.read_flags):
+``--allocate-node-cidrs``, ``--cluster-cidr``, ``--node-cidr-mask-size`` (and ``-ipv4``/``-ipv6``),
+and a ``nodeipam`` that ends a ``--controllers`` list without ``*`` (where podnet's
+merge_controllers appends it). ``--service-cluster-ip-range`` stays: kube-apiserver and
+kubeadm set it too.
+"""
+
+from __future__ import annotations
+
+import base64
+import posixpath
+import shlex
+
+import yaml
+
+from tasks.controller_manager import (BACKUP_DIR, NODE_IPAM_NAMES, SLICE_FLAGS, ControllerManagerError,
+                                      _slice_items, config_path, desired_flags, effective_values, merge_manifest,
+                                      merge_unit, read_flags)
+from tasks.probe import NodeState
+from tasks.settings import Settings
+
+REMOVED_FLAGS = ("allocate-node-cidrs", "cluster-cidr", "node-cidr-mask-size", "node-cidr-mask-size-ipv4",
+                 "node-cidr-mask-size-ipv6")
+BACKUPS_QUERY = "kcm_backups"
+
+
+def backups_command(s: Settings) -> str:
+    """Prints "<path> <base64 content>" per podnet backup of the manifest or unit."""
+    pattern = f"{BACKUP_DIR}/{shlex.quote(posixpath.basename(config_path(s)))}.*"
+    return f"for f in {pattern}; do [ -f \"$f\" ] && printf '%s %s\\n' \"$f\" \"$(base64 -w0 < \"$f\")\"; done; true"
+
+
+def backups(node: NodeState) -> dict[str, bytes]:
+    """Backup path -> content, from the probe's answer to backups_command."""
+    rc, lines = node.queries.get(BACKUPS_QUERY, (1, []))
+    found = {}
+    for line in lines if rc == 0 else []:
+        path, _, data = line.partition(" ")
+        found[path] = base64.b64decode(data)
+    return found
+
+
+def strip_plan(segments: list[list[str]], flags: dict) -> list[tuple[int, int | str]] | None:
+    """A plan in ``_merge_plan``'s form (segment, kept item index or new text) that drops podnet's
+    node IPAM flags (REMOVED_FLAGS, with their values) and a trailing ``nodeipam`` podnet appended
+    to a ``--controllers`` list; None when there is none of them."""
+    items = [item for segment in segments for item in segment]
+    owner = [k for k, segment in enumerate(segments) for _ in segment]
+    uses, _ = read_flags(items)
+    changes: dict[int, tuple[int, str | None]] = {}  # first item -> (end, replacement or None)
+    for use in uses:
+        if use.name in REMOVED_FLAGS:
+            changes[use.start] = (use.end, None)
+        elif use.name in SLICE_FLAGS and use.value:
+            names = _slice_items(use.value)
+            if len(names) > 1 and names[-1] in NODE_IPAM_NAMES and "*" not in names:
+                changes[use.start] = (use.end, f"--{use.name}={','.join(names[:-1])}")
+    if not changes:
+        return None
+    plan: list[tuple[int, int | str]] = []
+    i = 0
+    while i < len(items):
+        if i not in changes:
+            plan.append((owner[i], i))
+            i += 1
+            continue
+        end, replacement = changes[i]
+        if replacement is not None:
+            plan.append((owner[i], replacement))
+        i = end
+    return plan
+
+
+def _merge(s: Settings):
+    return merge_manifest if s.kube_controller_manager_runtime == "static-pod" else merge_unit
+
+
+def _podnet_flags_in(s: Settings, text: str) -> dict[str, str | None]:
+    """The node IPAM flags as ``text`` has them, in desired_flags' form (None: not given)."""
+    items = _command_line(s, text)
+    values = effective_values(read_flags(items)[0])
+    return {name: values.get(name) for name in desired_flags(s)}  # type: ignore[misc]
+
+
+def _command_line(s: Settings, text: str) -> list[str]:
+    """The kube-controller-manager command line in a manifest or unit, as one item list."""
+    words: list[str] = []
+
+    def keep(segments, flags):
+        words.extend(item for segment in segments for item in segment)
+        return None
+
+    _merge(s)(text, {}, planner=keep)
+    return words
+
+
+def _rewrite_of(s: Settings, text: bytes, source: bytes) -> bool:
+    """Whether ``text`` is podnet's merge of ``source`` with the flags ``text`` holds (podnet's
+    merge always leaves --allocate-node-cidrs=true)."""
+    try:
+        flags = _podnet_flags_in(s, text.decode())
+        if flags["allocate-node-cidrs"] != "true":
+            return False
+        merged = _merge(s)(source.decode(), flags)
+    except (ControllerManagerError, yaml.YAMLError, UnicodeDecodeError):
+        return False
+    return merged is not None and merged.encode() == text
+
+
+def original_backup(s: Settings, current: bytes, found: dict[str, bytes]) -> str | None:
+    """The backup to put back (its path), or None: the one backup whose merge with the current
+    settings is exactly ``current`` and that is not podnet's rewrite of another backup."""
+    chosen = []
+    for path, content in found.items():
+        try:
+            merged = _merge(s)(content.decode(), desired_flags(s))
+        except (ControllerManagerError, yaml.YAMLError, UnicodeDecodeError):
+            continue
+        if merged is None or merged.encode() != current:
+            continue
+        if any(_rewrite_of(s, content, other) for other_path, other in found.items() if other_path != path):
+            continue
+        chosen.append(path)
+    return chosen[0] if len(chosen) == 1 else None
+
+
+def restored(s: Settings, node: NodeState, host_name: str) -> tuple[bytes | None, str]:
+    """What the manifest or unit must hold after the reset (None: it stays as it is) and why:
+
+    - it is one of podnet's backups already (a reset put it back): it stays;
+    - the pre-podnet original backup undoes exactly podnet's change (original_backup): that backup;
+    - there is no backup: podnet never rewrote the file (it backs up before every change), so it
+      stays, unless kubeadm wrote it from podnet's configuration (cluster_bootstrap);
+    - otherwise: the file without podnet's node IPAM flags (strip_plan).
+    """
+    path = config_path(s)
+    current = node.contents.get(path)
+    if current is None:
+        return None, f"{path} does not exist"
+    found = backups(node)
+    if current in found.values():
+        return None, f"{path} is as in podnet's backup"
+    backup = original_backup(s, current, found)
+    if backup is not None:
+        return found[backup], f"restoring {path} from podnet's backup {backup}"
+    if not found and not s.cluster_bootstrap:
+        return None, f"{path} was never changed by podnet (no backup in {BACKUP_DIR})"
+    try:
+        stripped = _merge(s)(current.decode(), {}, planner=strip_plan)
+    except (ControllerManagerError, yaml.YAMLError) as error:
+        raise ControllerManagerError(f"{host_name}: {path}: {error}") from None
+    if stripped is None:
+        return None, f"{path} has none of podnet's node IPAM flags"
+    return stripped.encode(), f"removing podnet's node IPAM flags from {path} (no backup is the original of it)"

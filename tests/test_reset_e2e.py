@@ -1,0 +1,235 @@
+"""
+End to end: reset.py takes podnet's pod network off real nodes, through the real pyinfra
+CLI over SSH, on a 2-node test cluster (tests/podbed.py; cluster name pn-reset) running a
+real Kubernetes control plane and kubelets.
+
+The steps share one cluster and run in order:
+1. flanneld as podnet's systemd unit: deploy, pods on both nodes reach each other; a reset
+   with --limit of the worker takes everything off the worker only (the control-plane node
+   keeps its flanneld, files, links and chains, and a new pod there reaches the old one);
+   then a reset of both takes the rest, and kube-controller-manager's manifest is
+   byte-for-byte the one from before podnet.
+2. the kube-flannel DaemonSet: deploy again, pods reach each other; a reset with --limit is
+   refused before any host is touched; --dry lists the changes and makes none; the reset
+   deletes the DaemonSet and its RBAC, ServiceAccount, ConfigMap and namespace; a second
+   reset changes nothing; a deploy afterwards gives new pods IPs that ping across nodes.
+After each reset, every listed leftover is looked for on each node: files, links
+(`ip link`), chains (`iptables-save`, nft and legacy, IPv4 and IPv6), directories.
+The nodes have no `nft` command, so nftables tables of flannel's nftables mode are not
+looked at here (the plan tests cover their removal commands).
+
+Run alone with: python3 -m pytest -q tests/test_reset_e2e.py
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import pytest
+
+from bench import run as node_costs  # counts what a pyinfra run cost each node, from its sshd log
+from tests.kubebed import binaries
+from tests.localcluster import Cluster, Node
+from tests.mirror import build_mirror, serve_mirror
+from tests.podbed import MANIFEST_PATH, DeployRun, PodBed
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(os.geteuid() != 0, reason="booting nodes needs root"),
+]
+
+PODNET_FILES = ["/etc/cni/net.d/10-flannel.conflist", "/usr/local/bin/flanneld", "/etc/systemd/system/flanneld.service",
+                "/etc/kube-flannel/net-conf.json", "/etc/podnet/kube-flannel.yml"]
+# kubectl queries for the objects podnet's kube-flannel manifest creates
+FLANNEL_NAMESPACED = ("-n kube-flannel get daemonset/kube-flannel configmap/kube-flannel-cfg serviceaccount/flannel "
+                      "--ignore-not-found -o name")
+FLANNEL_CLUSTER_WIDE = "get namespace/kube-flannel clusterrole/flannel clusterrolebinding/flannel --ignore-not-found -o name"
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory):
+    missing = binaries.missing()
+    if missing:
+        pytest.skip(f"no Kubernetes/flannel binaries: {missing}")
+    mirror = build_mirror()
+    workdir = tmp_path_factory.mktemp("bed-pn-reset")
+    with serve_mirror(mirror.root) as base_url, \
+            Cluster(name="pn-reset", nodes=2, state_dir=workdir / "cluster") as cluster:
+        bed = PodBed(cluster, base_url, mirror, "1.x", workdir, runtime="static-pod", rollout="systemd")
+        kube = bed.install_cluster()
+        bed.kcm_before = kube.get(cluster.nodes[0], MANIFEST_PATH)
+        bed.write_inventory()
+        yield bed
+
+
+def reset(bed: PodBed, *args: str) -> DeployRun:
+    run = bed.deploy(*args, script="reset.py")
+    with (bed.workdir / "reset-runs.log").open("a") as log:  # every reset's output, for a look afterwards
+        log.write(f"=== reset.py {' '.join(args)} (exit {run.returncode})\n{run.output}\n")
+    return run
+
+
+def deployed(bed: PodBed) -> None:
+    run = bed.deploy()
+    assert run.returncode == 0 and run.errors == 0, run.output[-4000:]
+    bed.wait_for_flannel()
+
+
+def leftovers(bed: PodBed, node: Node) -> dict[str, list[str]]:
+    """What of podnet's pod network is on the node: files (with every CNI plugin binary), links,
+    iptables chains and rules naming flannel's chains, directories, a running flanneld."""
+    def lines(command: str) -> list[str]:
+        return sorted(bed.sh(node, command + "; true").splitlines())
+
+    return {
+        "files": lines(f"for f in {' '.join(PODNET_FILES)}; do [ -e $f ] && echo $f; done; "
+                       "ls -1A /opt/cni/bin 2>/dev/null | sed 's|^|/opt/cni/bin/|'"),
+        "links": lines("ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^(cni0|flannel)'"),
+        "chains": lines("for t in iptables-nft iptables-legacy ip6tables-nft ip6tables-legacy; do "
+                        "$t-save 2>/dev/null | grep FLANNEL | sed \"s/^/$t: /\"; done"),
+        "dirs": lines("for d in /run/flannel /var/lib/cni/networks/cbr0; do [ -e $d ] && echo $d; done"),
+        "flanneld": lines("pgrep -x flanneld >/dev/null && echo running"),
+    }
+
+
+NOTHING = {"files": [], "links": [], "chains": [], "dirs": [], "flanneld": []}
+
+
+def pods_ping_across_nodes(bed: PodBed, prefix: str) -> list:
+    pods = [bed.run_pod(node, f"{prefix}-{index}") for index, node in enumerate(bed.cluster.nodes)]
+    for source, target in itertools.permutations(pods, 2):
+        assert bed.ping(source, target.ip), f"{source.name} cannot reach {target.name} ({target.ip})"
+    return pods
+
+
+def pod_names(bed: PodBed) -> list[str]:
+    return sorted(bed.kubectl("get pods -o name").split())
+
+
+# --- 1. flanneld as a systemd unit: one node, then all -------------------------------------------
+
+
+def test_systemd_rollout_deploy_gives_pods_that_reach_each_other(bed):
+    deployed(bed)
+    bed.pods = pods_ping_across_nodes(bed, "before")
+    for node in bed.cluster.nodes:
+        found = leftovers(bed, node)
+        # every check below can fail: each kind of leftover is there after a deploy
+        assert all(found[kind] for kind in ("files", "links", "chains", "dirs", "flanneld")), (node.name, found)
+        assert {"cni0", "flannel.1"} <= set(found["links"])
+        assert "/opt/cni/bin/flannel" in found["files"] and "/opt/cni/bin/bridge" in found["files"]
+
+
+def test_reset_limited_to_one_node_takes_the_network_off_that_node_only(bed):
+    control_plane, worker = bed.cluster.nodes
+    kept = leftovers(bed, control_plane)
+    flanneld_pid = bed.main_pid(control_plane, "flanneld")
+    run = reset(bed, "--limit", worker.name)
+    assert run.returncode == 0 and run.errors == 0, run.output[-4000:]
+    changed = run.changed_operations()
+    assert changed == {
+        "reset: 10-flannel.conflist removed": 1,
+        "reset: flanneld stopped, disabled and removed": 1,
+        "reset: CNI plugin binaries removed": 1,
+        "reset: flannel's interfaces deleted": 1,
+        "reset: flannel's iptables chains deleted": 1,
+        "reset: /run/flannel and host-local's records removed": 1,
+    }, run.output[-4000:]
+    assert f"{worker.name}: 1 pod(s) attached to cni0 lose their network" in run.output
+    assert leftovers(bed, worker) == NOTHING
+    # the other node keeps working: same state, same flanneld, a new pod there reaches the old one
+    assert leftovers(bed, control_plane) == kept
+    assert bed.main_pid(control_plane, "flanneld") == flanneld_pid
+    assert bed.kube.get(control_plane, MANIFEST_PATH) != bed.kcm_before  # node IPAM flags still on
+    fresh = bed.run_pod(control_plane, "after-limited-reset")
+    assert bed.ping(fresh, bed.pods[0].ip)
+    bed.remove_pod(fresh)
+    # podnet deletes no workload: the worker's pod is still there (without network)
+    assert pod_names(bed) == ["pod/before-0", "pod/before-1"]
+
+
+def test_reset_of_all_nodes_leaves_nothing_and_restores_the_controller_manager(bed):
+    run = reset(bed)
+    assert run.returncode == 0 and run.errors == 0, run.output[-4000:]
+    changed = run.changed_operations()
+    assert changed.pop("reset: kube-controller-manager without podnet's node IPAM flags") == 1
+    assert set(changed.values()) == {1}, changed  # the worker had nothing left
+    for node in bed.cluster.nodes:
+        assert leftovers(bed, node) == NOTHING, node.name
+    assert bed.kube.get(bed.cluster.nodes[0], MANIFEST_PATH) == bed.kcm_before
+    assert "restoring /etc/kubernetes/manifests/kube-controller-manager.yaml from podnet's backup" in run.output
+    assert pod_names(bed) == ["pod/before-0", "pod/before-1"]
+
+
+# --- 2. the kube-flannel DaemonSet -----------------------------------------------------------
+
+
+def test_daemonset_rollout_deploy_after_a_reset_gives_pods_that_reach_each_other(bed):
+    bed.write_inventory(flannel_rollout="daemonset")
+    deployed(bed)
+    assert len(bed.kubectl(FLANNEL_NAMESPACED).split()) == 3
+    assert len(bed.kubectl(FLANNEL_CLUSTER_WIDE).split()) == 3
+    for pod in bed.pods:  # the pods from before the reset go once a CNI config is back (their network with them)
+        bed.remove_pod(pod)
+    pods = pods_ping_across_nodes(bed, "daemonset")
+    for pod in pods:
+        bed.remove_pod(pod)
+
+
+def test_a_limited_reset_with_the_daemonset_is_refused_before_any_change(bed):
+    worker = bed.cluster.nodes[1]
+    before = leftovers(bed, worker)
+    run = reset(bed, "--limit", worker.name)
+    assert run.returncode != 0
+    assert (f"this run leaves out {bed.cluster.nodes[0].name} (--limit). Run the reset without --limit, or use "
+            "flannel_rollout = 'systemd' to take single nodes off") in run.output
+    assert run.results == {}
+    assert leftovers(bed, worker) == before
+
+
+def test_dry_reset_lists_the_changes_and_makes_none(bed):
+    before = {node.name: leftovers(bed, node) for node in bed.cluster.nodes}
+    dry = reset(bed, "--dry")
+    assert dry.returncode == 0, dry.output[-4000:]
+    assert dry.detected is not None
+    assert dry.detected["reset: kube-flannel DaemonSet and its objects deleted"] == 1
+    assert dry.detected["reset: flannel's interfaces deleted"] == 2
+    assert dry.detected["reset: kube-controller-manager without podnet's node IPAM flags"] == 1
+    assert {node.name: leftovers(bed, node) for node in bed.cluster.nodes} == before
+    assert len(bed.kubectl(FLANNEL_NAMESPACED).split()) == 3
+
+
+def test_reset_deletes_the_daemonset_and_its_objects_and_leaves_nothing(bed):
+    run = reset(bed)
+    assert run.returncode == 0 and run.errors == 0, run.output[-4000:]
+    changed = run.changed_operations()
+    assert changed["reset: kube-flannel DaemonSet and its objects deleted"] == 1
+    assert changed["reset: podnet's kube-flannel manifest removed"] == 1
+    assert changed["reset: flannel's interfaces deleted"] == 2
+    assert changed["reset: flannel's iptables chains deleted"] == 2
+    for query in (FLANNEL_NAMESPACED, FLANNEL_CLUSTER_WIDE):
+        assert bed.kubectl(query).split() == [], query
+    for node in bed.cluster.nodes:
+        assert leftovers(bed, node) == NOTHING, node.name
+    assert bed.kube.get(bed.cluster.nodes[0], MANIFEST_PATH) == bed.kcm_before
+
+
+def test_a_second_reset_changes_nothing_and_costs_one_command_per_node(bed):
+    marks = [node_costs.mark(node) for node in bed.cluster.nodes]
+    again = reset(bed)
+    assert again.returncode == 0, again.output[-4000:]
+    assert again.changed_operations() == {}
+    assert again.errors == 0
+    assert sum(r["no_change"] for r in again.results.values()) > 0
+    for node, before in zip(bed.cluster.nodes, marks):  # the probe, nothing else
+        cost = node_costs.cost_since(node, before)
+        assert (cost.connections, cost.commands, cost.sftp, cost.other_sessions) == (1, 1, 0, []), (node.name, cost)
+
+
+def test_a_deploy_after_the_reset_brings_pods_back_with_ips_that_ping(bed):
+    deployed(bed)
+    pods = pods_ping_across_nodes(bed, "after")
+    for pod in pods:
+        subnet = bed.node_subnet(pod.node)
+        assert pod.ip in {str(a) for a in subnet.network.hosts()}, (pod.name, pod.ip, subnet)

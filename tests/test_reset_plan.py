@@ -1,0 +1,261 @@
+"""
+Plan tests of reset.py: the real pyinfra CLI against two ``@fake`` hosts (a kubeadm control
+plane and a worker, as in tests/test_plan.py) whose probe answers describe a node that a
+deploy left behind, or a node with nothing of podnet's on it; plus the controller-manager
+decisions (backup or flag removal) on real command lines.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+import yaml
+
+from tasks import reset
+from tasks.controller_manager import desired_flags, exec_start_entry, merge_manifest, merge_unit, systemd_words
+from tasks.probe import NodeState
+from tasks.reset_controller_manager import BACKUPS_QUERY, restored
+from tasks.settings import SettingsError, parse_host_settings
+from tests.support.hosts import settings
+from tests.support.kubeadm import HARD_WAY_UNIT, KUBEADM_MANIFEST, KUBEADM_MANIFEST_POD_SUBNET
+from tests.support.plan import FakeNode, probe_answer, run_pyinfra, write_inventory
+from tests.test_plan import CP, HOSTS, POD_CIDRS, WORKER, Cluster, assert_ok, cluster, mirror, probes  # noqa: F401
+
+MANIFEST = "/etc/kubernetes/manifests/kube-controller-manager.yaml"
+BACKUP = "/var/lib/podnet/backup/kube-controller-manager.yaml.0123456789ab"
+CHAIN_LINES = ["iptables-nft nat FLANNEL-POSTRTG", "iptables-nft filter FLANNEL-FWD",
+               "ip6tables-legacy nat FLANNEL-POSTRTG"]
+PLUGINS = ["bridge", "host-local", "loopback", "portmap", "flannel"]  # the release tarball's, then flannel's
+OBJECTS = ["namespace/kube-flannel", "serviceaccount/flannel", "clusterrole.rbac.authorization.k8s.io/flannel",
+           "clusterrolebinding.rbac.authorization.k8s.io/flannel", "configmap/kube-flannel-cfg",
+           "daemonset.apps/kube-flannel"]
+
+
+def deployed(cluster: Cluster, host: str, **data) -> NodeState:
+    """A node as a deploy left it, with flannel's links, chains, nftables tables and directories,
+    one pod on cni0, a plugin of someone else's in the CNI bin dir and (control plane) podnet's
+    backup of the manifest and the flannel objects."""
+    node = cluster.converged(host, **data)
+    node.hashes["/opt/cni/bin/someone-elses-plugin"] = "0" * 64
+    node.listings[reset.SYS_NET] = ["lo", "eth0", "cni0", "flannel.1", "veth1234"]
+    node.queries[reset.CHAINS_QUERY] = (0, CHAIN_LINES)
+    node.queries[reset.NFT_QUERY] = (0, ["ip flannel-ipv4"])
+    node.queries["cni0"] = (0, ["addr 10.244.0.1/24", "ports 1"])
+    node.features = {path: True for path in reset.RUN_DIRS}
+    if host == CP:
+        node.queries[BACKUPS_QUERY] = (0, [f"{BACKUP} {base64.b64encode(KUBEADM_MANIFEST.encode()).decode()}"])
+        if cluster.settings(host, **data).flannel_rollout == "daemonset":
+            node.queries[reset.OBJECTS_QUERY] = (0, OBJECTS)
+    return node
+
+
+def bare(cluster: Cluster, host: str) -> NodeState:
+    """A node after a reset: none of podnet's pod network, the manifest as it was before podnet."""
+    node = NodeState(machine="x86_64")
+    if host == CP:
+        node.contents[MANIFEST] = KUBEADM_MANIFEST.encode()
+        node.queries[BACKUPS_QUERY] = (0, [f"{BACKUP} {base64.b64encode(KUBEADM_MANIFEST.encode()).decode()}"])
+        node.queries[reset.OBJECTS_QUERY] = (0, [])
+    return node
+
+
+def inventory(cluster: Cluster, cp: NodeState, worker: NodeState, **data):
+    nodes = [FakeNode("cp1", "control_plane", cluster.data(**data), probe_answer(cp), {"get nodes": POD_CIDRS}),
+             FakeNode("w1", "workers", cluster.data(**data), probe_answer(worker))]
+    return write_inventory(cluster.tmp / "inventory.py", nodes)
+
+
+def run_reset(inventory_path, *options: str):
+    return run_pyinfra(inventory_path, *options, deploy="reset.py")
+
+
+NODE_OPS = ["reset: 10-flannel.conflist removed", "reset: CNI plugin binaries removed",
+            "reset: flannel's interfaces deleted", "reset: flannel's iptables chains deleted",
+            "reset: flannel's nftables tables deleted", "reset: /run/flannel and host-local's records removed"]
+
+
+def test_reset_plan_of_a_deployed_cluster(cluster):
+    run = run_reset(inventory(cluster, deployed(cluster, CP), deployed(cluster, WORKER)), "--dry", "--json")
+    assert_ok(run)
+    plan = run.plan()
+    for op in NODE_OPS:
+        assert plan[op] == sorted(HOSTS), op
+    assert plan["reset: kube-flannel DaemonSet and its objects deleted"] == [CP]
+    assert plan["reset: podnet's kube-flannel manifest removed"] == [CP]
+    assert plan["reset: kube-controller-manager without podnet's node IPAM flags"] == [CP]
+    assert plan["reset: flanneld stopped, disabled and removed"] == []  # the DaemonSet rollout has no unit
+    assert not [op for op in plan if "kernel" in op or "containerd" in op]  # they stay unless asked
+
+
+def test_reset_commands_remove_only_what_podnet_and_flannel_made(cluster):
+    run = run_reset(inventory(cluster, deployed(cluster, CP), deployed(cluster, WORKER)), "-y")
+    assert_ok(run)
+    kubectl = "kubectl --kubeconfig=/etc/kubernetes/admin.conf -n kube-flannel delete"
+    for host in HOSTS:
+        commands = run.commands(host)
+        assert len(probes(run, host)) == 1
+        assert "rm -f /etc/cni/net.d/10-flannel.conflist" in commands
+        assert "rm -f " + " ".join(f"/opt/cni/bin/{p}" for p in PLUGINS) in commands  # not someone-elses-plugin
+        assert "ip link delete cni0 && ip link delete flannel.1" in commands  # not eth0 or the pod's veth
+        assert "nft delete table ip flannel-ipv4" in commands
+        assert "rm -rf /run/flannel /var/lib/cni/networks/cbr0" in commands
+        chains = [c for c in commands if "-restore --noflush" in c]
+        assert chains == [" && ".join([
+            reset.chains_removal("ip6tables-legacy", "nat", ["FLANNEL-POSTRTG"]),
+            reset.chains_removal("iptables-nft", "filter", ["FLANNEL-FWD"]),
+            reset.chains_removal("iptables-nft", "nat", ["FLANNEL-POSTRTG"])])]
+        assert f"{host.split('/')[1]}: 1 pod(s) attached to cni0 lose their network" in run.stderr
+    cp = run.commands(CP)
+    daemonset = cp.index(f"{kubectl} daemonset/kube-flannel --cascade=foreground --wait=true --timeout=10s && "
+                         f"{kubectl} configmap/kube-flannel-cfg clusterrolebinding/flannel clusterrole/flannel "
+                         "serviceaccount/flannel namespace/kube-flannel --ignore-not-found --wait=true --timeout=10s")
+    assert daemonset < cp.index("ip link delete cni0 && ip link delete flannel.1")  # flanneld gone first
+    assert "rm -f /etc/podnet/kube-flannel.yml" in cp
+    assert "/etc/kubernetes/manifests/.kube-controller-manager.yaml.podnet-new" in run.uploads(CP)
+    assert not [c for c in run.commands(WORKER) if "kubectl" in c]
+    assert run.uploads(WORKER) == []
+
+
+def test_a_reset_node_costs_one_command_and_changes_nothing(cluster):
+    run = run_reset(inventory(cluster, bare(cluster, CP), bare(cluster, WORKER)), "-y")
+    assert_ok(run)
+    for host in HOSTS:
+        assert run.commands(host) == probes(run, host) and len(probes(run, host)) == 1
+        assert run.uploads(host) == []
+
+
+def test_a_limited_reset_with_the_daemonset_is_refused_before_any_host_is_asked(cluster):
+    run = run_reset(inventory(cluster, deployed(cluster, CP), deployed(cluster, WORKER)), "-y", "--limit", WORKER)
+    assert run.returncode != 0
+    assert ("flannel_rollout = 'daemonset': flanneld runs on every node from the kube-flannel DaemonSet, so a reset "
+            "covers all hosts of the inventory or none; this run leaves out @fake/cp1 (--limit). Run the reset "
+            "without --limit, or use flannel_rollout = 'systemd' to take single nodes off") in run.stderr
+    for host in HOSTS:
+        assert run.commands(host) == []
+
+
+def test_a_limited_reset_with_the_systemd_unit_touches_that_node_only(cluster):
+    data = {"flannel_rollout": "systemd"}
+    run = run_reset(inventory(cluster, deployed(cluster, CP, **data), deployed(cluster, WORKER, **data), **data),
+                    "-y", "--limit", WORKER)
+    assert_ok(run)
+    assert run.commands(CP) == []
+    worker = run.commands(WORKER)
+    assert ("systemctl disable --now flanneld.service && rm -f /etc/systemd/system/flanneld.service "
+            "/usr/local/bin/flanneld /etc/kube-flannel/net-conf.json && rmdir --ignore-fail-on-non-empty "
+            "/etc/kube-flannel && systemctl daemon-reload") in worker
+    assert "ip link delete cni0 && ip link delete flannel.1" in worker
+
+
+@pytest.mark.parametrize("option, paths", [
+    ("reset_kernel=true", "rm -f /etc/modules-load.d/podnet.conf /etc/sysctl.d/zz-podnet.conf"),
+    ("reset_containerd=true", "systemctl disable --now containerd.service && rm -f /usr/local/bin/containerd "
+                              "/usr/local/bin/containerd-shim-runc-v2 /usr/local/bin/ctr /usr/local/sbin/runc "
+                              "/etc/systemd/system/containerd.service /etc/containerd/config.toml && "
+                              "systemctl daemon-reload"),
+])
+def test_kernel_and_containerd_go_only_when_asked(cluster, option, paths):
+    path = inventory(cluster, deployed(cluster, CP), deployed(cluster, WORKER))
+    kept = run_reset(path, "-y")
+    assert_ok(kept)
+    asked = run_reset(path, "-y", "--data", option)
+    assert_ok(asked)
+    for host in HOSTS:
+        assert paths not in kept.commands(host)
+        assert paths in asked.commands(host)
+
+
+def test_a_reset_setting_that_is_not_a_boolean_is_refused():
+    with pytest.raises(SettingsError) as error:
+        parse_host_settings({"reset_kernel": "yes"}, "n1", [])
+    assert "reset_kernel: 'yes' is not valid; expected true or false" in str(error.value)
+
+
+# --- kube-controller-manager: the backup, or podnet's flags taken out -------------------------
+
+
+def node_with(s, current: str, backups: dict[str, str]) -> NodeState:
+    path = MANIFEST if s.kube_controller_manager_runtime == "static-pod" else s.kube_controller_manager_unit
+    lines = [f"{p} {base64.b64encode(c.encode()).decode()}" for p, c in backups.items()]
+    return NodeState(contents={path: current.encode()}, queries={BACKUPS_QUERY: (0, lines)})
+
+
+def test_the_pre_podnet_backup_is_put_back_when_nothing_else_changed_the_manifest():
+    s = settings()
+    current = merge_manifest(KUBEADM_MANIFEST, desired_flags(s))
+    content, how = restored(s, node_with(s, current, {BACKUP: KUBEADM_MANIFEST}), "cp1")
+    assert content == KUBEADM_MANIFEST.encode()
+    assert how == f"restoring {MANIFEST} from podnet's backup {BACKUP}"
+
+
+def test_of_two_backups_after_a_settings_change_the_original_is_put_back():
+    first, second = settings(), settings(cluster_cidr="10.200.0.0/16")
+    once = merge_manifest(KUBEADM_MANIFEST, desired_flags(first))
+    twice = merge_manifest(once, desired_flags(second))
+    later = "/var/lib/podnet/backup/kube-controller-manager.yaml.ba9876543210"
+    content, _ = restored(second, node_with(second, twice, {BACKUP: KUBEADM_MANIFEST, later: once}), "cp1")
+    assert content == KUBEADM_MANIFEST.encode()
+
+
+def test_a_manifest_edited_after_podnet_keeps_the_edit_and_loses_only_podnets_flags():
+    s = settings()
+    edited = merge_manifest(KUBEADM_MANIFEST, desired_flags(s)).replace("--leader-elect=true", "--leader-elect=false")
+    content, how = restored(s, node_with(s, edited, {BACKUP: KUBEADM_MANIFEST}), "cp1")
+    assert how == f"removing podnet's node IPAM flags from {MANIFEST} (no backup is the original of it)"
+    # the edit stays, podnet's node IPAM flags go; --service-cluster-ip-range (kube-apiserver's range too) stays
+    expected = yaml.safe_load(KUBEADM_MANIFEST.replace("--leader-elect=true", "--leader-elect=false"))
+    expected["spec"]["containers"][0]["command"].append("--service-cluster-ip-range=10.96.0.0/12")
+    assert yaml.safe_load(content) == expected
+
+
+def test_a_unit_loses_podnets_flags_and_the_nodeipam_it_appended():
+    s = settings(kube_controller_manager_runtime="systemd")
+    unit = HARD_WAY_UNIT.replace("--bind-address=0.0.0.0", "--bind-address=0.0.0.0 \\\n  --controllers=csrsigning")
+    merged = merge_unit(unit, desired_flags(s))
+    assert "--controllers=csrsigning,nodeipam" in merged
+    edited_later = "/var/lib/podnet/backup/kube-controller-manager.service.0123456789ab"  # not what merged came from
+    content, how = restored(s, node_with(s, merged, {edited_later: HARD_WAY_UNIT}), "cp1")
+    assert how.startswith("removing podnet's node IPAM flags")
+    # without a backup, what podnet rewrote (--service-cluster-ip-range's value) stays; the rest of the unit too
+    text = content.decode()
+    assert [word for _, word in systemd_words(exec_start_entry(text).value)] == [
+        word.replace("--service-cluster-ip-range 10.32.0.0/24", "--service-cluster-ip-range=10.96.0.0/12")
+        for word in exec_start_words(unit) if not word.startswith("--cluster-cidr")]
+    assert text.split("ExecStart=")[0] == unit.split("ExecStart=")[0]
+    assert text.split("--v=2")[1] == unit.split("--v=2")[1]
+
+
+def exec_start_words(unit: str) -> list[str]:
+    """The words of a unit's ExecStart with each flag and its separate value as one word."""
+    words = [word for _, word in systemd_words(exec_start_entry(unit).value)]
+    joined: list[str] = []
+    for word in words:
+        if joined and joined[-1] in ("--cluster-cidr", "--service-cluster-ip-range"):
+            joined[-1] += " " + word
+        else:
+            joined.append(word)
+    return joined
+
+
+def test_a_manifest_put_back_stays_on_the_next_reset():
+    s = settings()
+    content, how = restored(s, node_with(s, KUBEADM_MANIFEST_POD_SUBNET, {BACKUP: KUBEADM_MANIFEST_POD_SUBNET}), "cp1")
+    assert content is None  # kubeadm's own --allocate-node-cidrs and --cluster-cidr stay
+    assert how == f"{MANIFEST} is as in podnet's backup"
+
+
+def test_a_manifest_podnet_never_changed_keeps_its_node_ipam_flags():
+    s = settings()
+    content, how = restored(s, node_with(s, KUBEADM_MANIFEST_POD_SUBNET, {}), "cp1")
+    assert content is None
+    assert how == f"{MANIFEST} was never changed by podnet (no backup in /var/lib/podnet/backup)"
+
+
+def test_a_manifest_kubeadm_wrote_from_podnets_configuration_loses_the_flags():
+    s = settings(cluster_bootstrap=True, node_ip="192.168.56.10")
+    content, how = restored(s, node_with(s, KUBEADM_MANIFEST_POD_SUBNET, {}), "cp1")
+    assert how.startswith("removing podnet's node IPAM flags")
+    command = yaml.safe_load(content)["spec"]["containers"][0]["command"]
+    assert command == [c for c in yaml.safe_load(KUBEADM_MANIFEST_POD_SUBNET)["spec"]["containers"][0]["command"]
+                       if not c.startswith(("--allocate-node-cidrs", "--cluster-cidr"))]
