@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from tasks import kubeadm_options
 from tasks.errors import PodnetError
 
 # Keys in inventory data that belong to pyinfra (connectors, global arguments),
@@ -66,6 +67,9 @@ KUBEADM_MAX_SERVICE_SUBNET_HOST_BITS = 20  # MaximumBitsForServiceSubnet
 # The node masks kubeadm assumes when --node-cidr-mask-size-ipv4 / -ipv6 are not among kube-controller-manager's
 # extra args: kube-controller-manager's defaults (getClusterNodeMask in the same validation.go).
 KUBEADM_DEFAULT_NODE_MASK = {4: 24, 6: 64}
+# Settings only kubeadm reads (cluster_bootstrap); podnet's own rule: set without it, they would be ignored.
+KUBEADM_ONLY = ("etcd_external_endpoints", "kubeadm_ignore_preflight_errors", "kubelet_configuration",
+                "kube_proxy_configuration")
 # uname -m -> release architecture name used by every artifact we download.
 ARCHITECTURES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
@@ -160,6 +164,18 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("kubernetes_version", "1.35.1",
                 "Kubernetes release of kubelet, kubeadm and kubectl and of the control plane kubeadm creates "
                 "(cluster_bootstrap)"),
+    SettingSpec("etcd_external_endpoints", [],
+                "etcd client URLs of an etcd you run, such as ['http://127.0.0.1:2379']: kubeadm then creates no "
+                "etcd (cluster_bootstrap; empty: kubeadm's local etcd)"),
+    SettingSpec("kubeadm_ignore_preflight_errors", [],
+                "kubeadm preflight checks to ignore by name, such as ['SystemVerification'], for kubeadm init "
+                "and join (cluster_bootstrap)"),
+    SettingSpec("kubelet_configuration", {},
+                "KubeletConfiguration fields kubeadm gives every kubelet, such as {'failSwapOn': False} "
+                "(cluster_bootstrap; cgroupDriver comes from systemd_cgroup)"),
+    SettingSpec("kube_proxy_configuration", {},
+                "KubeProxyConfiguration fields kubeadm gives kube-proxy, such as {'conntrack': {'maxPerCore': 0}} "
+                "(cluster_bootstrap)"),
 )
 SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
 
@@ -206,6 +222,10 @@ class Settings:
     node_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     cluster_bootstrap: bool = False
     kubernetes_version: str = "1.35.1"
+    etcd_external_endpoints: tuple[str, ...] = ()
+    kubeadm_ignore_preflight_errors: tuple[str, ...] = ()
+    kubelet_configuration: dict = field(default_factory=dict, hash=False)
+    kube_proxy_configuration: dict = field(default_factory=dict, hash=False)
     # Derived from inventory membership, not from a data key.
     is_control_plane: bool = False
 
@@ -448,6 +468,12 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "node_ip": _optional(_address),
     "cluster_bootstrap": _boolean,
     "kubernetes_version": _version,
+    "etcd_external_endpoints": kubeadm_options.etcd_endpoints,
+    "kubeadm_ignore_preflight_errors": kubeadm_options.preflight_errors,
+    "kubelet_configuration": kubeadm_options.component_config(
+        "KubeletConfiguration", "kubelet.config.k8s.io/v1beta1", {"cgroupDriver": "systemd_cgroup"}),
+    "kube_proxy_configuration": kubeadm_options.component_config(
+        "KubeProxyConfiguration", "kubeproxy.config.k8s.io/v1alpha1", {}),
 }
 assert set(PARSERS) == set(SPEC_BY_NAME), "every setting needs a parser"
 
@@ -535,7 +561,8 @@ def _relations(s: Settings) -> list[str]:
       IPv6 service range only on dual stack, so it would otherwise be ignored without a word;
     - no node address inside a pod or service range: a podCIDR or a Service ClusterIP could then
       hold a node's own address;
-    - flannel_vni / flannel_port only for a backend that reads them: flanneld ignores them otherwise.
+    - flannel_vni / flannel_port only for a backend that reads them: flanneld ignores them otherwise;
+    - the kubeadm-only settings (KUBEADM_ONLY) only with cluster_bootstrap: nothing reads them otherwise.
     """
     problems = []
     for key, mask, net, cluster_key in (
@@ -592,6 +619,9 @@ def _relations(s: Settings) -> list[str]:
                         "interface name has at most 15 characters")
     if s.cluster_bootstrap:
         problems.extend(_bootstrap_problems(s))
+    else:
+        problems.extend(f"{key}: set without cluster_bootstrap; only kubeadm init and join read it: remove it, or "
+                        "set cluster_bootstrap = True" for key in KUBEADM_ONLY if getattr(s, key))
     return problems
 
 
