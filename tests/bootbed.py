@@ -25,7 +25,14 @@ give (see the README section "cluster_bootstrap on the test nodes"):
 from __future__ import annotations
 
 import json
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 from tests.mirror import build as mirror_build
@@ -33,13 +40,15 @@ from tests.mirror import build as mirror_build
 from tests.kubebed import binaries
 from tests.kubebed.cluster import (KubeBed, control_plane_images, flannel_image, kube_proxy_image, pause_image)
 from tests.localcluster import Node
-from tests.podbed import PodBed
+from tests.podbed import DEPLOY_TIMEOUT, REPO, PodBed
 
 # kubeadm 1.36's pause image (`kubeadm config images list`), and the one PodBed's pods run.
 PAUSE_IMAGES = ("registry.k8s.io/pause:3.10.2", "registry.k8s.io/pause:3.10")
 # What podnet would install with apt-get for kubeadm's preflight and the base rootfs lacks.
 NODE_TOOLS = ("ethtool", "socat")
-ETCD_ENDPOINT = "http://127.0.0.1:2379"  # Debian's etcd-server listens on localhost; the API server is host-network
+ETCD_ENDPOINT = "http://127.0.0.1:2379"
+START_RE = re.compile(r"^--> Starting operation: (?P<name>.*?)\s*$")
+HOST_SUCCESS_RE = re.compile(r"^\s+\[(?P<host>[^\]]+)\] Success\s*$")  # Debian's etcd-server listens on localhost; the API server is host-network
 
 # The switches this machine needs (each a podnet setting an operator would use the same way).
 MACHINE_SETTINGS = {
@@ -105,6 +114,49 @@ class BootBed(PodBed):
         kube.wait_for(control_plane, f"python3 -c \"import urllib.request; urllib.request.urlopen('{ETCD_ENDPOINT}"
                                      "/health', timeout=5)\"", "etcd")
 
+    # --- the deploy, interrupted ---------------------------------------------------------
+
+    def deploy_killed_at(self, operation: str) -> tuple[int, str]:
+        """Run the real deploy and SIGKILL the pyinfra process (by its PID) as soon as it starts
+        ``operation``, i.e. once every operation before it has finished on every host. Returns
+        (exit status, output up to the kill). Fails if the run ends before reaching it (bounded)."""
+        command = [sys.executable, "-m", "pyinfra", "-y", str(self.workdir / "inventory.py"), "deploy.py"]
+        proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        lines: list[str] = []
+        killed = False
+        deadline = time.monotonic() + DEPLOY_TIMEOUT
+        buffer = b""
+        with selectors.DefaultSelector() as selector:
+            selector.register(proc.stdout, selectors.EVENT_READ)
+            try:
+                while not killed and time.monotonic() < deadline:
+                    if not selector.select(timeout=1):
+                        continue
+                    chunk = os.read(proc.stdout.fileno(), 65536)
+                    if not chunk:
+                        break
+                    buffer += chunk
+                    *complete, buffer = buffer.split(b"\n")
+                    for raw in complete:
+                        line = raw.decode(errors="replace")
+                        lines.append(line)
+                        match = START_RE.match(line)
+                        if match and match.group("name") == operation:
+                            os.kill(proc.pid, signal.SIGKILL)
+                            killed = True
+                            break
+            finally:
+                if not killed and proc.poll() is None:
+                    os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=60)
+                proc.stdout.close()
+        output = "\n".join(lines)
+        (self.workdir / "killed-deploy.log").write_text(output)
+        if not killed:
+            raise AssertionError(f"the deploy never started {operation!r}:\n{output[-4000:]}")
+        return proc.returncode, output
+
     # --- what a user sees ----------------------------------------------------------------
 
     def nodes_ready(self) -> dict[str, tuple[str, str]]:
@@ -139,3 +191,18 @@ def node_tool_debs() -> list[Path]:
                 mirror_build.copy_atomic(deb, debdir / deb.name)
                 debs[package] = debdir / deb.name
     return [debs[name] for name in NODE_TOOLS]
+
+
+def changed_hosts(output: str) -> dict[str, list[str]]:
+    """pyinfra's run log -> operation name -> the hosts it changed ("[host] Success"), in order."""
+    changed: dict[str, list[str]] = {}
+    operation = None
+    for line in output.splitlines():
+        start = START_RE.match(line)
+        if start:
+            operation = start.group("name")
+            continue
+        success = HOST_SUCCESS_RE.match(line)
+        if success and operation is not None:
+            changed.setdefault(operation, []).append(success.group("host"))
+    return changed
