@@ -289,8 +289,13 @@ def join_command(endpoint: str, token: str, ca_hash: str, s: Settings,
 def join(state, host, connector_arguments: dict, s: Settings, control_plane_name: str) -> bool:
     """
     At execution time: ask the first control-plane host for a join command (and, to join as a
-    control-plane host, for a certificate key), then run `kubeadm join` here.
+    control-plane host, for a certificate key), then run `kubeadm join` here. KubeadmError when
+    the first control-plane host failed earlier in this run (e.g. its `kubeadm init`): pyinfra
+    goes on with the other hosts, and a join could only fail on a cluster that does not exist.
     """
+    if state.inventory.get_host(control_plane_name) in state.failed_hosts:
+        raise KubeadmError(f"{host.name}: not joining: {control_plane_name}, which creates the cluster, failed earlier "
+                           "in this run (its error is above); fix that and rerun")
     endpoint, token, ca_hash = _ask_control_plane(
         state, control_plane_name, "join token",
         f"{KUBEADM} token create --print-join-command --ttl {TOKEN_TTL}", parse_join_command)

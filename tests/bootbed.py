@@ -81,8 +81,10 @@ class BootBed(PodBed):
         self.members = list(cluster.nodes[:members])  # the others wait to be added to the inventory
 
     def inventory_data(self, **overrides) -> dict:
+        # sandbox_image: kubeadm 1.36's pause, so containerd's sandbox image and kubeadm's agree (kubeadm
+        # warns otherwise); podnet's default (pause:3.10) is the one of existing clusters
         return super().inventory_data(cluster_bootstrap=True, kubernetes_version=binaries.KUBERNETES_VERSION,
-                                      **MACHINE_SETTINGS, **overrides)
+                                      sandbox_image=PAUSE_IMAGES[0], **MACHINE_SETTINGS, **overrides)
 
     def write_inventory(self, **overrides) -> Path:
         self.overrides = dict(overrides)
