@@ -83,8 +83,11 @@ class BootBed(PodBed):
     def inventory_data(self, **overrides) -> dict:
         # sandbox_image: kubeadm 1.36's pause, so containerd's sandbox image and kubeadm's agree (kubeadm
         # warns otherwise); podnet's default (pause:3.10) is the one of existing clusters
+        # flannel_rollout_timeout: on a fresh cluster flanneld may restart (with back-off) until kube-proxy
+        # routes the API service; on this shared 2-core machine that can take longer than PodBed's 120 s
         return super().inventory_data(cluster_bootstrap=True, kubernetes_version=binaries.KUBERNETES_VERSION,
-                                      sandbox_image=PAUSE_IMAGES[0], **MACHINE_SETTINGS, **overrides)
+                                      sandbox_image=PAUSE_IMAGES[0], flannel_rollout_timeout=300,
+                                      **MACHINE_SETTINGS, **overrides)
 
     def write_inventory(self, **overrides) -> Path:
         self.overrides = dict(overrides)
