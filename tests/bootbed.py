@@ -35,20 +35,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.mirror import build as mirror_build
-
 from tests.kubebed import binaries
-from tests.kubebed.cluster import (KubeBed, control_plane_images, flannel_image, kube_proxy_image, pause_image)
+from tests.kubebed.cluster import SERVICE_CIDR, KubeBed, control_plane_images, flannel_image, kube_proxy_image, pause_image
 from tests.localcluster import Node
+from tests.mirror import build as mirror_build
 from tests.podbed import DEPLOY_TIMEOUT, REPO, PodBed
 
 # kubeadm 1.36's pause image (`kubeadm config images list`), and the one PodBed's pods run.
 PAUSE_IMAGES = ("registry.k8s.io/pause:3.10.2", "registry.k8s.io/pause:3.10")
 # What podnet would install with apt-get for kubeadm's preflight and the base rootfs lacks.
 NODE_TOOLS = ("ethtool", "socat")
-ETCD_ENDPOINT = "http://127.0.0.1:2379"
+ETCD_ENDPOINT = "http://127.0.0.1:2379"  # Debian's etcd-server listens on localhost; the API server is host-network
+# pyinfra's run log: an operation starts, a host reports a change
 START_RE = re.compile(r"^--> Starting operation: (?P<name>.*?)\s*$")
-HOST_SUCCESS_RE = re.compile(r"^\s+\[(?P<host>[^\]]+)\] Success\s*$")  # Debian's etcd-server listens on localhost; the API server is host-network
+HOST_SUCCESS_RE = re.compile(r"^\s+\[(?P<host>[^\]]+)\] Success\s*$")
 
 # The switches this machine needs (each a podnet setting an operator would use the same way).
 MACHINE_SETTINGS = {
@@ -83,8 +83,8 @@ class BootBed(PodBed):
     def inventory_data(self, **overrides) -> dict:
         # sandbox_image: kubeadm 1.36's pause, so containerd's sandbox image and kubeadm's agree (kubeadm
         # warns otherwise); podnet's default (pause:3.10) is the one of existing clusters
-        # flannel_rollout_timeout: on a fresh cluster flanneld may restart (with back-off) until kube-proxy
-        # routes the API service; on this shared 2-core machine that can take longer than PodBed's 120 s
+        # flannel_rollout_timeout: on the fresh cluster a kube-flannel pod was seen restarting (with back-off)
+        # while the cluster settles; on this shared 2-core machine that can take longer than PodBed's 120 s
         return super().inventory_data(cluster_bootstrap=True, kubernetes_version=binaries.KUBERNETES_VERSION,
                                       sandbox_image=PAUSE_IMAGES[0], flannel_rollout_timeout=300,
                                       **MACHINE_SETTINGS, **overrides)
@@ -110,10 +110,9 @@ class BootBed(PodBed):
                 kube.put(node, f"/var/tmp/{deb.name}", deb.read_bytes())
             kube.sh(node, "dpkg -i " + " ".join(f"/var/tmp/{deb.name}" for deb in tools) + " >/dev/null && rm "
                     + " ".join(f"/var/tmp/{deb.name}" for deb in tools))
-            kube._protect_kernel_sysctls(node)
-            kube.sh(node, f"ip route replace {self.inventory_data().get('service_cluster_ip_range', '10.96.0.0/12')} "
-                          "dev host0")
-            kube._install_containerd(node)
+            kube.protect_kernel_sysctls(node)
+            kube.sh(node, f"ip route replace {SERVICE_CIDR} dev host0")
+            kube.install_containerd(node)
             kube.import_images(node, common + (control_plane_images() if node is control_plane else []))
         kube.sh(control_plane, "systemctl unmask etcd.service && systemctl enable --now etcd.service")
         kube.wait_for(control_plane, f"python3 -c \"import urllib.request; urllib.request.urlopen('{ETCD_ENDPOINT}"

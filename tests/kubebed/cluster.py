@@ -117,10 +117,10 @@ class KubeBed:
     def install(self) -> None:
         """Everything a cluster has before podnet: see the module docstring. Idempotent per node set."""
         for node in self.cluster.nodes:
-            self._protect_kernel_sysctls(node)
+            self.protect_kernel_sysctls(node)
             self.sh(node, f"ip route replace {SERVICE_CIDR} dev host0")
             self._install_binaries(node)
-            self._install_containerd(node)
+            self.install_containerd(node)
         self._import_images()
         self._control_plane_files()
         for node in self.cluster.nodes:
@@ -129,7 +129,9 @@ class KubeBed:
         self._start_control_plane()
         self.wait_ready()
 
-    def _protect_kernel_sysctls(self, node: Node) -> None:
+    def protect_kernel_sysctls(self, node: Node) -> None:
+        """Read-only files with the values the kubelet wants, bound over KUBELET_SYSCTLS in the node
+        (nspawn's /proc/sys is the shared host's kernel, which must not change)."""
         script = ["mkdir -p /run/podnet-test/sysctl"]
         for key, value in KUBELET_SYSCTLS.items():
             file = f"/run/podnet-test/sysctl/{key.replace('/', '.')}"
@@ -144,7 +146,7 @@ class KubeBed:
         for name in names:
             self.put(node, f"/usr/local/bin/{name}", binaries.binary(name).read_bytes(), 0o755)
 
-    def _install_containerd(self, node: Node) -> None:
+    def install_containerd(self, node: Node) -> None:
         """The runtime the kubelet already uses before podnet: same release, a config of its own."""
         if self.containerd_tarball is None or self.runc_binary is None:
             raise KubeBedError("containerd_tarball and runc_binary are needed")
