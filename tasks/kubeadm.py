@@ -127,6 +127,10 @@ def init_config(s: Settings) -> str:
     in the kubeadm-config ConfigMap that `kubeadm upgrade` reads), and the kubelet's cgroup driver
     matching containerd's (systemd_cgroup). In the format the kubeadm of kubernetes_version reads
     (config_api): v1beta3 with extraArgs as a map, v1beta4 with extraArgs as a list of name/value.
+    The operator's kubeadm settings go where kubeadm reads them (same field names in v1beta3 and
+    v1beta4): nodeRegistration.ignorePreflightErrors, etcd.external.endpoints, the fields of
+    kubelet_configuration in the KubeletConfiguration document, and a KubeProxyConfiguration
+    document (kubeproxy.config.k8s.io/v1alpha1) when kube_proxy_configuration has fields.
     """
     pods = [str(s.cluster_cidr)] + ([str(s.cluster_cidr_ipv6)] if s.cluster_cidr_ipv6 else [])
     services = [str(s.service_cluster_ip_range)] + (
@@ -139,7 +143,10 @@ def init_config(s: Settings) -> str:
                   kubernetes_version=f"v{s.kubernetes_version}",
                   control_plane_endpoint=host_port(s.node_ip, API_SERVER_PORT),
                   pod_subnet=",".join(pods), service_subnet=",".join(services),
-                  controller_manager_args=flags, cgroup_driver="systemd" if s.systemd_cgroup else "cgroupfs")
+                  controller_manager_args=flags, cgroup_driver="systemd" if s.systemd_cgroup else "cgroupfs",
+                  ignore_preflight_errors=list(s.kubeadm_ignore_preflight_errors),
+                  etcd_endpoints=list(s.etcd_external_endpoints), kubelet_configuration=s.kubelet_configuration,
+                  kube_proxy_configuration=s.kube_proxy_configuration)
 
 
 def probe_request(s: Settings, is_first_control_plane: bool) -> ProbeRequest:
@@ -218,9 +225,12 @@ def parse_certificate_key(lines: list[str]) -> str | None:
 
 def join_command(endpoint: str, token: str, ca_hash: str, s: Settings,
                  certificate_key: str | None = None) -> StringCommand:
-    """`kubeadm join`, with the secrets masked in pyinfra's logs."""
+    """`kubeadm join`, with the secrets masked in pyinfra's logs (and kubeadm_ignore_preflight_errors,
+    which join reads from --ignore-preflight-errors since podnet gives it no configuration file)."""
     bits: list = [KUBEADM, "join", shlex.quote(endpoint), "--token", HiddenValue(token),
                   "--discovery-token-ca-cert-hash", ca_hash, f"--cri-socket={CRI_SOCKET}"]
+    if s.kubeadm_ignore_preflight_errors:
+        bits.append(f"--ignore-preflight-errors={','.join(s.kubeadm_ignore_preflight_errors)}")
     if certificate_key is not None:
         bits += ["--control-plane", "--certificate-key", HiddenValue(certificate_key),
                  f"--apiserver-advertise-address={s.node_ip}"]
@@ -230,8 +240,13 @@ def join_command(endpoint: str, token: str, ca_hash: str, s: Settings,
 def join(state, host, connector_arguments: dict, s: Settings, control_plane_name: str) -> bool:
     """
     At execution time: ask the first control-plane host for a join command (and, to join as a
-    control-plane host, for a certificate key), then run `kubeadm join` here.
+    control-plane host, for a certificate key), then run `kubeadm join` here. KubeadmError when
+    the first control-plane host failed earlier in this run (e.g. its `kubeadm init`): pyinfra
+    goes on with the other hosts, and a join could only fail on a cluster that does not exist.
     """
+    if state.inventory.get_host(control_plane_name) in state.failed_hosts:
+        raise KubeadmError(f"{host.name}: not joining: {control_plane_name}, which creates the cluster, failed earlier "
+                           "in this run (its error is above); fix that and rerun")
     endpoint, token, ca_hash = _ask_control_plane(
         state, control_plane_name, "join token",
         f"{KUBEADM} token create --print-join-command --ttl {TOKEN_TTL}", parse_join_command)

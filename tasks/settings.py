@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from tasks import kubeadm_options
 from tasks.errors import PodnetError
 from tasks.releases import ARCHITECTURES, ARTIFACT_NAMES, config_api, config_generation
 
@@ -67,6 +68,9 @@ KUBEADM_MAX_SERVICE_SUBNET_HOST_BITS = 20  # MaximumBitsForServiceSubnet
 # The node masks kubeadm assumes when --node-cidr-mask-size-ipv4 / -ipv6 are not among kube-controller-manager's
 # extra args: kube-controller-manager's defaults (getClusterNodeMask in the same validation.go).
 KUBEADM_DEFAULT_NODE_MASK = {4: 24, 6: 64}
+# Settings only kubeadm reads (cluster_bootstrap); podnet's own rule: set without it, they would be ignored.
+KUBEADM_ONLY = ("etcd_external_endpoints", "kubeadm_ignore_preflight_errors", "kubelet_configuration",
+                "kube_proxy_configuration")
 
 
 class SettingsError(PodnetError, ValueError):
@@ -407,6 +411,23 @@ class Settings:
         "1.35.1", _version,
         "Kubernetes release of kubelet, kubeadm and kubectl and of the control plane kubeadm creates "
         "(cluster_bootstrap)")
+    etcd_external_endpoints: tuple[str, ...] = setting(
+        [], kubeadm_options.etcd_endpoints,
+        "etcd client URLs of an etcd you run, such as ['http://127.0.0.1:2379']: kubeadm then creates no "
+        "etcd (cluster_bootstrap; empty: kubeadm's local etcd)")
+    kubeadm_ignore_preflight_errors: tuple[str, ...] = setting(
+        [], kubeadm_options.preflight_errors,
+        "kubeadm preflight checks to ignore by name, such as ['SystemVerification'], for kubeadm init "
+        "and join (cluster_bootstrap)")
+    kubelet_configuration: dict = setting(
+        {}, kubeadm_options.component_config("KubeletConfiguration", "kubelet.config.k8s.io/v1beta1",
+                                             {"cgroupDriver": "systemd_cgroup"}),
+        "KubeletConfiguration fields kubeadm gives every kubelet, such as {'failSwapOn': False} "
+        "(cluster_bootstrap; cgroupDriver comes from systemd_cgroup)", hash=False)
+    kube_proxy_configuration: dict = setting(
+        {}, kubeadm_options.component_config("KubeProxyConfiguration", "kubeproxy.config.k8s.io/v1alpha1", {}),
+        "KubeProxyConfiguration fields kubeadm gives kube-proxy, such as {'conntrack': {'maxPerCore': 0}} "
+        "(cluster_bootstrap)", hash=False)
     reset_containerd: bool = setting(
         False, _boolean,
         "reset.py also stops containerd and removes what podnet installed for it (binaries, runc, unit, "
@@ -529,7 +550,8 @@ def _relations(s: Settings) -> list[str]:
       IPv6 service range only on dual stack, so it would otherwise be ignored without a word;
     - no node address inside a pod or service range: a podCIDR or a Service ClusterIP could then
       hold a node's own address;
-    - flannel_vni / flannel_port only for a backend that reads them: flanneld ignores them otherwise.
+    - flannel_vni / flannel_port only for a backend that reads them: flanneld ignores them otherwise;
+    - the kubeadm-only settings (KUBEADM_ONLY) only with cluster_bootstrap: nothing reads them otherwise.
     """
     problems = []
     for key, mask, net, cluster_key in (
@@ -584,6 +606,9 @@ def _relations(s: Settings) -> list[str]:
                         "interface name has at most 15 characters")
     if s.cluster_bootstrap:
         problems.extend(_bootstrap_problems(s))
+    else:
+        problems.extend(f"{key}: set without cluster_bootstrap; only kubeadm init and join read it: remove it, or "
+                        "set cluster_bootstrap = True" for key in KUBEADM_ONLY if getattr(s, key))
     return problems
 
 

@@ -123,6 +123,7 @@ class PodBed:
         self.cluster_cidr = ipaddress.ip_network("10.244.0.0/16")
         self.overrides: dict = {}
         self.kube: KubeBed | None = None
+        self.members: list[Node] = list(cluster.nodes)  # the nodes in the inventory
 
     # --- inventory -------------------------------------------------------------------
 
@@ -198,7 +199,7 @@ class PodBed:
 
     def flanneld_pids(self) -> dict[str, int]:
         """Node name -> PID of the flanneld process running there (DaemonSet pod or unit)."""
-        return {node.name: int(self.sh(node, "pgrep -x flanneld").split()[0]) for node in self.cluster.nodes}
+        return {node.name: int(self.sh(node, "pgrep -x flanneld").split()[0]) for node in self.members}
 
     def flannel_pods(self) -> dict[str, str]:
         """Node name -> uid of its kube-flannel pod (pods being deleted are left out)."""
@@ -214,7 +215,7 @@ class PodBed:
         while time.monotonic() < deadline:
             cidrs = self.pod_cidrs()
             pending = []
-            for node in self.cluster.nodes:
+            for node in self.members:
                 env = self.sh(node, "cat /run/flannel/subnet.env 2>/dev/null", check=False)
                 subnet = dict(line.split("=", 1) for line in env.split() if "=" in line).get("FLANNEL_SUBNET", "")
                 network = cidrs.get(node.name) or ""

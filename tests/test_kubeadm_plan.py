@@ -299,6 +299,19 @@ def test_a_failing_token_request_stops_the_join_with_kubeadms_message(bed):
             "token: connection refused") in run.output
 
 
+def test_a_failed_kubeadm_init_stops_the_joins_naming_the_control_plane(bed):
+    # seen with the real kubeadm (tests/test_bootstrap_e2e.py's machine without its preflight switches): the
+    # workers went on and asked a control plane without admin.conf for a token
+    failing = {"kubeadm init": {"success": False, "stderr": ["[ERROR SystemVerification]: cgroups v1 support is "
+                                                             "deprecated"]}}
+    run = run_pyinfra(bed.inventory({h: bed.fresh(h) for h in bed.hosts}, cp_responses=failing), "-y")
+    assert run.returncode != 0
+    for worker in (W1, W2):
+        assert (f"{worker}: not joining: {CP}, which creates the cluster, failed earlier in this run (its error is "
+                "above); fix that and rerun") in run.output
+    assert not [c for c in run.commands(CP) if "token create" in c]
+
+
 def test_bootstrap_is_off_by_default(bed):
     bed.extra = {"cluster_bootstrap": False}
     states = {h: bed.fresh(h) for h in bed.hosts}
@@ -541,6 +554,24 @@ def test_init_configuration_carries_the_settings():
                     "service-cluster-ip-range": "10.32.0.0/16"}
     assert kubelet == {"apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
                        "cgroupDriver": "systemd"}
+
+
+@pytest.mark.parametrize("version", ["1.30.14", "1.36.2"])
+def test_init_configuration_carries_the_operators_kubeadm_switches(version):
+    # the switches the test machine needs (tests/bootbed.py), where kubeadm 1.36.2 read them for real
+    s = s_for(kubernetes_version=version, etcd_external_endpoints=["http://127.0.0.1:2379"],
+              kubeadm_ignore_preflight_errors=["SystemVerification", "ImagePull"],
+              kubelet_configuration={"failCgroupV1": False, "evictionHard": {"nodefs.available": "1%"}},
+              kube_proxy_configuration={"conntrack": {"maxPerCore": 0, "tcpEstablishedTimeout": "0s"}})
+    init, cluster, kubelet, proxy = yaml.safe_load_all(kubeadm.init_config(s))
+    assert init["nodeRegistration"]["ignorePreflightErrors"] == ["SystemVerification", "ImagePull"]
+    assert cluster["etcd"] == {"external": {"endpoints": ["http://127.0.0.1:2379"]}}
+    assert kubelet == {"apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+                       "cgroupDriver": "systemd", "failCgroupV1": False, "evictionHard": {"nodefs.available": "1%"}}
+    assert proxy == {"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+                     "conntrack": {"maxPerCore": 0, "tcpEstablishedTimeout": "0s"}}
+    join = kubeadm.join_command("192.168.56.11:6443", "abcdef.0123456789abcdef", "sha256:" + "0" * 64, s)
+    assert "--ignore-preflight-errors=SystemVerification,ImagePull" in str(join)
 
 
 def test_init_configuration_follows_containerds_cgroup_driver_and_dual_stack():

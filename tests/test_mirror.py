@@ -207,7 +207,8 @@ def _gzip_header_ok(path: Path):
 @pytest.mark.e2e
 def test_manifest_versions(mirror):
     m = mirror.manifest
-    assert set(m) == {"containerd", "runc", "cni_plugins", "flannel_cni_plugin", "flanneld"}
+    assert set(m) == {"containerd", "runc", "cni_plugins", "flannel_cni_plugin", "flanneld", "kubeadm", "kubelet",
+                      "kubectl"}
     containerd = mirror.versions("containerd")
     assert len(containerd) == 3
     assert containerd[0].startswith("1.6.") and containerd[1].startswith("2.1.") and containerd[2] == "2.3.4"
@@ -364,7 +365,8 @@ def test_inventory_data(mirror):
     assert (one["flannel_cni_plugin_version"], one["flanneld_version"]) == ("1.9.1-flannel1", "0.28.9")
     # every sum pinned but flannel's, which podnet reads from what the mirror publishes beside them
     assert one["artifact_checksums"] == {a: v for a, v in mirror.manifest.items()
-                                         if a not in ("flannel_cni_plugin", "flanneld")}
+                                         if a not in ("flannel_cni_plugin", "flanneld", "kubeadm", "kubelet",
+                                                      "kubectl")}
     assert one["artifact_checksums"]["runc"] is not mirror.manifest["runc"]  # a copy: callers may edit it
 
     two = mirror.inventory_data(base, containerd_generation="2.x")
@@ -397,6 +399,9 @@ def test_every_release_file_has_upstreams_checksum_file_beside_it(mirror):
             name = mirror.path(artifact, version).name
             published = {"containerd": name + ".sha256sum", "runc": "runc.sha256sum"}.get(artifact, name + ".sha256")
             text = (mirror.path(artifact, version).parent / published).read_text()
+            if artifact in ("kubeadm", "kubelet", "kubectl"):  # dl.k8s.io publishes the sha256 alone
+                assert text == f"{shas['amd64']}\n", (artifact, version, text)
+                continue
             assert f"{shas['amd64']}  {name}\n" in text.splitlines(keepends=True), (artifact, version, text)
 
 

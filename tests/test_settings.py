@@ -687,3 +687,63 @@ def test_kubeadm_rule_reads_the_mask_flags_kube_controller_manager_gets(data):
     s = parse(control_plane("cp1", **data))["cp1"]
     flags = {k: v for k, v in desired_flags(s).items() if k.startswith("node-cidr-mask-size-") and v is not None}
     assert _family_mask_flags(s) == flags
+
+
+# --- cluster_bootstrap: what an operator passes on to kubeadm -------------------------------------
+
+
+def test_kubeadm_switches_parse_into_what_kubeadm_reads():
+    s = settings(**bootstrap(etcd_external_endpoints=["http://127.0.0.1:2379/", "https://[fd00::1]:2379"],
+                             kubeadm_ignore_preflight_errors=["SystemVerification", "swap", "Port-6443",
+                                                              "FileContent--proc-sys-net-ipv4-ip_forward"],
+                             kubelet_configuration={"failSwapOn": False, "evictionHard": {"memory.available": "1Mi"}},
+                             kube_proxy_configuration={"conntrack": {"maxPerCore": 0}}))
+    assert s.etcd_external_endpoints == ("http://127.0.0.1:2379", "https://[fd00::1]:2379")
+    assert s.kubeadm_ignore_preflight_errors == ("SystemVerification", "swap", "Port-6443",
+                                                 "FileContent--proc-sys-net-ipv4-ip_forward")
+    assert s.kubelet_configuration == {"failSwapOn": False, "evictionHard": {"memory.available": "1Mi"}}
+    assert s.kube_proxy_configuration == {"conntrack": {"maxPerCore": 0}}
+    assert settings(**bootstrap(kubeadm_ignore_preflight_errors=["all"])).kubeadm_ignore_preflight_errors == ("all",)
+
+
+@pytest.mark.parametrize("value, why", [
+    (["SystemVerificaton"], "'SystemVerificaton' is not a kubeadm check"),
+    (["Port-"], "'Port-' is not a kubeadm check"),
+    (["all", "Swap"], "kubeadm refuses 'all' together with single checks"),
+])
+def test_preflight_checks_to_ignore_are_kubeadms_names(value, why):
+    assert only_problem(**bootstrap(kubeadm_ignore_preflight_errors=value)).endswith(f"or ['all'] alone; {why}")
+
+
+def test_preflight_checks_to_ignore_are_a_list():
+    assert only_problem(**bootstrap(kubeadm_ignore_preflight_errors="Swap")).startswith(
+        "cp1: kubeadm_ignore_preflight_errors: 'Swap' is not valid; expected a list of kubeadm preflight check names")
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:2379", "etcd://10.0.0.1:2379", "http://10.0.0.1:2379/v3", "http://:2379",
+                                 "http://10.0.0.1:99999"])
+def test_external_etcd_endpoints_are_client_urls(url):
+    assert only_problem(**bootstrap(etcd_external_endpoints=[url])) == (
+        f"cp1: etcd_external_endpoints: [{url!r}] is not valid; expected a list of etcd client URLs such as "
+        f"['http://127.0.0.1:2379'] (empty: kubeadm's local etcd); {url!r} is not http(s)://host:port")
+
+
+@pytest.mark.parametrize("key, value, why", [
+    ("kubelet_configuration", {"cgroupDriver": "cgroupfs"}, "cgroupDriver is set from systemd_cgroup"),
+    ("kubelet_configuration", {"kind": "KubeletConfiguration"},
+     "kind is set from KubeletConfiguration (written by podnet)"),
+    ("kubelet_configuration", {"fail-swap-on": False}, "'fail-swap-on' is not a field name (lowerCamelCase)"),
+    ("kube_proxy_configuration", {"conntrack": {"maxPerCore": {1, 2}}},
+     "KubeProxyConfiguration.conntrack.maxPerCore: set is not a YAML value"),
+])
+def test_component_configuration_fields(key, value, why):
+    assert only_problem(**bootstrap(**{key: value})).endswith(f"; {why}")
+
+
+@pytest.mark.parametrize("key, value", [("etcd_external_endpoints", ["http://127.0.0.1:2379"]),
+                                        ("kubeadm_ignore_preflight_errors", ["Swap"]),
+                                        ("kubelet_configuration", {"failSwapOn": False}),
+                                        ("kube_proxy_configuration", {"conntrack": {"min": 0}})])
+def test_kubeadm_switches_only_with_cluster_bootstrap(key, value):
+    assert only_problem(**{key: value}) == (f"cp1: {key}: set without cluster_bootstrap; only kubeadm init and join "
+                                            "read it: remove it, or set cluster_bootstrap = True")

@@ -125,6 +125,18 @@ Written by `python3 -m tasks.settings_docs` from the settings' declaration in ta
 # Kubernetes release of kubelet, kubeadm and kubectl and of the control plane kubeadm creates (cluster_bootstrap)
 # kubernetes_version = '1.35.1'
 
+# etcd client URLs of an etcd you run, such as ['http://127.0.0.1:2379']: kubeadm then creates no etcd (cluster_bootstrap; empty: kubeadm's local etcd)
+# etcd_external_endpoints = []
+
+# kubeadm preflight checks to ignore by name, such as ['SystemVerification'], for kubeadm init and join (cluster_bootstrap)
+# kubeadm_ignore_preflight_errors = []
+
+# KubeletConfiguration fields kubeadm gives every kubelet, such as {'failSwapOn': False} (cluster_bootstrap; cgroupDriver comes from systemd_cgroup)
+# kubelet_configuration = {}
+
+# KubeProxyConfiguration fields kubeadm gives kube-proxy, such as {'conntrack': {'maxPerCore': 0}} (cluster_bootstrap)
+# kube_proxy_configuration = {}
+
 # reset.py also stops containerd and removes what podnet installed for it (binaries, runc, unit, config.toml); every container on the node stops (per host)
 # reset_containerd = False
 

@@ -117,10 +117,10 @@ class KubeBed:
     def install(self) -> None:
         """Everything a cluster has before podnet: see the module docstring. Idempotent per node set."""
         for node in self.cluster.nodes:
-            self._protect_kernel_sysctls(node)
+            self.protect_kernel_sysctls(node)
             self.sh(node, f"ip route replace {SERVICE_CIDR} dev host0")
             self._install_binaries(node)
-            self._install_containerd(node)
+            self.install_containerd(node)
         self._import_images()
         self._control_plane_files()
         for node in self.cluster.nodes:
@@ -129,7 +129,9 @@ class KubeBed:
         self._start_control_plane()
         self.wait_ready()
 
-    def _protect_kernel_sysctls(self, node: Node) -> None:
+    def protect_kernel_sysctls(self, node: Node) -> None:
+        """Read-only files with the values the kubelet wants, bound over KUBELET_SYSCTLS in the node
+        (nspawn's /proc/sys is the shared host's kernel, which must not change)."""
         script = ["mkdir -p /run/podnet-test/sysctl"]
         for key, value in KUBELET_SYSCTLS.items():
             file = f"/run/podnet-test/sysctl/{key.replace('/', '.')}"
@@ -144,7 +146,7 @@ class KubeBed:
         for name in names:
             self.put(node, f"/usr/local/bin/{name}", binaries.binary(name).read_bytes(), 0o755)
 
-    def _install_containerd(self, node: Node) -> None:
+    def install_containerd(self, node: Node) -> None:
         """The runtime the kubelet already uses before podnet: same release, a config of its own."""
         if self.containerd_tarball is None or self.runc_binary is None:
             raise KubeBedError("containerd_tarball and runc_binary are needed")
@@ -174,18 +176,20 @@ class KubeBed:
     # --- images --------------------------------------------------------------------------
 
     def _import_images(self) -> None:
-        pause = layered_image_bytes(self.sandbox_image, [("pause", build_pause_binary().read_bytes(), 0o755)],
-                                    entrypoint=["/pause"], created_by="podnet tests: static pause")
+        pause = pause_image(self.sandbox_image)
         flannel = flannel_image(Path(self.control_plane.rootfs))
         for node in self.cluster.nodes:
             images = [pause, flannel]
             if node is self.control_plane and self.runtime == "static-pod":
-                images += [binary_image(f"registry.k8s.io/{name}:v{binaries.KUBERNETES_VERSION}", name)
-                           for name in CONTROL_PLANE]
-            for index, archive in enumerate(images):
-                self.put(node, f"/var/tmp/podnet-test-image-{index}.tar", archive)
-            self.sh(node, " && ".join(f"ctr -n k8s.io images import /var/tmp/podnet-test-image-{i}.tar >/dev/null && "
-                                      f"rm /var/tmp/podnet-test-image-{i}.tar" for i in range(len(images))), timeout=300)
+                images += control_plane_images()
+            self.import_images(node, images)
+
+    def import_images(self, node: Node, images: list[bytes]) -> None:
+        """Load image archives (docker-archive tars) into the node's containerd, namespace k8s.io."""
+        for index, archive in enumerate(images):
+            self.put(node, f"/var/tmp/podnet-test-image-{index}.tar", archive)
+        self.sh(node, " && ".join(f"ctr -n k8s.io images import /var/tmp/podnet-test-image-{i}.tar >/dev/null && "
+                                  f"rm /var/tmp/podnet-test-image-{i}.tar" for i in range(len(images))), timeout=300)
 
     # --- control plane -------------------------------------------------------------------
 
@@ -348,10 +352,42 @@ def binary_image(image_name: str, binary_name: str) -> bytes:
                                created_by=f"podnet tests: {binary_name} v{binaries.KUBERNETES_VERSION} (shared/bin)")
 
 
+def pause_image(name: str) -> bytes:
+    """The sandbox image under ``name``: a static pause binary (no registry to pull it from)."""
+    return layered_image_bytes(name, [("pause", build_pause_binary().read_bytes(), 0o755)],
+                               entrypoint=["/pause"], created_by="podnet tests: static pause")
+
+
+def control_plane_images() -> list[bytes]:
+    """kube-apiserver, kube-controller-manager and kube-scheduler under the names kubeadm's manifests use."""
+    return [binary_image(f"registry.k8s.io/{name}:v{binaries.KUBERNETES_VERSION}", name) for name in CONTROL_PLANE]
+
+
 def flannel_image(rootfs: Path) -> bytes:
     """flanneld at /opt/bin/flanneld (as upstream's image) plus the iptables it runs, taken with
     its libraries from a Debian node root (upstream's image is Alpine with iptables)."""
-    members: dict[str, tuple[bytes, int]] = {"opt/bin/flanneld": (binaries.binary("flanneld").read_bytes(), 0o755)}
+    return iptables_image(FLANNEL_IMAGE, rootfs, {"opt/bin/flanneld": binaries.binary("flanneld")},
+                          env=["PATH=/opt/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                          created_by=f"podnet tests: flanneld v{binaries.FLANNELD_VERSION} (shared/bin) + "
+                                     "Debian's iptables")
+
+
+def kube_proxy_image(rootfs: Path) -> bytes:
+    """kube-proxy at /usr/local/bin/kube-proxy plus iptables, under the name kubeadm's kube-proxy
+    DaemonSet uses (upstream's image is distroless with iptables)."""
+    return iptables_image(f"registry.k8s.io/kube-proxy:v{binaries.KUBERNETES_VERSION}", rootfs,
+                          {"usr/local/bin/kube-proxy": binaries.binary("kube-proxy")},
+                          env=["PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                          created_by=f"podnet tests: kube-proxy v{binaries.KUBERNETES_VERSION} (shared/bin) + "
+                                     "Debian's iptables")
+
+
+def iptables_image(image_name: str, rootfs: Path, binaries_in_image: dict[str, Path], env: list[str],
+                   created_by: str) -> bytes:
+    """An image of the given binaries (path in image -> file) plus iptables with its libraries
+    and extensions, taken from a Debian node root."""
+    members: dict[str, tuple[bytes, int]] = {path: (file.read_bytes(), 0o755)
+                                             for path, file in binaries_in_image.items()}
     for command in IPTABLES_COMMANDS:
         path = _resolve_in(rootfs, f"/usr/sbin/{command}")
         if path is not None:
@@ -366,10 +402,8 @@ def flannel_image(rootfs: Path) -> bytes:
                 members.setdefault(library.lstrip("/"), ((rootfs / library.lstrip("/")).read_bytes(), 0o755))
     members["etc/protocols"] = ((rootfs / "etc/protocols").read_bytes(), 0o644)
     members["run/.keep"] = (b"", 0o644)
-    return layered_image_bytes(FLANNEL_IMAGE, [(name, data, mode) for name, (data, mode) in sorted(members.items())],
-                               env=["PATH=/opt/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                               created_by=f"podnet tests: flanneld v{binaries.FLANNELD_VERSION} (shared/bin) + "
-                                          "Debian's iptables")
+    return layered_image_bytes(image_name, [(name, data, mode) for name, (data, mode) in sorted(members.items())],
+                               env=env, created_by=created_by)
 
 
 def _resolve_in(rootfs: Path, path: str, depth: int = 0) -> str | None:

@@ -143,27 +143,28 @@ class Cluster:
         return run(self.ssh_argv(target, command), check=check, timeout=timeout, input=input)
 
     def write_inventory(self, path: str | Path, data: dict | None = None, control_plane: int = 1,
-                        host_data: dict[str, dict] | None = None):
+                        host_data: dict[str, dict] | None = None, nodes: list[Node] | None = None):
         """Write a pyinfra inventory: groups control_plane (first N nodes) and workers.
 
         `data` becomes the `all` group data, `host_data` (node name -> data) is added to
         single hosts; both must be plain literals (str/int/bool/None, lists and dicts of
-        them) so the file is valid Python.
+        them) so the file is valid Python. `nodes`: only these (default: every node).
         """
         if not self.nodes:
             raise ClusterError("cluster is not up")
-        if not 1 <= control_plane <= len(self.nodes):
-            raise ClusterError(f"control_plane must be 1..{len(self.nodes)}")
+        nodes = list(self.nodes if nodes is None else nodes)
+        if not 1 <= control_plane <= len(nodes):
+            raise ClusterError(f"control_plane must be 1..{len(nodes)}")
         data = dict(data or {})
         _check_literal(data)
         host_data = host_data or {}
         _check_literal(host_data)
-        hosts = [(n.name, {**self._host_data(n), **host_data.get(n.name, {})}) for n in self.nodes]
+        hosts = [(n.name, {**self._host_data(n), **host_data.get(n.name, {})}) for n in nodes]
         text = INVENTORY_TEMPLATE.format(
             name=self.name,
             control_plane=pprint.pformat(hosts[:control_plane], sort_dicts=False),
             workers=pprint.pformat(hosts[control_plane:], sort_dicts=False),
-            all=pprint.pformat(([n.name for n in self.nodes], data), sort_dicts=False),
+            all=pprint.pformat(([n.name for n in nodes], data), sort_dicts=False),
         )
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,8 @@ __all__ = [
 ]
 
 Manifest = Dict[str, Dict[str, Dict[str, str]]]
+# Artifacts whose sums podnet resolves from what the mirror publishes (never pinned in inventory_data).
+PUBLISHED_ONLY = ("flannel_cni_plugin", "flanneld", *_build.KUBERNETES_ARTIFACTS)
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,8 @@ class Mirror:
 
     root:     directory laid out by upstream path (serve this)
     manifest: {artifact: {version: {"amd64": sha256}}} for artifacts
-              containerd, runc, cni_plugins, flannel_cni_plugin, flanneld
+              containerd, runc, cni_plugins, flannel_cni_plugin, flanneld,
+              kubeadm, kubelet, kubectl
     sources:  {artifact: {version: {suite, package, debian_version, deb, deb_sha256, path, sha256}}}
     out_dir:  directory holding tree/, manifest.json, sources.json
     """
@@ -107,10 +110,11 @@ class Mirror:
                                suite as the chosen containerd (1.1.x with 1.x,
                                1.9.x with 2.x).
         runc is bookworm's in both cases.  artifact_checksums pins every
-        version in the mirror except the flannel CNI plugin's and flanneld's:
-        podnet reads those from the checksum file beside the plugin and the
-        release-API document of flanneld, and locks them (the caller sets
-        artifact_lock_file).
+        version in the mirror except the flannel CNI plugin's, flanneld's and
+        kubeadm's, kubelet's and kubectl's: podnet reads those from the
+        checksum file beside the plugin, the release-API document of flanneld
+        and the .sha256 files beside the Kubernetes binaries, and locks them
+        (the caller sets artifact_lock_file).
         """
         containerd = self.containerd_version(containerd_generation)
         if cni_plugins_version is None:
@@ -129,7 +133,7 @@ class Mirror:
             "flannel_cni_plugin_version": self.versions("flannel_cni_plugin")[-1],
             "flanneld_version": self.versions("flanneld")[-1],
             "artifact_checksums": {name: copy.deepcopy(versions) for name, versions in self.manifest.items()
-                                   if name not in ("flannel_cni_plugin", "flanneld")},
+                                   if name not in PUBLISHED_ONLY},
         }
 
     def serve(self, request_log=None):
@@ -142,7 +146,7 @@ def build_mirror(cache_dir: Union[str, Path, None] = None, out_dir: Union[str, P
     """Build the mirror (or reuse the cached one) and return it.
 
     cache_dir: default $PODNET_TEST_CACHE or /var/cache/podnet-test (mirror in <cache_dir>/mirror)
-    out_dir:   default <cache_dir>/mirror/out
+    out_dir:   default <cache_dir>/mirror/out-v<layout version>
     force:     rebuild the tree from the cached .debs
     refresh:   apt-get update + download the .debs again, then rebuild
     """

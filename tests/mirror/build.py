@@ -13,8 +13,10 @@ with upstream's layout from Debian packages:
   Debian packages none of them): the flannel CNI plugin v1.9.1-flannel1
   (cni-plugin-flannel-linux-amd64-v1.9.1.tgz holding flannel-amd64), flanneld
   v0.28.9 (flanneld-amd64, with the GitHub release-API document that reports
-  its digest, since upstream publishes no checksum file for it) and containerd
-  v2.3.4, podnet's default.
+  its digest, since upstream publishes no checksum file for it), containerd
+  v2.3.4, podnet's default, and kubeadm, kubelet and kubectl 1.36.2 (single
+  binaries at dl.k8s.io's paths, each with the bare ``.sha256`` upstream
+  publishes beside it).
 
 The ``.deb`` files are fetched with ``apt-get download`` through PRIVATE apt
 configurations (own sources list, lists and cache under the cache dir); the
@@ -26,7 +28,7 @@ Everything is cached under ``${PODNET_TEST_CACHE:-/var/cache/podnet-test}/mirror
       .lock                    flock(2) serialising concurrent builds
       apt/<suite>/...          private apt state (sources.list, lists, cache)
       debs/<suite>/*.deb       the downloaded packages + index.json
-      out/                     the finished mirror (replaced atomically)
+      out-v<LAYOUT_VERSION>/   the finished mirror (replaced atomically)
         tree/<upstream path>   served over HTTP, with the checksum file upstream publishes
                                beside each release file (<file>.sha256, .sha256sum, runc.sha256sum)
         manifest.json          {artifact: {version: {"amd64": sha256}}}
@@ -68,14 +70,17 @@ from tests.debian_sources import (
 ARCH = "amd64"
 # Bump when the layout of the produced tree/tarballs changes: cached outputs
 # built with another layout version are rebuilt (from the cached .debs).
-LAYOUT_VERSION = 3  # 2: upstream's checksum files beside the release files; 3: shared/bin artifacts
+LAYOUT_VERSION = 4  # 2: upstream's checksum files beside the release files; 3: shared/bin artifacts;
+# 4: kubeadm, kubelet and kubectl from shared/bin
 
 DEFAULT_CACHE = "/var/cache/podnet-test"
 HOST_SOURCES_LIST = Path("/etc/apt/sources.list")
 DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 HERE = Path(__file__).resolve().parent
 
-ARTIFACTS = ("containerd", "runc", "cni_plugins", "flannel_cni_plugin", "flanneld")
+ARTIFACTS = ("containerd", "runc", "cni_plugins", "flannel_cni_plugin", "flanneld", "kubeadm", "kubelet", "kubectl")
+# Release files served as upstream publishes them, one binary each (dl.k8s.io/release/v<v>/bin/linux/<arch>/<name>).
+KUBERNETES_ARTIFACTS = ("kubeadm", "kubelet", "kubectl")
 
 # Which packages come from which suite.  "bookworm" is what the nodes run.
 SUITES = {
@@ -483,7 +488,7 @@ def inputs_fingerprint() -> Dict[str, object]:
     return {
         "layout_version": LAYOUT_VERSION,
         "shared_bin": {name: sha256_file(binaries.binary(name))
-                       for name in ("flannel", "flanneld", *binaries.CONTAINERD_BINARIES)},
+                       for name in ("flannel", "flanneld", *binaries.CONTAINERD_BINARIES, *KUBERNETES_ARTIFACTS)},
         "arch": ARCH,
     }
 
@@ -497,10 +502,12 @@ def write_shared_artifacts(tree: Path, manifest, sources) -> None:
     sha = write_deterministic_tgz(tree / upstream_path("flannel_cni_plugin", version),
                                   [(f"flannel-{ARCH}", flannel, 0o755)])
     _add(manifest, sources, "flannel_cni_plugin", version, sha, {"suite": None, "shared_bin": "flannel"})
-    version, flanneld = shared["flanneld"]
-    dest = tree / upstream_path("flanneld", version)
-    copy_atomic(flanneld, dest, 0o755)
-    _add(manifest, sources, "flanneld", version, sha256_file(dest), {"suite": None, "shared_bin": "flanneld"})
+    single = [("flanneld", *shared["flanneld"], "flanneld")]
+    single += [(name, binaries.KUBERNETES_VERSION, binaries.binary(name), name) for name in KUBERNETES_ARTIFACTS]
+    for artifact, version, binary, shared_name in single:
+        dest = tree / upstream_path(artifact, version)
+        copy_atomic(binary, dest, 0o755)
+        _add(manifest, sources, artifact, version, sha256_file(dest), {"suite": None, "shared_bin": shared_name})
     version, _ = shared["containerd"]
     members: List[Member] = [("bin/", None, 0o755)]
     members += [(f"bin/{name}", binaries.binary(name), 0o755) for name in binaries.CONTAINERD_BINARIES]
@@ -590,19 +597,23 @@ def build_into(out: Path, debs: Dict[str, Dict[str, Path]], work: Path) -> None:
 def write_published_checksums(tree: Path, manifest: Dict[str, Dict[str, Dict[str, str]]]) -> None:
     """The checksum files upstream publishes beside its release files, at the paths and in the
     format podnet reads them from (tasks.checksums.published_source): "<sha256>  <file name>"
-    lines, one file per release file, or one for several (runc.sha256sum)."""
+    lines, one file per release file, or one for several (runc.sha256sum); the sha256 alone where
+    upstream publishes it so (format ``bare``: dl.k8s.io's ``<binary>.sha256``)."""
     from urllib.parse import urlsplit
 
+    from tasks.artifacts import pinned
     from tasks.checksums import published_source
 
     files: Dict[str, List[str]] = {}
     for artifact, versions in sorted(manifest.items()):
+        bare = pinned()[artifact].get("published", {}).get("format") == "bare"  # dl.k8s.io: the hex alone
         for version, shas in sorted(versions.items()):
             for arch, sha in sorted(shas.items()):
                 if artifact == "flanneld":  # no checksum files upstream: the release API (below)
                     continue
                 path = urlsplit(published_source(artifact, version, arch, None)).path.lstrip("/")
-                files.setdefault(path, []).append(f"{sha}  {Path(upstream_path(artifact, version, arch)).name}\n")
+                line = f"{sha}\n" if bare else f"{sha}  {Path(upstream_path(artifact, version, arch)).name}\n"
+                files.setdefault(path, []).append(line)
     for path, lines in files.items():
         write_atomic(tree / path, "".join(lines).encode())
 
@@ -642,12 +653,14 @@ def build(cache_dir: Union[str, Path, None] = None, out_dir: Union[str, Path, No
     cache_dir: base cache dir (default $PODNET_TEST_CACHE or /var/cache/podnet-test);
                the mirror lives in <cache_dir>/mirror.
     out_dir:   where to put tree/ + manifest.json + sources.json
-               (default <cache>/mirror/out).  Replaced atomically.
+               (default <cache>/mirror/out-v<LAYOUT_VERSION>).  Replaced atomically.
     force:     rebuild the output even if a current one exists (reuses the .debs).
     refresh:   re-run apt-get update and download the .debs again.
     """
     root = cache_root(cache_dir)
-    out = Path(out_dir) if out_dir is not None else root / "out"
+    # One output per layout: checkouts of different layouts on one machine never replace (and
+    # delete under a running test) each other's tree.
+    out = Path(out_dir) if out_dir is not None else root / f"out-v{LAYOUT_VERSION}"
     with _locked(root):
         if not force and not refresh and output_is_current(out):
             return out

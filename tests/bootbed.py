@@ -1,0 +1,212 @@
+"""
+The cluster_bootstrap test bed: fresh Debian nodes (tests.localcluster) with no kubelet,
+kubeadm, kubectl or control plane, on which podnet's deploy creates the cluster with the
+real kubeadm (`kubeadm init` on the first node, `kubeadm join` on the others), then node
+IPAM and flannel. Pods are then run and pinged with PodBed's checks.
+
+Before podnet runs, each node gets only what THIS MACHINE needs and what no registry can
+give (see the README section "cluster_bootstrap on the test nodes"):
+
+- read-only files bound over the kernel sysctls the kubelet would otherwise write (nspawn's
+  /proc/sys is the shared host's), and a route for the service network on the node's link
+  (test nodes have no default route; tests.kubebed does the same);
+- containerd of the release podnet installs, only so that the images kubeadm's static pods
+  and DaemonSets name can be loaded beforehand (podnet then writes its own config and
+  restarts it; the images stay): kube-apiserver, kube-controller-manager and kube-scheduler
+  on the first node, kube-proxy (with iptables), flannel and the pause image on every node,
+  all built locally from the binaries in shared/bin;
+- ethtool and socat, the tools podnet would otherwise install with apt-get for kubeadm's
+  preflight checks (the nodes have no internet): bookworm's .debs, downloaded on the host
+  through the test mirror's private apt configuration and installed with dpkg;
+- on the first node, Debian's etcd-server running (kubeadm's etcd image cannot be built
+  here): the external etcd the inventory names in `etcd_external_endpoints`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.kubebed import binaries
+from tests.kubebed.cluster import SERVICE_CIDR, KubeBed, control_plane_images, flannel_image, kube_proxy_image, pause_image
+from tests.localcluster import Node
+from tests.mirror import build as mirror_build
+from tests.podbed import DEPLOY_TIMEOUT, REPO, PodBed
+
+# kubeadm 1.36's pause image (`kubeadm config images list`), and the one PodBed's pods run.
+PAUSE_IMAGES = ("registry.k8s.io/pause:3.10.2", "registry.k8s.io/pause:3.10")
+# What podnet would install with apt-get for kubeadm's preflight and the base rootfs lacks.
+NODE_TOOLS = ("ethtool", "socat")
+ETCD_ENDPOINT = "http://127.0.0.1:2379"  # Debian's etcd-server listens on localhost; the API server is host-network
+# pyinfra's run log: an operation starts, a host reports a change
+START_RE = re.compile(r"^--> Starting operation: (?P<name>.*?)\s*$")
+HOST_SUCCESS_RE = re.compile(r"^\s+\[(?P<host>[^\]]+)\] Success\s*$")
+
+# The switches this machine needs (each a podnet setting an operator would use the same way).
+MACHINE_SETTINGS = {
+    # kubeadm's etcd image cannot be built here: Debian's etcd-server 3.4 on the first node
+    "etcd_external_endpoints": [ETCD_ENDPOINT],
+    # SystemVerification: cgroup v1 here (kubeadm's check fails with it from 1.35 on); ExternalEtcdVersion:
+    # Debian's etcd 3.4 is older than kubeadm's minimum (3.5.24); ImagePull: no registry, and no CoreDNS
+    # image can be built here (its pods stay without image)
+    "kubeadm_ignore_preflight_errors": ["SystemVerification", "ExternalEtcdVersion", "ImagePull"],
+    # cgroup v1 on this machine; locally built images must never be garbage-collected (no registry)
+    "kubelet_configuration": {"failCgroupV1": False, "imageGCHighThresholdPercent": 100,
+                              "imageGCLowThresholdPercent": 99,
+                              "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%",
+                                               "imagefs.available": "1%"}},
+    # leave the conntrack sysctls alone (some are the shared host's)
+    "kube_proxy_configuration": {"conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s",
+                                               "tcpCloseWaitTimeout": "0s"}},
+}
+
+
+class BootBed(PodBed):
+    """A PodBed whose cluster podnet creates; ``members`` are the nodes in the inventory."""
+
+    def __init__(self, cluster, base_url: str, mirror, workdir: Path, members: int):
+        super().__init__(cluster, base_url, mirror, "2.x", workdir)
+        settings = self.inventory_data()
+        self.kube = KubeBed(cluster, self.workdir / "kube",
+                            containerd_tarball=mirror.path("containerd", settings["containerd_version"]),
+                            runc_binary=mirror.path("runc", settings["runc_version"]))
+        self.members = list(cluster.nodes[:members])  # the others wait to be added to the inventory
+
+    def inventory_data(self, **overrides) -> dict:
+        # sandbox_image: kubeadm 1.36's pause, so containerd's sandbox image and kubeadm's agree (kubeadm
+        # warns otherwise); podnet's default (pause:3.10) is the one of existing clusters
+        # flannel_rollout_timeout: on the fresh cluster a kube-flannel pod was seen restarting (with back-off)
+        # while the cluster settles; on this shared 2-core machine that can take longer than PodBed's 120 s
+        return super().inventory_data(cluster_bootstrap=True, kubernetes_version=binaries.KUBERNETES_VERSION,
+                                      sandbox_image=PAUSE_IMAGES[0], flannel_rollout_timeout=300,
+                                      **MACHINE_SETTINGS, **overrides)
+
+    def write_inventory(self, **overrides) -> Path:
+        self.overrides = dict(overrides)
+        per_host = {n.name: {"flannel_iface": n.ip} for n in self.members}
+        return self.cluster.write_inventory(self.workdir / "inventory.py", self.inventory_data(**overrides),
+                                            host_data=per_host, nodes=self.members)
+
+    # --- the machine, before podnet ----------------------------------------------------
+
+    def prepare_nodes(self) -> None:
+        """What this machine needs before podnet (module docstring); no Kubernetes binary is installed."""
+        assert self.kube is not None
+        kube = self.kube
+        control_plane = self.cluster.nodes[0]
+        common = [pause_image(name) for name in PAUSE_IMAGES]
+        common += [flannel_image(Path(control_plane.rootfs)), kube_proxy_image(Path(control_plane.rootfs))]
+        tools = node_tool_debs()
+        for node in self.cluster.nodes:
+            for deb in tools:
+                kube.put(node, f"/var/tmp/{deb.name}", deb.read_bytes())
+            kube.sh(node, "dpkg -i " + " ".join(f"/var/tmp/{deb.name}" for deb in tools) + " >/dev/null && rm "
+                    + " ".join(f"/var/tmp/{deb.name}" for deb in tools))
+            kube.protect_kernel_sysctls(node)
+            kube.sh(node, f"ip route replace {SERVICE_CIDR} dev host0")
+            kube.install_containerd(node)
+            kube.import_images(node, common + (control_plane_images() if node is control_plane else []))
+        kube.sh(control_plane, "systemctl unmask etcd.service && systemctl enable --now etcd.service")
+        kube.wait_for(control_plane, f"python3 -c \"import urllib.request; urllib.request.urlopen('{ETCD_ENDPOINT}"
+                                     "/health', timeout=5)\"", "etcd")
+
+    # --- the deploy, interrupted ---------------------------------------------------------
+
+    def deploy_killed_at(self, operation: str) -> tuple[int, str]:
+        """Run the real deploy and SIGKILL the pyinfra process (by its PID) as soon as it starts
+        ``operation``, i.e. once every operation before it has finished on every host. Returns
+        (exit status, output up to the kill). Fails if the run ends before reaching it (bounded)."""
+        command = [sys.executable, "-m", "pyinfra", "-y", str(self.workdir / "inventory.py"), "deploy.py"]
+        proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        lines: list[str] = []
+        killed = False
+        deadline = time.monotonic() + DEPLOY_TIMEOUT
+        buffer = b""
+        with selectors.DefaultSelector() as selector:
+            selector.register(proc.stdout, selectors.EVENT_READ)
+            try:
+                while not killed and time.monotonic() < deadline:
+                    if not selector.select(timeout=1):
+                        continue
+                    chunk = os.read(proc.stdout.fileno(), 65536)
+                    if not chunk:
+                        break
+                    buffer += chunk
+                    *complete, buffer = buffer.split(b"\n")
+                    for raw in complete:
+                        line = raw.decode(errors="replace")
+                        lines.append(line)
+                        match = START_RE.match(line)
+                        if match and match.group("name") == operation:
+                            os.kill(proc.pid, signal.SIGKILL)
+                            killed = True
+                            break
+            finally:
+                if not killed and proc.poll() is None:
+                    os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=60)
+                proc.stdout.close()
+        output = "\n".join(lines)
+        (self.workdir / "killed-deploy.log").write_text(output)
+        if not killed:
+            raise AssertionError(f"the deploy never started {operation!r}:\n{output[-4000:]}")
+        return proc.returncode, output
+
+    # --- what a user sees ----------------------------------------------------------------
+
+    def nodes_ready(self) -> dict[str, tuple[str, str]]:
+        """Node name -> (Ready condition status, spec.podCIDR)."""
+        items = json.loads(self.kubectl("get nodes -o json"))["items"]
+        return {item["metadata"]["name"]: (
+            next((c["status"] for c in item["status"].get("conditions", []) if c["type"] == "Ready"), ""),
+            item["spec"].get("podCIDR", "")) for item in items}
+
+    def bootstrap_tokens(self) -> list[str]:
+        """The bootstrap token ids kubeadm has created (Secrets bootstrap-token-<id> in kube-system)."""
+        out = self.kubectl("-n kube-system get secrets --field-selector type=bootstrap.kubernetes.io/token "
+                           "-o jsonpath='{.items[*].metadata.name}'")
+        return sorted(out.split())
+
+    def has_file(self, node: Node, path: str) -> bool:
+        return self.cluster.ssh(node, f"test -e {path}", check=False, timeout=30).returncode == 0
+
+
+def node_tool_debs() -> list[Path]:
+    """bookworm's .debs of NODE_TOOLS, downloaded once into the test cache (the mirror's private apt)."""
+    root = mirror_build.cache_root()
+    debdir = root / "debs" / "node-tools"
+    debs = {mirror_build.deb_field(deb, "Package"): deb for deb in sorted(debdir.glob("*.deb"))}
+    if set(NODE_TOOLS) - set(debs):
+        stanzas = mirror_build.host_apt_stanzas()
+        apt = mirror_build.PrivateApt(root / "apt" / "bookworm", mirror_build.private_source_lines(
+            "bookworm", stanzas, mirror_build.host_codename()))
+        apt.update()
+        with tempfile.TemporaryDirectory(prefix=".dl-", dir=root) as tmp:
+            for package, deb in apt.download(NODE_TOOLS, Path(tmp)).items():
+                mirror_build.copy_atomic(deb, debdir / deb.name)
+                debs[package] = debdir / deb.name
+    return [debs[name] for name in NODE_TOOLS]
+
+
+def changed_hosts(output: str) -> dict[str, list[str]]:
+    """pyinfra's run log -> operation name -> the hosts it changed ("[host] Success"), in order."""
+    changed: dict[str, list[str]] = {}
+    operation = None
+    for line in output.splitlines():
+        start = START_RE.match(line)
+        if start:
+            operation = start.group("name")
+            continue
+        success = HOST_SUCCESS_RE.match(line)
+        if success and operation is not None:
+            changed.setdefault(operation, []).append(success.group("host"))
+    return changed
