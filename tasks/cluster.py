@@ -54,8 +54,8 @@ def probe_request(settings: Settings, is_first_control_plane: bool, diff: bool) 
 
 
 def probe(host, settings: Settings, is_first_control_plane: bool, diff: bool) -> NodeState:
-    """Ask the host everything at once."""
-    return node_state(host, probe_request(settings, is_first_control_plane, diff))
+    """Ask the host everything at once, holding the node's run lock (tasks/run_lock.py)."""
+    return node_state(host, probe_request(settings, is_first_control_plane, diff), run_lock_wait=settings.run_lock_wait)
 
 
 def architecture(node: NodeState, host_name: str) -> str:

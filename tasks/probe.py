@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 from pyinfra.api import FactBase
 
+from tasks import run_lock
+
 
 @dataclass
 class ProbeRequest:
@@ -83,6 +85,7 @@ class NodeState:
     sysctl_files: dict[str, str] = field(default_factory=dict)
     # path -> its lines that may set a requested parameter, as written (files without one absent).
     sysctl_lines: dict[str, list[str]] = field(default_factory=dict)
+    run_lock: run_lock.LockAnswer | None = None  # the run lock step's answer (tasks/run_lock.py)
 
     def unit_active(self, unit: str) -> bool:
         return self.units.get(unit, ("", ""))[0] == "active"
@@ -214,6 +217,8 @@ def parse_probe(lines: list[str]) -> NodeState:
         elif kind == "query" and len(parts) == 3:
             output = base64.b64decode(parts[2]).decode(errors="replace")
             state.queries[parts[0]] = (int(parts[1]), output.splitlines())
+        elif kind == "runlock":
+            state.run_lock = run_lock.parse(parts)
     return state
 
 
@@ -230,8 +235,15 @@ class NodeProbe(FactBase):
 _answers: dict[str, NodeState] = {}
 
 
-def node_state(host, request: ProbeRequest) -> NodeState:
-    """The host's NodeState, asked once per run."""
+def node_state(host, request: ProbeRequest, run_lock_wait: int | None = None) -> NodeState:
+    """The host's NodeState, asked once per run. With ``run_lock_wait`` (seconds), the probe first
+    takes the node's run lock (tasks/run_lock.py); raises run_lock.NodeLocked when another run holds it."""
     if host.name not in _answers:
-        _answers[host.name] = host.get_fact(NodeProbe, script=probe_script(request))
+        script = probe_script(request)
+        if run_lock_wait is not None:  # after the first line (uname), before anything podnet decides from
+            first, rest = script.split("\n", 1)
+            script = "\n".join([first, run_lock.acquire_script(run_lock_wait, run_lock.holder()), rest])
+        _answers[host.name] = host.get_fact(NodeProbe, script=script)
+    if run_lock_wait is not None:
+        run_lock.refuse_if_held(host.name, _answers[host.name].run_lock, run_lock_wait)
     return _answers[host.name]

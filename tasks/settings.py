@@ -112,6 +112,9 @@ SPECS: tuple[SettingSpec, ...] = (
                 "systemd (a unit on every node) or external (deployed by something else)"),
     SettingSpec("flannel_image", "docker.io/flannel/flannel:v0.28.4", "flanneld image of the DaemonSet"),
     SettingSpec("flannel_rollout_timeout", 300, "seconds to wait for the flannel rollout and podCIDRs"),
+    SettingSpec("run_lock_wait", 0,
+                "seconds a run waits for another run deploying the same node (its run lock) before it stops; "
+                "0: stop at once"),
     SettingSpec("allow_pod_network_change", False,
                 "let a run change cluster_cidr or node_cidr_mask_size (or the IPv6 ones) that nodes' podCIDRs do not "
                 "fit: podnet then registers those nodes again and removes their old cni0 (pods must be recreated)"),
@@ -182,6 +185,7 @@ class Settings:
     flannel_rollout: str
     flannel_image: str
     flannel_rollout_timeout: int
+    run_lock_wait: int
     allow_pod_network_change: bool
     containerd_version: str
     runc_version: str
@@ -424,6 +428,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "flannel_rollout": _choice(FLANNEL_ROLLOUTS),
     "flannel_image": _image,
     "flannel_rollout_timeout": _integer(10, 3600),
+    "run_lock_wait": _integer(0, 3600),
     "allow_pod_network_change": _boolean,
     "containerd_version": _version,
     "runc_version": _version,
