@@ -16,8 +16,8 @@ changes nothing and restarts nothing.
 
 from pyinfra import host, inventory, state
 
-from tasks import (cni, containerd, controller_manager, flannel, kernel, kubeadm, kubeadm_config, pod_network,
-                   pyinfra_tuning)
+from tasks import (cni, containerd, controller_manager, flannel, interrupted, kernel, kubeadm, kubeadm_config,
+                   pod_network, pyinfra_tuning)
 from tasks.cluster import fetch_artifacts, first_control_plane, probe, settings_for
 
 pyinfra_tuning.enable_tcp_nodelay([host])
@@ -30,6 +30,7 @@ binaries = fetch_artifacts(settings, node, host.name)
 flannel.pod_mtu_fits(settings, node, host.name)
 nodes_to_register_again = pod_network.checked(settings, node, host.name, is_first_control_plane)
 
+interrupted.leftovers_removed(node)
 kernel.apply(settings, node)
 if settings.cluster_bootstrap:
     kubeadm.prerequisites(settings, node, host.name)

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks import (artifacts, checksums, cni, containerd, controller_manager, flannel, kernel, kubeadm, kubeadm_config,
-                   pod_network)
+from tasks import (artifacts, checksums, cni, containerd, controller_manager, flannel, interrupted, kernel, kubeadm,
+                   kubeadm_config, pod_network)
 from tasks.artifacts import KUBERNETES_BINARIES
 from tasks.desired import DesiredFile
 from tasks.download import Downloader
@@ -50,6 +50,7 @@ def probe_request(settings: Settings, is_first_control_plane: bool, diff: bool) 
         request = request.merge(controller_manager.probe_request(settings))
         request = request.merge(kubeadm_config.probe_request(settings, is_first_control_plane))
     request = request.merge(pod_network.probe_request(settings))
+    request = request.merge(interrupted.probe_request(settings))
     return request.merge(flannel.probe_request(settings, is_first_control_plane)).for_run(diff)
 
 
