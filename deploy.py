@@ -17,11 +17,12 @@ changes nothing and restarts nothing.
 from pyinfra import host, inventory, state
 
 from tasks import (cni, containerd, controller_manager, flannel, interrupted, kernel, kubeadm, kubeadm_config,
-                   pod_network, pyinfra_tuning)
+                   pod_network, pyinfra_tuning, run_report)
 from tasks.cluster import fetch_artifacts, first_control_plane, probe, settings_for
 
 pyinfra_tuning.enable_tcp_nodelay([host])
 pyinfra_tuning.fast_operation_order()
+run_report.register(state)  # at the end: what failed hosts were left without
 settings = settings_for(host, inventory)
 first_control_plane_name = first_control_plane(inventory)
 is_first_control_plane = first_control_plane_name == host.name

@@ -122,6 +122,8 @@ class PodBed:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cluster_cidr = ipaddress.ip_network("10.244.0.0/16")
         self.overrides: dict = {}
+        # node name -> (host, port) pyinfra connects to instead of the node's sshd (e.g. a DelayProxy)
+        self.ssh_endpoints: dict[str, tuple[str, int]] = {}
         self.kube: KubeBed | None = None
 
     # --- inventory -------------------------------------------------------------------
@@ -149,6 +151,8 @@ class PodBed:
         self.overrides = dict(overrides)
         # No default route on test nodes: flanneld is told each node's own address (as on Vagrant).
         per_host = {n.name: {"flannel_iface": n.ip} for n in self.cluster.nodes}
+        for name, (address, port) in self.ssh_endpoints.items():
+            per_host[name].update(ssh_hostname=address, ssh_port=port)
         return self.cluster.write_inventory(self.workdir / "inventory.py", self.inventory_data(**overrides),
                                             host_data=per_host)
 
@@ -169,16 +173,37 @@ class PodBed:
 
     # --- the deploy ------------------------------------------------------------------
 
+    def deploy_command(self, *extra_args: str) -> list[str]:
+        """The pyinfra command line of a deploy (`-y`, or `--dry` to only plan)."""
+        confirm = [] if "--dry" in extra_args else ["-y"]
+        return [sys.executable, "-m", "pyinfra", *confirm, *extra_args, str(self.workdir / "inventory.py"),
+                "deploy.py"]
+
     def deploy(self, *extra_args: str) -> DeployRun:
         """Run the real deploy.py with the real pyinfra CLI over SSH (`-y`, or `--dry` to only plan)."""
-        confirm = [] if "--dry" in extra_args else ["-y"]
-        command = [sys.executable, "-m", "pyinfra", *confirm, *extra_args, str(self.workdir / "inventory.py"),
-                   "deploy.py"]
-        proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=DEPLOY_TIMEOUT,
-                              stdin=subprocess.DEVNULL)
-        output = proc.stdout + proc.stderr
+        proc = subprocess.run(self.deploy_command(*extra_args), cwd=REPO, capture_output=True, text=True,
+                              timeout=DEPLOY_TIMEOUT, stdin=subprocess.DEVNULL)
+        return self.deploy_result(proc.returncode, proc.stdout + proc.stderr)
+
+    def deploy_result(self, returncode: int, output: str) -> DeployRun:
         (self.workdir / "last-deploy.log").write_text(output)
-        return DeployRun(proc.returncode, output, parse_results(output), parse_detected_changes(output))
+        return DeployRun(returncode, output, parse_results(output), parse_detected_changes(output))
+
+    def start_deploy(self, log: Path, *extra_args: str) -> subprocess.Popen:
+        """A deploy running in the background, its output going to ``log`` (the caller ends it: ``finish_deploy``)."""
+        with open(log, "w") as out:
+            return subprocess.Popen(self.deploy_command(*extra_args), cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, text=True)
+
+    def finish_deploy(self, proc: subprocess.Popen, log: Path) -> DeployRun:
+        """Wait (bounded) for a deploy from ``start_deploy``; its result."""
+        try:
+            returncode = proc.wait(timeout=DEPLOY_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+            raise
+        return self.deploy_result(returncode, log.read_text())
 
     # --- nodes -----------------------------------------------------------------------
 

@@ -569,7 +569,8 @@ def test_without_a_control_plane_host_the_skipped_pod_cidr_check_is_said(cluster
 
 def test_staged_files_an_interrupted_run_left_are_removed_and_nothing_else_changes(cluster):
     worker = cluster.converged(WORKER)
-    worker.queries[interrupted.QUERY] = (0, ["/opt/cni/bin/.bridge.podnet-new", "/etc/containerd/.config.toml.podnet-new"])
+    worker.queries[interrupted.QUERY] = (0, ["/opt/cni/bin/.bridge.podnet-new",
+                                             "/etc/containerd/.config.toml.podnet-new"])
     run = run_pyinfra(cluster.inventory(cluster.converged(CP), worker), "-y")
     assert_ok(run)
     assert run.commands(WORKER) == [*probes(run, WORKER),
@@ -580,8 +581,8 @@ def test_staged_files_an_interrupted_run_left_are_removed_and_nothing_else_chang
 
 def test_the_probe_looks_for_staged_files_where_podnet_installs_files(cluster):
     dirs = interrupted.directories(cluster.settings(CP))
-    assert dirs == ["/etc/cni/net.d", "/etc/containerd", "/etc/default", "/etc/kube-flannel", "/etc/kubernetes/manifests",
-                    "/etc/modules-load.d", "/etc/podnet", "/etc/sysctl.d", "/etc/systemd/system",
+    assert dirs == ["/etc/cni/net.d", "/etc/containerd", "/etc/default", "/etc/kube-flannel",
+                    "/etc/kubernetes/manifests", "/etc/modules-load.d", "/etc/podnet", "/etc/sysctl.d", "/etc/systemd/system",
                     "/etc/systemd/system/kubelet.service.d", "/opt/cni/bin", "/usr/local/bin", "/usr/local/sbin"]
 
 
