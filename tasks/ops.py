@@ -160,10 +160,11 @@ def service_running(unit: str, current: NodeState, restart: bool = False, daemon
     + current: the node's probe answer
     + restart: its binary, unit or config changed in this run (or an earlier run activated
       them and was interrupted before the restart: ``restart_pending``)
-    + daemon_reload: its unit file changed in this run
+    + daemon_reload: its unit file changed in this run (or may have, in the interrupted run)
     """
     pending = restart_pending(current, unit)
     restart = restart or pending
+    daemon_reload = daemon_reload or pending  # its unit file may be among what that run activated
     commands = []
     if daemon_reload:
         commands.append("systemctl daemon-reload")

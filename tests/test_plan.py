@@ -591,8 +591,8 @@ def test_a_restart_an_interrupted_run_left_pending_is_done_though_the_files_matc
     worker.listings[ops.RESTART_PENDING_DIR] = ["containerd.service"]
     run = run_pyinfra(cluster.inventory(cluster.converged(CP), worker), "-y")
     assert_ok(run)
-    assert run.commands(WORKER) == [*probes(run, WORKER), "systemctl restart containerd.service && "
-                                    "rm -f /var/lib/podnet/restart-pending/containerd.service"]
+    assert run.commands(WORKER) == [*probes(run, WORKER), "systemctl daemon-reload && systemctl restart "
+                                    "containerd.service && rm -f /var/lib/podnet/restart-pending/containerd.service"]
     assert run.uploads(WORKER) == []
 
 

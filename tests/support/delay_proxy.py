@@ -4,18 +4,31 @@ slow link to a test node, in user space (this host's kernel has no netem), touch
 network configuration. pyinfra is pointed at it (``ssh_hostname``/``ssh_port``) so that the
 moments between two commands of a run last long enough to be seen from the host.
 
-When either side closes, what was already received is still delivered (as packets in flight
-would be), then the other side is closed.
+When either side closes or fails, the other is reset at once (SO_LINGER 0), dropping what is
+still delayed: as the kernel of a killed process resets its connections. (A graceful half-close
+would leave sshd waiting for a client that is gone.)
 """
 
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 from collections import deque
 
 CHUNK = 65536
+
+
+def _reset(sock: socket.socket) -> None:
+    """End the connection now: shut it down (which also wakes the other direction's thread blocked
+    in recv on it: a plain close would wait for that call) and close it with a reset (SO_LINGER 0)."""
+    for step in (lambda: sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)),
+                 lambda: sock.shutdown(socket.SHUT_RDWR), sock.close):
+        try:
+            step()
+        except OSError:
+            pass
 
 
 class DelayProxy:
@@ -59,11 +72,16 @@ class DelayProxy:
                     data = source.recv(CHUNK)
                 except OSError:
                     data = b""
+                if not data:
+                    _reset(sink)
+                    _reset(source)
+                    with ready:
+                        queue.append((0.0, b""))
+                        ready.notify()
+                    return
                 with ready:
                     queue.append((time.monotonic() + self.delay, data))
                     ready.notify()
-                if not data:
-                    return
 
         def writer() -> None:
             while True:
@@ -74,13 +92,12 @@ class DelayProxy:
                 pause = due - time.monotonic()
                 if pause > 0:
                     time.sleep(pause)
+                if not data:
+                    return
                 try:
-                    if not data:
-                        sink.shutdown(socket.SHUT_WR)
-                        return
                     sink.sendall(data)
                 except OSError:
-                    source.close()
+                    _reset(source)
                     return
 
         for function in (reader, writer):
