@@ -119,6 +119,13 @@ def test_cgroup_fixup_remounts_only_readonly_v1_controllers():
         ["umount", "/sys/fs/cgroup/cpu,cpuacct"],
         ["mount", "-t", "cgroup", "-o", "cpu,cpuacct", "cgroup", "/sys/fs/cgroup/cpu,cpuacct"],
     ]
+    # a rebooted node: its services already hold the read-only mounts, the read-write ones go over them
+    mounts.append(Mount("/sys/fs/cgroup/cpuacct", "ro,nosuid", "cgroup", "cgroup", "rw,cpu,cpuacct"))
+    assert cgroup_fixup_commands(mounts, in_use=True) == [
+        ["mount", "-o", "remount,rw", "/sys/fs/cgroup"],
+        ["mount", "-t", "cgroup", "-o", "cpu,cpuacct", "cgroup", "/sys/fs/cgroup/cpu,cpuacct"],
+        ["mount", "-t", "cgroup", "-o", "cpu,cpuacct", "cgroup", "/sys/fs/cgroup/cpuacct"],
+    ]
 
 
 # --- e2e helpers ---------------------------------------------------------------------

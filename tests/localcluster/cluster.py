@@ -7,6 +7,7 @@ import os
 import pprint
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -177,7 +178,7 @@ class Cluster:
         n = target if isinstance(target, Node) else self.node(target)
         if not n.pid or not n.leader_pid:
             raise ClusterError(f"{n.name} is not running")
-        node.nsenter(n.leader_pid, "-m", "-p", "systemctl", "poweroff", check=False)
+        os.kill(n.leader_pid, signal.SIGRTMIN + 4)  # systemd(1): power off (what `systemctl poweroff` asks it)
         wait_for(lambda: not node.pid_alive(n.pid), what=f"power-off of {n.name}", timeout=timeout, interval=0.5)
         proc = self._procs.pop(n.pid, None)
         if proc is not None:
@@ -195,7 +196,7 @@ class Cluster:
         self._wait_ssh(n)
         node.wait_system_running(lambda cmd: self.ssh(n, cmd, timeout=30), n.name, self.boot_timeout,
                                  self._cancel.is_set)
-        node.fix_cgroups(n.leader_pid)
+        node.fix_cgroups(n.leader_pid, in_use=True)  # containerd and the kubelet already started at boot
         return n
 
     def node_path(self, target: Node, path: str) -> Path:
