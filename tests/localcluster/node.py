@@ -226,10 +226,6 @@ def host_veth(leader: int) -> str | None:
     return ifname_by_index(peer) if peer else None
 
 
-V1_CONTROLLERS = {"blkio", "cpu", "cpuacct", "cpuset", "devices", "freezer", "hugetlb", "memory", "misc", "net_cls",
-                  "net_prio", "perf_event", "pids", "rdma"}
-
-
 def cgroup_fixup_commands(mounts, in_use: bool = False) -> list[list[str]]:
     """Commands (to run in the node's mount namespace) that make cgroup v1 writable (pure).
 
@@ -248,17 +244,17 @@ def cgroup_fixup_commands(mounts, in_use: bool = False) -> list[list[str]]:
             and not controllers.startswith("name=")
             and controllers != "systemd"
         ):
-            if in_use:  # the hierarchy as mounted (a rebooted node may show it under cpu and cpuacct alike)
-                controllers = ",".join(o for o in m.super_options.split(",") if o in V1_CONTROLLERS) or controllers
-            else:
-                commands.append(["umount", m.mountpoint])
+            if in_use:  # only this mount's read-only flag: the hierarchy itself is the host's, read-write
+                commands.append(["mount", "-o", "remount,bind,rw", m.mountpoint])
+                continue
+            commands.append(["umount", m.mountpoint])
             commands.append(["mount", "-t", "cgroup", "-o", controllers, "cgroup", m.mountpoint])
     return commands
 
 
 def fix_cgroups(leader: int, in_use: bool = False) -> None:
-    """``in_use``: the read-only mounts are in use (a rebooted node's services already run): mount the
-    read-write ones over them instead of unmounting them first."""
+    """``in_use``: the read-only mounts are in use (a rebooted node's services already run): they are
+    made read-write where they are instead of being replaced."""
     for argv in cgroup_fixup_commands(read_mounts(leader), in_use):
         nsenter(leader, "-m", *argv)
 
