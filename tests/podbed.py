@@ -187,7 +187,10 @@ class PodBed:
 
     def deploy_result(self, returncode: int, output: str) -> DeployRun:
         (self.workdir / "last-deploy.log").write_text(output)
-        return DeployRun(returncode, output, parse_results(output), parse_detected_changes(output))
+        run = DeployRun(returncode, output, parse_results(output), parse_detected_changes(output))
+        with open(self.workdir / "deploy-history.log", "a") as history:  # one line a run, to read after a test
+            history.write(f"exit {returncode} changed {run.changed_operations()}\n")
+        return run
 
     def start_deploy(self, log: Path, *extra_args: str) -> subprocess.Popen:
         """A deploy running in the background, its output going to ``log`` (the caller ends it: ``finish_deploy``)."""
