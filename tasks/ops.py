@@ -177,7 +177,7 @@ def service_running(unit: str, current: NodeState, restart: bool = False, daemon
     if not commands:
         host.noop(f"{unit} is running")
         return
-    if pending or restart:
+    if restart:  # done (or being done) now: no longer pending
         commands.append(f"rm -f {shlex.quote(posixpath.join(RESTART_PENDING_DIR, unit))}")
     yield " && ".join(commands)
 
