@@ -111,7 +111,7 @@ def run(steps: tuple[Step, ...], host, inventory, diff: bool = False) -> HostCon
     """
     ctx = context_for(host, inventory, diff)
     steps_here = applicable(steps, ctx)
-    ctx.node = node_state(host, probe_request(steps_here, ctx))
+    ctx.node = node_state(host, probe_request(steps_here, ctx), run_lock_wait=ctx.settings.run_lock_wait)
     ctx.arch = architecture(ctx.node, host.name)
     ctx.artifacts = fetch_artifacts(ctx, artifacts_needed(steps_here, ctx))
     for step in steps_here:

@@ -83,10 +83,11 @@ def apply(settings: "Settings", node: NodeState, binaries: list[DesiredFile], ru
     daemon = [f for f in binaries if f.path == f"{BIN_DIR}/containerd"]
     content_changed = [f for f in [*daemon, unit, config] if f.differs(node.hashes.get(f.path))]
     ops.files_installed(name="containerd: runc binary", files=[runc], current=node)
-    ops.files_installed(name="containerd: containerd binaries", files=binaries, current=node)
-    ops.files_installed(name="containerd: systemd unit", files=[unit], current=node)
+    restarts = UNIT if content_changed else None
+    ops.files_installed(name="containerd: containerd binaries", files=binaries, current=node, restarts=restarts)
+    ops.files_installed(name="containerd: systemd unit", files=[unit], current=node, restarts=restarts)
     ops.files_installed(name="containerd: config.toml (checked by containerd first)", files=[config],
-                        current=node, validate=validate_command())
+                        current=node, validate=validate_command(), restarts=restarts)
     ops.service_running(name="containerd: enabled and running", unit=UNIT, current=node,
                         restart=bool(content_changed), daemon_reload=unit in ops.files_needing_change([unit], node))
 

@@ -590,10 +590,10 @@ def apply(s: Settings, node: NodeState, host_name: str, created_by_kubeadm: bool
     ops.shell_when(name="kube-controller-manager: keep a backup before changing flags",
                    commands=[f"mkdir -p {BACKUP_DIR}", f"cp -p {shlex.quote(path)} {shlex.quote(backup)}"],
                    reason=f"backing up {path} to {backup}" if desired else None)
+    unit = posixpath.basename(s.kube_controller_manager_unit)
     ops.files_installed(name="kube-controller-manager: node IPAM flags", files=[desired] if desired else [],
-                        current=node)
+                        current=node, restarts=unit if s.kube_controller_manager_runtime == "systemd" else None)
     if s.kube_controller_manager_runtime == "systemd":
-        unit = posixpath.basename(s.kube_controller_manager_unit)
         ops.service_running(name="kube-controller-manager: running with the new flags", unit=unit, current=node,
                             restart=desired is not None, daemon_reload=desired is not None)
     return desired is not None

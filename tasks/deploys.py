@@ -21,8 +21,8 @@ from __future__ import annotations
 from pyinfra import host, inventory, state
 from pyinfra.api import deploy
 
-from tasks import (cluster, cni, containerd, controller_manager, flannel, kernel, kubeadm, kubeadm_config, pod_network,
-                   reset)
+from tasks import (cluster, cni, containerd, controller_manager, flannel, interrupted, kernel, kubeadm, kubeadm_config,
+                   pod_network, reset, run_report)
 from tasks.context import HostContext, Step
 
 # The pod network, in the order its steps run on every host.
@@ -42,8 +42,15 @@ POD_NETWORK: tuple[Step, ...] = (
 
 
 def steps(*chosen: Step) -> HostContext:
-    """Run ``chosen`` on the current host as one run: one probe, one fetch, checks then applies."""
-    return cluster.run(chosen, host, inventory, diff=bool(state.config.DIFF))
+    """
+    Run ``chosen`` on the current host as one run: one probe (which takes the node's run lock),
+    one fetch, checks then applies. What an interrupted run left (tasks/interrupted.py) is always
+    cleared first, and a host that fails is named at the end of the run with what was left undone
+    there (tasks/run_report.py).
+    """
+    run_report.register(state)
+    return cluster.run((interrupted.STEP, *(s for s in chosen if s is not interrupted.STEP)), host, inventory,
+                       diff=bool(state.config.DIFF))
 
 
 @deploy("podnet: pod network")

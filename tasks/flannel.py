@@ -304,8 +304,9 @@ def apply_systemd(s: Settings, node: NodeState, flanneld_binary, check_pod_cidrs
     control-plane host (``check_pod_cidrs``) also every node's podCIDR."""
     files, unit = systemd_files(s, flanneld_binary)
     changed = ops.files_needing_change([*files, unit], node)
-    ops.files_installed(name="flannel: flanneld binary and net-conf.json", files=files, current=node)
-    ops.files_installed(name="flannel: flanneld unit", files=[unit], current=node)
+    restarts = UNIT if changed else None
+    ops.files_installed(name="flannel: flanneld binary and net-conf.json", files=files, current=node, restarts=restarts)
+    ops.files_installed(name="flannel: flanneld unit", files=[unit], current=node, restarts=restarts)
     ops.service_running(name="flannel: flanneld running", unit=UNIT, current=node, restart=bool(changed),
                         daemon_reload=unit in changed)
     if check_pod_cidrs:

@@ -21,6 +21,14 @@ from tasks.pyinfra_compat import HostCommand
 from tasks.probe import DIGEST_CACHE, NodeState
 
 STAGED_SUFFIX = ".podnet-new"
+# A unit named here had files activated that it must be restarted for; written before the files are
+# renamed into place, removed by the restart: a run killed in between leaves it for the next run.
+RESTART_PENDING_DIR = "/var/lib/podnet/restart-pending"
+
+
+def restart_pending(current: NodeState, unit: str) -> bool:
+    """An earlier run activated files for ``unit`` and ended before restarting it (see RESTART_PENDING_DIR)."""
+    return unit in current.listings.get(RESTART_PENDING_DIR, [])
 
 
 def staged_path(path: str) -> str:
@@ -57,7 +65,8 @@ def files_needing_change(files: list[DesiredFile], current: NodeState) -> list[D
 
 
 @operation()
-def files_installed(files: list[DesiredFile], current: NodeState, validate: str | None = None):
+def files_installed(files: list[DesiredFile], current: NodeState, validate: str | None = None,
+                    restarts: str | None = None):
     """
     Ensure every file holds its desired content and mode.
 
@@ -65,6 +74,8 @@ def files_installed(files: list[DesiredFile], current: NodeState, validate: str 
     + current: the node's probe answer
     + validate: a command checking the staged file (``{path}`` is replaced by it); when it
       fails, the staged file is removed and the live file stays as it was
+    + restarts: the unit that must be restarted for these files: marked restart-pending
+      (RESTART_PENDING_DIR) before they are activated, until ``service_running`` restarts it
 
     Each changed file is uploaded under a temporary name in its own directory and renamed
     over the live one, so no reader ever sees a half-written file.
@@ -80,14 +91,16 @@ def files_installed(files: list[DesiredFile], current: NodeState, validate: str 
     for f in changed:
         source = io.BytesIO(f.content) if f.is_text else str(f.source)
         yield FileUploadCommand(source, staged_path(f.path))
-    yield install_script(changed, validate)
+    yield install_script(changed, validate, restarts=restarts)
 
 
-def install_script(changed: list[DesiredFile], validate: str | None = None, digest_cache: str = DIGEST_CACHE) -> str:
+def install_script(changed: list[DesiredFile], validate: str | None = None, digest_cache: str = DIGEST_CACHE,
+                   restarts: str | None = None, pending_dir: str = RESTART_PENDING_DIR) -> str:
     """
     The shell that activates uploaded files: set each staged file's mode, check it with
     ``validate`` (a rejected file is removed and the live one left as it was, and nothing
-    is activated), rename every staged file over its live one, record their digests.
+    is activated), mark ``restarts`` restart-pending, rename every staged file over its live
+    one, record their digests.
     """
     steps = ["set -e"]
     for f in changed:
@@ -96,6 +109,8 @@ def install_script(changed: list[DesiredFile], validate: str | None = None, dige
         if validate:
             message = shlex.quote(f"podnet: {f.path}: rejected by validation, live file left unchanged")
             steps.append(f"if ! {validate.format(path=staged)}; then rm -f {staged}; echo {message} >&2; exit 1; fi")
+    if restarts:
+        steps.append(f"mkdir -p {shlex.quote(pending_dir)} && : > {shlex.quote(posixpath.join(pending_dir, restarts))}")
     steps.extend(f"mv -f {shlex.quote(staged_path(f.path))} {shlex.quote(f.path)}" for f in changed)
     steps.append(record_digests(changed, digest_cache))
     return "; ".join(steps)
@@ -144,9 +159,13 @@ def service_running(unit: str, current: NodeState, restart: bool = False, daemon
 
     + unit: the unit name
     + current: the node's probe answer
-    + restart: its binary, unit or config changed in this run
-    + daemon_reload: its unit file changed in this run
+    + restart: its binary, unit or config changed in this run (or an earlier run activated
+      them and was interrupted before the restart: ``restart_pending``)
+    + daemon_reload: its unit file changed in this run (or may have, in the interrupted run)
     """
+    pending = restart_pending(current, unit)
+    restart = restart or pending
+    daemon_reload = daemon_reload or pending  # its unit file may be among what that run activated
     commands = []
     if daemon_reload:
         commands.append("systemctl daemon-reload")
@@ -159,6 +178,8 @@ def service_running(unit: str, current: NodeState, restart: bool = False, daemon
     if not commands:
         host.noop(f"{unit} is running")
         return
+    if restart:  # done (or being done) now: no longer pending
+        commands.append(f"rm -f {shlex.quote(posixpath.join(RESTART_PENDING_DIR, unit))}")
     yield " && ".join(commands)
 
 

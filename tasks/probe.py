@@ -18,6 +18,7 @@ from typing import Callable
 
 from pyinfra.api import FactBase
 
+from tasks import run_lock
 from tasks.errors import PodnetError
 
 
@@ -139,6 +140,7 @@ class NodeState:
     sysctl_files: dict[str, str] = field(default_factory=dict)
     # path -> its lines that may set a requested parameter, as written (files without one absent).
     sysctl_lines: dict[str, list[str]] = field(default_factory=dict)
+    run_lock: run_lock.LockAnswer | None = None  # the run lock step's answer (tasks/run_lock.py)
 
     def answering(self, request: ProbeRequest) -> "NodeState":
         """This answer held to ``request``: reading anything it did not ask for raises ProbeContractError."""
@@ -284,6 +286,8 @@ def parse_probe(lines: list[str]) -> NodeState:
         elif kind == "query" and len(parts) == 3:
             output = base64.b64decode(parts[2]).decode(errors="replace")
             state.queries[parts[0]] = (int(parts[1]), output.splitlines())
+        elif kind == "runlock":
+            state.run_lock = run_lock.parse(parts)
     return state
 
 
@@ -300,18 +304,28 @@ class NodeProbe(FactBase):
 _answers: dict[str, tuple[ProbeRequest, NodeState]] = {}
 
 
-def node_state(host, request: ProbeRequest) -> NodeState:
+def node_state(host, request: ProbeRequest, run_lock_wait: int | None = None) -> NodeState:
     """
     The host's answer to ``request``, held to it (``NodeState.answering``). A host is asked once per
     run; a later request that asks nothing new gets the same answer, one that asks more is merged
     with the first and the host is asked again, once, for the union (a podnet deploy reused step
     by step from another deploy; podnet's own deploy asks once).
+
+    With ``run_lock_wait`` (seconds), the probe first takes the node's run lock (tasks/run_lock.py);
+    raises run_lock.NodeLocked naming the holder when another run holds it.
     """
     known = _answers.get(host.name)
     if known is not None and known[0].covers(request):
-        return known[1].answering(request)
-    if known is not None:
-        request = known[0].merge(request)
-    answer = host.get_fact(NodeProbe, script=probe_script(request))
-    _answers[host.name] = (request, answer)
+        answer = known[1]
+    else:
+        if known is not None:
+            request = known[0].merge(request)
+        script = probe_script(request)
+        if run_lock_wait is not None:  # after the first line (uname), before anything podnet decides from
+            first, rest = script.split("\n", 1)
+            script = "\n".join([first, run_lock.acquire_script(run_lock_wait, run_lock.holder()), rest])
+        answer = host.get_fact(NodeProbe, script=script)
+        _answers[host.name] = (request, answer)
+    if run_lock_wait is not None:
+        run_lock.refuse_if_held(host.name, answer.run_lock, run_lock_wait)
     return answer.answering(request)

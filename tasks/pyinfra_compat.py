@@ -22,6 +22,12 @@ below, each checked at import (``check``): an upgrade that moves or removes one 
    overriding ``FunctionCommand.execute``), and the connector arguments another host's commands
    run with (``connector_arguments_of``: ``pop_global_arguments``, ``CONNECTOR_ARGUMENT_KEYS``).
 
+5. What a failed host was left without (tasks/run_report.py): the state's operation data and
+   order (``State.get_op_data_for_host``, ``get_op_meta``, ``get_op_order``), a host's own
+   operation order (``Host.op_hash_order``), whether pyinfra already knows an operation changes
+   something (``OperationMeta._maybe_is_change``), and the host context to evaluate a plan in
+   (``ctx_host``): ``known_change``, ``operations_of``, ``planned_in``.
+
 4. An inventory file loaded as the CLI loads it, without connecting (``load_inventory``:
    ``pyinfra_cli.inventory.make_inventory``, checked when used, and ``pyinfra.context.ctx_state``).
 """
@@ -47,6 +53,12 @@ INTERNALS = (
     ("pyinfra.connectors.ssh", "SSHConnector.connect"),
     ("pyinfra.context", "ctx_state"),
     ("pyinfra.api.state", "State.is_host_in_limit"),  # reset.py: which hosts a --limit leaves out
+    ("pyinfra.api.state", "State.get_op_data_for_host"),
+    ("pyinfra.api.state", "State.get_op_meta"),
+    ("pyinfra.api.state", "State.get_op_order"),
+    ("pyinfra.api.operation", "OperationMeta._maybe_is_change"),
+    ("pyinfra.api.host", "Host.__init__:op_hash_order"),  # an attribute set in __init__
+    ("pyinfra.context", "ctx_host"),
 )
 # Checked when used (load_inventory): importing pyinfra_cli patches the standard library with gevent,
 # which only a command-line entry point may do.
@@ -61,13 +73,16 @@ def missing_internals(internals=INTERNALS) -> list[str]:
     """``module.attribute`` of every internal that cannot be found in the installed pyinfra."""
     missing = []
     for module_name, path in internals:
+        path, _, assigned = path.partition(":")
         try:
             value = importlib.import_module(module_name)
             for part in path.split("."):
                 # A class's method must be its own, not one inherited from a base class.
                 value = vars(value)[part] if isinstance(value, type) else getattr(value, part)
+            if assigned and assigned not in value.__code__.co_names:  # an attribute this function sets
+                raise AttributeError(assigned)
         except (ImportError, AttributeError, KeyError):
-            missing.append(f"{module_name}.{path}")
+            missing.append(f"{module_name}.{path}" + (f" (setting {assigned})" if assigned else ""))
     return missing
 
 
@@ -91,7 +106,7 @@ check()
 import pyinfra.api.util  # noqa: E402  (after the check, which names what is missing)
 from pyinfra.api import Config, FunctionCommand, State  # noqa: E402
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments  # noqa: E402
-from pyinfra.context import ctx_state  # noqa: E402
+from pyinfra.context import ctx_host, ctx_state  # noqa: E402
 
 
 # --- 1. TCP_NODELAY -----------------------------------------------------------------------
@@ -170,3 +185,23 @@ def load_inventory(path: str):
         inventory = make_inventory(path, cwd=os.getcwd())
         State(inventory=inventory, config=Config())  # attaches the hosts' state, so host.data resolves
     return inventory
+
+
+# --- 5. what a failed host was left without -------------------------------------------------
+
+
+def known_change(state, host, op_hash: str) -> bool | None:
+    """Whether pyinfra already decided the operation changes ``host`` (it checks without -y); None: not yet."""
+    return state.get_op_data_for_host(host, op_hash).operation_meta._maybe_is_change
+
+
+def operations_of(host) -> list[str]:
+    """The host's operations (hashes) in the order they run."""
+    return list(host.op_hash_order)
+
+
+def planned_in(state, host, op_hash: str) -> bool:
+    """Whether the operation's plan for ``host`` has any command (its generator yields one)."""
+    data = state.get_op_data_for_host(host, op_hash)
+    with ctx_state.use(state), ctx_host.use(host):
+        return next(iter(data.command_generator()), None) is not None

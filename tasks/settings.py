@@ -330,6 +330,10 @@ class Settings:
     flannel_rollout_timeout: int = setting(
         300, _integer(10, 3600),
         "seconds to wait for the flannel rollout and podCIDRs")
+    run_lock_wait: int = setting(
+        0, _integer(0, 3600),
+        "seconds a run waits for another run deploying the same node (its run lock) before it stops; "
+        "0: stop at once")
     allow_pod_network_change: bool = setting(
         False, _boolean,
         "let a run change cluster_cidr or node_cidr_mask_size (or the IPv6 ones) that nodes' podCIDRs do "

@@ -122,6 +122,8 @@ class PodBed:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cluster_cidr = ipaddress.ip_network("10.244.0.0/16")
         self.overrides: dict = {}
+        # node name -> (host, port) pyinfra connects to instead of the node's sshd (e.g. a DelayProxy)
+        self.ssh_endpoints: dict[str, tuple[str, int]] = {}
         self.kube: KubeBed | None = None
         self.members: list[Node] = list(cluster.nodes)  # the nodes in the inventory
 
@@ -150,6 +152,8 @@ class PodBed:
         self.overrides = dict(overrides)
         # No default route on test nodes: flanneld is told each node's own address (as on Vagrant).
         per_host = {n.name: {"flannel_iface": n.ip} for n in self.cluster.nodes}
+        for name, (address, port) in self.ssh_endpoints.items():
+            per_host[name].update(ssh_hostname=address, ssh_port=port)
         return self.cluster.write_inventory(self.workdir / "inventory.py", self.inventory_data(**overrides),
                                             host_data=per_host)
 
@@ -170,17 +174,39 @@ class PodBed:
 
     # --- the deploy ------------------------------------------------------------------
 
-    def deploy(self, *extra_args: str, script: str = "deploy.py") -> DeployRun:
-        """Run the real deploy.py (or ``script``, such as reset.py) with the real pyinfra CLI over SSH
-        (`-y`, or `--dry` to only plan)."""
+    def deploy_command(self, *extra_args: str, script: str = "deploy.py") -> list[str]:
+        """The pyinfra command line of deploy.py (or ``script``, such as reset.py): `-y`, or `--dry` to only plan."""
         confirm = [] if "--dry" in extra_args else ["-y"]
-        command = [sys.executable, "-m", "pyinfra", *confirm, *extra_args, str(self.workdir / "inventory.py"),
-                   script]
-        proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=DEPLOY_TIMEOUT,
-                              stdin=subprocess.DEVNULL)
-        output = proc.stdout + proc.stderr
+        return [sys.executable, "-m", "pyinfra", *confirm, *extra_args, str(self.workdir / "inventory.py"), script]
+
+    def deploy(self, *extra_args: str, script: str = "deploy.py") -> DeployRun:
+        """Run the real deploy.py (or ``script``) with the real pyinfra CLI over SSH (`-y`, or `--dry` to only plan)."""
+        proc = subprocess.run(self.deploy_command(*extra_args, script=script), cwd=REPO, capture_output=True,
+                              text=True, timeout=DEPLOY_TIMEOUT, stdin=subprocess.DEVNULL)
+        return self.deploy_result(proc.returncode, proc.stdout + proc.stderr, script)
+
+    def deploy_result(self, returncode: int, output: str, script: str = "deploy.py") -> DeployRun:
         (self.workdir / f"last-{Path(script).stem}.log").write_text(output)
-        return DeployRun(proc.returncode, output, parse_results(output), parse_detected_changes(output))
+        run = DeployRun(returncode, output, parse_results(output), parse_detected_changes(output))
+        with open(self.workdir / "deploy-history.log", "a") as history:  # one line a run, to read after a test
+            history.write(f"{script}: exit {returncode} changed {run.changed_operations()}\n")
+        return run
+
+    def start_deploy(self, log: Path, *extra_args: str) -> subprocess.Popen:
+        """A deploy running in the background, its output going to ``log`` (the caller ends it: ``finish_deploy``)."""
+        with open(log, "w") as out:
+            return subprocess.Popen(self.deploy_command(*extra_args), cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, text=True)
+
+    def finish_deploy(self, proc: subprocess.Popen, log: Path) -> DeployRun:
+        """Wait (bounded) for a deploy from ``start_deploy``; its result."""
+        try:
+            returncode = proc.wait(timeout=DEPLOY_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+            raise
+        return self.deploy_result(returncode, log.read_text())
 
     # --- nodes -----------------------------------------------------------------------
 

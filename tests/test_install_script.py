@@ -60,6 +60,20 @@ def test_a_rejected_file_never_becomes_active(tmp_path):
     assert not (tmp_path / "digests").exists()
 
 
+def test_a_unit_to_restart_is_marked_before_its_files_become_active(tmp_path):
+    pending = tmp_path / "restart-pending"
+    files = [stage(tmp_path, "config.toml", "old = 1\n", "new = 2\n")]
+    script = install_script(files, digest_cache=str(tmp_path / "digests"), restarts="containerd.service",
+                            pending_dir=str(pending))
+    assert script.index(f": > {pending}/containerd.service") < script.index("mv -f")  # a kill in between: marked
+    assert run(script).returncode == 0
+    assert (pending / "containerd.service").exists() and Path(files[0].path).read_text() == "new = 2\n"
+    rejected = [stage(tmp_path, "other.toml", "old = 1\n", "broken")]
+    assert run(install_script(rejected, validate="grep -q '=' {path}", digest_cache=str(tmp_path / "digests"),
+                              restarts="other.service", pending_dir=str(pending))).returncode == 1
+    assert not (pending / "other.service").exists()  # nothing activated: nothing to restart
+
+
 @pytest.mark.skipif(shutil.which("containerd") is None, reason="containerd is installed by `make deps`")
 @pytest.mark.parametrize("version", ["1.6.20", "1.7.34"])
 def test_containerd_itself_rejects_a_broken_config_and_accepts_the_rendered_one(tmp_path, version):

@@ -207,7 +207,7 @@ def test_fresh_machines_execute_init_then_join_with_a_token_from_the_control_pla
                 f"{CA_HASH} --cri-socket=unix:///run/containerd/containerd.sock")
         assert join in commands
         kubelet = commands.index("systemctl daemon-reload && systemctl enable kubelet.service && "
-                                 "systemctl start kubelet.service")
+                                 "systemctl start kubelet.service && rm -f /var/lib/podnet/restart-pending/kubelet.service")
         assert kubelet < commands.index(join)
         assert not [c for c in commands if "kubeadm init" in c or "kubectl --kubeconfig" in c]
     assert TOKEN not in run.output  # the token never shows in pyinfra's output
@@ -270,7 +270,8 @@ def test_a_kubelet_change_restarts_the_kubelet_but_does_not_rejoin(bed):
     states[W1].hashes[kubeadm.KUBELET_DEFAULTS_PATH] = "0" * 64  # edited by hand: another node IP
     run = ok(run_pyinfra(bed.inventory(states), "-y"))
     assert run.uploads(W1) == ["/etc/default/.kubelet.podnet-new"]
-    assert "systemctl restart kubelet.service" in run.commands(W1)
+    assert ("systemctl restart kubelet.service && rm -f /var/lib/podnet/restart-pending/kubelet.service"
+            in run.commands(W1))
     assert not [c for c in run.commands(W1) if "kubeadm join" in c]
 
 

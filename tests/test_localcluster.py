@@ -119,6 +119,11 @@ def test_cgroup_fixup_remounts_only_readonly_v1_controllers():
         ["umount", "/sys/fs/cgroup/cpu,cpuacct"],
         ["mount", "-t", "cgroup", "-o", "cpu,cpuacct", "cgroup", "/sys/fs/cgroup/cpu,cpuacct"],
     ]
+    # a rebooted node: its services already hold the read-only mounts, which are made read-write in place
+    assert cgroup_fixup_commands(mounts, in_use=True) == [
+        ["mount", "-o", "remount,rw", "/sys/fs/cgroup"],
+        ["mount", "-o", "remount,bind,rw", "/sys/fs/cgroup/cpu,cpuacct"],
+    ]
 
 
 # --- e2e helpers ---------------------------------------------------------------------

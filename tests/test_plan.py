@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import containerd
+from tasks import containerd, interrupted, ops
 from tasks.probe import NodeState, ProbeRequest, parse_probe, probe_script
 from tasks.settings import Settings, parse_host_settings
 from tests.support.http import Reply, ScriptedServer
@@ -181,7 +181,8 @@ def test_fresh_hosts_get_binaries_configs_modules_sysctls_and_containerd(cluster
         assert ("sysctl -q -w net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1 "
                 "net.ipv4.ip_forward=1") in commands
         assert ("systemctl daemon-reload && systemctl enable containerd.service && "
-                "systemctl start containerd.service") in commands
+                "systemctl start containerd.service && rm -f /var/lib/podnet/restart-pending/containerd.service") \
+            in commands
         config_step = [c for c in commands if ".config.toml.podnet-new config dump" in c]
         assert len(config_step) == 1
         # containerd checks the staged config before it replaces the live one
@@ -189,7 +190,8 @@ def test_fresh_hosts_get_binaries_configs_modules_sysctls_and_containerd(cluster
         # order: kernel, then containerd installed before it is started, CNI config after containerd
         position = {c: i for i, c in enumerate(commands)}
         assert position["modprobe -a overlay br_netfilter"] < position[
-            "systemctl daemon-reload && systemctl enable containerd.service && systemctl start containerd.service"]
+            "systemctl daemon-reload && systemctl enable containerd.service && systemctl start containerd.service"
+            " && rm -f /var/lib/podnet/restart-pending/containerd.service"]
     cp_commands = run.commands(CP)
     assert any(c.startswith("mkdir -p /var/lib/podnet/backup && cp -p /etc/kubernetes/manifests/"
                             "kube-controller-manager.yaml /var/lib/podnet/backup/kube-controller-manager.yaml.")
@@ -346,7 +348,8 @@ def test_containerd_restarts_only_when_its_config_changes(cluster):
     run = run_pyinfra(cluster.inventory(cp, worker), "-y")
     assert_ok(run)
     assert run.uploads(WORKER) == ["/etc/containerd/.config.toml.podnet-new"]
-    assert "systemctl restart containerd.service" in run.commands(WORKER)
+    assert ("systemctl restart containerd.service && rm -f /var/lib/podnet/restart-pending/containerd.service"
+            in run.commands(WORKER))
     assert run.commands(CP) == probes(run, CP)
 
 
@@ -463,7 +466,7 @@ def test_systemd_rollout_installs_flanneld_on_every_node(cluster):
         assert "/etc/kube-flannel/.net-conf.json.podnet-new" in uploads
         assert "/etc/systemd/system/.flanneld.service.podnet-new" in uploads
         assert ("systemctl daemon-reload && systemctl enable flanneld.service && systemctl start flanneld.service"
-                in run.commands(host))
+                " && rm -f /var/lib/podnet/restart-pending/flanneld.service" in run.commands(host))
         assert not [c for c in run.commands(host) if "kube-flannel.yml" in c]
     # the node IPAM flags changed in this run: the first control-plane host then waits for every podCIDR
     assert [c for c in run.commands(CP) if "get nodes" in c and "podCIDR" in c]
@@ -559,3 +562,44 @@ def test_without_a_control_plane_host_the_skipped_pod_cidr_check_is_said(cluster
     assert_ok(run)
     assert run.stderr.count("podnet: no host is in group 'nobody': nothing checks that every node has a podCIDR "
                             "for flanneld") == 1
+
+
+# --- what an interrupted run left (tasks/interrupted.py) ---------------------------------------------
+
+
+def test_staged_files_an_interrupted_run_left_are_removed_and_nothing_else_changes(cluster):
+    worker = cluster.converged(WORKER)
+    worker.queries[interrupted.QUERY] = (0, ["/opt/cni/bin/.bridge.podnet-new",
+                                             "/etc/containerd/.config.toml.podnet-new"])
+    run = run_pyinfra(cluster.inventory(cluster.converged(CP), worker), "-y")
+    assert_ok(run)
+    assert run.commands(WORKER) == [*probes(run, WORKER),
+                                    "rm -f /etc/containerd/.config.toml.podnet-new /opt/cni/bin/.bridge.podnet-new"]
+    assert run.uploads(WORKER) == []
+    assert run.commands(CP) == probes(run, CP)
+
+
+def test_the_probe_looks_for_staged_files_where_podnet_installs_files(cluster):
+    dirs = interrupted.directories(cluster.settings(CP))
+    assert dirs == ["/etc/cni/net.d", "/etc/containerd", "/etc/default", "/etc/kube-flannel",
+                    "/etc/kubernetes/manifests", "/etc/modules-load.d", "/etc/podnet", "/etc/sysctl.d", "/etc/systemd/system",
+                    "/etc/systemd/system/kubelet.service.d", "/opt/cni/bin", "/usr/local/bin", "/usr/local/sbin"]
+
+
+def test_a_restart_an_interrupted_run_left_pending_is_done_though_the_files_match(cluster):
+    worker = cluster.converged(WORKER)
+    worker.listings[ops.RESTART_PENDING_DIR] = ["containerd.service"]
+    run = run_pyinfra(cluster.inventory(cluster.converged(CP), worker), "-y")
+    assert_ok(run)
+    assert run.commands(WORKER) == [*probes(run, WORKER), "systemctl daemon-reload && systemctl restart "
+                                    "containerd.service && rm -f /var/lib/podnet/restart-pending/containerd.service"]
+    assert run.uploads(WORKER) == []
+
+
+def test_a_config_change_marks_containerd_restart_pending_before_activating_it(cluster):
+    worker = cluster.converged(WORKER)
+    worker.hashes[containerd.CONFIG_PATH] = "0" * 64
+    run = run_pyinfra(cluster.inventory(cluster.converged(CP), worker), "-y")
+    assert_ok(run)
+    install = next(c for c in run.commands(WORKER) if c.startswith("set -e; chmod"))
+    assert install.index(": > /var/lib/podnet/restart-pending/containerd.service") < install.index("mv -f")

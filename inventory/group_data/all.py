@@ -53,6 +53,9 @@ Written by `python3 -m tasks.settings_docs` from the settings' declaration in ta
 # seconds to wait for the flannel rollout and podCIDRs
 # flannel_rollout_timeout = 300
 
+# seconds a run waits for another run deploying the same node (its run lock) before it stops; 0: stop at once
+# run_lock_wait = 0
+
 # let a run change cluster_cidr or node_cidr_mask_size (or the IPv6 ones) that nodes' podCIDRs do not fit: podnet then registers those nodes again and removes their old cni0 (pods must be recreated)
 # allow_pod_network_change = False
 

@@ -129,6 +129,13 @@ class KubeBed:
         self._start_control_plane()
         self.wait_ready()
 
+    def after_reboot(self, node: Node) -> None:
+        """The test-bed settings a node loses when its container reboots (they live in /run and in its
+        network namespace): the read-only kernel sysctls for the kubelet and the service route; then the
+        kubelet, which exited while they were missing, is started again. Nothing of podnet's."""
+        self.protect_kernel_sysctls(node)
+        self.sh(node, f"ip route replace {SERVICE_CIDR} dev host0 && systemctl restart kubelet.service")
+
     def protect_kernel_sysctls(self, node: Node) -> None:
         """Read-only files with the values the kubelet wants, bound over KUBELET_SYSCTLS in the node
         (nspawn's /proc/sys is the shared host's kernel, which must not change)."""

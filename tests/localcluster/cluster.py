@@ -7,6 +7,7 @@ import os
 import pprint
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -170,6 +171,38 @@ class Cluster:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         return path
+
+    def restart_node(self, target: Node | str, timeout: float = 120.0) -> Node:
+        """Reboot one node's container (not the host): systemd in the node powers off, nspawn exits,
+        and the node boots again on the same root (its disk survives, its /run and network
+        namespace do not) with the harness's host-side fix-ups (address, cgroups). Bounded waits."""
+        n = target if isinstance(target, Node) else self.node(target)
+        if not n.pid or not n.leader_pid:
+            raise ClusterError(f"{n.name} is not running")
+        os.kill(n.leader_pid, signal.SIGRTMIN + 4)  # systemd(1): power off (what `systemctl poweroff` asks it)
+        wait_for(lambda: not node.pid_alive(n.pid), what=f"power-off of {n.name}", timeout=timeout, interval=0.5)
+        proc = self._procs.pop(n.pid, None)
+        if proc is not None:
+            proc.wait(timeout=10)
+        self._cancel.clear()
+        proc = node.start_nspawn(self.state_dir, n.name, self.bridge)
+        self._procs[proc.pid] = proc
+        n.pid, n.leader_pid, n.veth = proc.pid, None, None
+        self._update_state()
+        n.leader_pid = node.wait_leader(n.pid, n.name, START_TIMEOUT, self._cancel.is_set)
+        self._update_state()
+        node.configure_network(n.leader_pid, n.ip, self.subnet, START_TIMEOUT, self._cancel.is_set)
+        n.veth = node.host_veth(n.leader_pid)
+        self._update_state()
+        self._wait_ssh(n)
+        node.wait_system_running(lambda cmd: self.ssh(n, cmd, timeout=30), n.name, self.boot_timeout,
+                                 self._cancel.is_set)
+        node.fix_cgroups(n.leader_pid, in_use=True)  # containerd and the kubelet already started at boot
+        return n
+
+    def node_path(self, target: Node, path: str) -> Path:
+        """A path inside a running node as the host sees it (through its PID 1's root: /run included)."""
+        return Path(f"/proc/{target.leader_pid}/root") / path.lstrip("/")
 
     # --- up(): steps -----------------------------------------------------------------
 

@@ -226,7 +226,7 @@ def host_veth(leader: int) -> str | None:
     return ifname_by_index(peer) if peer else None
 
 
-def cgroup_fixup_commands(mounts) -> list[list[str]]:
+def cgroup_fixup_commands(mounts, in_use: bool = False) -> list[list[str]]:
     """Commands (to run in the node's mount namespace) that make cgroup v1 writable (pure).
 
     nspawn mounts the v1 controller hierarchies read-only; runc must create cgroups in
@@ -244,13 +244,18 @@ def cgroup_fixup_commands(mounts) -> list[list[str]]:
             and not controllers.startswith("name=")
             and controllers != "systemd"
         ):
+            if in_use:  # only this mount's read-only flag: the hierarchy itself is the host's, read-write
+                commands.append(["mount", "-o", "remount,bind,rw", m.mountpoint])
+                continue
             commands.append(["umount", m.mountpoint])
             commands.append(["mount", "-t", "cgroup", "-o", controllers, "cgroup", m.mountpoint])
     return commands
 
 
-def fix_cgroups(leader: int) -> None:
-    for argv in cgroup_fixup_commands(read_mounts(leader)):
+def fix_cgroups(leader: int, in_use: bool = False) -> None:
+    """``in_use``: the read-only mounts are in use (a rebooted node's services already run): they are
+    made read-write where they are instead of being replaced."""
+    for argv in cgroup_fixup_commands(read_mounts(leader), in_use):
         nsenter(leader, "-m", *argv)
 
 

@@ -1,0 +1,408 @@
+"""
+End to end: the faults operators fear, on a real 2-node cluster (tests/podbed.py) with the
+real deploy.py through the real pyinfra CLI over SSH, and how the next run recovers.
+
+1. A deploy SIGKILLed (by PID) at several points of a first run and of a change run, each
+   point found by watching the nodes from the host (bounded polling of their files, no hook
+   in podnet): while files are uploaded, between upload and activation, after activation
+   and before the restart. After each kill no node has a half-written file active (every
+   managed file is the old or the new complete version), the next run removes every staged
+   leftover and finishes the interrupted restart, and a run after that changes nothing.
+2. A node lost mid-run (its sshd stopped and its connection cut after the probe): the run
+   names the node and what was left undone, the other node completes, the exit status is
+   non-zero; once the node is back a rerun converges it and changes nothing on the other.
+3. Two runs at once: the second refuses, naming the first, and never runs an operation; a
+   killed run's lock does not stop the next run.
+4. A node's container rebooted: kernel settings, containerd, the CNI files and flanneld come
+   back by themselves, a new pod gets an IP and pings, and a rerun changes nothing.
+
+To make the points between two commands observable, pyinfra reaches the nodes through a
+user-space forwarder that delays every byte (tests/support/delay_proxy.py) while a run is
+being killed.
+
+Run alone with: python3 -m pytest -q tests/test_faults_e2e.py
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import ipaddress
+import os
+import signal
+import socket
+import subprocess
+import tarfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from bench import run as node_costs
+from tasks import containerd as containerd_tasks
+from tasks import interrupted, ops
+from tasks.run_lock import LOCK_PATH
+from tasks.settings import parse_host_settings
+from tests.kubebed import binaries
+from tests.localcluster import Cluster, Node
+from tests.mirror import build_mirror, serve_mirror
+from tests.podbed import DEPLOY_TIMEOUT, MANIFEST_PATH, PodBed
+from tests.support.delay_proxy import DelayProxy
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(os.geteuid() != 0, reason="booting nodes needs root"),
+]
+
+LINK_DELAY = 0.15  # seconds each way between pyinfra and a node while a run is being killed
+POLL = 0.002  # seconds between two looks at the nodes while waiting for a kill point
+CONFLIST = "/etc/cni/net.d/10-flannel.conflist"
+PLUGIN_DIR = "/opt/cni/bin"
+MANAGED = ["opt/cni/bin/*", "etc/cni/net.d/10-flannel.conflist", "etc/containerd/config.toml",
+           "etc/systemd/system/containerd.service", "usr/local/bin/containerd*", "usr/local/bin/ctr",
+           "usr/local/sbin/runc", "etc/modules-load.d/podnet.conf", "etc/sysctl.d/zz-podnet.conf",
+           MANIFEST_PATH.lstrip("/"), "etc/podnet/kube-flannel.yml"]
+STAGED_OP = "podnet: staged files of an interrupted run removed"
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory):
+    missing = binaries.missing()
+    if missing:
+        pytest.skip(f"no Kubernetes/flannel binaries: {missing}")
+    mirror = build_mirror()
+    workdir = tmp_path_factory.mktemp("bed-pn-fault")
+    with serve_mirror(mirror.root) as base_url, \
+            Cluster(name="pn-fault", nodes=2, state_dir=workdir / "cluster") as cluster:
+        bed = PodBed(cluster, base_url, mirror, "2.x", workdir)
+        bed.install_cluster()
+        bed.write_inventory()
+        yield bed
+
+
+# --- looking at the nodes from the host ---------------------------------------------------------
+
+
+def node_file(bed: PodBed, node: Node, path: str) -> Path:
+    return bed.cluster.node_path(node, path)
+
+
+def read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def managed_files(bed: PodBed) -> dict[str, dict[str, str]]:
+    """Node name -> {live managed file -> sha256} (staged dotfiles are not live)."""
+    snapshot: dict[str, dict[str, str]] = {}
+    for node in bed.cluster.nodes:
+        root = node_file(bed, node, "/")
+        files = {}
+        for pattern in MANAGED:
+            for path in root.glob(pattern):
+                if path.is_file() and not path.name.startswith("."):
+                    files["/" + str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+        snapshot[node.name] = files
+    return snapshot
+
+
+def staged_files(bed: PodBed) -> dict[str, list[str]]:
+    """Node name -> the staged (``.<name>.podnet-new``) files in every directory podnet installs into."""
+    dirs = interrupted.directories(parse_host_settings(bed.inventory_data(**bed.overrides), "node", []))
+    found: dict[str, list[str]] = {}
+    for node in bed.cluster.nodes:
+        found[node.name] = sorted(str(p)[len(str(node_file(bed, node, "/"))):] for d in dirs
+                                  for p in node_file(bed, node, d).glob(f".*{ops.STAGED_SUFFIX}"))
+    return found
+
+
+def assert_old_or_new(bed: PodBed, middle: dict, before: dict, after: dict) -> None:
+    """Every managed file seen after a kill is complete: the version before the run or the one after."""
+    for node in bed.cluster.nodes:
+        name = node.name
+        assert set(before[name]) <= set(middle[name]), (name, set(before[name]) - set(middle[name]))
+        for path, digest in middle[name].items():
+            assert digest in (before[name].get(path), after[name].get(path)), (name, path, "half-written")
+
+
+def expected_config(bed: PodBed) -> bytes:
+    return containerd_tasks.render_config(parse_host_settings(bed.inventory_data(**bed.overrides), "node",
+                                                              [])).encode()
+
+
+def plugin_members(bed: PodBed, version: str) -> dict[str, bytes]:
+    """The CNI plugin binaries of a release in the mirror: name -> content."""
+    members = {}
+    with tarfile.open(bed.mirror.path("cni_plugins", version)) as tar:
+        for member in tar.getmembers():
+            name = Path(member.name).name
+            if member.isfile() and name not in ("LICENSE", "README.md"):
+                members[name] = tar.extractfile(member).read()
+    return members
+
+
+@contextmanager
+def slow_links(bed: PodBed):
+    """pyinfra reaches every node through a DelayProxy (LINK_DELAY each way) while this lasts."""
+    proxies = [DelayProxy((node.ip, 22), LINK_DELAY) for node in bed.cluster.nodes]
+    try:
+        bed.ssh_endpoints = {node.name: ("127.0.0.1", proxy.port) for node, proxy in zip(bed.cluster.nodes, proxies)}
+        bed.write_inventory(**bed.overrides)
+        yield
+    finally:
+        bed.ssh_endpoints = {}
+        bed.write_inventory(**bed.overrides)
+        for proxy in proxies:
+            proxy.close()
+
+
+def deploy_until(bed: PodBed, condition, what: str, log: Path, then=None) -> subprocess.Popen:
+    """Start a deploy, look at the nodes every POLL seconds until ``condition()`` holds, then call
+    ``then(proc)`` (default: SIGKILL the pyinfra process by its PID and reap it). Bounded."""
+    proc = bed.start_deploy(log)
+    try:
+        deadline = time.monotonic() + DEPLOY_TIMEOUT
+        while time.monotonic() < deadline:
+            if condition():
+                if then is None:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=30)
+                else:
+                    then(proc)
+                return proc
+            if proc.poll() is not None:
+                raise AssertionError(f"the run ended ({proc.returncode}) before {what}:\n{log.read_text()[-3000:]}")
+            time.sleep(POLL)
+        raise AssertionError(f"no {what} within {DEPLOY_TIMEOUT}s")
+    except BaseException:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        raise
+
+
+def any_node(bed: PodBed, test) -> bool:
+    return any(test(node) for node in bed.cluster.nodes)
+
+
+def staged_in(bed: PodBed, node: Node, directory: str) -> list[Path]:
+    try:
+        return list(node_file(bed, node, directory).glob(f".*{ops.STAGED_SUFFIX}"))
+    except OSError:
+        return []
+
+
+def converge(bed: PodBed):
+    """The next run finishes what is left; the run after it changes nothing, at one command (the probe) per node."""
+    run = bed.deploy()
+    assert run.returncode == 0, run.output[-4000:]
+    marks = [node_costs.mark(node) for node in bed.cluster.nodes]
+    again = bed.deploy()
+    assert again.returncode == 0 and again.changed_operations() == {}, again.output[-4000:]
+    for node, mark in zip(bed.cluster.nodes, marks):
+        assert node_costs.cost_since(node, mark).commands == 1, node.name
+    return run
+
+
+# --- 1. a deploy killed mid-run ----------------------------------------------------------------------
+
+
+def test_a_first_run_killed_at_each_point_leaves_no_half_written_file_and_the_next_run_finishes_it(bed):
+    before = managed_files(bed)
+    config = expected_config(bed)
+    pids = {node.name: bed.containerd_pid(node) for node in bed.cluster.nodes}
+    middles = []
+    with slow_links(bed):
+        # (b) uploaded, not activated: containerd's config is staged complete, and being checked by containerd
+        deploy_until(bed, lambda: any_node(bed, lambda n: read(node_file(
+            bed, n, "/etc/containerd/.config.toml.podnet-new")) == config), "a staged complete config.toml",
+            bed.workdir / "kill-b.log")
+        middles.append(managed_files(bed))
+        assert any(read(node_file(bed, n, containerd_tasks.CONFIG_PATH)) != config for n in bed.cluster.nodes)
+        assert any("/etc/containerd/.config.toml.podnet-new" in files for files in staged_files(bed).values())
+
+        # (c) activated, not restarted: config.toml is the new one, containerd still runs the old
+        deploy_until(bed, lambda: any_node(bed, lambda n: read(node_file(bed, n, containerd_tasks.CONFIG_PATH))
+                                           == config), "an activated config.toml", bed.workdir / "kill-c.log")
+        middles.append(managed_files(bed))
+        activated = [n for n in bed.cluster.nodes if read(node_file(bed, n, containerd_tasks.CONFIG_PATH)) == config]
+        assert activated
+        for node in activated:
+            assert bed.containerd_pid(node) == pids[node.name], node.name  # not restarted yet ...
+            assert node_file(bed, node, f"{ops.RESTART_PENDING_DIR}/containerd.service").exists()  # ... but marked
+
+        # (a) while CNI plugin binaries are uploaded (after the containerd steps)
+        deploy_until(bed, lambda: any_node(bed, lambda n: staged_in(bed, n, PLUGIN_DIR)), "a staged CNI plugin",
+                     bed.workdir / "kill-a.log")
+        middles.append(managed_files(bed))
+    left = staged_files(bed)
+    assert any(path.startswith(f"{PLUGIN_DIR}/.") for files in left.values() for path in files), left
+    for node in bed.cluster.nodes:  # the restart left pending by (c) was done by the run killed at (a)
+        assert bed.containerd_pid(node) != pids[node.name], node.name
+        assert not node_file(bed, node, f"{ops.RESTART_PENDING_DIR}/containerd.service").exists()
+
+    run = converge(bed)
+    changed = run.changed_operations()
+    assert changed[STAGED_OP] == sum(1 for files in left.values() if files), changed
+    assert staged_files(bed) == {node.name: [] for node in bed.cluster.nodes}
+    after = managed_files(bed)
+    for middle in middles:
+        assert_old_or_new(bed, middle, before, after)
+    bed.wait_for_flannel()
+    running = bed.sh(bed.cluster.nodes[-1], "/usr/local/bin/containerd config dump")
+    assert "/opt/cni/bin" in running  # containerd runs podnet's config (with the CNI section)
+
+
+def test_a_change_run_killed_at_each_point_leaves_no_half_written_file_and_the_next_run_finishes_it(bed):
+    versions = sorted(bed.mirror.manifest["cni_plugins"])
+    current = bed.inventory_data()["cni_plugins_version"]
+    other = next(v for v in versions if v != current)
+    new_plugins = plugin_members(bed, other)
+    before = managed_files(bed)
+    changing = {name for name, data in new_plugins.items()
+                if before[bed.cluster.nodes[0].name].get(f"{PLUGIN_DIR}/{name}") != hashlib.sha256(data).hexdigest()}
+    assert changing
+    bed.write_inventory(cni_plugins_version=other, flannel_mtu=1400)
+
+    def all_staged_complete(node: Node) -> bool:
+        return all(read(node_file(bed, node, f"{PLUGIN_DIR}/.{name}{ops.STAGED_SUFFIX}")) == new_plugins[name]
+                   for name in changing)
+
+    def all_active(node: Node) -> bool:
+        return all(read(node_file(bed, node, f"{PLUGIN_DIR}/{name}")) == new_plugins[name] for name in changing)
+
+    middles = []
+    with slow_links(bed):
+        deploy_until(bed, lambda: any_node(bed, lambda n: staged_in(bed, n, PLUGIN_DIR)), "a staged CNI plugin",
+                     bed.workdir / "change-a.log")
+        middles.append(managed_files(bed))
+        assert any(staged_in(bed, n, PLUGIN_DIR) for n in bed.cluster.nodes)
+        deploy_until(bed, lambda: any_node(bed, all_staged_complete), "every new plugin staged complete",
+                     bed.workdir / "change-b.log")
+        middles.append(managed_files(bed))
+        assert not any_node(bed, all_active)  # uploaded, none activated
+        deploy_until(bed, lambda: any_node(bed, all_active), "the new plugins activated",
+                     bed.workdir / "change-c.log")
+        middles.append(managed_files(bed))
+    run = converge(bed)
+    assert run.changed_operations().get("cni: 10-flannel.conflist") == 2, run.changed_operations()
+    assert staged_files(bed) == {node.name: [] for node in bed.cluster.nodes}
+    after = managed_files(bed)
+    for middle in middles:
+        assert_old_or_new(bed, middle, before, after)
+    for node in bed.cluster.nodes:
+        assert all(after[node.name][f"{PLUGIN_DIR}/{name}"] == hashlib.sha256(new_plugins[name]).hexdigest()
+                   for name in changing)
+        assert '"mtu": 1400' in bed.sh(node, f"cat {CONFLIST}")
+
+
+# --- 2. a node lost mid-run -----------------------------------------------------------------------------
+
+
+def in_node(node: Node, command: str) -> subprocess.CompletedProcess:
+    """A command inside the node's mount and PID namespaces, from the host (works without its sshd)."""
+    return subprocess.run(["nsenter", "-t", str(node.leader_pid), "-m", "-p", "-u", "-i", "--", "sh", "-c", command],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_node_lost_mid_run_is_named_with_what_was_left_undone_and_a_rerun_converges_it(bed):
+    first, lost = bed.cluster.nodes
+    bed.write_inventory()  # back to the release's plugins and no flannel_mtu: both nodes change
+    dropped = []
+
+    def lose_node(proc) -> None:
+        # the run holds the node's lock: its connection's sshd process on the node is recorded there
+        connection = read(node_file(bed, lost, LOCK_PATH)).decode().split("\t")[0]
+        stopped = in_node(lost, f"systemctl stop ssh.service && kill -KILL {int(connection)}")
+        assert stopped.returncode == 0, stopped.stderr
+        dropped.append(connection)
+
+    log = bed.workdir / "lost.log"
+    with slow_links(bed):
+        proc = deploy_until(bed, lambda: bool(staged_in(bed, lost, PLUGIN_DIR)), f"uploads to {lost.name}", log,
+                            then=lose_node)
+        run = bed.finish_deploy(proc, log)
+    try:
+        assert run.returncode != 0
+        assert (f"podnet: {lost.name} failed at 'cni: plugin binaries'; left undone there: "
+                "cni: 10-flannel.conflist.") in run.output, run.output[-4000:]
+        assert f"podnet: {first.name} failed at" not in run.output
+        assert '"mtu"' not in bed.sh(first, f"cat {CONFLIST}")  # the other node completed
+        assert '"mtu": 1400' in read(node_file(bed, lost, CONFLIST)).decode()  # not done on the lost one
+    finally:
+        back = in_node(lost, "systemctl start ssh.service")
+        assert back.returncode == 0, back.stderr
+    marks = [node_costs.mark(node) for node in bed.cluster.nodes]
+    rerun = bed.deploy()
+    assert rerun.returncode == 0, rerun.output[-4000:]
+    assert rerun.changed_operations() == {STAGED_OP: 1, "cni: plugin binaries": 1, "cni: 10-flannel.conflist": 1}
+    assert node_costs.cost_since(first, marks[0]).commands == 1  # the other node: the probe, nothing else
+    assert bed.deploy().changed_operations() == {}
+
+
+# --- 3. two runs at once ------------------------------------------------------------------------------------
+
+
+def test_a_second_run_refuses_naming_the_first_and_a_killed_runs_lock_does_not_stop_the_next(bed):
+    versions = sorted(bed.mirror.manifest["cni_plugins"])
+    other = next(v for v in versions if v != bed.inventory_data()["cni_plugins_version"])
+    bed.write_inventory(cni_plugins_version=other, flannel_mtu=1300)
+    log = bed.workdir / "first-of-two.log"
+    second = []
+
+    def start_second(proc) -> None:
+        second.append((proc, bed.deploy()))
+
+    with slow_links(bed):
+        me = f"{getpass.getuser()}@{socket.gethostname()}"
+        deploy_until(bed, lambda: bool(staged_in(bed, bed.cluster.nodes[0], PLUGIN_DIR)), "the first run's uploads",
+                     log, then=start_second)
+        proc, refused = second[0]
+        first = bed.finish_deploy(proc, log)
+    assert refused.returncode != 0
+    assert f"is being deployed by {me} (pyinfra PID {proc.pid}, started " in refused.output, refused.output[-3000:]
+    assert refused.results == {}  # it ran no operation: nothing interleaved
+    assert first.returncode == 0, first.output[-4000:]
+    assert first.changed_operations() == {"cni: plugin binaries": 2, "cni: 10-flannel.conflist": 2}
+
+    bed.write_inventory()
+    with slow_links(bed):
+        deploy_until(bed, lambda: bool(staged_in(bed, bed.cluster.nodes[0], PLUGIN_DIR)), "a run's uploads",
+                     bed.workdir / "killed-holder.log")
+    assert all(read(node_file(bed, n, LOCK_PATH)) for n in bed.cluster.nodes)  # the killed run's lock is left
+    after_kill = bed.deploy()  # at once: the killed run's lock is stale
+    assert after_kill.returncode == 0, after_kill.output[-4000:]
+    assert "is being deployed by" not in after_kill.output
+    assert bed.deploy().changed_operations() == {}
+
+
+# --- 4. a node's container rebooted --------------------------------------------------------------------------
+
+
+def test_after_a_reboot_everything_comes_back_by_itself_and_a_rerun_changes_nothing(bed):
+    first, rebooted = bed.cluster.nodes
+    assert bed.deploy().returncode == 0  # converged (this test also runs alone)
+    bed.wait_for_flannel()
+    files = managed_files(bed)[rebooted.name]
+    old_leader = rebooted.leader_pid
+    bed.cluster.restart_node(rebooted)
+    assert rebooted.leader_pid != old_leader
+    bed.kube.after_reboot(rebooted)  # the test bed's own /run and route, not podnet's
+    assert bed.sh(rebooted, "cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/bridge/bridge-nf-call-iptables "
+                            "/proc/sys/net/bridge/bridge-nf-call-ip6tables").split() == ["1", "1", "1"]
+    assert bed.sh(rebooted, "systemctl is-active containerd").strip() == "active"
+    assert managed_files(bed)[rebooted.name] == files
+    bed.wait_for_flannel()  # flanneld (the DaemonSet pod) is back and wrote /run/flannel/subnet.env again
+    pods = [bed.run_pod(rebooted, "pod-after-reboot"), bed.run_pod(first, "pod-beside-reboot")]
+    try:
+        assert ipaddress.ip_address(pods[0].ip) in bed.node_subnet(rebooted).network
+        assert bed.ping(pods[0], pods[1].ip) and bed.ping(pods[1], pods[0].ip)
+    finally:
+        for pod in pods:
+            bed.remove_pod(pod)
+    rerun = bed.deploy()
+    assert rerun.returncode == 0, rerun.output[-4000:]
+    assert rerun.changed_operations() == {}
