@@ -14,14 +14,11 @@ Settings are validated for the whole inventory before any host is touched; each 
 asked once, and only what exists is removed, so a second reset changes nothing.
 """
 
-from pyinfra import host, inventory, state
+from pyinfra import host
 
-from tasks import pyinfra_compat, reset
-from tasks.cluster import first_control_plane, settings_for
-from tasks.deploys import steps
+from tasks import pyinfra_compat
+from tasks.deploys import reset_steps
 
 pyinfra_compat.enable_tcp_nodelay([host])
 pyinfra_compat.fast_operation_order()
-reset.whole_cluster_covered(settings_for(host, inventory), inventory, state.is_host_in_limit,
-                            first_control_plane(inventory))
-steps(*reset.RESET)
+reset_steps()

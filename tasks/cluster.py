@@ -19,6 +19,7 @@ from tasks.settings import Settings, SettingsError, parse_inventory
 
 _settings: dict[str, Settings] = {}
 _downloaders: dict[Path, Downloader] = {}
+_contexts: dict[str, HostContext] = {}
 
 
 def settings_for(host, inventory) -> Settings:
@@ -30,15 +31,20 @@ def settings_for(host, inventory) -> Settings:
 
 def first_control_plane(inventory) -> str | None:
     """The control-plane host that applies cluster-wide objects (kubeadm init, the flannel DaemonSet)."""
+    if not _settings:
+        _settings.update(parse_inventory(inventory))
     hosts = [h.name for h in inventory if h.name in _settings and _settings[h.name].is_control_plane]
     return hosts[0] if hosts else None
 
 
 def context_for(host, inventory, diff: bool = False) -> HostContext:
-    """A new context for this host (settings validated first, for the whole inventory)."""
-    settings = settings_for(host, inventory)
-    return HostContext(host_name=host.name, settings=settings, first_control_plane=first_control_plane(inventory),
-                       diff=diff)
+    """This host's context for the run (settings validated first, for the whole inventory). Several
+    runs of steps on one host in one pyinfra run (a user's deploy calling podnet's deploys one by one)
+    share it, so a later step sees what an earlier call's steps decided (kubeadm init, new IPAM flags)."""
+    if host.name not in _contexts:
+        _contexts[host.name] = HostContext(host_name=host.name, settings=settings_for(host, inventory),
+                                           first_control_plane=first_control_plane(inventory), diff=diff)
+    return _contexts[host.name]
 
 
 def downloader_for(cache_dir: Path) -> Downloader:

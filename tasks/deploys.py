@@ -4,7 +4,7 @@ podnet's steps as pyinfra deploys, for ``deploy.py`` and for anyone's own deploy
 ``POD_NETWORK`` is the whole pod network in order; each concern's steps are also a ``@deploy``
 of its own. Settings come from the same inventory data as for ``deploy.py`` (validated for the
 whole inventory first), and each call probes the host once (a later call that needs more asks
-the host again for the difference only)::
+the host again, once, for everything asked so far)::
 
     from pyinfra.operations import apt
     from tasks.deploys import containerd_runtime
@@ -12,8 +12,10 @@ the host again for the difference only)::
     apt.packages(packages=["jq"])
     containerd_runtime()
 
-A step's checks and applies see what earlier steps of the same call decided (kubeadm creating
-the cluster in this run, changed node IPAM flags); call ``steps(...)`` to run several together.
+A step's checks and applies see what earlier steps of the same run decided on that host (kubeadm
+creating the cluster, changed node IPAM flags), also across calls; the deploys depend on each other
+in POD_NETWORK's order (kubeadm_cluster needs containerd_runtime before it, flannel_rollout needs
+node_ipam). ``steps(...)`` runs several steps together as one.
 """
 
 from __future__ import annotations
@@ -89,8 +91,15 @@ def flannel_rollout():
     steps(flannel.POD_MTU, pod_network.REGISTRATION, flannel.ROLLOUT, pod_network.OLD_BRIDGE)
 
 
+def reset_steps() -> HostContext:
+    """The reset on the current host (tasks/reset.RESET), after refusing, before any host is touched, a
+    reset of the DaemonSet that leaves hosts out (reset.whole_cluster_covered)."""
+    reset.whole_cluster_covered(cluster.settings_for(host, inventory), inventory, state.is_host_in_limit,
+                                cluster.first_control_plane(inventory))
+    return steps(*reset.RESET)
+
+
 @deploy("podnet: reset")
 def pod_network_reset():
-    """podnet's pod network taken off the host (tasks/reset.py; reset.py also refuses a DaemonSet reset
-    that leaves hosts out)."""
-    steps(*reset.RESET)
+    """podnet's pod network taken off the host (what reset.py does)."""
+    reset_steps()

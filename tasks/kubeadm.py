@@ -6,7 +6,7 @@ kubelet unit and kubeadm's drop-in as upstream packages them, the node IP for th
 
 kubeadm's configuration is written in the format the kubeadm of `kubernetes_version` reads
 (config_api: kubeadm.k8s.io/v1beta3 for 1.22-1.30, v1beta4 for 1.31-1.36); any other release is
-refused as a settings error before any host is touched (check_settings, from tasks/cluster.py).
+refused as a settings error before any host is touched (tasks/settings.py, _bootstrap_problems).
 
 In deploy.py the order is: prerequisites (with the kernel ones: swap off, the tools
 kubeadm's preflight requires) -> containerd and CNI -> `apply` here -> kube-controller-manager

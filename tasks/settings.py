@@ -204,6 +204,16 @@ def _iface(value: Any) -> str:
                      "in one), or an IP address of the node")
 
 
+DATA_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
+
+
+def _data_keys(value: Any) -> tuple[str, ...]:
+    """Inventory data key names, or prefixes ending in '*' (podnet's own setting: no component reads it)."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(k, str) and DATA_KEY_RE.match(k) for k in value):
+        raise ValueError("a list of inventory data key names, or prefixes ending in '*', such as ['my_app_*']")
+    return tuple(value)
+
+
 def _url(value: Any) -> str:
     if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
         raise ValueError("an http:// or https:// base URL")
@@ -432,6 +442,10 @@ class Settings:
         {}, kubeadm_options.component_config("KubeProxyConfiguration", "kubeproxy.config.k8s.io/v1alpha1", {}),
         "KubeProxyConfiguration fields kubeadm gives kube-proxy, such as {'conntrack': {'maxPerCore': 0}} "
         "(cluster_bootstrap)", hash=False)
+    other_data_keys: tuple[str, ...] = setting(
+        [], _data_keys,
+        "inventory data keys of your own deploys (names, or prefixes ending in *, such as ['my_app_*']) that "
+        "podnet leaves alone instead of reporting them as unknown settings")
     reset_containerd: bool = setting(
         False, _boolean,
         "reset.py also stops containerd and removes what podnet installed for it (binaries, runc, unit, "
@@ -471,13 +485,17 @@ SPECS: tuple[SettingSpec, ...] = tuple(SettingSpec(f.name, **f.metadata["setting
 SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
 
 
-def _unknown_keys(data: dict) -> list[str]:
+def _unknown_keys(data: dict, other_keys: tuple[str, ...] = ()) -> list[str]:
+    """Keys that are neither podnet's, pyinfra's, nor named in other_data_keys, each with a did-you-mean."""
+    others = tuple(k for k in other_keys if not k.endswith("*"))
+    prefixes = tuple(k[:-1] for k in other_keys if k.endswith("*"))
     problems = []
     for key in sorted(data):
-        if key in SPEC_BY_NAME or key.startswith(PYINFRA_KEY_PREFIXES):
+        if key in SPEC_BY_NAME or key.startswith(PYINFRA_KEY_PREFIXES) or key in others or key.startswith(prefixes):
             continue
         close = difflib.get_close_matches(key, SPEC_BY_NAME, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else "; see inventory/group_data/all.py for every setting"
+        hint = (f"; did you mean {close[0]!r}?" if close else "; see inventory/group_data/all.py for every setting"
+                " (a key of your own deploy: name it in other_data_keys)")
         problems.append(f"{key}: unknown setting{hint}")
     return problems
 
@@ -488,7 +506,11 @@ def _describe(value: Any) -> str:
 
 def parse_host_settings(data: dict, host_name: str, groups: Iterable[str]) -> Settings:
     """Parse one host's inventory data into ``Settings``; raise SettingsError listing every problem."""
-    problems = _unknown_keys(data)
+    try:
+        other_keys = _data_keys(data.get("other_data_keys", []))
+    except ValueError:
+        other_keys = ()  # reported with the other settings below
+    problems = _unknown_keys(data, other_keys)
     values: dict[str, Any] = {}
     for spec in SPECS:
         raw = data.get(spec.name, spec.default)

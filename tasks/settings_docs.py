@@ -41,12 +41,17 @@ def _meaning(spec: SettingSpec) -> str:
     return spec.meaning + (" (per host)" if spec.scope == "host" else "")
 
 
+def _cell(text: str) -> str:
+    """Text in a Markdown table cell: a '|' would end the cell."""
+    return text.replace("|", "\\|")
+
+
 def readme_table() -> str:
     """The README's settings table: one row per setting, default as written in inventory data."""
     def default(spec: SettingSpec) -> str:
         return "unset" if spec.default is None else "`" + repr(spec.default).replace("'", '"') + "`"
 
-    return TABLE_HEADER + "".join(f"| `{s.name}` | {default(s)} | {_meaning(s)} |\n" for s in SPECS)
+    return TABLE_HEADER + "".join(f"| `{s.name}` | {_cell(default(s))} | {_cell(_meaning(s))} |\n" for s in SPECS)
 
 
 def group_data_example() -> str:

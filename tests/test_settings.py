@@ -358,7 +358,8 @@ def test_unknown_setting_with_did_you_mean():
 
 def test_unknown_setting_without_a_close_match():
     assert only_problem(frobnicate=1) == (
-        "cp1: frobnicate: unknown setting; see inventory/group_data/all.py for every setting")
+        "cp1: frobnicate: unknown setting; see inventory/group_data/all.py for every setting (a key of your own deploy: "
+        "name it in other_data_keys)")
 
 
 def test_cluster_scope_setting_differing_between_hosts():
@@ -747,3 +748,13 @@ def test_component_configuration_fields(key, value, why):
 def test_kubeadm_switches_only_with_cluster_bootstrap(key, value):
     assert only_problem(**{key: value}) == (f"cp1: {key}: set without cluster_bootstrap; only kubeadm init and join "
                                             "read it: remove it, or set cluster_bootstrap = True")
+
+
+def test_keys_of_an_operators_own_deploy_are_left_alone_when_named():
+    parsed = parse(control_plane("cp1", other_data_keys=["my_app_*", "region"], my_app_port=8080, region="eu"))
+    assert parsed["cp1"].other_data_keys == ("my_app_*", "region")
+    assert only_problem(my_app_port=8080) == ("cp1: my_app_port: unknown setting; see inventory/group_data/all.py "
+                                              "for every setting (a key of your own deploy: name it in other_data_keys)")
+    assert only_problem(other_data_keys="my_*") == (
+        "cp1: other_data_keys: 'my_*' is not valid; expected a list of inventory data key names, or prefixes ending "
+        "in '*', such as ['my_app_*']")

@@ -175,3 +175,37 @@ def test_a_users_deploy_runs_one_podnet_step(plan_cluster, tmp_path):
     assert not [n for n in names if "cni:" in n or "kernel:" in n or "flannel:" in n], names
     for host in (CP, WORKER):
         assert len(probes(run, host)) == 1
+
+
+SPLIT = "from tasks.deploys import flannel_rollout, node_ipam\n\nnode_ipam()\nflannel_rollout()\n"
+TOGETHER = ("from tasks import controller_manager, flannel, kubeadm_config, pod_network\n"
+            "from tasks.deploys import steps\n\n"
+            "steps(controller_manager.STEP, kubeadm_config.STEP, flannel.POD_MTU, pod_network.REGISTRATION,"
+            " flannel.ROLLOUT, pod_network.OLD_BRIDGE)\n")
+
+
+@pytest.mark.parametrize("rollout", ["systemd", "daemonset"])
+@pytest.mark.parametrize("own", [SPLIT, TOGETHER], ids=["one deploy after the other", "steps together"])
+def test_later_deploys_see_what_earlier_ones_decided(plan_cluster, tmp_path, own, rollout):
+    """node_ipam switches node IPAM on in this run, so flannel_rollout waits for podCIDRs instead of
+    refusing nodes that have none yet: whether called one after the other or together."""
+    data = {"flannel_rollout": rollout}
+    cp = plan_cluster.fresh(CP, data=data)
+    cp.queries["pod_cidrs"] = (0, ["cp1", "w1"])  # node IPAM not on yet: no node has a podCIDR
+    if rollout == "daemonset":
+        cp.queries["flannel_manifest"] = (0, [])
+    deploy = tmp_path / "my_deploy.py"
+    deploy.write_text(own)
+    run = run_pyinfra(plan_cluster.inventory(cp, plan_cluster.fresh(WORKER, data=data), **data), "--dry", "--json",
+                      deploy=str(deploy))
+    assert_ok(run)
+    assert any("every node has a podCIDR" in name for name, hosts in run.plan().items() if hosts == [CP])
+
+
+def test_the_reusable_reset_refuses_a_daemonset_reset_that_leaves_hosts_out(plan_cluster, tmp_path):
+    deploy = tmp_path / "my_reset.py"
+    deploy.write_text("from tasks.deploys import pod_network_reset\n\npod_network_reset()\n")
+    run = run_pyinfra(plan_cluster.inventory(plan_cluster.fresh(CP), plan_cluster.fresh(WORKER)), "--dry",
+                      "--limit", "@fake/w1", deploy=str(deploy))
+    assert run.returncode == 1
+    assert "covers all hosts of the inventory or none" in run.stderr + run.stdout

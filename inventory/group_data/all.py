@@ -140,6 +140,9 @@ Written by `python3 -m tasks.settings_docs` from the settings' declaration in ta
 # KubeProxyConfiguration fields kubeadm gives kube-proxy, such as {'conntrack': {'maxPerCore': 0}} (cluster_bootstrap)
 # kube_proxy_configuration = {}
 
+# inventory data keys of your own deploys (names, or prefixes ending in *, such as ['my_app_*']) that podnet leaves alone instead of reporting them as unknown settings
+# other_data_keys = []
+
 # reset.py also stops containerd and removes what podnet installed for it (binaries, runc, unit, config.toml); every container on the node stops (per host)
 # reset_containerd = False
 
