@@ -271,3 +271,27 @@ def test_cli_down_after_crash_mid_up(tmp_path):
         )
         assert result.returncode == 0, result.stderr
         assert leftovers(state_dir, "br-lccrash", names) == []
+
+
+def test_a_veth_that_goes_away_while_it_is_read_counts_as_gone(monkeypatch):
+    """nspawn removes a node's veth as it exits, possibly between the check and the read (seen in a teardown)."""
+    from tests.localcluster import net
+    from tests.localcluster.util import ClusterError
+
+    answers = iter([True, False, True, False])  # there when checked, gone when read: twice
+
+    class VanishingLink:
+        def __init__(self, path):
+            self.path = path
+
+        def exists(self):
+            return next(answers)
+
+    monkeypatch.setattr(net, "Path", VanishingLink)
+
+    def vanished(*args):
+        raise ClusterError("command failed (exit 1): ip -j -d link show dev vb-x-1\nDevice \"vb-x-1\" does not exist.")
+
+    monkeypatch.setattr(net, "_ip_json", vanished)
+    assert net.link_info("vb-x-1") is None
+    net.delete_veth("vb-x-1", "br-x")  # nothing to delete, no error

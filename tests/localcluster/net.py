@@ -125,7 +125,12 @@ def link_info(name: str) -> dict | None:
     """`ip -d link show NAME` as a dict, or None when the link does not exist."""
     if not Path(f"/sys/class/net/{name}").exists():
         return None
-    links = _ip_json("-d", "link", "show", "dev", name)
+    try:
+        links = _ip_json("-d", "link", "show", "dev", name)
+    except ClusterError:
+        if not Path(f"/sys/class/net/{name}").exists():  # gone meanwhile: nspawn removes its veth as it exits
+            return None
+        raise
     return links[0] if links else None
 
 
