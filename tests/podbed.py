@@ -26,13 +26,17 @@ import re
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from tests.cri import CriClient, forward_unix_socket
 from tests.kubebed import binaries
 from tests.kubebed.cluster import KubeBed
 from tests.localcluster import Cluster, Node
+from tests.mirror import build_mirror, serve_mirror
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST_PATH = "/etc/kubernetes/manifests/kube-controller-manager.yaml"
@@ -41,6 +45,25 @@ VXLAN_MTU = 1450  # flanneld's FLANNEL_MTU with the vxlan backend on the 1500-by
 DEPLOY_TIMEOUT = 600
 POD_TIMEOUT = 90
 
+
+
+def mirror_or_skip():
+    """The test mirror built from the shared binaries; the tests that need it are skipped, saying why, without them."""
+    missing = binaries.missing()
+    if missing:
+        pytest.skip(f"no Kubernetes/flannel binaries: {missing}")
+    return build_mirror()
+
+
+@contextmanager
+def served_cluster(tmp_path_factory, name: str, nodes: int, mirror=None, request_log: list | None = None):
+    """Real nodes on a bridge of their own with the test mirror served to them, all torn down afterwards:
+    yields (base_url, mirror, workdir, cluster)."""
+    mirror = mirror or mirror_or_skip()
+    workdir = tmp_path_factory.mktemp(f"bed-{name}")
+    with serve_mirror(mirror.root, request_log=request_log) as base_url, \
+            Cluster(name=name, nodes=nodes, state_dir=workdir / "cluster") as cluster:
+        yield base_url, mirror, workdir, cluster
 
 @dataclass
 class DeployRun:
@@ -303,6 +326,17 @@ class PodBed:
 
     def remove_pod(self, pod: Pod) -> None:
         self.kubectl(f"delete pod {pod.name} --wait=true --timeout=60s")
+
+    def address_released(self, pod: Pod, timeout: float = 60) -> bool:
+        """Whether host-local's record of the pod's address is gone within ``timeout`` seconds: the kubelet
+        stops the sandbox (CNI DEL) as the pod goes, on a loaded machine a little after the API object."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.sh(pod.node, f"test -e /var/lib/cni/networks/cbr0/{pod.ip} && echo held", check=False).strip():
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(1)
 
     def pod_netns(self, pod: Pod) -> str:
         """The network namespace (on the pod's node) whose eth0 holds the pod's IP."""

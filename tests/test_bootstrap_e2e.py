@@ -30,8 +30,7 @@ from tasks import flannel as flannel_tasks
 from tasks import kubeadm as kubeadm_tasks
 from tests.bootbed import BootBed, changed_hosts
 from tests.kubebed import binaries
-from tests.localcluster import Cluster
-from tests.mirror import build_mirror, serve_mirror
+from tests.podbed import served_cluster
 
 pytestmark = [
     pytest.mark.e2e,
@@ -46,14 +45,9 @@ KUBERNETES_FILES = ("/usr/local/bin/kubeadm", "/usr/local/bin/kubelet", "/usr/lo
 
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory):
-    missing = binaries.missing()
-    if missing:
-        pytest.skip(f"no Kubernetes/flannel binaries: {missing}")
-    mirror = build_mirror()
-    workdir = tmp_path_factory.mktemp("bed-pn-boot")
     downloads: list = []
-    with serve_mirror(mirror.root, request_log=downloads) as base_url, \
-            Cluster(name="pn-boot", nodes=3, state_dir=workdir / "cluster") as cluster:
+    with served_cluster(tmp_path_factory, "pn-boot", nodes=3, request_log=downloads) as (base_url, mirror, workdir,
+                                                                                          cluster):
         bed = BootBed(cluster, base_url, mirror, workdir, members=2)
         bed.prepare_nodes()
         bed.fresh = {node.name: [path for path in KUBERNETES_FILES if bed.has_file(node, path)]

@@ -30,10 +30,7 @@ import yaml
 from bench import run as node_costs  # counts what a pyinfra run cost each node, from its sshd log
 from tasks import containerd as containerd_tasks
 from tasks.settings import parse_host_settings
-from tests.kubebed import binaries
-from tests.localcluster import Cluster
-from tests.mirror import build_mirror, serve_mirror
-from tests.podbed import KCM_UNIT_PATH, MANIFEST_PATH, VXLAN_MTU, PodBed
+from tests.podbed import KCM_UNIT_PATH, MANIFEST_PATH, VXLAN_MTU, PodBed, mirror_or_skip, served_cluster
 
 pytestmark = [
     pytest.mark.e2e,
@@ -57,20 +54,16 @@ KINDS = [BedKind("containerd-2.x", "2.x", "static-pod", "daemonset", 3),
 
 @pytest.fixture(scope="module")
 def mirror():
-    missing = binaries.missing()
-    if missing:
-        pytest.skip(f"no Kubernetes/flannel binaries: {missing}")
-    return build_mirror()
+    return mirror_or_skip()
 
 
 @pytest.fixture(scope="module", params=KINDS, ids=[k.name for k in KINDS])
 def bed(request, mirror, tmp_path_factory):
     kind: BedKind = request.param
     name = {"containerd-2.x": "e2e2", "containerd-1.x": "e2e1", "flanneld-systemd": "e2es"}[kind.name]
-    workdir = tmp_path_factory.mktemp(f"bed-{name}")
     downloads: list = []
-    with serve_mirror(mirror.root, request_log=downloads) as base_url, \
-            Cluster(name=name, nodes=kind.nodes, state_dir=workdir / "cluster") as cluster:
+    with served_cluster(tmp_path_factory, name, kind.nodes, mirror, request_log=downloads) as (base_url, _, workdir,
+                                                                                                cluster):
         bed = PodBed(cluster, base_url, mirror, kind.generation, workdir, runtime=kind.runtime, rollout=kind.rollout)
         bed.kind = kind
         kube = bed.install_cluster()
@@ -236,8 +229,7 @@ def test_pods_get_ips_from_their_nodes_pod_cidr_and_reach_each_other_across_node
         for pod in pods:
             bed.remove_pod(pod)
     for pod in pods:  # host-local released the address
-        assert bed.sh(pod.node, f"test -e /var/lib/cni/networks/cbr0/{pod.ip} && echo held || echo released",
-                      check=False).strip() == "released"
+        assert bed.address_released(pod), f"{pod.node.name}: /var/lib/cni/networks/cbr0/{pod.ip} still held"
 
 
 # --- reruns ---------------------------------------------------------------------------------------

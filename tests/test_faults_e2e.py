@@ -44,10 +44,8 @@ from tasks import containerd as containerd_tasks
 from tasks import interrupted, ops
 from tasks.run_lock import LOCK_PATH
 from tasks.settings import parse_host_settings
-from tests.kubebed import binaries
-from tests.localcluster import Cluster, Node
-from tests.mirror import build_mirror, serve_mirror
-from tests.podbed import DEPLOY_TIMEOUT, MANIFEST_PATH, PodBed
+from tests.localcluster import Node
+from tests.podbed import DEPLOY_TIMEOUT, MANIFEST_PATH, PodBed, served_cluster
 from tests.support.delay_proxy import DelayProxy
 
 pytestmark = [
@@ -68,13 +66,7 @@ STAGED_OP = "podnet: staged files of an interrupted run removed"
 
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory):
-    missing = binaries.missing()
-    if missing:
-        pytest.skip(f"no Kubernetes/flannel binaries: {missing}")
-    mirror = build_mirror()
-    workdir = tmp_path_factory.mktemp("bed-pn-fault")
-    with serve_mirror(mirror.root) as base_url, \
-            Cluster(name="pn-fault", nodes=2, state_dir=workdir / "cluster") as cluster:
+    with served_cluster(tmp_path_factory, "pn-fault", nodes=2) as (base_url, mirror, workdir, cluster):
         bed = PodBed(cluster, base_url, mirror, "2.x", workdir)
         bed.install_cluster()
         bed.write_inventory()

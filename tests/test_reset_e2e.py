@@ -29,10 +29,8 @@ import os
 import pytest
 
 from bench import run as node_costs  # counts what a pyinfra run cost each node, from its sshd log
-from tests.kubebed import binaries
-from tests.localcluster import Cluster, Node
-from tests.mirror import build_mirror, serve_mirror
-from tests.podbed import MANIFEST_PATH, DeployRun, PodBed
+from tests.localcluster import Node
+from tests.podbed import MANIFEST_PATH, DeployRun, PodBed, served_cluster
 
 pytestmark = [
     pytest.mark.e2e,
@@ -49,13 +47,7 @@ FLANNEL_CLUSTER_WIDE = "get namespace/kube-flannel clusterrole/flannel clusterro
 
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory):
-    missing = binaries.missing()
-    if missing:
-        pytest.skip(f"no Kubernetes/flannel binaries: {missing}")
-    mirror = build_mirror()
-    workdir = tmp_path_factory.mktemp("bed-pn-reset")
-    with serve_mirror(mirror.root) as base_url, \
-            Cluster(name="pn-reset", nodes=2, state_dir=workdir / "cluster") as cluster:
+    with served_cluster(tmp_path_factory, "pn-reset", nodes=2) as (base_url, mirror, workdir, cluster):
         bed = PodBed(cluster, base_url, mirror, "1.x", workdir, runtime="static-pod", rollout="systemd")
         kube = bed.install_cluster()
         bed.kcm_before = kube.get(cluster.nodes[0], MANIFEST_PATH)
