@@ -28,13 +28,14 @@ from tasks.probe import NodeState, ProbeRequest, parse_probe, probe_script
 from tasks.settings import Settings, parse_host_settings
 from tests.support.http import Reply, ScriptedServer
 from tests.support.kubeadm import KUBEADM_MANIFEST
-from tests.support.plan import (
+from tests.support.plan import (  # noqa: F401 (mirror: a fixture)
     PROBE_MARK,
     REPO,
     FakeNode,
     Run,
     converged_state,
     fresh_state,
+    mirror,
     probe_answer,
     run_pyinfra,
     write_inventory,
@@ -64,15 +65,6 @@ CONTROL_PLANE_OPS = [
     "flannel: DaemonSet applied and rolled out",
     "flannel: every node has a podCIDR in the cluster CIDR",
 ]
-
-
-@pytest.fixture(scope="module")
-def mirror(tmp_path_factory):
-    """The release files, served over loopback for the whole module."""
-    tree = tmp_path_factory.mktemp("mirror")
-    releases = Releases(tree)
-    with ScriptedServer(tree) as server:
-        yield releases, server
 
 
 @dataclass

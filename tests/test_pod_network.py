@@ -12,10 +12,9 @@ from tasks import pod_network
 from tasks.probe import NodeState
 from tasks.settings import parse_host_settings
 from tests.support.hosts import settings
-from tests.support.http import ScriptedServer
 from tests.support.kubeadm import KUBEADM_MANIFEST
-from tests.support.plan import FakeNode, converged_state, probe_answer, run_pyinfra, write_inventory
-from tests.support.releases import Releases
+from tests.support.plan import (FakeNode, converged_state, mirror, probe_answer, run_pyinfra,  # noqa: F401
+                                write_inventory)
 
 CP, WORKER = "@fake/cp1", "@fake/w1"
 CIDRS_244 = ["cp1 10.244.0.0/24", "w1 10.244.1.0/24"]
@@ -92,14 +91,6 @@ def test_the_probes_cni0_command_reads_a_real_bridge_answer_format():
 
 
 # --- plans through the real pyinfra CLI -------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def mirror(tmp_path_factory):
-    tree = tmp_path_factory.mktemp("mirror")
-    releases = Releases(tree)
-    with ScriptedServer(tree) as server:
-        yield releases, server
 
 
 def plan(mirror, tmp_path, cp_state: NodeState, worker_state: NodeState, worker_responses: dict | None = None,

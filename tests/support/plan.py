@@ -22,10 +22,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from tasks import cni, containerd, controller_manager, flannel, kernel, kubeadm_config
 from tasks.desired import DesiredFile, text_file
 from tasks.probe import NodeState
 from tasks.settings import Settings
+from tests.support.http import ScriptedServer
 from tests.support.releases import MACHINE, Releases
 
 REPO = Path(__file__).resolve().parents[2]
@@ -194,3 +197,12 @@ def run_pyinfra(inventory: Path, *options: str, timeout: float = 180, deploy: st
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     return Run(done.returncode, done.stdout, done.stderr)
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory):
+    """The release files, served over loopback for the whole module."""
+    tree = tmp_path_factory.mktemp("mirror")
+    releases = Releases(tree)
+    with ScriptedServer(tree) as server:
+        yield releases, server
