@@ -34,14 +34,12 @@ from tasks.desired import DesiredFile, local_file, render, text_file
 from tasks.errors import PodnetError
 from tasks.probe import NodeState, ProbeRequest
 from tasks.pyinfra_compat import connector_arguments_of
-from tasks.artifacts import KUBERNETES_BINARIES
+from tasks.artifacts import KUBERNETES_BINARIES, install_entry
+from tasks.engine.ownership import Ownership, OwnedFile
 from tasks.releases import CONFIG_APIS, SUPPORTED_KUBERNETES, config_api  # noqa: F401
 from tasks.settings import Settings, SettingsError
 
-BIN_DIR = "/usr/local/bin"
-KUBEADM = f"{BIN_DIR}/kubeadm"
-KUBELET = f"{BIN_DIR}/kubelet"
-KUBECTL = f"{BIN_DIR}/kubectl"
+KUBEADM, KUBELET, KUBECTL = (install_entry(name) for name in KUBERNETES_BINARIES)  # files/artifacts.yaml
 KUBELET_UNIT = "kubelet.service"
 KUBELET_UNIT_PATH = "/etc/systemd/system/kubelet.service"
 DROPIN_PATH = "/etc/systemd/system/kubelet.service.d/10-kubeadm.conf"
@@ -147,6 +145,19 @@ def init_config(s: Settings) -> str:
                   ignore_preflight_errors=list(s.kubeadm_ignore_preflight_errors),
                   etcd_endpoints=list(s.etcd_external_endpoints), kubelet_configuration=s.kubelet_configuration,
                   kube_proxy_configuration=s.kube_proxy_configuration)
+
+
+def ownership(s: Settings) -> Ownership:
+    """What cluster_bootstrap owns on a node: kubeadm, kubelet and kubectl, the kubelet's unit,
+    kubeadm's drop-in and the kubelet's defaults, kubeadm init's configuration; kubelet.service."""
+    return Ownership(
+        "kubeadm",
+        files=(*(OwnedFile(install_entry(name), f"release {name}") for name in KUBERNETES_BINARIES),
+               OwnedFile(KUBELET_UNIT_PATH, "template kubeadm/kubelet.service.j2"),
+               OwnedFile(DROPIN_PATH, "template kubeadm/10-kubeadm.conf.j2"),
+               OwnedFile(KUBELET_DEFAULTS_PATH, "template kubeadm/kubelet.default.j2"),
+               OwnedFile(INIT_CONFIG_PATH, "template kubeadm/kubeadm-init.yaml.j2")),
+        units=(KUBELET_UNIT,))
 
 
 def probe_request(s: Settings, is_first_control_plane: bool) -> ProbeRequest:

@@ -1,0 +1,1 @@
+"""The step machinery: how concerns are run on a node. It imports no concern."""
