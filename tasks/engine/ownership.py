@@ -16,9 +16,9 @@ Ownership on the node is recorded, not guessed from a name:
   its current digest), the original is kept there under its own path, root-only
   (``keep_original_script``), once: the first original is the one a reset restores.
 
-A reset removes a file only when its digest is what podnet installed (the ledger's; for a path
-the ledger does not know, from a podnet that kept no ledger, the digest this release would
-install), restores the kept original in its place, and leaves every other file byte for byte.
+A reset removes a file only when its digest is what podnet installed (the ledger's; on a node
+without a ledger, deployed by a podnet that kept none, the digest this release would install),
+restores the kept original in its place, and leaves every other file byte for byte.
 """
 
 from __future__ import annotations
@@ -127,10 +127,14 @@ def original_path(path: str) -> str:
     return ORIGINALS_DIR + path
 
 
-def ledger(node: NodeState) -> dict[str, str]:
-    """Path -> sha256 of what podnet last installed there, from the probe's read of LEDGER."""
+def ledger(node: NodeState) -> dict[str, str] | None:
+    """Path -> sha256 of what podnet last installed there, from the probe's read of LEDGER; None on a
+    node without one (deployed only by a podnet that kept none)."""
+    content = node.contents.get(LEDGER)
+    if content is None:
+        return None
     recorded: dict[str, str] = {}
-    for line in node.contents.get(LEDGER, b"").decode(errors="replace").splitlines():
+    for line in content.decode(errors="replace").splitlines():
         digest, _, path = line.partition(" ")
         if len(digest) == 64 and path.startswith("/"):
             recorded[path] = digest
@@ -203,14 +207,16 @@ class Removal:
         return "; ".join(parts) or None
 
 
-def is_podnets(path: str, digest: str | None, installed: dict[str, str], declared: dict[str, str]) -> bool:
-    """The file at ``path`` (sha256 ``digest``) is what podnet installed: the ledger's digest, or for a
-    path the ledger does not know (installed by a podnet that kept none), the digest it declares now."""
+def is_podnets(path: str, digest: str | None, installed: dict[str, str] | None, declared: dict[str, str]) -> bool:
+    """The file at ``path`` (sha256 ``digest``) is what podnet installed: the ledger's last digest for it;
+    on a node without a ledger (deployed by a podnet that kept none), the digest this release declares.
+    A path the ledger does not name was never installed by podnet (a file of the same bytes that was
+    there already is left alone)."""
     if digest is None:
         return False
-    if path in installed:
-        return installed[path] == digest
-    return declared.get(path) == digest
+    if installed is None:
+        return declared.get(path) == digest
+    return installed.get(path) == digest
 
 
 def removal(node: NodeState, declared: dict[str, str | None], members: tuple[OwnedFile, ...] = (),
@@ -225,7 +231,7 @@ def removal(node: NodeState, declared: dict[str, str | None], members: tuple[Own
     installed, kept = ledger(node), originals(node)
     paths = list(declared)
     for owned in members:
-        paths += [p for p in dict.fromkeys([*installed, *kept]) if owned.covers(p) and p not in paths]
+        paths += [p for p in dict.fromkeys([*(installed or {}), *kept]) if owned.covers(p) and p not in paths]
     result = Removal()
     for path in [*paths, *(p for p in retired if p not in paths)]:
         digest = node.hashes.get(path)
