@@ -221,3 +221,10 @@ def test_flanneld_unit_of_someone_else_is_not_stopped(cluster):
     worker = next(c for c in run.commands(WORKER) if "/usr/local/bin/flanneld" in c)
     assert worker == ("rm -f /usr/local/bin/flanneld /etc/kube-flannel/net-conf.json && "
                       "rmdir --ignore-fail-on-non-empty /etc/kube-flannel")
+
+
+def test_an_original_half_copied_by_a_killed_run_is_never_put_back():
+    state = node({f"{BIN}/bridge": "a" * 64}, ledger={f"{BIN}/bridge": "a" * 64})
+    state.queries[ORIGINALS_QUERY] = (0, [f"{ORIGINALS_DIR}{BIN}/bridge{ownership.PARTIAL_SUFFIX}"])
+    assert removal(state, {}, members=(PLUGINS,)) == Removal(removed=[f"{BIN}/bridge"])
+    assert f"! -name '*{ownership.PARTIAL_SUFFIX}'" in ownership.originals_command()

@@ -33,6 +33,7 @@ from tasks.probe import NodeState, ProbeRequest
 LEDGER = "/var/lib/podnet/installed"
 ORIGINALS_DIR = "/var/lib/podnet/backup/replaced"
 ORIGINALS_QUERY = "podnet_originals"
+PARTIAL_SUFFIX = ".podnet-partial"  # an original being copied (complete once renamed without it)
 
 
 @dataclass(frozen=True)
@@ -143,14 +144,14 @@ def ledger(node: NodeState) -> dict[str, str] | None:
 
 def originals_command() -> str:
     """Lists the kept originals (their paths below ORIGINALS_DIR), one a line."""
-    return f"[ -d {ORIGINALS_DIR} ] && find {ORIGINALS_DIR} -type f; true"
+    return f"[ -d {ORIGINALS_DIR} ] && find {ORIGINALS_DIR} -type f ! -name '*{PARTIAL_SUFFIX}'; true"
 
 
 def originals(node: NodeState) -> dict[str, str]:
     """Node path -> where its kept original is, from the probe's answer to originals_command."""
     rc, lines = node.queries.get(ORIGINALS_QUERY, (1, []))
     return {line[len(ORIGINALS_DIR):]: line for line in (lines if rc == 0 else [])
-            if line.startswith(ORIGINALS_DIR + "/")}
+            if line.startswith(ORIGINALS_DIR + "/") and not line.endswith(PARTIAL_SUFFIX)}
 
 
 def probe_request(declarations: list[Ownership], listings: tuple[str, ...] = ()) -> ProbeRequest:
@@ -171,7 +172,7 @@ def keep_original_script(path: str, ledger_path: str = LEDGER, originals_dir: st
     return (f"if [ -f {q(path)} ] && [ ! -e {q(kept)} ] && "
             f"[ \"$(sha256sum < {q(path)} | cut -c1-64)\" != \"{recorded}\" ]; then "
             f"mkdir -p -m 0700 {q(originals_dir)} && mkdir -p {q(posixpath.dirname(kept))} && "
-            f"cp -p {q(path)} {q(kept)}; fi")
+            f"cp -p {q(path)} {q(kept + PARTIAL_SUFFIX)} && mv -f {q(kept + PARTIAL_SUFFIX)} {q(kept)}; fi")
 
 
 def record_script(paths: list[str], ledger_path: str = LEDGER) -> str:
