@@ -162,7 +162,7 @@ def conflist_removed(settings: Settings, node: NodeState) -> None:
 def plugins_removed(settings: Settings, node: NodeState, plugins: list[DesiredFile]) -> None:
     """The plugins podnet installed off the node (named by the node's ledger, or this release's
     archives), the originals it replaced put back; every other plugin stays byte for byte."""
-    members = tuple(f for f in ownership(settings).files if f.is_members or f.source.startswith("archive "))
+    members = tuple(f for f in ownership(settings).files if f.source.startswith("archive "))
     ops.owned_files_removed("reset: CNI plugin binaries removed",
                             owned.removal(node, declared_digests(plugins), members=members),
                             "the CNI plugins podnet installed")

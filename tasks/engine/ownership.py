@@ -41,9 +41,8 @@ class OwnedFile:
     """A file podnet installs. ``path`` is the node path; one ending in ``/*`` stands for every member
     of an archive installed into that directory (their names come from the archive, or the ledger).
     ``source`` says where its bytes come from: ``template <file>``, ``rendered <function>`` (text
-    podnet serializes itself), ``release <artifact>`` (the
-    downloaded file itself) or ``archive <artifact>`` (members, mapped to node paths by the
-    ``install`` entry of files/artifacts.yaml)."""
+    podnet serializes itself), ``release <artifact>`` (the downloaded file itself) or ``archive
+    <artifact>`` (members, mapped to node paths by the ``install`` entry of files/artifacts.yaml)."""
 
     path: str
     source: str
@@ -121,11 +120,6 @@ def all_directories(declarations: list[Ownership]) -> list[str]:
 
 
 # --- the node's record --------------------------------------------------------------------
-
-
-def original_path(path: str) -> str:
-    """Where the original of ``path`` is kept when podnet replaces a file it did not install."""
-    return ORIGINALS_DIR + path
 
 
 def ledger(node: NodeState) -> dict[str, str] | None:
