@@ -13,6 +13,7 @@ import json
 import posixpath
 import shlex
 import time
+from dataclasses import replace
 
 from pyinfra import logger
 
@@ -153,16 +154,17 @@ def mtu_probe_request(s: Settings) -> ProbeRequest:
 def rollout_probe_request(s: Settings, first_control_plane: bool) -> ProbeRequest:
     """The DaemonSet's manifest hash (first control-plane host) or flanneld's files and unit (systemd
     rollout), and every node's podCIDRs where the rollout checks them."""
+    declared = ownership(s)
     request = ProbeRequest()
     if s.flannel_rollout == "daemonset" and first_control_plane:
         request.queries["flannel_manifest"] = (
             f"{s.kubectl} -n {NAMESPACE} get ds {DAEMONSET} --ignore-not-found "
             f"-o jsonpath='{{.metadata.annotations.podnet\\.io/manifest-sha256}}'")
-        request.texts.append(MANIFEST_PATH)
+        request = request.merge(replace(declared, files=tuple(f for f in declared.files if f.path == MANIFEST_PATH),
+                                        units=()).probe_request())
     elif s.flannel_rollout == "systemd":
-        request.hashes.append(FLANNELD_PATH)
-        request.texts += [UNIT_PATH, NET_CONF_PATH]
-        request.units.append(UNIT)
+        request = request.merge(replace(declared, files=tuple(f for f in declared.files if f.path != MANIFEST_PATH))
+                                .probe_request())
     if checks_pod_cidrs(s, first_control_plane):
         request.queries["pod_cidrs"] = node_pod_cidrs_command(s)
     return request

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import shlex
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pyinfra.api import HiddenValue, StringCommand
 
@@ -161,10 +161,12 @@ def ownership(s: Settings) -> Ownership:
 
 
 def probe_request(s: Settings, is_first_control_plane: bool) -> ProbeRequest:
-    texts = [KUBELET_UNIT_PATH, DROPIN_PATH, KUBELET_DEFAULTS_PATH]
-    if is_first_control_plane:
-        texts.append(INIT_CONFIG_PATH)
-    return ProbeRequest(hashes=[KUBEADM, KUBELET, KUBECTL], texts=texts, features=dict(FEATURES), units=[KUBELET_UNIT])
+    """The declared files (kubeadm init's configuration on the first control-plane host only), the kubelet's
+    unit, kubeadm's preflight features."""
+    declared = ownership(s)
+    here = replace(declared, files=tuple(f for f in declared.files
+                                         if is_first_control_plane or f.path != INIT_CONFIG_PATH))
+    return here.probe_request().merge(ProbeRequest(features=dict(FEATURES)))
 
 
 # --- prerequisites ---------------------------------------------------------------------
