@@ -9,15 +9,15 @@ import json
 import shlex
 from pathlib import Path
 
-from tasks import ops
-from tasks.context import HostContext, Step
-from tasks.desired import DesiredFile, local_file, render, text_file
-from tasks.artifacts import installed_files, node_directories
+from tasks.engine import ops
+from tasks.engine.context import HostContext, Step
+from tasks.engine.desired import DesiredFile, local_file, render, text_file
+from tasks.artifacts.catalog import installed_files, node_directories
 from tasks.engine import ownership as owned
 from tasks.engine.ownership import Ownership, OwnedFile, declared_digests, installed
 from tasks.errors import PodnetError
 from tasks.pod_network import BRIDGE
-from tasks.probe import NodeState, ProbeRequest
+from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.settings import Settings
 
 CONFLIST_NAME = "10-flannel.conflist"

@@ -12,13 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tasks import ops
-from tasks.artifacts import install_entry, installed_files
-from tasks.context import HostContext, Step
-from tasks.desired import DesiredFile, local_file, render, text_file
+from tasks.engine import ops
+from tasks.artifacts.catalog import install_entry, installed_files
+from tasks.engine.context import HostContext, Step
+from tasks.engine.desired import DesiredFile, local_file, render, text_file
 from tasks.engine import ownership as owned
 from tasks.engine.ownership import Ownership, OwnedFile, declared_digests, installed, unit_removal_commands
-from tasks.probe import NodeState, ProbeRequest
+from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.releases import ConfigGeneration, config_generation  # noqa: F401 (part of this concern's face)
 
 if TYPE_CHECKING:

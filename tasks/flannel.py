@@ -19,16 +19,18 @@ from pyinfra import logger
 
 import yaml
 
-from tasks import cni, ops, pod_network
-from tasks.context import HostContext, Step
-from tasks.artifacts import install_entry
-from tasks.desired import DesiredFile, local_file, render, text_file
+from tasks import cni, pod_network
+
+from tasks.engine import ops
+from tasks.engine.context import HostContext, Step
+from tasks.artifacts.catalog import install_entry
+from tasks.engine.desired import DesiredFile, local_file, render, text_file
 from tasks.engine import ownership as owned
 from tasks.engine.ownership import Ownership, OwnedFile, declared_digests, unit_removal_commands
 from tasks.errors import ResetError
 from tasks.errors import PodnetError
 from tasks.pod_network import node_pod_cidrs_command
-from tasks.probe import NodeState, ProbeRequest
+from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.settings import Settings
 
 NAMESPACE = "kube-flannel"

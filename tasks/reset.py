@@ -37,7 +37,7 @@ so a reset covers every host of the inventory or none (ResetError before any hos
 from __future__ import annotations
 
 from tasks import cni, containerd, flannel, kernel, pod_network, reset_controller_manager
-from tasks.context import Step
+from tasks.engine.context import Step
 from tasks.errors import ResetError
 from tasks.settings import Settings
 

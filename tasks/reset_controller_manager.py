@@ -25,13 +25,13 @@ import shlex
 import yaml
 from pyinfra import logger
 
-from tasks import ops
-from tasks.context import HostContext, Step
+from tasks.engine import ops
+from tasks.engine.context import HostContext, Step
 from tasks.controller_manager import (BACKUP_DIR, NODE_IPAM_NAMES, SLICE_FLAGS, ControllerManagerError,
                                       _slice_items, config_path, desired_flags, effective_values, merge_manifest,
                                       merge_unit, read_flags)
-from tasks.desired import DesiredFile, text_file
-from tasks.probe import NodeState, ProbeRequest
+from tasks.engine.desired import DesiredFile, text_file
+from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.settings import Settings
 
 REMOVED_FLAGS = ("allocate-node-cidrs", "cluster-cidr", "node-cidr-mask-size", "node-cidr-mask-size-ipv4",

@@ -28,7 +28,7 @@ import posixpath
 import shlex
 from dataclasses import dataclass, field
 
-from tasks.probe import NodeState, ProbeRequest
+from tasks.engine.probe import NodeState, ProbeRequest
 
 LEDGER = "/var/lib/podnet/installed"
 ORIGINALS_DIR = "/var/lib/podnet/backup/replaced"
@@ -241,7 +241,7 @@ def removal(node: NodeState, declared: dict[str, str | None], members: tuple[Own
 
 
 def declared_digests(files) -> dict[str, str]:
-    """Path -> sha256 of the desired files (``tasks.desired.DesiredFile``) this release installs."""
+    """Path -> sha256 of the desired files (``tasks.engine.desired.DesiredFile``) this release installs."""
     return {f.path: f.sha256 for f in files}
 
 
