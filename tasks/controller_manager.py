@@ -21,6 +21,7 @@ import hashlib
 import io
 import ipaddress
 import posixpath
+import re
 import shlex
 import string
 from dataclasses import dataclass
@@ -375,7 +376,9 @@ def unit_entries(text: str) -> list[UnitEntry]:
     backslash continues on the next line, the backslash read as a space, and comment lines inside
     such a continuation are skipped; white space around "=" and around the value is dropped.
     """
-    lines = text.splitlines(keepends=True)
+    # systemd ends a line at a newline only (read_line, src/basic/fileio.c), not at every character
+    # Python's splitlines() takes for one (U+0085, U+2028, ...)
+    lines = [line for line in re.split(r"(?<=\n)", text) if line]
     entries: list[UnitEntry] = []
     section = None
     pos = i = 0

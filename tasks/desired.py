@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jinja2
 
+from tasks.formats import kube_yaml, toml
 from tasks.download import known_digest, register_digest, sha256_of
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -22,6 +23,11 @@ _environment = jinja2.Environment(
     keep_trailing_newline=True,
     autoescape=False,
 )
+# Every value a template prints goes through its format's own writer: `tojson` for JSON, `yaml_value` for
+# YAML (tasks/formats/kube_yaml.py: a flow node go-yaml reads back as that value), `toml_string` for TOML
+# (tasks/formats/toml.py); systemd lines are written in Python (tasks/formats/systemd_unit.py).
+_environment.filters["toml_string"] = toml.basic_string
+_environment.filters["yaml_value"] = kube_yaml.flow
 
 
 def render(template: str, **context) -> str:

@@ -205,7 +205,7 @@ def test_the_kubeadm_config_map_form_keeps_other_values():
 
 
 @pytest.mark.parametrize("text", TRICKY + ["<<", "a: b", "- x", "#c", "*x", "&a", "!t", "'q", '"d', "x #y", " lead",
-                                           "trail ", "multi\nline", "tab\there", "é", "@at", "%p", "`b", "|", ">"])
+                                           "trail ", "multi\nline", "tab\there", "é", "a\x85b\u2028c\ufeffd\x9b𝄞", "@at", "%p", "`b", "|", ">"])
 def test_a_new_string_reads_back_as_itself(text):
     """A string podnet writes into a node tree is read back by go-yaml (and YAML 1.1) as that string."""
     root = kube_yaml.compose("k: []\n")

@@ -25,6 +25,7 @@ go-yaml reads that plain text back as the same string, so no value changes meani
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
@@ -262,3 +263,43 @@ def set_value(node: MappingNode, key: str, value: yaml.Node) -> None:
     if not node.value:
         node.flow_style = False  # an empty {} that gets its first entry
     node.value[:] = pairs
+
+
+def container_arg(word: str) -> str:
+    """
+    A container command or args item that the kubelet runs as exactly ``word``: the kubelet expands
+    $(VAR) references in them and reads "$$" as "$" (ExpandContainerCommandAndArgs in
+    pkg/kubelet/container/helpers.go, third_party/forked/golang/expansion/expand.go), so every "$" is
+    written "$$". A reference podnet means to be expanded is written as such, not through this.
+    """
+    return word.replace("$", "$$")
+
+
+def _yaml_raw(c: str) -> bool:
+    """A character written as itself inside a double-quoted scalar: in YAML's printable set (c-printable,
+    which go-yaml's reader enforces), and neither a line break (YAML 1.1 and go-yaml also break lines at
+    U+0085, U+2028 and U+2029, and fold a break in a quoted scalar into a space) nor a byte order mark."""
+    o = ord(c)
+    return (o == 0x9 or 0x20 <= o <= 0x7E or 0xA0 <= o <= 0xD7FF or 0xE000 <= o <= 0xFFFD or 0x10000 <= o <= 0x10FFFF) \
+        and o not in (0x2028, 0x2029, 0xFEFF)
+
+
+def flow(value: Any) -> str:
+    """
+    ``value`` (str, int, float, bool, None, and lists and str-keyed dicts of them) as one YAML flow node
+    in JSON syntax, which go-yaml reads back as exactly ``value``: strings double-quoted with JSON's
+    escapes, any character outside YAML's printable set and every line break or BOM as \\uXXXX, characters beyond U+FFFF as
+    themselves (JSON's surrogate-pair escapes are not YAML escapes). Keys sorted, as Jinja's tojson
+    sorts them. ValueError for a NaN or infinite float and for a lone surrogate, which neither JSON nor
+    YAML can hold.
+    """
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True, allow_nan=False)
+    out = []
+    for c in text:
+        if _yaml_raw(c):
+            out.append(c)
+        elif 0xD800 <= ord(c) <= 0xDFFF:
+            raise ValueError(f"{value!r}: a lone surrogate cannot be written in YAML")
+        else:
+            out.append(f"\\u{ord(c):04x}")
+    return "".join(out)

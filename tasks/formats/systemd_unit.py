@@ -25,7 +25,8 @@ def systemd_word(word: str) -> str:
     """
     One word of an ExecStart= command line that systemd reads back as exactly ``word``: plain when
     it has only characters systemd gives no meaning, else in double quotes with systemd's C escapes
-    (other control characters as \\xHH), "%%" for "%" and "$$" for "$". ValueError for a NUL, which
+    (other control characters as \\xHH, other characters no one can see as \\uXXXX), "%%" for "%" and
+    "$$" for "$". ValueError for a NUL, which
     no command-line word can hold.
     """
     if not isinstance(word, str):
@@ -38,8 +39,10 @@ def systemd_word(word: str) -> str:
     for c in word:
         if c in _EXEC_ESCAPES:
             out.append(_EXEC_ESCAPES[c])
-        elif ord(c) < 0x20 or ord(c) == 0x7F:
+        elif ord(c) < 0x80 and not c.isprintable():
             out.append(f"\\x{ord(c):02x}")
+        elif not c.isprintable():  # C1 controls, U+2028/2029, format characters: as the character, UTF-8
+            out.append(f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}")
         else:
             out.append(c)
     return '"' + "".join(out) + '"'
@@ -58,7 +61,8 @@ def environment_file_assignment(name: str, words: list[str]) -> str:
     One line of an EnvironmentFile= setting variable ``name`` to ``words`` joined by spaces, for a
     unit that passes it to its command as $NAME: systemd splits such a variable at white space into
     words (systemd.service(5), "Command lines"), so no word may contain white space (ValueError),
-    and the value is written in double quotes with env-file escapes.
+    and the value is written as it is when it has only characters an env file gives no meaning
+    (SYSTEMD_PLAIN_WORD), else in double quotes with env-file escapes.
     """
     if not ENV_NAME_RE.match(name):
         raise ValueError(f"{name!r} is not an environment variable name")
@@ -67,4 +71,6 @@ def environment_file_assignment(name: str, words: list[str]) -> str:
             raise ValueError(f"{w!r}: systemd splits ${name} at white space, so a word of it cannot be empty or "
                              "hold white space or control characters")
     value = " ".join(words)
+    if SYSTEMD_PLAIN_WORD.fullmatch(value):
+        return f"{name}={value}"
     return f'{name}="' + "".join(_ENV_FILE_ESCAPES.get(c, c) for c in value) + '"'
