@@ -19,6 +19,7 @@ from tasks.controller_manager import desired_flags, merge_manifest
 from tasks.formats import kube_yaml
 from tasks.reset_controller_manager import strip_plan
 from tests.support.hosts import settings
+from tests.support.kubeadm import kubeadm_manifest
 
 # Plain scalars -> what go-yaml v2's resolve (resolve.go) makes of them, decoded without a Go type.
 GO_YAML = [
@@ -57,40 +58,26 @@ def _env(prefix: str) -> str:
 
 
 def manifest(command: list[str]) -> str:
+    """kubeadm's manifest (tests/support/kubeadm.py) with the tricky scalars in annotations, env, another
+    container's args and an anchored mapping merged into another."""
     tricky_map = "".join(f"    k{n}: {text}\n" for n, text in enumerate(TRICKY))
-    return f"""\
-apiVersion: v1
-kind: Pod
+    return kubeadm_manifest(command).replace("metadata:\n", """\
 metadata:
   annotations:
     a/plain: 10:30
     a/octal: 0755
     a/date: 2001-01-01
-  labels:
-    component: kube-controller-manager
-    tier: control-plane
-  name: kube-controller-manager
-  namespace: kube-system
-spec:
-  containers:
-  - command:
-{"".join(f"    - {item}{chr(10)}" for item in command)}    env:
-{_env("")}    image: registry.k8s.io/kube-controller-manager:v1.36.2
-    name: kube-controller-manager
-    resources:
-      requests:
-        cpu: 200m
+""", 1).replace("    imagePullPolicy: IfNotPresent\n", "    env:\n" + _env("") + "    imagePullPolicy: IfNotPresent\n",
+                1).replace("  hostNetwork: true\n", f"""\
   - name: sidecar
     image: example/sidecar:1.0
     args: [10:30, yes, "0755", =]
   hostNetwork: true
-  priority: 2000001000
   x-defaults: &defaults
 {tricky_map}  x-merged:
     <<: *defaults
     k0: overridden
-status: {{}}
-"""
+""", 1)
 
 
 COMMAND = ["kube-controller-manager", "--bind-address=127.0.0.1", "--controllers=*,bootstrapsigner,tokencleaner",
