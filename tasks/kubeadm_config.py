@@ -41,11 +41,13 @@ import yaml
 from pyinfra import logger
 from yaml.nodes import MappingNode, SequenceNode
 
-from tasks import controller_manager, ops
-from tasks.context import Step
+from tasks import controller_manager
+
+from tasks.engine import ops
+from tasks.engine.context import HostContext, Step
 from tasks.errors import PodnetError
 from tasks.formats import kube_yaml
-from tasks.probe import NodeState, ProbeRequest
+from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.settings import Settings
 
 NAMESPACE = "kube-system"

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from tasks import cni, containerd, flannel, kernel, kubeadm
-from tasks.controller_manager import exec_start_entry, systemd_words
-from tasks.desired import render
+from tasks.controller_manager import exec_start_entry
+from tasks.engine.desired import render
 from tasks.formats import kube_yaml, shell, systemd_unit, toml
+from tasks.formats.systemd_unit import systemd_words
 from tests.support.hosts import settings
 
 HOSTILE = [
