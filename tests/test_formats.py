@@ -22,6 +22,7 @@ from tasks.controller_manager import exec_start_entry
 from tasks.engine.desired import render
 from tasks.formats import kube_yaml, shell, systemd_unit, toml
 from tasks.formats.systemd_unit import systemd_words
+from tests.kubebed import binaries
 from tests.support.hosts import settings
 
 HOSTILE = [
@@ -68,9 +69,47 @@ def test_the_reported_toml_case_is_refused_before_any_host_and_would_be_one_dire
         settings(cni_bin_dir="/opt/cni/bin', '/tmp/evil")
 
 
+@pytest.mark.parametrize("value", ["/opt/cni/bin', '/tmp/evil", 'reg/x:1"\n[plugins.evil]\nk = 1'])
+def test_containerd_itself_reads_one_value(value, tmp_path):
+    """The real containerd (shared/bin, podnet's default release) reads the rendered config.toml: one CNI
+    bin dir, one sandbox image, exactly the values given (case 5: a second bin_dirs entry before)."""
+    try:
+        binary = binaries.binary("containerd")
+    except binaries.Unavailable as error:
+        pytest.skip(f"containerd from shared/bin: {error}")
+    s = dataclasses.replace(settings(), cni_bin_dir=value, sandbox_image=value)
+    (tmp_path / "config.toml").write_text(containerd.render_config(s))
+    dump = subprocess.run([str(binary), "--config", str(tmp_path / "config.toml"), "config", "dump"],
+                          capture_output=True, text=True, timeout=60, check=True).stdout
+    plugins = tomllib.loads(dump)["plugins"]
+    assert plugins["io.containerd.cri.v1.runtime"]["cni"]["bin_dirs"] == [value]
+    assert plugins["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"] == value
+    assert "evil" not in plugins
+
+
 @pytest.mark.parametrize("value", HOSTILE)
-def test_toml_basic_string_round_trips(value):
+def test_toml_strings_round_trip(value):
     assert tomllib.loads(f"k = {toml.basic_string(value)}\n") == {"k": value}
+    assert tomllib.loads(f"k = {toml.literal_string(value)}\n") == {"k": value}
+
+
+@pytest.mark.parametrize("value", ["2.3.4\n[plugins.evil]", "1.7.0\r"])
+def test_a_toml_comment_takes_no_line_break(value):
+    with pytest.raises(ValueError, match="cannot be written in a TOML comment"):
+        containerd.render_config(dataclasses.replace(settings(), containerd_version=value))
+
+
+@pytest.mark.parametrize("version, lines", [
+    ("2.3.4", ["# containerd 2.3.4: configuration version 3.", "  sandbox = 'registry.k8s.io/pause:3.10'",
+               "    bin_dirs = ['/opt/cni/bin']", "    conf_dir = '/etc/cni/net.d'"]),
+    ("1.7.28", ["# containerd 1.7.28: configuration version 2.", '  sandbox_image = "registry.k8s.io/pause:3.10"',
+                '    bin_dir = "/opt/cni/bin"', '    conf_dir = "/etc/cni/net.d"']),
+])
+def test_ordinary_values_render_as_before(version, lines):
+    """The same bytes as before the TOML writer for every valid setting, so upgrading podnet does not restart
+    containerd on every node."""
+    config = containerd.render_config(settings(containerd_version=version)).splitlines()
+    assert all(line in config for line in lines)
 
 
 # --- YAML: the kube-flannel manifest and kubeadm's configuration -----------------------------------

@@ -24,9 +24,12 @@ _environment = jinja2.Environment(
     autoescape=False,
 )
 # Every value a template prints goes through its format's own writer: `tojson` for JSON, `yaml_value` for
-# YAML (tasks/formats/kube_yaml.py: a flow node go-yaml reads back as that value), `toml_string` for TOML
-# (tasks/formats/toml.py); systemd lines are written in Python (tasks/formats/systemd_unit.py).
+# YAML (tasks/formats/kube_yaml.py: a flow node go-yaml reads back as that value), `toml_string`,
+# `toml_literal` and `toml_comment` for TOML (tasks/formats/toml.py); systemd lines are written in Python
+# (tasks/formats/systemd_unit.py).
 _environment.filters["toml_string"] = toml.basic_string
+_environment.filters["toml_literal"] = toml.literal_string
+_environment.filters["toml_comment"] = toml.comment_text
 _environment.filters["yaml_value"] = kube_yaml.flow
 
 

@@ -30,3 +30,21 @@ def basic_string(value: str) -> str:
         else:
             out.append(c)
     return '"' + "".join(out) + '"'
+
+
+def literal_string(value: str) -> str:
+    """``value`` as a TOML literal string ('...', no escapes) when TOML allows it there (no "'", no control
+    character other than tab), else as a basic string: read back as exactly ``value`` either way."""
+    if isinstance(value, str) and "'" not in value and not any(
+            (ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value):
+        return f"'{value}'"
+    return basic_string(value)
+
+
+def comment_text(value: str) -> str:
+    """``value`` for the text of a TOML comment, which ends at a newline and may hold no other control
+    character than tab (TOML 1.0, "Comment"); ValueError for any other text (podnet writes only release
+    versions there)."""
+    if not isinstance(value, str) or any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value):
+        raise ValueError(f"{value!r} cannot be written in a TOML comment")
+    return value
