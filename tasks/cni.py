@@ -13,6 +13,7 @@ from tasks import ops
 from tasks.context import HostContext, Step
 from tasks.desired import DesiredFile, local_file, render, text_file
 from tasks.artifacts import ArtifactError
+from tasks.engine.secrets import redact_url
 from tasks.errors import PodnetError
 from tasks.probe import NodeState, ProbeRequest
 from tasks.settings import Settings
@@ -99,7 +100,7 @@ def flannel_binary(ctx: HostContext) -> Path:
     when it has no such member."""
     binary = ctx.unpacked("flannel_cni_plugin") / f"flannel-{ctx.arch}"
     if not binary.is_file():
-        raise ArtifactError(f"{ctx.settings.mirror_url or 'the'} flannel_cni_plugin "
+        raise ArtifactError(f"{redact_url(ctx.settings.mirror_url or 'the')} flannel_cni_plugin "
                             f"{ctx.settings.flannel_cni_plugin_version} archive has no member flannel-{ctx.arch}")
     return binary
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from tasks import kubeadm_options
+from tasks.engine.secrets import redact_url
 from tasks.errors import PodnetError
 from tasks.releases import ARCHITECTURES, ARTIFACT_NAMES, config_api, config_generation
 
@@ -501,7 +502,8 @@ def _unknown_keys(data: dict, other_keys: tuple[str, ...] = ()) -> list[str]:
 
 
 def _describe(value: Any) -> str:
-    return repr(value)
+    """A bad value as an error shows it (a URL without its credentials)."""
+    return repr(redact_url(value)) if isinstance(value, str) else repr(value)
 
 
 def parse_host_settings(data: dict, host_name: str, groups: Iterable[str]) -> Settings:

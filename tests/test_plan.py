@@ -252,6 +252,23 @@ def test_no_published_sum_stops_the_run_before_any_change(cluster):
         assert run.uploads(host) == []
 
 
+def test_mirror_credentials_are_in_no_output_and_not_in_the_lock(cluster):
+    flannel = "/" + cluster.releases.upstream_path("flannel_cni_plugin")
+    sha = hashlib.sha256(cluster.releases.files["flannel_cni_plugin"]).hexdigest()
+    cluster.server.script(flannel + ".sha256", Reply(body=f"{sha}  {Path(flannel).name}\n".encode()))
+    mirror = cluster.server.url.replace("http://", "http://deploy:S3cr3t@")
+    checksums = unpinned_flannel(cluster)
+    checksums["runc"] = {"1.4.3": {"amd64": "f" * 64}}  # and a mismatch, so that an error names the mirror too
+    run = run_pyinfra(cluster.inventory(cluster.fresh(CP), cluster.fresh(WORKER), mirror_url=mirror,
+                                        artifact_checksums=checksums), "-y", "-vvv")
+    assert run.returncode != 0
+    shown = cluster.server.url.replace("http://", "http://***@")
+    assert f"  flannel_cni_plugin 1.9.1-flannel1 amd64  sha256 {sha}  from {shown}{flannel}.sha256" in run.stderr
+    assert f"checksum mismatch for runc 1.4.3 amd64 ({shown}/" in run.stderr
+    assert f"source: {shown}{flannel}.sha256" in (cluster.tmp / "artifacts.lock.yaml").read_text()
+    assert "S3cr3t" not in run.output + (cluster.tmp / "artifacts.lock.yaml").read_text()
+
+
 def test_the_lock_command_writes_the_lock_without_touching_a_host(cluster):
     flannel = "/" + cluster.releases.upstream_path("flannel_cni_plugin")
     sha = hashlib.sha256(cluster.releases.files["flannel_cni_plugin"]).hexdigest()
