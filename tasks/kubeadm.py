@@ -37,7 +37,6 @@ from tasks.context import HostContext, Step
 from tasks.desired import DesiredFile, local_file, render, text_file
 from tasks.errors import PodnetError
 from tasks.probe import NodeState, ProbeRequest
-from tasks.pyinfra_compat import connector_arguments_of
 from tasks.artifacts import KUBERNETES_BINARIES
 from tasks.releases import CONFIG_APIS, SUPPORTED_KUBERNETES, config_api  # noqa: F401
 from tasks.settings import Settings, SettingsError
@@ -201,12 +200,11 @@ _asked_lock = threading.Lock()
 def _on_control_plane(state, control_plane_name: str, what: str, command: str, parse):
     """Run ``command`` on the first control-plane host and parse its stdout (never printed: it may
     hold a secret); KubeadmError with kubeadm's stderr when it fails or answers something else."""
-    control_plane = state.inventory.get_host(control_plane_name)
-    ok, output = control_plane.run_shell_command(command, **connector_arguments_of(state, control_plane))
-    lines = [line.strip() for line in output.stdout_lines if line.strip()]
+    ok, stdout, stderr = secrets.run_quietly(state, control_plane_name, command)
+    lines = [line.strip() for line in stdout if line.strip()]
     answer = parse(lines) if ok else None
     if answer is None:
-        shown = " ".join(output.stderr_lines or ["(nothing)"])[:300] if not ok else "an unexpected answer"
+        shown = " ".join(stderr or ["(nothing)"])[:300] if not ok else "an unexpected answer"
         raise KubeadmError(f"{control_plane_name}: `{command.split(' --')[0]}` for the {what} failed: {shown}")
     return answer
 
@@ -304,12 +302,10 @@ def _clean_up_join(state, host, connector_arguments: dict, control_plane_name: s
     if not secrets.remove_file(host, connector_arguments, JOIN_CONFIG_PATH):
         left.append(f"{JOIN_CONFIG_PATH} could not be removed (it holds the join's secrets): remove it")
     token_id = token.split(".")[0]  # the public half names the token; the secret half stays off the command line
-    control_plane = state.inventory.get_host(control_plane_name)
-    ok, output = control_plane.run_shell_command(f"{KUBEADM} token delete {token_id}",
-                                                 **connector_arguments_of(state, control_plane))
+    ok, _, stderr = secrets.run_quietly(state, control_plane_name, f"{KUBEADM} token delete {token_id}")
     if not ok:
         left.append(f"bootstrap token {token_id} could not be deleted on {control_plane_name} "
-                    f"({secrets.masked(' '.join(output.stderr_lines)[-200:], token)}); it expires after {TOKEN_TTL}, "
+                    f"({secrets.masked(' '.join(stderr)[-200:], token)}); it expires after {TOKEN_TTL}, "
                     f"or delete it now: kubeadm token delete {token_id}")
     return "; ".join(left) or None
 

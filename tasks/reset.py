@@ -140,7 +140,7 @@ def probe_request(s: Settings, first_control_plane: bool) -> ProbeRequest:
         queries={"cni0": pod_network.CNI0_COMMAND, CHAINS_QUERY: chains_command(), NFT_QUERY: NFT_COMMAND},
     )
     if removes_flannel(s):
-        request.hashes += [flannel.FLANNELD_PATH, flannel.UNIT_PATH, flannel.NET_CONF_PATH]
+        request.hashes += [flannel.FLANNELD_PATH, flannel.UNIT_PATH, flannel.NET_CONF_PATH, *flannel.CREDENTIAL_FILES]
         request.units.append(flannel.UNIT)
         if first_control_plane:
             request.hashes.append(flannel.MANIFEST_PATH)
@@ -204,8 +204,9 @@ def flannel_daemonset_deleted(s: Settings, node: NodeState) -> None:
 
 
 def flanneld_unit_removed(node: NodeState) -> None:
-    """flanneld's systemd unit stopped and disabled; its unit file, binary and net-conf.json removed."""
-    files = existing(node, [flannel.UNIT_PATH, flannel.FLANNELD_PATH, flannel.NET_CONF_PATH])
+    """flanneld's systemd unit stopped and disabled; its unit file, binary, net-conf.json, kubeconfig and
+    token removed."""
+    files = existing(node, [flannel.UNIT_PATH, flannel.FLANNELD_PATH, flannel.NET_CONF_PATH, *flannel.CREDENTIAL_FILES])
     running = node.unit_active(flannel.UNIT) or node.unit_enabled(flannel.UNIT)
     commands = []
     if running:

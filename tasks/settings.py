@@ -414,7 +414,8 @@ class Settings:
         "systemd unit whose ExecStart runs kube-controller-manager (systemd runtime)")
     kubeconfig: str = setting(
         "/etc/kubernetes/admin.conf", _absolute_path,
-        "kubeconfig on control-plane hosts for kubectl, and for flanneld (systemd rollout)")
+        "kubeconfig on control-plane hosts for kubectl (flanneld's systemd unit gets a kubeconfig of its own, "
+        "with a token of flannel's ServiceAccount; this one only when no host is in the control-plane group)")
     node_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = setting(
         None, _optional(_address),
         "the node's own address (defaults to the inventory name when that is an IP)", scope="host")
@@ -658,9 +659,9 @@ def _bootstrap_problems(s: Settings) -> list[str]:
         problems.append(f"kube_controller_manager_runtime: {s.kube_controller_manager_runtime!r} cannot be used with "
                         "cluster_bootstrap; kubeadm runs kube-controller-manager as a static pod: use 'static-pod'")
     if s.flannel_rollout == "systemd":
-        problems.append("flannel_rollout: 'systemd' cannot be used with cluster_bootstrap; flanneld's kubeconfig "
-                        "would be needed on every node and kubeadm writes it only on control-plane hosts: "
-                        "use 'daemonset'")
+        problems.append("flannel_rollout: 'systemd' cannot be used with cluster_bootstrap; flanneld's "
+                        "ServiceAccount and token are made with kubectl on the first control-plane host, before "
+                        "kubeadm has created the cluster there: use 'daemonset'")
     for key in ("kube_controller_manager_manifest", "kubeconfig"):
         kubeadm_path = SPEC_BY_NAME[key].default
         if getattr(s, key) != kubeadm_path:

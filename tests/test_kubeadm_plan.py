@@ -704,8 +704,9 @@ def test_bootstrap_refuses_settings_kubeadm_does_not_follow():
                                       "kubeconfig": "/root/.kube/config", "flannel_rollout": "systemd"},
                               ["control_plane"]))
     assert found == [
-        "cp1: flannel_rollout: 'systemd' cannot be used with cluster_bootstrap; flanneld's kubeconfig would be "
-        "needed on every node and kubeadm writes it only on control-plane hosts: use 'daemonset'",
+        "cp1: flannel_rollout: 'systemd' cannot be used with cluster_bootstrap; flanneld's ServiceAccount and "
+        "token are made with kubectl on the first control-plane host, before kubeadm has created the cluster there: "
+        "use 'daemonset'",
         "cp1: kubeconfig: '/root/.kube/config' cannot be used with cluster_bootstrap; kubeadm writes "
         "/etc/kubernetes/admin.conf: remove the setting"]
 

@@ -21,6 +21,8 @@ import posixpath
 import shlex
 from urllib.parse import urlsplit, urlunsplit
 
+from tasks.pyinfra_compat import connector_arguments_of
+
 MASK = "*MASKED*"  # what pyinfra prints for a HiddenValue
 REDACTED = "***"
 ELEVATING = ("_sudo", "_doas", "_dzdo", "_su_user")
@@ -87,6 +89,15 @@ def put_secret_file(host, connector_arguments: dict, path: str, content: str) ->
         if temp:
             host.run_shell_command(f"rm -f {shlex.quote(temp)}", **plain)
         raise RuntimeError(f"{host.name}: cannot write {path}")
+
+
+def run_quietly(state, host_name: str, command: str) -> tuple[bool, list[str], list[str]]:
+    """Run ``command`` on the inventory host ``host_name`` (with its own connector arguments) when
+    its stdout may hold a secret: never printed, whatever the verbosity (pyinfra prints a command's
+    output only for operations). Returns (succeeded, stdout lines, stderr lines)."""
+    host = state.inventory.get_host(host_name)
+    ok, output = host.run_shell_command(command, **connector_arguments_of(state, host))
+    return ok, list(output.stdout_lines), list(output.stderr_lines)
 
 
 def remove_file(host, connector_arguments: dict, path: str) -> bool:
