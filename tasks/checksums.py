@@ -40,7 +40,7 @@ import yaml
 from tasks import artifacts
 from tasks.artifacts import ArtifactError
 from tasks.download import Downloader, DownloadError
-from tasks.engine.secrets import redact_url
+from tasks.engine.redact import redact_url
 from tasks.settings import ARCHITECTURES, SHA256_RE, Settings
 
 GITHUB_API = "https://api.github.com"

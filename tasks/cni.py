@@ -13,7 +13,7 @@ from tasks import ops
 from tasks.context import HostContext, Step
 from tasks.desired import DesiredFile, local_file, render, text_file
 from tasks.artifacts import ArtifactError
-from tasks.engine.secrets import redact_url
+from tasks.engine.redact import redact_url
 from tasks.errors import PodnetError
 from tasks.probe import NodeState, ProbeRequest
 from tasks.settings import Settings

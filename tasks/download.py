@@ -28,7 +28,7 @@ from pathlib import Path
 import requests
 
 from tasks.artifacts import Artifact, ArtifactError, safe_members
-from tasks.engine.secrets import redact_url, redact_urls
+from tasks.engine.redact import redact_url, redact_urls
 from tasks.errors import PodnetError
 
 CHUNK = 1 << 20

@@ -30,7 +30,7 @@ from pyinfra import logger
 
 from tasks import ops, pod_network
 from tasks.context import HostContext, Step
-from tasks.engine import secrets
+from tasks.engine import secret_files
 from tasks.desired import DesiredFile, local_file, render, text_file
 from tasks.errors import PodnetError
 from tasks.pod_network import node_pod_cidrs_command
@@ -392,7 +392,7 @@ def _api_server_of(state, s: Settings, control_plane_name: str) -> tuple[str, st
     """(API server URL, its CA bundle as base64) from the first control-plane host's kubeconfig, once per run."""
     with _cluster_access_lock:
         if control_plane_name not in _cluster_access:
-            ok, stdout, stderr = secrets.run_quietly(
+            ok, stdout, stderr = secret_files.run_quietly(
                 state, control_plane_name,
                 f"{s.kubectl} config view --minify --raw -o jsonpath='{{.clusters[0].cluster.server}}{{\"\\n\"}}"
                 "{.clusters[0].cluster.certificate-authority-data}'")
@@ -432,7 +432,7 @@ def install_token(state, host, connector_arguments: dict, s: Settings, control_p
     naming it as root-only files (``put_secret_file``), and its expiry for the next probe.
     """
     server, ca_data = _api_server_of(state, s, control_plane_name)
-    ok, stdout, stderr = secrets.run_quietly(
+    ok, stdout, stderr = secret_files.run_quietly(
         state, control_plane_name,
         f"{s.kubectl} -n {NAMESPACE} create token {SERVICE_ACCOUNT} --duration={TOKEN_DURATION}s")
     token = stdout[-1].strip() if ok and stdout else ""
@@ -441,9 +441,9 @@ def install_token(state, host, connector_arguments: dict, s: Settings, control_p
                                 f"{' '.join(stderr)[:300] or 'an unexpected answer'}")
     expires = token_expiry(token)
     try:
-        secrets.put_secret_file(host, connector_arguments, TOKEN_PATH, token + "\n")
-        secrets.put_secret_file(host, connector_arguments, KUBECONFIG_PATH, kubeconfig_for(server, ca_data))
-        secrets.put_secret_file(host, connector_arguments, TOKEN_EXPIRY_PATH, f"{expires}\n")
+        secret_files.put_secret_file(host, connector_arguments, TOKEN_PATH, token + "\n")
+        secret_files.put_secret_file(host, connector_arguments, KUBECONFIG_PATH, kubeconfig_for(server, ca_data))
+        secret_files.put_secret_file(host, connector_arguments, TOKEN_EXPIRY_PATH, f"{expires}\n")
     except RuntimeError as error:
         raise FlannelTokenError(str(error)) from None
     return True

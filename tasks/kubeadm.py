@@ -32,7 +32,7 @@ import threading
 from dataclasses import dataclass
 
 from tasks import containerd, controller_manager, kubeadm_config, ops
-from tasks.engine import secrets
+from tasks.engine import redact, secret_files
 from tasks.context import HostContext, Step
 from tasks.desired import DesiredFile, local_file, render, text_file
 from tasks.errors import PodnetError
@@ -200,7 +200,7 @@ _asked_lock = threading.Lock()
 def _on_control_plane(state, control_plane_name: str, what: str, command: str, parse):
     """Run ``command`` on the first control-plane host and parse its stdout (never printed: it may
     hold a secret); KubeadmError with kubeadm's stderr when it fails or answers something else."""
-    ok, stdout, stderr = secrets.run_quietly(state, control_plane_name, command)
+    ok, stdout, stderr = secret_files.run_quietly(state, control_plane_name, command)
     lines = [line.strip() for line in stdout if line.strip()]
     answer = parse(lines) if ok else None
     if answer is None:
@@ -281,11 +281,11 @@ def join(state, host, connector_arguments: dict, s: Settings, control_plane_name
                                                  token_create_command(host.name), parse_join_command)
     failure = None
     try:
-        secrets.put_secret_file(host, connector_arguments, JOIN_CONFIG_PATH,
+        secret_files.put_secret_file(host, connector_arguments, JOIN_CONFIG_PATH,
                                 join_config(endpoint, token, ca_hash, s, certificate_key))
         ok, output = host.run_shell_command(f"{KUBEADM} join --config {JOIN_CONFIG_PATH}", **connector_arguments)
         if not ok:
-            said = secrets.masked(" ".join(output.stderr_lines)[-600:], token, certificate_key)
+            said = redact.masked(" ".join(output.stderr_lines)[-600:], token, certificate_key)
             failure = f"kubeadm join {endpoint} failed: {said}; run `kubeadm reset -f` on it before the next run"
     except RuntimeError as error:
         failure = str(error)
@@ -299,13 +299,13 @@ def join(state, host, connector_arguments: dict, s: Settings, control_plane_name
 def _clean_up_join(state, host, connector_arguments: dict, control_plane_name: str, token: str) -> str | None:
     """Remove the join's configuration file here and its token from the cluster; what could not be."""
     left = []
-    if not secrets.remove_file(host, connector_arguments, JOIN_CONFIG_PATH):
+    if not secret_files.remove_file(host, connector_arguments, JOIN_CONFIG_PATH):
         left.append(f"{JOIN_CONFIG_PATH} could not be removed (it holds the join's secrets): remove it")
     token_id = token.split(".")[0]  # the public half names the token; the secret half stays off the command line
-    ok, _, stderr = secrets.run_quietly(state, control_plane_name, f"{KUBEADM} token delete {token_id}")
+    ok, _, stderr = secret_files.run_quietly(state, control_plane_name, f"{KUBEADM} token delete {token_id}")
     if not ok:
         left.append(f"bootstrap token {token_id} could not be deleted on {control_plane_name} "
-                    f"({secrets.masked(' '.join(stderr)[-200:], token)}); it expires after {TOKEN_TTL}, "
+                    f"({redact.masked(' '.join(stderr)[-200:], token)}); it expires after {TOKEN_TTL}, "
                     f"or delete it now: kubeadm token delete {token_id}")
     return "; ".join(left) or None
 

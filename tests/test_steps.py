@@ -116,13 +116,14 @@ def test_artifacts_follow_the_steps_that_apply():
 def podnet_imports() -> dict[str, set[str]]:
     """tasks module -> the tasks modules it imports (anywhere in it, also inside functions)."""
     graph: dict[str, set[str]] = {}
-    for path in sorted((REPO / "tasks").glob("*.py")):
-        module = f"tasks.{path.stem}"
+    for path in sorted((REPO / "tasks").rglob("*.py")):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         found: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tasks"):
-                if node.module == "tasks":
-                    found.update(f"tasks.{alias.name}" for alias in node.names)
+                if node.module in ("tasks", "tasks.engine"):  # a module of that package
+                    found.update(f"{node.module}.{alias.name}" for alias in node.names)
                 else:
                     found.add(node.module)
             elif isinstance(node, ast.Import):

@@ -110,6 +110,7 @@ def converged_state(settings: Settings, releases: Releases, *, host_names: list[
         for path in (flannel.KUBECONFIG_PATH, flannel.TOKEN_PATH):
             state.hashes[path], state.modes[path] = "e" * 64, "600"
         state.contents[flannel.TOKEN_EXPIRY_PATH] = f"{int(time.time()) + flannel.TOKEN_DURATION - 60}\n".encode()
+        state.hashes[flannel.TOKEN_EXPIRY_PATH], state.modes[flannel.TOKEN_EXPIRY_PATH] = "d" * 64, "600"
         if first_control_plane:
             rbac = text_file(flannel.RBAC_PATH, flannel.render_rbac(settings))
             text_files.append(rbac)

@@ -1,17 +1,12 @@
 """
-Secrets podnet handles, kept off command lines and out of output.
+Secrets on nodes, never on a command line (README, "Security", "Secrets").
 
-- ``redact_url``: a URL as podnet prints or stores it (run summary, errors, logs, the committed
-  ``artifacts.lock.yaml``): any user name and password in it (``https://user:password@host/...``)
-  replaced by ``***``. The one place a URL's credentials are taken out; callers never print
-  or store a URL that did not pass through it.
-- ``masked``: a text (a remote command's stderr, an error) with given secret values replaced by
-  ``*MASKED*`` (pyinfra's own mask for ``HiddenValue``), for messages that quote what a remote
-  command said.
 - ``put_secret_file``: a file only root can read (mode 0600 from its creation on) with content
   that never appears on a command line: created empty under ``umask 077`` first, then written
   over SFTP (pyinfra's ``put_file`` of an in-memory file; through sudo, via a 0600 temporary file
   of the SSH user that is copied into it and removed).
+- ``run_quietly``: a command on another inventory host whose stdout may hold a secret (never printed).
+- ``remove_file``: such a file removed.
 """
 
 from __future__ import annotations
@@ -19,46 +14,10 @@ from __future__ import annotations
 import io
 import posixpath
 import shlex
-from urllib.parse import urlsplit, urlunsplit
 
 from tasks.pyinfra_compat import connector_arguments_of
 
-MASK = "*MASKED*"  # what pyinfra prints for a HiddenValue
-REDACTED = "***"
 ELEVATING = ("_sudo", "_doas", "_dzdo", "_su_user")
-
-
-def redact_url(url: str) -> str:
-    """``url`` without the credentials of its authority: ``https://deploy:S3cr3t@mirror.example/x``
-    -> ``https://***@mirror.example/x``. Anything that is not a URL with credentials is returned as is."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{REDACTED}@{host}"))
-
-
-def redact_urls(text: str, *urls: str | None) -> str:
-    """``text`` with each of ``urls`` (and each one's credentials, wherever they appear) redacted."""
-    for url in urls:
-        if not url:
-            continue
-        netloc = urlsplit(url).netloc
-        if "@" in netloc:
-            credentials = netloc.rpartition("@")[0]
-            text = text.replace(url, redact_url(url)).replace(credentials, REDACTED)
-    return text
-
-
-def masked(text: str, *secrets: str | None) -> str:
-    """``text`` with every occurrence of each secret replaced by ``*MASKED*``."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, MASK)
-    return text
 
 
 def put_secret_file(host, connector_arguments: dict, path: str, content: str) -> None:
