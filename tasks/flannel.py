@@ -296,7 +296,8 @@ def systemd_kubeconfig(s: Settings, has_control_plane: bool) -> str:
     return KUBECONFIG_PATH if has_control_plane else s.kubeconfig
 
 
-def systemd_files(s: Settings, flanneld_binary, has_control_plane: bool = True) -> tuple[list[DesiredFile], DesiredFile]:
+def systemd_files(s: Settings, flanneld_binary,
+                  has_control_plane: bool = True) -> tuple[list[DesiredFile], DesiredFile]:
     exec_start = " ".join([FLANNELD_PATH, *flanneld_args(s, systemd_kubeconfig(s, has_control_plane),
                                                          NET_CONF_PATH)])
     unit = text_file(UNIT_PATH, render("flannel/flanneld.service.j2", node_name="%H", exec_start=exec_start))

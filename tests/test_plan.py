@@ -75,7 +75,8 @@ def service_account_token(expires: int) -> str:
     """A JWT shaped like the TokenRequest API's (the signature is not checked by podnet)."""
     def part(data: dict) -> str:
         return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
-    return f"{part({'alg': 'RS256'})}.{part({'exp': expires, 'sub': 'system:serviceaccount:kube-flannel:flannel'})}.c2ln"
+    claims = {"exp": expires, "sub": "system:serviceaccount:kube-flannel:flannel"}
+    return f"{part({'alg': 'RS256'})}.{part(claims)}.c2ln"
 
 
 FLANNEL_TOKEN = service_account_token(int(time.time()) + flannel.TOKEN_DURATION)

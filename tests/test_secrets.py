@@ -116,4 +116,5 @@ def test_errors_about_the_mirror_never_show_its_credentials(server, tmp_path):
 
 def test_a_bad_mirror_url_is_named_without_its_credentials():
     said = problems(control_plane("cp1", mirror_url=f"ftp://deploy:{PASSWORD}@mirror.example/x"))
-    assert said == ["cp1: mirror_url: 'ftp://***@mirror.example/x' is not valid; expected an http:// or https:// base URL"]
+    assert said == ["cp1: mirror_url: 'ftp://***@mirror.example/x' is not valid; expected an http:// or https:// "
+                    "base URL"]
