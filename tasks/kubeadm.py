@@ -55,7 +55,11 @@ KUBELET_CONF = "/etc/kubernetes/kubelet.conf"
 CRI_SOCKET = f"unix://{containerd.SOCKET}"
 API_SERVER_PORT = 6443
 JOIN_CONFIG_PATH = "/run/podnet/kubeadm-join.yaml"  # only for the time of one join (/run: a tmpfs)
-TOKEN_TTL = "15m"  # the longest a join's token lives, should podnet be stopped before deleting it
+TOKEN_TTL = "15m"
+# kubeadm init creates a bootstrap token whatever its configuration says: podnet uses none (each join
+# gets its own) and keeps it out of the output (--skip-token-print); it expires at once and
+# kube-controller-manager's tokencleaner (on in kubeadm clusters) deletes it
+INIT_TOKEN_TTL = "1s"  # the longest a join's token lives, should podnet be stopped before deleting it
 
 # Executables kubeadm's preflight requires (ip, iptables, mount, nsenter) or warns about
 # (conntrack, ethtool, socat), and the Debian/Ubuntu package that provides each.
@@ -150,7 +154,9 @@ def init_config(s: Settings) -> str:
                   controller_manager_args=flags, cgroup_driver="systemd" if s.systemd_cgroup else "cgroupfs",
                   ignore_preflight_errors=list(s.kubeadm_ignore_preflight_errors),
                   etcd_endpoints=list(s.etcd_external_endpoints), kubelet_configuration=s.kubelet_configuration,
-                  kube_proxy_configuration=s.kube_proxy_configuration)
+                  kube_proxy_configuration=s.kube_proxy_configuration,
+                  init_token_description="podnet: unused (each join gets a token of its own)",
+                  init_token_ttl=INIT_TOKEN_TTL)
 
 
 def probe_request(s: Settings, is_first_control_plane: bool) -> ProbeRequest:
@@ -334,7 +340,7 @@ def apply(s: Settings, node: NodeState, files: list[DesiredFile], host_name: str
     ops.files_installed(name="kubeadm: init configuration", current=node,
                         files=[text_file(INIT_CONFIG_PATH, init_config(s), mode="0600")] if init_needed else [])
     ops.shell_when(name="kubeadm: control plane initialised (kubeadm init)",
-                   commands=[f"{KUBEADM} init --config {INIT_CONFIG_PATH}"],
+                   commands=[f"{KUBEADM} init --config {INIT_CONFIG_PATH} --skip-token-print"],
                    reason=f"{ADMIN_CONF} is missing: creating the cluster" if init_needed else None)
     ops.python_step(name="kubeadm: control-plane host joined (kubeadm join --control-plane)", function=join,
                     args=(s, first_control_plane),

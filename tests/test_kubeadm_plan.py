@@ -196,7 +196,7 @@ def test_fresh_machines_execute_init_then_join_with_a_token_from_the_control_pla
     # -vvv prints every operation's commands and output, --diff every file change: the secrets show in neither
     run = ok(run_pyinfra(bed.inventory({h: bed.fresh(h) for h in bed.hosts}), "-y", "-vvv", "--diff"))
     cp = run.commands(CP)
-    init = cp.index("/usr/local/bin/kubeadm init --config /etc/podnet/kubeadm-init.yaml")
+    init = cp.index("/usr/local/bin/kubeadm init --config /etc/podnet/kubeadm-init.yaml --skip-token-print")
     assert "/etc/podnet/.kubeadm-init.yaml.podnet-new" in run.uploads(CP)
     # the manifest kubeadm wrote is read after init, and the flags merged into it
     read = cp.index(READ_MANIFEST)
@@ -498,7 +498,7 @@ def test_a_cluster_configuration_podnet_cannot_read_stops_the_run_before_any_cha
 def test_a_cluster_created_in_this_run_gets_the_flags_from_the_init_configuration(bed):
     # kubeadm init stores podnet's ClusterConfiguration in kubeadm-config itself: no patch.
     run = ok(run_pyinfra(bed.inventory({h: bed.fresh(h) for h in bed.hosts}), "-y"))
-    assert "/usr/local/bin/kubeadm init --config /etc/podnet/kubeadm-init.yaml" in run.commands(CP)
+    assert "/usr/local/bin/kubeadm init --config /etc/podnet/kubeadm-init.yaml --skip-token-print" in run.commands(CP)
     assert patches(run, CP) == []
 
 
@@ -523,7 +523,7 @@ def test_kubernetes_1_30_gets_a_v1beta3_init_configuration(bed):
     run = ok(run_pyinfra(bed.inventory({h: bed.fresh(h) for h in bed.hosts}), "--dry", "--diff"))
     shown = [line.strip() for line in run.output.splitlines()]
     start = shown.index("+++ /etc/podnet/kubeadm-init.yaml (podnet)")
-    init = [line[1:] for line in shown[start + 2:start + 31]]
+    init = [line[1:] for line in shown[start + 2:start + 36]]
     assert init[:3] == ["# Managed by podnet: what `kubeadm init` ran with on this host (cluster_bootstrap).",
                         "apiVersion: kubeadm.k8s.io/v1beta3", "kind: InitConfiguration"]
     assert init[init.index("kind: ClusterConfiguration") - 1] == "apiVersion: kubeadm.k8s.io/v1beta3"
@@ -585,6 +585,9 @@ def test_init_configuration_carries_the_settings():
     init, cluster, kubelet = yaml.safe_load_all(kubeadm.init_config(s))
     assert init["kind"] == "InitConfiguration"
     assert init["localAPIEndpoint"] == {"advertiseAddress": "192.168.56.11", "bindPort": 6443}
+    # the token kubeadm init makes anyway: no value of podnet's (kubeadm generates it), expiring at once
+    assert init["bootstrapTokens"] == [{"description": "podnet: unused (each join gets a token of its own)",
+                                        "ttl": "1s"}]
     assert init["nodeRegistration"]["criSocket"] == "unix:///run/containerd/containerd.sock"
     assert cluster["kubernetesVersion"] == "v1.35.1"
     assert cluster["controlPlaneEndpoint"] == "192.168.56.11:6443"
