@@ -58,6 +58,7 @@ TOKEN_EXPIRY_PATH = "/etc/kube-flannel/token.expires"  # when that token expires
 CREDENTIAL_FILES = (KUBECONFIG_PATH, TOKEN_PATH, TOKEN_EXPIRY_PATH)  # what reset removes with the unit
 TOKEN_DURATION = 365 * 24 * 3600  # seconds a token is requested for (TokenRequest expirationSeconds)
 TOKEN_RENEWAL = 90 * 24 * 3600  # a rerun renews a token with less than this left
+STALE_KUBECONFIG = "flannel:kubeconfig-setting-on-worker"
 JWT_RE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 
 
@@ -190,6 +191,8 @@ def rollout_probe_request(s: Settings, first_control_plane: bool) -> ProbeReques
         request.hashes += [FLANNELD_PATH, KUBECONFIG_PATH, TOKEN_PATH]
         request.texts += [UNIT_PATH, NET_CONF_PATH]
         request.contents.append(TOKEN_EXPIRY_PATH)  # no secret: when the token expires
+        if not s.is_control_plane:  # what earlier releases pointed flanneld at: admin credentials on a worker
+            request.features[STALE_KUBECONFIG] = f"[ -e {shlex.quote(s.kubeconfig)} ]"
         request.units.append(UNIT)
         if first_control_plane:
             request.texts.append(RBAC_PATH)
@@ -452,7 +455,7 @@ def install_token(state, host, connector_arguments: dict, s: Settings, control_p
 
 def apply_systemd(s: Settings, node: NodeState, flanneld_binary, check_pod_cidrs: bool = False,
                   ipam_changed: bool = False, first_control_plane: str | None = None,
-                  is_first_control_plane: bool = False) -> None:
+                  is_first_control_plane: bool = False, host_name: str = "") -> None:
     """flanneld's binary, net-conf.json and unit on this node; its ServiceAccount (from the first
     control-plane host) and a token of it in its own kubeconfig; running. On the first control-plane
     host (``check_pod_cidrs``) also every node's podCIDR."""
@@ -465,6 +468,10 @@ def apply_systemd(s: Settings, node: NodeState, flanneld_binary, check_pod_cidrs
     # ServiceAccount on the first control-plane host), so the ServiceAccount exists before any token
     if is_first_control_plane:
         rbac_applied(s, node)
+    if first_control_plane is not None and not s.is_control_plane and node.features.get(STALE_KUBECONFIG):
+        logger.warning(f"podnet: {host_name}: {s.kubeconfig} (the kubeconfig setting) is on this worker; flanneld "
+                       f"no longer uses it (it has {KUBECONFIG_PATH}, flannel's ServiceAccount): if it holds admin "
+                       "credentials, remove it, podnet does not delete what it did not install")
     reason = token_renewal_reason(node) if first_control_plane is not None else None
     ops.python_step(name="flannel: flanneld's ServiceAccount token and kubeconfig (mode 0600)",
                     function=install_token, args=(s, first_control_plane), reason=reason)
@@ -490,7 +497,7 @@ def _roll_out(ctx: HostContext) -> None:
         return
     apply_systemd(s, ctx.node, ctx.file("flanneld"), check_pod_cidrs=checks_pod_cidrs(s, ctx.is_first_control_plane),
                   ipam_changed=ctx.ipam_changed, first_control_plane=ctx.first_control_plane,
-                  is_first_control_plane=ctx.is_first_control_plane)
+                  is_first_control_plane=ctx.is_first_control_plane, host_name=ctx.host_name)
     if ctx.first_control_plane is None:
         say_pod_cidrs_unchecked(s)
 

@@ -556,6 +556,18 @@ def test_a_rerun_renews_flanneld_token_only_when_it_expires_soon_or_is_not_root_
     assert not [c for c in run.commands(WORKER) if "systemctl" in c]
 
 
+def test_admin_credentials_an_earlier_release_pointed_flanneld_at_are_named_on_a_worker(cluster):
+    data = {"flannel_rollout": "systemd"}
+    worker = cluster.converged(WORKER, **data)
+    worker.features[flannel.STALE_KUBECONFIG] = True
+    run = run_pyinfra(cluster.inventory(cluster.converged(CP, **data), worker, **data), "-y")
+    assert_ok(run)
+    assert ("podnet: @fake/w1: /etc/kubernetes/admin.conf (the kubeconfig setting) is on this worker; flanneld no "
+            "longer uses it (it has /etc/kube-flannel/kubeconfig, flannel's ServiceAccount): if it holds admin "
+            "credentials, remove it, podnet does not delete what it did not install") in run.stderr
+    assert run.commands(WORKER) == probes(run, WORKER)
+
+
 def test_flanneld_service_account_missing_from_the_cluster_is_applied_again(cluster):
     data = {"flannel_rollout": "systemd"}
     cp = cluster.converged(CP, **data)
