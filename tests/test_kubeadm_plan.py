@@ -240,10 +240,16 @@ def test_a_failed_join_removes_its_configuration_and_token_and_masks_them_in_the
     assert TOKEN.split(".")[1] not in run.output
 
 
-def test_a_token_that_cannot_be_deleted_is_named_with_its_id_only(bed):
-    failing = {"token delete": {"success": False, "stderr": ["error: the server could not find the token"]}}
+def failed_on_fresh_machines(bed, command: str, stderr: str) -> Run:
+    """A run on fresh machines in which ``command`` fails on the first control-plane host."""
+    failing = {command: {"success": False, "stderr": [stderr]}}
     run = run_pyinfra(bed.inventory({h: bed.fresh(h) for h in bed.hosts}, cp_responses=failing), "-y")
     assert run.returncode != 0
+    return run
+
+
+def test_a_token_that_cannot_be_deleted_is_named_with_its_id_only(bed):
+    run = failed_on_fresh_machines(bed, "token delete", "error: the server could not find the token")
     assert ("bootstrap token abcdef could not be deleted on @fake/cp1 (error: the server could not find the token); "
             "it expires after 15m, or delete it now: kubeadm token delete abcdef") in run.output
     assert TOKEN.split(".")[1] not in run.output
@@ -332,9 +338,7 @@ def test_a_second_control_plane_host_joins_with_a_certificate_key(bed):
 
 
 def test_a_failing_token_request_stops_the_join_with_kubeadms_message(bed):
-    failing = {"token create": {"success": False, "stderr": ["error: unable to create token: connection refused"]}}
-    run = run_pyinfra(bed.inventory({h: bed.fresh(h) for h in bed.hosts}, cp_responses=failing), "-y")
-    assert run.returncode != 0
+    run = failed_on_fresh_machines(bed, "token create", "error: unable to create token: connection refused")
     assert ("@fake/cp1: `/usr/local/bin/kubeadm token create` for the join token failed: error: unable to create "
             "token: connection refused") in run.output
 
