@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.artifacts import resolve
-from tasks.checksums import ChecksumError, ChecksumLock, Checksums, LockEntry
-from tasks.download import ChecksumMismatch, DownloadError, Downloader
+from tasks.artifacts.catalog import resolve
+from tasks.artifacts.checksums import ChecksumError, ChecksumLockFile, Checksums, LockEntry
+from tasks.artifacts.download import ChecksumMismatch, DownloadError, Downloader
 from tasks.engine.redact import masked, redact_url, redact_urls
 from tests.support.hosts import problems, settings, control_plane
 from tests.support.http import Reply, ScriptedServer
@@ -64,7 +64,7 @@ def credentialed(server: ScriptedServer) -> str:
 
 
 def run_for(lock_path: Path, tmp_path: Path) -> Checksums:
-    return Checksums(ChecksumLock(lock_path), Downloader(tmp_path / "cache", attempts=2, timeout=5, backoff=0,
+    return Checksums(ChecksumLockFile(lock_path), Downloader(tmp_path / "cache", attempts=2, timeout=5, backoff=0,
                                                          progress=False))
 
 
@@ -85,10 +85,10 @@ def test_the_lock_file_and_the_run_summary_record_the_mirror_without_its_credent
 
 
 def test_a_lock_entry_written_with_credentials_by_hand_is_read_and_rewritten_without_them(tmp_path):
-    lock = ChecksumLock(tmp_path / "artifacts.lock.yaml")
+    lock = ChecksumLockFile(tmp_path / "artifacts.lock.yaml")
     lock.record("flanneld", "0.28.4", "amd64", LockEntry("a" * 64, f"https://deploy:{PASSWORD}@m.example/x"))
     assert PASSWORD not in (tmp_path / "artifacts.lock.yaml").read_text()
-    assert ChecksumLock(tmp_path / "artifacts.lock.yaml").get("flanneld", "0.28.4", "amd64").source == (
+    assert ChecksumLockFile(tmp_path / "artifacts.lock.yaml").get("flanneld", "0.28.4", "amd64").source == (
         "https://***@m.example/x")
 
 

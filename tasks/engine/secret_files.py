@@ -15,7 +15,7 @@ import io
 import posixpath
 import shlex
 
-from tasks.pyinfra_compat import connector_arguments_of
+from tasks.engine.pyinfra_compat import connector_arguments_of
 
 ELEVATING = ("_sudo", "_doas", "_dzdo", "_su_user")
 
