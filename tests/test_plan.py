@@ -688,6 +688,24 @@ def test_staged_files_an_interrupted_run_left_are_removed_and_nothing_else_chang
     assert run.commands(CP) == probes(run, CP)
 
 
+def test_a_join_configuration_an_interrupted_run_left_is_removed(cluster, tmp_path):
+    worker = cluster.converged(WORKER)
+    worker.queries[interrupted.QUERY] = (0, ["/run/podnet/kubeadm-join.yaml"])
+    run = run_pyinfra(cluster.inventory(cluster.converged(CP), worker), "-y")
+    assert_ok(run)
+    assert run.commands(WORKER) == [*probes(run, WORKER), "rm -f /run/podnet/kubeadm-join.yaml"]
+    # what the probe's query finds on a real shell, the join configuration included
+    def found() -> list[str]:
+        command = interrupted.find_command([str(tmp_path)]).replace("/run/podnet/kubeadm-join.yaml",
+                                                                    str(tmp_path / "kubeadm-join.yaml"))
+        return subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout.split()
+
+    (tmp_path / ".a.podnet-new").write_text("")
+    assert found() == [str(tmp_path / ".a.podnet-new")]
+    (tmp_path / "kubeadm-join.yaml").write_text("")
+    assert found() == [str(tmp_path / ".a.podnet-new"), str(tmp_path / "kubeadm-join.yaml")]
+
+
 def test_the_probe_looks_for_staged_files_where_podnet_installs_files(cluster):
     dirs = interrupted.directories(cluster.settings(CP))
     assert dirs == ["/etc/cni/net.d", "/etc/containerd", "/etc/default", "/etc/kube-flannel",
