@@ -27,7 +27,6 @@ are never on a command line.
 from __future__ import annotations
 
 import re
-import shlex
 import threading
 from dataclasses import dataclass
 
@@ -37,6 +36,8 @@ from tasks.engine import ops, redact, secret_files
 from tasks.engine.context import HostContext, Step
 from tasks.engine.desired import DesiredFile, local_file, render, text_file
 from tasks.errors import PodnetError
+from tasks.formats import shell
+from tasks.formats.systemd_unit import environment_file_assignment
 from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.artifacts.catalog import KUBERNETES_BINARIES
 from tasks.releases import CONFIG_APIS, SUPPORTED_KUBERNETES, config_api  # noqa: F401
@@ -56,6 +57,7 @@ KUBELET_CONF = "/etc/kubernetes/kubelet.conf"
 CRI_SOCKET = f"unix://{containerd.SOCKET}"
 API_SERVER_PORT = 6443
 JOIN_CONFIG_PATH = "/run/podnet/kubeadm-join.yaml"  # only for the time of one join (/run: a tmpfs)
+JOIN_COMMAND = f"{KUBEADM} join --config {JOIN_CONFIG_PATH}"  # every value in the file, none on the line
 TOKEN_TTL = "15m"
 # kubeadm init creates a bootstrap token whatever its configuration says: podnet uses none (each join
 # gets its own) and keeps it out of the output (--skip-token-print); it expires at once and
@@ -120,7 +122,8 @@ def kubelet_files(s: Settings) -> list[DesiredFile]:
         text_file(KUBELET_UNIT_PATH, render("kubeadm/kubelet.service.j2", kubelet_path=KUBELET)),
         text_file(DROPIN_PATH, render("kubeadm/10-kubeadm.conf.j2", kubelet_path=KUBELET,
                                       defaults_path=KUBELET_DEFAULTS_PATH)),
-        text_file(KUBELET_DEFAULTS_PATH, render("kubeadm/kubelet.default.j2", extra_args=kubelet_args(s))),
+        text_file(KUBELET_DEFAULTS_PATH, render("kubeadm/kubelet.default.j2", extra_args_line=environment_file_assignment(
+            "KUBELET_EXTRA_ARGS", kubelet_args(s)))),
     ]
 
 
@@ -242,7 +245,7 @@ def parse_certificate_key(lines: list[str]) -> str | None:
 def token_create_command(host_name: str) -> str:
     """A bootstrap token for one join, living TOKEN_TTL at most (podnet deletes it right after the join)."""
     return (f"{KUBEADM} token create --print-join-command --ttl {TOKEN_TTL} "
-            f"--description {shlex.quote(f'podnet: kubeadm join of {host_name}')}")
+            f"--description {shell.word(f'podnet: kubeadm join of {host_name}')}")
 
 
 def upload_certs_command() -> str:
@@ -290,7 +293,7 @@ def join(state, host, connector_arguments: dict, s: Settings, control_plane_name
     try:
         secret_files.put_secret_file(host, connector_arguments, JOIN_CONFIG_PATH,
                                 join_config(endpoint, token, ca_hash, s, certificate_key))
-        ok, output = host.run_shell_command(f"{KUBEADM} join --config {JOIN_CONFIG_PATH}", **connector_arguments)
+        ok, output = host.run_shell_command(JOIN_COMMAND, **connector_arguments)
         if not ok:
             said = redact.masked(" ".join(output.stderr_lines)[-600:], token, certificate_key)
             failure = f"kubeadm join {endpoint} failed: {said}; run `kubeadm reset -f` on it before the next run"
