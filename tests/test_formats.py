@@ -181,7 +181,8 @@ def _exec_words(unit: str) -> list[str]:
 @pytest.mark.parametrize("value", [v for v in HOSTILE if v and "\0" not in v])
 def test_flanneld_unit_runs_flanneld_with_each_value_as_one_word(value):
     s = dataclasses.replace(settings(flannel_rollout="systemd"), kubeconfig=value, flannel_iface=value)
-    _, unit = flannel.systemd_files(s, Path(__file__))
+    # the kubeconfig setting is flanneld's only without a control-plane host (else: its own, KUBECONFIG_PATH)
+    _, unit = flannel.systemd_files(s, Path(__file__), has_control_plane=False)
     assert _exec_words(unit.content.decode()) == [
         flannel.FLANNELD_PATH, "--ip-masq", "--kube-subnet-mgr", f"--kubeconfig-file={value}",
         f"--net-config-path={flannel.NET_CONF_PATH}", f"--iface={value}"]
