@@ -161,6 +161,8 @@ class PodBed:
             node_cidr_mask_size=24,
             flannel_rollout=self.rollout,
             flannel_image=f"docker.io/flannel/flannel:v{binaries.FLANNELD_VERSION}",  # built locally (no registry)
+            # the existing cluster's sandbox image (built locally), as an operator of such a cluster sets it
+            sandbox_image=KubeBed.sandbox_image,
             flannel_rollout_timeout=120,
             kube_controller_manager_runtime=self.runtime,
             restrict_oom_score_adj=True,  # this machine's root lacks CAP_SYS_RESOURCE

@@ -132,7 +132,8 @@ def test_first_run_sets_up_the_pod_network_without_errors(bed):
     assert "containerd: containerd binaries" not in changed
     assert changed.get("kube-controller-manager: node IPAM flags") == 1
     if bed.kind.rollout == "daemonset":
-        assert changed.get("flannel: DaemonSet applied and rolled out") == 1
+        assert changed.get("flannel: DaemonSet applied") == 1
+        assert changed.get("flannel: DaemonSet rolled out, every flannel pod Ready") == 1
 
 
 def test_controller_manager_assigns_each_node_a_distinct_pod_cidr_from_the_cluster_cidr(bed):
@@ -411,7 +412,8 @@ def test_a_backend_change_replaces_only_flanneld_and_pods_still_reach_each_other
     bed.wait_for_flannel()
     if flannel_pods is not None:
         assert run.changed_operations() == {"flannel: kube-flannel manifest": 1,
-                                            "flannel: DaemonSet applied and rolled out": 1,
+                                            "flannel: DaemonSet applied": 1,
+                                            "flannel: DaemonSet rolled out, every flannel pod Ready": 1,
                                             "flannel: every node has a podCIDR in the cluster CIDR": 1}
         replaced = bed.flannel_pods()
         assert sorted(replaced) == sorted(flannel_pods)
