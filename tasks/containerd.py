@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 
 from pyinfra import logger
 
-from tasks import ops
-from tasks.context import HostContext, Step
-from tasks.desired import DesiredFile, local_file, render, text_file
-from tasks.probe import NodeState, ProbeRequest
+from tasks.engine import ops
+from tasks.engine.context import HostContext, Step
+from tasks.engine.desired import DesiredFile, local_file, render, text_file
+from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.releases import ConfigGeneration, config_generation, containerd_supports_kubernetes  # noqa: F401
 
 if TYPE_CHECKING:
