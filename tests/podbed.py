@@ -173,10 +173,11 @@ class PodBed:
         data.update(overrides)
         return data
 
-    def write_inventory(self, **overrides) -> Path:
+    def write_inventory(self, host_data: dict | None = None, **overrides) -> Path:
+        """The inventory with ``overrides`` in group data and ``host_data`` on every host."""
         self.overrides = dict(overrides)
         # No default route on test nodes: flanneld is told each node's own address (as on Vagrant).
-        per_host = {n.name: {"flannel_iface": n.ip} for n in self.cluster.nodes}
+        per_host = {n.name: {"flannel_iface": n.ip, **(host_data or {})} for n in self.cluster.nodes}
         for name, (address, port) in self.ssh_endpoints.items():
             per_host[name].update(ssh_hostname=address, ssh_port=port)
         return self.cluster.write_inventory(self.workdir / "inventory.py", self.inventory_data(**overrides),
