@@ -11,7 +11,6 @@ renders both with the row's version line.
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +20,7 @@ from tasks.engine import ops
 from tasks.engine.context import HostContext, Step
 from tasks.engine.desired import DesiredFile, local_file, render, text_file
 from tasks.engine.probe import NodeState, ProbeRequest
+from tasks.formats import shell
 from tasks.releases import ConfigGeneration, config_generation, containerd_supports_kubernetes  # noqa: F401
 
 if TYPE_CHECKING:
@@ -121,21 +121,21 @@ def validate_command(settings: "Settings", containerd_binary: str = f"{BIN_DIR}/
     (``dump_values``). On failure it prints containerd's own lines, or the value missing from the dump,
     to stderr and exits non-zero. One command, run only when the config changes.
     """
-    wanted = " ".join(shlex.quote(f"{table} {key} = {value}") for table, key, value in dump_values(settings))
+    wanted = " ".join(shell.word(f"{table} {key} = {value}") for table, key, value in dump_values(settings))
     script = (
         't=$(mktemp) && '
         f'if ! {containerd_binary} --config "$1" config dump >"$t" 2>"$t.log"; then cat "$t.log" >&2; '
         'echo "podnet: containerd cannot read $1 (above)" >&2; rm -f "$t" "$t.log"; exit 1; fi; '
-        f'if grep -E {shlex.quote(REJECTED_LOG_RE)} "$t.log" >&2; then '
+        f'if grep -E {shell.word(REJECTED_LOG_RE)} "$t.log" >&2; then '
         'echo "podnet: containerd does not read every key podnet wrote in $1 as written (its log above)" >&2; '
         'rm -f "$t" "$t.log"; exit 1; fi; '
-        f'awk {shlex.quote(_FLATTEN_AWK)} "$t" >"$t.flat"; m=0; shift; '
+        f'awk {shell.word(_FLATTEN_AWK)} "$t" >"$t.flat"; m=0; shift; '
         'for want in "$@"; do grep -Fxq -- "$want" "$t.flat" || '
         '{ echo "podnet: $0: containerd (config dump) does not hold: $want" >&2; m=1; }; done; '
         'rm -f "$t" "$t.log" "$t.flat"; exit $m'
     )
     # $0 is the staged file for the messages; "$1" again (shifted away) for containerd.
-    command = f"sh -c {shlex.quote(script)} {{path}} {{path}} {wanted}"
+    command = f"sh -c {shell.word(script)} {{path}} {{path}} {wanted}"
     return command.replace("{", "{{").replace("}", "}}").replace("{{path}}", "{path}")
 
 
