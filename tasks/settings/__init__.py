@@ -530,7 +530,9 @@ class Settings:
     @property
     def effective_sandbox_image(self) -> str:
         """sandbox_image, else kubeadm's pause image for kubernetes_version (validation ensures one exists)."""
-        return self.sandbox_image or releases.pause_image(self.kubernetes_version) or ""
+        if self.sandbox_image is not None:
+            return self.sandbox_image
+        return releases.pause_image(self.kubernetes_version) or ""
 
     @property
     def conflist_cni_version(self) -> str:
