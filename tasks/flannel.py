@@ -42,10 +42,11 @@ from tasks.engine import ownership as owned
 from tasks.engine.ownership import Ownership, OwnedFile, declared_digests, unit_removal_commands
 from tasks.errors import ResetError
 from tasks.errors import PodnetError
-from tasks.formats import kube_yaml
+from tasks.formats import kube_yaml, shell
 from tasks.formats.systemd_unit import exec_command
 from tasks.pod_network import node_pod_cidrs_command
 from tasks.engine.probe import NodeState, ProbeRequest
+from tasks.releases import FLANNEL_HEALTHZ_PORT, flannel_serves_health, release
 from tasks.settings import Settings
 
 NAMESPACE = "kube-flannel"
@@ -73,6 +74,8 @@ TOKEN_DURATION = 365 * 24 * 3600  # seconds a token is requested for (TokenReque
 TOKEN_RENEWAL = 90 * 24 * 3600  # a rerun renews a token with less than this left
 STALE_KUBECONFIG = "flannel:kubeconfig-setting-on-worker"
 JWT_RE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
+POD_SELECTOR = "app=flannel"
+LOG_LINES = 20  # a not-Ready flannel pod's last log lines, in the rollout's error
 
 
 class PodCidrError(PodnetError, RuntimeError):
@@ -81,6 +84,10 @@ class PodCidrError(PodnetError, RuntimeError):
 
 class FlannelTokenError(PodnetError, RuntimeError):
     """flanneld's ServiceAccount token could not be made or installed; the message says where."""
+
+
+class RolloutError(PodnetError, RuntimeError):
+    """The DaemonSet did not roll out: a flannel pod that is not Ready, named with its node and last log lines."""
 
 
 class PodMtuError(PodnetError, ValueError):
@@ -114,9 +121,32 @@ def net_conf_json(s: Settings) -> str:
     return json.dumps(net_conf(s), indent=2) + "\n"
 
 
+def image_flannel_version(image: str) -> str | None:
+    """The flannel release an image's tag names ("docker.io/flannel/flannel:v0.28.9" -> "0.28.9"); None for an
+    image without a release tag (a digest only, "latest", a tag of your own)."""
+    name = image.split("@", 1)[0]
+    tail = name.rsplit("/", 1)[-1]
+    if ":" not in tail:
+        return None
+    tag = tail.split(":", 1)[1]
+    try:
+        release(tag)
+    except ValueError:
+        return None
+    return tag.lstrip("v")
+
+
+def daemonset_health(s: Settings) -> bool:
+    """The DaemonSet's flanneld serves /healthz and /readyz (FLANNEL_HEALTH, by flannel_image's release)."""
+    return flannel_serves_health(image_flannel_version(s.flannel_image))
+
+
 def flanneld_args(s: Settings, kubeconfig: str | None = None, net_config_path: str | None = None,
-                  iface: str | None = None) -> list[str]:
+                  iface: str | None = None, healthz: bool = False) -> list[str]:
+    """flanneld's flags; ``healthz``: its health server on FLANNEL_HEALTHZ_PORT (kube-flannel.yml's)."""
     args = ["--ip-masq", "--kube-subnet-mgr"]
+    if healthz:
+        args.append(f"--healthz-port={FLANNEL_HEALTHZ_PORT}")
     if kubeconfig:
         args.append(f"--kubeconfig-file={kubeconfig}")
     if net_config_path:
@@ -142,8 +172,10 @@ def render_manifest(s: Settings) -> str:
     """The DaemonSet manifest; a net-conf change changes the pod template, so the pods roll."""
     conf = net_conf_json(s)
     iface, field_env = daemonset_iface(s)
+    health = daemonset_health(s)
     context = dict(namespace=NAMESPACE, daemonset=DAEMONSET, image=s.flannel_image,
-                   args=flanneld_args(s, iface=iface), field_env=field_env,
+                   args=flanneld_args(s, iface=iface, healthz=health), field_env=field_env,
+                   healthz_port=FLANNEL_HEALTHZ_PORT if health else None,
                    net_conf_json=conf.rstrip("\n"), net_conf_sha256=hashlib.sha256(conf.encode()).hexdigest())
     unsigned = render("flannel/kube-flannel.yml.j2", manifest_sha256="", **context)
     return render("flannel/kube-flannel.yml.j2", manifest_sha256=hashlib.sha256(unsigned.encode()).hexdigest(),
@@ -359,13 +391,59 @@ def apply_daemonset(s: Settings, node: NodeState, ipam_changed: bool, cluster_cr
     ops.files_installed(name="flannel: kube-flannel manifest", files=[text_file(MANIFEST_PATH, manifest)],
                         current=node)
     ops.shell_when(
-        name="flannel: DaemonSet applied and rolled out",
-        commands=[f"{s.kubectl} apply -f {MANIFEST_PATH}",
-                  f"{s.kubectl} -n {NAMESPACE} rollout status ds/{DAEMONSET} --timeout={s.flannel_rollout_timeout}s"],
+        name="flannel: DaemonSet applied",
+        commands=[f"{s.kubectl} apply -f {MANIFEST_PATH}"],
         reason=("applying kube-flannel: " + ("not deployed yet" if not current_hash else "manifest changed"))
         if needs_apply else None,
     )
+    ops.python_step(name="flannel: DaemonSet rolled out, every flannel pod Ready", function=wait_for_rollout,
+                    args=(s,), reason="waiting for the new kube-flannel pods" if needs_apply else None)
     pod_cidrs_checked(s, node, changed=needs_apply or ipam_changed)
+
+
+def not_ready_pods_command(s: Settings) -> str:
+    """Prints "<pod>|<node>|<ready>|<restarts>" for every flannel pod (ready: the kube-flannel container's; a
+    field kubectl has no value for is empty)."""
+    return (f"{s.kubectl} -n {NAMESPACE} get pods -l {POD_SELECTOR} -o jsonpath='{{range .items[*]}}"
+            "{.metadata.name}{\"|\"}{.spec.nodeName}{\"|\"}{.status.containerStatuses[0].ready}{\"|\"}"
+            "{.status.containerStatuses[0].restartCount}{\"\\n\"}{end}'")
+
+
+def not_ready_pods(lines: list[str]) -> list[tuple[str, str, bool]]:
+    """(pod, node, restarted) of every pod in ``not_ready_pods_command``'s answer that is not Ready."""
+    found = []
+    for line in lines:
+        pod, node_name, ready, restarts = (line.strip().split("|") + ["", "", ""])[:4]
+        if pod and ready != "true":
+            found.append((pod, node_name or "(not scheduled)", restarts not in ("", "0")))
+    return found
+
+
+def wait_for_rollout(state, host, connector_arguments, s: Settings) -> bool:
+    """
+    `kubectl rollout status` of the DaemonSet, bounded by flannel_rollout_timeout: it ends when every
+    node runs the new pod template and every pod is available, which with the readiness probe
+    (daemonset_health) means flanneld answers /readyz. On failure RolloutError names each flannel pod
+    that is not Ready, its node, and its last LOG_LINES log lines (those of the crashed container when
+    it restarted).
+    """
+    ok, output = host.run_shell_command(
+        f"{s.kubectl} -n {NAMESPACE} rollout status ds/{DAEMONSET} --timeout={s.flannel_rollout_timeout}s",
+        **connector_arguments)
+    if ok:
+        return True
+    said = " ".join(output.stderr_lines or output.stdout_lines)[-300:]
+    _, pods = host.run_shell_command(not_ready_pods_command(s), **connector_arguments)
+    problems = []
+    for pod, node_name, restarted in not_ready_pods(pods.stdout_lines):
+        previous = " --previous" if restarted else ""
+        _, logs = host.run_shell_command(
+            f"{s.kubectl} -n {NAMESPACE} logs {shell.word(pod)}{previous} --tail={LOG_LINES}", **connector_arguments)
+        problems.append(f"flannel pod {pod} on node {node_name} is not Ready"
+                        + (" (it restarted; its crashed container's" if restarted else " (its")
+                        + f" last log lines: {' | '.join(logs.stdout_lines[-LOG_LINES:]) or 'none'})")
+    raise RolloutError(f"kube-flannel did not roll out within {s.flannel_rollout_timeout}s (flannel_rollout_timeout)"
+                       f": {said}; " + ("; ".join(problems) or "no flannel pod is reported not Ready"))
 
 
 def pod_cidrs_checked(s: Settings, node: NodeState, changed: bool) -> None:

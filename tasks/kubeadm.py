@@ -41,7 +41,8 @@ from tasks.formats.systemd_unit import environment_file_assignment
 from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.artifacts.catalog import KUBERNETES_BINARIES, install_entry
 from tasks.engine.ownership import Ownership, OwnedFile
-from tasks.releases import CONFIG_APIS, SUPPORTED_KUBERNETES, config_api  # noqa: F401
+from tasks.releases import (CONFIG_APIS, SUPPORTED_KUBERNETES, config_api, kubeadm_validates_config,  # noqa: F401
+                            kubelet_refuses_cgroup_v1)
 from tasks.settings import Settings, SettingsError
 
 KUBEADM, KUBELET, KUBECTL = (install_entry(name) for name in KUBERNETES_BINARIES)  # files/artifacts.yaml
@@ -75,6 +76,7 @@ JOINED = "kubeadm:kubelet.conf"
 SWAP_ACTIVE = "swap:active"
 SWAP_IN_FSTAB = "swap:fstab"
 HAS_APT = "tool:apt-get"
+CGROUP_V2 = "cgroup:v2"  # /sys/fs/cgroup is the unified hierarchy (statfs type cgroup2fs), not cgroup v1's tmpfs
 FSTAB_SWAP = "$1 !~ /^#/ && $3 == \"swap\""
 FEATURES = {
     INITIALISED: f"[ -f {ADMIN_CONF} ]",
@@ -82,6 +84,7 @@ FEATURES = {
     SWAP_ACTIVE: '[ "$(wc -l < /proc/swaps)" -gt 1 ]',
     SWAP_IN_FSTAB: f"awk '{FSTAB_SWAP} {{f=1}} END {{exit !f}}' /etc/fstab",
     HAS_APT: "command -v apt-get >/dev/null",
+    CGROUP_V2: '[ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ]',
     **{f"tool:{tool}": f"command -v {tool} >/dev/null" for tool in PREFLIGHT_TOOLS},
 }
 
@@ -174,6 +177,15 @@ def ownership(s: Settings) -> Ownership:
         units=(KUBELET_UNIT,))
 
 
+# kubeadm reads the staged init configuration itself before `kubeadm init` may use it: `kubeadm config
+# validate` decodes every document strictly (an unknown or misplaced field, such as a KubeletConfiguration
+# field kubelet_configuration misspells, fails with "strict decoding error: unknown field ...") and runs
+# kubeadm's own validation (cmd/kubeadm/app/cmd/config.go newCmdConfigValidate, kubeadm 1.26 and later).
+# `kubeadm join` gets no file from podnet (flags only), so init's is the one file to check. Releases
+# without the command (kubeadm_validates_config) are checked by `kubeadm init` itself.
+VALIDATE_CONFIG = f"{KUBEADM} config validate --config {{path}} >/dev/null"
+
+
 def probe_request(s: Settings, is_first_control_plane: bool) -> ProbeRequest:
     """The declared files (kubeadm init's configuration on the first control-plane host only), the kubelet's
     unit, kubeadm's preflight features."""
@@ -211,6 +223,22 @@ def prerequisites(s: Settings, node: NodeState, host_name: str) -> None:
     ops.shell_when(name="kubeadm: tools kubeadm's preflight checks need",
                    commands=[f"{APT_INSTALL} {' '.join(packages)}"],
                    reason=f"installing {', '.join(packages)} (missing: {', '.join(missing)})" if missing else None)
+
+
+def kubelet_runs_here(s: Settings, node: NodeState, host_name: str) -> None:
+    """
+    Refuse, before any change, a node whose kubelet would not start: a cgroup v1 node (the probe's
+    CGROUP_V2 feature is false) with a kubelet release that refuses cgroup v1 by default
+    (kubelet_refuses_cgroup_v1, KUBELET_CGROUP_V1 in tasks/releases.py) and kubelet_configuration
+    without failCgroupV1: false. Raises KubeadmError naming the node, the release and the source.
+    """
+    row = kubelet_refuses_cgroup_v1(s.kubernetes_version)
+    if row is None or node.features.get(CGROUP_V2, True) or s.kubelet_configuration.get(row.value) is False:
+        return
+    raise KubeadmError(f"{host_name}: this node has cgroup v1 (/sys/fs/cgroup is not cgroup2fs) and the kubelet of "
+                       f"kubernetes_version {s.kubernetes_version} (kubelet {row.releases}) refuses to start on cgroup "
+                       f"v1 by default ({row.source}); boot the node with cgroup v2 (systemd.unified_cgroup_hierarchy=1), "
+                       f"or set kubelet_configuration = {{'{row.value}': False}} to keep cgroup v1 (deprecated)")
 
 
 # --- kubeadm init and join ---------------------------------------------------------------
@@ -354,8 +382,9 @@ def apply(s: Settings, node: NodeState, files: list[DesiredFile], host_name: str
     init_needed = first and not initialised
     control_plane_join = s.is_control_plane and not first and not initialised
     worker_join = not s.is_control_plane and not joined
-    ops.files_installed(name="kubeadm: init configuration", current=node,
-                        files=[text_file(INIT_CONFIG_PATH, init_config(s), mode="0600")] if init_needed else [])
+    ops.files_installed(name="kubeadm: init configuration (checked by kubeadm config validate first)", current=node,
+                        files=[text_file(INIT_CONFIG_PATH, init_config(s), mode="0600")] if init_needed else [],
+                        validate=VALIDATE_CONFIG if kubeadm_validates_config(s.kubernetes_version) else None)
     ops.shell_when(name="kubeadm: control plane initialised (kubeadm init)",
                    commands=[f"{KUBEADM} init --config {INIT_CONFIG_PATH} --skip-token-print"],
                    reason=f"{ADMIN_CONF} is missing: creating the cluster" if init_needed else None)
@@ -389,6 +418,7 @@ PREREQUISITES = Step(
     "kubeadm: swap off and preflight tools",
     applies=_bootstraps,
     probe=_probe,
+    check=lambda ctx: kubelet_runs_here(ctx.settings, ctx.node, ctx.host_name),
     apply=lambda ctx: prerequisites(ctx.settings, ctx.node, ctx.host_name),
 )
 BOOTSTRAP = Step(

@@ -94,12 +94,12 @@ class BootBed(PodBed):
         return f"http://{self.cluster.nodes[0].ip}:{ETCD_PORT}"
 
     def inventory_data(self, **overrides) -> dict:
-        # sandbox_image: kubeadm 1.36's pause, so containerd's sandbox image and kubeadm's agree (kubeadm
-        # warns otherwise); podnet's default (pause:3.10) is the one of existing clusters
+        # sandbox_image: podnet's default for kubernetes_version 1.36 (unset), kubeadm 1.36's pause, so
+        # containerd's sandbox image and kubeadm's agree (kubeadm warns otherwise)
         # flannel_rollout_timeout: on the fresh cluster a kube-flannel pod was seen restarting (with back-off)
         # while the cluster settles; on this shared 2-core machine that can take longer than PodBed's 120 s
         return super().inventory_data(cluster_bootstrap=True, kubernetes_version=binaries.KUBERNETES_VERSION,
-                                      sandbox_image=PAUSE_IMAGES[0], flannel_rollout_timeout=300,
+                                      sandbox_image=None, flannel_rollout_timeout=300,
                                       etcd_external_endpoints=[self.etcd_endpoint], **MACHINE_SETTINGS, **overrides)
 
     def write_inventory(self, **overrides) -> Path:

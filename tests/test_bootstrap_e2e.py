@@ -101,7 +101,8 @@ def test_the_next_run_joins_the_worker_without_initialising_again(bed):
     assert INIT not in changed
     assert changed[WORKER_JOIN] == ["pn-boot-2"]
     assert CONTROL_PLANE_JOIN not in changed
-    assert changed["flannel: DaemonSet applied and rolled out"] == ["pn-boot-1"]
+    assert changed["flannel: DaemonSet applied"] == ["pn-boot-1"]
+    assert changed["flannel: DaemonSet rolled out, every flannel pod Ready"] == ["pn-boot-1"]
 
 
 def assert_join_secrets_kept(bed, watch, node, tokens_after: list[str]) -> None:

@@ -61,7 +61,9 @@ def run_for(lock_path: Path, tmp_path: Path) -> Checksums:
 
 
 def flannel_settings(server: ScriptedServer, lock_path: Path, **extra):
-    return settings(mirror_url=server.url, artifact_lock_file=str(lock_path), **extra)
+    """The releases this module's server publishes (the resolution does not depend on which)."""
+    return settings(mirror_url=server.url, artifact_lock_file=str(lock_path), flannel_cni_plugin_version="1.9.1-flannel1",
+                    flanneld_version="0.28.4", **{"flannel_image": "docker.io/flannel/flannel:v0.28.4", **extra})
 
 
 def resolve_flannel(run: Checksums, s) -> catalog.Artifact:
@@ -306,11 +308,11 @@ def test_a_flannel_cni_plugin_release_without_a_known_asset_name_is_refused():
 
 def test_default_flannel_versions_are_the_pair_flannels_own_manifest_uses():
     s = settings()
-    # flannel v0.28.4's kube-flannel.yml runs flanneld v0.28.4 with cni-plugin v1.9.1-flannel1
+    # flannel v0.28.9's kube-flannel.yml runs flanneld v0.28.9 with cni-plugin v1.9.1-flannel3
     assert (s.flanneld_version, s.flannel_image, s.flannel_cni_plugin_version) == (
-        "0.28.4", "docker.io/flannel/flannel:v0.28.4", "1.9.1-flannel1")
+        "0.28.9", "docker.io/flannel/flannel:v0.28.9", "1.9.1-flannel3")
     assert catalog.asset_url(s, "flannel_cni_plugin", s.flannel_cni_plugin_version, "amd64").endswith(
-        "/v1.9.1-flannel1/cni-plugin-flannel-linux-amd64-v1.9.1.tgz")
+        "/v1.9.1-flannel3/cni-plugin-flannel-linux-amd64-v1.9.1.tgz")
 
 
 def test_github_token_goes_to_the_api_but_never_to_a_mirror(server, lock_path, tmp_path, monkeypatch):
@@ -321,7 +323,8 @@ def test_github_token_goes_to_the_api_but_never_to_a_mirror(server, lock_path, t
                         release_document(flanneld_amd64=f"sha256:{FLANNELD_SHA}"))
     run = Checksums(ChecksumLockFile(lock_path), downloader)
     for mirror in (None, server.url):
-        s = settings(flannel_rollout="systemd", artifact_lock_file=str(lock_path), mirror_url=mirror)
+        s = settings(flannel_rollout="systemd", artifact_lock_file=str(lock_path), mirror_url=mirror,
+                     flanneld_version="0.28.4")
         run.sha256(s, "flanneld", "0.28.4", "amd64")
         lock_path.unlink()
         run.lock.entries.clear()

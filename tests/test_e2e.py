@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import json
 import itertools
 import os
 import shlex
@@ -137,7 +138,8 @@ def test_first_run_sets_up_the_pod_network_without_errors(bed):
     assert "containerd: containerd binaries" not in changed
     assert changed.get("kube-controller-manager: node IPAM flags") == 1
     if bed.kind.rollout == "daemonset":
-        assert changed.get("flannel: DaemonSet applied and rolled out") == 1
+        assert changed.get("flannel: DaemonSet applied") == 1
+        assert changed.get("flannel: DaemonSet rolled out, every flannel pod Ready") == 1
 
 
 def test_controller_manager_assigns_each_node_a_distinct_pod_cidr_from_the_cluster_cidr(bed):
@@ -456,7 +458,8 @@ def test_a_backend_change_replaces_only_flanneld_and_pods_still_reach_each_other
     bed.wait_for_flannel()
     if flannel_pods is not None:
         assert run.changed_operations() == {"flannel: kube-flannel manifest": 1,
-                                            "flannel: DaemonSet applied and rolled out": 1,
+                                            "flannel: DaemonSet applied": 1,
+                                            "flannel: DaemonSet rolled out, every flannel pod Ready": 1,
                                             "flannel: every node has a podCIDR in the cluster CIDR": 1}
         replaced = bed.flannel_pods()
         assert sorted(replaced) == sorted(flannel_pods)
@@ -478,6 +481,48 @@ def test_a_backend_change_replaces_only_flanneld_and_pods_still_reach_each_other
     finally:
         for pod in pods:
             bed.remove_pod(pod)
+
+
+@pytest.mark.only_bed("containerd-2.x")  # podnet's default DaemonSet (flannel v0.28.9)
+def test_flannel_pods_are_ready_because_flanneld_answers_readyz(bed):
+    """The default DaemonSet declares flanneld's probes, and every pod is Ready through them: the kubelet
+    marks a pod with a readinessProbe Ready only after the probe succeeded, and flanneld answers it."""
+    bed.write_inventory()
+    assert bed.deploy().returncode == 0
+    daemonset = json.loads(bed.kubectl("-n kube-flannel get ds kube-flannel -o json"))
+    container = daemonset["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 8081, "scheme": "HTTP"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 8081, "scheme": "HTTP"}
+    assert "--healthz-port=8081" in container["args"]
+    pods = json.loads(bed.kubectl("-n kube-flannel get pods -o json"))["items"]
+    assert sorted(p["spec"]["nodeName"] for p in pods) == sorted(n.name for n in bed.cluster.nodes)
+    for pod in pods:
+        ready = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
+        assert ready["Ready"] == "True", (pod["spec"]["nodeName"], pod["status"]["conditions"])
+    for node in bed.cluster.nodes:  # flanneld's own answer, on the node (hostNetwork)
+        answer = bed.sh(node, "exec 3<>/dev/tcp/127.0.0.1/8081 && printf 'GET /readyz HTTP/1.0\\r\\n\\r\\n' >&3 "
+                              "&& head -n 1 <&3")
+        assert answer.startswith("HTTP/1.0 200") or answer.startswith("HTTP/1.1 200"), (node.name, answer)
+
+
+@pytest.mark.only_bed("containerd-2.x")
+def test_a_crashing_flanneld_fails_the_rollout_naming_the_node_and_its_last_log_lines(bed):
+    """flanneld told to use an interface no node has exits at start: the run fails (bounded) naming the node
+    whose new pod is not Ready and what flanneld said; the next run with the right settings converges."""
+    bed.write_inventory(host_data={"flannel_iface": "pn-nonexist0"}, flannel_rollout_timeout=40)
+    try:
+        run = bed.deploy()
+        assert run.returncode != 0
+        assert "kube-flannel did not roll out within 40s (flannel_rollout_timeout)" in run.output
+        names = [n.name for n in bed.cluster.nodes]
+        named = [name for name in names if f"on node {name} is not Ready" in run.output]
+        assert named, run.output[-3000:]
+        assert "pn-nonexist0" in run.output  # flanneld's own log line, from the crashed container
+    finally:
+        bed.write_inventory()
+        restored = bed.deploy()
+    assert restored.returncode == 0, restored.output[-4000:]
+    bed.wait_for_flannel()
 
 
 @pytest.mark.only_bed("containerd-1.x")  # switched off behind podnet's back with a drop-in: the systemd-unit cluster

@@ -100,15 +100,17 @@ def test_a_toml_comment_takes_no_line_break(value):
 
 
 @pytest.mark.parametrize("version, lines", [
-    ("2.3.4", ["# containerd 2.3.4: configuration version 3.", "  sandbox = 'registry.k8s.io/pause:3.10'",
+    ("2.3.4", ["# containerd 2.3.4: configuration version 4.", "  sandbox = 'registry.k8s.io/pause:3.10'",
                "    bin_dirs = ['/opt/cni/bin']", "    conf_dir = '/etc/cni/net.d'"]),
     ("1.7.28", ["# containerd 1.7.28: configuration version 2.", '  sandbox_image = "registry.k8s.io/pause:3.10"',
                 '    bin_dir = "/opt/cni/bin"', '    conf_dir = "/etc/cni/net.d"']),
 ])
 def test_ordinary_values_render_as_before(version, lines):
     """The same bytes as before the TOML writer for every valid setting, so upgrading podnet does not restart
-    containerd on every node."""
-    config = containerd.render_config(settings(containerd_version=version)).splitlines()
+    containerd on every node (for the values themselves: containerd 2.3's config version 4 and the pause image
+    that follows kubernetes_version are issue 19's deliberate changes, see tests/test_compat.py)."""
+    config = containerd.render_config(settings(containerd_version=version,
+                                               sandbox_image="registry.k8s.io/pause:3.10")).splitlines()
     assert all(line in config for line in lines)
 
 

@@ -78,8 +78,8 @@ def test_a_unit_to_restart_is_marked_before_its_files_become_active(tmp_path):
 @pytest.mark.parametrize("version", ["1.6.20", "1.7.34"])
 def test_containerd_itself_rejects_a_broken_config_and_accepts_the_rendered_one(tmp_path, version):
     """Debian's containerd 1.6 checks the config: rendered (valid) and broken (invalid) TOML."""
-    check = containerd.validate_command(shutil.which("containerd"))
     settings = parse_host_settings({"containerd_version": version}, "node", [])
+    check = containerd.validate_command(settings, shutil.which("containerd"))
     rendered = containerd.render_config(settings)
     good = [stage(tmp_path, "good.toml", "# live\n", rendered)]
     assert run(install_script(good, validate=check, digest_cache=str(tmp_path / "d1"))).returncode == 0

@@ -25,7 +25,7 @@ import yaml
 from tasks import controller_manager, flannel, kubeadm, kubeadm_config
 from tasks.engine.ops import HostCommand
 from tasks.engine.probe import NodeState
-from tasks.settings import Settings, SettingsError, parse_host_settings, parse_inventory
+from tasks.settings import SPEC_BY_NAME, Settings, SettingsError, parse_host_settings, parse_inventory
 from tests.support.hosts import FakeHost
 from tests.support.http import ScriptedServer
 from tests.support.kubeadm import (
@@ -47,7 +47,7 @@ from tests.support.plan import (
 from tests.support.releases import ARCH, Releases, script, sha256
 from tests.test_kubeadm_config import V1BETA3_KUBEADM_1_30, V1BETA4_KUBEADM_1_35, V1BETA4_PODNET
 
-VERSION = "1.35.1"
+VERSION = SPEC_BY_NAME["kubernetes_version"].default  # podnet's default release
 V1BETA3_VERSION = "1.30.14"  # the newest Kubernetes release whose kubeadm reads v1beta3 and not v1beta4
 CP, CP2, W1, W2 = "@fake/cp1", "@fake/cp2", "@fake/w1", "@fake/w2"
 ADDRESSES = {CP: "192.168.56.11", CP2: "192.168.56.12", W1: "192.168.56.21", W2: "192.168.56.22"}
@@ -117,7 +117,7 @@ class Bed:
         state = fresh_state(self.settings(host))
         state.units[kubeadm.KUBELET_UNIT] = ("inactive", "not-found")
         state.features.update({name: False for name in kubeadm.FEATURES})
-        state.features.update({kubeadm.SWAP_ACTIVE: True, kubeadm.SWAP_IN_FSTAB: True, kubeadm.HAS_APT: True,
+        state.features.update({kubeadm.SWAP_ACTIVE: True, kubeadm.SWAP_IN_FSTAB: True, kubeadm.HAS_APT: True, kubeadm.CGROUP_V2: True,
                                "tool:ip": True, "tool:mount": True, "tool:nsenter": True})
         if host == CP:  # no kubectl and no admin.conf yet
             state.queries["flannel_manifest"] = (127, ["sh: 1: kubectl: not found"])
@@ -181,7 +181,8 @@ def test_fresh_machines_plan_in_the_bootstrap_order(bed):
              "kubeadm: tools kubeadm's preflight checks need", "containerd: enabled and running",
              "cni: 10-flannel.conflist", "kubeadm: kubeadm, kubelet and kubectl binaries",
              "kubeadm: kubelet enabled and running", INIT, WORKER_JOIN, MERGE_AFTER_INIT,
-             "flannel: DaemonSet applied and rolled out", "flannel: every node has a podCIDR in the cluster CIDR"]
+             "flannel: DaemonSet applied", "flannel: DaemonSet rolled out, every flannel pod Ready",
+             "flannel: every node has a podCIDR in the cluster CIDR"]
     assert [order.index(step) for step in steps] == sorted(order.index(step) for step in steps)
     everyone = sorted(bed.hosts)
     for step in steps[:7]:
@@ -189,7 +190,7 @@ def test_fresh_machines_plan_in_the_bootstrap_order(bed):
     assert plan[INIT] == [CP]
     assert plan[WORKER_JOIN] == [W1, W2]
     assert plan[MERGE_AFTER_INIT] == [CP]
-    assert plan["flannel: DaemonSet applied and rolled out"] == [CP]
+    assert plan["flannel: DaemonSet applied"] == plan["flannel: DaemonSet rolled out, every flannel pod Ready"] == [CP]
 
 
 def test_fresh_machines_execute_init_then_join_with_a_token_from_the_control_plane(bed):
@@ -537,7 +538,15 @@ def test_kubernetes_1_30_gets_a_v1beta3_init_configuration(bed):
 
 
 def test_kubernetes_version_is_not_checked_without_cluster_bootstrap():
-    assert parse_inventory([FakeHost("cp1", {"kubernetes_version": "1.19.0"}, ["control_plane"])])
+    """Only the pause image depends on it then: an unknown release needs sandbox_image set."""
+    assert parse_inventory([FakeHost("cp1", {"kubernetes_version": "1.19.0", "sandbox_image": "registry.k8s.io/pause:3.2"},
+                                     ["control_plane"])])
+    with pytest.raises(SettingsError) as error:
+        parse_inventory([FakeHost("cp1", {"kubernetes_version": "1.19.0"}, ["control_plane"])])
+    assert error.value.problems == [
+        "cp1: sandbox_image: unset, and kubernetes_version '1.19.0' has no pause image in podnet's table (1.22, 1.23, "
+        "1.24, 1.25, 1.26-1.30, 1.31-1.33, 1.34-1.35, 1.36); set sandbox_image to the pause image your kubelet's "
+        "release uses"]
     with pytest.raises(SettingsError) as error:
         parse_inventory([FakeHost("cp1", {"kubernetes_version": "1.19.0", "cluster_bootstrap": True,
                                           "node_ip": "192.168.56.11"}, ["control_plane"])])
@@ -593,7 +602,7 @@ def test_init_configuration_carries_the_settings():
     assert init["bootstrapTokens"] == [{"description": "podnet: unused (each join gets a token of its own)",
                                         "ttl": "1s"}]
     assert init["nodeRegistration"]["criSocket"] == "unix:///run/containerd/containerd.sock"
-    assert cluster["kubernetesVersion"] == "v1.35.1"
+    assert cluster["kubernetesVersion"] == f"v{VERSION}"
     assert cluster["controlPlaneEndpoint"] == "192.168.56.11:6443"
     assert cluster["networking"] == {"podSubnet": "10.200.0.0/16", "serviceSubnet": "10.32.0.0/16"}
     args = {a["name"]: a["value"] for a in cluster["controllerManager"]["extraArgs"]}
@@ -739,5 +748,5 @@ def test_daemonset_iface_is_each_nodes_own_address_or_one_name_for_all():
                                        ["workers"])])
     docs = [d for d in yaml.safe_load_all(flannel.render_manifest(parsed["cp1"])) if d]
     container = next(d for d in docs if d["kind"] == "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
-    assert container["args"] == ["--ip-masq", "--kube-subnet-mgr", "--iface=$(POD_IP)"]
+    assert container["args"] == ["--ip-masq", "--kube-subnet-mgr", "--healthz-port=8081", "--iface=$(POD_IP)"]
     assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in container["env"]

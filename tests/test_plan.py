@@ -68,7 +68,8 @@ CONTROL_PLANE_OPS = [
     "kube-controller-manager: keep a backup before changing flags",
     "kube-controller-manager: node IPAM flags",
     "flannel: kube-flannel manifest",
-    "flannel: DaemonSet applied and rolled out",
+    "flannel: DaemonSet applied",
+    "flannel: DaemonSet rolled out, every flannel pod Ready",
     "flannel: every node has a podCIDR in the cluster CIDR",
 ]
 
@@ -195,7 +196,7 @@ def test_fresh_hosts_get_binaries_configs_modules_sysctls_and_containerd(cluster
         assert ("systemctl daemon-reload && systemctl enable containerd.service && "
                 "systemctl start containerd.service && rm -f /var/lib/podnet/restart-pending/containerd.service") \
             in commands
-        config_step = [c for c in commands if ".config.toml.podnet-new config dump" in c]
+        config_step = [c for c in commands if 'config dump >"$t"' in c and ".config.toml.podnet-new" in c]
         assert len(config_step) == 1
         # containerd checks the staged config before it replaces the live one
         assert config_step[0].index("config dump") < config_step[0].index("mv -f")
@@ -209,9 +210,7 @@ def test_fresh_hosts_get_binaries_configs_modules_sysctls_and_containerd(cluster
                             "kube-controller-manager.yaml /var/lib/podnet/backup/kube-controller-manager.yaml.")
                for c in cp_commands)
     assert "/etc/kubernetes/manifests/.kube-controller-manager.yaml.podnet-new" in run.uploads(CP)
-    assert ("kubectl --kubeconfig=/etc/kubernetes/admin.conf apply -f /etc/podnet/kube-flannel.yml && "
-            "kubectl --kubeconfig=/etc/kubernetes/admin.conf -n kube-flannel rollout status ds/kube-flannel "
-            "--timeout=10s") in cp_commands
+    assert "kubectl --kubeconfig=/etc/kubernetes/admin.conf apply -f /etc/podnet/kube-flannel.yml" in cp_commands
     assert not [c for c in run.commands(WORKER) if "kubectl" in c or "kube-controller-manager" in c]
 
 
@@ -247,7 +246,7 @@ def test_an_unpinned_sum_is_resolved_once_locked_and_then_read_from_the_lock(clu
     assert cluster.server.requests[flannel + ".sha256"] - before == 1  # two hosts, one question
     assert run.stderr.count("podnet: resolved 1 sha256") == 1
     assert (f"podnet: resolved 1 sha256 from upstream's published checksums and recorded them in {lock}:\n"
-            f"  flannel_cni_plugin 1.9.1-flannel1 amd64  sha256 {sha}  from {source}\n"
+            f"  flannel_cni_plugin 1.9.1-flannel3 amd64  sha256 {sha}  from {source}\n"
             f"podnet: commit {lock}: later runs read these sums from it and ask upstream nothing.") in run.stderr
     assert f"sha256: {sha}" in lock.read_text()
     # upstream's checksum file is gone: the lock answers, nothing is printed about resolving
@@ -264,7 +263,7 @@ def test_no_published_sum_stops_the_run_before_any_change(cluster):
     run = run_pyinfra(cluster.inventory(cluster.fresh(CP), cluster.fresh(WORKER),
                                         artifact_checksums=unpinned_flannel(cluster)), "-y")
     assert run.returncode != 0
-    assert (f"flannel_cni_plugin 1.9.1-flannel1 amd64: no sha256 is pinned or locked, and upstream's published sum "
+    assert (f"flannel_cni_plugin 1.9.1-flannel3 amd64: no sha256 is pinned or locked, and upstream's published sum "
             f"cannot be used: could not download {cluster.server.url}{flannel}.sha256: HTTP 404; ") in run.stderr
     assert not (cluster.tmp / "artifacts.lock.yaml").exists()
     for host in HOSTS:
@@ -283,7 +282,7 @@ def test_mirror_credentials_are_in_no_output_and_not_in_the_lock(cluster):
                                         artifact_checksums=checksums), "-y", "-vvv")
     assert run.returncode != 0
     shown = cluster.server.url.replace("http://", "http://***@")
-    assert f"  flannel_cni_plugin 1.9.1-flannel1 amd64  sha256 {sha}  from {shown}{flannel}.sha256" in run.stderr
+    assert f"  flannel_cni_plugin 1.9.1-flannel3 amd64  sha256 {sha}  from {shown}{flannel}.sha256" in run.stderr
     assert f"checksum mismatch for runc 1.4.3 amd64 ({shown}/" in run.stderr
     assert f"source: {shown}{flannel}.sha256" in (cluster.tmp / "artifacts.lock.yaml").read_text()
     assert "S3cr3t" not in run.output + (cluster.tmp / "artifacts.lock.yaml").read_text()
@@ -303,7 +302,7 @@ def test_the_lock_command_writes_the_lock_without_touching_a_host(cluster):
 
     done = lock_command()
     assert done.returncode == 0, done.stderr
-    assert f"  flannel_cni_plugin 1.9.1-flannel1 amd64  sha256 {sha}  from {cluster.server.url}{flannel}.sha256" \
+    assert f"  flannel_cni_plugin 1.9.1-flannel3 amd64  sha256 {sha}  from {cluster.server.url}{flannel}.sha256" \
         in done.stdout
     assert {p: n - before.get(p, 0) for p, n in cluster.server.requests.items() if n != before.get(p, 0)} == {
         flannel + ".sha256": 1}  # only the checksum file: no release file, and no host (nothing connects)
@@ -640,8 +639,8 @@ def test_an_external_controller_manager_is_left_alone(cluster):
 
 
 @pytest.mark.parametrize("change, path, removed, added", [
-    ({"flannel_image": "docker.io/flannel/flannel:v0.28.9"}, "/etc/podnet/kube-flannel.yml",
-     ['-        image: "docker.io/flannel/flannel:v0.28.4"'], ['+        image: "docker.io/flannel/flannel:v0.28.9"']),
+    ({"flannel_image": "docker.io/flannel/flannel:v0.28.10"}, "/etc/podnet/kube-flannel.yml",
+     ['-        image: "docker.io/flannel/flannel:v0.28.9"'], ['+        image: "docker.io/flannel/flannel:v0.28.10"']),
     ({"cluster_cidr_ipv6": "fd00:10:244::/56"}, "/etc/sysctl.d/zz-podnet.conf",
      [], ["+net.ipv6.conf.all.forwarding = 1"]),
     ({"flannel_mtu": 1400}, "/etc/cni/net.d/10-flannel.conflist",

@@ -340,7 +340,7 @@ def test_vni_and_port_only_where_the_backend_uses_them():
 def test_unsupported_containerd_version(version):
     assert only_problem(containerd_version=version) == (
         f"cp1: containerd_version: {version!r} is not supported; expected a containerd release from 1.6.0 "
-        "to 2.x (1.6/1.7 use config version 2, 2.x version 3)")
+        "to 2.x (config version 2 for 1.6-1.7, 3 for 2.0-2.2, 4 for 2.3 to 2.x)")
 
 
 def test_containerd_version_with_leading_v():
@@ -498,9 +498,9 @@ def test_artifact_with_no_pins_at_all():
     with pytest.raises(ArtifactError) as raised:
         resolve(settings(), "flannel_cni_plugin", "arm64")
     assert str(raised.value) == (
-        "flannel_cni_plugin_version: '1.9.1-flannel1' has no pinned sha256 for arm64 (pinned for arm64: none); "
+        "flannel_cni_plugin_version: '1.9.1-flannel3' has no pinned sha256 for arm64 (pinned for arm64: none); "
         "pick a pinned version or add artifact_checksums = "
-        "{'flannel_cni_plugin': {'1.9.1-flannel1': {'arm64': '<sha256>'}}}")
+        "{'flannel_cni_plugin': {'1.9.1-flannel3': {'arm64': '<sha256>'}}}")
 
 
 def test_override_for_another_arch_does_not_count():
