@@ -50,7 +50,7 @@ def probe_answer(state: NodeState) -> list[str]:
     lines += [f"feature\t{name}\t{int(present)}" for name, present in state.features.items()]
     lines += [f"unit\t{unit}\t{active}\t{enabled}" for unit, (active, enabled) in state.units.items()]
     lines += [f"entry\t{directory}\t{entry}" for directory, entries in state.listings.items() for entry in entries]
-    lines += [f"query\t{name}\t{rc}\t{b64(chr(10).join(out).encode())}"
+    lines += [f"query\t{name}\t{rc}\t{b64(chr(10).join(out).encode())}\t{b64(state.query_stderr.get(name, '').encode())}"
               for name, (rc, out) in state.queries.items()]
     for path, target in state.sysctl_files.items():
         lines.append(f"sysctlfile\t{path}\t{target}")
