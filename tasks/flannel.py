@@ -18,6 +18,7 @@ from pyinfra import logger
 from tasks import ops, pod_network
 from tasks.context import HostContext, Step
 from tasks.desired import DesiredFile, local_file, render, text_file
+from tasks.engine import answers
 from tasks.errors import PodnetError
 from tasks.pod_network import node_pod_cidrs_command
 from tasks.probe import NodeState, ProbeRequest
@@ -176,20 +177,30 @@ def iface_mtu_command(s: Settings) -> str:
             "printf '%s %s\\n' \"$dev\" \"$(cat \"/sys/class/net/$dev/mtu\")\"")
 
 
+def _iface_mtu_line(line: str) -> tuple[str, int]:
+    """iface_mtu_command's line: an interface name and its MTU (68, IPv4's minimum, to 65536)."""
+    iface, mtu = answers.fields(line, 2, " ")
+    return answers.interface_name(iface), answers.decimal(mtu, 68, 65536, "MTU")
+
+
 def pod_mtu_fits(s: Settings, node: NodeState, host_name: str) -> None:
     """
     Refuse a flannel_mtu the backend cannot carry over this node's interface: at most the
     interface MTU minus the backend's encapsulation overhead (ENCAP_OVERHEAD), else large
     packets between nodes are dropped. Raises PodMtuError while planning, before any change.
     When the probe could not tell the interface, flanneld itself reports it; nothing is checked.
+    An answer that does not fit (``<interface> <mtu>``, one line) raises RemoteAnswerError.
     """
     if s.flannel_mtu is None:
         return
     rc, lines = node.queries.get("flannel_iface_mtu", (1, []))
-    parts = lines[0].split() if rc == 0 and lines else []
-    if len(parts) != 2 or not parts[1].isdigit():
+    if rc != 0 or not lines:
         return
-    iface, iface_mtu = parts[0], int(parts[1])
+    found = answers.records(host_name, "the MTU of flanneld's interface (flannel_iface_mtu)", lines, _iface_mtu_line)
+    if len(found) != 1:
+        raise answers.RemoteAnswerError(answers.problem(host_name, "the MTU of flanneld's interface", "\n".join(lines),
+                                                        "one line expected"))
+    iface, iface_mtu = found[0]
     overhead = ENCAP_OVERHEAD[s.flannel_backend]
     if s.node_ip is not None and s.node_ip.version == 6:
         overhead += IPV6_UNDERLAY_EXTRA.get(s.flannel_backend, 0)
@@ -203,14 +214,14 @@ def pod_mtu_fits(s: Settings, node: NodeState, host_name: str) -> None:
                           f"(flanneld then derives it)")
 
 
-def pod_cidr_problems(s: Settings, lines: list[str]) -> list[str]:
+def pod_cidr_problems(s: Settings, lines: list[str], host_name: str = "") -> list[str]:
     """Nodes without a podCIDR, or with one the settings could not have given (outside the
-    cluster CIDR of its family, or another prefix length than the node mask)."""
+    cluster CIDR of its family, or another prefix length than the node mask). The lines are
+    checked by pod_network.pod_cidrs (RemoteAnswerError for one that does not fit)."""
     problems = []
     flags = (f"--allocate-node-cidrs=true --cluster-cidr={s.cluster_cidr} "
              f"--node-cidr-mask-size={s.node_cidr_mask_size}")
-    for line in lines:
-        name, *cidrs = line.split()
+    for name, cidrs in pod_network.pod_cidrs(host_name, lines).items():
         if not cidrs:
             problems.append(f"node {name} has no spec.podCIDR (pod cidr not assigned): check that "
                             f"kube-controller-manager runs with {flags}")
@@ -218,11 +229,7 @@ def pod_cidr_problems(s: Settings, lines: list[str]) -> list[str]:
         for cidr in cidrs:
             if pod_network.fits(s, cidr):
                 continue
-            try:
-                network = ipaddress.ip_network(cidr)
-            except ValueError:
-                problems.append(f"node {name} has spec.podCIDR {cidr!r}, not a network")
-                continue
+            network = ipaddress.ip_network(cidr)  # checked by pod_cidrs
             cluster = s.cluster_cidr if network.version == 4 else s.cluster_cidr_ipv6
             if cluster is not None and network.subnet_of(cluster):  # type: ignore[arg-type]
                 mask = s.node_cidr_mask_size if network.version == 4 else s.node_cidr_mask_size_ipv6
@@ -241,8 +248,8 @@ def wait_for_pod_cidrs(state, host, connector_arguments, s: Settings) -> bool:
     problems = ["no answer from kubectl"]
     while time.monotonic() < deadline:
         ok, output = host.run_shell_command(node_pod_cidrs_command(s), **connector_arguments)
-        lines = output.stdout_lines if ok else []
-        problems = pod_cidr_problems(s, lines) if lines else ["kubectl get nodes returned no nodes"]
+        lines = output.stdout_lines if ok else []  # stdout only: a kubectl warning on stderr is no node
+        problems = pod_cidr_problems(s, lines, host.name) if lines else ["kubectl get nodes returned no nodes"]
         if not problems:
             return True
         time.sleep(POLL_SECONDS)
@@ -255,7 +262,19 @@ def systemd_files(s: Settings, flanneld_binary) -> tuple[list[DesiredFile], Desi
     return [local_file(FLANNELD_PATH, flanneld_binary), text_file(NET_CONF_PATH, net_conf_json(s))], unit
 
 
-def apply_daemonset(s: Settings, node: NodeState, ipam_changed: bool, cluster_created: bool = False) -> None:
+def _kubectl_failed(s: Settings, node: NodeState, query: str) -> str:
+    """What kubectl said on stderr when a query failed (shown in the error, never parsed)."""
+    said = " ".join(node.query_stderr.get(query, "").split())[:300] or "(nothing on stderr)"
+    return (f"kubectl on the first control-plane host failed: {said}; check that kubectl is installed and kubeconfig "
+            f"{s.kubeconfig} works")
+
+
+def _manifest_hash_line(line: str) -> str:
+    return answers.sha256_hex(line.strip())
+
+
+def apply_daemonset(s: Settings, node: NodeState, ipam_changed: bool, cluster_created: bool = False,
+                    host_name: str = "") -> None:
     """
     Apply kube-flannel from the first control-plane host and check every node's podCIDR.
     ``cluster_created``: kubeadm init creates the cluster in this run (cluster_bootstrap), so
@@ -264,9 +283,14 @@ def apply_daemonset(s: Settings, node: NodeState, ipam_changed: bool, cluster_cr
     manifest = render_manifest(s)
     applied = (0, []) if cluster_created else node.queries.get("flannel_manifest", (1, []))
     if applied[0] != 0:
-        raise PodCidrError(f"kubectl on the first control-plane host failed: {' '.join(applied[1])[:300]}; "
-                           f"check that kubectl is installed and kubeconfig {s.kubeconfig} works")
-    current_hash = applied[1][0].strip() if applied[1] else ""
+        raise PodCidrError(_kubectl_failed(s, node, "flannel_manifest"))
+    # the annotation is a sha256 podnet wrote, or nothing (not deployed, or not by podnet)
+    hashes = answers.records(host_name, "the kube-flannel DaemonSet's manifest hash (flannel_manifest)",
+                             [line for line in applied[1] if line.strip()], _manifest_hash_line)
+    if len(hashes) > 1:
+        raise answers.RemoteAnswerError(answers.problem(host_name, "the kube-flannel DaemonSet's manifest hash",
+                                                        "\n".join(applied[1]), "one line expected"))
+    current_hash = hashes[0] if hashes else ""
     needs_apply = current_hash != manifest_sha256(manifest)
     ops.files_installed(name="flannel: kube-flannel manifest", files=[text_file(MANIFEST_PATH, manifest)],
                         current=node)
@@ -277,10 +301,10 @@ def apply_daemonset(s: Settings, node: NodeState, ipam_changed: bool, cluster_cr
         reason=("applying kube-flannel: " + ("not deployed yet" if not current_hash else "manifest changed"))
         if needs_apply else None,
     )
-    pod_cidrs_checked(s, node, changed=needs_apply or ipam_changed)
+    pod_cidrs_checked(s, node, changed=needs_apply or ipam_changed, host_name=host_name)
 
 
-def pod_cidrs_checked(s: Settings, node: NodeState, changed: bool) -> None:
+def pod_cidrs_checked(s: Settings, node: NodeState, changed: bool, host_name: str = "") -> None:
     """
     Every node has a podCIDR inside the cluster CIDR. Without a change in this run the
     probe's answer decides at once (a problem stops the run while planning); after a
@@ -289,9 +313,8 @@ def pod_cidrs_checked(s: Settings, node: NodeState, changed: bool) -> None:
     if not changed:
         answer = node.queries.get("pod_cidrs", (1, []))
         if answer[0] != 0:
-            raise PodCidrError(f"kubectl on the first control-plane host failed: {' '.join(answer[1])[:300]}; "
-                               f"check that kubectl is installed and kubeconfig {s.kubeconfig} works")
-        problems = pod_cidr_problems(s, answer[1])
+            raise PodCidrError(_kubectl_failed(s, node, "pod_cidrs"))
+        problems = pod_cidr_problems(s, answer[1], host_name)
         if problems:
             raise PodCidrError("; ".join(problems))
     ops.python_step(name="flannel: every node has a podCIDR in the cluster CIDR", function=wait_for_pod_cidrs,
@@ -299,7 +322,7 @@ def pod_cidrs_checked(s: Settings, node: NodeState, changed: bool) -> None:
 
 
 def apply_systemd(s: Settings, node: NodeState, flanneld_binary, check_pod_cidrs: bool = False,
-                  ipam_changed: bool = False) -> None:
+                  ipam_changed: bool = False, host_name: str = "") -> None:
     """flanneld's binary, net-conf.json and unit on this node, running; on the first
     control-plane host (``check_pod_cidrs``) also every node's podCIDR."""
     files, unit = systemd_files(s, flanneld_binary)
@@ -310,7 +333,7 @@ def apply_systemd(s: Settings, node: NodeState, flanneld_binary, check_pod_cidrs
     ops.service_running(name="flannel: flanneld running", unit=UNIT, current=node, restart=bool(changed),
                         daemon_reload=unit in changed)
     if check_pod_cidrs:
-        pod_cidrs_checked(s, node, changed=ipam_changed)
+        pod_cidrs_checked(s, node, changed=ipam_changed, host_name=host_name)
 
 
 # --- the steps ----------------------------------------------------------------------------
@@ -325,10 +348,10 @@ def _rolls_out_here(ctx: HostContext) -> bool:
 def _roll_out(ctx: HostContext) -> None:
     s = ctx.settings
     if s.flannel_rollout == "daemonset":
-        apply_daemonset(s, ctx.node, ctx.ipam_changed, cluster_created=ctx.cluster_created)
+        apply_daemonset(s, ctx.node, ctx.ipam_changed, cluster_created=ctx.cluster_created, host_name=ctx.host_name)
         return
     apply_systemd(s, ctx.node, ctx.file("flanneld"), check_pod_cidrs=checks_pod_cidrs(s, ctx.is_first_control_plane),
-                  ipam_changed=ctx.ipam_changed)
+                  ipam_changed=ctx.ipam_changed, host_name=ctx.host_name)
     if ctx.first_control_plane is None:
         say_pod_cidrs_unchecked(s)
 

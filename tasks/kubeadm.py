@@ -31,6 +31,7 @@ from pyinfra.api import HiddenValue, StringCommand
 from tasks import containerd, controller_manager, kubeadm_config, ops
 from tasks.context import HostContext, Step
 from tasks.desired import DesiredFile, local_file, render, text_file
+from tasks.engine import answers
 from tasks.errors import PodnetError
 from tasks.probe import NodeState, ProbeRequest
 from tasks.pyinfra_compat import connector_arguments_of
@@ -210,10 +211,15 @@ def _ask_control_plane(state, control_plane_name: str, what: str, command: str, 
 
 
 def parse_join_command(lines: list[str]) -> tuple[str, str, str] | None:
-    """`kubeadm token create --print-join-command` -> (endpoint, token, CA cert hash)."""
+    """`kubeadm token create --print-join-command` (its stdout) -> (endpoint, token, CA cert hash); the
+    endpoint must be host:port (tasks/engine/answers.host_port), the token and hash fit JOIN_RE."""
     for line in reversed(lines):
         match = JOIN_RE.match(line)
         if match:
+            try:
+                answers.host_port(match.group("endpoint"))
+            except answers.BadField:
+                return None
             return match.group("endpoint"), match.group("token"), match.group("ca_hash")
     return None
 

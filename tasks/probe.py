@@ -10,6 +10,7 @@ for the rest of the run, so planning and execution never ask the host the same t
 from __future__ import annotations
 
 import fnmatch
+import os
 import posixpath
 import shlex
 from dataclasses import dataclass, field, fields
@@ -17,6 +18,7 @@ from typing import Callable
 
 from pyinfra import logger
 from pyinfra.api import FactBase
+from pyinfra.connectors.local import LocalConnector
 
 from tasks import run_lock
 from tasks.engine import answers
@@ -340,7 +342,7 @@ def parse_probe(lines: list[str]) -> NodeState:
             elif kind == "sysctlline":
                 path, _, text = rest.partition("\t")
                 state.sysctl_lines.setdefault(answers.absolute_path(path), []).append(text)
-            elif kind == "runlock":
+            elif kind == "runlock":  # a line that does not fit leaves run_lock None: the run refuses
                 state.run_lock = run_lock.parse(rest.split("\t"))
             elif kind == "badname":
                 what, _, encoded = rest.partition("\t")
@@ -418,7 +420,10 @@ def node_state(host, request: ProbeRequest, run_lock_wait: int | None = None) ->
         script = probe_script(request)
         if run_lock_wait is not None:  # after the first line (uname), before anything podnet decides from
             first, rest = script.split("\n", 1)
-            script = "\n".join([first, run_lock.acquire_script(run_lock_wait, run_lock.holder()), rest])
+            # with @local, the probe runs under this pyinfra process: the lock's owner (tasks/run_lock.py)
+            local_owner = os.getpid() if issubclass(host.connector_cls, LocalConnector) else None
+            script = "\n".join([first, run_lock.acquire_script(run_lock_wait, run_lock.holder(), local_owner=local_owner),
+                                 rest])
         answer = host.get_fact(NodeProbe, script=script)
         _answers[host.name] = (request, answer)
         report(host.name, answer)

@@ -28,6 +28,7 @@ so a reset covers every host of the inventory or none (ResetError before any hos
 from __future__ import annotations
 
 import posixpath
+import re
 import shlex
 
 import yaml
@@ -37,6 +38,8 @@ from tasks import cni, containerd, flannel, kernel, ops, pod_network
 from tasks.context import HostContext, Step
 from tasks.controller_manager import config_path
 from tasks.desired import DesiredFile, text_file
+from tasks.engine import answers
+from tasks.engine.answers import BadField
 from tasks.errors import PodnetError
 from tasks.probe import NodeState, ProbeRequest
 from tasks.reset_controller_manager import BACKUPS_QUERY, backups_command, restored
@@ -72,14 +75,34 @@ def chains_command() -> str:
             f"/^:({names}) / {{print t, table, substr($1, 2)}}'; done; true")
 
 
-def parse_chains(lines: list[str]) -> dict[tuple[str, str], list[str]]:
-    """(variant, table) -> flannel chains there, from chains_command's output."""
+IPTABLES_TABLES = ("filter", "nat", "mangle", "raw", "security")  # iptables(8) -t
+
+
+def _chain_line(line: str) -> tuple[str, str, str]:
+    variant, table, chain = answers.fields(line, 3, " ")
+    if variant not in IPTABLES or table not in IPTABLES_TABLES or chain not in CHAINS:
+        raise BadField(f"not '<{'|'.join(IPTABLES)}> <table> <{'|'.join(CHAINS)}>'")
+    return variant, table, chain
+
+
+def parse_chains(lines: list[str], host_name: str = "") -> dict[tuple[str, str], list[str]]:
+    """(variant, table) -> flannel chains there, from chains_command's output; a line that does not fit
+    is reported as a warning and nothing is deleted for it."""
     found: dict[tuple[str, str], list[str]] = {}
-    for line in lines:
-        parts = line.split()
-        if len(parts) == 3 and parts[0] in IPTABLES and parts[2] in CHAINS:
-            found.setdefault((parts[0], parts[1]), []).append(parts[2])
+    for variant, table, chain in answers.records(host_name, f"flannel's iptables chains ({CHAINS_QUERY})", lines,
+                                                 _chain_line, strict=False):
+        found.setdefault((variant, table), []).append(chain)
     return found
+
+
+NFT_FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")  # nft(8) ADDRESS FAMILIES
+
+
+def _nft_line(line: str) -> tuple[str, str]:
+    family, name = answers.fields(line, 2, " ")
+    if family not in NFT_FAMILIES or name not in NFT_TABLES:
+        raise BadField(f"not '<family> <{'|'.join(NFT_TABLES)}>'")
+    return family, name
 
 
 def chains_removal(variant: str, table: str, chains: list[str]) -> str:
@@ -108,17 +131,27 @@ def objects_command(s: Settings) -> str:
     return (f"{s.kubectl} -n {flannel.NAMESPACE} get {' '.join(flannel_objects(s))} --ignore-not-found -o name")
 
 
-def objects_present(s: Settings, node: NodeState) -> list[str]:
+def _object_line(line: str) -> str:
+    """kubectl's ``-o name``: <resource>[.<group>]/<name>, as type/name without the group."""
+    kind, slash, name = line.partition("/")
+    resource, _, group = kind.partition(".")
+    if not slash or not re.fullmatch(r"[a-z][a-z0-9]*", resource) or (group and not re.fullmatch(r"[a-z0-9.-]+", group)):
+        raise BadField("not kubectl's '<resource>[.<group>]/<name>'")
+    return f"{resource}/{answers.object_name(name)}"
+
+
+def objects_present(s: Settings, node: NodeState, host_name: str = "") -> list[str]:
     """podnet's flannel objects that exist, in the manifest's order (kubectl prints type.group/name)."""
     rc, lines = node.queries.get(OBJECTS_QUERY, (0, []))
+    said = " ".join(node.query_stderr.get(OBJECTS_QUERY, "").split())[:300] or "nothing on stderr"
     if rc != 0 and s.flannel_rollout != "daemonset":  # only a leftover from an earlier rollout could be there
-        logger.warning(f"podnet: kubectl on the first control-plane host failed ({' '.join(lines)[:300]}): a "
+        logger.warning(f"podnet: kubectl on the first control-plane host failed ({said}): a "
                        "kube-flannel DaemonSet left from an earlier rollout, if any, is not deleted")
         return []
     if rc != 0:
-        raise ResetError(f"kubectl on the first control-plane host failed: {' '.join(lines)[:300]}; check that "
+        raise ResetError(f"kubectl on the first control-plane host failed: {said}; check that "
                          f"kubectl is installed and kubeconfig {s.kubeconfig} works")
-    found = {kind.split(".")[0] + "/" + name for kind, _, name in (line.strip().partition("/") for line in lines)}
+    found = set(answers.records(host_name, f"kubectl get ({OBJECTS_QUERY})", lines, _object_line, strict=False))
     return [o for o in flannel_objects(s) if o in found]
 
 
@@ -186,10 +219,10 @@ def remove_files(name: str, node: NodeState, paths: list[str], what: str) -> Non
                    reason=f"removing {what}: {', '.join(present)}" if present else None)
 
 
-def flannel_daemonset_deleted(s: Settings, node: NodeState) -> None:
+def flannel_daemonset_deleted(s: Settings, node: NodeState, host_name: str = "") -> None:
     """From the first control-plane host: the DaemonSet deleted in the foreground (waits until its
     pods are gone), then the other objects of podnet's manifest, then podnet's copy of it."""
-    present = objects_present(s, node)
+    present = objects_present(s, node, host_name)
     daemonset = f"daemonset/{flannel.DAEMONSET}"
     wait = f"--wait=true --timeout={s.flannel_rollout_timeout}s"
     commands = []
@@ -220,26 +253,27 @@ def flanneld_unit_removed(node: NodeState) -> None:
 
 
 def pods_losing_network(node: NodeState, host_name: str) -> None:
-    bridge = pod_network.cni0_state(node)
+    bridge = pod_network.cni0_state(node, host_name)
     if bridge and bridge[1]:
         logger.warning(f"podnet: {host_name}: {bridge[1]} pod(s) attached to {pod_network.BRIDGE} lose their network "
                        "with this reset; podnet does not delete them: recreate them once a deploy has brought the "
                        "pod network back (or drain the node before the reset)")
 
 
-def network_state_removed(s: Settings, node: NodeState) -> None:
+def network_state_removed(s: Settings, node: NodeState, host_name: str = "") -> None:
     """flannel's interfaces, iptables chains, nftables tables and runtime directories."""
     links = [name for name in interfaces(s) if name in node.listings.get(SYS_NET, [])]
     ops.shell_when(name="reset: flannel's interfaces deleted", commands=[f"ip link delete {n}" for n in links],
                    reason=f"deleting {', '.join(links)}" if links else None)
     rc, lines = node.queries.get(CHAINS_QUERY, (1, []))
-    chains = parse_chains(lines) if rc == 0 else {}
+    chains = parse_chains(lines, host_name) if rc == 0 else {}
     ops.shell_when(name="reset: flannel's iptables chains deleted",
                    commands=[chains_removal(v, t, c) for (v, t), c in sorted(chains.items())],
                    reason="deleting " + ", ".join(f"{v} {t} {' '.join(c)}" for (v, t), c in sorted(chains.items()))
                    if chains else None)
     rc, lines = node.queries.get(NFT_QUERY, (1, []))
-    tables = [line.split() for line in lines if len(line.split()) == 2] if rc == 0 else []
+    tables = answers.records(host_name, f"flannel's nftables tables ({NFT_QUERY})", lines, _nft_line,
+                             strict=False) if rc == 0 else []
     ops.shell_when(name="reset: flannel's nftables tables deleted",
                    commands=[f"nft delete table {family} {name}" for family, name in tables],
                    reason=f"deleting {', '.join(f'{f} {n}' for f, n in tables)}" if tables else None)
@@ -285,7 +319,7 @@ def _probe(ctx: HostContext) -> ProbeRequest:
 
 def _flannel_removed(ctx: HostContext) -> None:
     if ctx.is_first_control_plane:
-        flannel_daemonset_deleted(ctx.settings, ctx.node)
+        flannel_daemonset_deleted(ctx.settings, ctx.node, ctx.host_name)
     flanneld_unit_removed(ctx.node)
 
 
@@ -318,7 +352,7 @@ RESET: tuple[Step, ...] = (
     Step("reset: CNI plugins", probe=_probe, artifacts=lambda ctx: ("cni_plugins", "flannel_cni_plugin"),
          apply=_plugins_removed),
     Step("reset: flannel's interfaces, chains and directories", probe=_probe,
-         apply=lambda ctx: network_state_removed(ctx.settings, ctx.node)),
+         apply=lambda ctx: network_state_removed(ctx.settings, ctx.node, ctx.host_name)),
     Step("reset: kube-controller-manager", applies=lambda ctx: resets_controller_manager(ctx.settings), probe=_probe,
          apply=lambda ctx: controller_manager_restored(ctx.settings, ctx.node, ctx.host_name)),
     Step("reset: kernel settings files", applies=lambda ctx: ctx.settings.reset_kernel, probe=_probe,

@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 # The first line of tasks.probe.probe_script: only the probe contains it.
 PROBE_MARK = 'printf "machine %s'
 PROBE_RE = r"printf \"machine %s"
+FAKE_CONNECTION_PID = 4242  # the connection process the run lock names on a fake node
 
 
 def probe_answer(state: NodeState) -> list[str]:
@@ -152,7 +153,10 @@ def write_inventory(path: Path, nodes: list[FakeNode]) -> Path:
     groups: dict[str, list[str]] = {}
     for node in nodes:
         data = dict(node.data, fake_delay=0, fake_delay_jitter=0)
-        responses = ", ".join([f"re.compile({PROBE_RE!r}): {node.probe!r}",
+        # the run lock (tasks/run_lock.py) taken for the fake connection, unless the test scripts its answer
+        probe = node.probe if any(line.startswith("runlock\t") for line in node.probe) else \
+            [*node.probe, f"runlock\ttaken\t{FAKE_CONNECTION_PID}"]
+        responses = ", ".join([f"re.compile({PROBE_RE!r}): {probe!r}",
                                *(f"{k!r}: {v!r}" for k, v in node.responses.items())])
         entry = f"({node.host!r}, dict({data!r}, fake_responses={{{responses}}}))"
         groups.setdefault(node.group, []).append(entry)
