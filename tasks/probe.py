@@ -409,7 +409,8 @@ def node_state(host, request: ProbeRequest, run_lock_wait: int | None = None) ->
     by step from another deploy; podnet's own deploy asks once).
 
     With ``run_lock_wait`` (seconds), the probe first takes the node's run lock (tasks/run_lock.py);
-    raises run_lock.NodeLocked naming the holder when another run holds it.
+    raises run_lock.NodeLocked naming the holder when another run holds it, and
+    run_lock.RunLockUnavailable when it could not be taken (fail closed, before any change).
     """
     known = _answers.get(host.name)
     if known is not None and known[0].covers(request):
