@@ -42,12 +42,13 @@ import yaml
 
 from pyinfra import logger
 
-from tasks import controller_manager, ops
-from tasks.context import HostContext, Step
-from tasks.engine import answers
+from tasks import controller_manager
+
+from tasks.engine import answers, ops
 from tasks.engine.answers import BadField
+from tasks.engine.context import HostContext, Step
 from tasks.errors import PodnetError
-from tasks.probe import NodeState, ProbeRequest
+from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.settings import Settings
 
 NAMESPACE = "kube-system"

@@ -28,7 +28,7 @@ from tasks.controller_manager import (BACKUP_DIR, NODE_IPAM_NAMES, SLICE_FLAGS, 
                                       merge_unit, read_flags)
 from tasks.engine import answers
 from tasks.engine.answers import BadField
-from tasks.probe import NodeState
+from tasks.engine.probe import NodeState
 from tasks.settings import Settings
 
 REMOVED_FLAGS = ("allocate-node-cidrs", "cluster-cidr", "node-cidr-mask-size", "node-cidr-mask-size-ipv4",

@@ -26,7 +26,7 @@ from tasks import flannel, interrupted, kubeadm, pod_network, reset
 from tasks.engine import answers
 from tasks.engine.answers import RemoteAnswerError
 from tasks.controller_manager import BACKUP_DIR, config_path
-from tasks.probe import ANSWER_KINDS, NodeState, ProbeRequest, parse_probe, probe_script, report
+from tasks.engine.probe import ANSWER_KINDS, NodeState, ProbeRequest, parse_probe, probe_script, report
 from tasks.reset_controller_manager import BACKUPS_QUERY, backups
 from tests.support.hosts import settings
 from tests.support.plan import FakeNode, probe_answer, run_pyinfra, write_inventory

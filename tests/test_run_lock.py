@@ -1,5 +1,5 @@
 """
-The run lock's shell (tasks/run_lock.py), run for real in sh on a temporary lock file.
+The run lock's shell (tasks/engine/run_lock.py), run for real in sh on a temporary lock file.
 
 The process that stands for a run's SSH connection is ``Connection``: a Python process
 started under the name ``sshd`` (its comm, as OpenSSH's per-connection process has it), that
@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.probe import parse_probe
-from tasks.run_lock import (LockAnswer, NodeLocked, RunLockUnavailable, acquire_script, parse, refuse_if_held)
+from tasks.engine.probe import parse_probe
+from tasks.engine.run_lock import (LockAnswer, NodeLocked, RunLockUnavailable, acquire_script, parse,
+                                   refuse_if_held)
 
 REPO = Path(__file__).resolve().parent.parent
 AFTER = "echo probe-continues"  # what the probe reads after the lock step
@@ -287,8 +288,8 @@ def test_a_wait_setting_below_zero_is_refused():
 LOCAL_DEPLOY = """
 import os
 from pyinfra import host
-from tasks.probe import NodeProbe, ProbeRequest, parse_probe, probe_script
-from tasks.run_lock import acquire_script, holder, refuse_if_held
+from tasks.engine.probe import NodeProbe, ProbeRequest, parse_probe, probe_script
+from tasks.engine.run_lock import acquire_script, holder, refuse_if_held
 
 lock = os.environ["LOCK"]
 script = acquire_script(0, holder(), path=lock, local_owner=os.getpid()) + "\\n" + probe_script(ProbeRequest())

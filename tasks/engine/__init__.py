@@ -1,1 +1,2 @@
-"""The step machinery: what every concern's steps run on (probe, answers, run lock...)."""
+"""The step machinery: steps over a per-host context, the one probe per host, the runner, operations.
+It imports no concern (tests/test_steps.py holds it to that)."""

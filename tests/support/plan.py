@@ -2,7 +2,7 @@
 Plan tests through the real pyinfra CLI and its ``@fake`` connector.
 
 - ``probe_answer(NodeState)`` is the stdout the probe script would print on a node in
-  that state (the format ``tasks.probe.parse_probe`` reads).
+  that state (the format ``tasks.engine.probe.parse_probe`` reads).
 - ``converged_state(...)`` is the NodeState of a node that already holds exactly what
   podnet would install, computed from the same renderers and release files.
 - ``write_inventory`` writes a pyinfra inventory of ``@fake`` hosts whose
@@ -25,14 +25,14 @@ from pathlib import Path
 import pytest
 
 from tasks import cni, containerd, controller_manager, flannel, kernel, kubeadm_config
-from tasks.desired import DesiredFile, text_file
-from tasks.probe import NodeState
+from tasks.engine.desired import DesiredFile, text_file
+from tasks.engine.probe import NodeState
 from tasks.settings import Settings
 from tests.support.http import ScriptedServer
 from tests.support.releases import MACHINE, Releases
 
 REPO = Path(__file__).resolve().parents[2]
-# The first line of tasks.probe.probe_script: only the probe contains it.
+# The first line of tasks.engine.probe.probe_script: only the probe contains it.
 PROBE_MARK = 'printf "machine %s'
 PROBE_RE = r"printf \"machine %s"
 FAKE_CONNECTION_PID = 4242  # the connection process the run lock names on a fake node
@@ -153,7 +153,7 @@ def write_inventory(path: Path, nodes: list[FakeNode]) -> Path:
     groups: dict[str, list[str]] = {}
     for node in nodes:
         data = dict(node.data, fake_delay=0, fake_delay_jitter=0)
-        # the run lock (tasks/run_lock.py) taken for the fake connection, unless the test scripts its answer
+        # the run lock (tasks/engine/run_lock.py) taken for the fake connection, unless the test scripts its answer
         probe = node.probe if any(line.startswith("runlock\t") for line in node.probe) else \
             [*node.probe, f"runlock\ttaken\t{FAKE_CONNECTION_PID}"]
         responses = ", ".join([f"re.compile({PROBE_RE!r}): {probe!r}",

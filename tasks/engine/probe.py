@@ -20,8 +20,7 @@ from pyinfra import logger
 from pyinfra.api import FactBase
 from pyinfra.connectors.local import LocalConnector
 
-from tasks import run_lock
-from tasks.engine import answers
+from tasks.engine import answers, run_lock
 from tasks.engine.answers import BadField, RemoteAnswerError
 from tasks.errors import PodnetError
 
@@ -151,7 +150,7 @@ class NodeState:
     sysctl_files: dict[str, str] = field(default_factory=dict)
     # path -> its lines that may set a requested parameter, as written (files without one absent).
     sysctl_lines: dict[str, list[str]] = field(default_factory=dict)
-    run_lock: run_lock.LockAnswer | None = None  # the run lock step's answer (tasks/run_lock.py)
+    run_lock: run_lock.LockAnswer | None = None  # the run lock step's answer (tasks/engine/run_lock.py)
     # Answers that did not fit their schema (tasks/engine/answers.py), never used as data:
     # kind (an ANSWER_KINDS key) -> key -> why; reading such a key raises RemoteAnswerError.
     refused: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -408,7 +407,7 @@ def node_state(host, request: ProbeRequest, run_lock_wait: int | None = None) ->
     with the first and the host is asked again, once, for the union (a podnet deploy reused step
     by step from another deploy; podnet's own deploy asks once).
 
-    With ``run_lock_wait`` (seconds), the probe first takes the node's run lock (tasks/run_lock.py);
+    With ``run_lock_wait`` (seconds), the probe first takes the node's run lock (tasks/engine/run_lock.py);
     raises run_lock.NodeLocked naming the holder when another run holds it, and
     run_lock.RunLockUnavailable when it could not be taken (fail closed, before any change).
     """
@@ -421,7 +420,7 @@ def node_state(host, request: ProbeRequest, run_lock_wait: int | None = None) ->
         script = probe_script(request)
         if run_lock_wait is not None:  # after the first line (uname), before anything podnet decides from
             first, rest = script.split("\n", 1)
-            # with @local, the probe runs under this pyinfra process: the lock's owner (tasks/run_lock.py)
+            # with @local, the probe runs under this pyinfra process: the lock's owner (tasks/engine/run_lock.py)
             local_owner = os.getpid() if issubclass(host.connector_cls, LocalConnector) else None
             script = "\n".join([first, run_lock.acquire_script(run_lock_wait, run_lock.holder(), local_owner=local_owner),
                                  rest])
