@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
-import json
 import re
 from typing import Callable, Iterable, TypeVar
 
@@ -43,6 +42,24 @@ def shown(text: str, limit: int = 200) -> str:
 
 
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _grammar(pattern: str, what: str, doc: str) -> Callable[[str], str]:
+    """A validator of text that must match ``pattern`` whole (BadField: "<text> is not <what>")."""
+    compiled = re.compile(pattern)
+
+    def check(text: str) -> str:
+        if not compiled.fullmatch(text):
+            raise BadField(f"{shown(text)} is not {what}")
+        return text
+
+    check.__doc__ = doc
+    return check
+
+
+def _one_of(values: frozenset[str], what: str, doc: str) -> Callable[[str], str]:
+    """A validator of text that must be one of ``values``."""
+    return _grammar("|".join(re.escape(v) for v in sorted(values)), what, doc)
 
 
 def no_control(text: str, what: str = "value") -> str:
@@ -100,16 +117,6 @@ def interface_name(text: str) -> str:
     return text
 
 
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-def sha256_hex(text: str) -> str:
-    """A sha256 digest as sha256sum prints it: 64 lowercase hex digits."""
-    if not _SHA256.fullmatch(text):
-        raise BadField(f"{shown(text)} is not a sha256 digest (64 lowercase hex digits)")
-    return text
-
-
 def decimal(text: str, low: int = 0, high: int | None = None, what: str = "number") -> int:
     """A decimal integer in [low, high], digits only (no sign, no spaces)."""
     if not text.isascii() or not text.isdigit() or len(text) > 20:
@@ -130,14 +137,14 @@ def exit_status(text: str) -> int:
     return decimal(text, 0, 255, "exit status")
 
 
-_MODE = re.compile(r"[0-7]{1,4}")
-
-
-def file_mode(text: str) -> str:
-    """A file's permission bits as stat's %a prints them (octal, up to 4 digits)."""
-    if not _MODE.fullmatch(text):
-        raise BadField(f"{shown(text)} is not a file mode (octal digits)")
-    return text
+sha256_hex = _grammar(r"[0-9a-f]{64}", "a sha256 digest (64 lowercase hex digits)",
+                      "A sha256 digest as sha256sum prints it: 64 lowercase hex digits.")
+file_mode = _grammar(r"[0-7]{1,4}", "a file mode (octal digits)",
+                     "A file's permission bits as stat's %a prints them (octal, up to 4 digits).")
+sysctl_key = _grammar(r"[A-Za-z0-9_.*/-]+", "a kernel parameter name",
+                      "A kernel parameter name (dots or slashes between components).")
+machine = _grammar(r"[A-Za-z0-9_.-]{1,64}", "a machine name (uname -m)",
+                   "`uname -m`: the machine hardware name (x86_64, aarch64, armv7l...).")
 
 
 def absolute_path(text: str) -> str:
@@ -165,26 +172,10 @@ UNIT_FILE_STATES = frozenset({"enabled", "enabled-runtime", "linked", "linked-ru
                               "not-found"})
 
 
-def unit_active_state(text: str) -> str:
-    if text not in UNIT_ACTIVE_STATES:
-        raise BadField(f"{shown(text)} is not a systemd unit active state")
-    return text
-
-
-def unit_file_state(text: str) -> str:
-    if text not in UNIT_FILE_STATES:
-        raise BadField(f"{shown(text)} is not a systemd unit file state")
-    return text
-
-
-_SYSCTL_KEY = re.compile(r"[A-Za-z0-9_.*/-]+")
-
-
-def sysctl_key(text: str) -> str:
-    """A kernel parameter name (dots or slashes between components)."""
-    if not _SYSCTL_KEY.fullmatch(text):
-        raise BadField(f"{shown(text)} is not a kernel parameter name")
-    return text
+unit_active_state = _one_of(UNIT_ACTIVE_STATES, "a systemd unit active state",
+                            "What `systemctl is-active` prints: one of UNIT_ACTIVE_STATES.")
+unit_file_state = _one_of(UNIT_FILE_STATES, "a systemd unit file state",
+                          "What `systemctl is-enabled` prints: one of UNIT_FILE_STATES.")
 
 
 def sysctl_value(text: str) -> str:
@@ -195,30 +186,12 @@ def sysctl_value(text: str) -> str:
     return text
 
 
-def machine(text: str) -> str:
-    """`uname -m`: the machine hardware name (x86_64, aarch64, armv7l...)."""
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text):
-        raise BadField(f"{shown(text)} is not a machine name (uname -m)")
-    return text
-
-
 def base64_bytes(text: str) -> bytes:
     """Strict base64 (what `base64 -w0` prints)."""
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise BadField(f"{shown(text, 60)} is not base64") from None
-
-
-def json_document(text: str, expected: type = dict):
-    """A JSON document whose top level is of type ``expected``."""
-    try:
-        value = json.loads(text)
-    except ValueError as error:
-        raise BadField(f"not a JSON document ({error})") from None
-    if not isinstance(value, expected):
-        raise BadField(f"a JSON {type(value).__name__} where a {expected.__name__} is expected")
-    return value
 
 
 def host_port(text: str) -> str:
