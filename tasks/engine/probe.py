@@ -91,20 +91,20 @@ class Answers(dict):
     """
 
     def __init__(self, kind: str, asked: Callable[[str], bool], answers: dict,
-                 rejected: dict[str, str] | None = None, host_name: str = ""):
+                 refused: dict[str, str] | None = None, host_name: str = ""):
         super().__init__(answers)
         self.kind = kind
         self._asked = asked
-        self._rejected = rejected or {}
+        self._refused = refused or {}
         self._host = f"{host_name}: " if host_name else ""
 
     def _check(self, key) -> None:
         if not self._asked(key):
             raise ProbeContractError(f"the probe was not asked for {self.kind} {key!r}: add it to the probe of the "
                                      "step that reads it")
-        if key in self._rejected:  # its answer did not fit the schema: a step needing it refuses
+        if key in self._refused:  # its answer did not fit the schema: a step needing it refuses
             raise RemoteAnswerError(f"{self._host}the probe's {self.kind} answer for {key!r} was refused: "
-                                    f"{self._rejected[key]}; nothing is decided from it")
+                                    f"{self._refused[key]}; nothing is decided from it")
 
     def __getitem__(self, key):
         self._check(key)

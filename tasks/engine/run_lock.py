@@ -186,8 +186,7 @@ def refuse_if_held(host_name: str, answer: LockAnswer | None, wait: int) -> None
     if answer.failed:
         raise RunLockUnavailable(
             f"{host_name}: podnet's run lock {LOCK_PATH} could not be taken: {answer.failed}; stopped before any "
-            "change (the lock keeps two runs from changing a node at once). Make /run/podnet writable for the "
-            "deploying user on the node, then rerun")
+            "change (the lock keeps two runs from changing a node at once): fix that on the node, then rerun")
     if answer.taken:
         return
     waited = f"after waiting {wait}s (run_lock_wait)" if wait else "(run_lock_wait is 0: no waiting)"
