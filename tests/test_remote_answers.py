@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import flannel, interrupted, kubeadm, pod_network, reset
+from tasks import flannel, interrupted, kubeadm, pod_network
 from tasks.engine import answers
 from tasks.engine.answers import RemoteAnswerError
 from tasks.controller_manager import BACKUP_DIR, config_path
@@ -230,12 +230,12 @@ def test_a_manifest_hash_that_is_not_a_digest_is_refused(line):
 
 def test_reset_deletes_only_chains_tables_and_objects_whose_lines_fit(caplog):
     with caplog.at_level(logging.WARNING):
-        chains = reset.parse_chains(["iptables-nft nat FLANNEL-POSTRTG", "iptables-nft nat;reboot FLANNEL-FWD",
+        chains = flannel.parse_chains(["iptables-nft nat FLANNEL-POSTRTG", "iptables-nft nat;reboot FLANNEL-FWD",
                                      "iptables-nft\tfilter FLANNEL-FWD"], "w1")
         tables = answers.records("w1", "nft", ["ip flannel-ipv4", "ip flannel-ipv4; reboot", "inet other"],
-                                 reset._nft_line, strict=False)
+                                 flannel._nft_line, strict=False)
         objects = answers.records("cp1", "objects", ["daemonset.apps/kube-flannel", "configmap/kube flannel",
-                                                     "Warning: x"], reset._object_line, strict=False)
+                                                     "Warning: x"], flannel._object_line, strict=False)
     assert chains == {("iptables-nft", "nat"): ["FLANNEL-POSTRTG"]}
     assert tables == [("ip", "flannel-ipv4")]
     assert objects == ["daemonset/kube-flannel"]
