@@ -34,7 +34,7 @@ import yaml
 
 from tasks import cni, pod_network
 
-from tasks.engine import ops, secret_files
+from tasks.engine import answers, ops, secret_files
 from tasks.engine.context import HostContext, Step
 from tasks.artifacts.catalog import install_entry
 from tasks.engine.desired import DesiredFile, local_file, render, text_file
@@ -266,20 +266,30 @@ def iface_mtu_command(s: Settings) -> str:
             "printf '%s %s\\n' \"$dev\" \"$(cat \"/sys/class/net/$dev/mtu\")\"")
 
 
+def _iface_mtu_line(line: str) -> tuple[str, int]:
+    """iface_mtu_command's line: an interface name and its MTU (68, IPv4's minimum, to 65536)."""
+    iface, mtu = answers.fields(line, 2, " ")
+    return answers.interface_name(iface), answers.decimal(mtu, 68, 65536, "MTU")
+
+
 def pod_mtu_fits(s: Settings, node: NodeState, host_name: str) -> None:
     """
     Refuse a flannel_mtu the backend cannot carry over this node's interface: at most the
     interface MTU minus the backend's encapsulation overhead (ENCAP_OVERHEAD), else large
     packets between nodes are dropped. Raises PodMtuError while planning, before any change.
     When the probe could not tell the interface, flanneld itself reports it; nothing is checked.
+    An answer that does not fit (``<interface> <mtu>``, one line) raises RemoteAnswerError.
     """
     if s.flannel_mtu is None:
         return
     rc, lines = node.queries.get("flannel_iface_mtu", (1, []))
-    parts = lines[0].split() if rc == 0 and lines else []
-    if len(parts) != 2 or not parts[1].isdigit():
+    if rc != 0 or not lines:
         return
-    iface, iface_mtu = parts[0], int(parts[1])
+    found = answers.records(host_name, "the MTU of flanneld's interface (flannel_iface_mtu)", lines, _iface_mtu_line)
+    if len(found) != 1:
+        raise answers.RemoteAnswerError(answers.problem(host_name, "the MTU of flanneld's interface", "\n".join(lines),
+                                                        "one line expected"))
+    iface, iface_mtu = found[0]
     overhead = ENCAP_OVERHEAD[s.flannel_backend]
     if s.node_ip is not None and s.node_ip.version == 6:
         overhead += IPV6_UNDERLAY_EXTRA.get(s.flannel_backend, 0)
@@ -293,14 +303,14 @@ def pod_mtu_fits(s: Settings, node: NodeState, host_name: str) -> None:
                           f"(flanneld then derives it)")
 
 
-def pod_cidr_problems(s: Settings, lines: list[str]) -> list[str]:
+def pod_cidr_problems(s: Settings, lines: list[str], host_name: str = "") -> list[str]:
     """Nodes without a podCIDR, or with one the settings could not have given (outside the
-    cluster CIDR of its family, or another prefix length than the node mask)."""
+    cluster CIDR of its family, or another prefix length than the node mask). The lines are
+    checked by pod_network.pod_cidrs (RemoteAnswerError for one that does not fit)."""
     problems = []
     flags = (f"--allocate-node-cidrs=true --cluster-cidr={s.cluster_cidr} "
              f"--node-cidr-mask-size={s.node_cidr_mask_size}")
-    for line in lines:
-        name, *cidrs = line.split()
+    for name, cidrs in pod_network.pod_cidrs(host_name, lines).items():
         if not cidrs:
             problems.append(f"node {name} has no spec.podCIDR (pod cidr not assigned): check that "
                             f"kube-controller-manager runs with {flags}")
@@ -308,11 +318,7 @@ def pod_cidr_problems(s: Settings, lines: list[str]) -> list[str]:
         for cidr in cidrs:
             if pod_network.fits(s, cidr):
                 continue
-            try:
-                network = ipaddress.ip_network(cidr)
-            except ValueError:
-                problems.append(f"node {name} has spec.podCIDR {cidr!r}, not a network")
-                continue
+            network = ipaddress.ip_network(cidr)  # checked by pod_cidrs
             cluster = s.cluster_cidr if network.version == 4 else s.cluster_cidr_ipv6
             if cluster is not None and network.subnet_of(cluster):  # type: ignore[arg-type]
                 mask = s.node_cidr_mask_size if network.version == 4 else s.node_cidr_mask_size_ipv6
@@ -331,8 +337,8 @@ def wait_for_pod_cidrs(state, host, connector_arguments, s: Settings) -> bool:
     problems = ["no answer from kubectl"]
     while time.monotonic() < deadline:
         ok, output = host.run_shell_command(node_pod_cidrs_command(s), **connector_arguments)
-        lines = output.stdout_lines if ok else []
-        problems = pod_cidr_problems(s, lines) if lines else ["kubectl get nodes returned no nodes"]
+        lines = output.stdout_lines if ok else []  # stdout only: a kubectl warning on stderr is no node
+        problems = pod_cidr_problems(s, lines, host.name) if lines else ["kubectl get nodes returned no nodes"]
         if not problems:
             return True
         time.sleep(POLL_SECONDS)
@@ -375,7 +381,19 @@ def systemd_files(s: Settings, flanneld_binary,
     return [local_file(FLANNELD_PATH, flanneld_binary), text_file(NET_CONF_PATH, net_conf_json(s))], unit
 
 
-def apply_daemonset(s: Settings, node: NodeState, ipam_changed: bool, cluster_created: bool = False) -> None:
+def _kubectl_failed(s: Settings, node: NodeState, query: str) -> str:
+    """What kubectl said on stderr when a query failed (shown in the error, never parsed)."""
+    said = " ".join(node.query_stderr.get(query, "").split())[:300] or "(nothing on stderr)"
+    return (f"kubectl on the first control-plane host failed: {said}; check that kubectl is installed and kubeconfig "
+            f"{s.kubeconfig} works")
+
+
+def _manifest_hash_line(line: str) -> str:
+    return answers.sha256_hex(line.strip())
+
+
+def apply_daemonset(s: Settings, node: NodeState, ipam_changed: bool, cluster_created: bool = False,
+                    host_name: str = "") -> None:
     """
     Apply kube-flannel from the first control-plane host and check every node's podCIDR.
     ``cluster_created``: kubeadm init creates the cluster in this run (cluster_bootstrap), so
@@ -384,9 +402,14 @@ def apply_daemonset(s: Settings, node: NodeState, ipam_changed: bool, cluster_cr
     manifest = render_manifest(s)
     applied = (0, []) if cluster_created else node.queries.get("flannel_manifest", (1, []))
     if applied[0] != 0:
-        raise PodCidrError(f"kubectl on the first control-plane host failed: {' '.join(applied[1])[:300]}; "
-                           f"check that kubectl is installed and kubeconfig {s.kubeconfig} works")
-    current_hash = applied[1][0].strip() if applied[1] else ""
+        raise PodCidrError(_kubectl_failed(s, node, "flannel_manifest"))
+    # the annotation is a sha256 podnet wrote, or nothing (not deployed, or not by podnet)
+    hashes = answers.records(host_name, "the kube-flannel DaemonSet's manifest hash (flannel_manifest)",
+                             [line for line in applied[1] if line.strip()], _manifest_hash_line)
+    if len(hashes) > 1:
+        raise answers.RemoteAnswerError(answers.problem(host_name, "the kube-flannel DaemonSet's manifest hash",
+                                                        "\n".join(applied[1]), "one line expected"))
+    current_hash = hashes[0] if hashes else ""
     needs_apply = current_hash != manifest_sha256(manifest)
     ops.files_installed(name="flannel: kube-flannel manifest", files=[text_file(MANIFEST_PATH, manifest)],
                         current=node)
@@ -398,7 +421,7 @@ def apply_daemonset(s: Settings, node: NodeState, ipam_changed: bool, cluster_cr
     )
     ops.python_step(name="flannel: DaemonSet rolled out, every flannel pod Ready", function=wait_for_rollout,
                     args=(s,), reason="waiting for the new kube-flannel pods" if needs_apply else None)
-    pod_cidrs_checked(s, node, changed=needs_apply or ipam_changed)
+    pod_cidrs_checked(s, node, changed=needs_apply or ipam_changed, host_name=host_name)
 
 
 def not_ready_pods_command(s: Settings) -> str:
@@ -446,7 +469,7 @@ def wait_for_rollout(state, host, connector_arguments, s: Settings) -> bool:
                        f": {said}; " + ("; ".join(problems) or "no flannel pod is reported not Ready"))
 
 
-def pod_cidrs_checked(s: Settings, node: NodeState, changed: bool) -> None:
+def pod_cidrs_checked(s: Settings, node: NodeState, changed: bool, host_name: str = "") -> None:
     """
     Every node has a podCIDR inside the cluster CIDR. Without a change in this run the
     probe's answer decides at once (a problem stops the run while planning); after a
@@ -455,9 +478,8 @@ def pod_cidrs_checked(s: Settings, node: NodeState, changed: bool) -> None:
     if not changed:
         answer = node.queries.get("pod_cidrs", (1, []))
         if answer[0] != 0:
-            raise PodCidrError(f"kubectl on the first control-plane host failed: {' '.join(answer[1])[:300]}; "
-                               f"check that kubectl is installed and kubeconfig {s.kubeconfig} works")
-        problems = pod_cidr_problems(s, answer[1])
+            raise PodCidrError(_kubectl_failed(s, node, "pod_cidrs"))
+        problems = pod_cidr_problems(s, answer[1], host_name)
         if problems:
             raise PodCidrError("; ".join(problems))
     ops.python_step(name="flannel: every node has a podCIDR in the cluster CIDR", function=wait_for_pod_cidrs,
@@ -596,7 +618,7 @@ def apply_systemd(s: Settings, node: NodeState, flanneld_binary, check_pod_cidrs
     ops.service_running(name="flannel: flanneld running", unit=UNIT, current=node, restart=bool(changed),
                         daemon_reload=unit in changed)
     if check_pod_cidrs:
-        pod_cidrs_checked(s, node, changed=ipam_changed)
+        pod_cidrs_checked(s, node, changed=ipam_changed, host_name=host_name)
 
 
 # --- the steps ----------------------------------------------------------------------------
@@ -611,7 +633,7 @@ def _rolls_out_here(ctx: HostContext) -> bool:
 def _roll_out(ctx: HostContext) -> None:
     s = ctx.settings
     if s.flannel_rollout == "daemonset":
-        apply_daemonset(s, ctx.node, ctx.ipam_changed, cluster_created=ctx.cluster_created)
+        apply_daemonset(s, ctx.node, ctx.ipam_changed, cluster_created=ctx.cluster_created, host_name=ctx.host_name)
         return
     apply_systemd(s, ctx.node, ctx.file("flanneld"), check_pod_cidrs=checks_pod_cidrs(s, ctx.is_first_control_plane),
                   ipam_changed=ctx.ipam_changed, first_control_plane=ctx.first_control_plane,
@@ -657,14 +679,32 @@ def chains_command() -> str:
             f"/^:({names}) / {{print t, table, substr($1, 2)}}'; done; true")
 
 
-def parse_chains(lines: list[str]) -> dict[tuple[str, str], list[str]]:
-    """(variant, table) -> flannel chains there, from chains_command's output."""
+IPTABLES_TABLES = ("filter", "nat", "mangle", "raw", "security")  # iptables(8) -t
+NFT_FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")  # nft(8) ADDRESS FAMILIES
+
+
+def _chain_line(line: str) -> tuple[str, str, str]:
+    variant, table, chain = answers.fields(line, 3, " ")
+    if variant not in IPTABLES or table not in IPTABLES_TABLES or chain not in CHAINS:
+        raise answers.BadField(f"not '<{'|'.join(IPTABLES)}> <table> <{'|'.join(CHAINS)}>'")
+    return variant, table, chain
+
+
+def parse_chains(lines: list[str], host_name: str = "") -> dict[tuple[str, str], list[str]]:
+    """(variant, table) -> flannel chains there, from chains_command's output; a line that does not fit
+    is reported as a warning and nothing is deleted for it."""
     found: dict[tuple[str, str], list[str]] = {}
-    for line in lines:
-        parts = line.split()
-        if len(parts) == 3 and parts[0] in IPTABLES and parts[2] in CHAINS:
-            found.setdefault((parts[0], parts[1]), []).append(parts[2])
+    for variant, table, chain in answers.records(host_name, f"flannel's iptables chains ({CHAINS_QUERY})", lines,
+                                                 _chain_line, strict=False):
+        found.setdefault((variant, table), []).append(chain)
     return found
+
+
+def _nft_line(line: str) -> tuple[str, str]:
+    family, name = answers.fields(line, 2, " ")
+    if family not in NFT_FAMILIES or name not in NFT_TABLES:
+        raise answers.BadField(f"not '<family> <{'|'.join(NFT_TABLES)}>'")
+    return family, name
 
 
 def chains_removal(variant: str, table: str, chains: list[str]) -> str:
@@ -692,17 +732,27 @@ def objects_command(s: Settings) -> str:
     return f"{s.kubectl} -n {NAMESPACE} get {' '.join(flannel_objects(s))} --ignore-not-found -o name"
 
 
-def objects_present(s: Settings, node: NodeState) -> list[str]:
+def _object_line(line: str) -> str:
+    """kubectl's ``-o name``: <resource>[.<group>]/<name>, as type/name without the group."""
+    kind, slash, name = line.partition("/")
+    resource, _, group = kind.partition(".")
+    if not slash or not re.fullmatch(r"[a-z][a-z0-9]*", resource) or (group and not re.fullmatch(r"[a-z0-9.-]+", group)):
+        raise answers.BadField("not kubectl's '<resource>[.<group>]/<name>'")
+    return f"{resource}/{answers.object_name(name)}"
+
+
+def objects_present(s: Settings, node: NodeState, host_name: str = "") -> list[str]:
     """podnet's flannel objects that exist, in the manifest's order (kubectl prints type.group/name)."""
     rc, lines = node.queries.get(OBJECTS_QUERY, (0, []))
+    said = " ".join(node.query_stderr.get(OBJECTS_QUERY, "").split())[:300] or "nothing on stderr"
     if rc != 0 and s.flannel_rollout != "daemonset":  # only a leftover from an earlier rollout could be there
-        logger.warning(f"podnet: kubectl on the first control-plane host failed ({' '.join(lines)[:300]}): a "
+        logger.warning(f"podnet: kubectl on the first control-plane host failed ({said}): a "
                        "kube-flannel DaemonSet left from an earlier rollout, if any, is not deleted")
         return []
     if rc != 0:
-        raise ResetError(f"kubectl on the first control-plane host failed: {' '.join(lines)[:300]}; check that "
+        raise ResetError(f"kubectl on the first control-plane host failed: {said}; check that "
                          f"kubectl is installed and kubeconfig {s.kubeconfig} works")
-    found = {kind.split(".")[0] + "/" + name for kind, _, name in (line.strip().partition("/") for line in lines)}
+    found = set(answers.records(host_name, f"kubectl get ({OBJECTS_QUERY})", lines, _object_line, strict=False))
     return [o for o in flannel_objects(s) if o in found]
 
 
@@ -715,10 +765,10 @@ def reset_probe_request(s: Settings, first_control_plane: bool) -> ProbeRequest:
     return request
 
 
-def daemonset_deleted(s: Settings, node: NodeState) -> None:
+def daemonset_deleted(s: Settings, node: NodeState, host_name: str = "") -> None:
     """From the first control-plane host: the DaemonSet deleted in the foreground (waits until its
     pods are gone), then the other objects of podnet's manifest, then podnet's copy of it."""
-    present = objects_present(s, node)
+    present = objects_present(s, node, host_name)
     daemonset = f"daemonset/{DAEMONSET}"
     wait = f"--wait=true --timeout={s.flannel_rollout_timeout}s"
     commands = []
@@ -757,7 +807,7 @@ def flanneld_unit_removed(s: Settings, node: NodeState, flanneld_binary) -> None
 
 def _flannel_removed(ctx: HostContext) -> None:
     if ctx.is_first_control_plane:
-        daemonset_deleted(ctx.settings, ctx.node)
+        daemonset_deleted(ctx.settings, ctx.node, ctx.host_name)
     flanneld_unit_removed(ctx.settings, ctx.node,
                           ctx.file("flanneld") if ctx.settings.flannel_rollout == "systemd" else None)
 
@@ -784,10 +834,10 @@ def network_dirs(s: Settings) -> list[str]:
     return [*(ownership(s).runtime_dirs if removes_flannel(s) else ()), *cni.ownership(s).runtime_dirs]
 
 
-def bridge_is_podnets(s: Settings, node: NodeState) -> bool:
+def bridge_is_podnets(s: Settings, node: NodeState, host_name: str = "") -> bool:
     """cni0 is the bridge of podnet's conflist: its IPv4 addresses lie in the cluster CIDR (another CNI's
     bridge plugin may use the same default name)."""
-    state = pod_network.cni0_state(node)
+    state = pod_network.cni0_state(node, host_name)
     if not state:
         return False
     addresses = state[0]
@@ -795,22 +845,23 @@ def bridge_is_podnets(s: Settings, node: NodeState) -> bool:
     return bool(addresses) and all(ipaddress.ip_interface(a).ip in network for a in addresses)
 
 
-def network_state_removed(s: Settings, node: NodeState) -> None:
+def network_state_removed(s: Settings, node: NodeState, host_name: str = "") -> None:
     """flannel's interfaces, iptables chains, nftables tables and runtime directories (when flanneld is
     podnet's), cni0 when it is the bridge of podnet's network, host-local's records of that network."""
-    candidates = [*(cni.ownership(s).interfaces if bridge_is_podnets(s, node) else ()),
+    candidates = [*(cni.ownership(s).interfaces if bridge_is_podnets(s, node, host_name) else ()),
                   *(ownership(s).interfaces if removes_flannel(s) else ())]
     links = [name for name in candidates if name in node.listings.get(SYS_NET, [])]
     ops.shell_when(name="reset: flannel's interfaces deleted", commands=[f"ip link delete {n}" for n in links],
                    reason=f"deleting {', '.join(links)}" if links else None)
     rc, lines = node.queries.get(CHAINS_QUERY, (1, []))
-    chains = parse_chains(lines) if rc == 0 and removes_flannel(s) else {}
+    chains = parse_chains(lines, host_name) if rc == 0 and removes_flannel(s) else {}
     ops.shell_when(name="reset: flannel's iptables chains deleted",
                    commands=[chains_removal(v, t, c) for (v, t), c in sorted(chains.items())],
                    reason="deleting " + ", ".join(f"{v} {t} {' '.join(c)}" for (v, t), c in sorted(chains.items()))
                    if chains else None)
     rc, lines = node.queries.get(NFT_QUERY, (1, []))
-    tables = [line.split() for line in lines if len(line.split()) == 2] if rc == 0 and removes_flannel(s) else []
+    tables = answers.records(host_name, f"flannel's nftables tables ({NFT_QUERY})", lines, _nft_line,
+                             strict=False) if rc == 0 and removes_flannel(s) else []
     ops.shell_when(name="reset: flannel's nftables tables deleted",
                    commands=[f"nft delete table {family} {name}" for family, name in tables],
                    reason=f"deleting {', '.join(f'{f} {n}' for f, n in tables)}" if tables else None)
@@ -822,5 +873,5 @@ def network_state_removed(s: Settings, node: NodeState) -> None:
 RESET_NETWORK = Step(
     "reset: flannel's interfaces, chains and directories",
     probe=lambda ctx: network_probe_request(ctx.settings),
-    apply=lambda ctx: network_state_removed(ctx.settings, ctx.node),
+    apply=lambda ctx: network_state_removed(ctx.settings, ctx.node, ctx.host_name),
 )

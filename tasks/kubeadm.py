@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 
 from tasks import containerd, controller_manager, kubeadm_config
 
-from tasks.engine import ops, redact, secret_files
+from tasks.engine import answers, ops, redact, secret_files
 from tasks.engine.context import HostContext, Step
 from tasks.engine.desired import DesiredFile, local_file, render, text_file
 from tasks.errors import PodnetError
@@ -270,10 +270,15 @@ def _ask_control_plane_once(state, control_plane_name: str, what: str, command: 
 
 
 def parse_join_command(lines: list[str]) -> tuple[str, str, str] | None:
-    """`kubeadm token create --print-join-command` -> (endpoint, token, CA cert hash)."""
+    """`kubeadm token create --print-join-command` (its stdout) -> (endpoint, token, CA cert hash); the
+    endpoint must be host:port (tasks/engine/answers.host_port), the token and hash fit JOIN_RE."""
     for line in reversed(lines):
         match = JOIN_RE.match(line)
         if match:
+            try:
+                answers.host_port(match.group("endpoint"))
+            except answers.BadField:
+                return None
             return match.group("endpoint"), match.group("token"), match.group("ca_hash")
     return None
 

@@ -120,9 +120,9 @@ class Bed:
         state.features.update({kubeadm.SWAP_ACTIVE: True, kubeadm.SWAP_IN_FSTAB: True, kubeadm.HAS_APT: True, kubeadm.CGROUP_V2: True,
                                "tool:ip": True, "tool:mount": True, "tool:nsenter": True})
         if host == CP:  # no kubectl and no admin.conf yet
-            state.queries["flannel_manifest"] = (127, ["sh: 1: kubectl: not found"])
-            state.queries["pod_cidrs"] = (127, ["sh: 1: kubectl: not found"])
-            state.queries[kubeadm_config.QUERY] = (127, ["sh: 1: kubectl: not found"])
+            for query in ("flannel_manifest", "pod_cidrs", kubeadm_config.QUERY):
+                state.queries[query] = (127, [])
+                state.query_stderr[query] = "sh: 1: kubectl: not found"
         return state
 
     def converged(self, host: str) -> NodeState:
@@ -479,7 +479,8 @@ def test_a_changed_flag_reaches_the_manifest_and_kubeadm_config(bed):
 
 def test_kubectl_failing_on_the_control_plane_stops_the_run_naming_the_kubeconfig(bed):
     states = existing_kubeadm_cluster(bed, None)
-    states[CP].queries[kubeadm_config.QUERY] = (1, ["The connection to the server 192.168.56.11:6443 was refused"])
+    states[CP].queries[kubeadm_config.QUERY] = (1, [])
+    states[CP].query_stderr[kubeadm_config.QUERY] = "The connection to the server 192.168.56.11:6443 was refused"
     run = run_pyinfra(bed.inventory(states), "-y")
     assert run.returncode != 0
     assert ("@fake/cp1: reading ConfigMap kube-system/kubeadm-config with kubectl failed: The connection to the server "

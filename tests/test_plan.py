@@ -624,7 +624,9 @@ def test_probe_script_on_a_real_shell_reads_what_the_fake_answers_claim(tmp_path
     assert state.features == {"present": True, "absent": False}
     assert sorted(state.listings[str(conf)]) == ["05-cilium.conflist", "10 spaced name.conf"]
     assert f"{tmp_path}/no-dir" not in state.listings
-    assert state.queries == {"ok_empty": (0, []), "fails": (3, ["broken"]), "lines": (0, ["a b", "c d"])}
+    assert state.queries == {"ok_empty": (0, []), "fails": (3, []), "lines": (0, ["a b", "c d"])}
+    assert state.query_stderr == {"fails": "broken"}  # kept apart, never read as data
+    assert state.problems == []
     # and the answers the plan tests script are read back the same way
     assert parse_probe(probe_answer(state)) == state
 

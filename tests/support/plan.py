@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[2]
 # The first line of tasks.engine.probe.probe_script: only the probe contains it.
 PROBE_MARK = 'printf "machine %s'
 PROBE_RE = r"printf \"machine %s"
+FAKE_CONNECTION_PID = 4242  # the connection process the run lock names on a fake node
 
 
 def probe_answer(state: NodeState) -> list[str]:
@@ -53,7 +54,7 @@ def probe_answer(state: NodeState) -> list[str]:
     lines += [f"feature\t{name}\t{int(present)}" for name, present in state.features.items()]
     lines += [f"unit\t{unit}\t{active}\t{enabled}" for unit, (active, enabled) in state.units.items()]
     lines += [f"entry\t{directory}\t{entry}" for directory, entries in state.listings.items() for entry in entries]
-    lines += [f"query\t{name}\t{rc}\t{b64(chr(10).join(out).encode())}"
+    lines += [f"query\t{name}\t{rc}\t{b64(chr(10).join(out).encode())}\t{b64(state.query_stderr.get(name, '').encode())}"
               for name, (rc, out) in state.queries.items()]
     for path, target in state.sysctl_files.items():
         lines.append(f"sysctlfile\t{path}\t{target}")
@@ -177,7 +178,10 @@ def write_inventory(path: Path, nodes: list[FakeNode]) -> Path:
     groups: dict[str, list[str]] = {}
     for node in nodes:
         data = dict(node.data, fake_delay=0, fake_delay_jitter=0)
-        responses = ", ".join([f"re.compile({PROBE_RE!r}): {node.probe!r}",
+        # the run lock (tasks/engine/run_lock.py) taken for the fake connection, unless the test scripts its answer
+        probe = node.probe if any(line.startswith("runlock\t") for line in node.probe) else \
+            [*node.probe, f"runlock\ttaken\t{FAKE_CONNECTION_PID}"]
+        responses = ", ".join([f"re.compile({PROBE_RE!r}): {probe!r}",
                                *(f"{k!r}: {v!r}" for k, v in node.responses.items())])
         entry = f"({node.host!r}, dict({data!r}, fake_responses={{{responses}}}))"
         groups.setdefault(node.group, []).append(entry)
