@@ -231,7 +231,8 @@ def published_source(name: str, version: str, arch: str, mirror_url: str | None)
 
 
 def published_sha256(downloader: Downloader, name: str, version: str, arch: str, mirror_url: str | None) -> LockEntry:
-    """Read upstream's published sum of the release file. Raises ChecksumError or DownloadError."""
+    """Read upstream's published sum of the release file, with the URL it was read from (after
+    redirects: the source the lock records). Raises ChecksumError or DownloadError."""
     published = artifacts.pinned()[name].get("published") or {}
     source = published_source(name, version, arch, mirror_url)
     asset = Path(urlsplit(artifacts.upstream_url(name, version, arch)).path).name
@@ -240,9 +241,11 @@ def published_sha256(downloader: Downloader, name: str, version: str, arch: str,
         token = os.environ.get("GITHUB_TOKEN")
         if token and source.startswith(GITHUB_API + "/"):  # never hand the token to a mirror
             headers["Authorization"] = f"Bearer {token}"
-        return LockEntry(sha256_from_release(downloader.fetch_document(source, headers), asset, source), source)
+        document = downloader.fetch_document(source, headers)
+        return LockEntry(sha256_from_release(document.body, asset, document.url), document.url)
+    document = downloader.fetch_document(source)
     fmt = published.get("format", "sha256sum")
-    return LockEntry(sha256_from_checksum_file(downloader.fetch_document(source), asset, fmt, source), source)
+    return LockEntry(sha256_from_checksum_file(document.body, asset, fmt, document.url), document.url)
 
 
 # --- one run -------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from tasks.context import HostContext
 from tasks.deploys import POD_NETWORK
 from tasks.artifacts import ArtifactError
 from tasks.checksums import Checksums, ChecksumLock
-from tasks.download import Downloader
+from tasks.download import CacheError, Downloader
 from tasks.pyinfra_compat import load_inventory
 from tasks.releases import ARCHITECTURES
 from tasks.settings import SettingsError, parse_inventory
@@ -42,7 +42,8 @@ def lock_inventory(hosts, architectures: list[str], verify: bool = False,
         if run is None:
             run = runs[settings.artifact_lock_file] = Checksums(
                 ChecksumLock(settings.artifact_lock_file),
-                downloader or Downloader(settings.download_cache_dir, progress=False))
+                downloader or Downloader(settings.download_cache_dir, progress=False,
+                                         allow_insecure_http=settings.allow_insecure_http))
         for name in artifacts_needed(applicable(POD_NETWORK, ctx), ctx):
             for arch in architectures:
                 if verify:
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         runs = lock_inventory(hosts, options.arch or ["amd64"], options.verify)
-    except (SettingsError, ArtifactError) as error:
+    except (SettingsError, ArtifactError, CacheError) as error:
         print(f"podnet: {error}", file=sys.stderr)
         return 1
     for run in runs:

@@ -74,7 +74,8 @@ class Cluster:
     tmp: Path
 
     def data(self, **extra) -> dict:
-        return {"mirror_url": self.server.url, "artifact_checksums": self.releases.checksums(),
+        return {"mirror_url": self.server.url, "allow_insecure_http": True,  # the scripted server speaks http
+                "artifact_checksums": self.releases.checksums(),
                 "download_cache_dir": str(self.tmp / "cache"), "flannel_rollout_timeout": 10,
                 "artifact_lock_file": str(self.tmp / "artifacts.lock.yaml"), **extra}
 
