@@ -329,8 +329,9 @@ def test_a_plugin_that_lost_its_exec_bit_is_repaired(cluster):
     install = [c for c in run.commands(WORKER) if c.startswith("set -e; chmod")]
     assert len(install) == 1
     assert install[0].startswith("set -e; chmod 0755 /opt/cni/bin/.portmap.podnet-new; "
-                                 "mv -f /opt/cni/bin/.portmap.podnet-new /opt/cni/bin/portmap; ")
-    assert install[0].endswith(" /opt/cni/bin/portmap; } >> /var/lib/podnet/digests")  # digest recorded
+                                 "d0=$(sha256sum < /opt/cni/bin/.portmap.podnet-new); ")  # checked before activation
+    assert "; mv -f /opt/cni/bin/.portmap.podnet-new /opt/cni/bin/portmap; " in install[0]
+    assert install[0].endswith(' "$d0" /opt/cni/bin/portmap; } >> /var/lib/podnet/digests')  # the node's own sum
     assert run.commands(CP) == probes(run, CP)
 
 
