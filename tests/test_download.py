@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.artifacts import Artifact, ArtifactError
-from tasks import download
-from tasks.download import (CacheError, ChecksumMismatch, Downloader, DownloadError, InsecureChannel, known_digest,
-                            verified_upload)
+from tasks.artifacts import download
+from tasks.artifacts.catalog import Artifact, ArtifactError
+from tasks.artifacts.download import (CacheError, ChecksumMismatch, Downloader, DownloadError, InsecureChannel,
+                                      known_digest, verified_upload)
 from tests.support.http import Reply, ScriptedServer, loopback_certificate
 from tests.support.releases import tarball
 

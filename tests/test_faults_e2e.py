@@ -44,8 +44,9 @@ import pytest
 
 from bench import run as node_costs
 from tasks import containerd as containerd_tasks
-from tasks import interrupted, ops
-from tasks.run_lock import LOCK_PATH
+from tasks import interrupted
+from tasks.engine import ops
+from tasks.engine.run_lock import LOCK_PATH
 from tasks.settings import parse_host_settings
 from tests.localcluster import Node
 from tests.podbed import DEPLOY_TIMEOUT, MANIFEST_PATH, PodBed, served_cluster

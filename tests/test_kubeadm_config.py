@@ -22,7 +22,7 @@ import yaml
 
 from tasks import kubeadm_config
 from tasks.kubeadm_config import KubeadmConfigError, Stored, merge_cluster_configuration
-from tasks.probe import parse_probe, probe_script
+from tasks.engine.probe import parse_probe, probe_script
 from tasks.settings import parse_host_settings
 
 

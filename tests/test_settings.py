@@ -1,5 +1,5 @@
 """
-Settings validation (tasks/settings.py) and artifact resolution (tasks/artifacts.py).
+Settings validation (tasks/settings/__init__.py) and artifact resolution (tasks/artifacts/catalog.py).
 
 Every rule has a failing case whose message is asserted: it names the key, the bad
 value and what would be valid, prefixed by the host it was found on.
@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from pyinfra.api import Inventory
 
-from tasks import artifacts
-from tasks.artifacts import ArtifactError, mirrored, resolve
+from tasks.artifacts import catalog
+from tasks.artifacts.catalog import ArtifactError, mirrored, resolve
 from tasks import flannel
-from tasks.checksums import published_source
+from tasks.artifacts.checksums import published_source
 from tasks.controller_manager import desired_flags
 from tasks.settings import SPECS, SettingsError, parse_inventory
 from tests.support.hosts import FakeHost, control_plane, parse, problems, settings, worker
@@ -547,17 +547,17 @@ def test_a_plain_http_mirror_is_refused_without_the_opt_in():
 
 def test_every_upstream_url_podnet_reads_is_https():
     """Without a mirror, release files and their published sums are read over https only."""
-    for name in artifacts.ARTIFACT_NAMES:
+    for name in catalog.ARTIFACT_NAMES:
         for arch in ("amd64", "arm64"):
-            versions = list(artifacts.pinned()[name].get("asset_versions") or {}) or ["1.0.0"]
+            versions = list(catalog.pinned()[name].get("asset_versions") or {}) or ["1.0.0"]
             for version in versions:
-                assert artifacts.upstream_url(name, version, arch).startswith("https://"), name
+                assert catalog.upstream_url(name, version, arch).startswith("https://"), name
                 assert published_source(name, version, arch, None).startswith("https://"), name
 
 
 def test_every_pinned_checksum_is_a_sha256():
-    for name in artifacts.ARTIFACT_NAMES:
-        for version, arches in (artifacts.pinned()[name].get("versions") or {}).items():
+    for name in catalog.ARTIFACT_NAMES:
+        for version, arches in (catalog.pinned()[name].get("versions") or {}).items():
             for arch, digest in arches.items():
                 assert re.fullmatch(r"[0-9a-f]{64}", digest), (name, version, arch)
 

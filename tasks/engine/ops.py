@@ -16,10 +16,10 @@ import shlex
 from pyinfra import host, logger, state
 from pyinfra.api import FileUploadCommand, operation
 
-from tasks.desired import DesiredFile
-from tasks.download import verified_upload
-from tasks.pyinfra_compat import HostCommand
-from tasks.probe import DIGEST_CACHE, NodeState
+from tasks.artifacts.download import verified_upload
+from tasks.engine.desired import DesiredFile
+from tasks.engine.pyinfra_compat import HostCommand
+from tasks.engine.probe import DIGEST_CACHE, NodeState
 
 STAGED_SUFFIX = ".podnet-new"
 # A unit named here had files activated that it must be restarted for; written before the files are
@@ -80,7 +80,7 @@ def files_installed(files: list[DesiredFile], current: NodeState, validate: str 
 
     Each changed file is uploaded under a temporary name in its own directory and renamed
     over the live one, so no reader ever sees a half-written file. A release file is hashed
-    on the laptop right before its upload (``tasks.download.verified_upload``), and every
+    on the laptop right before its upload (``tasks.artifacts.download.verified_upload``), and every
     staged file on the node right before it is activated (``install_script``).
     """
     changed = files_needing_change(files, current)

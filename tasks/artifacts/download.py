@@ -17,7 +17,7 @@ verified again right before it is used.
   archive's bytes as it is written, and recorded with the written file's ``stat_key``. A later
   run stats the tree; a file changed, removed or added since means the tree is unpacked again.
 - Right before a file is uploaded to a node it is hashed once more (``verified_upload``); the
-  node hashes what it received before activating it (tasks/ops.py).
+  node hashes what it received before activating it (tasks/engine/ops.py).
 - The channel (``Downloader._open``): https only; plain http only with ``allow_insecure_http``,
   with a warning; a redirect from https to anything else is refused either way.
 - Files are written to a temporary name and renamed, so an interrupted transfer
@@ -46,7 +46,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from tasks.artifacts import Artifact, ArtifactError, safe_members
+from tasks.artifacts.catalog import Artifact, ArtifactError, safe_members
 from tasks.errors import PodnetError
 
 CHUNK = 1 << 20
