@@ -20,6 +20,7 @@ from tasks.artifacts.download import verified_upload
 from tasks.engine.desired import DesiredFile
 from tasks.engine.pyinfra_compat import HostCommand
 from tasks.engine.probe import DIGEST_CACHE, NodeState
+from tasks.formats import shell
 
 STAGED_SUFFIX = ".podnet-new"
 # A unit named here had files activated that it must be restarted for; written before the files are
@@ -121,7 +122,7 @@ def install_script(changed: list[DesiredFile], validate: str | None = None, dige
     restart-pending; rename every staged file over its live one; record in the probe's digest
     cache the sums the node computed.
     """
-    q = shlex.quote
+    q = shell.word
     every_staged = " ".join(q(staged_path(f.path)) for f in changed)
     steps = ["set -e"]
     for index, f in enumerate(changed):
@@ -147,10 +148,10 @@ def install_script(changed: list[DesiredFile], validate: str | None = None, dige
 def record_digests(computed: list[tuple[str, str]], digest_cache: str = DIGEST_CACHE) -> str:
     """Add installed files to the probe's digest cache, so the next probe need not hash them:
     (path, a shell word holding the sha256 the node computed for it)."""
-    lines = "; ".join(f"printf '%s %s %s\\n' \"$(stat -L -c '%i:%s:%.9Y:%.9Z' {shlex.quote(path)})\" "
-                      f"{digest} {shlex.quote(path)}" for path, digest in computed)
-    directory = shlex.quote(posixpath.dirname(digest_cache))
-    return f"mkdir -p {directory} && {{ {lines}; }} >> {shlex.quote(digest_cache)}"
+    lines = "; ".join(f"printf '%s %s %s\\n' \"$(stat -L -c '%i:%s:%.9Y:%.9Z' {shell.word(path)})\" "
+                      f"{digest} {shell.word(path)}" for path, digest in computed)
+    directory = shell.word(posixpath.dirname(digest_cache))
+    return f"mkdir -p {directory} && {{ {lines}; }} >> {shell.word(digest_cache)}"
 
 
 @operation()
