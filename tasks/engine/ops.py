@@ -18,6 +18,7 @@ from pyinfra.api import FileUploadCommand, operation
 
 from tasks.artifacts.download import verified_upload
 from tasks.engine.desired import DesiredFile
+from tasks.engine.ownership import LEDGER, Removal, keep_original_script, record_script
 from tasks.engine.pyinfra_compat import HostCommand
 from tasks.engine.probe import DIGEST_CACHE, NodeState
 from tasks.formats import shell
@@ -68,7 +69,7 @@ def files_needing_change(files: list[DesiredFile], current: NodeState) -> list[D
 
 @operation()
 def files_installed(files: list[DesiredFile], current: NodeState, validate: str | None = None,
-                    restarts: str | None = None):
+                    restarts: str | None = None, owned: bool = True):
     """
     Ensure every file holds its desired content and mode.
 
@@ -78,6 +79,9 @@ def files_installed(files: list[DesiredFile], current: NodeState, validate: str 
       fails, the staged file is removed and the live file stays as it was
     + restarts: the unit that must be restarted for these files: marked restart-pending
       (RESTART_PENDING_DIR) before they are activated, until ``service_running`` restarts it
+    + owned: podnet owns these files (tasks/engine/ownership.py): a live file podnet did not install
+      is kept as the original before it is replaced, and what is activated is recorded in the
+      ledger; False for a file podnet only edits (kube-controller-manager's, backed up by its concern)
 
     Each changed file is uploaded under a temporary name in its own directory and renamed
     over the live one, so no reader ever sees a half-written file. A release file is hashed
@@ -91,14 +95,16 @@ def files_installed(files: list[DesiredFile], current: NodeState, validate: str 
     for f in changed:  # before the first yield: pyinfra stops at it when only detecting changes
         _show_diff(f, current)
     parents = sorted({posixpath.dirname(f.path) for f in changed})
-    yield "mkdir -p " + " ".join(shlex.quote(p) for p in parents)
+    present = [f.path for f in changed if current.hashes.get(f.path) is not None] if owned else []
+    yield " && ".join(["mkdir -p " + " ".join(shlex.quote(p) for p in parents),
+                       *(keep_original_script(p, ledger_path(DIGEST_CACHE)) for p in present)])
     for f in changed:
         if f.is_text:
             yield FileUploadCommand(io.BytesIO(f.content), staged_path(f.path))
         else:
             yield HostCommand(_release_file_intact, (f,), {})
             yield FileUploadCommand(str(f.source), staged_path(f.path))
-    yield install_script(changed, validate, restarts=restarts, host_name=host.name)
+    yield install_script(changed, validate, restarts=restarts, owned=owned, host_name=host.name)
 
 
 def _release_file_intact(state, host, connector_arguments: dict, f: DesiredFile) -> bool:
@@ -111,16 +117,22 @@ def _release_file_intact(state, host, connector_arguments: dict, f: DesiredFile)
     return True
 
 
+def ledger_path(digest_cache: str) -> str:
+    """The ledger of what podnet installed (tasks/engine/ownership.LEDGER) lives beside the digest cache."""
+    return posixpath.join(posixpath.dirname(digest_cache), posixpath.basename(LEDGER))
+
+
 def install_script(changed: list[DesiredFile], validate: str | None = None, digest_cache: str = DIGEST_CACHE,
-                   restarts: str | None = None, pending_dir: str = RESTART_PENDING_DIR,
+                   restarts: str | None = None, pending_dir: str = RESTART_PENDING_DIR, owned: bool = True,
                    host_name: str = "this node") -> str:
     """
     The shell that activates uploaded files: set each staged file's mode; hash it and compare
     with its desired sha256 (a staged file with another sum stops the run naming ``host_name``,
     path and both sums; every staged file of this batch is removed and the live ones are left as
     they were); check it with ``validate`` (a rejected file likewise); mark ``restarts``
-    restart-pending; rename every staged file over its live one; record in the probe's digest
-    cache the sums the node computed.
+    restart-pending; rename every staged file over its live one; record (``owned``) the digest
+    each has on the node in the ledger; record in the probe's digest cache the sums the node
+    computed.
     """
     q = shell.word
     every_staged = " ".join(q(staged_path(f.path)) for f in changed)
@@ -141,6 +153,8 @@ def install_script(changed: list[DesiredFile], validate: str | None = None, dige
     if restarts:
         steps.append(f"mkdir -p {q(pending_dir)} && : > {q(posixpath.join(pending_dir, restarts))}")
     steps.extend(f"mv -f {q(staged_path(f.path))} {q(f.path)}" for f in changed)
+    if owned:
+        steps.append(record_script([f.path for f in changed], ledger_path(digest_cache)))
     steps.append(record_digests([(f.path, f"\"$d{index}\"") for index, f in enumerate(changed)], digest_cache))
     return "; ".join(steps)
 
@@ -245,3 +259,16 @@ def python_step(function, args: tuple, reason: str | None):
         return
     logger.info("    %s: %s", host.name, reason)
     yield HostCommand(function, args, {})
+
+
+def owned_files_removed(name: str, removal: Removal, what: str) -> None:
+    """Ensure a reset took off what podnet installed of a set of files (``ownership.removal``): podnet's
+    removed, the originals it replaced put back; a file that is not what podnet installed stays."""
+    foreign_left(removal)
+    shell_when(name=name, commands=removal.commands(), reason=removal.reason(what))
+
+
+def foreign_left(removal: Removal) -> None:
+    """Say which declared files a reset leaves because they are not what podnet installed."""
+    for path in removal.foreign:
+        logger.info("    %s: %s stays: it is not what podnet installed there", host.name, path)
