@@ -3,17 +3,30 @@ flanneld: net-conf.json from the settings (its Network is the same value that fe
 kube-controller-manager's --cluster-cidr), rolled out as the kube-flannel DaemonSet
 (default), as a systemd service on every node, or left to something else (external).
 After a rollout or a node IPAM change, every node must have a podCIDR inside the cluster CIDR.
+
+flanneld's credentials are the least that works, for both rollouts: the ServiceAccount
+kube-flannel/flannel bound to flannel's ClusterRole (upstream's kube-flannel.yml). The systemd
+unit reads a kubeconfig of its own (KUBECONFIG_PATH, mode 0600) whose user is a token of that
+ServiceAccount from the TokenRequest API (`kubectl create token`, TOKEN_DURATION), in
+TOKEN_PATH (mode 0600, re-read by client-go without a restart); a rerun renews it when less
+than TOKEN_RENEWAL is left. No admin credentials go to the nodes.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import ipaddress
 import json
 import posixpath
+import re
 import shlex
+import threading
 import time
 from dataclasses import replace
+
+import yaml
 
 from pyinfra import logger
 
@@ -21,7 +34,7 @@ import yaml
 
 from tasks import cni, pod_network
 
-from tasks.engine import ops
+from tasks.engine import ops, secret_files
 from tasks.engine.context import HostContext, Step
 from tasks.artifacts.catalog import install_entry
 from tasks.engine.desired import DesiredFile, local_file, render, text_file
@@ -47,10 +60,27 @@ RUN_DIR = "/run/flannel"  # flanneld's subnet.env
 MANIFEST_HASH_ANNOTATION = "podnet.io/manifest-sha256"
 POD_IP_ENV = "POD_IP"
 POLL_SECONDS = 5
+SERVICE_ACCOUNT = "flannel"  # upstream's kube-flannel.yml: ServiceAccount, ClusterRole and ClusterRoleBinding
+RBAC_PATH = "/etc/podnet/flannel-rbac.yml"
+RBAC_QUERY = "flannel_rbac"
+RBAC_OBJECTS = (f"serviceaccount/{SERVICE_ACCOUNT}", f"clusterrole.rbac.authorization.k8s.io/{SERVICE_ACCOUNT}",
+                f"clusterrolebinding.rbac.authorization.k8s.io/{SERVICE_ACCOUNT}")
+KUBECONFIG_PATH = "/etc/kube-flannel/kubeconfig"  # flanneld's own (systemd rollout), mode 0600
+TOKEN_PATH = "/etc/kube-flannel/token"  # the ServiceAccount token it names (tokenFile), mode 0600
+TOKEN_EXPIRY_PATH = "/etc/kube-flannel/token.expires"  # when that token expires (seconds since the epoch)
+CREDENTIAL_FILES = (KUBECONFIG_PATH, TOKEN_PATH, TOKEN_EXPIRY_PATH)  # what reset removes with the unit
+TOKEN_DURATION = 365 * 24 * 3600  # seconds a token is requested for (TokenRequest expirationSeconds)
+TOKEN_RENEWAL = 90 * 24 * 3600  # a rerun renews a token with less than this left
+STALE_KUBECONFIG = "flannel:kubeconfig-setting-on-worker"
+JWT_RE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 
 
 class PodCidrError(PodnetError, RuntimeError):
     """A node without a podCIDR inside the cluster CIDR."""
+
+
+class FlannelTokenError(PodnetError, RuntimeError):
+    """flanneld's ServiceAccount token could not be made or installed; the message says where."""
 
 
 class PodMtuError(PodnetError, ValueError):
@@ -120,6 +150,12 @@ def render_manifest(s: Settings) -> str:
                   **context)
 
 
+def render_rbac(s: Settings) -> str:
+    """flanneld's ServiceAccount, ClusterRole and ClusterRoleBinding (the same objects as the DaemonSet's)."""
+    return "# Managed by podnet: flanneld's credentials for its systemd unit.\n" + render(
+        "flannel/flannel-rbac.yml.j2", namespace=NAMESPACE) + "\n"
+
+
 def manifest_sha256(manifest: str) -> str:
     for line in manifest.splitlines():
         if MANIFEST_HASH_ANNOTATION in line:
@@ -167,8 +203,15 @@ def rollout_probe_request(s: Settings, first_control_plane: bool) -> ProbeReques
         request = request.merge(replace(declared, files=tuple(f for f in declared.files if f.path == MANIFEST_PATH),
                                         units=()).probe_request())
     elif s.flannel_rollout == "systemd":
-        request = request.merge(replace(declared, files=tuple(f for f in declared.files if f.path != MANIFEST_PATH))
+        here = (MANIFEST_PATH,) if first_control_plane else (MANIFEST_PATH, RBAC_PATH)  # RBAC: applied from there
+        request = request.merge(replace(declared, files=tuple(f for f in declared.files if f.path not in here))
                                 .probe_request())
+        request.contents.append(TOKEN_EXPIRY_PATH)  # no secret: when the token expires
+        if not s.is_control_plane:  # what earlier releases pointed flanneld at: admin credentials on a worker
+            request.features[STALE_KUBECONFIG] = f"[ -e {shlex.quote(s.kubeconfig)} ]"
+        if first_control_plane:
+            request.queries[RBAC_QUERY] = (f"{s.kubectl} -n {NAMESPACE} get {' '.join(RBAC_OBJECTS)} "
+                                           "--ignore-not-found -o name")
     if checks_pod_cidrs(s, first_control_plane):
         request.queries["pod_cidrs"] = node_pod_cidrs_command(s)
     return request
@@ -280,12 +323,22 @@ def ownership(s: Settings) -> Ownership:
         files=(OwnedFile(MANIFEST_PATH, "template flannel/kube-flannel.yml.j2"),
                OwnedFile(UNIT_PATH, "template flannel/flanneld.service.j2"),
                OwnedFile(FLANNELD_PATH, "release flanneld"),
-               OwnedFile(NET_CONF_PATH, "rendered flannel.net_conf_json")),
+               OwnedFile(NET_CONF_PATH, "rendered flannel.net_conf_json"),
+               OwnedFile(RBAC_PATH, "template flannel/flannel-rbac.yml.j2"),
+               *(OwnedFile(path, "secret flannel's ServiceAccount credentials") for path in CREDENTIAL_FILES)),
         units=(UNIT,), interfaces=tuple(interfaces(s)), runtime_dirs=(RUN_DIR,))
 
 
-def systemd_files(s: Settings, flanneld_binary) -> tuple[list[DesiredFile], DesiredFile]:
-    exec_start = exec_command([FLANNELD_PATH, *flanneld_args(s, s.kubeconfig, NET_CONF_PATH)])
+def systemd_kubeconfig(s: Settings, has_control_plane: bool) -> str:
+    """The kubeconfig flanneld's unit reads: its own (a ServiceAccount token that podnet asks the first
+    control-plane host for), or, without any host in the control-plane group, the kubeconfig setting."""
+    return KUBECONFIG_PATH if has_control_plane else s.kubeconfig
+
+
+def systemd_files(s: Settings, flanneld_binary,
+                  has_control_plane: bool = True) -> tuple[list[DesiredFile], DesiredFile]:
+    exec_start = exec_command([FLANNELD_PATH, *flanneld_args(s, systemd_kubeconfig(s, has_control_plane),
+                                                             NET_CONF_PATH)])
     unit = text_file(UNIT_PATH, render("flannel/flanneld.service.j2", exec_start=exec_start))
     return [local_file(FLANNELD_PATH, flanneld_binary), text_file(NET_CONF_PATH, net_conf_json(s))], unit
 
@@ -333,15 +386,135 @@ def pod_cidrs_checked(s: Settings, node: NodeState, changed: bool) -> None:
                     args=(s,), reason="waiting for every node's podCIDR after this run's changes" if changed else None)
 
 
+def token_renewal_reason(node: NodeState, now: float | None = None) -> str | None:
+    """Why this node's flanneld token must be (re)written now, or None while it is in place, root-only
+    and has more than TOKEN_RENEWAL left."""
+    missing = [path for path in (KUBECONFIG_PATH, TOKEN_PATH) if path not in node.hashes]
+    if missing:
+        return f"{' and '.join(missing)} missing"
+    loose = [path for path in (KUBECONFIG_PATH, TOKEN_PATH) if node.modes.get(path) != "600"]
+    if loose:
+        return f"{', '.join(loose)} not mode 0600"
+    try:
+        expires = int(node.contents.get(TOKEN_EXPIRY_PATH, b"").decode().strip())
+    except ValueError:
+        return f"{TOKEN_EXPIRY_PATH} missing or unreadable"
+    left = expires - (time.time() if now is None else now)
+    if left < TOKEN_RENEWAL:
+        return (f"the token expires {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(expires))}: renewing "
+                f"(less than {TOKEN_RENEWAL // 86400} days left)")
+    return None
+
+
+def rbac_applied(s: Settings, node: NodeState) -> None:
+    """On the first control-plane host: flanneld's ServiceAccount, ClusterRole and binding, applied
+    when podnet's copy changed or any of them is missing from the cluster."""
+    rbac = text_file(RBAC_PATH, render_rbac(s))
+    rc, lines = node.queries.get(RBAC_QUERY, (1, []))
+    if rc != 0:
+        raise PodCidrError(f"kubectl on the first control-plane host failed: {' '.join(lines)[:300]}; "
+                           f"check that kubectl is installed and kubeconfig {s.kubeconfig} works")
+    missing = [name for name in RBAC_OBJECTS if name not in {line.strip() for line in lines}]
+    ops.files_installed(name="flannel: flanneld's ServiceAccount and ClusterRole manifest", files=[rbac],
+                        current=node)
+    changed = rbac.differs(node.hashes.get(RBAC_PATH))
+    ops.shell_when(name="flannel: flanneld's ServiceAccount and ClusterRole applied",
+                   commands=[f"{s.kubectl} apply -f {RBAC_PATH}"],
+                   reason=(f"missing: {', '.join(missing)}" if missing else "manifest changed")
+                   if missing or changed else None)
+
+
+_cluster_access: dict[str, tuple[str, str]] = {}
+_cluster_access_lock = threading.Lock()
+
+
+def _api_server_of(state, s: Settings, control_plane_name: str) -> tuple[str, str]:
+    """(API server URL, its CA bundle as base64) from the first control-plane host's kubeconfig, once per run."""
+    with _cluster_access_lock:
+        if control_plane_name not in _cluster_access:
+            ok, stdout, stderr = secret_files.run_quietly(
+                state, control_plane_name,
+                f"{s.kubectl} config view --minify --raw -o jsonpath='{{.clusters[0].cluster.server}}{{\"\\n\"}}"
+                "{.clusters[0].cluster.certificate-authority-data}'")
+            lines = [line.strip() for line in stdout if line.strip()]
+            if not ok or len(lines) != 2 or not lines[0].startswith("https://"):
+                raise FlannelTokenError(f"{control_plane_name}: the API server and CA of kubeconfig {s.kubeconfig} "
+                                        f"could not be read ({' '.join(stderr)[:300] or 'an unexpected answer'}); "
+                                        "flanneld's kubeconfig needs both (certificate-authority-data)")
+            _cluster_access[control_plane_name] = (lines[0], lines[1])
+        return _cluster_access[control_plane_name]
+
+
+def token_expiry(token: str) -> int:
+    """The exp claim of a ServiceAccount token (a JWT); FlannelTokenError if it has none."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return int(claims["exp"])
+    except (IndexError, ValueError, KeyError, TypeError, binascii.Error):
+        raise FlannelTokenError("the token kubectl created carries no expiry (exp)") from None
+
+
+def kubeconfig_for(server: str, ca_data: str) -> str:
+    """flanneld's kubeconfig: the cluster's API server and CA, the user's token read from TOKEN_PATH."""
+    return yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "kubernetes", "cluster": {"server": server, "certificate-authority-data": ca_data}}],
+        "users": [{"name": SERVICE_ACCOUNT, "user": {"tokenFile": TOKEN_PATH}}],
+        "contexts": [{"name": SERVICE_ACCOUNT, "context": {"cluster": "kubernetes", "user": SERVICE_ACCOUNT}}],
+        "current-context": SERVICE_ACCOUNT}, sort_keys=False)
+
+
+def install_token(state, host, connector_arguments: dict, s: Settings, control_plane_name: str) -> bool:
+    """
+    At execution time: a token of kube-flannel/flannel for this node from the first control-plane host
+    (`kubectl create token`, TOKEN_DURATION; its stdout is never printed), written with the kubeconfig
+    naming it as root-only files (``put_secret_file``), and its expiry for the next probe.
+    """
+    server, ca_data = _api_server_of(state, s, control_plane_name)
+    ok, stdout, stderr = secret_files.run_quietly(
+        state, control_plane_name,
+        f"{s.kubectl} -n {NAMESPACE} create token {SERVICE_ACCOUNT} --duration={TOKEN_DURATION}s")
+    token = stdout[-1].strip() if ok and stdout else ""
+    if not JWT_RE.match(token):
+        raise FlannelTokenError(f"{control_plane_name}: `kubectl create token {SERVICE_ACCOUNT}` failed: "
+                                f"{' '.join(stderr)[:300] or 'an unexpected answer'}")
+    expires = token_expiry(token)
+    try:
+        secret_files.put_secret_file(host, connector_arguments, TOKEN_PATH, token + "\n")
+        secret_files.put_secret_file(host, connector_arguments, KUBECONFIG_PATH, kubeconfig_for(server, ca_data))
+        secret_files.put_secret_file(host, connector_arguments, TOKEN_EXPIRY_PATH, f"{expires}\n")
+    except RuntimeError as error:
+        raise FlannelTokenError(str(error)) from None
+    # the node's record of what podnet wrote, so that a reset removes these files and nothing else
+    recorded, _ = host.run_shell_command(owned.record_script(list(CREDENTIAL_FILES)), **connector_arguments)
+    if not recorded:
+        raise FlannelTokenError(f"{host.name}: cannot record {', '.join(CREDENTIAL_FILES)} in {owned.LEDGER}")
+    return True
+
+
 def apply_systemd(s: Settings, node: NodeState, flanneld_binary, check_pod_cidrs: bool = False,
-                  ipam_changed: bool = False) -> None:
-    """flanneld's binary, net-conf.json and unit on this node, running; on the first
-    control-plane host (``check_pod_cidrs``) also every node's podCIDR."""
-    files, unit = systemd_files(s, flanneld_binary)
+                  ipam_changed: bool = False, first_control_plane: str | None = None,
+                  is_first_control_plane: bool = False, host_name: str = "") -> None:
+    """flanneld's binary, net-conf.json and unit on this node; its ServiceAccount (from the first
+    control-plane host) and a token of it in its own kubeconfig; running. On the first control-plane
+    host (``check_pod_cidrs``) also every node's podCIDR."""
+    files, unit = systemd_files(s, flanneld_binary, has_control_plane=first_control_plane is not None)
     changed = ops.files_needing_change([*files, unit], node)
     restarts = UNIT if changed else None
     ops.files_installed(name="flannel: flanneld binary and net-conf.json", files=files, current=node, restarts=restarts)
     ops.files_installed(name="flannel: flanneld unit", files=[unit], current=node, restarts=restarts)
+    # pyinfra runs an operation on every host before the next one (the token step comes after the
+    # ServiceAccount on the first control-plane host), so the ServiceAccount exists before any token
+    if is_first_control_plane:
+        rbac_applied(s, node)
+    if first_control_plane is not None and not s.is_control_plane and node.features.get(STALE_KUBECONFIG):
+        logger.warning(f"podnet: {host_name}: {s.kubeconfig} (the kubeconfig setting) is on this worker; flanneld "
+                       f"no longer uses it (it has {KUBECONFIG_PATH}, flannel's ServiceAccount): if it holds admin "
+                       "credentials, remove it, podnet does not delete what it did not install")
+    reason = token_renewal_reason(node) if first_control_plane is not None else None
+    ops.python_step(name="flannel: flanneld's ServiceAccount token and kubeconfig (mode 0600)",
+                    function=install_token, args=(s, first_control_plane), reason=reason)
     ops.service_running(name="flannel: flanneld running", unit=UNIT, current=node, restart=bool(changed),
                         daemon_reload=unit in changed)
     if check_pod_cidrs:
@@ -363,7 +536,8 @@ def _roll_out(ctx: HostContext) -> None:
         apply_daemonset(s, ctx.node, ctx.ipam_changed, cluster_created=ctx.cluster_created)
         return
     apply_systemd(s, ctx.node, ctx.file("flanneld"), check_pod_cidrs=checks_pod_cidrs(s, ctx.is_first_control_plane),
-                  ipam_changed=ctx.ipam_changed)
+                  ipam_changed=ctx.ipam_changed, first_control_plane=ctx.first_control_plane,
+                  is_first_control_plane=ctx.is_first_control_plane, host_name=ctx.host_name)
     if ctx.first_control_plane is None:
         say_pod_cidrs_unchecked(s)
 
@@ -488,8 +662,11 @@ def flanneld_unit_removed(s: Settings, node: NodeState, flanneld_binary) -> None
     where the systemd rollout fetched it)."""
     files, unit = systemd_files(s, flanneld_binary) if flanneld_binary else ([text_file(NET_CONF_PATH,
                                                                                          net_conf_json(s))], None)
-    declared = {UNIT_PATH: unit.sha256 if unit else None, FLANNELD_PATH: None, **declared_digests(files)}
-    removal = owned.removal(node, {p: declared[p] for p in (UNIT_PATH, FLANNELD_PATH, NET_CONF_PATH)})
+    declared = {UNIT_PATH: unit.sha256 if unit else None, FLANNELD_PATH: None, **declared_digests(files),
+                RBAC_PATH: text_file(RBAC_PATH, render_rbac(s)).sha256,
+                **dict.fromkeys(CREDENTIAL_FILES)}  # the credentials: what the node's record says podnet wrote
+    removal = owned.removal(node, {p: declared[p] for p in (UNIT_PATH, FLANNELD_PATH, NET_CONF_PATH, RBAC_PATH,
+                                                            *CREDENTIAL_FILES)})
     ops.foreign_left(removal)
     running = node.unit_active(UNIT) or node.unit_enabled(UNIT)
     rmdir = (f"rmdir --ignore-fail-on-non-empty {posixpath.dirname(NET_CONF_PATH)}",)

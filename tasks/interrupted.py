@@ -5,7 +5,9 @@ podnet uploads each file under a staged name (``.<name>.podnet-new``, tasks/engi
 directory of the live file and renames it into place, so a run killed mid-way never leaves a
 half-written file active: at worst a staged file stays behind, complete or not. Where podnet
 writes, the probe lists such leftovers (one ``find`` inside the probe, no extra command) and
-the next run removes them before it uploads anything.
+the next run removes them before it uploads anything. So does a kubeadm JoinConfiguration
+(``kubeadm.JOIN_CONFIG_PATH``, root-only, holding a join's token) that a run killed during a join left
+in /run (its token expires by itself, ``kubeadm.TOKEN_TTL``).
 
 A run killed after activating files but before restarting the unit that reads them leaves
 that unit marked in ``ops.RESTART_PENDING_DIR``; the probe lists that directory and
@@ -39,9 +41,12 @@ def directories(s: Settings) -> list[str]:
 
 
 def find_command(dirs: list[str]) -> str:
-    """Lists the staged files (``ops.staged_path``) in ``dirs``, one path a line; missing dirs are skipped."""
+    """Lists the staged files (``ops.staged_path``) in ``dirs`` and a join's configuration file, one path a
+    line; missing dirs are skipped."""
     pattern = shlex.quote(f".*{ops.STAGED_SUFFIX}")
-    return f"find {' '.join(shlex.quote(d) for d in dirs)} -maxdepth 1 -type f -name {pattern} 2>/dev/null; true"
+    join = shlex.quote(kubeadm.JOIN_CONFIG_PATH)
+    return (f"find {' '.join(shlex.quote(d) for d in dirs)} -maxdepth 1 -type f -name {pattern} 2>/dev/null; "
+            f"[ -e {join} ] && echo {join}; true")
 
 
 def probe_request(s: Settings) -> ProbeRequest:
@@ -49,9 +54,9 @@ def probe_request(s: Settings) -> ProbeRequest:
 
 
 def leftovers(node: NodeState) -> list[str]:
-    """The staged files an interrupted run left on the node (sorted)."""
+    """The staged files (and join configuration) an interrupted run left on the node (sorted)."""
     _, lines = node.queries.get(QUERY, (0, []))
-    return sorted(line for line in lines if line.endswith(ops.STAGED_SUFFIX))
+    return sorted(line for line in lines if line.endswith(ops.STAGED_SUFFIX) or line == kubeadm.JOIN_CONFIG_PATH)
 
 
 def leftovers_removed(node: NodeState) -> None:

@@ -190,9 +190,7 @@ class PodBed:
                             containerd_tarball=self.mirror.path("containerd", version),
                             runc_binary=self.mirror.path("runc", settings["runc_version"]),
                             containerd_config_version=2 if version.startswith("1.") else 3)
-        self.kube.install()
-        if self.rollout == "systemd":
-            self.kube.share_admin_kubeconfig()
+        self.kube.install()  # admin.conf on the control plane only: podnet gives flanneld a kubeconfig of its own
         return self.kube
 
     # --- the deploy ------------------------------------------------------------------

@@ -17,6 +17,7 @@ Run alone with: python3 -m pytest -m e2e
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import itertools
 import os
@@ -25,10 +26,12 @@ import tomllib
 from dataclasses import dataclass
 
 import pytest
+import requests
 import yaml
 
 from bench import run as node_costs  # counts what a pyinfra run cost each node, from its sshd log
 from tasks import containerd as containerd_tasks
+from tasks import flannel as flannel_tasks
 from tasks.settings import parse_host_settings
 from tests.podbed import KCM_UNIT_PATH, MANIFEST_PATH, VXLAN_MTU, PodBed, mirror_or_skip, served_cluster
 
@@ -125,7 +128,9 @@ def test_first_run_sets_up_the_pod_network_without_errors(bed):
     every_node = ["containerd: config.toml (checked by containerd first)", "cni: plugin binaries",
                   "cni: 10-flannel.conflist", "kernel: modules-load.d and sysctl.d files"]
     if bed.kind.rollout == "systemd":
-        every_node += ["flannel: flanneld binary and net-conf.json", "flannel: flanneld unit"]
+        every_node += ["flannel: flanneld binary and net-conf.json", "flannel: flanneld unit",
+                       "flannel: flanneld's ServiceAccount token and kubeconfig (mode 0600)"]
+        assert changed.get("flannel: flanneld's ServiceAccount and ClusterRole applied") == 1
     for operation in every_node:
         assert changed.get(operation) == nodes_of(bed), (operation, changed)
     # the cluster already ran this containerd release: its binaries stay, its config is podnet's now
@@ -169,6 +174,46 @@ def test_flanneld_writes_subnet_env_from_each_nodes_pod_cidr(bed):
         assert env == {"FLANNEL_NETWORK": "10.244.0.0/16", "FLANNEL_SUBNET": str(bed.node_subnet(node)),
                        "FLANNEL_MTU": str(VXLAN_MTU), "FLANNEL_IPMASQ": "true"}, node.name
         assert bed.sh(node, "ip -o link show flannel.1 >/dev/null && echo vxlan").strip() == "vxlan"
+
+
+@pytest.mark.only_bed("flanneld-systemd")
+def test_a_systemd_rollout_node_holds_no_admin_credentials_and_flanneld_runs_as_its_service_account(bed):
+    worker = bed.cluster.nodes[1]
+    # the kubeconfig the test bed's control plane keeps is on the control plane only
+    assert bed.sh(worker, "ls /etc/kubernetes/admin.conf /etc/kubernetes/super-admin.conf 2>/dev/null",
+                  check=False).strip() == ""
+    for node in bed.cluster.nodes:
+        files = bed.sh(node, f"stat -c '%a %U %n' {flannel_tasks.KUBECONFIG_PATH} {flannel_tasks.TOKEN_PATH}")
+        assert files.split("\n")[:2] == [f"600 root {flannel_tasks.KUBECONFIG_PATH}",
+                                        f"600 root {flannel_tasks.TOKEN_PATH}"], node.name
+        pid = bed.main_pid(node, "flanneld")
+        assert f"--kubeconfig-file={flannel_tasks.KUBECONFIG_PATH}" in bed.sh(node, f"tr '\\0' ' ' < /proc/{pid}/cmdline")
+    # what the API server makes of the worker's token: flannel's ServiceAccount, allowed what flannel's
+    # ClusterRole allows and nothing more
+    kubeconfig = yaml.safe_load(bed.sh(worker, f"cat {flannel_tasks.KUBECONFIG_PATH}"))
+    cluster = kubeconfig["clusters"][0]["cluster"]
+    token = bed.sh(worker, f"cat {flannel_tasks.TOKEN_PATH}").strip()
+    ca = bed.workdir / "flannel-ca.crt"
+    ca.write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
+
+    def review(path: str, spec: dict) -> dict:
+        answer = requests.post(cluster["server"] + path, json=spec, verify=str(ca), timeout=30,
+                               headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 201, answer.text
+        return answer.json()["status"]
+
+    who = review("/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                 {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+    assert who["userInfo"]["username"] == "system:serviceaccount:kube-flannel:flannel"
+
+    def allowed(verb: str, resource: str, subresource: str = "") -> bool:
+        return review("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", {
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": {"verb": verb, "resource": resource, "subresource": subresource}}})[
+            "allowed"]
+
+    assert allowed("patch", "nodes", "status") and allowed("watch", "nodes")
+    assert not allowed("list", "secrets") and not allowed("delete", "nodes") and not allowed("create", "pods")
 
 
 def test_containerd_runs_the_rendered_config(bed):

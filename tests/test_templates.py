@@ -308,9 +308,13 @@ def test_flanneld_systemd_unit(tmp_path: Path):
     lines = unit.content.decode().splitlines()
     assert "Environment=NODE_NAME=%H" in lines
     exec_start = [line for line in lines if line.startswith("ExecStart=")]
+    # its own kubeconfig (flannel's ServiceAccount), not the kubeconfig setting
     assert exec_start == [("ExecStart=/usr/local/bin/flanneld --ip-masq --kube-subnet-mgr "
-                          "--kubeconfig-file=/etc/kubernetes/kubelet.conf "
+                          "--kubeconfig-file=/etc/kube-flannel/kubeconfig "
                           "--net-config-path=/etc/kube-flannel/net-conf.json --iface=ens4")]
+    # without any host in the control-plane group nobody can make it a token: the kubeconfig setting
+    alone = flannel.systemd_files(s, binary, has_control_plane=False)[1].content.decode()
+    assert "--kubeconfig-file=/etc/kubernetes/kubelet.conf " in alone
     by_path = {f.path: f for f in files}
     assert by_path["/usr/local/bin/flanneld"].sha256 == hashlib.sha256(b"#!/bin/sh\n").hexdigest()
     net_conf = json.loads(by_path["/etc/kube-flannel/net-conf.json"].content)

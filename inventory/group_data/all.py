@@ -119,7 +119,7 @@ Written by `python3 -m tasks.settings.docs` from the settings' declaration in ta
 # systemd unit whose ExecStart runs kube-controller-manager (systemd runtime)
 # kube_controller_manager_unit = '/etc/systemd/system/kube-controller-manager.service'
 
-# kubeconfig on control-plane hosts for kubectl, and for flanneld (systemd rollout)
+# kubeconfig on control-plane hosts for kubectl (flanneld's systemd unit gets a kubeconfig of its own, with a token of flannel's ServiceAccount; this one only when no host is in the control-plane group)
 # kubeconfig = '/etc/kubernetes/admin.conf'
 
 # the node's own address (defaults to the inventory name when that is an IP) (per host)

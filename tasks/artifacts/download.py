@@ -47,6 +47,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from tasks.artifacts.catalog import Artifact, ArtifactError, safe_members
+from tasks.engine.redact import redact_url, redact_urls
 from tasks.errors import PodnetError
 
 CHUNK = 1 << 20
@@ -65,9 +66,9 @@ class ChecksumMismatch(DownloadError):
     """The downloaded file's sha256 is not the expected one (pinned, locked or published)."""
 
     def __init__(self, artifact: Artifact, actual: str):
-        self.url, self.expected, self.actual = artifact.url, artifact.sha256, actual
+        self.url, self.expected, self.actual = redact_url(artifact.url), artifact.sha256, actual
         super().__init__(f"checksum mismatch for {artifact.name} {artifact.version} {artifact.arch} "
-                         f"({artifact.url}): expected sha256 {artifact.sha256} from {artifact.sha256_source}, "
+                         f"({self.url}): expected sha256 {artifact.sha256} from {artifact.sha256_source}, "
                          f"got {actual}; nothing was changed on any node")
 
 
@@ -267,7 +268,8 @@ class Downloader:
                 last_error = error
                 if attempt < self.attempts:
                     time.sleep(self.backoff * attempt)
-        raise DownloadError(f"could not download {url} after {self.attempts} attempts: {last_error}")
+        raise DownloadError(f"could not download {redact_url(url)} after {self.attempts} attempts: "
+                            f"{redact_urls(str(last_error), url)}")
 
     # --- the channel -----------------------------------------------------------------------
 
@@ -324,13 +326,13 @@ class Downloader:
                     if response.status_code >= 500 or response.status_code == 429:
                         raise _Transient(f"HTTP {response.status_code}")
                     if response.status_code != 200:
-                        raise DownloadError(f"could not download {url}: HTTP {response.status_code}")
+                        raise DownloadError(f"could not download {redact_url(url)}: HTTP {response.status_code}")
                     total = int(response.headers.get("Content-Length") or 0)
                     body = b""
                     for chunk in response.iter_content(CHUNK):
                         body += chunk
                         if len(body) > MAX_DOCUMENT:
-                            raise DownloadError(f"could not use {url}: larger than {MAX_DOCUMENT} bytes")
+                            raise DownloadError(f"could not use {redact_url(url)}: larger than {MAX_DOCUMENT} bytes")
                     if total and len(body) != total:
                         raise _Transient(f"short read: {len(body)} of {total} bytes")
                     return Document(body, response.url)
@@ -351,7 +353,7 @@ class Downloader:
                     if response.status_code >= 500 or response.status_code == 429:
                         raise _Transient(f"HTTP {response.status_code}")
                     if response.status_code != 200:
-                        raise DownloadError(f"could not download {url}: HTTP {response.status_code}")
+                        raise DownloadError(f"could not download {redact_url(url)}: HTTP {response.status_code}")
                     total = int(response.headers.get("Content-Length") or 0)
                     shown = -1
                     for chunk in response.iter_content(CHUNK):

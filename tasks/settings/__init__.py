@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from tasks.settings import kubeadm_parsers as kubeadm_options
+from tasks.engine.redact import redact_url
 from tasks.errors import PodnetError
 from tasks.releases import ARCHITECTURES, ARTIFACT_NAMES, config_api, config_generation
 
@@ -479,7 +480,8 @@ class Settings:
         "systemd unit whose ExecStart runs kube-controller-manager (systemd runtime)")
     kubeconfig: str = setting(
         "/etc/kubernetes/admin.conf", _absolute_path,
-        "kubeconfig on control-plane hosts for kubectl, and for flanneld (systemd rollout)")
+        "kubeconfig on control-plane hosts for kubectl (flanneld's systemd unit gets a kubeconfig of its own, "
+        "with a token of flannel's ServiceAccount; this one only when no host is in the control-plane group)")
     node_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = setting(
         None, _optional(_address),
         "the node's own address (defaults to the inventory name when that is an IP)", scope="host")
@@ -567,7 +569,8 @@ def _unknown_keys(data: dict, other_keys: tuple[str, ...] = ()) -> list[str]:
 
 
 def _describe(value: Any) -> str:
-    return repr(value)
+    """A bad value as an error shows it (a URL without its credentials)."""
+    return repr(redact_url(value)) if isinstance(value, str) else repr(value)
 
 
 def parse_host_settings(data: dict, host_name: str, groups: Iterable[str]) -> Settings:
@@ -728,9 +731,9 @@ def _bootstrap_problems(s: Settings) -> list[str]:
         problems.append(f"kube_controller_manager_runtime: {s.kube_controller_manager_runtime!r} cannot be used with "
                         "cluster_bootstrap; kubeadm runs kube-controller-manager as a static pod: use 'static-pod'")
     if s.flannel_rollout == "systemd":
-        problems.append("flannel_rollout: 'systemd' cannot be used with cluster_bootstrap; flanneld's kubeconfig "
-                        "would be needed on every node and kubeadm writes it only on control-plane hosts: "
-                        "use 'daemonset'")
+        problems.append("flannel_rollout: 'systemd' cannot be used with cluster_bootstrap; flanneld's "
+                        "ServiceAccount and token are made with kubectl on the first control-plane host, before "
+                        "kubeadm has created the cluster there: use 'daemonset'")
     for key in ("kube_controller_manager_manifest", "kubeconfig"):
         kubeadm_path = SPEC_BY_NAME[key].default
         if getattr(s, key) != kubeadm_path:

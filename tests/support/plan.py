@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +75,7 @@ def fresh_state(settings: Settings, *, kcm_manifest: str | None = None, first_co
     if first_control_plane:
         state.queries["flannel_manifest"] = (0, [])
         state.queries["pod_cidrs"] = (0, [])
+        state.queries[flannel.RBAC_QUERY] = (0, [])
     return state
 
 
@@ -118,6 +120,15 @@ def converged_state(settings: Settings, releases: Releases, *, host_names: list[
         files, unit = flannel.systemd_files(settings, releases.tree / releases.upstream_path("flanneld"))
         text_files += [f for f in files if f.is_text] + [unit]
         state.units[flannel.UNIT] = ("active", "enabled")
+        # flanneld's own kubeconfig and token, root-only, the token good for most of a year
+        for path in (flannel.KUBECONFIG_PATH, flannel.TOKEN_PATH):
+            state.hashes[path], state.modes[path] = "e" * 64, "600"
+        state.contents[flannel.TOKEN_EXPIRY_PATH] = f"{int(time.time()) + flannel.TOKEN_DURATION - 60}\n".encode()
+        state.hashes[flannel.TOKEN_EXPIRY_PATH], state.modes[flannel.TOKEN_EXPIRY_PATH] = "d" * 64, "600"
+        if first_control_plane:
+            rbac = text_file(flannel.RBAC_PATH, flannel.render_rbac(settings))
+            text_files.append(rbac)
+            state.queries[flannel.RBAC_QUERY] = (0, list(flannel.RBAC_OBJECTS))
     for f in text_files:
         state.hashes[f.path] = f.sha256
         state.modes[f.path] = f.mode.lstrip("0")
