@@ -105,7 +105,7 @@ class Bed:
     def data(self, host: str) -> dict:
         address = ADDRESSES[host]
         return {"cluster_bootstrap": True, "node_ip": address, "flannel_iface": address, "_sudo": True,
-                "mirror_url": self.server.url, "artifact_checksums": self.checksums,
+                "mirror_url": self.server.url, "allow_insecure_http": True, "artifact_checksums": self.checksums,
                 "download_cache_dir": str(self.tmp / "cache"), "flannel_rollout_timeout": 10,
                 "artifact_lock_file": str(self.tmp / "artifacts.lock.yaml"), **self.extra}
 

@@ -361,6 +361,7 @@ def test_inventory_data(mirror):
     base = "http://127.0.0.1:1234/"
     one = mirror.inventory_data(base)
     assert one["mirror_url"] == "http://127.0.0.1:1234"
+    assert one["allow_insecure_http"] is True  # the loopback mirror is plain http: opted in, not exempt
     assert one["containerd_version"].startswith("1.6.")
     assert one["runc_version"] == "1.1.5"
     assert one["cni_plugins_version"].startswith("1.1.")

@@ -95,7 +95,8 @@ class Cluster:
     tmp: Path
 
     def data(self, **extra) -> dict:
-        return {"mirror_url": self.server.url, "artifact_checksums": self.releases.checksums(),
+        return {"mirror_url": self.server.url, "allow_insecure_http": True,  # the scripted server speaks http
+                "artifact_checksums": self.releases.checksums(),
                 "download_cache_dir": str(self.tmp / "cache"), "flannel_rollout_timeout": 10,
                 "artifact_lock_file": str(self.tmp / "artifacts.lock.yaml"), **extra}
 
@@ -364,8 +365,9 @@ def test_a_plugin_that_lost_its_exec_bit_is_repaired(cluster):
     install = [c for c in run.commands(WORKER) if c.startswith("set -e; chmod")]
     assert len(install) == 1
     assert install[0].startswith("set -e; chmod 0755 /opt/cni/bin/.portmap.podnet-new; "
-                                 "mv -f /opt/cni/bin/.portmap.podnet-new /opt/cni/bin/portmap; ")
-    assert install[0].endswith(" /opt/cni/bin/portmap; } >> /var/lib/podnet/digests")  # digest recorded
+                                 "d0=$(sha256sum < /opt/cni/bin/.portmap.podnet-new); ")  # checked before activation
+    assert "; mv -f /opt/cni/bin/.portmap.podnet-new /opt/cni/bin/portmap; " in install[0]
+    assert install[0].endswith(' "$d0" /opt/cni/bin/portmap; } >> /var/lib/podnet/digests')  # the node's own sum
     assert run.commands(CP) == probes(run, CP)
 
 
@@ -441,6 +443,44 @@ def test_checksum_mismatch_stops_the_run_before_any_change(cluster):
     for host in HOSTS:
         assert run.commands(host) == probes(run, host)
         assert run.uploads(host) == []
+
+
+def test_a_plain_http_mirror_without_the_opt_in_fails_before_any_host_is_touched(cluster):
+    run = run_pyinfra(cluster.inventory(cluster.fresh(CP), cluster.fresh(WORKER), allow_insecure_http=False), "-y")
+    assert run.returncode != 0
+    assert (f"@fake/cp1: mirror_url: '{cluster.server.url}' is plain http; expected an https:// URL: over http "
+            "anyone on the way can change the release files and the checksums podnet reads beside them. To accept "
+            "that (a mirror on a network you trust), also set allow_insecure_http = True") in run.stderr
+    for host in HOSTS:
+        assert run.commands(host) == []  # not even the probe
+
+
+def test_a_download_cache_others_can_write_stops_the_run_before_any_host_is_touched(cluster):
+    cache = cluster.tmp / "cache"
+    cache.mkdir(mode=0o700)
+    cache.chmod(0o777)  # e.g. a shared path: anyone could plant a plugin that becomes root code on every node
+    run = run_pyinfra(cluster.inventory(cluster.fresh(CP), cluster.fresh(WORKER)), "-y")
+    assert run.returncode != 0
+    assert f"download_cache_dir: {cache} is writable by its group and others (mode 0777); " in run.stderr
+    assert "Traceback" not in run.stderr
+    for host in HOSTS:
+        assert run.commands(host) == []
+
+
+def test_a_plugin_edited_in_the_laptop_cache_is_unpacked_again_and_the_right_bytes_uploaded(cluster):
+    cp, worker = cluster.converged(CP), cluster.converged(WORKER)
+    assert_ok(run_pyinfra(cluster.inventory(cp, worker), "-y"))  # fills the cache; nothing to upload
+    [bridge] = (cluster.tmp / "cache").glob("*/unpacked/bridge")
+    original, before = bridge.read_bytes(), bridge.stat()
+    bridge.write_bytes(b"X" * len(original))  # other bytes of the same size, the mtime set back
+    os.utime(bridge, ns=(before.st_atime_ns, before.st_mtime_ns))
+    worker.hashes["/opt/cni/bin/bridge"] = "0" * 64  # edited on the node: the next run uploads it
+    run = run_pyinfra(cluster.inventory(cp, worker), "-y")
+    assert_ok(run)
+    assert (f"podnet: {bridge.parent} is unpacked again from its verified archive: bridge was changed since it was "
+            "unpacked") in run.stderr
+    assert bridge.read_bytes() == original  # what is uploaded is the release's bridge again
+    assert run.uploads(WORKER) == ["/opt/cni/bin/.bridge.podnet-new"]
 
 
 # --- (e) control plane without its manifest ----------------------------------------------------

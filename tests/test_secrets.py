@@ -65,7 +65,7 @@ def credentialed(server: ScriptedServer) -> str:
 
 def run_for(lock_path: Path, tmp_path: Path) -> Checksums:
     return Checksums(ChecksumLockFile(lock_path), Downloader(tmp_path / "cache", attempts=2, timeout=5, backoff=0,
-                                                         progress=False))
+                                                         progress=False, allow_insecure_http=True))
 
 
 def test_the_lock_file_and_the_run_summary_record_the_mirror_without_its_credentials(server, tmp_path):
@@ -73,7 +73,7 @@ def test_the_lock_file_and_the_run_summary_record_the_mirror_without_its_credent
     server.script(FLANNEL_PATH, Reply(body=FLANNEL))
     lock_path = tmp_path / "artifacts.lock.yaml"
     run = run_for(lock_path, tmp_path)
-    s = settings(mirror_url=credentialed(server), flannel_cni_plugin_version="1.9.1-flannel1", artifact_lock_file=str(lock_path))
+    s = settings(mirror_url=credentialed(server), allow_insecure_http=True, flannel_cni_plugin_version="1.9.1-flannel1", artifact_lock_file=str(lock_path))
     artifact = resolve(s, "flannel_cni_plugin", "amd64", run.lookup(s))
     assert artifact.url == credentialed(server) + FLANNEL_PATH  # the download itself uses them
     run.downloader.fetch(artifact)
@@ -94,7 +94,7 @@ def test_a_lock_entry_written_with_credentials_by_hand_is_read_and_rewritten_wit
 
 def test_errors_about_the_mirror_never_show_its_credentials(server, tmp_path):
     lock_path = tmp_path / "artifacts.lock.yaml"
-    s = settings(mirror_url=credentialed(server), flannel_cni_plugin_version="1.9.1-flannel1", artifact_lock_file=str(lock_path))
+    s = settings(mirror_url=credentialed(server), allow_insecure_http=True, flannel_cni_plugin_version="1.9.1-flannel1", artifact_lock_file=str(lock_path))
     # no checksum file on the mirror (404)
     with pytest.raises(ChecksumError) as missing:
         resolve(s, "flannel_cni_plugin", "amd64", run_for(lock_path, tmp_path).lookup(s))
@@ -108,7 +108,7 @@ def test_errors_about_the_mirror_never_show_its_credentials(server, tmp_path):
         run.downloader.fetch(artifact)
     assert "http://***@127.0.0.1" in str(mismatch.value) and PASSWORD not in str(mismatch.value)
     # a mirror that cannot be reached at all
-    gone = Downloader(tmp_path / "cache2", attempts=1, timeout=2, backoff=0, progress=False)
+    gone = Downloader(tmp_path / "cache2", attempts=1, timeout=2, backoff=0, progress=False, allow_insecure_http=True)
     with pytest.raises(DownloadError) as unreachable:
         gone.fetch_document(f"http://deploy:{PASSWORD}@127.0.0.1:9/x.sha256")
     assert PASSWORD not in str(unreachable.value)

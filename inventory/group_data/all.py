@@ -77,6 +77,9 @@ Written by `python3 -m tasks.settings.docs` from the settings' declaration in ta
 # base URL that replaces the upstream download hosts (air-gapped sites); the upstream path is kept below it
 # mirror_url = None
 
+# let mirror_url be a plain http:// URL: release files and the checksums beside them are then read without TLS (anyone on the way can change both; podnet warns); a redirect from https to http is refused either way
+# allow_insecure_http = False
+
 # sha256 overrides/additions: {artifact: {version: {arch: sha256}}} (per host)
 # artifact_checksums = {}
 

@@ -235,19 +235,23 @@ def published_source(name: str, version: str, arch: str, mirror_url: str | None)
 
 
 def published_sha256(downloader: Downloader, name: str, version: str, arch: str, mirror_url: str | None) -> LockEntry:
-    """Read upstream's published sum of the release file. Raises ChecksumError or DownloadError."""
+    """Read upstream's published sum of the release file, with the URL it was read from (after
+    redirects: the source the lock records). Raises ChecksumError or DownloadError."""
     published = catalog.pinned()[name].get("published") or {}
     source = published_source(name, version, arch, mirror_url)
-    shown = redact_url(source)  # in the lock file and every message
     asset = Path(urlsplit(catalog.upstream_url(name, version, arch)).path).name
     if "github_release" in published:
         headers = {"Accept": "application/vnd.github+json"}
         token = os.environ.get("GITHUB_TOKEN")
         if token and source.startswith(GITHUB_API + "/"):  # never hand the token to a mirror
             headers["Authorization"] = f"Bearer {token}"
-        return LockEntry(sha256_from_release(downloader.fetch_document(source, headers), asset, shown), shown)
+        document = downloader.fetch_document(source, headers)
+        read = redact_url(document.url)  # the URL read (after redirects), in the lock and every message
+        return LockEntry(sha256_from_release(document.body, asset, read), read)
+    document = downloader.fetch_document(source)
+    read = redact_url(document.url)
     fmt = published.get("format", "sha256sum")
-    return LockEntry(sha256_from_checksum_file(downloader.fetch_document(source), asset, fmt, shown), shown)
+    return LockEntry(sha256_from_checksum_file(document.body, asset, fmt, read), read)
 
 
 # --- one run -------------------------------------------------------------------------------

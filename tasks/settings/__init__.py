@@ -434,6 +434,11 @@ class Settings:
         None, _optional(_url),
         "base URL that replaces the upstream download hosts (air-gapped sites); the upstream path is kept"
         " below it")
+    allow_insecure_http: bool = setting(
+        False, _boolean,
+        "let mirror_url be a plain http:// URL: release files and the checksums beside them are then read "
+        "without TLS (anyone on the way can change both; podnet warns); a redirect from https to http is "
+        "refused either way")
     artifact_checksums: dict = setting(
         {}, _checksums,
         "sha256 overrides/additions: {artifact: {version: {arch: sha256}}}", scope="host", hash=False)
@@ -658,9 +663,15 @@ def _relations(s: Settings) -> list[str]:
     - no node address inside a pod or service range: a podCIDR or a Service ClusterIP could then
       hold a node's own address;
     - flannel_vni / flannel_port only for a backend that reads them: flanneld ignores them otherwise;
-    - the kubeadm-only settings (KUBEADM_ONLY) only with cluster_bootstrap: nothing reads them otherwise.
+    - the kubeadm-only settings (KUBEADM_ONLY) only with cluster_bootstrap: nothing reads them otherwise;
+    - a plain http:// mirror_url only with allow_insecure_http: release files and their checksums
+      would otherwise be read without TLS, silently (the downloader refuses such a URL as well).
     """
     problems = []
+    if s.mirror_url is not None and s.mirror_url.startswith("http://") and not s.allow_insecure_http:
+        problems.append(f"mirror_url: {s.mirror_url!r} is plain http; expected an https:// URL: over http anyone on "
+                        "the way can change the release files and the checksums podnet reads beside them. To accept "
+                        "that (a mirror on a network you trust), also set allow_insecure_http = True")
     for key, mask, net, cluster_key in (
         ("node_cidr_mask_size", s.node_cidr_mask_size, s.cluster_cidr, "cluster_cidr"),
         ("node_cidr_mask_size_ipv6", s.node_cidr_mask_size_ipv6, s.cluster_cidr_ipv6, "cluster_cidr_ipv6"),
