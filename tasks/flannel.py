@@ -11,13 +11,12 @@ import hashlib
 import ipaddress
 import json
 import shlex
-import time
-
-from pyinfra import logger
 
 from tasks import pod_network
 
-from tasks.engine import ops
+from tasks.engine import kubectl, ops
+from tasks.engine.findings import Finding, error, refuse, say, warning
+from tasks.engine.polling import poll
 from tasks.engine.context import HostContext, Step
 from tasks.engine.desired import DesiredFile, local_file, render, text_file
 from tasks.errors import PodnetError
@@ -124,13 +123,21 @@ def checks_pod_cidrs(s: Settings, first_control_plane: bool) -> bool:
 _said: set[str] = set()
 
 
+def pod_cidrs_unchecked(s: Settings, first_control_plane: str | None) -> list[Finding]:
+    """Without a control-plane host the podCIDR check of a systemd rollout cannot run (no kubectl)."""
+    if s.flannel_rollout != "systemd" or first_control_plane is not None:
+        return []
+    return [warning(f"no host is in group {s.control_plane_group!r}",
+                    why="nothing checks that every node has a podCIDR for flanneld (flanneld waits for one and logs "
+                        "'pod cidr not assigned')",
+                    fix="add a host with kubectl and the kubeconfig setting to that group to have it checked")]
+
+
 def say_pod_cidrs_unchecked(s: Settings) -> None:
     """Without a control-plane host the podCIDR check cannot run (no kubectl): said once per run."""
-    if s.flannel_rollout == "systemd" and "pod_cidrs" not in _said:
+    if "pod_cidrs" not in _said and pod_cidrs_unchecked(s, None):
         _said.add("pod_cidrs")
-        logger.warning(f"podnet: no host is in group {s.control_plane_group!r}: nothing checks that every node has a "
-                       "podCIDR for flanneld (flanneld waits for one and logs 'pod cidr not assigned'); add a host with "
-                       "kubectl and the kubeconfig setting to that group to have it checked")
+        say(pod_cidrs_unchecked(s, None))
 
 
 def probe_request(s: Settings, first_control_plane: bool) -> ProbeRequest:
@@ -178,31 +185,38 @@ def iface_mtu_command(s: Settings) -> str:
             "printf '%s %s\\n' \"$dev\" \"$(cat \"/sys/class/net/$dev/mtu\")\"")
 
 
-def pod_mtu_fits(s: Settings, node: NodeState, host_name: str) -> None:
+def pod_mtu_findings(s: Settings, node: NodeState, host_name: str) -> list[Finding]:
     """
-    Refuse a flannel_mtu the backend cannot carry over this node's interface: at most the
+    A flannel_mtu the backend cannot carry over this node's interface (an error): at most the
     interface MTU minus the backend's encapsulation overhead (ENCAP_OVERHEAD), else large
-    packets between nodes are dropped. Raises PodMtuError while planning, before any change.
-    When the probe could not tell the interface, flanneld itself reports it; nothing is checked.
+    packets between nodes are dropped. When the probe could not tell the interface, flanneld
+    itself reports it; nothing is found.
     """
     if s.flannel_mtu is None:
-        return
+        return []
     rc, lines = node.queries.get("flannel_iface_mtu", (1, []))
     parts = lines[0].split() if rc == 0 and lines else []
     if len(parts) != 2 or not parts[1].isdigit():
-        return
+        return []
     iface, iface_mtu = parts[0], int(parts[1])
     overhead = ENCAP_OVERHEAD[s.flannel_backend]
     if s.node_ip is not None and s.node_ip.version == 6:
         overhead += IPV6_UNDERLAY_EXTRA.get(s.flannel_backend, 0)
     largest = iface_mtu - overhead
-    if s.flannel_mtu > largest:
-        carried = f"the {s.flannel_backend} backend adds {overhead} bytes" if overhead else \
-            f"the {s.flannel_backend} backend adds nothing"
-        raise PodMtuError(f"{host_name}: flannel_mtu: {s.flannel_mtu} is too large: flanneld's interface {iface} "
-                          f"has MTU {iface_mtu} and {carried}, so pod packets of more than {largest} bytes would be "
-                          f"dropped between nodes; set flannel_mtu to at most {largest}, or leave it unset "
-                          f"(flanneld then derives it)")
+    if s.flannel_mtu <= largest:
+        return []
+    carried = f"the {s.flannel_backend} backend adds {overhead} bytes" if overhead else \
+        f"the {s.flannel_backend} backend adds nothing"
+    return [error(f"{s.flannel_mtu} is too large", PodMtuError, where=f"{host_name}: flannel_mtu",
+                  why=f"flanneld's interface {iface} has MTU {iface_mtu} and {carried}, so pod packets of more than "
+                      f"{largest} bytes would be dropped between nodes",
+                  fix=f"set flannel_mtu to at most {largest}, or leave it unset (flanneld then derives it)")]
+
+
+def pod_mtu_fits(s: Settings, node: NodeState, host_name: str) -> None:
+    """Refuse (PodMtuError, while planning, before any change) a flannel_mtu the backend cannot carry
+    over this node's interface (``pod_mtu_findings``)."""
+    refuse(pod_mtu_findings(s, node, host_name))
 
 
 def pod_cidr_problems(s: Settings, lines: list[str]) -> list[str]:
@@ -239,16 +253,15 @@ def pod_cidr_problems(s: Settings, lines: list[str]) -> list[str]:
 
 def wait_for_pod_cidrs(state, host, connector_arguments, s: Settings) -> bool:
     """Poll (bounded by flannel_rollout_timeout) until every node has a podCIDR in the cluster CIDR."""
-    deadline = time.monotonic() + s.flannel_rollout_timeout
-    problems = ["no answer from kubectl"]
-    while time.monotonic() < deadline:
+    def problems() -> list[str]:
         ok, output = host.run_shell_command(node_pod_cidrs_command(s), **connector_arguments)
         lines = output.stdout_lines if ok else []
-        problems = pod_cidr_problems(s, lines) if lines else ["kubectl get nodes returned no nodes"]
-        if not problems:
-            return True
-        time.sleep(POLL_SECONDS)
-    raise PodCidrError("; ".join(problems))
+        return pod_cidr_problems(s, lines) if lines else ["kubectl get nodes returned no nodes"]
+
+    left = poll(problems, s.flannel_rollout_timeout, POLL_SECONDS)
+    if left:
+        raise PodCidrError("; ".join(left))
+    return True
 
 
 def systemd_files(s: Settings, flanneld_binary) -> tuple[list[DesiredFile], DesiredFile]:
@@ -264,10 +277,8 @@ def apply_daemonset(s: Settings, node: NodeState, ipam_changed: bool, cluster_cr
     kubectl could not be asked while planning and nothing is deployed yet.
     """
     manifest = render_manifest(s)
+    refuse(daemonset_findings(s, node, cluster_created))
     applied = (0, []) if cluster_created else node.queries.get("flannel_manifest", (1, []))
-    if applied[0] != 0:
-        raise PodCidrError(f"kubectl on the first control-plane host failed: {' '.join(applied[1])[:300]}; "
-                           f"check that kubectl is installed and kubeconfig {s.kubeconfig} works")
     current_hash = applied[1][0].strip() if applied[1] else ""
     needs_apply = current_hash != manifest_sha256(manifest)
     ops.files_installed(name="flannel: kube-flannel manifest", files=[text_file(MANIFEST_PATH, manifest)],
@@ -282,20 +293,30 @@ def apply_daemonset(s: Settings, node: NodeState, ipam_changed: bool, cluster_cr
     pod_cidrs_checked(s, node, changed=needs_apply or ipam_changed)
 
 
+def daemonset_findings(s: Settings, node: NodeState, cluster_created: bool = False) -> list[Finding]:
+    """The first control-plane host could not ask kubectl for the DaemonSet (an error)."""
+    rc, lines = (0, []) if cluster_created else node.queries.get("flannel_manifest", (1, []))
+    return [kubectl.failed(lines, s.kubeconfig, PodCidrError)] if rc != 0 else []
+
+
+def pod_cidr_findings(s: Settings, node: NodeState) -> list[Finding]:
+    """From the probe's list of every node's podCIDRs: kubectl failed, or the nodes without a podCIDR
+    in the cluster CIDR (``pod_cidr_problems``, one error naming them all)."""
+    rc, lines = node.queries.get("pod_cidrs", (1, []))
+    if rc != 0:
+        return [kubectl.failed(lines, s.kubeconfig, PodCidrError)]
+    problems = pod_cidr_problems(s, lines)
+    return [error("", PodCidrError, text="; ".join(problems))] if problems else []
+
+
 def pod_cidrs_checked(s: Settings, node: NodeState, changed: bool) -> None:
     """
     Every node has a podCIDR inside the cluster CIDR. Without a change in this run the
-    probe's answer decides at once (a problem stops the run while planning); after a
+    probe's answer decides at once (``pod_cidr_findings``: a problem stops the run while planning); after a
     change (node IPAM flags, a rollout) the check waits, bounded by flannel_rollout_timeout.
     """
     if not changed:
-        answer = node.queries.get("pod_cidrs", (1, []))
-        if answer[0] != 0:
-            raise PodCidrError(f"kubectl on the first control-plane host failed: {' '.join(answer[1])[:300]}; "
-                               f"check that kubectl is installed and kubeconfig {s.kubeconfig} works")
-        problems = pod_cidr_problems(s, answer[1])
-        if problems:
-            raise PodCidrError("; ".join(problems))
+        refuse(pod_cidr_findings(s, node))
     ops.python_step(name="flannel: every node has a podCIDR in the cluster CIDR", function=wait_for_pod_cidrs,
                     args=(s,), reason="waiting for every node's podCIDR after this run's changes" if changed else None)
 
@@ -335,16 +356,31 @@ def _roll_out(ctx: HostContext) -> None:
         say_pod_cidrs_unchecked(s)
 
 
+def rollout_findings(ctx: HostContext) -> list[Finding]:
+    """The rollout's findings on this host, as a run that changes nothing would see them: kubectl failing on the
+    first control-plane host, nodes without a podCIDR in the cluster CIDR, a podCIDR check nobody can make."""
+    s = ctx.settings
+    found = []
+    if s.flannel_rollout == "daemonset" and ctx.is_first_control_plane:
+        found += daemonset_findings(s, ctx.node, ctx.cluster_created)
+    if checks_pod_cidrs(s, ctx.is_first_control_plane) and not ctx.cluster_created:
+        found += pod_cidr_findings(s, ctx.node)
+    return found + pod_cidrs_unchecked(s, ctx.first_control_plane)
+
+
 POD_MTU = Step(
-    "flannel: flannel_mtu fits the interface flanneld uses",
+    "flannel: flannel_mtu (when set) fits the interface flanneld uses, checked on every node",
     probe=lambda ctx: mtu_probe_request(ctx.settings),
+    findings=lambda ctx: pod_mtu_findings(ctx.settings, ctx.node, ctx.host_name),
     check=lambda ctx: pod_mtu_fits(ctx.settings, ctx.node, ctx.host_name),
     apply=lambda ctx: None,
 )
 ROLLOUT = Step(
-    "flannel: flanneld rolled out (DaemonSet or systemd unit)",
+    "flannel: flanneld rolled out (the DaemonSet from the first control-plane host, or its unit on every node), "
+    "then every node's podCIDR checked",
     applies=_rolls_out_here,
     probe=lambda ctx: rollout_probe_request(ctx.settings, ctx.is_first_control_plane),
+    findings=rollout_findings,
     artifacts=lambda ctx: ("flanneld",) if ctx.settings.flannel_rollout == "systemd" else (),
     apply=_roll_out,
 )
