@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING
 
 from tasks.engine import ops
 from tasks.engine.context import HostContext, Step
-from tasks.engine.desired import DesiredFile, local_file, render, text_file
+from tasks.engine.desired import BIN_DIR, DesiredFile, local_file, render, text_file
+from tasks.engine.findings import Finding, warning
 from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.releases import ConfigGeneration, config_generation  # noqa: F401 (part of this concern's face)
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
 
-BIN_DIR = "/usr/local/bin"
 RUNC_PATH = "/usr/local/sbin/runc"
 UNIT = "containerd.service"
 UNIT_PATH = "/etc/systemd/system/containerd.service"
@@ -66,6 +66,20 @@ def probe_request(settings: "Settings") -> ProbeRequest:
                         units=[UNIT])
 
 
+def findings(settings: "Settings", node: NodeState, host_name: str) -> list[Finding]:
+    """Warnings (the deploy puts both right): containerd not running; its config.toml not the one podnet
+    renders (so the CRI plugin may look for CNI plugins and configs elsewhere)."""
+    found = []
+    if not node.unit_active(UNIT):
+        found.append(warning(f"{UNIT} is not running", where=host_name,
+                             why="the kubelet cannot start any pod on this host", fix="a deploy starts it"))
+    if config_file(settings).differs(node.hashes.get(CONFIG_PATH)):
+        found.append(warning(f"{CONFIG_PATH} is not the config podnet renders", where=host_name,
+                             why=f"the CRI plugin's cni section may not point at {settings.cni_bin_dir} and "
+                                 f"{settings.cni_conf_dir}", fix="a deploy writes it (checked by containerd first)"))
+    return found
+
+
 def validate_command(containerd_binary: str = f"{BIN_DIR}/containerd") -> str:
     """containerd parses a staged config itself before it may replace the live one."""
     return f"{containerd_binary} --config {{path}} config dump >/dev/null"
@@ -97,8 +111,10 @@ def _apply(ctx: HostContext) -> None:
 
 
 STEP = Step(
-    "containerd: runtime with the CRI plugin's cni section",
+    "containerd: runc and containerd, its unit, and config.toml with the CRI plugin's cni section; restarted only "
+    "when what the daemon runs changed",
     probe=lambda ctx: probe_request(ctx.settings),
+    findings=lambda ctx: findings(ctx.settings, ctx.node, ctx.host_name),
     artifacts=lambda ctx: ("containerd", "runc"),
     apply=_apply,
 )

@@ -18,7 +18,7 @@ from tasks.engine import kubectl, ops
 from tasks.engine.findings import Finding, error, refuse, say, warning
 from tasks.engine.polling import poll
 from tasks.engine.context import HostContext, Step
-from tasks.engine.desired import DesiredFile, local_file, render, text_file
+from tasks.engine.desired import BIN_DIR, DesiredFile, local_file, render, text_file
 from tasks.errors import PodnetError
 from tasks.pod_network import node_pod_cidrs_command
 from tasks.engine.probe import NodeState, ProbeRequest
@@ -28,7 +28,7 @@ NAMESPACE = "kube-flannel"
 DAEMONSET = "kube-flannel"
 MANIFEST_PATH = "/etc/podnet/kube-flannel.yml"
 NET_CONF_PATH = "/etc/kube-flannel/net-conf.json"
-FLANNELD_PATH = "/usr/local/bin/flanneld"
+FLANNELD_PATH = f"{BIN_DIR}/flanneld"
 UNIT = "flanneld.service"
 UNIT_PATH = "/etc/systemd/system/flanneld.service"
 MANIFEST_HASH_ANNOTATION = "podnet.io/manifest-sha256"

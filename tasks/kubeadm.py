@@ -32,7 +32,7 @@ from tasks import containerd, controller_manager, kubeadm_config
 
 from tasks.engine import ops
 from tasks.engine.context import HostContext, Step
-from tasks.engine.desired import DesiredFile, local_file, render, text_file
+from tasks.engine.desired import BIN_DIR, DesiredFile, local_file, render, text_file
 from tasks.errors import PodnetError
 from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.engine.pyinfra_compat import connector_arguments_of
@@ -40,7 +40,6 @@ from tasks.artifacts.catalog import KUBERNETES_BINARIES
 from tasks.releases import CONFIG_APIS, SUPPORTED_KUBERNETES, config_api  # noqa: F401
 from tasks.settings import Settings, SettingsError
 
-BIN_DIR = "/usr/local/bin"
 KUBEADM = f"{BIN_DIR}/kubeadm"
 KUBELET = f"{BIN_DIR}/kubelet"
 KUBECTL = f"{BIN_DIR}/kubectl"

@@ -328,15 +328,15 @@ def _findings(ctx: HostContext) -> list[Finding]:
 
 
 REGISTRATION = Step(
-    "pod network: a pod network change the nodes' podCIDRs do not fit refused (or, with allow_pod_network_change, "
-    "those nodes registered again); a stale cni0 reported",
+    "pod network: a change the nodes' podCIDRs do not fit refused (or, with allow_pod_network_change, those nodes "
+    "registered again); a stale cni0 reported",
     probe=_probe,
     findings=_findings,
     check=_check,
     apply=lambda ctx: registered_again(ctx.settings, ctx.node, ctx.host_name, ctx.nodes_to_register_again),
 )
 OLD_BRIDGE = Step(
-    "pod network: with allow_pod_network_change, the old pod network's cni0 removed once no pod uses it",
+    "pod network: the old pod network's cni0 removed once no pod uses it (allow_pod_network_change)",
     probe=_probe,
     apply=lambda ctx: old_bridge_removed(ctx.settings, ctx.node),
 )
