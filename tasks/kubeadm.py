@@ -33,6 +33,7 @@ from tasks import containerd, controller_manager, kubeadm_config
 from tasks.engine import ops
 from tasks.engine.context import HostContext, Step
 from tasks.engine.desired import BIN_DIR, DesiredFile, local_file, render, text_file
+from tasks.engine.findings import Finding, error, refuse, warning
 from tasks.errors import PodnetError
 from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.engine.pyinfra_compat import connector_arguments_of
@@ -164,6 +165,31 @@ def missing_tools(node: NodeState) -> list[str]:
     return [tool for tool in PREFLIGHT_TOOLS if not node.features.get(f"tool:{tool}")]
 
 
+def swap_on(node: NodeState) -> list[str]:
+    return [what for what, on in (("active", node.features.get(SWAP_ACTIVE)),
+                                  ("in /etc/fstab", node.features.get(SWAP_IN_FSTAB))) if on]
+
+
+def prerequisite_findings(node: NodeState, host_name: str) -> list[Finding]:
+    """An error: preflight tools missing on a host without apt-get (podnet cannot install them). Warnings
+    (a deploy puts them right): swap on; preflight tools missing."""
+    missing = missing_tools(node)
+    packages = sorted({PREFLIGHT_TOOLS[tool] for tool in missing})
+    found = []
+    if missing and not node.features.get(HAS_APT):
+        found.append(error(f"{', '.join(missing)} not found", KubeadmError, where=host_name,
+                           text=f"{host_name}: {', '.join(missing)} not found; kubeadm's preflight checks need them. "
+                                f"podnet installs them with apt-get on Debian and Ubuntu and this host has none: "
+                                f"install {', '.join(packages)} and rerun"))
+    elif missing:
+        found.append(warning(f"{', '.join(missing)} not found", where=host_name,
+                             why="kubeadm's preflight checks need them", fix=f"a deploy installs {', '.join(packages)}"))
+    if swap_on(node):
+        found.append(warning(f"swap is {' and '.join(swap_on(node))}", where=host_name,
+                             why="the kubelet does not run with swap", fix="a deploy turns it off for good"))
+    return found
+
+
 def prerequisites(s: Settings, node: NodeState, host_name: str) -> None:
     """Swap off for good (the kubelet refuses to start with swap) and kubeadm's preflight tools."""
     swap_commands = ["swapoff -a"]
@@ -172,16 +198,12 @@ def prerequisites(s: Settings, node: NodeState, host_name: str) -> None:
                          f"awk '{FSTAB_SWAP} {{print \"# disabled by podnet, the kubelet needs swap off: \" $0; next}} "
                          "{print}' /etc/fstab > /etc/fstab.podnet-new",
                          "mv -f /etc/fstab.podnet-new /etc/fstab", "swapoff -a"]
-    swap_on = [what for what, on in (("active", node.features.get(SWAP_ACTIVE)),
-                                     ("in /etc/fstab", node.features.get(SWAP_IN_FSTAB))) if on]
+    on = swap_on(node)
     ops.shell_when(name="kubeadm: swap off (the kubelet does not run with swap)", commands=swap_commands,
-                   reason=f"swap is {' and '.join(swap_on)}" if swap_on else None)
+                   reason=f"swap is {' and '.join(on)}" if on else None)
+    refuse(prerequisite_findings(node, host_name))
     missing = missing_tools(node)
     packages = sorted({PREFLIGHT_TOOLS[tool] for tool in missing})
-    if missing and not node.features.get(HAS_APT):
-        raise KubeadmError(f"{host_name}: {', '.join(missing)} not found; kubeadm's preflight checks need them. "
-                           f"podnet installs them with apt-get on Debian and Ubuntu and this host has none: "
-                           f"install {', '.join(packages)} and rerun")
     ops.shell_when(name="kubeadm: tools kubeadm's preflight checks need",
                    commands=[f"{APT_INSTALL} {' '.join(packages)}"],
                    reason=f"installing {', '.join(packages)} (missing: {', '.join(missing)})" if missing else None)
@@ -317,13 +339,15 @@ def _apply(ctx: HostContext) -> None:
 
 
 PREREQUISITES = Step(
-    "kubeadm: swap off and preflight tools",
+    "kubeadm: swap off and preflight tools (cluster_bootstrap)",
     applies=_bootstraps,
     probe=_probe,
+    findings=lambda ctx: prerequisite_findings(ctx.node, ctx.host_name),
     apply=lambda ctx: prerequisites(ctx.settings, ctx.node, ctx.host_name),
 )
 BOOTSTRAP = Step(
-    "kubeadm: kubelet, kubeadm and kubectl; kubeadm init or join",
+    "kubeadm: kubelet, kubeadm and kubectl; kubeadm init on the first control-plane host, join on the others "
+    "(cluster_bootstrap)",
     applies=_bootstraps,
     probe=_probe,
     artifacts=lambda ctx: KUBERNETES_BINARIES,

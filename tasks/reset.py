@@ -37,7 +37,7 @@ from tasks import cni, containerd, flannel, kernel, pod_network
 
 from tasks.engine import ops
 from tasks.engine.context import HostContext, Step
-from tasks.controller_manager import config_path
+from tasks.controller_manager import config_mode, config_path
 from tasks.engine.desired import DesiredFile, text_file
 from tasks.errors import PodnetError
 from tasks.engine.probe import NodeState, ProbeRequest
@@ -254,8 +254,7 @@ def controller_manager_restored(s: Settings, node: NodeState, host_name: str) ->
     """The manifest or unit from podnet's backup, or without podnet's flags; a systemd
     kube-controller-manager restarted with it (the kubelet restarts a static pod by itself)."""
     content, how = restored(s, node, host_name)
-    mode = "0600" if s.kube_controller_manager_runtime == "static-pod" else "0644"
-    desired: DesiredFile | None = text_file(config_path(s), content.decode(), mode=mode) if content else None
+    desired: DesiredFile | None = text_file(config_path(s), content.decode(), mode=config_mode(s)) if content else None
     if desired is not None:
         logger.info(f"    {host_name}: {how}")
     ops.files_installed(name="reset: kube-controller-manager without podnet's node IPAM flags",
