@@ -35,8 +35,9 @@ from pyinfra import logger
 
 from tasks import cni, containerd, flannel, kernel, pod_network
 
-from tasks.engine import ops
+from tasks.engine import kubectl, ops
 from tasks.engine.context import HostContext, Step
+from tasks.engine.findings import Finding, refuse, say, warning
 from tasks.controller_manager import config_mode, config_path
 from tasks.engine.desired import DesiredFile, text_file
 from tasks.errors import PodnetError
@@ -110,16 +111,26 @@ def objects_command(s: Settings) -> str:
     return (f"{s.kubectl} -n {flannel.NAMESPACE} get {' '.join(flannel_objects(s))} --ignore-not-found -o name")
 
 
+def objects_findings(s: Settings, node: NodeState) -> list[Finding]:
+    """kubectl failed listing podnet's flannel objects: an error (ResetError) when the DaemonSet is podnet's
+    rollout; a warning otherwise (only a leftover from an earlier rollout could be there)."""
+    rc, lines = node.queries.get(OBJECTS_QUERY, (0, []))
+    if rc == 0:
+        return []
+    if s.flannel_rollout != "daemonset":
+        return [kubectl.failed_so(lines, "a kube-flannel DaemonSet left from an earlier rollout, if any, is not "
+                                         "deleted")]
+    return [kubectl.failed(lines, s.kubeconfig, ResetError)]
+
+
 def objects_present(s: Settings, node: NodeState) -> list[str]:
     """podnet's flannel objects that exist, in the manifest's order (kubectl prints type.group/name)."""
     rc, lines = node.queries.get(OBJECTS_QUERY, (0, []))
-    if rc != 0 and s.flannel_rollout != "daemonset":  # only a leftover from an earlier rollout could be there
-        logger.warning(f"podnet: kubectl on the first control-plane host failed ({' '.join(lines)[:300]}): a "
-                       "kube-flannel DaemonSet left from an earlier rollout, if any, is not deleted")
-        return []
+    problems = objects_findings(s, node)
+    refuse(problems)
+    say(problems)
     if rc != 0:
-        raise ResetError(f"kubectl on the first control-plane host failed: {' '.join(lines)[:300]}; check that "
-                         f"kubectl is installed and kubeconfig {s.kubeconfig} works")
+        return []
     found = {kind.split(".")[0] + "/" + name for kind, _, name in (line.strip().partition("/") for line in lines)}
     return [o for o in flannel_objects(s) if o in found]
 
@@ -221,12 +232,28 @@ def flanneld_unit_removed(node: NodeState) -> None:
     ops.shell_when(name="reset: flanneld stopped, disabled and removed", commands=commands, reason=reason or None)
 
 
-def pods_losing_network(node: NodeState, host_name: str) -> None:
+def pods_losing_network_findings(node: NodeState, host_name: str) -> list[Finding]:
+    """A warning naming how many pods attached to cni0 lose their network with the reset."""
     bridge = pod_network.cni0_state(node)
-    if bridge and bridge[1]:
-        logger.warning(f"podnet: {host_name}: {bridge[1]} pod(s) attached to {pod_network.BRIDGE} lose their network "
-                       "with this reset; podnet does not delete them: recreate them once a deploy has brought the "
-                       "pod network back (or drain the node before the reset)")
+    if not (bridge and bridge[1]):
+        return []
+    what = f"{bridge[1]} pod(s) attached to {pod_network.BRIDGE} lose their network with this reset"
+    fix = "recreate them once a deploy has brought the pod network back (or drain the node before the reset)"
+    return [warning(what, where=host_name, why="podnet does not delete them", fix=fix,
+                    text=f"{host_name}: {what}; podnet does not delete them: {fix}")]
+
+
+def pods_losing_network(node: NodeState, host_name: str) -> None:
+    say(pods_losing_network_findings(node, host_name))
+
+
+def findings(ctx: HostContext) -> list[Finding]:
+    """What the reset finds on this host: pods that lose their network; kubectl failing on the first
+    control-plane host."""
+    found = pods_losing_network_findings(ctx.node, ctx.host_name)
+    if removes_flannel(ctx.settings) and ctx.is_first_control_plane:
+        found += objects_findings(ctx.settings, ctx.node)
+    return found
 
 
 def network_state_removed(s: Settings, node: NodeState) -> None:
@@ -309,7 +336,7 @@ def _containerd_removed(ctx: HostContext) -> None:
 
 # The reset, in the order its steps run on every host (reset.py).
 RESET: tuple[Step, ...] = (
-    Step("reset: pods attached to cni0 named", probe=_probe,
+    Step("reset: pods attached to cni0 named", probe=_probe, findings=findings,
          check=lambda ctx: pods_losing_network(ctx.node, ctx.host_name), apply=lambda ctx: None),
     Step("reset: 10-flannel.conflist", probe=_probe,
          apply=lambda ctx: remove_files("reset: 10-flannel.conflist removed", ctx.node,
