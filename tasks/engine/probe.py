@@ -5,6 +5,10 @@ Every concern (kernel, containerd, CNI, control plane, flannel) says what it nee
 know about a node in a ``ProbeRequest``; the requests are merged and sent as ONE shell
 command per host, whose answer (``NodeState``) every decision reads. The answer is kept
 for the rest of the run, so planning and execution never ask the host the same thing again.
+
+A kind of question is declared once, in ``KINDS``: the ``ProbeRequest`` field that asks it, the
+shell fragment that answers it, and how each answer line is read into its ``NodeState`` field
+(which is held to what was asked). A new kind is those two fields and its ``Kind``.
 """
 
 from __future__ import annotations
@@ -48,26 +52,18 @@ class ProbeRequest:
     sysctl_config: list[str] = field(default_factory=list)
 
     def merge(self, other: "ProbeRequest") -> "ProbeRequest":
-        def unique(a, b):
-            return list(dict.fromkeys([*a, *b]))
+        """Everything either asks: lists joined (each item once, in order), named commands joined (``other``'s
+        command for a name both give)."""
+        def joined(a, b):
+            return {**a, **b} if isinstance(a, dict) else list(dict.fromkeys([*a, *b]))
 
-        return ProbeRequest(
-            hashes=unique(self.hashes, other.hashes),
-            contents=unique(self.contents, other.contents),
-            texts=unique(self.texts, other.texts),
-            sysctls=unique(self.sysctls, other.sysctls),
-            features={**self.features, **other.features},
-            units=unique(self.units, other.units),
-            listings=unique(self.listings, other.listings),
-            queries={**self.queries, **other.queries},
-            sysctl_config=unique(self.sysctl_config, other.sysctl_config),
-        )
+        return ProbeRequest(**{f.name: joined(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)})
 
     def covers(self, other: "ProbeRequest") -> bool:
         """Everything ``other`` asks is asked here too."""
         return all(set(getattr(other, f.name)) <= set(getattr(self, f.name)) for f in fields(self)) and all(
-            getattr(self, name).get(key) == command for name in ("features", "queries")
-            for key, command in getattr(other, name).items())
+            getattr(self, f.name).get(key) == command for f in fields(self) if isinstance(getattr(other, f.name), dict)
+            for key, command in getattr(other, f.name).items())
 
     def for_run(self, diff: bool) -> "ProbeRequest":
         """What the probe asks: managed text files hashed, and read as well when ``diff``."""
@@ -110,11 +106,6 @@ class Answers(dict):
         return super().get(key, default)
 
 
-# NodeState field -> what one of its keys is, in ProbeContractError's message.
-ANSWER_KINDS = {"hashes": "digest", "modes": "mode", "contents": "content", "sysctls": "sysctl",
-                "features": "feature", "units": "unit", "listings": "listing", "queries": "query"}
-
-
 def _matches_any(patterns: list[str]) -> Callable[[str], bool]:
     """A path asked for by name, or by a pattern ending in '*' (expanded by the node's shell)."""
     exact = set(patterns)
@@ -144,17 +135,14 @@ class NodeState:
 
     def answering(self, request: ProbeRequest) -> "NodeState":
         """This answer held to ``request``: reading anything it did not ask for raises ProbeContractError."""
-        def one_of(keys) -> Callable[[str], bool]:
-            return set(keys).__contains__
-
-        asked = {
-            "hashes": _matches_any(request.hashes), "modes": _matches_any(request.hashes),
-            "contents": one_of(request.contents), "sysctls": one_of(request.sysctls),
-            "features": one_of(request.features), "units": one_of(request.units),
-            "listings": one_of(request.listings), "queries": one_of(request.queries),
-        }
-        return NodeState(**{**self.__dict__, **{kind: Answers(ANSWER_KINDS[kind], check, dict(getattr(self, kind)))
-                                                for kind, check in asked.items()}})
+        held = {}
+        for kind in KINDS:
+            asked = getattr(request, kind.asked)
+            check = _matches_any(asked) if kind.globs else set(asked).__contains__
+            for reader in kind.readers.values():
+                if reader.key:
+                    held[reader.field] = Answers(reader.key, check, dict(getattr(self, reader.field)))
+        return NodeState(**{**self.__dict__, **held})
 
     def unit_active(self, unit: str) -> bool:
         return self.units.get(unit, ("", ""))[0] == "active"
@@ -220,32 +208,102 @@ def sysctl_config_script(keys: list[str], dirs: tuple[str, ...] = SYSCTL_DIRS, c
             "while IFS= read -r line; do printf 'sysctlline\\t%s\\t%s\\n' \"$f\" \"$line\"; done; done")
 
 
+# --- the kinds of question, each declared once: what it asks, the script that answers, how the answer is read --
+
+
+@dataclass(frozen=True)
+class Reader:
+    """How one kind of answer line ("<tag>\\t<part>\\t...") is read into a NodeState field."""
+
+    field: str  # the NodeState field it fills
+    key: str  # what one of its keys is, in ProbeContractError's message ("" : reads are not held to the request)
+    parts: int | None  # tab-separated parts after the tag (None: any number)
+    read: Callable[[NodeState, list[str], str], None]  # (state, parts, the line after its tag)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of question: the ProbeRequest field that asks it, the shell fragment that answers what is asked
+    (empty: nothing asked), and a Reader per line tag of the answer."""
+
+    asked: str
+    script: Callable[[list | dict], str]
+    readers: dict[str, Reader]
+    globs: bool = False  # asked paths may end in '*' (expanded by the node's shell)
+
+
+def _each(fragment: Callable[..., str]) -> Callable[[list | dict], str]:
+    """A script with ``fragment`` once per asked item (a (name, command) pair for named questions)."""
+    def script(asked):
+        items = asked.items() if isinstance(asked, dict) else ((item,) for item in asked)
+        return "\n".join(fragment(*item) for item in items)
+    return script
+
+
+def _put(name: str, value: Callable[[list[str]], tuple]) -> Callable[[NodeState, list[str], str], None]:
+    """A reader that sets one key of the field ``name``: value(parts) -> (key, value)."""
+    def read(state: NodeState, parts: list[str], rest: str) -> None:
+        key, answer = value(parts)
+        getattr(state, name)[key] = answer
+    return read
+
+
+def _sysctl_line(state: NodeState, parts: list[str], rest: str) -> None:
+    path, _, text = rest.partition("\t")
+    state.sysctl_lines.setdefault(path, []).append(text)
+
+
+def _query_answer(parts: list[str]) -> tuple:
+    output = base64.b64decode(parts[2]).decode(errors="replace")
+    return parts[0], (int(parts[1]), output.splitlines())
+
+
+q = shlex.quote  # in the fragments below
+KINDS: tuple[Kind, ...] = (
+    # Files (shell globs allowed): sha256 and mode of each regular one (missing files absent).
+    Kind("hashes", lambda paths: DIGESTS_SCRIPT.replace("FILES", " ".join(_glob(h) for h in paths)) if paths else "",
+         {"sha": Reader("hashes", "digest", 2, _put("hashes", lambda p: (p[1], p[0]))),
+          "mode": Reader("modes", "mode", 2, _put("modes", lambda p: (p[1], p[0])))}, globs=True),
+    Kind("contents", _each(lambda path: f"[ -f {q(path)} ] && printf 'content\\t%s\\t%s\\n' {q(path)} "
+                                        f"\"$(base64 -w0 < {q(path)})\""),
+         {"content": Reader("contents", "content", 2, _put("contents", lambda p: (p[0], base64.b64decode(p[1]))))}),
+    Kind("sysctls", _each(lambda key: f"printf 'sysctl\\t%s\\t%s\\n' {q(key)} "
+                                      f"\"$(cat {q(_sysctl_path(key))} 2>/dev/null || echo -)\""),
+         {"sysctl": Reader("sysctls", "sysctl", 2,
+                           _put("sysctls", lambda p: (p[0], None if p[1] == "-" else p[1].strip())))}),
+    Kind("features", _each(lambda name, test: f"if {test}; then printf 'feature\\t%s\\t1\\n' {q(name)}; "
+                                              f"else printf 'feature\\t%s\\t0\\n' {q(name)}; fi"),
+         {"feature": Reader("features", "feature", 2, _put("features", lambda p: (p[0], p[1] == "1")))}),
+    Kind("units", _each(lambda unit: f"printf 'unit\\t%s\\t%s\\t%s\\n' {q(unit)} "
+                                     f"\"$(systemctl is-active {q(unit)} 2>/dev/null)\" "
+                                     f"\"$(systemctl is-enabled {q(unit)} 2>/dev/null)\""),
+         {"unit": Reader("units", "unit", 3,
+                         _put("units", lambda p: (p[0], (p[1] or "unknown", p[2] or "not-found"))))}),
+    Kind("listings", _each(lambda directory: f"[ -d {q(directory)} ] && ls -1A {q(directory)} | while IFS= read -r "
+                                             f"entry; do printf 'entry\\t%s\\t%s\\n' {q(directory)} \"$entry\"; done"),
+         {"entry": Reader("listings", "listing", 2,
+                          lambda state, p, rest: state.listings.setdefault(p[0], []).append(p[1]))}),
+    Kind("queries", _each(lambda name, command: f"out=$( ({command}) 2>&1 ); rc=$?; printf 'query\\t%s\\t%s\\t%s\\n' "
+                                                f"{q(name)} \"$rc\" \"$(printf '%s' \"$out\" | base64 -w0)\""),
+         {"query": Reader("queries", "query", 3, _put("queries", _query_answer))}),
+    Kind("sysctl_config", lambda keys: sysctl_config_script(keys) if keys else "",
+         {"sysctlfile": Reader("sysctl_files", "", 2, _put("sysctl_files", lambda p: (p[0], p[1]))),
+          "sysctlline": Reader("sysctl_lines", "", None, _sysctl_line)}),
+)
+
+# Lines every probe prints whatever it asks: the machine (uname -m), and the run lock's answer when the probe takes
+# it (tasks/engine/run_lock.py).
+ALWAYS: dict[str, Reader] = {
+    "machine": Reader("machine", "", None, lambda state, parts, rest: setattr(state, "machine", rest.strip())),
+    "runlock": Reader("run_lock", "", None, lambda state, parts, rest: setattr(state, "run_lock", run_lock.parse(parts))),
+}
+READERS: dict[str, Reader] = {**ALWAYS, **{tag: r for kind in KINDS for tag, r in kind.readers.items()}}
+
+
 def probe_script(request: ProbeRequest) -> str:
-    """The one shell command that answers a ProbeRequest. Always exits 0."""
-    q = shlex.quote
+    """The one shell command that answers a ProbeRequest (each kind's fragment, in KINDS' order). Always exits 0."""
     lines = ['printf "machine %s\\n" "$(uname -m)"']
-    if request.hashes:
-        # Globs expand remotely; missing files just don't appear.
-        lines.append(DIGESTS_SCRIPT.replace("FILES", " ".join(_glob(h) for h in request.hashes)))
-    for path in request.contents:
-        lines.append(f"[ -f {q(path)} ] && printf 'content\\t%s\\t%s\\n' {q(path)} \"$(base64 -w0 < {q(path)})\"")
-    for key in request.sysctls:
-        lines.append(f"printf 'sysctl\\t%s\\t%s\\n' {q(key)} \"$(cat {q(_sysctl_path(key))} 2>/dev/null || echo -)\"")
-    for name, test in request.features.items():
-        lines.append(f"if {test}; then printf 'feature\\t%s\\t1\\n' {q(name)}; "
-                     f"else printf 'feature\\t%s\\t0\\n' {q(name)}; fi")
-    for unit in request.units:
-        lines.append(f"printf 'unit\\t%s\\t%s\\t%s\\n' {q(unit)} "
-                     f"\"$(systemctl is-active {q(unit)} 2>/dev/null)\" "
-                     f"\"$(systemctl is-enabled {q(unit)} 2>/dev/null)\"")
-    for directory in request.listings:
-        lines.append(f"[ -d {q(directory)} ] && ls -1A {q(directory)} | "
-                     f"while IFS= read -r entry; do printf 'entry\\t%s\\t%s\\n' {q(directory)} \"$entry\"; done")
-    for name, command in request.queries.items():
-        lines.append(f"out=$( ({command}) 2>&1 ); rc=$?; printf 'query\\t%s\\t%s\\t%s\\n' {q(name)} \"$rc\" "
-                     "\"$(printf '%s' \"$out\" | base64 -w0)\"")
-    if request.sysctl_config:
-        lines.append(sysctl_config_script(request.sysctl_config))
+    lines += [fragment for kind in KINDS if (fragment := kind.script(getattr(request, kind.asked)))]
     lines.append("true")
     return "\n".join(lines)
 
@@ -258,36 +316,14 @@ def _glob(pattern: str) -> str:
 
 
 def parse_probe(lines: list[str]) -> NodeState:
+    """The NodeState a probe's output lines describe (each line read by the Reader of its tag; others ignored)."""
     state = NodeState()
     for line in lines:
-        kind, _, rest = line.partition("\t") if "\t" in line else line.partition(" ")
+        tag, _, rest = line.partition("\t") if "\t" in line else line.partition(" ")
         parts = rest.split("\t")
-        if kind == "machine":
-            state.machine = rest.strip()
-        elif kind == "sha" and len(parts) == 2:
-            state.hashes[parts[1]] = parts[0]
-        elif kind == "mode" and len(parts) == 2:
-            state.modes[parts[1]] = parts[0]
-        elif kind == "content" and len(parts) == 2:
-            state.contents[parts[0]] = base64.b64decode(parts[1])
-        elif kind == "sysctl" and len(parts) == 2:
-            state.sysctls[parts[0]] = None if parts[1] == "-" else parts[1].strip()
-        elif kind == "feature" and len(parts) == 2:
-            state.features[parts[0]] = parts[1] == "1"
-        elif kind == "unit" and len(parts) == 3:
-            state.units[parts[0]] = (parts[1] or "unknown", parts[2] or "not-found")
-        elif kind == "entry" and len(parts) == 2:
-            state.listings.setdefault(parts[0], []).append(parts[1])
-        elif kind == "sysctlfile" and len(parts) == 2:
-            state.sysctl_files[parts[0]] = parts[1]
-        elif kind == "sysctlline" and len(parts) >= 2:
-            path, _, text = rest.partition("\t")
-            state.sysctl_lines.setdefault(path, []).append(text)
-        elif kind == "query" and len(parts) == 3:
-            output = base64.b64decode(parts[2]).decode(errors="replace")
-            state.queries[parts[0]] = (int(parts[1]), output.splitlines())
-        elif kind == "runlock":
-            state.run_lock = run_lock.parse(parts)
+        reader = READERS.get(tag)
+        if reader is not None and (reader.parts is None or len(parts) == reader.parts):
+            reader.read(state, parts, rest)
     return state
 
 
