@@ -459,7 +459,7 @@ def merge_after_kubeadm(state, host, connector_arguments: dict, s: Settings, hos
         current = None
     if current is None:
         raise ControllerManagerError(f"{host_name}: {path}: not readable after kubeadm ran: "
-                                     f"{' '.join(output.stderr_lines)[:300]}")
+                                     f"{ops.said(output.stderr_lines)}")
     try:
         merged = merge_manifest(current, desired_flags(s))
     except (ControllerManagerError, yaml.YAMLError) as error:

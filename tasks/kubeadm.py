@@ -226,7 +226,7 @@ def _ask_control_plane(state, control_plane_name: str, what: str, command: str, 
             lines = [line.strip() for line in output.stdout_lines if line.strip()]
             answer = parse(lines) if ok else None
             if answer is None:
-                shown = " ".join(output.stderr_lines or ["(nothing)"])[:300] if not ok else "an unexpected answer"
+                shown = ops.said(output.stderr_lines or ["(nothing)"]) if not ok else "an unexpected answer"
                 raise KubeadmError(f"{control_plane_name}: `{command.split(' --')[0]}` for the {what} failed: {shown}")
             _asked[key] = answer
         return _asked[key]

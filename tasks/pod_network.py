@@ -251,7 +251,7 @@ def delete_nodes_after_new_ipam(state, host, connector_arguments, s: Settings, n
         f"{kubectl} get pods --all-namespaces -o jsonpath='{{range .items[*]}}{{.spec.nodeName}} "
         "{.metadata.namespace} {.metadata.name} {.spec.hostNetwork}{\"\\n\"}{end}'", **connector_arguments)
     if not ok:
-        raise PodNetworkChangeError(f"listing pods failed: {' '.join(output.stderr_lines)[:300]}")
+        raise PodNetworkChangeError(f"listing pods failed: {ops.said(output.stderr_lines)}")
     pods = [fields[:3] for fields in (line.split() for line in output.stdout_lines)
             if len(fields) >= 3 and fields[0] in names and fields[3:] != ["true"]]
     for _, namespace, name in pods:
@@ -259,14 +259,14 @@ def delete_nodes_after_new_ipam(state, host, connector_arguments, s: Settings, n
                                             "--wait=false", **connector_arguments)
         if not ok:
             raise PodNetworkChangeError(f"deleting pod {namespace}/{name} failed: "
-                                        f"{' '.join(output.stderr_lines)[:300]}")
+                                        f"{ops.said(output.stderr_lines)}")
     if pods:
         logger.info(f"    {host.name}: deleted {len(pods)} pod(s) of the old pod network: "
                     + ", ".join(f"{ns}/{name}" for _, ns, name in pods))
     ok, output = host.run_shell_command(f"{kubectl} delete node {' '.join(shlex.quote(n) for n in names)} "
                                         "--wait=true --timeout=60s", **connector_arguments)
     if not ok:
-        raise PodNetworkChangeError(f"deleting Node {', '.join(names)} failed: {' '.join(output.stderr_lines)[:300]}")
+        raise PodNetworkChangeError(f"deleting Node {', '.join(names)} failed: {ops.said(output.stderr_lines)}")
     return True
 
 
@@ -299,7 +299,7 @@ def remove_old_bridge(state, host, connector_arguments, s: Settings) -> bool:
             ok, output = host.run_shell_command(f"ip link delete {BRIDGE}", **connector_arguments)
             if not ok:
                 raise PodNetworkChangeError(f"{host.name}: ip link delete {BRIDGE} failed: "
-                                            f"{' '.join(output.stderr_lines)[:300]}")
+                                            f"{ops.said(output.stderr_lines)}")
             logger.info(f"    {host.name}: removed {BRIDGE} ({', '.join(addresses)}); new pods get {subnet}")
             return None
         return (f"subnet.env {subnet or 'missing'}, {BRIDGE} {', '.join(addresses) or 'without address'}, "

@@ -58,6 +58,16 @@ def sha256_of(path: Path) -> str:
             digest.update(chunk)
     return digest.hexdigest()
 
+
+def _answered(url: str, response) -> None:
+    """An HTTP answer with the file (200); _Transient for a server error or 429 (tried again), DownloadError
+    for any other status."""
+    if response.status_code >= 500 or response.status_code == 429:
+        raise _Transient(f"HTTP {response.status_code}")
+    if response.status_code != 200:
+        raise DownloadError(f"could not download {url}: HTTP {response.status_code}")
+
+
 @dataclass
 class Downloader:
     """Fetches artifacts into ``cache_dir``; memoizes within one run."""
@@ -133,10 +143,7 @@ class Downloader:
         def once() -> bytes:
             try:
                 with requests.get(url, headers=headers or {}, stream=True, timeout=self.timeout) as response:
-                    if response.status_code >= 500 or response.status_code == 429:
-                        raise _Transient(f"HTTP {response.status_code}")
-                    if response.status_code != 200:
-                        raise DownloadError(f"could not download {url}: HTTP {response.status_code}")
+                    _answered(url, response)
                     total = int(response.headers.get("Content-Length") or 0)
                     body = b""
                     for chunk in response.iter_content(CHUNK):
@@ -160,10 +167,7 @@ class Downloader:
             received = 0
             try:
                 with os.fdopen(fd, "wb") as out, requests.get(url, stream=True, timeout=self.timeout) as response:
-                    if response.status_code >= 500 or response.status_code == 429:
-                        raise _Transient(f"HTTP {response.status_code}")
-                    if response.status_code != 200:
-                        raise DownloadError(f"could not download {url}: HTTP {response.status_code}")
+                    _answered(url, response)
                     total = int(response.headers.get("Content-Length") or 0)
                     shown = -1
                     for chunk in response.iter_content(CHUNK):

@@ -6,14 +6,9 @@ says when it fails.
 from __future__ import annotations
 
 from tasks.engine.findings import Finding, error, warning
+from tasks.engine.ops import said as output  # what kubectl printed, on one line, cut short
 
 FAILED = "kubectl on the first control-plane host failed"
-SHOWN = 300  # characters of kubectl's output a message shows
-
-
-def output(lines: list[str]) -> str:
-    """What kubectl printed, on one line, cut to SHOWN characters."""
-    return " ".join(lines)[:SHOWN]
 
 
 def fix(kubeconfig: str) -> str:
