@@ -378,6 +378,11 @@ def config_path(s: Settings) -> str:
         else s.kube_controller_manager_unit
 
 
+def unit_name(s: Settings) -> str:
+    """The systemd unit of kube-controller-manager (systemd runtime): the name of kube_controller_manager_unit."""
+    return posixpath.basename(s.kube_controller_manager_unit)
+
+
 def config_mode(s: Settings) -> str:
     """The mode of the manifest (0600, as kubeadm writes static pod manifests) or the unit (0644)."""
     return "0600" if s.kube_controller_manager_runtime == "static-pod" else "0644"
@@ -395,7 +400,7 @@ def backup_commands(path: str, backup: str) -> list[str]:
 
 def probe_request(s: Settings) -> ProbeRequest:
     # The content to merge the flags into; its digest, which installing a rewritten one compares.
-    return ProbeRequest(contents=[config_path(s)], hashes=[config_path(s)], units=[posixpath.basename(s.kube_controller_manager_unit)]
+    return ProbeRequest(contents=[config_path(s)], hashes=[config_path(s)], units=[unit_name(s)]
                         if s.kube_controller_manager_runtime == "systemd" else [])
 
 
@@ -497,7 +502,7 @@ def apply(s: Settings, node: NodeState, host_name: str, created_by_kubeadm: bool
     ops.shell_when(name="kube-controller-manager: keep a backup before changing flags",
                    commands=backup_commands(path, backup),
                    reason=f"backing up {path} to {backup}" if desired else None)
-    unit = posixpath.basename(s.kube_controller_manager_unit)
+    unit = unit_name(s)
     ops.files_installed(name="kube-controller-manager: node IPAM flags", files=[desired] if desired else [],
                         current=node, restarts=unit if s.kube_controller_manager_runtime == "systemd" else None)
     if s.kube_controller_manager_runtime == "systemd":

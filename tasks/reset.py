@@ -38,7 +38,7 @@ from tasks import cni, containerd, flannel, kernel, pod_network
 from tasks.engine import kubectl, ops
 from tasks.engine.context import HostContext, Step
 from tasks.engine.findings import Finding, refuse, say, warning
-from tasks.controller_manager import config_mode, config_path
+from tasks.controller_manager import config_mode, config_path, unit_name
 from tasks.engine.desired import DesiredFile, text_file
 from tasks.errors import PodnetError
 from tasks.engine.probe import NodeState, ProbeRequest
@@ -163,7 +163,7 @@ def probe_request(s: Settings, first_control_plane: bool) -> ProbeRequest:
         request.hashes.append(config_path(s))  # installing the restored file compares its digest
         request.queries[BACKUPS_QUERY] = backups_command(s)
         if s.kube_controller_manager_runtime == "systemd":
-            request.units.append(posixpath.basename(s.kube_controller_manager_unit))
+            request.units.append(unit_name(s))
     if s.reset_kernel:
         request.hashes += [kernel.MODULES_LOAD_PATH, kernel.SYSCTL_PATH, *kernel.OLD_SYSCTL_PATHS]
     if s.reset_containerd:
@@ -287,7 +287,7 @@ def controller_manager_restored(s: Settings, node: NodeState, host_name: str) ->
     ops.files_installed(name="reset: kube-controller-manager without podnet's node IPAM flags",
                         files=[desired] if desired else [], current=node)
     if s.kube_controller_manager_runtime == "systemd":
-        unit = posixpath.basename(s.kube_controller_manager_unit)
+        unit = unit_name(s)
         ops.shell_when(name="reset: kube-controller-manager restarted",
                        commands=["systemctl daemon-reload", f"systemctl restart {shlex.quote(unit)}"],
                        reason="its unit changed" if desired else None)
