@@ -32,6 +32,7 @@ from tasks.formats.systemd_unit import UnitEntry, UnitSyntaxError, systemd_word,
 from tasks.engine.context import HostContext, Step
 from tasks.engine.desired import DesiredFile, text_file
 from tasks.engine.findings import Finding, error, refuse, warning
+from tasks.engine.ownership import Ownership
 from tasks.errors import PodnetError
 from tasks.formats import kube_yaml
 from tasks.engine.probe import NodeState, ProbeRequest
@@ -417,6 +418,12 @@ def backup_commands(path: str, backup: str) -> list[str]:
     return [f"mkdir -p {BACKUP_DIR}", f"cp -p {shlex.quote(path)} {shlex.quote(backup)}"]
 
 
+def ownership(s: Settings) -> Ownership:
+    """kube-controller-manager's manifest or unit is not podnet's: podnet only edits its node IPAM
+    flags, keeping the file as it was in BACKUP_DIR first (tasks/reset_controller_manager puts it back)."""
+    return Ownership("controller_manager", edits=(config_path(s),))
+
+
 def probe_request(s: Settings) -> ProbeRequest:
     # The content to merge the flags into; its digest, which installing a rewritten one compares.
     return ProbeRequest(contents=[config_path(s)], hashes=[config_path(s)], units=[unit_name(s)]
@@ -523,7 +530,8 @@ def apply(s: Settings, node: NodeState, host_name: str, created_by_kubeadm: bool
                    reason=f"backing up {path} to {backup}" if desired else None)
     unit = unit_name(s)
     ops.files_installed(name="kube-controller-manager: node IPAM flags", files=[desired] if desired else [],
-                        current=node, restarts=unit if s.kube_controller_manager_runtime == "systemd" else None)
+                        current=node, restarts=unit if s.kube_controller_manager_runtime == "systemd" else None,
+                        owned=False)  # podnet edits this file; its backup is BACKUP_DIR's
     if s.kube_controller_manager_runtime == "systemd":
         ops.service_running(name="kube-controller-manager: running with the new flags", unit=unit, current=node,
                             restart=desired is not None, daemon_reload=desired is not None)

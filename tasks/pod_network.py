@@ -340,3 +340,31 @@ OLD_BRIDGE = Step(
     probe=_probe,
     apply=lambda ctx: old_bridge_removed(ctx.settings, ctx.node),
 )
+
+
+# --- reset ------------------------------------------------------------------------------------
+
+
+def pods_losing_network_findings(node: NodeState, host_name: str) -> list[Finding]:
+    """A warning naming how many pods attached to cni0 lose their network with a reset."""
+    bridge = cni0_state(node)
+    if not (bridge and bridge[1]):
+        return []
+    what = f"{bridge[1]} pod(s) attached to {BRIDGE} lose their network with this reset"
+    fix = "recreate them once a deploy has brought the pod network back (or drain the node before the reset)"
+    return [warning(what, where=host_name, why="podnet does not delete them", fix=fix,
+                    text=f"{host_name}: {what}; podnet does not delete them: {fix}")]
+
+
+def pods_losing_network(node: NodeState, host_name: str) -> None:
+    """Name the pods a reset takes the network from (podnet never deletes pods)."""
+    say(pods_losing_network_findings(node, host_name))
+
+
+RESET_WARNING = Step(
+    "reset: pods attached to cni0 named",
+    probe=lambda ctx: ProbeRequest(queries={"cni0": CNI0_COMMAND}),
+    findings=lambda ctx: pods_losing_network_findings(ctx.node, ctx.host_name),
+    check=lambda ctx: pods_losing_network(ctx.node, ctx.host_name),
+    apply=lambda ctx: None,
+)

@@ -12,7 +12,7 @@ import base64
 import pytest
 import yaml
 
-from tasks import reset
+from tasks import cni, flannel
 from tasks.controller_manager import desired_flags, exec_start_entry, merge_manifest, merge_unit
 from tasks.formats.systemd_unit import systemd_words
 from tasks.engine.probe import NodeState
@@ -39,15 +39,15 @@ def deployed(cluster: Cluster, host: str, **data) -> NodeState:
     backup of the manifest and the flannel objects."""
     node = cluster.converged(host, **data)
     node.hashes["/opt/cni/bin/someone-elses-plugin"] = "0" * 64
-    node.listings[reset.SYS_NET] = ["lo", "eth0", "cni0", "flannel.1", "veth1234"]
-    node.queries[reset.CHAINS_QUERY] = (0, CHAIN_LINES)
-    node.queries[reset.NFT_QUERY] = (0, ["ip flannel-ipv4"])
+    node.listings[flannel.SYS_NET] = ["lo", "eth0", "cni0", "flannel.1", "veth1234"]
+    node.queries[flannel.CHAINS_QUERY] = (0, CHAIN_LINES)
+    node.queries[flannel.NFT_QUERY] = (0, ["ip flannel-ipv4"])
     node.queries["cni0"] = (0, ["addr 10.244.0.1/24", "ports 1"])
-    node.features = {path: True for path in reset.RUN_DIRS}
+    node.features = {path: True for path in (flannel.RUN_DIR, cni.HOST_LOCAL_RECORDS)}
     if host == CP:
         node.queries[BACKUPS_QUERY] = (0, [f"{BACKUP} {base64.b64encode(KUBEADM_MANIFEST.encode()).decode()}"])
         if cluster.settings(host, **data).flannel_rollout == "daemonset":
-            node.queries[reset.OBJECTS_QUERY] = (0, OBJECTS)
+            node.queries[flannel.OBJECTS_QUERY] = (0, OBJECTS)
     return node
 
 
@@ -57,7 +57,7 @@ def bare(cluster: Cluster, host: str) -> NodeState:
     if host == CP:
         node.contents[MANIFEST] = KUBEADM_MANIFEST.encode()
         node.queries[BACKUPS_QUERY] = (0, [f"{BACKUP} {base64.b64encode(KUBEADM_MANIFEST.encode()).decode()}"])
-        node.queries[reset.OBJECTS_QUERY] = (0, [])
+        node.queries[flannel.OBJECTS_QUERY] = (0, [])
     return node
 
 
@@ -103,9 +103,9 @@ def test_reset_commands_remove_only_what_podnet_and_flannel_made(cluster):
         assert "rm -rf /run/flannel /var/lib/cni/networks/cbr0" in commands
         chains = [c for c in commands if "-restore --noflush" in c]
         assert chains == [" && ".join([
-            reset.chains_removal("ip6tables-legacy", "nat", ["FLANNEL-POSTRTG"]),
-            reset.chains_removal("iptables-nft", "filter", ["FLANNEL-FWD"]),
-            reset.chains_removal("iptables-nft", "nat", ["FLANNEL-POSTRTG"])])]
+            flannel.chains_removal("ip6tables-legacy", "nat", ["FLANNEL-POSTRTG"]),
+            flannel.chains_removal("iptables-nft", "filter", ["FLANNEL-FWD"]),
+            flannel.chains_removal("iptables-nft", "nat", ["FLANNEL-POSTRTG"])])]
         assert f"{host.split('/')[1]}: 1 pod(s) attached to cni0 lose their network" in run.stderr
     cp = run.commands(CP)
     daemonset = cp.index(f"{kubectl} daemonset/kube-flannel --cascade=foreground --wait=true --timeout=10s && "

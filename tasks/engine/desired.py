@@ -15,9 +15,6 @@ import jinja2
 from tasks.artifacts.download import known_digest, register_digest, sha256_of
 from tasks.formats import kube_yaml, toml
 
-# Where podnet installs the release binaries it runs on a node (containerd's, kubeadm's, kubelet's, kubectl's,
-# flanneld); runc and the CNI plugins have places of their own.
-BIN_DIR = "/usr/local/bin"
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
 
 _environment = jinja2.Environment(
