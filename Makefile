@@ -4,14 +4,15 @@ DEMO_DIR ?= .demo
 
 .PHONY: deps test test-unit test-e2e demo demo-down
 
-# Debian packages for the local test cluster and the pause image, ruby and vagrant to check
+# Debian packages for the local test cluster and the pause image (sudo: the run lock test of privilege
+# wrappers), ruby and vagrant to check
 # the Vagrantfile (no provider: nothing boots), Python packages for the toolkit and tests.
 # Idempotent; needs root (apt).
 deps:
 	@command -v debootstrap >/dev/null && command -v systemd-nspawn >/dev/null && command -v gcc >/dev/null \
-	  && command -v ssh >/dev/null && command -v containerd >/dev/null || { \
+	  && command -v ssh >/dev/null && command -v containerd >/dev/null && command -v sudo >/dev/null || { \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-	    debootstrap systemd-container iproute2 openssh-client gcc libc6-dev containerd dpkg-dev ca-certificates; }
+	    debootstrap systemd-container iproute2 openssh-client gcc libc6-dev containerd dpkg-dev ca-certificates sudo; }
 	@command -v ruby >/dev/null && command -v vagrant >/dev/null || { \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ruby vagrant; }
 	$(PYTHON) -m pip install -q -r requirements-test.txt

@@ -4,6 +4,8 @@ The documents written from the code's own declarations, so that they cannot drif
 - the README's settings table and the commented group-data example ``inventory/group_data/all.py``,
   from the settings' declaration (``Settings`` in tasks/settings/__init__.py; tasks/settings/docs.py
   lays them out);
+- the README's "Supported versions" table, from the compatibility table (tasks/releases.py,
+  ``supported_versions_rows``);
 - the README's step table, from the step list (``POD_NETWORK`` in tasks/deploys.py, after the step that
   clears what an interrupted run left) and each ``Step``'s own one-line ``name``.
 
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tasks import deploys, interrupted
+from tasks import deploys, interrupted, releases
 from tasks.engine.context import Step
 from tasks.settings import docs as settings_docs
 
@@ -64,6 +66,7 @@ def _cell(text: str) -> str:
 
 
 SETTINGS_TABLE = Table(("setting", "default", "meaning"), settings_docs.table_rows)
+VERSIONS_TABLE = Table(("component", "releases", "what podnet uses", "upstream source"), releases.supported_versions_rows)
 
 
 def run_steps() -> tuple[Step, ...]:
@@ -86,8 +89,8 @@ STEPS_TABLE = Table(("#", "step", "module", "what is ensured"), step_rows)
 
 
 def readme(text: str) -> str:
-    """The README with its settings table and step table written anew."""
-    for table in (SETTINGS_TABLE, STEPS_TABLE):
+    """The README with its settings table, supported-versions table and step table written anew."""
+    for table in (SETTINGS_TABLE, VERSIONS_TABLE, STEPS_TABLE):
         text = table.replace_in(text, "README.md")
     return text
 

@@ -43,7 +43,8 @@ from yaml.nodes import MappingNode, SequenceNode
 
 from tasks import controller_manager
 
-from tasks.engine import ops
+from tasks.engine import answers, ops
+from tasks.engine.answers import BadField, RemoteAnswerError
 from tasks.engine.context import HostContext, Step
 from tasks.engine.findings import Finding, error, refuse, warning
 from tasks.engine.kubectl import fix as kubectl_fix, output as kubectl_said
@@ -237,20 +238,33 @@ class Stored:
     text: str
 
 
-def parse_answer(rc: int, lines: list[str], s: Settings, host_name: str) -> Stored | None:
-    """The probe's answer: None when the ConfigMap does not exist (not a kubeadm-managed control plane)."""
+def _mark_line(line: str) -> str:
+    """query_command's first line: MARK and the ConfigMap's resourceVersion (an opaque string to clients,
+    API conventions: non-empty, one word)."""
+    mark, version = answers.fields(line, 2, " ")
+    if mark != MARK or not version or answers.CONTROL.search(version):
+        raise BadField(f"not '{MARK} <resourceVersion>'")
+    return version
+
+
+def parse_answer(rc: int, lines: list[str], s: Settings, host_name: str, stderr: str = "") -> Stored | None:
+    """
+    The probe's answer (kubectl's stdout; ``stderr`` only shown): None when the ConfigMap does not exist
+    (not a kubeadm-managed control plane). RemoteAnswerError when the first line is not the MARK line.
+    """
     if rc != 0:
+        said = kubectl_said(stderr.split()) or "(nothing on stderr)"
         raise KubeadmConfigError(
-            f"{host_name}: reading {WHERE} with kubectl failed: {kubectl_said(lines)}; podnet records the node "
+            f"{host_name}: reading {WHERE} with kubectl failed: {said}; podnet records the node "
             f"IPAM flags there on kubeadm clusters: {kubectl_fix(s.kubeconfig)}")
-    start = next((i for i, line in enumerate(lines) if line.startswith(MARK + " ")), None)
-    if start is None:
+    if not any(line.strip() for line in lines):
         return None
-    text = "\n".join(lines[start + 1:]).strip("\n")
+    version = answers.records(host_name, f"kubectl get {WHERE} ({QUERY})", lines[:1], _mark_line)[0]
+    text = "\n".join(lines[1:]).strip("\n")
     if not text:
         raise KubeadmConfigError(f"{host_name}: {WHERE} has no {KEY}; kubeadm upgrade needs it: restore it "
                                  "(kubeadm init phase upload-config kubeadm) and rerun")
-    return Stored(lines[start][len(MARK) + 1:].strip(), text + "\n")
+    return Stored(version, text + "\n")
 
 
 def patch_command(s: Settings, stored: Stored, text: str) -> str:
@@ -271,15 +285,15 @@ def planned(s: Settings, node: NodeState, host_name: str,
     if answer is None or cluster_created:
         return None, []
     try:
-        stored = parse_answer(answer[0], answer[1], s, host_name)
+        stored = parse_answer(answer[0], answer[1], s, host_name, node.query_stderr.get(QUERY, ""))
         if stored is None:
             return None, []
         try:
             text, changes, api_version = merge_cluster_configuration(stored.text, desired_args(s))
         except KubeadmConfigError as problem:
             raise KubeadmConfigError(f"{host_name}: {problem}") from None
-    except KubeadmConfigError as problem:
-        return None, [error(str(problem), KubeadmConfigError, text=str(problem))]
+    except (KubeadmConfigError, RemoteAnswerError) as problem:
+        return None, [error(str(problem), type(problem), text=str(problem))]
     return ((stored, text, changes, api_version) if text is not None else None), []
 
 

@@ -98,3 +98,41 @@ def test_a_healthy_node_has_no_findings_and_every_step_has_the_verb():
     assert every_finding(ctx) == []
     for step in (interrupted.STEP, *deploys.POD_NETWORK):
         assert callable(step.findings), step.name
+
+
+def test_kubectl_failing_on_the_first_control_plane_host_says_its_stderr_not_its_stdout():
+    ctx = first_control_plane(flannel_rollout="systemd")
+    node = NodeState(machine="x86_64")
+    node.queries.update({"pod_cidrs": (0, ["cp1 10.244.0.0/24"]), flannel.RBAC_QUERY: (1, ["not data"]),
+                         "cni0": (1, [])})
+    node.query_stderr[flannel.RBAC_QUERY] = "error: You must be logged in to the server (Unauthorized)"
+    ctx.node = node.answering(probe_request(applicable(deploys.POD_NETWORK, ctx), ctx))
+    found = findings.errors(flannel.ROLLOUT.findings(ctx))
+    assert [f.message for f in found] == [
+        "kubectl on the first control-plane host failed: error: You must be logged in to the server (Unauthorized); "
+        f"check that kubectl is installed and kubeconfig {ctx.settings.kubeconfig} works"]
+    with pytest.raises(flannel.PodCidrError, match="Unauthorized"):
+        flannel.rbac_applied(ctx.settings, ctx.node)
+
+
+def test_a_cgroup_v1_node_and_a_containerd_outside_its_support_window_are_findings():
+    from tasks import containerd, kubeadm
+    from tasks.releases import KUBELET_CGROUP_V1
+
+    row = KUBELET_CGROUP_V1[0]
+    s = parse_host_settings({"cluster_bootstrap": True, "kubernetes_version": f"{row.first}.0"}, "10.0.0.10",
+                            ["control_plane"])
+    node = NodeState(machine="x86_64", features={kubeadm.CGROUP_V2: False})
+    [found] = kubeadm.kubelet_findings(s, node, "cp1")
+    assert found.is_error and found.refusal is kubeadm.KubeadmError
+    assert found.message.startswith("cp1: this node has cgroup v1 (/sys/fs/cgroup is not cgroup2fs)")
+    with pytest.raises(kubeadm.KubeadmError, match="^cp1: this node has cgroup v1"):
+        kubeadm.kubelet_runs_here(s, node, "cp1")
+    assert kubeadm.kubelet_findings(s, NodeState(features={kubeadm.CGROUP_V2: True}), "cp1") == []
+
+    from tasks.releases import CONTAINERD_KUBERNETES
+    row = CONTAINERD_KUBERNETES[0]
+    newer = f"1.{int(row.value.split('.')[1]) + 1}.0"
+    old = parse_host_settings({"containerd_version": f"{row.first}.0", "kubernetes_version": newer}, "w1", ["worker"])
+    [warned] = containerd.support_window_findings(old)
+    assert not warned.is_error and warned.message == containerd.support_window(old)

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tasks import cni, flannel
+from tasks.engine import ownership
 from tasks.controller_manager import desired_flags, exec_start_entry, merge_manifest, merge_unit
 from tasks.formats.systemd_unit import systemd_words
 from tasks.engine.probe import NodeState
@@ -38,6 +39,8 @@ def deployed(cluster: Cluster, host: str, **data) -> NodeState:
     one pod on cni0, a plugin of someone else's in the CNI bin dir and (control plane) podnet's
     backup of the manifest and the flannel objects."""
     node = cluster.converged(host, **data)
+    # the node's record of what podnet wrote there (the only record of flanneld's credentials)
+    node.contents[ownership.LEDGER] = "".join(f"{digest} {path}\n" for path, digest in node.hashes.items()).encode()
     node.hashes["/opt/cni/bin/someone-elses-plugin"] = "0" * 64
     node.listings[flannel.SYS_NET] = ["lo", "eth0", "cni0", "flannel.1", "veth1234"]
     node.queries[flannel.CHAINS_QUERY] = (0, CHAIN_LINES)
@@ -144,7 +147,8 @@ def test_a_limited_reset_with_the_systemd_unit_touches_that_node_only(cluster):
     assert run.commands(CP) == []
     worker = run.commands(WORKER)
     assert ("systemctl disable --now flanneld.service && rm -f /etc/systemd/system/flanneld.service "
-            "/usr/local/bin/flanneld /etc/kube-flannel/net-conf.json && rmdir --ignore-fail-on-non-empty "
+            "/usr/local/bin/flanneld /etc/kube-flannel/net-conf.json /etc/kube-flannel/kubeconfig /etc/kube-flannel/token "
+            "/etc/kube-flannel/token.expires && rmdir --ignore-fail-on-non-empty "
             "/etc/kube-flannel && systemctl daemon-reload") in worker
     assert "ip link delete cni0 && ip link delete flannel.1" in worker
 

@@ -7,22 +7,26 @@ command per host, whose answer (``NodeState``) every decision reads. The answer 
 for the rest of the run, so planning and execution never ask the host the same thing again.
 
 A kind of question is declared once, in ``KINDS``: the ``ProbeRequest`` field that asks it, the
-shell fragment that answers it, and how each answer line is read into its ``NodeState`` field
-(which is held to what was asked). A new kind is those two fields and its ``Kind``.
+shell fragment that answers it, and how each answer line is read, checked against its schema
+(tasks/engine/answers.py), into its ``NodeState`` field (which is held to what was asked). A new
+kind is those two fields and its ``Kind``.
 """
 
 from __future__ import annotations
 
-import base64
 import fnmatch
+import os
 import posixpath
 import shlex
 from dataclasses import dataclass, field, fields
 from typing import Callable
 
+from pyinfra import logger
 from pyinfra.api import FactBase
+from pyinfra.connectors.local import LocalConnector
 
-from tasks.engine import run_lock
+from tasks.engine import answers, run_lock
+from tasks.engine.answers import BadField, RemoteAnswerError
 from tasks.errors import PodnetError
 
 
@@ -83,15 +87,21 @@ class Answers(dict):
     unit enabled on every run). Keys that were asked for and are absent read as absent.
     """
 
-    def __init__(self, kind: str, asked: Callable[[str], bool], answers: dict):
+    def __init__(self, kind: str, asked: Callable[[str], bool], answers: dict,
+                 refused: dict[str, str] | None = None, host_name: str = ""):
         super().__init__(answers)
         self.kind = kind
         self._asked = asked
+        self._refused = refused or {}
+        self._host = f"{host_name}: " if host_name else ""
 
     def _check(self, key) -> None:
         if not self._asked(key):
             raise ProbeContractError(f"the probe was not asked for {self.kind} {key!r}: add it to the probe of the "
                                      "step that reads it")
+        if key in self._refused:  # its answer did not fit the schema: a step needing it refuses
+            raise RemoteAnswerError(f"{self._host}the probe's {self.kind} answer for {key!r} was refused: "
+                                    f"{self._refused[key]}; nothing is decided from it")
 
     def __getitem__(self, key):
         self._check(key)
@@ -125,23 +135,31 @@ class NodeState:
     features: dict[str, bool] = field(default_factory=dict)
     units: dict[str, tuple[str, str]] = field(default_factory=dict)  # unit -> (active, enabled)
     listings: dict[str, list[str]] = field(default_factory=dict)
-    queries: dict[str, tuple[int, list[str]]] = field(default_factory=dict)  # name -> (exit code, lines)
+    queries: dict[str, tuple[int, list[str]]] = field(default_factory=dict)  # name -> (exit code, stdout lines)
+    query_stderr: dict[str, str] = field(default_factory=dict)  # name -> what it wrote to stderr (never parsed)
     # Every sysctl configuration file (*.conf in SYSCTL_DIRS, then SYSCTL_CONF): path -> the path it resolves to
     # (itself, a link's target, /dev/null for a masked name).
     sysctl_files: dict[str, str] = field(default_factory=dict)
     # path -> its lines that may set a requested parameter, as written (files without one absent).
     sysctl_lines: dict[str, list[str]] = field(default_factory=dict)
     run_lock: run_lock.LockAnswer | None = None  # the run lock step's answer (tasks/engine/run_lock.py)
+    # Answers that did not fit their schema (tasks/engine/answers.py), never used as data:
+    # kind (an ANSWER_KINDS key) -> key -> why; reading such a key raises RemoteAnswerError.
+    refused: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Every probe line that did not fit, as reported (a warning naming the host, once per probe).
+    problems: list[str] = field(default_factory=list)
 
-    def answering(self, request: ProbeRequest) -> "NodeState":
-        """This answer held to ``request``: reading anything it did not ask for raises ProbeContractError."""
+    def answering(self, request: ProbeRequest, host_name: str = "") -> "NodeState":
+        """This answer held to ``request``: reading anything it did not ask for raises ProbeContractError,
+        reading an answer that did not fit its schema raises RemoteAnswerError (naming ``host_name``)."""
         held = {}
         for kind in KINDS:
             asked = getattr(request, kind.asked)
             check = _matches_any(asked) if kind.globs else set(asked).__contains__
             for reader in kind.readers.values():
                 if reader.key:
-                    held[reader.field] = Answers(reader.key, check, dict(getattr(self, reader.field)))
+                    held[reader.field] = Answers(reader.key, check, dict(getattr(self, reader.field)),
+                                                 self.refused.get(reader.field), host_name)
         return NodeState(**{**self.__dict__, **held})
 
     def unit_active(self, unit: str) -> bool:
@@ -164,9 +182,10 @@ DIGEST_CACHE = "/var/lib/podnet/digests"
 # edited file is always re-hashed. The cache is derived data: deleting it only costs time.
 # Only regular files (after following links) are reported.
 DIGESTS_SCRIPT = r"""t=$(mktemp -d) && {
-stat -L -c '%i:%s:%.9Y:%.9Z %a %f %n' -- FILES 2>/dev/null > "$t/stat"
+set --; for f in FILES; do podnet_safe "$f" digest && set -- "$@" "$f"; done
+: > "$t/stat"; [ $# -gt 0 ] && stat -L -c '%i:%s:%.9Y:%.9Z %a %f %n' -- "$@" 2>/dev/null > "$t/stat"
 awk -v cache=CACHE -v hash="$t/hash" -v keep="$t/keep" '
-BEGIN { while ((getline line < cache) > 0) { split(line, f, " "); known[f[1] " " substr(line, length(f[1]) + length(f[2]) + 3)] = f[2] } }
+BEGIN { while ((getline line < cache) > 0) { split(line, f, " "); if (length(f[2]) == 64 && f[2] !~ /[^0-9a-f]/) known[f[1] " " substr(line, length(f[1]) + length(f[2]) + 3)] = f[2] } }
 $3 !~ /^8...$/ { next }
 { path = substr($0, length($1) + length($2) + length($3) + 4)
   printf "mode\t%s\t%s\n", $2, path
@@ -189,6 +208,14 @@ SYSCTL_DIRS = ("/etc/sysctl.d", "/run/sysctl.d", "/usr/local/lib/sysctl.d", "/us
 SYSCTL_CONF = "/etc/sysctl.conf"
 
 
+# A file name holding a newline, tab or carriage return would break the probe's line protocol
+# (one record per line, fields split by tabs) and could forge a record: such a path is never
+# printed as is; it is reported as ``badname<TAB>kind<TAB>base64 of the path`` and left out.
+SAFE_NAME_FUNCTION = r"""podnet_tab=$(printf '\t'); podnet_cr=$(printf '\r')
+podnet_safe() { case "$1" in *'
+'*|*"$podnet_tab"*|*"$podnet_cr"*) printf 'badname\t%s\t%s\n' "$2" "$(printf '%s' "$1" | base64 -w0)"; return 1;; esac; }"""
+
+
 def _sysctl_lines_pattern(keys: list[str]) -> str:
     """An extended regular expression for the lines that may set one of ``keys``: the first
     component of a key, after an optional '-', then either separator ('.' or '/')."""
@@ -202,8 +229,10 @@ def sysctl_config_script(keys: list[str], dirs: tuple[str, ...] = SYSCTL_DIRS, c
     its lines that may set one of ``keys`` (``sysctlline``, path, line as written)."""
     q = shlex.quote
     files = " ".join(f"{q(d)}/*.conf" for d in dirs) + " " + q(conf)
-    return (f"for f in {files}; do {{ [ -e \"$f\" ] || [ -L \"$f\" ]; }} || continue; "
-            "printf 'sysctlfile\\t%s\\t%s\\n' \"$f\" \"$(readlink -f \"$f\")\"; "
+    return (f"{SAFE_NAME_FUNCTION}\n"
+            f"for f in {files}; do {{ [ -e \"$f\" ] || [ -L \"$f\" ]; }} || continue; "
+            "podnet_safe \"$f\" sysctlfile || continue; r=$(readlink -f \"$f\"); podnet_safe \"$r\" sysctlfile || continue; "
+            "printf 'sysctlfile\\t%s\\t%s\\n' \"$f\" \"$r\"; "
             f"grep -E {q(_sysctl_lines_pattern(keys))} \"$f\" 2>/dev/null | "
             "while IFS= read -r line; do printf 'sysctlline\\t%s\\t%s\\n' \"$f\" \"$line\"; done; done")
 
@@ -213,12 +242,18 @@ def sysctl_config_script(keys: list[str], dirs: tuple[str, ...] = SYSCTL_DIRS, c
 
 @dataclass(frozen=True)
 class Reader:
-    """How one kind of answer line ("<tag>\\t<part>\\t...") is read into a NodeState field."""
+    """
+    How one kind of answer line ("<tag>\t<part>\t...") is read into a NodeState field: ``parse`` checks the
+    parts against their schema (tasks/engine/answers.py; raises BadField) and gives (key, value); ``store``
+    puts them into the state (default: the field's key set to the value).
+    """
 
     field: str  # the NodeState field it fills
-    key: str  # what one of its keys is, in ProbeContractError's message ("" : reads are not held to the request)
-    parts: int | None  # tab-separated parts after the tag (None: any number)
-    read: Callable[[NodeState, list[str], str], None]  # (state, parts, the line after its tag)
+    key: str  # what one of its keys is, in ProbeContractError's message ("": reads are not held to the request)
+    parts: int | None  # tab-separated parts after the tag (None: ``parse`` checks them)
+    parse: Callable[[list[str]], tuple]  # parts -> (key, value)
+    key_part: int = 0  # the part holding the key, refused when the line does not fit
+    store: Callable[[NodeState, object, object], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -232,77 +267,120 @@ class Kind:
     globs: bool = False  # asked paths may end in '*' (expanded by the node's shell)
 
 
-def _each(fragment: Callable[..., str]) -> Callable[[list | dict], str]:
-    """A script with ``fragment`` once per asked item (a (name, command) pair for named questions)."""
+def _each(fragment: Callable[..., str], before: str = "", after: str = "") -> Callable[[list | dict], str]:
+    """A script with ``fragment`` once per asked item (a (name, command) pair for named questions), between
+    ``before`` and ``after`` when anything is asked."""
     def script(asked):
         items = asked.items() if isinstance(asked, dict) else ((item,) for item in asked)
-        return "\n".join(fragment(*item) for item in items)
+        body = [fragment(*item) for item in items]
+        return "\n".join([before, *body, after] if before and body else body) if body else ""
     return script
 
 
-def _put(name: str, value: Callable[[list[str]], tuple]) -> Callable[[NodeState, list[str], str], None]:
-    """A reader that sets one key of the field ``name``: value(parts) -> (key, value)."""
-    def read(state: NodeState, parts: list[str], rest: str) -> None:
-        key, answer = value(parts)
-        getattr(state, name)[key] = answer
-    return read
+def _text(data: bytes) -> str:
+    return data.decode(errors="replace")
 
 
-def _sysctl_line(state: NodeState, parts: list[str], rest: str) -> None:
-    path, _, text = rest.partition("\t")
-    state.sysctl_lines.setdefault(path, []).append(text)
+def _unit_state(active: str, enabled: str) -> tuple[str, str]:
+    # systemctl prints nothing for a unit it cannot be asked about: unknown / not-found
+    return answers.unit_active_state(active or "unknown"), answers.unit_file_state(enabled or "not-found")
+
+
+def _sysctl_answer(parts: list[str]) -> tuple:
+    if len(parts) < 2:
+        raise BadField(f"{len(parts)} field(s) where 2 are expected")
+    value = "\t".join(parts[1:])  # a multi-valued parameter's fields are tab-separated
+    return answers.sysctl_key(parts[0]), None if value == "-" else answers.sysctl_value(value).strip()
 
 
 def _query_answer(parts: list[str]) -> tuple:
-    output = base64.b64decode(parts[2]).decode(errors="replace")
-    return parts[0], (int(parts[1]), output.splitlines())
+    if len(parts) == 3:  # without stderr (an answer scripted by tests)
+        parts = [*parts, ""]
+    if len(parts) != 4:
+        raise BadField(f"{len(parts)} field(s) where 4 are expected")
+    return answers.no_control(parts[0], "query name"), (
+        answers.exit_status(parts[1]), _text(answers.base64_bytes(parts[2])).splitlines(),
+        _text(answers.base64_bytes(parts[3])).rstrip("\n"))
+
+
+def _store_query(state: NodeState, key, value) -> None:
+    rc, stdout, stderr = value
+    state.queries[key] = (rc, stdout)
+    if stderr:
+        state.query_stderr[key] = stderr
+
+
+def _store_entry(state: NodeState, key, value) -> None:
+    state.listings.setdefault(key, []).append(value)
+
+
+def _store_sysctl_line(state: NodeState, key, value) -> None:
+    state.sysctl_lines.setdefault(key, []).append(value)
+
+
+def _listing(directory: str) -> str:
+    d = q(directory.rstrip("/") or "/")
+    return (f"[ -d {d} ] && for e in {d}/* {d}/.[!.]* {d}/..?*; do "
+            "{ [ -e \"$e\" ] || [ -L \"$e\" ]; } || continue; podnet_safe \"$e\" entry || continue; "
+            f"printf 'entry\\t%s\\t%s\\n' {q(directory)} \"${{e##*/}}\"; done")
 
 
 q = shlex.quote  # in the fragments below
 KINDS: tuple[Kind, ...] = (
-    # Files (shell globs allowed): sha256 and mode of each regular one (missing files absent).
+    # Files (shell globs allowed; missing files just don't appear): sha256 and mode of each regular one.
     Kind("hashes", lambda paths: DIGESTS_SCRIPT.replace("FILES", " ".join(_glob(h) for h in paths)) if paths else "",
-         {"sha": Reader("hashes", "digest", 2, _put("hashes", lambda p: (p[1], p[0]))),
-          "mode": Reader("modes", "mode", 2, _put("modes", lambda p: (p[1], p[0])))}, globs=True),
+         {"sha": Reader("hashes", "digest", 2, lambda p: (answers.absolute_path(p[1]), answers.sha256_hex(p[0])),
+                        key_part=1),
+          "mode": Reader("modes", "mode", 2, lambda p: (answers.absolute_path(p[1]), answers.file_mode(p[0])),
+                         key_part=1)}, globs=True),
     Kind("contents", _each(lambda path: f"[ -f {q(path)} ] && printf 'content\\t%s\\t%s\\n' {q(path)} "
                                         f"\"$(base64 -w0 < {q(path)})\""),
-         {"content": Reader("contents", "content", 2, _put("contents", lambda p: (p[0], base64.b64decode(p[1]))))}),
+         {"content": Reader("contents", "content", 2,
+                            lambda p: (answers.absolute_path(p[0]), answers.base64_bytes(p[1])))}),
     Kind("sysctls", _each(lambda key: f"printf 'sysctl\\t%s\\t%s\\n' {q(key)} "
                                       f"\"$(cat {q(_sysctl_path(key))} 2>/dev/null || echo -)\""),
-         {"sysctl": Reader("sysctls", "sysctl", 2,
-                           _put("sysctls", lambda p: (p[0], None if p[1] == "-" else p[1].strip())))}),
+         {"sysctl": Reader("sysctls", "sysctl", None, _sysctl_answer)}),
     Kind("features", _each(lambda name, test: f"if {test}; then printf 'feature\\t%s\\t1\\n' {q(name)}; "
                                               f"else printf 'feature\\t%s\\t0\\n' {q(name)}; fi"),
-         {"feature": Reader("features", "feature", 2, _put("features", lambda p: (p[0], p[1] == "1")))}),
+         {"feature": Reader("features", "feature", 2, lambda p: (
+             answers.no_control(p[0], "feature name"),
+             {"1": True, "0": False}[p[1]] if p[1] in ("0", "1")
+             else answers.decimal(p[1], 0, 1, "feature answer (0 or 1)")))}),
     Kind("units", _each(lambda unit: f"printf 'unit\\t%s\\t%s\\t%s\\n' {q(unit)} "
                                      f"\"$(systemctl is-active {q(unit)} 2>/dev/null)\" "
                                      f"\"$(systemctl is-enabled {q(unit)} 2>/dev/null)\""),
-         {"unit": Reader("units", "unit", 3,
-                         _put("units", lambda p: (p[0], (p[1] or "unknown", p[2] or "not-found"))))}),
-    Kind("listings", _each(lambda directory: f"[ -d {q(directory)} ] && ls -1A {q(directory)} | while IFS= read -r "
-                                             f"entry; do printf 'entry\\t%s\\t%s\\n' {q(directory)} \"$entry\"; done"),
-         {"entry": Reader("listings", "listing", 2,
-                          lambda state, p, rest: state.listings.setdefault(p[0], []).append(p[1]))}),
-    Kind("queries", _each(lambda name, command: f"out=$( ({command}) 2>&1 ); rc=$?; printf 'query\\t%s\\t%s\\t%s\\n' "
-                                                f"{q(name)} \"$rc\" \"$(printf '%s' \"$out\" | base64 -w0)\""),
-         {"query": Reader("queries", "query", 3, _put("queries", _query_answer))}),
+         {"unit": Reader("units", "unit", 3, lambda p: (answers.no_control(p[0], "unit name"), _unit_state(p[1], p[2])))}),
+    # Entries podnet_safe refuses (a newline, tab or carriage return in the name) are reported as badname lines.
+    Kind("listings", _each(_listing),
+         {"entry": Reader("listings", "listing", 2, lambda p: (answers.absolute_path(p[0]), answers.file_name(p[1])),
+                          store=_store_entry)}),
+    # A query's stdout and stderr are reported apart (query<TAB>name<TAB>rc<TAB>base64 stdout<TAB>base64 stderr):
+    # nothing a command says on stderr is ever taken for data.
+    Kind("queries", _each(lambda name, command: f"out=$( ({command}) 2>\"$podnet_err\" ); rc=$?; "
+                                                f"printf 'query\\t%s\\t%s\\t%s\\t%s\\n' {q(name)} \"$rc\" "
+                                                "\"$(printf '%s' \"$out\" | base64 -w0)\" "
+                                                "\"$(base64 -w0 < \"$podnet_err\")\"",
+                          before="podnet_err=$(mktemp 2>/dev/null) || podnet_err=/dev/null",
+                          after='[ "$podnet_err" = /dev/null ] || rm -f "$podnet_err"'),
+         {"query": Reader("queries", "query", None, _query_answer, store=_store_query)}),
     Kind("sysctl_config", lambda keys: sysctl_config_script(keys) if keys else "",
-         {"sysctlfile": Reader("sysctl_files", "", 2, _put("sysctl_files", lambda p: (p[0], p[1]))),
-          "sysctlline": Reader("sysctl_lines", "", None, _sysctl_line)}),
+         {"sysctlfile": Reader("sysctl_files", "", 2,
+                               lambda p: (answers.absolute_path(p[0]), answers.absolute_path(p[1]))),
+          "sysctlline": Reader("sysctl_lines", "", None,
+                               lambda p: (answers.absolute_path(p[0]), "\t".join(p[1:])), store=_store_sysctl_line)}),
 )
 
-# Lines every probe prints whatever it asks: the machine (uname -m), and the run lock's answer when the probe takes
-# it (tasks/engine/run_lock.py).
-ALWAYS: dict[str, Reader] = {
-    "machine": Reader("machine", "", None, lambda state, parts, rest: setattr(state, "machine", rest.strip())),
-    "runlock": Reader("run_lock", "", None, lambda state, parts, rest: setattr(state, "run_lock", run_lock.parse(parts))),
-}
-READERS: dict[str, Reader] = {**ALWAYS, **{tag: r for kind in KINDS for tag, r in kind.readers.items()}}
+# NodeState field -> what one of its keys is, in ProbeContractError's message.
+ANSWER_KINDS = {r.field: r.key for kind in KINDS for r in kind.readers.values() if r.key}
+READERS: dict[str, Reader] = {tag: r for kind in KINDS for tag, r in kind.readers.items()}
 
 
 def probe_script(request: ProbeRequest) -> str:
-    """The one shell command that answers a ProbeRequest (each kind's fragment, in KINDS' order). Always exits 0."""
-    lines = ['printf "machine %s\\n" "$(uname -m)"']
+    """
+    The one shell command that answers a ProbeRequest (each kind's fragment, in KINDS' order). Always
+    exits 0. Only its stdout is read (see ``parse_probe``).
+    """
+    lines = ['printf "machine %s\\n" "$(uname -m)"', SAFE_NAME_FUNCTION]
     lines += [fragment for kind in KINDS if (fragment := kind.script(getattr(request, kind.asked)))]
     lines.append("true")
     return "\n".join(lines)
@@ -315,16 +393,65 @@ def _glob(pattern: str) -> str:
     return shlex.quote(pattern)
 
 
+def _always(state: NodeState, tag: str, rest: str) -> bool:
+    """Read a line every probe may print whatever it asks (the machine, the run lock's answer, a name left
+    out); False for any other tag."""
+    if tag == "machine":
+        machine = rest.strip()  # empty: refused later as an unsupported architecture
+        state.machine = answers.machine(machine) if machine else ""
+    elif tag == "runlock":  # a line that does not fit leaves run_lock None: the run refuses
+        state.run_lock = run_lock.parse(rest.split("\t"))
+    elif tag == "badname":
+        what, _, encoded = rest.partition("\t")
+        name = _text(answers.base64_bytes(encoded))
+        if what == "entry":  # that directory's listing is incomplete: a step reading it refuses
+            state.refused.setdefault("listings", {})[name.rpartition("/")[0]] = \
+                f"it holds a file name with a newline, tab or carriage return ({name!r})"
+        raise BadField(f"a {what} path with a newline, tab or carriage return in a file name "
+                       f"({name!r}) was left out")
+    else:
+        return False
+    return True
+
+
 def parse_probe(lines: list[str]) -> NodeState:
-    """The NodeState a probe's output lines describe (each line read by the Reader of its tag; others ignored)."""
+    """
+    The probe's stdout as a NodeState, each line read by the Reader of its tag. Each line's fields are
+    checked against their schema (tasks/engine/answers.py): a line that does not fit is never used as
+    data; it is listed in ``problems`` (reported as a warning by ``node_state``) and, where its key is
+    readable, the key is ``refused`` so that a step reading it refuses instead of taking it for "absent".
+    """
     state = NodeState()
     for line in lines:
         tag, _, rest = line.partition("\t") if "\t" in line else line.partition(" ")
-        parts = rest.split("\t")
-        reader = READERS.get(tag)
-        if reader is not None and (reader.parts is None or len(parts) == reader.parts):
-            reader.read(state, parts, rest)
+        try:
+            if _always(state, tag, rest):
+                continue
+            reader = READERS.get(tag)
+            if reader is None:
+                raise BadField("not a line the probe prints")
+            _read(state, tag, reader, rest)
+        except BadField as error:
+            state.problems.append(answers.problem("", "the probe", line, str(error)))
     return state
+
+
+def _read(state: NodeState, tag: str, reader: Reader, rest: str) -> None:
+    parts = rest.split("\t")
+    if reader.parts is not None and len(parts) != reader.parts:
+        raise BadField(f"{len(parts)} field(s) where {reader.parts} are expected")
+    try:
+        key, value = reader.parse(parts)
+    except BadField:
+        key = parts[reader.key_part] if len(parts) > reader.key_part else ""
+        if reader.key and key and not answers.CONTROL.search(key):
+            state.refused.setdefault(reader.field, {})[key] = \
+                f"{tag} line {answers.shown(tag + chr(9) + rest)} does not fit"
+        raise
+    if reader.store is not None:
+        reader.store(state, key, value)
+    else:
+        getattr(state, reader.field)[key] = value
 
 
 class NodeProbe(FactBase):
@@ -348,7 +475,8 @@ def node_state(host, request: ProbeRequest, run_lock_wait: int | None = None) ->
     by step from another deploy; podnet's own deploy asks once).
 
     With ``run_lock_wait`` (seconds), the probe first takes the node's run lock (tasks/engine/run_lock.py);
-    raises run_lock.NodeLocked naming the holder when another run holds it.
+    raises run_lock.NodeLocked naming the holder when another run holds it, and
+    run_lock.RunLockUnavailable when it could not be taken (fail closed, before any change).
     """
     known = _answers.get(host.name)
     if known is not None and known[0].covers(request):
@@ -359,9 +487,23 @@ def node_state(host, request: ProbeRequest, run_lock_wait: int | None = None) ->
         script = probe_script(request)
         if run_lock_wait is not None:  # after the first line (uname), before anything podnet decides from
             first, rest = script.split("\n", 1)
-            script = "\n".join([first, run_lock.acquire_script(run_lock_wait, run_lock.holder()), rest])
+            # with @local, the probe runs under this pyinfra process: the lock's owner (tasks/engine/run_lock.py)
+            local_owner = os.getpid() if issubclass(host.connector_cls, LocalConnector) else None
+            script = "\n".join([first, run_lock.acquire_script(run_lock_wait, run_lock.holder(), local_owner=local_owner),
+                                 rest])
         answer = host.get_fact(NodeProbe, script=script)
         _answers[host.name] = (request, answer)
+        report(host.name, answer)
     if run_lock_wait is not None:
         run_lock.refuse_if_held(host.name, answer.run_lock, run_lock_wait)
-    return answer.answering(request)
+    return answer.answering(request, host.name)
+
+
+def report(host_name: str, answer: NodeState) -> None:
+    """Warn (once per probe) about every probe line that did not fit its schema, and show what a
+    query that succeeded wrote to stderr: a diagnostic, never data."""
+    for problem in answer.problems:
+        logger.warning(f"podnet: {host_name}: {problem}")
+    for name, stderr in answer.query_stderr.items():
+        if answer.queries.get(name, (1, []))[0] == 0:
+            answers.warn_stderr(host_name, f"query {name}", stderr)

@@ -1,8 +1,8 @@
 """
 How the settings' one declaration (``Settings`` in tasks/settings/__init__.py) is laid out in the
 documents written from it: the rows of the README's settings table and the commented group-data
-example ``inventory/group_data/all.py``. tasks/docs.py writes them (``python3 -m tasks.docs``, of which
-``python3 -m tasks.settings.docs`` is the old name).
+example ``inventory/group_data/all.py``. tasks/docs.py writes them, with every other generated block
+(``python3 -m tasks.docs``, of which ``python3 -m tasks.settings.docs`` is the old name).
 """
 
 from __future__ import annotations
