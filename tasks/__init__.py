@@ -6,16 +6,19 @@ podnet's code, by role.
   ``reset`` and ``reset_controller_manager`` (taking the pod network off), ``interrupted`` (what a killed
   run left), ``vagrant`` (the Vagrant inventory helper). Each exposes ``Step``s.
 - ``deploys``: the ordered step lists (``POD_NETWORK``) and the ``@deploy`` functions for anyone's own deploy.
+- ``docs``: the command ``python3 -m tasks.docs`` that writes the README's settings and step tables and
+  ``inventory/group_data/all.py`` from the code's declarations (``tasks.settings.docs`` is its old name).
 - ``lock_checksums``: the command ``python3 -m tasks.lock_checksums`` that writes the checksum lock file
   without a deploy (``tasks.lock`` is its old name).
 - ``engine/``: the step machinery, which imports no concern: ``context`` (Step, HostContext), ``runner``
-  (probe once, fetch once, check, apply), ``probe`` (the one question per host), ``ops`` (operations),
-  ``desired`` (files as they should be), ``run_lock`` (the node's run lock), ``run_report``,
-  ``pyinfra_compat`` (every pyinfra internal used).
+  (probe once, fetch once, check, apply), ``probe`` (the one question per host), ``findings`` (what is
+  wrong on a node, and refusing on it), ``ops`` (operations), ``desired`` (files as they should be),
+  ``polling`` (bounded waits), ``kubectl`` (kubectl on the first control-plane host failing),
+  ``run_lock`` (the node's run lock), ``run_report``, ``pyinfra_compat`` (every pyinfra internal used).
 - ``artifacts/``: release files: ``catalog`` (what files/artifacts.yaml lists and where it comes from),
   ``download`` (fetch, verify, unpack on the laptop), ``checksums`` (published sums and the lock file).
-- ``settings/``: the validated ``Settings`` (declared once per setting), ``docs`` (the README table and
-  inventory example written from it), ``kubeadm_parsers`` (parsers for kubeadm's own grammar).
+- ``settings/``: the validated ``Settings`` (declared once per setting), ``docs`` (how the README table and
+  inventory example lay it out), ``kubeadm_parsers`` (parsers for kubeadm's own grammar).
 - ``formats/``: one module per file format podnet reads or writes, by that format's rules.
 - Ground floor: ``errors`` (PodnetError) and ``releases`` (release facts: which version reads which format).
 """

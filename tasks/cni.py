@@ -12,6 +12,8 @@ from pathlib import Path
 from tasks.engine import ops
 from tasks.engine.context import HostContext, Step
 from tasks.engine.desired import DesiredFile, local_file, render, text_file
+from tasks.engine.findings import Finding, error, refuse, warning
+from tasks.artifacts.catalog import ArtifactError
 from tasks.artifacts.catalog import installed_files, node_directories
 from tasks.engine import ownership as owned
 from tasks.engine.ownership import Ownership, OwnedFile, declared_digests, installed
@@ -74,19 +76,37 @@ def conflist_file(settings: Settings) -> DesiredFile:
     return text_file(f"{settings.cni_conf_dir}/{CONFLIST_NAME}", render_conflist(settings))
 
 
-def check_plugins_present(conflist: DesiredFile, binaries: list[DesiredFile]) -> None:
-    """Every plugin `type` the conflist names must be a binary we install."""
+def missing_plugins(conflist: DesiredFile, binaries: list[DesiredFile]) -> list[Finding]:
+    """An error when a plugin `type` the conflist names is not a binary we install."""
     installed = {Path(f.path).name for f in binaries}
     missing = [t for t in plugin_types(conflist.content.decode()) if t not in installed]  # type: ignore[union-attr]
-    if missing:
-        raise CniError(f"{conflist.path} names plugin(s) {', '.join(missing)} that the CNI plugin releases "
+    if not missing:
+        return []
+    return [error(f"names plugin(s) {', '.join(missing)} that the CNI plugin releases do not provide "
+                  f"(installed: {', '.join(sorted(installed))})", CniError, where=conflist.path,
+                  text=f"{conflist.path} names plugin(s) {', '.join(missing)} that the CNI plugin releases "
                        f"do not provide (installed: {', '.join(sorted(installed))}); "
-                       "check cni_plugins_version and flannel_cni_plugin_version")
+                       "check cni_plugins_version and flannel_cni_plugin_version")]
+
+
+def check_plugins_present(conflist: DesiredFile, binaries: list[DesiredFile]) -> None:
+    """Every plugin `type` the conflist names must be a binary we install (CniError)."""
+    refuse(missing_plugins(conflist, binaries))
 
 
 def configs_ahead(entries: list[str]) -> list[str]:
     """Config files that libcni would load before ours."""
     return sorted(e for e in entries if e.endswith(CONFIG_EXTENSIONS) and e < CONFLIST_NAME)
+
+
+def configs_ahead_findings(settings: Settings, node: NodeState, host_name: str) -> list[Finding]:
+    """A warning for the configs that sort ahead of ours (the deploy renames them; its operation says so)."""
+    ahead = configs_ahead(node.listings.get(settings.cni_conf_dir, []))
+    if not ahead:
+        return []
+    return [warning(f"{', '.join(ahead)} in {settings.cni_conf_dir} sort ahead of {CONFLIST_NAME}", where=host_name,
+                    why=f"containerd loads only the first config in {settings.cni_conf_dir}, so pods would not get "
+                        "podnet's network", fix=f"a deploy renames them to *{MOVED_ASIDE_SUFFIX}")]
 
 
 def probe_request(settings: Settings) -> ProbeRequest:
@@ -114,15 +134,37 @@ def binaries(ctx: HostContext) -> list[DesiredFile]:
     return plugin_binaries(ctx.settings, ctx.unpacked("cni_plugins"), ctx.unpacked("flannel_cni_plugin"), ctx.arch)
 
 
+def release_findings(ctx: HostContext) -> list[Finding]:
+    """From this run's release files (fetched on the laptop, nothing asked of the node): flannel's plugin
+    missing from its archive (ArtifactError)."""
+    try:
+        binaries(ctx)
+    except ArtifactError as missing:
+        return [error(str(missing), ArtifactError, text=str(missing))]
+    return []
+
+
+def findings(ctx: HostContext) -> list[Finding]:
+    """Configs sorting ahead of ours; with the release files fetched, what they lack."""
+    found = configs_ahead_findings(ctx.settings, ctx.node, ctx.host_name)
+    if ctx.artifacts is not None:
+        found += release_findings(ctx)
+        if not found or not found[-1].is_error:
+            found += missing_plugins(conflist_file(ctx.settings), binaries(ctx))
+    return found
+
+
 def _apply(ctx: HostContext) -> None:
     apply(ctx.settings, ctx.node, binaries(ctx))
 
 
 STEP = Step(
-    "cni: plugins and 10-flannel.conflist",
+    "cni: the CNI plugins and flannel's in cni_bin_dir, 10-flannel.conflist first in cni_conf_dir (configs sorting "
+    "ahead of it renamed)",
     probe=lambda ctx: probe_request(ctx.settings),
     artifacts=lambda ctx: ("cni_plugins", "flannel_cni_plugin"),
-    check=binaries,
+    findings=findings,
+    check=lambda ctx: refuse(release_findings(ctx)),
     apply=_apply,
 )
 

@@ -22,6 +22,7 @@ from tasks.engine.context import HostContext, Step
 from tasks.engine.desired import DesiredFile, local_file, render, text_file
 from tasks.engine import ownership as owned
 from tasks.engine.ownership import Ownership, OwnedFile, declared_digests, installed, unit_removal_commands
+from tasks.engine.findings import WARNING, Finding, warning
 from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.formats import shell
 from tasks.releases import ConfigGeneration, config_generation, containerd_supports_kubernetes  # noqa: F401
@@ -83,6 +84,21 @@ def config_file(settings: "Settings") -> DesiredFile:
 
 def probe_request(settings: "Settings") -> ProbeRequest:
     return ownership(settings).probe_request()
+
+
+def findings(settings: "Settings", node: NodeState, host_name: str) -> list[Finding]:
+    """Warnings: containerd_version outside the support window of kubernetes_version (``support_window``);
+    containerd not running; its config.toml not the one podnet renders (so the CRI plugin may look for CNI
+    plugins and configs elsewhere). The deploy puts the last two right."""
+    found = support_window_findings(settings)
+    if not node.unit_active(UNIT):
+        found.append(warning(f"{UNIT} is not running", where=host_name,
+                             why="the kubelet cannot start any pod on this host", fix="a deploy starts it"))
+    if config_file(settings).differs(node.hashes.get(CONFIG_PATH)):
+        found.append(warning(f"{CONFIG_PATH} is not the config podnet renders", where=host_name,
+                             why=f"the CRI plugin's cni section may not point at {settings.cni_bin_dir} and "
+                                 f"{settings.cni_conf_dir}", fix="a deploy writes it (checked by containerd first)"))
+    return found
 
 
 # What containerd logs (to stderr, exit status 0) for a key of the file it does not read, or for a config
@@ -192,12 +208,19 @@ def support_window(settings: "Settings") -> str | None:
             "or set kubernetes_version to your cluster's release if it is older")
 
 
+def support_window_findings(settings: "Settings") -> list[Finding]:
+    """``support_window`` as a warning-level finding (none inside the window)."""
+    said = support_window(settings)
+    return [] if said is None else [Finding(WARNING, "outside the support window", text=said)]
+
+
 def say_support_window(settings: "Settings") -> None:
-    warning = support_window(settings)
+    """Say ``support_window``'s warning once per run and combination of releases."""
     key = (settings.containerd_version, settings.kubernetes_version)
-    if warning is not None and key not in _said:
+    if key not in _said:
         _said.add(key)
-        logger.warning(warning)
+        for finding in support_window_findings(settings):
+            logger.warning(finding.message)
 
 
 def _apply(ctx: HostContext) -> None:
@@ -206,8 +229,10 @@ def _apply(ctx: HostContext) -> None:
 
 
 STEP = Step(
-    "containerd: runtime with the CRI plugin's cni section",
+    "containerd: runc and containerd, its unit, and config.toml with the CRI plugin's cni section; restarted only "
+    "when what the daemon runs changed",
     probe=lambda ctx: probe_request(ctx.settings),
+    findings=lambda ctx: findings(ctx.settings, ctx.node, ctx.host_name),
     artifacts=lambda ctx: ("containerd", "runc"),
     check=lambda ctx: say_support_window(ctx.settings),
     apply=_apply,

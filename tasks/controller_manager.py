@@ -31,6 +31,7 @@ from tasks.engine import ops
 from tasks.formats.systemd_unit import UnitEntry, UnitSyntaxError, systemd_word, systemd_words, unit_entries
 from tasks.engine.context import HostContext, Step
 from tasks.engine.desired import DesiredFile, text_file
+from tasks.engine.findings import Finding, error, refuse, warning
 from tasks.engine.ownership import Ownership
 from tasks.errors import PodnetError
 from tasks.formats import kube_yaml
@@ -397,6 +398,26 @@ def config_path(s: Settings) -> str:
         else s.kube_controller_manager_unit
 
 
+def unit_name(s: Settings) -> str:
+    """The systemd unit of kube-controller-manager (systemd runtime): the name of kube_controller_manager_unit."""
+    return posixpath.basename(s.kube_controller_manager_unit)
+
+
+def config_mode(s: Settings) -> str:
+    """The mode of the manifest (0600, as kubeadm writes static pod manifests) or the unit (0644)."""
+    return "0600" if s.kube_controller_manager_runtime == "static-pod" else "0644"
+
+
+def backup_path(path: str, content: bytes) -> str:
+    """Where podnet keeps the copy of ``path`` holding ``content`` before changing it:
+    BACKUP_DIR/<name>.<sha256[:12] of the content> (tasks/reset_controller_manager.py restores from there)."""
+    return f"{BACKUP_DIR}/{posixpath.basename(path)}.{hashlib.sha256(content).hexdigest()[:12]}"
+
+
+def backup_commands(path: str, backup: str) -> list[str]:
+    return [f"mkdir -p {BACKUP_DIR}", f"cp -p {shlex.quote(path)} {shlex.quote(backup)}"]
+
+
 def ownership(s: Settings) -> Ownership:
     """kube-controller-manager's manifest or unit is not podnet's: podnet only edits its node IPAM
     flags, keeping the file as it was in BACKUP_DIR first (tasks/reset_controller_manager puts it back)."""
@@ -405,31 +426,54 @@ def ownership(s: Settings) -> Ownership:
 
 def probe_request(s: Settings) -> ProbeRequest:
     # The content to merge the flags into; its digest, which installing a rewritten one compares.
-    return ProbeRequest(contents=[config_path(s)], hashes=[config_path(s)], units=[posixpath.basename(s.kube_controller_manager_unit)]
+    return ProbeRequest(contents=[config_path(s)], hashes=[config_path(s)], units=[unit_name(s)]
                         if s.kube_controller_manager_runtime == "systemd" else [])
 
 
-def planned_file(s: Settings, node: NodeState, host_name: str) -> tuple[DesiredFile | None, bytes]:
-    """The rewritten config (None when already right) and its current content."""
+def merged_config(s: Settings, node: NodeState, host_name: str) -> tuple[str | None, list[Finding]]:
+    """The config with the node IPAM flags merged (None when already right), or the errors that stop it:
+    the file missing, or a file the merge cannot read safely."""
     path = config_path(s)
     if path not in node.contents:
         other = "systemd" if s.kube_controller_manager_runtime == "static-pod" else "static-pod"
         setting = ("kube_controller_manager_manifest" if s.kube_controller_manager_runtime == "static-pod"
                    else "kube_controller_manager_unit")
-        raise ControllerManagerError(
-            f"{host_name}: {setting}: {path} does not exist on this control-plane host; is the control plane "
-            f"installed (kubeadm init)? If kube-controller-manager runs differently, set {setting} or "
-            f"kube_controller_manager_runtime={other!r}")
-    current = node.contents[path]
+        return None, [error(f"{path} does not exist on this control-plane host", ControllerManagerError,
+                            where=f"{host_name}: {setting}",
+                            text=f"{host_name}: {setting}: {path} does not exist on this control-plane host; is the "
+                                 f"control plane installed (kubeadm init)? If kube-controller-manager runs "
+                                 f"differently, set {setting} or kube_controller_manager_runtime={other!r}")]
     merge = merge_manifest if s.kube_controller_manager_runtime == "static-pod" else merge_unit
     try:
-        merged = merge(current.decode(), desired_flags(s))
-    except (ControllerManagerError, yaml.YAMLError) as error:
-        raise ControllerManagerError(f"{host_name}: {path}: {error}") from None
+        return merge(node.contents[path].decode(), desired_flags(s)), []
+    except (ControllerManagerError, yaml.YAMLError) as problem:
+        return None, [error(str(problem), ControllerManagerError, where=f"{host_name}: {path}")]
+
+
+def findings(s: Settings, node: NodeState, host_name: str, created_by_kubeadm: bool = False) -> list[Finding]:
+    """Errors: the config missing or not mergeable (``merged_config``); a warning: kube-controller-manager
+    runs without podnet's node IPAM flags (a deploy merges them). Nothing while kubeadm writes the manifest
+    in this run."""
+    if created_by_kubeadm and config_path(s) not in node.contents:
+        return []
+    merged, found = merged_config(s, node, host_name)
+    if merged is not None:
+        found.append(warning("kube-controller-manager's node IPAM flags are not the settings'",
+                             where=f"{host_name}: {config_path(s)}",
+                             why="nodes get no podCIDR, or one outside flannel's Network",
+                             fix="a deploy merges them (after a backup)"))
+    return found
+
+
+def planned_file(s: Settings, node: NodeState, host_name: str) -> tuple[DesiredFile | None, bytes]:
+    """The rewritten config (None when already right) and its current content; ControllerManagerError
+    for the errors of ``merged_config``."""
+    merged, found = merged_config(s, node, host_name)
+    refuse(found)
+    current = node.contents[config_path(s)]
     if merged is None:
         return None, current
-    mode = "0600" if s.kube_controller_manager_runtime == "static-pod" else "0644"
-    return text_file(path, merged, mode=mode), current
+    return text_file(config_path(s), merged, mode=config_mode(s)), current
 
 
 def merge_after_kubeadm(state, host, connector_arguments: dict, s: Settings, host_name: str) -> bool:
@@ -446,26 +490,25 @@ def merge_after_kubeadm(state, host, connector_arguments: dict, s: Settings, hos
         current = None
     if current is None:
         raise ControllerManagerError(f"{host_name}: {path}: not readable after kubeadm ran: "
-                                     f"{' '.join(output.stderr_lines)[:300]}")
+                                     f"{ops.said(output.stderr_lines)}")
     try:
         merged = merge_manifest(current, desired_flags(s))
     except (ControllerManagerError, yaml.YAMLError) as error:
         raise ControllerManagerError(f"{host_name}: {path}: {error}") from None
     if merged is None:
         return True
-    backup = f"{BACKUP_DIR}/{posixpath.basename(path)}.{hashlib.sha256(current.encode()).hexdigest()[:12]}"
     staged = ops.staged_path(path)
-    steps = [f"mkdir -p {BACKUP_DIR}", f"cp -p {shlex.quote(path)} {shlex.quote(backup)}"]
+    steps = backup_commands(path, backup_path(path, current.encode()))
     ok, output = host.run_shell_command(" && ".join(steps), **connector_arguments)
     if ok:
         ok = host.put_file(io.BytesIO(merged.encode()), staged, **connector_arguments)
     if ok:  # activated as every staged file is: checked against its sha256 on the node first
         ok, output = host.run_shell_command(
-            ops.install_script([text_file(path, merged, mode="0600")], owned=False, host_name=host_name),
+            ops.install_script([text_file(path, merged, mode=config_mode(s))], owned=False, host_name=host_name),
             **connector_arguments)
     if not ok:
         raise ControllerManagerError(f"{host_name}: {path}: could not write the node IPAM flags: "
-                                     f"{' '.join(output.stderr_lines)[:300]}")
+                                     f"{ops.said(output.stderr_lines)}")
     return True
 
 
@@ -482,11 +525,11 @@ def apply(s: Settings, node: NodeState, host_name: str, created_by_kubeadm: bool
         return True
     desired, current = planned_file(s, node, host_name)
     path = config_path(s)
-    backup = f"{BACKUP_DIR}/{posixpath.basename(path)}.{hashlib.sha256(current).hexdigest()[:12]}"
+    backup = backup_path(path, current)
     ops.shell_when(name="kube-controller-manager: keep a backup before changing flags",
-                   commands=[f"mkdir -p {BACKUP_DIR}", f"cp -p {shlex.quote(path)} {shlex.quote(backup)}"],
+                   commands=backup_commands(path, backup),
                    reason=f"backing up {path} to {backup}" if desired else None)
-    unit = posixpath.basename(s.kube_controller_manager_unit)
+    unit = unit_name(s)
     ops.files_installed(name="kube-controller-manager: node IPAM flags", files=[desired] if desired else [],
                         current=node, restarts=unit if s.kube_controller_manager_runtime == "systemd" else None,
                         owned=False)  # podnet edits this file; its backup is BACKUP_DIR's
@@ -506,8 +549,10 @@ def _apply(ctx: HostContext) -> None:
 
 
 STEP = Step(
-    "kube-controller-manager: node IPAM flags",
+    "kube-controller-manager: node IPAM flags merged into its static pod manifest or systemd unit (control-plane "
+    "hosts, after a backup)",
     applies=_runs_here,
     probe=lambda ctx: probe_request(ctx.settings),
+    findings=lambda ctx: findings(ctx.settings, ctx.node, ctx.host_name, ctx.control_plane_created),
     apply=_apply,
 )

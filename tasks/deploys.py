@@ -28,19 +28,20 @@ from tasks import (cni, containerd, controller_manager, flannel, interrupted, ke
 from tasks.engine import run_report, runner
 from tasks.engine.context import HostContext, Step
 
-# The pod network, in the order its steps run on every host.
+# The pod network, in the order its steps run on every host: the one list of the steps (each Step's name says
+# what it ensures; the README's step table is written from this list by `python3 -m tasks.docs`).
 POD_NETWORK: tuple[Step, ...] = (
-    kernel.STEP,  # overlay, br_netfilter, bridge-nf-call and ip_forward, persisted
-    kubeadm.PREREQUISITES,  # cluster_bootstrap: swap off, kubeadm's preflight tools
-    containerd.STEP,  # containerd and runc, config.toml with the CRI plugin's cni section
-    cni.STEP,  # CNI plugins, flannel's, 10-flannel.conflist
-    kubeadm.BOOTSTRAP,  # cluster_bootstrap: kubelet, kubeadm, kubectl; kubeadm init or join
-    controller_manager.STEP,  # control-plane hosts: node IPAM flags
-    kubeadm_config.STEP,  # first control-plane host of a kubeadm cluster: the flags in kubeadm-config
-    flannel.POD_MTU,  # check: flannel_mtu fits the node's interface
-    pod_network.REGISTRATION,  # check: podCIDRs fit the settings; with the opt-in, nodes registered again
-    flannel.ROLLOUT,  # the DaemonSet (first control-plane host) or flanneld's unit (every node)
-    pod_network.OLD_BRIDGE,  # with the opt-in: the old network's cni0 removed
+    kernel.STEP,
+    kubeadm.PREREQUISITES,
+    containerd.STEP,
+    cni.STEP,
+    kubeadm.BOOTSTRAP,
+    controller_manager.STEP,
+    kubeadm_config.STEP,
+    flannel.POD_MTU,
+    pod_network.REGISTRATION,
+    flannel.ROLLOUT,
+    pod_network.OLD_BRIDGE,
 )
 
 

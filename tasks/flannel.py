@@ -30,11 +30,11 @@ import yaml
 
 from pyinfra import logger
 
-import yaml
-
 from tasks import cni, pod_network
 
-from tasks.engine import answers, ops, secret_files
+from tasks.engine import answers, kubectl, ops, secret_files
+from tasks.engine.findings import Finding, error, refuse, say, warning
+from tasks.engine.polling import poll
 from tasks.engine.context import HostContext, Step
 from tasks.artifacts.catalog import install_entry
 from tasks.engine.desired import DesiredFile, local_file, render, text_file
@@ -204,13 +204,21 @@ def checks_pod_cidrs(s: Settings, first_control_plane: bool) -> bool:
 _said: set[str] = set()
 
 
+def pod_cidrs_unchecked(s: Settings, first_control_plane: str | None) -> list[Finding]:
+    """Without a control-plane host the podCIDR check of a systemd rollout cannot run (no kubectl)."""
+    if s.flannel_rollout != "systemd" or first_control_plane is not None:
+        return []
+    return [warning(f"no host is in group {s.control_plane_group!r}",
+                    why="nothing checks that every node has a podCIDR for flanneld (flanneld waits for one and logs "
+                        "'pod cidr not assigned')",
+                    fix="add a host with kubectl and the kubeconfig setting to that group to have it checked")]
+
+
 def say_pod_cidrs_unchecked(s: Settings) -> None:
     """Without a control-plane host the podCIDR check cannot run (no kubectl): said once per run."""
-    if s.flannel_rollout == "systemd" and "pod_cidrs" not in _said:
+    if "pod_cidrs" not in _said and pod_cidrs_unchecked(s, None):
         _said.add("pod_cidrs")
-        logger.warning(f"podnet: no host is in group {s.control_plane_group!r}: nothing checks that every node has a "
-                       "podCIDR for flanneld (flanneld waits for one and logs 'pod cidr not assigned'); add a host with "
-                       "kubectl and the kubeconfig setting to that group to have it checked")
+        say(pod_cidrs_unchecked(s, None))
 
 
 def probe_request(s: Settings, first_control_plane: bool) -> ProbeRequest:
@@ -272,35 +280,46 @@ def _iface_mtu_line(line: str) -> tuple[str, int]:
     return answers.interface_name(iface), answers.decimal(mtu, 68, 65536, "MTU")
 
 
-def pod_mtu_fits(s: Settings, node: NodeState, host_name: str) -> None:
+def pod_mtu_findings(s: Settings, node: NodeState, host_name: str) -> list[Finding]:
     """
-    Refuse a flannel_mtu the backend cannot carry over this node's interface: at most the
+    A flannel_mtu the backend cannot carry over this node's interface (an error): at most the
     interface MTU minus the backend's encapsulation overhead (ENCAP_OVERHEAD), else large
-    packets between nodes are dropped. Raises PodMtuError while planning, before any change.
-    When the probe could not tell the interface, flanneld itself reports it; nothing is checked.
-    An answer that does not fit (``<interface> <mtu>``, one line) raises RemoteAnswerError.
+    packets between nodes are dropped. When the probe could not tell the interface, flanneld
+    itself reports it; nothing is found. An answer that does not fit (``<interface> <mtu>``, one line)
+    is an error too (RemoteAnswerError).
     """
     if s.flannel_mtu is None:
-        return
+        return []
     rc, lines = node.queries.get("flannel_iface_mtu", (1, []))
     if rc != 0 or not lines:
-        return
-    found = answers.records(host_name, "the MTU of flanneld's interface (flannel_iface_mtu)", lines, _iface_mtu_line)
+        return []
+    try:
+        found = answers.records(host_name, "the MTU of flanneld's interface (flannel_iface_mtu)", lines,
+                                _iface_mtu_line)
+    except answers.RemoteAnswerError as refused:
+        return [error(str(refused), answers.RemoteAnswerError, text=str(refused))]
     if len(found) != 1:
-        raise answers.RemoteAnswerError(answers.problem(host_name, "the MTU of flanneld's interface", "\n".join(lines),
-                                                        "one line expected"))
+        said = answers.problem(host_name, "the MTU of flanneld's interface", "\n".join(lines), "one line expected")
+        return [error(said, answers.RemoteAnswerError, text=said)]
     iface, iface_mtu = found[0]
     overhead = ENCAP_OVERHEAD[s.flannel_backend]
     if s.node_ip is not None and s.node_ip.version == 6:
         overhead += IPV6_UNDERLAY_EXTRA.get(s.flannel_backend, 0)
     largest = iface_mtu - overhead
-    if s.flannel_mtu > largest:
-        carried = f"the {s.flannel_backend} backend adds {overhead} bytes" if overhead else \
-            f"the {s.flannel_backend} backend adds nothing"
-        raise PodMtuError(f"{host_name}: flannel_mtu: {s.flannel_mtu} is too large: flanneld's interface {iface} "
-                          f"has MTU {iface_mtu} and {carried}, so pod packets of more than {largest} bytes would be "
-                          f"dropped between nodes; set flannel_mtu to at most {largest}, or leave it unset "
-                          f"(flanneld then derives it)")
+    if s.flannel_mtu <= largest:
+        return []
+    carried = f"the {s.flannel_backend} backend adds {overhead} bytes" if overhead else \
+        f"the {s.flannel_backend} backend adds nothing"
+    return [error(f"{s.flannel_mtu} is too large", PodMtuError, where=f"{host_name}: flannel_mtu",
+                  why=f"flanneld's interface {iface} has MTU {iface_mtu} and {carried}, so pod packets of more than "
+                      f"{largest} bytes would be dropped between nodes",
+                  fix=f"set flannel_mtu to at most {largest}, or leave it unset (flanneld then derives it)")]
+
+
+def pod_mtu_fits(s: Settings, node: NodeState, host_name: str) -> None:
+    """Refuse (PodMtuError, while planning, before any change) a flannel_mtu the backend cannot carry
+    over this node's interface (``pod_mtu_findings``)."""
+    refuse(pod_mtu_findings(s, node, host_name))
 
 
 def pod_cidr_problems(s: Settings, lines: list[str], host_name: str = "") -> list[str]:
@@ -333,16 +352,15 @@ def pod_cidr_problems(s: Settings, lines: list[str], host_name: str = "") -> lis
 
 def wait_for_pod_cidrs(state, host, connector_arguments, s: Settings) -> bool:
     """Poll (bounded by flannel_rollout_timeout) until every node has a podCIDR in the cluster CIDR."""
-    deadline = time.monotonic() + s.flannel_rollout_timeout
-    problems = ["no answer from kubectl"]
-    while time.monotonic() < deadline:
+    def problems() -> list[str]:
         ok, output = host.run_shell_command(node_pod_cidrs_command(s), **connector_arguments)
         lines = output.stdout_lines if ok else []  # stdout only: a kubectl warning on stderr is no node
-        problems = pod_cidr_problems(s, lines, host.name) if lines else ["kubectl get nodes returned no nodes"]
-        if not problems:
-            return True
-        time.sleep(POLL_SECONDS)
-    raise PodCidrError("; ".join(problems))
+        return pod_cidr_problems(s, lines, host.name) if lines else ["kubectl get nodes returned no nodes"]
+
+    left = poll(problems, s.flannel_rollout_timeout, POLL_SECONDS)
+    if left:
+        raise PodCidrError("; ".join(left))
+    return True
 
 
 def interfaces(s: Settings) -> list[str]:
@@ -381,13 +399,6 @@ def systemd_files(s: Settings, flanneld_binary,
     return [local_file(FLANNELD_PATH, flanneld_binary), text_file(NET_CONF_PATH, net_conf_json(s))], unit
 
 
-def _kubectl_failed(s: Settings, node: NodeState, query: str) -> str:
-    """What kubectl said on stderr when a query failed (shown in the error, never parsed)."""
-    said = " ".join(node.query_stderr.get(query, "").split())[:300] or "(nothing on stderr)"
-    return (f"kubectl on the first control-plane host failed: {said}; check that kubectl is installed and kubeconfig "
-            f"{s.kubeconfig} works")
-
-
 def _manifest_hash_line(line: str) -> str:
     return answers.sha256_hex(line.strip())
 
@@ -400,9 +411,8 @@ def apply_daemonset(s: Settings, node: NodeState, ipam_changed: bool, cluster_cr
     kubectl could not be asked while planning and nothing is deployed yet.
     """
     manifest = render_manifest(s)
+    refuse(daemonset_findings(s, node, cluster_created))
     applied = (0, []) if cluster_created else node.queries.get("flannel_manifest", (1, []))
-    if applied[0] != 0:
-        raise PodCidrError(_kubectl_failed(s, node, "flannel_manifest"))
     # the annotation is a sha256 podnet wrote, or nothing (not deployed, or not by podnet)
     hashes = answers.records(host_name, "the kube-flannel DaemonSet's manifest hash (flannel_manifest)",
                              [line for line in applied[1] if line.strip()], _manifest_hash_line)
@@ -422,6 +432,26 @@ def apply_daemonset(s: Settings, node: NodeState, ipam_changed: bool, cluster_cr
     ops.python_step(name="flannel: DaemonSet rolled out, every flannel pod Ready", function=wait_for_rollout,
                     args=(s,), reason="waiting for the new kube-flannel pods" if needs_apply else None)
     pod_cidrs_checked(s, node, changed=needs_apply or ipam_changed, host_name=host_name)
+
+
+def daemonset_findings(s: Settings, node: NodeState, cluster_created: bool = False) -> list[Finding]:
+    """The first control-plane host could not ask kubectl for the DaemonSet (an error)."""
+    rc, lines = (0, []) if cluster_created else node.queries.get("flannel_manifest", (1, []))
+    return [kubectl.failed(node, "flannel_manifest", s.kubeconfig, PodCidrError)] if rc != 0 else []
+
+
+def pod_cidr_findings(s: Settings, node: NodeState, host_name: str = "") -> list[Finding]:
+    """From the probe's list of every node's podCIDRs: kubectl failed, or the nodes without a podCIDR
+    in the cluster CIDR (``pod_cidr_problems``, one error naming them all); an answer that does not fit
+    is a RemoteAnswerError."""
+    rc, lines = node.queries.get("pod_cidrs", (1, []))
+    if rc != 0:
+        return [kubectl.failed(node, "pod_cidrs", s.kubeconfig, PodCidrError)]
+    try:
+        problems = pod_cidr_problems(s, lines, host_name)
+    except answers.RemoteAnswerError as refused:
+        return [error(str(refused), answers.RemoteAnswerError, text=str(refused))]
+    return [error("", PodCidrError, text="; ".join(problems))] if problems else []
 
 
 def not_ready_pods_command(s: Settings) -> str:
@@ -472,16 +502,11 @@ def wait_for_rollout(state, host, connector_arguments, s: Settings) -> bool:
 def pod_cidrs_checked(s: Settings, node: NodeState, changed: bool, host_name: str = "") -> None:
     """
     Every node has a podCIDR inside the cluster CIDR. Without a change in this run the
-    probe's answer decides at once (a problem stops the run while planning); after a
+    probe's answer decides at once (``pod_cidr_findings``: a problem stops the run while planning); after a
     change (node IPAM flags, a rollout) the check waits, bounded by flannel_rollout_timeout.
     """
     if not changed:
-        answer = node.queries.get("pod_cidrs", (1, []))
-        if answer[0] != 0:
-            raise PodCidrError(_kubectl_failed(s, node, "pod_cidrs"))
-        problems = pod_cidr_problems(s, answer[1], host_name)
-        if problems:
-            raise PodCidrError("; ".join(problems))
+        refuse(pod_cidr_findings(s, node, host_name))
     ops.python_step(name="flannel: every node has a podCIDR in the cluster CIDR", function=wait_for_pod_cidrs,
                     args=(s,), reason="waiting for every node's podCIDR after this run's changes" if changed else None)
 
@@ -506,14 +531,19 @@ def token_renewal_reason(node: NodeState, now: float | None = None) -> str | Non
     return None
 
 
+def rbac_findings(s: Settings, node: NodeState) -> list[Finding]:
+    """The first control-plane host could not ask kubectl for flanneld's ServiceAccount, ClusterRole and
+    binding (an error)."""
+    rc, _ = node.queries.get(RBAC_QUERY, (1, []))
+    return [kubectl.failed(node, RBAC_QUERY, s.kubeconfig, PodCidrError)] if rc != 0 else []
+
+
 def rbac_applied(s: Settings, node: NodeState) -> None:
     """On the first control-plane host: flanneld's ServiceAccount, ClusterRole and binding, applied
     when podnet's copy changed or any of them is missing from the cluster."""
     rbac = text_file(RBAC_PATH, render_rbac(s))
-    rc, lines = node.queries.get(RBAC_QUERY, (1, []))
-    if rc != 0:
-        raise PodCidrError(f"kubectl on the first control-plane host failed: {' '.join(lines)[:300]}; "
-                           f"check that kubectl is installed and kubeconfig {s.kubeconfig} works")
+    refuse(rbac_findings(s, node))
+    _, lines = node.queries.get(RBAC_QUERY, (1, []))
     missing = [name for name in RBAC_OBJECTS if name not in {line.strip() for line in lines}]
     ops.files_installed(name="flannel: flanneld's ServiceAccount and ClusterRole manifest", files=[rbac],
                         current=node)
@@ -539,7 +569,7 @@ def _api_server_of(state, s: Settings, control_plane_name: str) -> tuple[str, st
             lines = [line.strip() for line in stdout if line.strip()]
             if not ok or len(lines) != 2 or not lines[0].startswith("https://"):
                 raise FlannelTokenError(f"{control_plane_name}: the API server and CA of kubeconfig {s.kubeconfig} "
-                                        f"could not be read ({' '.join(stderr)[:300] or 'an unexpected answer'}); "
+                                        f"could not be read ({ops.said(stderr) or 'an unexpected answer'}); "
                                         "flanneld's kubeconfig needs both (certificate-authority-data)")
             _cluster_access[control_plane_name] = (lines[0], lines[1])
         return _cluster_access[control_plane_name]
@@ -578,7 +608,7 @@ def install_token(state, host, connector_arguments: dict, s: Settings, control_p
     token = stdout[-1].strip() if ok and stdout else ""
     if not JWT_RE.match(token):
         raise FlannelTokenError(f"{control_plane_name}: `kubectl create token {SERVICE_ACCOUNT}` failed: "
-                                f"{' '.join(stderr)[:300] or 'an unexpected answer'}")
+                                f"{ops.said(stderr) or 'an unexpected answer'}")
     expires = token_expiry(token)
     try:
         secret_files.put_secret_file(host, connector_arguments, TOKEN_PATH, token + "\n")
@@ -642,16 +672,34 @@ def _roll_out(ctx: HostContext) -> None:
         say_pod_cidrs_unchecked(s)
 
 
+def rollout_findings(ctx: HostContext) -> list[Finding]:
+    """The rollout's findings on this host, as a run that changes nothing would see them: kubectl failing on the
+    first control-plane host, nodes without a podCIDR in the cluster CIDR, a podCIDR check nobody can make,
+    flanneld's ServiceAccount unreadable there (systemd rollout)."""
+    s = ctx.settings
+    found = []
+    if s.flannel_rollout == "daemonset" and ctx.is_first_control_plane:
+        found += daemonset_findings(s, ctx.node, ctx.cluster_created)
+    if checks_pod_cidrs(s, ctx.is_first_control_plane) and not ctx.cluster_created:
+        found += pod_cidr_findings(s, ctx.node, ctx.host_name)
+    if s.flannel_rollout == "systemd" and ctx.is_first_control_plane and not ctx.cluster_created:
+        found += rbac_findings(s, ctx.node)
+    return found + pod_cidrs_unchecked(s, ctx.first_control_plane)
+
+
 POD_MTU = Step(
-    "flannel: flannel_mtu fits the interface flanneld uses",
+    "flannel: flannel_mtu (when set) fits the interface flanneld uses, checked on every node",
     probe=lambda ctx: mtu_probe_request(ctx.settings),
+    findings=lambda ctx: pod_mtu_findings(ctx.settings, ctx.node, ctx.host_name),
     check=lambda ctx: pod_mtu_fits(ctx.settings, ctx.node, ctx.host_name),
     apply=lambda ctx: None,
 )
 ROLLOUT = Step(
-    "flannel: flanneld rolled out (DaemonSet or systemd unit)",
+    "flannel: flanneld rolled out (the DaemonSet from the first control-plane host, waited for until every flannel "
+    "pod is Ready; or its unit on every node, with its own ServiceAccount token), then every node's podCIDR checked",
     applies=_rolls_out_here,
     probe=lambda ctx: rollout_probe_request(ctx.settings, ctx.is_first_control_plane),
+    findings=rollout_findings,
     artifacts=lambda ctx: ("flanneld",) if ctx.settings.flannel_rollout == "systemd" else (),
     apply=_roll_out,
 )
@@ -744,14 +792,12 @@ def _object_line(line: str) -> str:
 def objects_present(s: Settings, node: NodeState, host_name: str = "") -> list[str]:
     """podnet's flannel objects that exist, in the manifest's order (kubectl prints type.group/name)."""
     rc, lines = node.queries.get(OBJECTS_QUERY, (0, []))
-    said = " ".join(node.query_stderr.get(OBJECTS_QUERY, "").split())[:300] or "nothing on stderr"
     if rc != 0 and s.flannel_rollout != "daemonset":  # only a leftover from an earlier rollout could be there
-        logger.warning(f"podnet: kubectl on the first control-plane host failed ({said}): a "
-                       "kube-flannel DaemonSet left from an earlier rollout, if any, is not deleted")
+        say([kubectl.failed_so(node, OBJECTS_QUERY,
+                               "a kube-flannel DaemonSet left from an earlier rollout, if any, is not deleted")])
         return []
     if rc != 0:
-        raise ResetError(f"kubectl on the first control-plane host failed: {said}; check that "
-                         f"kubectl is installed and kubeconfig {s.kubeconfig} works")
+        refuse([kubectl.failed(node, OBJECTS_QUERY, s.kubeconfig, ResetError)])
     found = set(answers.records(host_name, f"kubectl get ({OBJECTS_QUERY})", lines, _object_line, strict=False))
     return [o for o in flannel_objects(s) if o in found]
 

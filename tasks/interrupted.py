@@ -23,6 +23,7 @@ from tasks import cni, containerd, controller_manager, flannel, kernel, kubeadm
 from tasks.engine import answers, ops
 from tasks.engine.answers import BadField
 from tasks.engine.context import HostContext, Step
+from tasks.engine.findings import Finding, warning
 from tasks.engine.ownership import Ownership, all_directories
 from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.settings import Settings
@@ -76,6 +77,16 @@ def leftovers(node: NodeState, s: Settings, host_name: str = "") -> list[str]:
                                   _staged_path(directories(s)), strict=False))
 
 
+def findings(node: NodeState, s: Settings, host_name: str) -> list[Finding]:
+    """A warning naming the staged files an interrupted run left (the next run removes them)."""
+    stale = leftovers(node, s, host_name)
+    if not stale:
+        return []
+    return [warning(f"{len(stale)} staged file(s) an interrupted run left: {', '.join(stale)}", where=host_name,
+                    why="a run was killed while it uploaded files (the live files are whole)",
+                    fix="the next run removes them before it uploads anything")]
+
+
 def leftovers_removed(node: NodeState, s: Settings, host_name: str = "") -> None:
     """Ensure no staged file of an earlier, interrupted run is left (before this run uploads anything)."""
     stale = leftovers(node, s, host_name)
@@ -89,7 +100,8 @@ def leftovers_removed(node: NodeState, s: Settings, host_name: str = "") -> None
 # First in every run (tasks/deploys.steps): an interrupted run's leftovers go before anything is uploaded, and the
 # restart-pending listing is asked for every step whose unit may need the restart that run did not make.
 STEP = Step(
-    "podnet: what an interrupted run left",
+    "podnet: staged files an interrupted run left removed (first in every run, before anything is uploaded)",
     probe=lambda ctx: probe_request(ctx.settings),
+    findings=lambda ctx: findings(ctx.node, ctx.settings, ctx.host_name),
     apply=lambda ctx: leftovers_removed(ctx.node, ctx.settings, ctx.host_name),
 )

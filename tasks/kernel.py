@@ -19,10 +19,11 @@ import posixpath
 import shlex
 from dataclasses import dataclass
 
-from pyinfra import host, logger
+from pyinfra import host
 
 from tasks.engine import ops
 from tasks.engine.context import HostContext, Step
+from tasks.engine.findings import Finding, say, warning
 from tasks.engine.desired import DesiredFile, render, text_file
 from tasks.engine import ownership as owned
 from tasks.engine.ownership import Ownership, OwnedFile, declared_digests
@@ -144,7 +145,8 @@ class Conflict:
     wins_at_boot: bool  # read after podnet's file at boot: its value is the one after a reboot
     read_last_by_procps: bool  # /etc/sysctl.conf: `sysctl --system` reads it after every sysctl.d file
 
-    def message(self) -> str:
+    def parts(self) -> tuple[str, str, str]:
+        """(what, why it matters, the fix)."""
         read = "it is read" if self.read_at_boot_as in (None, self.file) else f"it is read as {self.read_at_boot_as},"
         parts = []
         if self.wins_at_boot:
@@ -161,8 +163,15 @@ class Conflict:
         else:
             fix = f"set it to {self.wanted} there or remove that line"
         same = "" if self.key == self.param else f" (the same switch as {self.param})"
-        return (f"{self.file} sets {self.key} = {self.value}{same}, podnet needs {self.wanted}: "
-                f"{'; '.join(parts)}; {fix}")
+        return f"{self.file} sets {self.key} = {self.value}{same}, podnet needs {self.wanted}", "; ".join(parts), fix
+
+    def message(self) -> str:
+        what, why, fix = self.parts()
+        return f"{what}: {why}; {fix}"
+
+    def finding(self, host_name: str) -> Finding:
+        what, why, fix = self.parts()
+        return warning(what, where=host_name, why=why, fix=fix)
 
 
 def sysctl_conflicts(wanted: dict[str, str], node: NodeState) -> list[Conflict]:
@@ -192,6 +201,26 @@ def sysctl_conflicts(wanted: dict[str, str], node: NodeState) -> list[Conflict]:
     return [Conflict(**found[k]) for k in sorted(found)]
 
 
+def findings(settings: Settings, node: NodeState, host_name: str) -> list[Finding]:
+    """
+    Warnings: every sysctl file that sets a podnet parameter to another value (``sysctl_conflicts``);
+    with podnet's sysctl file as it should be, every parameter whose live value differs although no
+    file explains it (something set it after boot).
+    """
+    values = parameters(settings)
+    conflicts = sysctl_conflicts(values, node)
+    found = [conflict.finding(host_name) for conflict in conflicts]
+    explained = {c.param for c in conflicts if c.wins_at_boot}
+    if not ops.files_needing_change([f for f in desired_files(settings) if f.path == SYSCTL_PATH], node):
+        for key, value in values.items():
+            current = node.sysctls.get(key)
+            if current is not None and current != value and key not in explained:
+                found.append(warning(f"{key} is {current} although {SYSCTL_PATH} persists {value}", where=host_name,
+                                     why="something set it after boot (a script, a network manager, sysctl -w)",
+                                     fix=f"setting {value} again"))
+    return found
+
+
 # --- the step ----------------------------------------------------------------------------
 
 
@@ -199,7 +228,7 @@ def apply(settings: Settings, node: NodeState) -> None:
     """Persist and apply the kernel prerequisites."""
     files = desired_files(settings)
     values = parameters(settings)
-    sysctl_persisted = not ops.files_needing_change([f for f in files if f.path == SYSCTL_PATH], node)
+    found = findings(settings, node, host.name)
     ops.files_installed(name="kernel: modules-load.d and sysctl.d files", files=files, current=node)
     old = [path for path in OLD_SYSCTL_PATHS if path in node.sysctl_files]
     ops.shell_when(
@@ -208,17 +237,7 @@ def apply(settings: Settings, node: NodeState) -> None:
         reason=(f"removing {', '.join(old)}: podnet's kernel parameters are persisted in {SYSCTL_PATH} now, "
                 "which is read after /etc/sysctl.d/99-sysctl.conf at boot") if old else None,
     )
-    conflicts = sysctl_conflicts(values, node)
-    for conflict in conflicts:
-        logger.warning("podnet: %s: %s", host.name, conflict.message())
-    explained = {c.param for c in conflicts if c.wins_at_boot}
-    if sysctl_persisted:
-        for key, value in values.items():
-            current = node.sysctls.get(key)
-            if current is not None and current != value and key not in explained:
-                logger.warning("podnet: %s: %s is %s although %s persists %s: something set it after boot "
-                               "(a script, a network manager, sysctl -w); setting %s again",
-                               host.name, key, current, SYSCTL_PATH, value, value)
+    say(found)
     ops.kernel_modules_loaded(name="kernel: overlay and br_netfilter loaded",
                               missing=[m for m in MODULE_FEATURES if not node.features.get(m)])
     ops.kernel_parameters_applied(name="kernel: bridge-nf-call and ip_forward applied",
@@ -226,8 +245,10 @@ def apply(settings: Settings, node: NodeState) -> None:
 
 
 STEP = Step(
-    "kernel: modules and sysctls for the pod network",
+    "kernel: overlay and br_netfilter loaded, bridge-nf-call and ip_forward on, now and persisted in a sysctl.d file "
+    "read last; other sysctl files setting them otherwise reported",
     probe=lambda ctx: probe_request(ctx.settings),
+    findings=lambda ctx: findings(ctx.settings, ctx.node, ctx.host_name),
     apply=lambda ctx: apply(ctx.settings, ctx.node),
 )
 

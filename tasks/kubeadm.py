@@ -35,6 +35,7 @@ from tasks import containerd, controller_manager, kubeadm_config
 from tasks.engine import answers, ops, redact, secret_files
 from tasks.engine.context import HostContext, Step
 from tasks.engine.desired import DesiredFile, local_file, render, text_file
+from tasks.engine.findings import Finding, error, refuse, warning
 from tasks.errors import PodnetError
 from tasks.formats import shell
 from tasks.formats.systemd_unit import environment_file_assignment
@@ -202,6 +203,31 @@ def missing_tools(node: NodeState) -> list[str]:
     return [tool for tool in PREFLIGHT_TOOLS if not node.features.get(f"tool:{tool}")]
 
 
+def swap_on(node: NodeState) -> list[str]:
+    return [what for what, on in (("active", node.features.get(SWAP_ACTIVE)),
+                                  ("in /etc/fstab", node.features.get(SWAP_IN_FSTAB))) if on]
+
+
+def prerequisite_findings(node: NodeState, host_name: str) -> list[Finding]:
+    """An error: preflight tools missing on a host without apt-get (podnet cannot install them). Warnings
+    (a deploy puts them right): swap on; preflight tools missing."""
+    missing = missing_tools(node)
+    packages = sorted({PREFLIGHT_TOOLS[tool] for tool in missing})
+    found = []
+    if missing and not node.features.get(HAS_APT):
+        found.append(error(f"{', '.join(missing)} not found", KubeadmError, where=host_name,
+                           text=f"{host_name}: {', '.join(missing)} not found; kubeadm's preflight checks need them. "
+                                f"podnet installs them with apt-get on Debian and Ubuntu and this host has none: "
+                                f"install {', '.join(packages)} and rerun"))
+    elif missing:
+        found.append(warning(f"{', '.join(missing)} not found", where=host_name,
+                             why="kubeadm's preflight checks need them", fix=f"a deploy installs {', '.join(packages)}"))
+    if swap_on(node):
+        found.append(warning(f"swap is {' and '.join(swap_on(node))}", where=host_name,
+                             why="the kubelet does not run with swap", fix="a deploy turns it off for good"))
+    return found
+
+
 def prerequisites(s: Settings, node: NodeState, host_name: str) -> None:
     """Swap off for good (the kubelet refuses to start with swap) and kubeadm's preflight tools."""
     swap_commands = ["swapoff -a"]
@@ -210,35 +236,37 @@ def prerequisites(s: Settings, node: NodeState, host_name: str) -> None:
                          f"awk '{FSTAB_SWAP} {{print \"# disabled by podnet, the kubelet needs swap off: \" $0; next}} "
                          "{print}' /etc/fstab > /etc/fstab.podnet-new",
                          "mv -f /etc/fstab.podnet-new /etc/fstab", "swapoff -a"]
-    swap_on = [what for what, on in (("active", node.features.get(SWAP_ACTIVE)),
-                                     ("in /etc/fstab", node.features.get(SWAP_IN_FSTAB))) if on]
+    on = swap_on(node)
     ops.shell_when(name="kubeadm: swap off (the kubelet does not run with swap)", commands=swap_commands,
-                   reason=f"swap is {' and '.join(swap_on)}" if swap_on else None)
+                   reason=f"swap is {' and '.join(on)}" if on else None)
+    refuse(prerequisite_findings(node, host_name))
     missing = missing_tools(node)
     packages = sorted({PREFLIGHT_TOOLS[tool] for tool in missing})
-    if missing and not node.features.get(HAS_APT):
-        raise KubeadmError(f"{host_name}: {', '.join(missing)} not found; kubeadm's preflight checks need them. "
-                           f"podnet installs them with apt-get on Debian and Ubuntu and this host has none: "
-                           f"install {', '.join(packages)} and rerun")
     ops.shell_when(name="kubeadm: tools kubeadm's preflight checks need",
                    commands=[f"{APT_INSTALL} {' '.join(packages)}"],
                    reason=f"installing {', '.join(packages)} (missing: {', '.join(missing)})" if missing else None)
 
 
-def kubelet_runs_here(s: Settings, node: NodeState, host_name: str) -> None:
+def kubelet_findings(s: Settings, node: NodeState, host_name: str) -> list[Finding]:
     """
-    Refuse, before any change, a node whose kubelet would not start: a cgroup v1 node (the probe's
-    CGROUP_V2 feature is false) with a kubelet release that refuses cgroup v1 by default
-    (kubelet_refuses_cgroup_v1, KUBELET_CGROUP_V1 in tasks/releases.py) and kubelet_configuration
-    without failCgroupV1: false. Raises KubeadmError naming the node, the release and the source.
+    The refusal of a node whose kubelet would not start: a cgroup v1 node (the probe's CGROUP_V2 feature is
+    false) with a kubelet release that refuses cgroup v1 by default (kubelet_refuses_cgroup_v1,
+    KUBELET_CGROUP_V1 in tasks/releases.py) and kubelet_configuration without failCgroupV1: false.
+    A KubeadmError naming the node, the release and the source.
     """
     row = kubelet_refuses_cgroup_v1(s.kubernetes_version)
     if row is None or node.features.get(CGROUP_V2, True) or s.kubelet_configuration.get(row.value) is False:
-        return
-    raise KubeadmError(f"{host_name}: this node has cgroup v1 (/sys/fs/cgroup is not cgroup2fs) and the kubelet of "
-                       f"kubernetes_version {s.kubernetes_version} (kubelet {row.releases}) refuses to start on cgroup "
-                       f"v1 by default ({row.source}); boot the node with cgroup v2 (systemd.unified_cgroup_hierarchy=1), "
-                       f"or set kubelet_configuration = {{'{row.value}': False}} to keep cgroup v1 (deprecated)")
+        return []
+    said = (f"{host_name}: this node has cgroup v1 (/sys/fs/cgroup is not cgroup2fs) and the kubelet of "
+            f"kubernetes_version {s.kubernetes_version} (kubelet {row.releases}) refuses to start on cgroup "
+            f"v1 by default ({row.source}); boot the node with cgroup v2 (systemd.unified_cgroup_hierarchy=1), "
+            f"or set kubelet_configuration = {{'{row.value}': False}} to keep cgroup v1 (deprecated)")
+    return [error("this node has cgroup v1", KubeadmError, where=host_name, text=said)]
+
+
+def kubelet_runs_here(s: Settings, node: NodeState, host_name: str) -> None:
+    """Refuse, before any change, a node whose kubelet would not start (``kubelet_findings``)."""
+    refuse(kubelet_findings(s, node, host_name))
 
 
 # --- kubeadm init and join ---------------------------------------------------------------
@@ -255,7 +283,7 @@ def _on_control_plane(state, control_plane_name: str, what: str, command: str, p
     lines = [line.strip() for line in stdout if line.strip()]
     answer = parse(lines) if ok else None
     if answer is None:
-        shown = " ".join(stderr or ["(nothing)"])[:300] if not ok else "an unexpected answer"
+        shown = ops.said(stderr or ["(nothing)"]) if not ok else "an unexpected answer"
         raise KubeadmError(f"{control_plane_name}: `{command.split(' --')[0]}` for the {what} failed: {shown}")
     return answer
 
@@ -420,14 +448,17 @@ def _apply(ctx: HostContext) -> None:
 
 
 PREREQUISITES = Step(
-    "kubeadm: swap off and preflight tools",
+    "kubeadm: swap off and preflight tools (cluster_bootstrap)",
     applies=_bootstraps,
     probe=_probe,
+    findings=lambda ctx: [*kubelet_findings(ctx.settings, ctx.node, ctx.host_name),
+                          *prerequisite_findings(ctx.node, ctx.host_name)],
     check=lambda ctx: kubelet_runs_here(ctx.settings, ctx.node, ctx.host_name),
     apply=lambda ctx: prerequisites(ctx.settings, ctx.node, ctx.host_name),
 )
 BOOTSTRAP = Step(
-    "kubeadm: kubelet, kubeadm and kubectl; kubeadm init or join",
+    "kubeadm: kubelet, kubeadm and kubectl; kubeadm init on the first control-plane host, join on the others "
+    "(cluster_bootstrap)",
     applies=_bootstraps,
     probe=_probe,
     artifacts=lambda ctx: KUBERNETES_BINARIES,

@@ -44,8 +44,10 @@ from yaml.nodes import MappingNode, SequenceNode
 from tasks import controller_manager
 
 from tasks.engine import answers, ops
-from tasks.engine.answers import BadField
+from tasks.engine.answers import BadField, RemoteAnswerError
 from tasks.engine.context import HostContext, Step
+from tasks.engine.findings import Finding, error, refuse, warning
+from tasks.engine.kubectl import fix as kubectl_fix, output as kubectl_said
 from tasks.errors import PodnetError
 from tasks.formats import kube_yaml
 from tasks.engine.probe import NodeState, ProbeRequest
@@ -251,11 +253,10 @@ def parse_answer(rc: int, lines: list[str], s: Settings, host_name: str, stderr:
     (not a kubeadm-managed control plane). RemoteAnswerError when the first line is not the MARK line.
     """
     if rc != 0:
-        said = " ".join(stderr.split())[:300] or "(nothing on stderr)"
+        said = kubectl_said(stderr.split()) or "(nothing on stderr)"
         raise KubeadmConfigError(
             f"{host_name}: reading {WHERE} with kubectl failed: {said}; podnet records the node "
-            f"IPAM flags there on kubeadm clusters: check that kubectl is installed and kubeconfig {s.kubeconfig} "
-            "works")
+            f"IPAM flags there on kubeadm clusters: {kubectl_fix(s.kubeconfig)}")
     if not any(line.strip() for line in lines):
         return None
     version = answers.records(host_name, f"kubectl get {WHERE} ({QUERY})", lines[:1], _mark_line)[0]
@@ -273,6 +274,39 @@ def patch_command(s: Settings, stored: Stored, text: str) -> str:
             f"-p {shlex.quote(json.dumps(patch, separators=(',', ':')))}")
 
 
+Change = tuple[Stored, str, list[str], str]  # (as stored, the new text, what changes, its apiVersion)
+
+
+def planned(s: Settings, node: NodeState, host_name: str,
+            cluster_created: bool = False) -> tuple[Change | None, list[Finding]]:
+    """The change to record (None: nothing to change, no ConfigMap, or kubeadm init stores podnet's
+    configuration in this run), or the error that stops it (kubectl failed, the ConfigMap unreadable)."""
+    answer = node.queries.get(QUERY)
+    if answer is None or cluster_created:
+        return None, []
+    try:
+        stored = parse_answer(answer[0], answer[1], s, host_name, node.query_stderr.get(QUERY, ""))
+        if stored is None:
+            return None, []
+        try:
+            text, changes, api_version = merge_cluster_configuration(stored.text, desired_args(s))
+        except KubeadmConfigError as problem:
+            raise KubeadmConfigError(f"{host_name}: {problem}") from None
+    except (KubeadmConfigError, RemoteAnswerError) as problem:
+        return None, [error(str(problem), type(problem), text=str(problem))]
+    return ((stored, text, changes, api_version) if text is not None else None), []
+
+
+def findings(s: Settings, node: NodeState, host_name: str, cluster_created: bool = False) -> list[Finding]:
+    """The errors of ``planned``; a warning when the ConfigMap lacks podnet's flags (a deploy records them)."""
+    change, found = planned(s, node, host_name, cluster_created)
+    if change is not None:
+        found.append(warning(f"{WHERE} {KEY} lacks {', '.join(change[2])}", where=host_name,
+                             why="kubeadm upgrade would write kube-controller-manager's manifest without them",
+                             fix="a deploy records them"))
+    return found
+
+
 def apply(s: Settings, node: NodeState, host_name: str, cluster_created: bool = False,
           diff: bool = False) -> bool:
     """
@@ -280,17 +314,8 @@ def apply(s: Settings, node: NodeState, host_name: str, cluster_created: bool = 
     returns whether it is changed in this run. ``cluster_created``: kubeadm init runs in this
     run (cluster_bootstrap) and stores podnet's init configuration, which holds the flags.
     """
-    change = None
-    answer = node.queries.get(QUERY)
-    if answer is not None and not cluster_created:
-        stored = parse_answer(answer[0], answer[1], s, host_name, node.query_stderr.get(QUERY, ""))
-        if stored is not None:
-            try:
-                text, changes, api_version = merge_cluster_configuration(stored.text, desired_args(s))
-            except KubeadmConfigError as error:
-                raise KubeadmConfigError(f"{host_name}: {error}") from None
-            if text is not None:
-                change = (stored, text, changes, api_version)
+    change, found = planned(s, node, host_name, cluster_created)
+    refuse(found)
     if change is not None and diff:
         stored, text = change[0], change[1]
         for line in difflib.unified_diff(stored.text.splitlines(), text.splitlines(), f"{WHERE} {KEY} (cluster)",
@@ -306,9 +331,11 @@ def apply(s: Settings, node: NodeState, host_name: str, cluster_created: bool = 
 
 
 STEP = Step(
-    "kubeadm-config: node IPAM flags recorded for kubeadm upgrade",
+    "kubeadm-config: node IPAM flags recorded in the kubeadm-config ConfigMap for kubeadm upgrade (first "
+    "control-plane host of a kubeadm cluster)",
     applies=lambda ctx: ctx.settings.kube_controller_manager_runtime != "external"
     and applies(ctx.settings, ctx.is_first_control_plane),
     probe=lambda ctx: probe_request(ctx.settings, ctx.is_first_control_plane),
+    findings=lambda ctx: findings(ctx.settings, ctx.node, ctx.host_name, ctx.cluster_created),
     apply=lambda ctx: apply(ctx.settings, ctx.node, ctx.host_name, cluster_created=ctx.cluster_created, diff=ctx.diff),
 )

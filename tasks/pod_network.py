@@ -24,14 +24,16 @@ subnet.env) is reported, and removed when the setting allows it and no pod uses 
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import shlex
-import time
 
 from pyinfra import logger
 
 from tasks.engine import answers, ops
 from tasks.engine.answers import BadField, RemoteAnswerError
+from tasks.engine.findings import Finding, error, refuse, say, warning
+from tasks.engine.polling import poll
 from tasks.engine.context import HostContext, Step
 from tasks.errors import PodnetError
 from tasks.engine.probe import NodeState, ProbeRequest
@@ -122,9 +124,9 @@ def nodes_not_fitting(s: Settings, lines: list[str], host_name: str = "") -> dic
     return stale
 
 
-def subnet_of_node(node: NodeState) -> ipaddress.IPv4Interface | None:
-    """The node's current subnet with its gateway, as flanneld wrote it (FLANNEL_SUBNET), if any."""
-    for line in node.contents.get(SUBNET_ENV, b"").decode(errors="replace").splitlines():
+def parse_subnet_env(content: bytes) -> ipaddress.IPv4Interface | None:
+    """The subnet with its gateway that flanneld wrote to subnet.env (FLANNEL_SUBNET), if any."""
+    for line in content.decode(errors="replace").splitlines():
         key, _, value = line.partition("=")
         if key.strip() == "FLANNEL_SUBNET":
             try:
@@ -132,6 +134,11 @@ def subnet_of_node(node: NodeState) -> ipaddress.IPv4Interface | None:
             except ValueError:
                 return None
     return None
+
+
+def subnet_of_node(node: NodeState) -> ipaddress.IPv4Interface | None:
+    """The node's current subnet with its gateway, as flanneld wrote it (FLANNEL_SUBNET), if any."""
+    return parse_subnet_env(node.contents.get(SUBNET_ENV, b""))
 
 
 def _cni0_line(line: str) -> tuple[str, str | int]:
@@ -192,23 +199,53 @@ def change_problem(s: Settings, stale: dict[str, list[str]]) -> str:
             f"the old {BRIDGE} bridges (README: Changing the pod network)")
 
 
+def stale_nodes(s: Settings, node: NodeState, host_name: str, first_control_plane: bool) -> dict[str, list[str]]:
+    """On the first control-plane host (``asks_pod_cidrs``), the nodes whose podCIDRs the settings do not fit
+    (RemoteAnswerError for an answer that does not fit)."""
+    if not asks_pod_cidrs(s, first_control_plane):
+        return {}
+    rc, lines = node.queries.get(POD_CIDRS_QUERY, (1, []))
+    return nodes_not_fitting(s, lines, host_name) if rc == 0 else {}
+
+
+def findings(s: Settings, node: NodeState, host_name: str, first_control_plane: bool) -> list[Finding]:
+    """
+    On the first control-plane host, nodes whose podCIDRs the settings do not fit: an error
+    (PodNetworkChangeError) unless allow_pod_network_change, then a warning that they are registered
+    again. On every node, a stale cni0 (``stale_cni0``): a warning.
+    """
+    found = []
+    try:
+        stale = stale_nodes(s, node, host_name, first_control_plane)
+    except RemoteAnswerError as refused:
+        return [error(str(refused), RemoteAnswerError, text=str(refused))]
+    if stale and not s.allow_pod_network_change:
+        found.append(error("", PodNetworkChangeError, text=f"{host_name}: {change_problem(s, stale)}"))
+    elif stale:
+        found.append(warning(f"nodes hold podCIDRs outside the new pod network ({', '.join(sorted(stale))})",
+                             where=host_name, why="allow_pod_network_change is set",
+                             fix="podnet registers them again after the new node IPAM flags"))
+    problem = stale_cni0(node, host_name)
+    if problem:
+        fix = ("podnet removes it once no pod uses it (allow_pod_network_change)" if s.allow_pod_network_change else
+               f"remove it (`ip link delete {BRIDGE}`) once no pod uses it, or set allow_pod_network_change = True to "
+               "let podnet do it")
+        found.append(warning(problem, where=host_name, text=f"{host_name}: {problem}; {fix}"))
+    return found
+
+
 def checked(s: Settings, node: NodeState, host_name: str, first_control_plane: bool) -> dict[str, list[str]]:
     """
-    While planning: on the first control-plane host, the nodes whose podCIDRs the settings do
+    While planning (``findings``): on the first control-plane host, the nodes whose podCIDRs the settings do
     not fit (PodNetworkChangeError unless allow_pod_network_change); on every node, a stale
-    cni0 reported. Returns the nodes to register again (empty when nothing is to change).
+    cni0 reported (without the setting; with it, podnet removes it). Returns the nodes to register again
+    (empty when nothing is to change).
     """
-    stale: dict[str, list[str]] = {}
-    if asks_pod_cidrs(s, first_control_plane):
-        rc, lines = node.queries.get(POD_CIDRS_QUERY, (1, []))
-        stale = nodes_not_fitting(s, lines, host_name) if rc == 0 else {}
-        if stale and not s.allow_pod_network_change:
-            raise PodNetworkChangeError(f"{host_name}: {change_problem(s, stale)}")
-    problem = stale_cni0(node, host_name)
-    if problem and not s.allow_pod_network_change:
-        logger.warning(f"podnet: {host_name}: {problem}; remove it (`ip link delete {BRIDGE}`) once no pod uses it, "
-                       "or set allow_pod_network_change = True to let podnet do it")
-    return stale
+    found = findings(s, node, host_name, first_control_plane)
+    refuse(found)
+    if not s.allow_pod_network_change:
+        say(found)
+    return stale_nodes(s, node, host_name, first_control_plane)
 
 
 def this_node_is_leaving_its_subnet(s: Settings, node: NodeState) -> bool:
@@ -258,16 +295,15 @@ def delete_nodes_after_new_ipam(state, host, connector_arguments, s: Settings, n
     """Wait (bounded) until kube-controller-manager runs with the new --cluster-cidr, then delete the
     pods of the old pod network on these nodes (not host-network ones) and the Nodes."""
     flag = f"--cluster-cidr={s.cluster_cidr}"
-    deadline = time.monotonic() + s.flannel_rollout_timeout
-    while True:
+
+    def not_started() -> bool:
         ok, output = host.run_shell_command("tr '\\0' ' ' < /proc/$(pgrep -o -x kube-controller)/cmdline",
-                                           **connector_arguments)
-        if ok and flag in " ".join(output.stdout_lines).split():
-            break
-        if time.monotonic() > deadline:
-            raise PodNetworkChangeError(f"kube-controller-manager on {host.name} did not start with {flag} within "
-                                        f"{s.flannel_rollout_timeout}s; no Node was deleted")
-        time.sleep(POLL_SECONDS)
+                                            **connector_arguments)
+        return not (ok and flag in " ".join(output.stdout_lines).split())
+
+    if poll(not_started, s.flannel_rollout_timeout, POLL_SECONDS):
+        raise PodNetworkChangeError(f"kube-controller-manager on {host.name} did not start with {flag} within "
+                                    f"{s.flannel_rollout_timeout}s; no Node was deleted")
     kubectl = s.kubectl
     # The pods with addresses from the old network go first (a Node that registers again at once
     # keeps its pods otherwise); host-network pods (control plane, kube-proxy, flanneld) stay.
@@ -275,7 +311,7 @@ def delete_nodes_after_new_ipam(state, host, connector_arguments, s: Settings, n
         f"{kubectl} get pods --all-namespaces -o jsonpath='{{range .items[*]}}{{.spec.nodeName}} "
         "{.metadata.namespace} {.metadata.name} {.spec.hostNetwork}{\"\\n\"}{end}'", **connector_arguments)
     if not ok:
-        raise PodNetworkChangeError(f"listing pods failed: {' '.join(output.stderr_lines)[:300]}")
+        raise PodNetworkChangeError(f"listing pods failed: {ops.said(output.stderr_lines)}")
     pods = [(node, namespace, name) for node, namespace, name, host_network in
             answers.records(host.name, "kubectl get pods", output.stdout_lines, _pod_line)
             if node in names and not host_network]
@@ -284,14 +320,14 @@ def delete_nodes_after_new_ipam(state, host, connector_arguments, s: Settings, n
                                             "--wait=false", **connector_arguments)
         if not ok:
             raise PodNetworkChangeError(f"deleting pod {namespace}/{name} failed: "
-                                        f"{' '.join(output.stderr_lines)[:300]}")
+                                        f"{ops.said(output.stderr_lines)}")
     if pods:
         logger.info(f"    {host.name}: deleted {len(pods)} pod(s) of the old pod network: "
                     + ", ".join(f"{ns}/{name}" for _, ns, name in pods))
     ok, output = host.run_shell_command(f"{kubectl} delete node {' '.join(shlex.quote(n) for n in names)} "
                                         "--wait=true --timeout=60s", **connector_arguments)
     if not ok:
-        raise PodNetworkChangeError(f"deleting Node {', '.join(names)} failed: {' '.join(output.stderr_lines)[:300]}")
+        raise PodNetworkChangeError(f"deleting Node {', '.join(names)} failed: {ops.said(output.stderr_lines)}")
     return True
 
 
@@ -302,36 +338,39 @@ def remove_old_bridge(state, host, connector_arguments, s: Settings) -> bool:
     not the new gateway; the bridge plugin makes it again with the right one for the next pod.
     Bounded by flannel_rollout_timeout; a bridge still in use then is reported, not removed.
     """
-    deadline = time.monotonic() + s.flannel_rollout_timeout
-    last = ""
-    while True:
+    def not_yet() -> str | None:
+        """None once cni0 is gone or right; what is still awaited otherwise."""
         ok, output = host.run_shell_command(
-            f"echo subnet $(sed -n 's/^FLANNEL_SUBNET=//p' {SUBNET_ENV} 2>/dev/null); {CNI0_COMMAND} || echo absent",
+            f"echo subnetenv $(base64 -w0 {SUBNET_ENV} 2>/dev/null); {CNI0_COMMAND} || echo absent",
             **connector_arguments)
         lines = output.stdout_lines if ok else []
         if lines[-1:] == ["absent"]:
-            return True
-        subnet = next((line.split()[1] for line in lines[:1] if line.startswith("subnet ") and len(line.split()) == 2),
-                      "")
-        addresses, ports = parse_cni0(lines[1:], host.name)
+            return None
+        encoded = next((line.split()[1] for line in lines[:1]
+                        if line.startswith("subnetenv ") and len(line.split()) == 2), "")
         try:
-            fresh = bool(subnet) and fits(s, str(ipaddress.ip_interface(subnet).network))
+            subnet = parse_subnet_env(base64.b64decode(encoded, validate=True))
         except ValueError:
-            fresh = False
-        if fresh and addresses == [subnet]:
-            return True  # already the right bridge
+            subnet = None
+        addresses, ports = parse_cni0(lines[1:], host.name)
+        fresh = subnet is not None and fits(s, str(subnet.network))
+        if fresh and addresses == [str(subnet)]:
+            return None  # already the right bridge
         if fresh and ports == 0:
             ok, output = host.run_shell_command(f"ip link delete {BRIDGE}", **connector_arguments)
             if not ok:
                 raise PodNetworkChangeError(f"{host.name}: ip link delete {BRIDGE} failed: "
-                                            f"{' '.join(output.stderr_lines)[:300]}")
+                                            f"{ops.said(output.stderr_lines)}")
             logger.info(f"    {host.name}: removed {BRIDGE} ({', '.join(addresses)}); new pods get {subnet}")
-            return True
-        last = f"subnet.env {subnet or 'missing'}, {BRIDGE} {', '.join(addresses) or 'without address'}, {ports} pod(s)"
-        if time.monotonic() > deadline:
-            raise PodNetworkChangeError(f"{host.name}: {BRIDGE} of the old pod network still in use after "
-                                        f"{s.flannel_rollout_timeout}s ({last}); delete its pods, then run again")
-        time.sleep(POLL_SECONDS)
+            return None
+        return (f"subnet.env {subnet or 'missing'}, {BRIDGE} {', '.join(addresses) or 'without address'}, "
+                f"{ports} pod(s)")
+
+    last = poll(not_yet, s.flannel_rollout_timeout, POLL_SECONDS)
+    if last:
+        raise PodNetworkChangeError(f"{host.name}: {BRIDGE} of the old pod network still in use after "
+                                    f"{s.flannel_rollout_timeout}s ({last}); delete its pods, then run again")
+    return True
 
 
 # --- the steps ----------------------------------------------------------------------------
@@ -345,14 +384,20 @@ def _check(ctx: HostContext) -> None:
     ctx.nodes_to_register_again = checked(ctx.settings, ctx.node, ctx.host_name, ctx.is_first_control_plane)
 
 
+def _findings(ctx: HostContext) -> list[Finding]:
+    return findings(ctx.settings, ctx.node, ctx.host_name, ctx.is_first_control_plane)
+
+
 REGISTRATION = Step(
-    "pod network: a change the nodes' podCIDRs do not fit refused, or the nodes registered again",
+    "pod network: a change the nodes' podCIDRs do not fit refused (or, with allow_pod_network_change, those nodes "
+    "registered again); a stale cni0 reported",
     probe=_probe,
+    findings=_findings,
     check=_check,
     apply=lambda ctx: registered_again(ctx.settings, ctx.node, ctx.host_name, ctx.nodes_to_register_again),
 )
 OLD_BRIDGE = Step(
-    "pod network: the old pod network's cni0 removed",
+    "pod network: the old pod network's cni0 removed once no pod uses it (allow_pod_network_change)",
     probe=_probe,
     apply=lambda ctx: old_bridge_removed(ctx.settings, ctx.node, ctx.host_name),
 )
@@ -361,18 +406,26 @@ OLD_BRIDGE = Step(
 # --- reset ------------------------------------------------------------------------------------
 
 
+def pods_losing_network_findings(node: NodeState, host_name: str) -> list[Finding]:
+    """A warning naming how many pods attached to cni0 lose their network with a reset."""
+    bridge = cni0_state(node, host_name)
+    if not (bridge and bridge[1]):
+        return []
+    what = f"{bridge[1]} pod(s) attached to {BRIDGE} lose their network with this reset"
+    fix = "recreate them once a deploy has brought the pod network back (or drain the node before the reset)"
+    return [warning(what, where=host_name, why="podnet does not delete them", fix=fix,
+                    text=f"{host_name}: {what}; podnet does not delete them: {fix}")]
+
+
 def pods_losing_network(node: NodeState, host_name: str) -> None:
     """Name the pods a reset takes the network from (podnet never deletes pods)."""
-    bridge = cni0_state(node, host_name)
-    if bridge and bridge[1]:
-        logger.warning(f"podnet: {host_name}: {bridge[1]} pod(s) attached to {BRIDGE} lose their network "
-                       "with this reset; podnet does not delete them: recreate them once a deploy has brought the "
-                       "pod network back (or drain the node before the reset)")
+    say(pods_losing_network_findings(node, host_name))
 
 
 RESET_WARNING = Step(
     "reset: pods attached to cni0 named",
     probe=lambda ctx: ProbeRequest(queries={"cni0": CNI0_COMMAND}),
+    findings=lambda ctx: pods_losing_network_findings(ctx.node, ctx.host_name),
     check=lambda ctx: pods_losing_network(ctx.node, ctx.host_name),
     apply=lambda ctx: None,
 )

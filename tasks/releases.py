@@ -18,7 +18,7 @@ module compares versions.
   ``KUBELET_CGROUP_V1`` (kubelet releases that refuse a cgroup v1 node by default);
 - the lookups over them (``config_generation``, ``config_api``, ``kubeadm_validates_config``, ``pause_image``, ``conflist_cni_version``,
   ``flannel_cni_plugin_for``, ``flannel_serves_health``, ``containerd_supports_kubernetes``,
-  ``kubelet_refuses_cgroup_v1``) and ``supported_versions_table`` (the README's "Supported versions").
+  ``kubelet_refuses_cgroup_v1``) and ``supported_versions_rows`` (the README's "Supported versions").
 
 No podnet module is imported here.
 """
@@ -321,9 +321,6 @@ def kubelet_refuses_cgroup_v1(kubernetes_version: str) -> Row | None:
 
 # --- the README's table ---------------------------------------------------------------------
 
-TABLE_HEADER = "| component | releases | what podnet uses | upstream source |\n|---|---|---|---|\n"
-
-
 def _cni_spec(versions: tuple[str, ...]) -> str:
     newest = next(v for v in CONFLIST_CNI_VERSIONS if v in versions)
     return "CNI spec " + ", ".join(versions) + f" (conflist `cniVersion` {newest})"
@@ -347,10 +344,7 @@ TABLE = (
 )
 
 
-def supported_versions_table() -> str:
-    """The README's "Supported versions" table: one line per row of the compatibility table."""
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|")
-
-    return TABLE_HEADER + "".join(f"| {row.component} | {cell(row.releases)} | {cell(describe(row.value))} | "
-                                  f"{cell(row.source)} |\n" for rows, describe in TABLE for row in rows)
+def supported_versions_rows() -> list[tuple[str, str, str, str]]:
+    """The README's "Supported versions" table (written by tasks/docs.py): one row per row of the
+    compatibility table (component, releases, what podnet uses, upstream source)."""
+    return [(row.component, row.releases, describe(row.value), row.source) for rows, describe in TABLE for row in rows]

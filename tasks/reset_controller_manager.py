@@ -27,7 +27,7 @@ from pyinfra import logger
 from tasks.engine import ops
 from tasks.engine.context import HostContext, Step
 from tasks.controller_manager import (BACKUP_DIR, NODE_IPAM_NAMES, SLICE_FLAGS, ControllerManagerError,
-                                      _slice_items, config_path, desired_flags, effective_values, merge_manifest,
+                                      _slice_items, config_mode, config_path, desired_flags, effective_values, merge_manifest,
                                       merge_unit, read_flags)
 from tasks.engine import answers
 from tasks.engine.answers import BadField
@@ -205,7 +205,7 @@ def probe_request(s: Settings) -> ProbeRequest:
     """The manifest or unit (its content, and its digest, which installing the restored file compares),
     podnet's backups of it, and a systemd kube-controller-manager's unit state."""
     return ProbeRequest(contents=[config_path(s)], hashes=[config_path(s)], queries={BACKUPS_QUERY: backups_command(s)},
-                        units=[posixpath.basename(s.kube_controller_manager_unit)]
+                        units=[unit_name(s)]
                         if s.kube_controller_manager_runtime == "systemd" else [])
 
 
@@ -213,14 +213,13 @@ def controller_manager_restored(s: Settings, node: NodeState, host_name: str) ->
     """The manifest or unit from podnet's backup, or without podnet's flags; a systemd
     kube-controller-manager restarted with it (the kubelet restarts a static pod by itself)."""
     content, how = restored(s, node, host_name)
-    mode = "0600" if s.kube_controller_manager_runtime == "static-pod" else "0644"
-    desired: DesiredFile | None = text_file(config_path(s), content.decode(), mode=mode) if content else None
+    desired: DesiredFile | None = text_file(config_path(s), content.decode(), mode=config_mode(s)) if content else None
     if desired is not None:
         logger.info(f"    {host_name}: {how}")
     ops.files_installed(name="reset: kube-controller-manager without podnet's node IPAM flags",
                         files=[desired] if desired else [], current=node, owned=False)
     if s.kube_controller_manager_runtime == "systemd":
-        unit = posixpath.basename(s.kube_controller_manager_unit)
+        unit = unit_name(s)
         ops.shell_when(name="reset: kube-controller-manager restarted",
                        commands=["systemctl daemon-reload", f"systemctl restart {shlex.quote(unit)}"],
                        reason="its unit changed" if desired else None)

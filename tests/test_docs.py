@@ -27,9 +27,29 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_readme_table_and_group_data_example_are_written_from_the_settings_declaration():
-    from tasks.settings import docs as settings_docs
+    from tasks import docs
 
-    assert settings_docs.readme_with_table(README) == README, "run: python3 -m tasks.settings.docs"
+    assert docs.SETTINGS_TABLE.replace_in(README, "README.md") == README, "run: python3 -m tasks.docs"
     group_data = (REPO / "inventory" / "group_data" / "all.py").read_text()
-    assert group_data == settings_docs.group_data_example(), "run: python3 -m tasks.settings.docs"
-    assert settings_docs.main(["--check"]) == 0
+    assert group_data == docs.settings_docs.group_data_example(), "run: python3 -m tasks.docs"
+    assert docs.main(["--check"]) == 0
+
+
+def test_readme_step_table_lists_every_step_of_a_run_in_order():
+    from tasks import deploys, docs, interrupted
+
+    assert docs.STEPS_TABLE.replace_in(README, "README.md") == README, "run: python3 -m tasks.docs"
+    rows = re.findall(r"^\| (\d+) \| ([^|]+) \| `([^`]+)` \| (.+) \|$", README, re.MULTILINE)
+    steps = (interrupted.STEP, *deploys.POD_NETWORK)
+    assert [int(n) for n, *_ in rows] == list(range(1, len(steps) + 1))
+    assert [f"{concern}: {ensured}" for _, concern, _, ensured in rows] == [step.name for step in steps]
+    assert [path for _, _, path, _ in rows][1:3] == ["tasks/kernel.py", "tasks/kubeadm.py"]
+
+
+def test_the_old_docs_command_still_writes_every_document():
+    import subprocess
+    import sys
+
+    old = subprocess.run([sys.executable, "-m", "tasks.settings.docs", "--check"], cwd=REPO, capture_output=True,
+                         text=True)
+    assert old.returncode == 0, old.stderr

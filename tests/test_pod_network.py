@@ -6,6 +6,7 @@ CLI with the @fake connector (tests/support/plan.py).
 
 from __future__ import annotations
 
+import base64
 import pytest
 
 from tasks import pod_network
@@ -135,8 +136,9 @@ def test_a_stale_cni0_is_reported_and_removed_only_with_the_opt_in(mirror, tmp_p
     assert ("podnet: @fake/w1: cni0 has 10.244.7.1/24, but this node's subnet is 10.244.1.1/24") in run.stderr
     assert "remove it (`ip link delete cni0`) once no pod uses it, or set allow_pod_network_change = True" in run.stderr
     assert len(run.commands(WORKER)) == 1  # reported, not touched
-    # at execution time the step reads the node again: subnet.env, then cni0's address and ports
-    again = {"FLANNEL_SUBNET": ["subnet 10.244.1.1/24", "addr 10.244.7.1/24", "ports 0"]}
+    # at execution time the step reads the node again: subnet.env (base64), then cni0's address and ports
+    subnet_env = base64.b64encode(b"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n").decode()
+    again = {pod_network.SUBNET_ENV: [f"subnetenv {subnet_env}", "addr 10.244.7.1/24", "ports 0"]}
     allowed = plan(mirror, tmp_path, cp, worker, again, allow_pod_network_change=True)
     assert allowed.returncode == 0, allowed.stderr[-3000:]
     assert "ip link delete cni0" in allowed.commands(WORKER)

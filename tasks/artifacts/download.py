@@ -92,6 +92,15 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _answered(url: str, response) -> None:
+    """An HTTP answer with the file (200); _Transient for a server error or 429 (tried again), DownloadError
+    for any other status."""
+    if response.status_code >= 500 or response.status_code == 429:
+        raise _Transient(f"HTTP {response.status_code}")
+    if response.status_code != 200:
+        raise DownloadError(f"could not download {redact_url(url)}: HTTP {response.status_code}")
+
+
 def stat_key(status: os.stat_result) -> str:
     """What a file's recorded sum stays valid for: inode, size, mtime, ctime (ns) and mode. ctime
     changes on every write, chmod or rename and cannot be set back (git's index relies on the same)."""
@@ -323,10 +332,7 @@ class Downloader:
         def once() -> Document:
             try:
                 with self._open(url, headers) as response:
-                    if response.status_code >= 500 or response.status_code == 429:
-                        raise _Transient(f"HTTP {response.status_code}")
-                    if response.status_code != 200:
-                        raise DownloadError(f"could not download {redact_url(url)}: HTTP {response.status_code}")
+                    _answered(url, response)
                     total = int(response.headers.get("Content-Length") or 0)
                     body = b""
                     for chunk in response.iter_content(CHUNK):
@@ -350,10 +356,7 @@ class Downloader:
             received = 0
             try:
                 with os.fdopen(fd, "wb") as out, self._open(url) as response:
-                    if response.status_code >= 500 or response.status_code == 429:
-                        raise _Transient(f"HTTP {response.status_code}")
-                    if response.status_code != 200:
-                        raise DownloadError(f"could not download {redact_url(url)}: HTTP {response.status_code}")
+                    _answered(url, response)
                     total = int(response.headers.get("Content-Length") or 0)
                     shown = -1
                     for chunk in response.iter_content(CHUNK):

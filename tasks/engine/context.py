@@ -2,12 +2,15 @@
 The shape every concern has: ``Step``s over one per-host ``HostContext``.
 
 A concern (kernel, containerd, CNI, kube-controller-manager, kubeadm, flannel, the pod
-network's lifecycle) exposes one or more ``Step``s, each the same five verbs:
+network's lifecycle) exposes one or more ``Step``s, each the same six verbs:
 
 - ``applies(ctx)``: whether it has anything to do on this host (decided here, nowhere else);
 - ``probe(ctx)``: what it needs to know from the node (a ``ProbeRequest``; read nothing else);
 - ``artifacts(ctx)``: which release files it installs (names of files/artifacts.yaml);
-- ``check(ctx)``: refusals that must stop the run before any step of any host changes anything;
+- ``findings(ctx)``: what is wrong on this host, from the settings and the probe's answer alone
+  (``tasks.engine.findings.Finding``s; changes nothing, so a read-only diagnosis can run every step's);
+- ``check(ctx)``: refusals that must stop the run before any step of any host changes anything
+  (the error-level findings, raised by ``findings.refuse``);
 - ``apply(ctx)``: the operations that ensure its state on the node.
 
 The runner (tasks/engine/runner.py) asks every step that applies for its probe and artifacts, probes
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
+from tasks.engine.findings import Finding
 from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.settings import Settings
 
@@ -83,13 +87,18 @@ def _no_check(ctx: HostContext) -> None:
     return None
 
 
+def _nothing_found(ctx: HostContext) -> list[Finding]:
+    return []
+
+
 @dataclass(frozen=True)
 class Step:
     """One concern's part of the deploy (see the module docstring for the verbs)."""
 
-    name: str
+    name: str  # what it ensures, one line (the README's step table lists it)
     apply: Callable[[HostContext], None]
     applies: Callable[[HostContext], bool] = _always
     probe: Callable[[HostContext], ProbeRequest] = _nothing_to_ask
     artifacts: Callable[[HostContext], tuple[str, ...]] = _no_artifacts
     check: Callable[[HostContext], None] = _no_check
+    findings: Callable[[HostContext], list[Finding]] = _nothing_found

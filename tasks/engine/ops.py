@@ -227,6 +227,23 @@ def service_running(unit: str, current: NodeState, restart: bool = False, daemon
     yield " && ".join(commands)
 
 
+SHOWN = 300  # characters of a failed command's output that an error shows
+
+
+def said(lines: list[str]) -> str:
+    """What a command printed, on one line, cut to SHOWN characters (for an error message)."""
+    return " ".join(lines)[:SHOWN]
+
+
+def _runs(reason: str | None) -> bool:
+    """Whether an operation run on a reason found while planning runs: it says why, or is a no-op."""
+    if not reason:
+        host.noop("nothing to do")
+        return False
+    logger.info("    %s: %s", host.name, reason)
+    return True
+
+
 @operation()
 def shell_when(commands: list[str], reason: str | None):
     """
@@ -235,11 +252,8 @@ def shell_when(commands: list[str], reason: str | None):
     + commands: shell commands, run in order, stopping at the first failure
     + reason: why they must run now, or None when nothing needs doing
     """
-    if not reason:
-        host.noop("nothing to do")
-        return
-    logger.info("    %s: %s", host.name, reason)
-    yield " && ".join(commands)
+    if _runs(reason):
+        yield " && ".join(commands)
 
 
 @operation()
@@ -254,11 +268,8 @@ def python_step(function, args: tuple, reason: str | None):
     + args: its arguments
     + reason: why it must run now, or None when nothing needs doing
     """
-    if not reason:
-        host.noop("nothing to do")
-        return
-    logger.info("    %s: %s", host.name, reason)
-    yield HostCommand(function, args, {})
+    if _runs(reason):
+        yield HostCommand(function, args, {})
 
 
 def owned_files_removed(name: str, removal: Removal, what: str) -> None:

@@ -5,6 +5,11 @@ Every concern (kernel, containerd, CNI, control plane, flannel) says what it nee
 know about a node in a ``ProbeRequest``; the requests are merged and sent as ONE shell
 command per host, whose answer (``NodeState``) every decision reads. The answer is kept
 for the rest of the run, so planning and execution never ask the host the same thing again.
+
+A kind of question is declared once, in ``KINDS``: the ``ProbeRequest`` field that asks it, the
+shell fragment that answers it, and how each answer line is read, checked against its schema
+(tasks/engine/answers.py), into its ``NodeState`` field (which is held to what was asked). A new
+kind is those two fields and its ``Kind``.
 """
 
 from __future__ import annotations
@@ -51,26 +56,18 @@ class ProbeRequest:
     sysctl_config: list[str] = field(default_factory=list)
 
     def merge(self, other: "ProbeRequest") -> "ProbeRequest":
-        def unique(a, b):
-            return list(dict.fromkeys([*a, *b]))
+        """Everything either asks: lists joined (each item once, in order), named commands joined (``other``'s
+        command for a name both give)."""
+        def joined(a, b):
+            return {**a, **b} if isinstance(a, dict) else list(dict.fromkeys([*a, *b]))
 
-        return ProbeRequest(
-            hashes=unique(self.hashes, other.hashes),
-            contents=unique(self.contents, other.contents),
-            texts=unique(self.texts, other.texts),
-            sysctls=unique(self.sysctls, other.sysctls),
-            features={**self.features, **other.features},
-            units=unique(self.units, other.units),
-            listings=unique(self.listings, other.listings),
-            queries={**self.queries, **other.queries},
-            sysctl_config=unique(self.sysctl_config, other.sysctl_config),
-        )
+        return ProbeRequest(**{f.name: joined(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)})
 
     def covers(self, other: "ProbeRequest") -> bool:
         """Everything ``other`` asks is asked here too."""
         return all(set(getattr(other, f.name)) <= set(getattr(self, f.name)) for f in fields(self)) and all(
-            getattr(self, name).get(key) == command for name in ("features", "queries")
-            for key, command in getattr(other, name).items())
+            getattr(self, f.name).get(key) == command for f in fields(self) if isinstance(getattr(other, f.name), dict)
+            for key, command in getattr(other, f.name).items())
 
     def for_run(self, diff: bool) -> "ProbeRequest":
         """What the probe asks: managed text files hashed, and read as well when ``diff``."""
@@ -119,11 +116,6 @@ class Answers(dict):
         return super().get(key, default)
 
 
-# NodeState field -> what one of its keys is, in ProbeContractError's message.
-ANSWER_KINDS = {"hashes": "digest", "modes": "mode", "contents": "content", "sysctls": "sysctl",
-                "features": "feature", "units": "unit", "listings": "listing", "queries": "query"}
-
-
 def _matches_any(patterns: list[str]) -> Callable[[str], bool]:
     """A path asked for by name, or by a pattern ending in '*' (expanded by the node's shell)."""
     exact = set(patterns)
@@ -160,18 +152,15 @@ class NodeState:
     def answering(self, request: ProbeRequest, host_name: str = "") -> "NodeState":
         """This answer held to ``request``: reading anything it did not ask for raises ProbeContractError,
         reading an answer that did not fit its schema raises RemoteAnswerError (naming ``host_name``)."""
-        def one_of(keys) -> Callable[[str], bool]:
-            return set(keys).__contains__
-
-        asked = {
-            "hashes": _matches_any(request.hashes), "modes": _matches_any(request.hashes),
-            "contents": one_of(request.contents), "sysctls": one_of(request.sysctls),
-            "features": one_of(request.features), "units": one_of(request.units),
-            "listings": one_of(request.listings), "queries": one_of(request.queries),
-        }
-        return NodeState(**{**self.__dict__, **{
-            kind: Answers(ANSWER_KINDS[kind], check, dict(getattr(self, kind)), self.refused.get(kind), host_name)
-            for kind, check in asked.items()}})
+        held = {}
+        for kind in KINDS:
+            asked = getattr(request, kind.asked)
+            check = _matches_any(asked) if kind.globs else set(asked).__contains__
+            for reader in kind.readers.values():
+                if reader.key:
+                    held[reader.field] = Answers(reader.key, check, dict(getattr(self, reader.field)),
+                                                 self.refused.get(reader.field), host_name)
+        return NodeState(**{**self.__dict__, **held})
 
     def unit_active(self, unit: str) -> bool:
         return self.units.get(unit, ("", ""))[0] == "active"
@@ -248,51 +237,44 @@ def sysctl_config_script(keys: list[str], dirs: tuple[str, ...] = SYSCTL_DIRS, c
             "while IFS= read -r line; do printf 'sysctlline\\t%s\\t%s\\n' \"$f\" \"$line\"; done; done")
 
 
-def probe_script(request: ProbeRequest) -> str:
-    """
-    The one shell command that answers a ProbeRequest. Always exits 0. Only its stdout is read:
-    a query's stdout and stderr are reported apart (``query<TAB>name<TAB>rc<TAB>base64 stdout<TAB>
-    base64 stderr``), so nothing a command says on stderr is ever taken for data.
-    """
-    q = shlex.quote
-    lines = ['printf "machine %s\\n" "$(uname -m)"', SAFE_NAME_FUNCTION]
-    if request.hashes:
-        # Globs expand remotely; missing files just don't appear.
-        lines.append(DIGESTS_SCRIPT.replace("FILES", " ".join(_glob(h) for h in request.hashes)))
-    for path in request.contents:
-        lines.append(f"[ -f {q(path)} ] && printf 'content\\t%s\\t%s\\n' {q(path)} \"$(base64 -w0 < {q(path)})\"")
-    for key in request.sysctls:
-        lines.append(f"printf 'sysctl\\t%s\\t%s\\n' {q(key)} \"$(cat {q(_sysctl_path(key))} 2>/dev/null || echo -)\"")
-    for name, test in request.features.items():
-        lines.append(f"if {test}; then printf 'feature\\t%s\\t1\\n' {q(name)}; "
-                     f"else printf 'feature\\t%s\\t0\\n' {q(name)}; fi")
-    for unit in request.units:
-        lines.append(f"printf 'unit\\t%s\\t%s\\t%s\\n' {q(unit)} "
-                     f"\"$(systemctl is-active {q(unit)} 2>/dev/null)\" "
-                     f"\"$(systemctl is-enabled {q(unit)} 2>/dev/null)\"")
-    for directory in request.listings:
-        d = q(directory.rstrip("/") or "/")
-        lines.append(f"[ -d {d} ] && for e in {d}/* {d}/.[!.]* {d}/..?*; do "
-                     "{ [ -e \"$e\" ] || [ -L \"$e\" ]; } || continue; podnet_safe \"$e\" entry || continue; "
-                     f"printf 'entry\\t%s\\t%s\\n' {q(directory)} \"${{e##*/}}\"; done")
-    if request.queries:
-        lines.append("podnet_err=$(mktemp 2>/dev/null) || podnet_err=/dev/null")
-    for name, command in request.queries.items():
-        lines.append(f"out=$( ({command}) 2>\"$podnet_err\" ); rc=$?; printf 'query\\t%s\\t%s\\t%s\\t%s\\n' {q(name)} "
-                     "\"$rc\" \"$(printf '%s' \"$out\" | base64 -w0)\" \"$(base64 -w0 < \"$podnet_err\")\"")
-    if request.queries:
-        lines.append('[ "$podnet_err" = /dev/null ] || rm -f "$podnet_err"')
-    if request.sysctl_config:
-        lines.append(sysctl_config_script(request.sysctl_config))
-    lines.append("true")
-    return "\n".join(lines)
+# --- the kinds of question, each declared once: what it asks, the script that answers, how the answer is read --
 
 
-def _glob(pattern: str) -> str:
-    """Quote a path but leave a trailing '*' to the remote shell."""
-    if pattern.endswith("*"):
-        return shlex.quote(pattern[:-1]) + "*"
-    return shlex.quote(pattern)
+@dataclass(frozen=True)
+class Reader:
+    """
+    How one kind of answer line ("<tag>\t<part>\t...") is read into a NodeState field: ``parse`` checks the
+    parts against their schema (tasks/engine/answers.py; raises BadField) and gives (key, value); ``store``
+    puts them into the state (default: the field's key set to the value).
+    """
+
+    field: str  # the NodeState field it fills
+    key: str  # what one of its keys is, in ProbeContractError's message ("": reads are not held to the request)
+    parts: int | None  # tab-separated parts after the tag (None: ``parse`` checks them)
+    parse: Callable[[list[str]], tuple]  # parts -> (key, value)
+    key_part: int = 0  # the part holding the key, refused when the line does not fit
+    store: Callable[[NodeState, object, object], None] | None = None
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of question: the ProbeRequest field that asks it, the shell fragment that answers what is asked
+    (empty: nothing asked), and a Reader per line tag of the answer."""
+
+    asked: str
+    script: Callable[[list | dict], str]
+    readers: dict[str, Reader]
+    globs: bool = False  # asked paths may end in '*' (expanded by the node's shell)
+
+
+def _each(fragment: Callable[..., str], before: str = "", after: str = "") -> Callable[[list | dict], str]:
+    """A script with ``fragment`` once per asked item (a (name, command) pair for named questions), between
+    ``before`` and ``after`` when anything is asked."""
+    def script(asked):
+        items = asked.items() if isinstance(asked, dict) else ((item,) for item in asked)
+        body = [fragment(*item) for item in items]
+        return "\n".join([before, *body, after] if before and body else body) if body else ""
+    return script
 
 
 def _text(data: bytes) -> str:
@@ -304,87 +286,172 @@ def _unit_state(active: str, enabled: str) -> tuple[str, str]:
     return answers.unit_active_state(active or "unknown"), answers.unit_file_state(enabled or "not-found")
 
 
-# Probe line kind -> (NodeState field it answers, field count, parser of the fields -> (key, value)).
-# Every field is checked against its schema (tasks/engine/answers.py); a line that does not fit is
-# reported (NodeState.problems) and its key, when it has a valid one, is refused (NodeState.refused).
-_LINES: dict[str, tuple[str, int, Callable[[list[str]], tuple[str, object]]]] = {
-    "sha": ("hashes", 2, lambda f: (answers.absolute_path(f[1]), answers.sha256_hex(f[0]))),
-    "mode": ("modes", 2, lambda f: (answers.absolute_path(f[1]), answers.file_mode(f[0]))),
-    "content": ("contents", 2, lambda f: (answers.absolute_path(f[0]), answers.base64_bytes(f[1]))),
-    "sysctl": ("sysctls", 2, lambda f: (answers.sysctl_key(f[0]),
-                                        None if f[1] == "-" else answers.sysctl_value(f[1]).strip())),
-    "feature": ("features", 2, lambda f: (answers.no_control(f[0], "feature name"),
-                                          {"1": True, "0": False}[f[1]] if f[1] in ("0", "1")
-                                          else answers.decimal(f[1], 0, 1, "feature answer (0 or 1)"))),
-    "unit": ("units", 3, lambda f: (answers.no_control(f[0], "unit name"), _unit_state(f[1], f[2]))),
-    "entry": ("listings", 2, lambda f: (answers.absolute_path(f[0]), answers.file_name(f[1]))),
-    "sysctlfile": ("sysctl_files", 2, lambda f: (answers.absolute_path(f[0]), answers.absolute_path(f[1]))),
-    "query": ("queries", 4, lambda f: (answers.no_control(f[0], "query name"), (
-        answers.exit_status(f[1]), _text(answers.base64_bytes(f[2])).splitlines(), _text(answers.base64_bytes(f[3])).rstrip("\n")))),
-}
+def _sysctl_answer(parts: list[str]) -> tuple:
+    if len(parts) < 2:
+        raise BadField(f"{len(parts)} field(s) where 2 are expected")
+    value = "\t".join(parts[1:])  # a multi-valued parameter's fields are tab-separated
+    return answers.sysctl_key(parts[0]), None if value == "-" else answers.sysctl_value(value).strip()
+
+
+def _query_answer(parts: list[str]) -> tuple:
+    if len(parts) == 3:  # without stderr (an answer scripted by tests)
+        parts = [*parts, ""]
+    if len(parts) != 4:
+        raise BadField(f"{len(parts)} field(s) where 4 are expected")
+    return answers.no_control(parts[0], "query name"), (
+        answers.exit_status(parts[1]), _text(answers.base64_bytes(parts[2])).splitlines(),
+        _text(answers.base64_bytes(parts[3])).rstrip("\n"))
+
+
+def _store_query(state: NodeState, key, value) -> None:
+    rc, stdout, stderr = value
+    state.queries[key] = (rc, stdout)
+    if stderr:
+        state.query_stderr[key] = stderr
+
+
+def _store_entry(state: NodeState, key, value) -> None:
+    state.listings.setdefault(key, []).append(value)
+
+
+def _store_sysctl_line(state: NodeState, key, value) -> None:
+    state.sysctl_lines.setdefault(key, []).append(value)
+
+
+def _listing(directory: str) -> str:
+    d = q(directory.rstrip("/") or "/")
+    return (f"[ -d {d} ] && for e in {d}/* {d}/.[!.]* {d}/..?*; do "
+            "{ [ -e \"$e\" ] || [ -L \"$e\" ]; } || continue; podnet_safe \"$e\" entry || continue; "
+            f"printf 'entry\\t%s\\t%s\\n' {q(directory)} \"${{e##*/}}\"; done")
+
+
+q = shlex.quote  # in the fragments below
+KINDS: tuple[Kind, ...] = (
+    # Files (shell globs allowed; missing files just don't appear): sha256 and mode of each regular one.
+    Kind("hashes", lambda paths: DIGESTS_SCRIPT.replace("FILES", " ".join(_glob(h) for h in paths)) if paths else "",
+         {"sha": Reader("hashes", "digest", 2, lambda p: (answers.absolute_path(p[1]), answers.sha256_hex(p[0])),
+                        key_part=1),
+          "mode": Reader("modes", "mode", 2, lambda p: (answers.absolute_path(p[1]), answers.file_mode(p[0])),
+                         key_part=1)}, globs=True),
+    Kind("contents", _each(lambda path: f"[ -f {q(path)} ] && printf 'content\\t%s\\t%s\\n' {q(path)} "
+                                        f"\"$(base64 -w0 < {q(path)})\""),
+         {"content": Reader("contents", "content", 2,
+                            lambda p: (answers.absolute_path(p[0]), answers.base64_bytes(p[1])))}),
+    Kind("sysctls", _each(lambda key: f"printf 'sysctl\\t%s\\t%s\\n' {q(key)} "
+                                      f"\"$(cat {q(_sysctl_path(key))} 2>/dev/null || echo -)\""),
+         {"sysctl": Reader("sysctls", "sysctl", None, _sysctl_answer)}),
+    Kind("features", _each(lambda name, test: f"if {test}; then printf 'feature\\t%s\\t1\\n' {q(name)}; "
+                                              f"else printf 'feature\\t%s\\t0\\n' {q(name)}; fi"),
+         {"feature": Reader("features", "feature", 2, lambda p: (
+             answers.no_control(p[0], "feature name"),
+             {"1": True, "0": False}[p[1]] if p[1] in ("0", "1")
+             else answers.decimal(p[1], 0, 1, "feature answer (0 or 1)")))}),
+    Kind("units", _each(lambda unit: f"printf 'unit\\t%s\\t%s\\t%s\\n' {q(unit)} "
+                                     f"\"$(systemctl is-active {q(unit)} 2>/dev/null)\" "
+                                     f"\"$(systemctl is-enabled {q(unit)} 2>/dev/null)\""),
+         {"unit": Reader("units", "unit", 3, lambda p: (answers.no_control(p[0], "unit name"), _unit_state(p[1], p[2])))}),
+    # Entries podnet_safe refuses (a newline, tab or carriage return in the name) are reported as badname lines.
+    Kind("listings", _each(_listing),
+         {"entry": Reader("listings", "listing", 2, lambda p: (answers.absolute_path(p[0]), answers.file_name(p[1])),
+                          store=_store_entry)}),
+    # A query's stdout and stderr are reported apart (query<TAB>name<TAB>rc<TAB>base64 stdout<TAB>base64 stderr):
+    # nothing a command says on stderr is ever taken for data.
+    Kind("queries", _each(lambda name, command: f"out=$( ({command}) 2>\"$podnet_err\" ); rc=$?; "
+                                                f"printf 'query\\t%s\\t%s\\t%s\\t%s\\n' {q(name)} \"$rc\" "
+                                                "\"$(printf '%s' \"$out\" | base64 -w0)\" "
+                                                "\"$(base64 -w0 < \"$podnet_err\")\"",
+                          before="podnet_err=$(mktemp 2>/dev/null) || podnet_err=/dev/null",
+                          after='[ "$podnet_err" = /dev/null ] || rm -f "$podnet_err"'),
+         {"query": Reader("queries", "query", None, _query_answer, store=_store_query)}),
+    Kind("sysctl_config", lambda keys: sysctl_config_script(keys) if keys else "",
+         {"sysctlfile": Reader("sysctl_files", "", 2,
+                               lambda p: (answers.absolute_path(p[0]), answers.absolute_path(p[1]))),
+          "sysctlline": Reader("sysctl_lines", "", None,
+                               lambda p: (answers.absolute_path(p[0]), "\t".join(p[1:])), store=_store_sysctl_line)}),
+)
+
+# NodeState field -> what one of its keys is, in ProbeContractError's message.
+ANSWER_KINDS = {r.field: r.key for kind in KINDS for r in kind.readers.values() if r.key}
+READERS: dict[str, Reader] = {tag: r for kind in KINDS for tag, r in kind.readers.items()}
+
+
+def probe_script(request: ProbeRequest) -> str:
+    """
+    The one shell command that answers a ProbeRequest (each kind's fragment, in KINDS' order). Always
+    exits 0. Only its stdout is read (see ``parse_probe``).
+    """
+    lines = ['printf "machine %s\\n" "$(uname -m)"', SAFE_NAME_FUNCTION]
+    lines += [fragment for kind in KINDS if (fragment := kind.script(getattr(request, kind.asked)))]
+    lines.append("true")
+    return "\n".join(lines)
+
+
+def _glob(pattern: str) -> str:
+    """Quote a path but leave a trailing '*' to the remote shell."""
+    if pattern.endswith("*"):
+        return shlex.quote(pattern[:-1]) + "*"
+    return shlex.quote(pattern)
+
+
+def _always(state: NodeState, tag: str, rest: str) -> bool:
+    """Read a line every probe may print whatever it asks (the machine, the run lock's answer, a name left
+    out); False for any other tag."""
+    if tag == "machine":
+        machine = rest.strip()  # empty: refused later as an unsupported architecture
+        state.machine = answers.machine(machine) if machine else ""
+    elif tag == "runlock":  # a line that does not fit leaves run_lock None: the run refuses
+        state.run_lock = run_lock.parse(rest.split("\t"))
+    elif tag == "badname":
+        what, _, encoded = rest.partition("\t")
+        name = _text(answers.base64_bytes(encoded))
+        if what == "entry":  # that directory's listing is incomplete: a step reading it refuses
+            state.refused.setdefault("listings", {})[name.rpartition("/")[0]] = \
+                f"it holds a file name with a newline, tab or carriage return ({name!r})"
+        raise BadField(f"a {what} path with a newline, tab or carriage return in a file name "
+                       f"({name!r}) was left out")
+    else:
+        return False
+    return True
 
 
 def parse_probe(lines: list[str]) -> NodeState:
     """
-    The probe's stdout as a NodeState. Each line's fields are checked against their schema
-    (tasks/engine/answers.py): a line that does not fit is never used as data; it is listed in
-    ``problems`` (reported as a warning by ``node_state``) and, where its key is readable, the
-    key is ``refused`` so that a step reading it refuses instead of taking it for "absent".
+    The probe's stdout as a NodeState, each line read by the Reader of its tag. Each line's fields are
+    checked against their schema (tasks/engine/answers.py): a line that does not fit is never used as
+    data; it is listed in ``problems`` (reported as a warning by ``node_state``) and, where its key is
+    readable, the key is ``refused`` so that a step reading it refuses instead of taking it for "absent".
     """
     state = NodeState()
     for line in lines:
-        kind, _, rest = line.partition("\t") if "\t" in line else line.partition(" ")
+        tag, _, rest = line.partition("\t") if "\t" in line else line.partition(" ")
         try:
-            if kind == "machine":
-                machine = rest.strip()  # empty: refused later as an unsupported architecture
-                state.machine = answers.machine(machine) if machine else ""
-            elif kind == "sysctlline":
-                path, _, text = rest.partition("\t")
-                state.sysctl_lines.setdefault(answers.absolute_path(path), []).append(text)
-            elif kind == "runlock":  # a line that does not fit leaves run_lock None: the run refuses
-                state.run_lock = run_lock.parse(rest.split("\t"))
-            elif kind == "badname":
-                what, _, encoded = rest.partition("\t")
-                name = _text(answers.base64_bytes(encoded))
-                if what == "entry":  # that directory's listing is incomplete: a step reading it refuses
-                    state.refused.setdefault("listings", {})[name.rpartition("/")[0]] = \
-                        f"it holds a file name with a newline, tab or carriage return ({name!r})"
-                raise BadField(f"a {what} path with a newline, tab or carriage return in a file name "
-                               f"({name!r}) was left out")
-            elif kind in _LINES:
-                _parse_line(state, kind, rest)
-            else:
+            if _always(state, tag, rest):
+                continue
+            reader = READERS.get(tag)
+            if reader is None:
                 raise BadField("not a line the probe prints")
+            _read(state, tag, reader, rest)
         except BadField as error:
             state.problems.append(answers.problem("", "the probe", line, str(error)))
     return state
 
 
-def _parse_line(state: NodeState, kind: str, rest: str) -> None:
-    name, count, parse = _LINES[kind]
+def _read(state: NodeState, tag: str, reader: Reader, rest: str) -> None:
     parts = rest.split("\t")
-    if kind == "query" and len(parts) == 3:  # without stderr (an answer scripted by tests)
-        parts.append("")
-    if kind == "sysctl" and len(parts) > 2:  # a multi-valued parameter's fields are tab-separated
-        parts = [parts[0], "\t".join(parts[1:])]
-    if len(parts) != count:
-        raise BadField(f"{len(parts)} field(s) where {count} are expected")
+    if reader.parts is not None and len(parts) != reader.parts:
+        raise BadField(f"{len(parts)} field(s) where {reader.parts} are expected")
     try:
-        key, value = parse(parts)
+        key, value = reader.parse(parts)
     except BadField:
-        key = parts[0] if kind not in ("sha", "mode") else parts[1]
-        if not answers.CONTROL.search(key):
-            state.refused.setdefault(name, {})[key] = f"{kind} line {answers.shown(kind + chr(9) + rest)} does not fit"
+        key = parts[reader.key_part] if len(parts) > reader.key_part else ""
+        if reader.key and key and not answers.CONTROL.search(key):
+            state.refused.setdefault(reader.field, {})[key] = \
+                f"{tag} line {answers.shown(tag + chr(9) + rest)} does not fit"
         raise
-    if kind == "entry":
-        state.listings.setdefault(key, []).append(value)  # type: ignore[arg-type]
-    elif kind == "query":
-        rc, stdout, stderr = value  # type: ignore[misc]
-        state.queries[key] = (rc, stdout)
-        if stderr:
-            state.query_stderr[key] = stderr
+    if reader.store is not None:
+        reader.store(state, key, value)
     else:
-        getattr(state, name)[key] = value
+        getattr(state, reader.field)[key] = value
 
 
 class NodeProbe(FactBase):
