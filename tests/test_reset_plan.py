@@ -19,8 +19,8 @@ from tasks.reset_controller_manager import BACKUPS_QUERY, restored
 from tasks.settings import SettingsError, parse_host_settings
 from tests.support.hosts import settings
 from tests.support.kubeadm import HARD_WAY_UNIT, KUBEADM_MANIFEST, KUBEADM_MANIFEST_POD_SUBNET
-from tests.support.plan import FakeNode, probe_answer, run_pyinfra, write_inventory
-from tests.test_plan import CP, HOSTS, POD_CIDRS, WORKER, Cluster, assert_ok, cluster, mirror, probes  # noqa: F401
+from tests.support.plan import (CP, HOSTS, POD_CIDRS, WORKER, Cluster, FakeNode, assert_ok, probe_answer, probes,
+                                run_pyinfra, write_inventory)
 
 MANIFEST = "/etc/kubernetes/manifests/kube-controller-manager.yaml"
 BACKUP = "/var/lib/podnet/backup/kube-controller-manager.yaml.0123456789ab"

@@ -35,9 +35,9 @@ from pathlib import Path
 
 import yaml
 
-from tests.cri.pause import build_pause_binary, layered_image_bytes
-from tests.kubebed import binaries
-from tests.localcluster import Cluster, Node
+from testbed.cri.pause import build_pause_binary, layered_image_bytes
+from testbed.kubebed import binaries
+from testbed.localcluster import Cluster, Node
 
 K8S_DIR = "/etc/kubernetes"
 MANIFESTS = f"{K8S_DIR}/manifests"
