@@ -18,5 +18,5 @@ pytest glue, fixtures and skips, is tests/conftest.py).
 - ``debian_sources``: the host's apt sources, read by ``localcluster`` and ``mirror``.
 
 What runs here is real; what is not (images, the mirror) and this machine's quirks the bed
-works around are listed in the README's section on the tests.
+works around are listed in docs/testbed.md.
 """

@@ -5,7 +5,7 @@ real kubeadm (`kubeadm init` on the first node, `kubeadm join` on the others), t
 IPAM and flannel. Pods are then run and pinged with PodBed's checks.
 
 Before podnet runs, each node gets only what THIS MACHINE needs and what no registry can
-give (see the README section "cluster_bootstrap on the test nodes"):
+give (see docs/testbed.md, "cluster_bootstrap on the test nodes"):
 
 - read-only files bound over the kernel sysctls the kubelet would otherwise write (nspawn's
   /proc/sys is the shared host's), and a route for the service network on the node's link
