@@ -19,7 +19,7 @@ lock); a rerun with unchanged settings changes nothing and restarts nothing.
 
 from pyinfra import host
 
-from tasks import pyinfra_compat
+from tasks.engine import pyinfra_compat
 from tasks.deploys import POD_NETWORK, steps
 
 pyinfra_compat.enable_tcp_nodelay([host])

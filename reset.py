@@ -16,7 +16,7 @@ asked once, and only what exists is removed, so a second reset changes nothing.
 
 from pyinfra import host
 
-from tasks import pyinfra_compat
+from tasks.engine import pyinfra_compat
 from tasks.deploys import reset_steps
 
 pyinfra_compat.enable_tcp_nodelay([host])

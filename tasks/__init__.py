@@ -1,1 +1,21 @@
-"""podnet tasks: one module per concern (kernel, containerd, cni, controller_manager, flannel)."""
+"""
+podnet's code, by role.
+
+- The concerns, one module each, where a reader looks first: ``kernel``, ``containerd``, ``cni``,
+  ``controller_manager``, ``kubeadm``, ``kubeadm_config``, ``flannel``, ``pod_network`` (install side),
+  ``reset`` and ``reset_controller_manager`` (taking the pod network off), ``interrupted`` (what a killed
+  run left), ``vagrant`` (the Vagrant inventory helper). Each exposes ``Step``s.
+- ``deploys``: the ordered step lists (``POD_NETWORK``) and the ``@deploy`` functions for anyone's own deploy.
+- ``lock_checksums``: the command ``python3 -m tasks.lock_checksums`` that writes the checksum lock file
+  without a deploy (``tasks.lock`` is its old name).
+- ``engine/``: the step machinery, which imports no concern: ``context`` (Step, HostContext), ``runner``
+  (probe once, fetch once, check, apply), ``probe`` (the one question per host), ``ops`` (operations),
+  ``desired`` (files as they should be), ``run_lock`` (the node's run lock), ``run_report``,
+  ``pyinfra_compat`` (every pyinfra internal used).
+- ``artifacts/``: release files: ``catalog`` (what files/artifacts.yaml lists and where it comes from),
+  ``download`` (fetch, verify, unpack on the laptop), ``checksums`` (published sums and the lock file).
+- ``settings/``: the validated ``Settings`` (declared once per setting), ``docs`` (the README table and
+  inventory example written from it), ``kubeadm_parsers`` (parsers for kubeadm's own grammar).
+- ``formats/``: one module per file format podnet reads or writes, by that format's rules.
+- Ground floor: ``errors`` (PodnetError) and ``releases`` (release facts: which version reads which format).
+"""

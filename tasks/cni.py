@@ -9,12 +9,12 @@ import json
 import shlex
 from pathlib import Path
 
-from tasks import ops
-from tasks.context import HostContext, Step
-from tasks.desired import DesiredFile, local_file, render, text_file
-from tasks.artifacts import ArtifactError
+from tasks.engine import ops
+from tasks.engine.context import HostContext, Step
+from tasks.engine.desired import DesiredFile, local_file, render, text_file
+from tasks.artifacts.catalog import ArtifactError
 from tasks.errors import PodnetError
-from tasks.probe import NodeState, ProbeRequest
+from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.settings import Settings
 
 CONFLIST_NAME = "10-flannel.conflist"

@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tasks import ops
-from tasks.context import HostContext, Step
-from tasks.desired import DesiredFile, local_file, render, text_file
-from tasks.probe import NodeState, ProbeRequest
+from tasks.engine import ops
+from tasks.engine.context import HostContext, Step
+from tasks.engine.desired import DesiredFile, local_file, render, text_file
+from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.releases import ConfigGeneration, config_generation  # noqa: F401 (part of this concern's face)
 
 if TYPE_CHECKING:

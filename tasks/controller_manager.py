@@ -20,18 +20,17 @@ import hashlib
 import io
 import ipaddress
 import posixpath
-import re
 import shlex
-import string
 from dataclasses import dataclass
 
 import yaml
 
-from tasks import ops
-from tasks.context import HostContext, Step
-from tasks.desired import DesiredFile, text_file
+from tasks.engine import ops
+from tasks.formats.systemd_unit import UnitEntry, UnitSyntaxError, systemd_word, systemd_words, unit_entries
+from tasks.engine.context import HostContext, Step
+from tasks.engine.desired import DesiredFile, text_file
 from tasks.errors import PodnetError
-from tasks.probe import NodeState, ProbeRequest
+from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.settings import Settings
 
 CONTAINER_NAME = "kube-controller-manager"
@@ -330,140 +329,7 @@ def merge_manifest(text: str, flags: dict[str, str | None], planner=None) -> str
     return yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
 
 
-# --- systemd units ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class UnitEntry:
-    """One key=value entry of a unit file: its section, key and value, and the text span it occupies."""
-
-    section: str | None
-    key: str
-    value: str
-    start: int
-    end: int
-
-
-def _continues(line: str) -> bool:
-    """A line that ends in a backslash which is not itself escaped continues on the next line."""
-    return (len(line) - len(line.rstrip("\\"))) % 2 == 1
-
-
-def unit_entries(text: str) -> list[UnitEntry]:
-    """
-    The entries of a unit file as systemd reads them (systemd.syntax(7); config_parse in
-    src/shared/conf-parser.c): lines starting with "#" or ";" are comments; a line ending in a
-    backslash continues on the next line, the backslash read as a space, and comment lines inside
-    such a continuation are skipped; white space around "=" and around the value is dropped.
-    """
-    lines = text.splitlines(keepends=True)
-    entries: list[UnitEntry] = []
-    section = None
-    pos = i = 0
-    while i < len(lines):
-        start = pos
-        logical = lines[i].rstrip("\r\n")
-        pos += len(lines[i])
-        i += 1
-        if not logical.strip() or logical.strip()[0] in "#;":
-            continue
-        while _continues(logical):
-            logical = logical[:-1] + " "
-            while i < len(lines) and lines[i].strip()[:1] in ("#", ";"):
-                pos += len(lines[i])
-                i += 1
-            if i == len(lines):
-                break
-            logical += lines[i].rstrip("\r\n")
-            pos += len(lines[i])
-            i += 1
-        stripped = logical.strip()
-        if stripped.startswith("[") and stripped.endswith("]"):
-            section = stripped[1:-1]
-            continue
-        key, sep, value = stripped.partition("=")
-        if sep:
-            entries.append(UnitEntry(section, key.strip(), value.strip(), start, pos))
-    return entries
-
-
-C_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v",
-             "\\": "\\", '"': '"', "'": "'", "s": " "}
-HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
-WHITESPACE = " \t\n\r"
-
-
-def _unescape(value: str, i: int, in_quote: bool) -> tuple[str, int]:
-    """
-    The text of the escape whose backslash is value[i], and where reading goes on: systemd's C
-    escapes (cunescape_one, src/basic/escape.c: \\a \\b \\f \\n \\r \\t \\v \\\\ \\" \\' \\s, \\xHH,
-    \\uHHHH, \\UHHHHHHHH, \\ooo; no NUL). An unknown or broken one keeps its backslash, as
-    extract_first_word_and_warn's retry with EXTRACT_CUNESCAPE_RELAX does; so does a backslash
-    ending the line outside quotes.
-    """
-    if i + 1 == len(value):
-        if in_quote:
-            raise ControllerManagerError("ExecStart= has unbalanced quoting, so systemd ignores the line")
-        return "\\", i + 1
-    c = value[i + 1]
-    if c in C_ESCAPES:
-        return C_ESCAPES[c], i + 2
-    if c in HEX_ESCAPES:
-        first, width, base, limit, allowed = i + 2, HEX_ESCAPES[c], 16, 0x10FFFF, string.hexdigits
-    else:
-        first, width, base, limit, allowed = i + 1, 3, 8, 0xFF, string.octdigits
-    digits = value[first:first + width]
-    if len(digits) == width and all(d in allowed for d in digits) and 0 < int(digits, base) <= limit:
-        return chr(int(digits, base)), first + width
-    return "\\" + c, i + 2
-
-
-def systemd_words(value: str) -> list[tuple[str, str]]:
-    """
-    An ExecStart= value split into (raw text, word) as systemd splits a command line
-    (config_parse_exec in src/core/load-fragment.c: extract_first_word with EXTRACT_UNQUOTE and
-    EXTRACT_CUNESCAPE, src/basic/extract-word.c; then unit specifiers, where "%%" is "%"): words
-    are separated by unquoted white space; '...' and "..." quote, also in the middle of a word, and
-    are removed; backslash escapes are C escapes inside and outside quotes, and a word \\; is ";"
-    (a lone ; separates commands, which merge_unit refuses). Unbalanced quoting
-    makes systemd ignore the whole line, and is refused. Environment variables ($NAME, ${NAME})
-    are expanded by systemd only when the command runs: such words are read as written.
-    """
-    words: list[tuple[str, str]] = []
-    i = 0
-    while True:
-        while i < len(value) and value[i] in WHITESPACE:
-            i += 1
-        if i == len(value):
-            return words
-        start, out, quote = i, [], ""
-        while i < len(value) and (quote or value[i] not in WHITESPACE):
-            c = value[i]
-            if c == "\\":
-                text, i = _unescape(value, i, bool(quote))
-                out.append(text)
-            elif quote and c == quote:
-                quote, i = "", i + 1
-            elif not quote and c in "'\"":
-                quote, i = c, i + 1
-            else:
-                out.append(c)
-                i += 1
-        if quote:
-            raise ControllerManagerError("ExecStart= has unbalanced quoting, so systemd ignores the line")
-        raw = value[start:i]
-        words.append((raw, ";" if raw == "\\;" else "".join(out).replace("%%", "%")))
-
-
-SYSTEMD_PLAIN_WORD = re.compile(r"[A-Za-z0-9_@+=:,./*-]+")
-
-
-def systemd_word(word: str) -> str:
-    """A word written so that systemd reads it back as exactly this word."""
-    if SYSTEMD_PLAIN_WORD.fullmatch(word):
-        return word
-    escaped = word.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
-    return '"' + escaped.replace("%", "%%").replace("$", "$$") + '"'
+# --- systemd units (the syntax itself: tasks/formats/systemd_unit.py) --------------------------
 
 
 def exec_start_entry(text: str) -> UnitEntry:
@@ -487,7 +353,10 @@ def merge_unit(text: str, flags: dict[str, str | None], planner=None) -> str | N
     written as they were (quoting, $VARIABLES and %specifiers intact), one per continuation line.
     ``planner``: as for merge_manifest."""
     entry = exec_start_entry(text)
-    words = systemd_words(entry.value)
+    try:
+        words = systemd_words(entry.value)
+    except UnitSyntaxError as error:
+        raise ControllerManagerError(str(error)) from None
     if any(raw == ";" for raw, _ in words):
         raise ControllerManagerError("ExecStart= holds more than one command (';'); kube-controller-manager's "
                                      "unit must run it alone")

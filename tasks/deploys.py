@@ -23,9 +23,10 @@ from __future__ import annotations
 from pyinfra import host, inventory, state
 from pyinfra.api import deploy
 
-from tasks import (cluster, cni, containerd, controller_manager, flannel, interrupted, kernel, kubeadm, kubeadm_config,
-                   pod_network, reset, run_report)
-from tasks.context import HostContext, Step
+from tasks import (cni, containerd, controller_manager, flannel, interrupted, kernel, kubeadm, kubeadm_config,
+                   pod_network, reset)
+from tasks.engine import run_report, runner
+from tasks.engine.context import HostContext, Step
 
 # The pod network, in the order its steps run on every host.
 POD_NETWORK: tuple[Step, ...] = (
@@ -48,10 +49,10 @@ def steps(*chosen: Step) -> HostContext:
     Run ``chosen`` on the current host as one run: one probe (which takes the node's run lock),
     one fetch, checks then applies. What an interrupted run left (tasks/interrupted.py) is always
     cleared first, and a host that fails is named at the end of the run with what was left undone
-    there (tasks/run_report.py).
+    there (tasks/engine/run_report.py).
     """
     run_report.register(state)
-    return cluster.run((interrupted.STEP, *(s for s in chosen if s is not interrupted.STEP)), host, inventory,
+    return runner.run((interrupted.STEP, *(s for s in chosen if s is not interrupted.STEP)), host, inventory,
                        diff=bool(state.config.DIFF))
 
 
@@ -94,8 +95,8 @@ def flannel_rollout():
 def reset_steps() -> HostContext:
     """The reset on the current host (tasks/reset.RESET), after refusing, before any host is touched, a
     reset of the DaemonSet that leaves hosts out (reset.whole_cluster_covered)."""
-    reset.whole_cluster_covered(cluster.settings_for(host, inventory), inventory, state.is_host_in_limit,
-                                cluster.first_control_plane(inventory))
+    reset.whole_cluster_covered(runner.settings_for(host, inventory), inventory, state.is_host_in_limit,
+                                runner.first_control_plane(inventory))
     return steps(*reset.RESET)
 
 

@@ -15,12 +15,14 @@ import time
 
 from pyinfra import logger
 
-from tasks import ops, pod_network
-from tasks.context import HostContext, Step
-from tasks.desired import DesiredFile, local_file, render, text_file
+from tasks import pod_network
+
+from tasks.engine import ops
+from tasks.engine.context import HostContext, Step
+from tasks.engine.desired import DesiredFile, local_file, render, text_file
 from tasks.errors import PodnetError
 from tasks.pod_network import node_pod_cidrs_command
-from tasks.probe import NodeState, ProbeRequest
+from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.settings import Settings
 
 NAMESPACE = "kube-flannel"

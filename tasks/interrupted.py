@@ -1,7 +1,7 @@
 """
 What an interrupted run leaves on a node, found by the probe and cleared by the next run.
 
-podnet uploads each file under a staged name (``.<name>.podnet-new``, tasks/ops.py) in the
+podnet uploads each file under a staged name (``.<name>.podnet-new``, tasks/engine/ops.py) in the
 directory of the live file and renames it into place, so a run killed mid-way never leaves a
 half-written file active: at worst a staged file stays behind, complete or not. Where podnet
 writes, the probe lists such leftovers (one ``find`` inside the probe, no extra command) and
@@ -17,9 +17,11 @@ from __future__ import annotations
 import posixpath
 import shlex
 
-from tasks import containerd, controller_manager, flannel, kernel, kubeadm, ops
-from tasks.context import HostContext, Step
-from tasks.probe import NodeState, ProbeRequest
+from tasks import containerd, controller_manager, flannel, kernel, kubeadm
+
+from tasks.engine import ops
+from tasks.engine.context import HostContext, Step
+from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.settings import Settings
 
 QUERY = "staged_leftovers"

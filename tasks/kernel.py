@@ -4,7 +4,7 @@ IP forwarding on; applied now and persisted across reboots.
 
 Persisted so that podnet's values are the ones a node has after it boots. systemd-sysctl
 (at boot) and procps' ``sysctl --system`` read every ``*.conf`` of the sysctl.d directories
-(``tasks.probe.SYSCTL_DIRS``; a name in an earlier directory hides the same name in later
+(``tasks.engine.probe.SYSCTL_DIRS``; a name in an earlier directory hides the same name in later
 ones) sorted by file name, whatever the directory, and the file read last sets a key. So
 podnet's file is named to sort after the others, Debian's ``99-sysctl.conf`` (its link to
 /etc/sysctl.conf) included. procps also reads /etc/sysctl.conf after every sysctl.d file,
@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 from pyinfra import host, logger
 
-from tasks import ops
-from tasks.context import HostContext, Step
-from tasks.desired import DesiredFile, render, text_file
-from tasks.probe import SYSCTL_CONF, SYSCTL_DIRS, NodeState, ProbeRequest
+from tasks.engine import ops
+from tasks.engine.context import HostContext, Step
+from tasks.engine.desired import DesiredFile, render, text_file
+from tasks.engine.probe import SYSCTL_CONF, SYSCTL_DIRS, NodeState, ProbeRequest
 from tasks.settings import Settings
 
 MODULES_LOAD_PATH = "/etc/modules-load.d/podnet.conf"

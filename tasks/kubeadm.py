@@ -6,7 +6,7 @@ kubelet unit and kubeadm's drop-in as upstream packages them, the node IP for th
 
 kubeadm's configuration is written in the format the kubeadm of `kubernetes_version` reads
 (config_api: kubeadm.k8s.io/v1beta3 for 1.22-1.30, v1beta4 for 1.31-1.36); any other release is
-refused as a settings error before any host is touched (tasks/settings.py, _bootstrap_problems).
+refused as a settings error before any host is touched (tasks/settings/__init__.py, _bootstrap_problems).
 
 In deploy.py the order is: prerequisites (with the kernel ones: swap off, the tools
 kubeadm's preflight requires) -> containerd and CNI -> `apply` here -> kube-controller-manager
@@ -28,13 +28,15 @@ from dataclasses import dataclass
 
 from pyinfra.api import HiddenValue, StringCommand
 
-from tasks import containerd, controller_manager, kubeadm_config, ops
-from tasks.context import HostContext, Step
-from tasks.desired import DesiredFile, local_file, render, text_file
+from tasks import containerd, controller_manager, kubeadm_config
+
+from tasks.engine import ops
+from tasks.engine.context import HostContext, Step
+from tasks.engine.desired import DesiredFile, local_file, render, text_file
 from tasks.errors import PodnetError
-from tasks.probe import NodeState, ProbeRequest
-from tasks.pyinfra_compat import connector_arguments_of
-from tasks.artifacts import KUBERNETES_BINARIES
+from tasks.engine.probe import NodeState, ProbeRequest
+from tasks.engine.pyinfra_compat import connector_arguments_of
+from tasks.artifacts.catalog import KUBERNETES_BINARIES
 from tasks.releases import CONFIG_APIS, SUPPORTED_KUBERNETES, config_api  # noqa: F401
 from tasks.settings import Settings, SettingsError
 

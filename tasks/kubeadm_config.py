@@ -42,10 +42,12 @@ import yaml
 
 from pyinfra import logger
 
-from tasks import controller_manager, ops
-from tasks.context import HostContext, Step
+from tasks import controller_manager
+
+from tasks.engine import ops
+from tasks.engine.context import HostContext, Step
 from tasks.errors import PodnetError
-from tasks.probe import NodeState, ProbeRequest
+from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.settings import Settings
 
 NAMESPACE = "kube-system"

@@ -30,10 +30,10 @@ import time
 
 from pyinfra import logger
 
-from tasks import ops
-from tasks.context import HostContext, Step
+from tasks.engine import ops
+from tasks.engine.context import HostContext, Step
 from tasks.errors import PodnetError
-from tasks.probe import NodeState, ProbeRequest
+from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.settings import Settings
 
 SUBNET_ENV = "/run/flannel/subnet.env"

@@ -33,12 +33,14 @@ import shlex
 import yaml
 from pyinfra import logger
 
-from tasks import cni, containerd, flannel, kernel, ops, pod_network
-from tasks.context import HostContext, Step
+from tasks import cni, containerd, flannel, kernel, pod_network
+
+from tasks.engine import ops
+from tasks.engine.context import HostContext, Step
 from tasks.controller_manager import config_path
-from tasks.desired import DesiredFile, text_file
+from tasks.engine.desired import DesiredFile, text_file
 from tasks.errors import PodnetError
-from tasks.probe import NodeState, ProbeRequest
+from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.reset_controller_manager import BACKUPS_QUERY, backups_command, restored
 from tasks.settings import Settings
 

@@ -27,7 +27,7 @@ import yaml
 from tasks.controller_manager import (BACKUP_DIR, NODE_IPAM_NAMES, SLICE_FLAGS, ControllerManagerError,
                                       _slice_items, config_path, desired_flags, effective_values, merge_manifest,
                                       merge_unit, read_flags)
-from tasks.probe import NodeState
+from tasks.engine.probe import NodeState
 from tasks.settings import Settings
 
 REMOVED_FLAGS = ("allocate-node-cidrs", "cluster-cidr", "node-cidr-mask-size", "node-cidr-mask-size-ipv4",

@@ -1,6 +1,6 @@
 """
 Checksums nobody pinned: resolved from upstream's published sums and locked
-(tasks/checksums.py), against a real HTTP server on 127.0.0.1 serving release files,
+(tasks/artifacts/checksums.py), against a real HTTP server on 127.0.0.1 serving release files,
 their checksum files and a GitHub release-API document (tests/support/http.py).
 """
 
@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks import artifacts
-from tasks.artifacts import ArtifactError, resolve
-from tasks.checksums import (ChecksumError, ChecksumLock, Checksums, LockEntry, published_source,
+from tasks.artifacts import catalog
+from tasks.artifacts.catalog import ArtifactError, resolve
+from tasks.artifacts.checksums import (ChecksumError, ChecksumLockFile, Checksums, LockEntry, published_source,
                              sha256_from_checksum_file, sha256_from_release)
-from tasks.download import ChecksumMismatch, Downloader
+from tasks.artifacts.download import ChecksumMismatch, Downloader
 from tests.support.hosts import settings
 from tests.support.http import Reply, ScriptedServer
 from tests.support.releases import tarball
@@ -56,7 +56,7 @@ def lock_path(tmp_path: Path) -> Path:
 
 def run_for(lock_path: Path, tmp_path: Path) -> Checksums:
     """A new run's checksums (nothing memoized but the lock file on disk)."""
-    return Checksums(ChecksumLock(lock_path), Downloader(tmp_path / "cache", attempts=2, timeout=5, backoff=0,
+    return Checksums(ChecksumLockFile(lock_path), Downloader(tmp_path / "cache", attempts=2, timeout=5, backoff=0,
                                                          progress=False))
 
 
@@ -64,7 +64,7 @@ def flannel_settings(server: ScriptedServer, lock_path: Path, **extra):
     return settings(mirror_url=server.url, artifact_lock_file=str(lock_path), **extra)
 
 
-def resolve_flannel(run: Checksums, s) -> artifacts.Artifact:
+def resolve_flannel(run: Checksums, s) -> catalog.Artifact:
     return resolve(s, "flannel_cni_plugin", "amd64", run.lookup(s))
 
 
@@ -177,7 +177,7 @@ def test_strict_policy_refuses_resolution_and_asks_nobody(server, lock_path, tmp
     pinned = flannel_settings(server, lock_path, resolve_checksums=False,
                               artifact_checksums={"flannel_cni_plugin": {"1.9.1-flannel1": {"amd64": FLANNEL_SHA}}})
     assert resolve_flannel(run_for(lock_path, tmp_path), pinned).sha256_source == "the artifact_checksums setting"
-    ChecksumLock(lock_path).record("flannel_cni_plugin", "1.9.1-flannel1", "amd64",
+    ChecksumLockFile(lock_path).record("flannel_cni_plugin", "1.9.1-flannel1", "amd64",
                                    LockEntry(FLANNEL_SHA, "by hand"))
     assert resolve_flannel(run_for(lock_path, tmp_path), s).sha256 == FLANNEL_SHA
     assert server.requests == {}
@@ -222,7 +222,7 @@ def test_a_newly_published_sum_that_disagrees_with_the_lock_stops(server, lock_p
         f"lock file {lock_path} holds {FLANNEL_SHA} (from {source}); a release file changed after it was locked: "
         "find out why before trusting it; if the new sum is right, delete the entry from the lock file and run "
         "again")
-    assert ChecksumLock(lock_path).get("flannel_cni_plugin", "1.9.1-flannel1", "amd64").sha256 == FLANNEL_SHA
+    assert ChecksumLockFile(lock_path).get("flannel_cni_plugin", "1.9.1-flannel1", "amd64").sha256 == FLANNEL_SHA
 
 
 @pytest.mark.parametrize("text, where", [
@@ -235,16 +235,16 @@ def test_a_malformed_lock_file_is_named(lock_path, text, where):
     lock_path.parent.mkdir(parents=True)
     lock_path.write_text(text)
     with pytest.raises(ChecksumError) as raised:
-        ChecksumLock(lock_path)
+        ChecksumLockFile(lock_path)
     assert str(raised.value).startswith(f"artifact_lock_file: {lock_path}: {where} is not valid; expected "
                                         "{artifact: {version: {arch: {sha256: <64 hex digits>, source: <url>}}}}")
 
 
 def test_the_lock_keeps_what_another_run_wrote(lock_path, tmp_path):
-    first, second = ChecksumLock(lock_path), ChecksumLock(lock_path)
+    first, second = ChecksumLockFile(lock_path), ChecksumLockFile(lock_path)
     first.record("flanneld", "0.28.4", "amd64", LockEntry(FLANNELD_SHA, "a"))
     second.record("flannel_cni_plugin", "1.9.1-flannel1", "arm64", LockEntry(FLANNEL_SHA, "b"))
-    both = ChecksumLock(lock_path)
+    both = ChecksumLockFile(lock_path)
     assert both.get("flanneld", "0.28.4", "amd64") == LockEntry(FLANNELD_SHA, "a")
     assert both.get("flannel_cni_plugin", "1.9.1-flannel1", "arm64") == LockEntry(FLANNEL_SHA, "b")
     with pytest.raises(ChecksumError, match="written meanwhile by another run"):
@@ -309,7 +309,7 @@ def test_default_flannel_versions_are_the_pair_flannels_own_manifest_uses():
     # flannel v0.28.4's kube-flannel.yml runs flanneld v0.28.4 with cni-plugin v1.9.1-flannel1
     assert (s.flanneld_version, s.flannel_image, s.flannel_cni_plugin_version) == (
         "0.28.4", "docker.io/flannel/flannel:v0.28.4", "1.9.1-flannel1")
-    assert artifacts.asset_url(s, "flannel_cni_plugin", s.flannel_cni_plugin_version, "amd64").endswith(
+    assert catalog.asset_url(s, "flannel_cni_plugin", s.flannel_cni_plugin_version, "amd64").endswith(
         "/v1.9.1-flannel1/cni-plugin-flannel-linux-amd64-v1.9.1.tgz")
 
 
@@ -319,7 +319,7 @@ def test_github_token_goes_to_the_api_but_never_to_a_mirror(server, lock_path, t
     downloader = Downloader(tmp_path / "cache", attempts=1, timeout=5, backoff=0, progress=False)
     monkeypatch.setattr(downloader, "fetch_document", lambda url, headers=None: seen.append((url, headers)) or
                         release_document(flanneld_amd64=f"sha256:{FLANNELD_SHA}"))
-    run = Checksums(ChecksumLock(lock_path), downloader)
+    run = Checksums(ChecksumLockFile(lock_path), downloader)
     for mirror in (None, server.url):
         s = settings(flannel_rollout="systemd", artifact_lock_file=str(lock_path), mirror_url=mirror)
         run.sha256(s, "flanneld", "0.28.4", "amd64")

@@ -23,7 +23,7 @@ from tasks.controller_manager import (
     merge_unit,
     planned_file,
 )
-from tasks.probe import NodeState
+from tasks.engine.probe import NodeState
 from tests.support.hosts import settings
 from tests.support.kubeadm import (
     HARD_WAY_UNIT,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.artifacts import Artifact, ArtifactError
-from tasks.download import ChecksumMismatch, Downloader, DownloadError
+from tasks.artifacts.catalog import Artifact, ArtifactError
+from tasks.artifacts.download import ChecksumMismatch, Downloader, DownloadError
 from tests.support.http import Reply, ScriptedServer
 from tests.support.releases import tarball
 

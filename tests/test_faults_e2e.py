@@ -41,8 +41,9 @@ import pytest
 
 from bench import run as node_costs
 from tasks import containerd as containerd_tasks
-from tasks import interrupted, ops
-from tasks.run_lock import LOCK_PATH
+from tasks import interrupted
+from tasks.engine import ops
+from tasks.engine.run_lock import LOCK_PATH
 from tasks.settings import parse_host_settings
 from testbed.delay_proxy import DelayProxy
 from testbed.localcluster import Node

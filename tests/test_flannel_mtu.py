@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from tasks import flannel
-from tasks.probe import NodeState
+from tasks.engine.probe import NodeState
 from tests.support.hosts import settings
 
 

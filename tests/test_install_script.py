@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tasks import containerd
-from tasks.desired import text_file
-from tasks.ops import install_script, staged_path
+from tasks.engine.desired import text_file
+from tasks.engine.ops import install_script, staged_path
 from tasks.settings import parse_host_settings
 
 

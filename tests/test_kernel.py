@@ -19,7 +19,7 @@ import subprocess
 import pytest
 
 from tasks import kernel
-from tasks.probe import NodeState, ProbeRequest, parse_probe, probe_script, sysctl_config_script
+from tasks.engine.probe import NodeState, ProbeRequest, parse_probe, probe_script, sysctl_config_script
 from tasks.settings import parse_host_settings
 from tests.support.plan import CP, WORKER, assert_ok, probe_answer, probes, run_pyinfra
 

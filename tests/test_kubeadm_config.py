@@ -19,7 +19,7 @@ import yaml
 
 from tasks import kubeadm_config
 from tasks.kubeadm_config import KubeadmConfigError, Stored, merge_cluster_configuration
-from tasks.probe import parse_probe, probe_script
+from tasks.engine.probe import parse_probe, probe_script
 from tasks.settings import parse_host_settings
 from tests.support.kubeadm import (V1BETA3_KUBEADM_1_30, V1BETA3_KUBESPRAY, V1BETA4_EDITED, V1BETA4_KUBEADM_1_35,
                                    V1BETA4_PODNET)

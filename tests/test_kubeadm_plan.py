@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from tasks import controller_manager, flannel, kubeadm, kubeadm_config
-from tasks.ops import HostCommand
-from tasks.probe import NodeState
+from tasks.engine.ops import HostCommand
+from tasks.engine.probe import NodeState
 from tasks.settings import Settings, SettingsError, parse_host_settings, parse_inventory
 from tests.support.hosts import FakeHost
 from tests.support.http import ScriptedServer

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks import containerd, interrupted, ops
-from tasks.probe import ProbeRequest, parse_probe, probe_script
+from tasks import containerd, interrupted
+from tasks.engine import ops
+from tasks.engine.probe import ProbeRequest, parse_probe, probe_script
 from tests.support.http import Reply
 from tests.support.kubeadm import KUBEADM_MANIFEST
 from tests.support.plan import (
@@ -205,7 +206,7 @@ def test_the_lock_command_writes_the_lock_without_touching_a_host(cluster):
     before = dict(cluster.server.requests)
 
     def lock_command(*options: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "tasks.lock", str(inventory), *options], cwd=REPO,
+        return subprocess.run([sys.executable, "-m", "tasks.lock_checksums", str(inventory), *options], cwd=REPO,
                               capture_output=True, text=True, timeout=120,
                               env=dict(os.environ, NO_PROXY="127.0.0.1", no_proxy="127.0.0.1"))
 
@@ -221,12 +222,12 @@ def test_the_lock_command_writes_the_lock_without_touching_a_host(cluster):
     assert "already holds every sum this inventory needs that is not pinned (and upstream still publishes them)" \
         in done.stdout
     # a path that is no inventory: an error, not an empty success
-    missing = subprocess.run([sys.executable, "-m", "tasks.lock", str(cluster.tmp / "no-such-inventory.py")], cwd=REPO,
+    missing = subprocess.run([sys.executable, "-m", "tasks.lock_checksums", str(cluster.tmp / "no-such-inventory.py")], cwd=REPO,
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and "no-such-inventory.py: no such inventory file" in missing.stderr
     empty = cluster.tmp / "empty.py"
     empty.write_text("# nothing here\n")
-    done_empty = subprocess.run([sys.executable, "-m", "tasks.lock", str(empty)], cwd=REPO, capture_output=True,
+    done_empty = subprocess.run([sys.executable, "-m", "tasks.lock_checksums", str(empty)], cwd=REPO, capture_output=True,
                                 text=True, timeout=120)
     assert done_empty.returncode == 1 and "empty.py: no hosts (is it an inventory file?)" in done_empty.stderr
     # upstream now publishes another sum: --verify fails naming both

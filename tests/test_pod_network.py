@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tasks import pod_network
-from tasks.probe import NodeState
+from tasks.engine.probe import NodeState
 from tasks.settings import parse_host_settings
 from tests.support.hosts import settings
 from tests.support.kubeadm import KUBEADM_MANIFEST

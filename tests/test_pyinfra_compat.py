@@ -7,7 +7,7 @@ from pathlib import Path
 import pyinfra
 import pytest
 
-from tasks import pyinfra_compat
+from tasks.engine import pyinfra_compat
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,7 +21,7 @@ def test_installed_pyinfra_is_the_tested_minor_release():
 
 def test_every_internal_is_where_podnet_expects_it():
     # In a fresh interpreter: the command-line internals need pyinfra_cli, which patches the standard library.
-    code = ("import pyinfra_cli; from tasks import pyinfra_compat as c; "
+    code = ("import pyinfra_cli; from tasks.engine import pyinfra_compat as c; "
             "print(c.missing_internals(c.INTERNALS + c.CLI_INTERNALS))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

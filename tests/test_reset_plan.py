@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from tasks import reset
-from tasks.controller_manager import desired_flags, exec_start_entry, merge_manifest, merge_unit, systemd_words
-from tasks.probe import NodeState
+from tasks.controller_manager import desired_flags, exec_start_entry, merge_manifest, merge_unit
+from tasks.formats.systemd_unit import systemd_words
+from tasks.engine.probe import NodeState
 from tasks.reset_controller_manager import BACKUPS_QUERY, restored
 from tasks.settings import SettingsError, parse_host_settings
 from tests.support.hosts import settings

@@ -1,5 +1,5 @@
 """
-The run lock's shell (tasks/run_lock.py), run for real in sh on a temporary lock file.
+The run lock's shell (tasks/engine/run_lock.py), run for real in sh on a temporary lock file.
 
 Run from a Python process with ``sh -c``, the lock's owner is that Python process: exactly
 the situation of pyinfra's @local connector (pyinfra runs each command in a shell of its
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.run_lock import LockAnswer, NodeLocked, acquire_script, parse, refuse_if_held
+from tasks.engine.run_lock import LockAnswer, NodeLocked, acquire_script, parse, refuse_if_held
 
 REPO = Path(__file__).resolve().parent.parent
 AFTER = "echo probe-continues"  # what the probe reads after the lock step
@@ -153,8 +153,8 @@ def test_a_wait_setting_below_zero_is_refused():
 LOCAL_DEPLOY = """
 import os
 from pyinfra import host
-from tasks.probe import NodeProbe, ProbeRequest, parse_probe, probe_script
-from tasks.run_lock import acquire_script, holder, refuse_if_held
+from tasks.engine.probe import NodeProbe, ProbeRequest, parse_probe, probe_script
+from tasks.engine.run_lock import acquire_script, holder, refuse_if_held
 
 lock = os.environ["LOCK"]
 script = acquire_script(0, holder(), path=lock) + "\\n" + probe_script(ProbeRequest())

@@ -1,5 +1,5 @@
 """
-The end-of-run report of failed hosts (tasks/run_report.py), through the real pyinfra CLI on
+The end-of-run report of failed hosts (tasks/engine/run_report.py), through the real pyinfra CLI on
 @local: a host whose operation fails is named with that operation and with the later
 operations that would have changed it (those that would not are not listed).
 """
@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 DEPLOY = """
 from pyinfra import state
 from pyinfra.operations import server
-from tasks import ops, run_report
+from tasks.engine import ops
+from tasks.engine import run_report
 
 run_report.register(state)
 run_report.register(state)  # once per run, however many hosts call it

@@ -1,5 +1,5 @@
 """
-Settings validation (tasks/settings.py) and artifact resolution (tasks/artifacts.py).
+Settings validation (tasks/settings/__init__.py) and artifact resolution (tasks/artifacts/catalog.py).
 
 Every rule has a failing case whose message is asserted: it names the key, the bad
 value and what would be valid, prefixed by the host it was found on.
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from pyinfra.api import Inventory
 
-from tasks import artifacts
-from tasks.artifacts import ArtifactError, mirrored, resolve
+from tasks.artifacts import catalog
+from tasks.artifacts.catalog import ArtifactError, mirrored, resolve
 from tasks import flannel
 from tasks.controller_manager import desired_flags
 from tasks.settings import SPECS, SettingsError, parse_inventory
@@ -535,8 +535,8 @@ def test_mirror_url_must_be_http():
 
 
 def test_every_pinned_checksum_is_a_sha256():
-    for name in artifacts.ARTIFACT_NAMES:
-        for version, arches in (artifacts.pinned()[name].get("versions") or {}).items():
+    for name in catalog.ARTIFACT_NAMES:
+        for version, arches in (catalog.pinned()[name].get("versions") or {}).items():
             for arch, digest in arches.items():
                 assert re.fullmatch(r"[0-9a-f]{64}", digest), (name, version, arch)
 

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks import cluster, deploys
-from tasks.context import HostContext
-from tasks.probe import NodeState, ProbeContractError, ProbeRequest, node_state, parse_probe, probe_script
+from tasks import deploys
+
+from tasks.engine import runner
+from tasks.engine.context import HostContext
+from tasks.engine.probe import NodeState, ProbeContractError, ProbeRequest, node_state, parse_probe, probe_script
 from tasks.settings import parse_host_settings
 from tests.support.plan import CP, WORKER, assert_ok, probes, run_pyinfra
 
@@ -56,7 +58,7 @@ class FakeHost:
 
 
 def test_a_second_request_is_merged_never_dropped(monkeypatch):
-    monkeypatch.setattr("tasks.probe._answers", {})
+    monkeypatch.setattr("tasks.engine.probe._answers", {})
     host = FakeHost()
     first = node_state(host, ProbeRequest(hashes=["/a"]))
     assert first.hashes.get("/a") == "b" * 64
@@ -94,18 +96,18 @@ def context(host: str, groups: list[str], first_control_plane: str | None = "cp1
 ])
 def test_which_steps_apply_where(host, groups, data, expected):
     ctx = context(host, groups, **data)
-    names = [step.name for step in cluster.applicable(deploys.POD_NETWORK, ctx)]
+    names = [step.name for step in runner.applicable(deploys.POD_NETWORK, ctx)]
     assert len(names) == len(expected) and all(n.startswith(e) for n, e in zip(names, expected)), names
 
 
 def test_artifacts_follow_the_steps_that_apply():
-    assert cluster.artifacts_needed(cluster.applicable(deploys.POD_NETWORK, context("w1", ["workers"])),
+    assert runner.artifacts_needed(runner.applicable(deploys.POD_NETWORK, context("w1", ["workers"])),
                                     context("w1", ["workers"])) == (
         "containerd", "runc", "cni_plugins", "flannel_cni_plugin")
     systemd = context("w1", ["workers"], flannel_rollout="systemd")
-    assert cluster.artifacts_needed(cluster.applicable(deploys.POD_NETWORK, systemd), systemd)[-1] == "flanneld"
+    assert runner.artifacts_needed(runner.applicable(deploys.POD_NETWORK, systemd), systemd)[-1] == "flanneld"
     bootstrap = context("cp1", ["control_plane"], cluster_bootstrap=True, node_ip="192.168.56.11")
-    assert cluster.artifacts_needed(cluster.applicable(deploys.POD_NETWORK, bootstrap), bootstrap)[-3:] == (
+    assert runner.artifacts_needed(runner.applicable(deploys.POD_NETWORK, bootstrap), bootstrap)[-3:] == (
         "kubeadm", "kubelet", "kubectl")
 
 
@@ -114,16 +116,18 @@ def test_artifacts_follow_the_steps_that_apply():
 
 def podnet_imports() -> dict[str, set[str]]:
     """tasks module -> the tasks modules it imports (anywhere in it, also inside functions)."""
+    modules = {}
+    for path in sorted((REPO / "tasks").rglob("*.py")):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     graph: dict[str, set[str]] = {}
-    for path in sorted((REPO / "tasks").glob("*.py")):
-        module = f"tasks.{path.stem}"
+    for module, path in modules.items():
         found: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tasks"):
-                if node.module == "tasks":
-                    found.update(f"tasks.{alias.name}" for alias in node.names)
-                else:
-                    found.add(node.module)
+                for alias in node.names:  # "from tasks.engine import ops" imports the module tasks.engine.ops
+                    submodule = f"{node.module}.{alias.name}"
+                    found.add(submodule if submodule in modules else node.module)
             elif isinstance(node, ast.Import):
                 found.update(alias.name for alias in node.names if alias.name.startswith("tasks."))
         graph[module] = found - {module, "tasks"}
@@ -151,11 +155,27 @@ def test_settings_are_the_ground_floor():
     graph = podnet_imports()
     below = reachable(graph, "tasks.settings")
     assert below, "settings imports its parsers' data from the ground floor"
-    for module in below:  # settings stands on modules that import no other podnet module
-        assert graph[module] <= {"tasks.errors"}, (module, graph[module])
-    concerns = {"tasks.kernel", "tasks.containerd", "tasks.cni", "tasks.controller_manager", "tasks.kubeadm",
-                "tasks.kubeadm_config", "tasks.flannel", "tasks.pod_network"}
-    assert not reachable(graph, "tasks.context") & concerns
+    for module in below:  # settings stands on modules that import no other podnet module but errors
+        assert graph[module] <= {"tasks.errors", "tasks.settings"}, (module, graph[module])
+        assert module in {"tasks.errors", "tasks.releases"} or module.startswith("tasks.settings."), module
+
+
+def concerns(graph: dict[str, set[str]]) -> set[str]:
+    """The concerns: the modules standing directly in tasks/, less the ground floor and the entry points."""
+    return {m for m in graph if m.count(".") == 1 and m not in
+            {"tasks.errors", "tasks.releases", "tasks.deploys", "tasks.lock", "tasks.lock_checksums"}
+            and not (REPO / m.replace(".", "/")).is_dir()}
+
+
+def test_the_machinery_imports_no_concern():
+    graph = podnet_imports()
+    assert {"tasks.kernel", "tasks.flannel", "tasks.reset", "tasks.interrupted"} <= concerns(graph)
+    for package in ("tasks.engine", "tasks.artifacts", "tasks.settings", "tasks.formats"):
+        members = [m for m in graph if m == package or m.startswith(package + ".")]
+        assert members, package
+        for module in members:
+            wrong = reachable(graph, module) & (concerns(graph) | {"tasks.deploys", "tasks.lock_checksums"})
+            assert not wrong, f"{module} (machinery) reaches {sorted(wrong)}"
 
 
 # --- a step reused from an operator's own deploy -----------------------------------------------

@@ -16,7 +16,7 @@ import yaml
 
 from tasks import cni, containerd, controller_manager, flannel, kernel
 from tasks.cni import CniError
-from tasks.desired import DesiredFile
+from tasks.engine.desired import DesiredFile
 from tests.support.hosts import settings
 
 

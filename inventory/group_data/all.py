@@ -8,7 +8,7 @@ Checksums: a release that files/artifacts.yaml does not pin gets its sha256 from
 published checksum on the first run and keeps it in the lock file (artifact_lock_file,
 commit it); artifact_checksums pins one by hand and wins over both.
 
-Written by `python3 -m tasks.settings_docs` from the settings' declaration in tasks/settings.py.
+Written by `python3 -m tasks.settings.docs` from the settings' declaration in tasks/settings/__init__.py.
 """
 
 # IPv4 pod network: kube-controller-manager --cluster-cidr and flannel net-conf Network

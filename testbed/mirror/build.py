@@ -137,7 +137,7 @@ def upstream_path(artifact: str, version: str, arch: str = ARCH) -> str:
     """The release file's path below the mirror base: upstream's URL path (files/artifacts.yaml)."""
     from urllib.parse import urlsplit
 
-    from tasks.artifacts import upstream_url
+    from tasks.artifacts.catalog import upstream_url
 
     return urlsplit(upstream_url(artifact, version, arch)).path.lstrip("/")
 
@@ -520,7 +520,7 @@ def write_release_documents(tree: Path, manifest) -> None:
     sha256 digests), at the API path below the mirror base, as podnet reads it."""
     from urllib.parse import urlsplit
 
-    from tasks.checksums import published_source
+    from tasks.artifacts.checksums import published_source
 
     for version, shas in manifest.get("flanneld", {}).items():
         path = urlsplit(published_source("flanneld", version, ARCH, None)).path.lstrip("/")
@@ -596,13 +596,13 @@ def build_into(out: Path, debs: Dict[str, Dict[str, Path]], work: Path) -> None:
 
 def write_published_checksums(tree: Path, manifest: Dict[str, Dict[str, Dict[str, str]]]) -> None:
     """The checksum files upstream publishes beside its release files, at the paths and in the
-    format podnet reads them from (tasks.checksums.published_source): "<sha256>  <file name>"
+    format podnet reads them from (tasks.artifacts.checksums.published_source): "<sha256>  <file name>"
     lines, one file per release file, or one for several (runc.sha256sum); the sha256 alone where
     upstream publishes it so (format ``bare``: dl.k8s.io's ``<binary>.sha256``)."""
     from urllib.parse import urlsplit
 
-    from tasks.artifacts import pinned
-    from tasks.checksums import published_source
+    from tasks.artifacts.catalog import pinned
+    from tasks.artifacts.checksums import published_source
 
     files: Dict[str, List[str]] = {}
     for artifact, versions in sorted(manifest.items()):

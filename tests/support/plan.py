@@ -2,7 +2,7 @@
 Plan tests through the real pyinfra CLI and its ``@fake`` connector.
 
 - ``probe_answer(NodeState)`` is the stdout the probe script would print on a node in
-  that state (the format ``tasks.probe.parse_probe`` reads).
+  that state (the format ``tasks.engine.probe.parse_probe`` reads).
 - ``converged_state(...)`` is the NodeState of a node that already holds exactly what
   podnet would install, computed from the same renderers and release files.
 - ``write_inventory`` writes a pyinfra inventory of ``@fake`` hosts whose
@@ -26,15 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks import cni, containerd, controller_manager, flannel, kernel, kubeadm_config
-from tasks.desired import DesiredFile, text_file
-from tasks.probe import NodeState
+from tasks.engine.desired import DesiredFile, text_file
+from tasks.engine.probe import NodeState
 from tasks.settings import Settings, parse_host_settings
 from tests.support.http import ScriptedServer
 from tests.support.kubeadm import KUBEADM_MANIFEST
 from tests.support.releases import MACHINE, Releases
 
 REPO = Path(__file__).resolve().parents[2]
-# The first line of tasks.probe.probe_script: only the probe contains it.
+# The first line of tasks.engine.probe.probe_script: only the probe contains it.
 PROBE_MARK = 'printf "machine %s'
 PROBE_RE = r"printf \"machine %s"
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tasks import artifacts
+from tasks.artifacts import catalog
 
 ARCH = "amd64"
 MACHINE = "x86_64"
@@ -87,7 +87,7 @@ class Releases:
             path.write_bytes(data)
 
     def upstream_path(self, name: str) -> str:
-        entry = artifacts.pinned()[name]
+        entry = catalog.pinned()[name]
         version = self.versions[name]
         asset_version = (entry.get("asset_versions") or {}).get(version, version)
         url = entry["url"].format(version=version, arch=ARCH, asset_version=asset_version)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import jinja2
 
-from tasks.download import known_digest, register_digest, sha256_of
+from tasks.artifacts.download import known_digest, register_digest, sha256_of
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
 
 _environment = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),

@@ -1,9 +1,9 @@
 """
-The two documents written from the settings' one declaration (``Settings`` in tasks/settings.py):
+The two documents written from the settings' one declaration (``Settings`` in tasks/settings/__init__.py):
 the README's settings table and the commented group-data example ``inventory/group_data/all.py``.
 
-    python3 -m tasks.settings_docs          # rewrite both from the declaration
-    python3 -m tasks.settings_docs --check  # exit 1 and name the file that differs
+    python3 -m tasks.settings.docs          # rewrite both from the declaration
+    python3 -m tasks.settings.docs --check  # exit 1 and name the file that differs
 
 tests/test_docs.py fails when either file differs from what this module writes.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tasks.settings import SPECS, SettingSpec
 
-CHECKOUT = Path(__file__).resolve().parent.parent
+CHECKOUT = Path(__file__).resolve().parents[2]
 README = CHECKOUT / "README.md"
 GROUP_DATA = CHECKOUT / "inventory" / "group_data" / "all.py"
 TABLE_HEADER = "| setting | default | meaning |\n|---|---|---|\n"
@@ -32,7 +32,7 @@ Checksums: a release that files/artifacts.yaml does not pin gets its sha256 from
 published checksum on the first run and keeps it in the lock file (artifact_lock_file,
 commit it); artifact_checksums pins one by hand and wins over both.
 
-Written by `python3 -m tasks.settings_docs` from the settings' declaration in tasks/settings.py.
+Written by `python3 -m tasks.settings.docs` from the settings' declaration in tasks/settings/__init__.py.
 """
 '''
 
@@ -67,7 +67,7 @@ def readme_with_table(readme: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m tasks.settings_docs", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python3 -m tasks.settings.docs", description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a file is out of date")
     args = parser.parse_args(argv)
     wanted = {README: readme_with_table(README.read_text()), GROUP_DATA: group_data_example()}
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         for path in stale:
             print(f"{path.relative_to(CHECKOUT)} differs from the settings' declaration; "
-                  "run: python3 -m tasks.settings_docs", file=sys.stderr)
+                  "run: python3 -m tasks.settings.docs", file=sys.stderr)
         return 1 if stale else 0
     for path in stale:
         path.write_text(wanted[path])

@@ -10,7 +10,7 @@ network's lifecycle) exposes one or more ``Step``s, each the same five verbs:
 - ``check(ctx)``: refusals that must stop the run before any step of any host changes anything;
 - ``apply(ctx)``: the operations that ensure its state on the node.
 
-The runner (tasks/cluster.py) asks every step that applies for its probe and artifacts, probes
+The runner (tasks/engine/runner.py) asks every step that applies for its probe and artifacts, probes
 the host once, fetches the artifacts once, runs every check, then every apply, in the order
 of the step list (tasks/deploys.py). What a step decides that a later step needs (kubeadm
 creates the cluster in this run; node IPAM flags changed) is recorded on the context.
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-from tasks.probe import NodeState, ProbeRequest
+from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.settings import Settings
 
 

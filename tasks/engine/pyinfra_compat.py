@@ -22,7 +22,7 @@ below, each checked at import (``check``): an upgrade that moves or removes one 
    overriding ``FunctionCommand.execute``), and the connector arguments another host's commands
    run with (``connector_arguments_of``: ``pop_global_arguments``, ``CONNECTOR_ARGUMENT_KEYS``).
 
-5. What a failed host was left without (tasks/run_report.py): the state's operation data and
+5. What a failed host was left without (tasks/engine/run_report.py): the state's operation data and
    order (``State.get_op_data_for_host``, ``get_op_meta``, ``get_op_order``), a host's own
    operation order (``Host.op_hash_order``), whether pyinfra already knows an operation changes
    something (``OperationMeta._maybe_is_change``), and the host context to evaluate a plan in
@@ -92,7 +92,7 @@ def check(internals=INTERNALS) -> None:
     if missing:
         raise PyinfraCompatError(
             f"pyinfra {getattr(pyinfra, '__version__', '?')} lacks {', '.join(missing)}, which podnet uses "
-            f"(tasks/pyinfra_compat.py); podnet is tested with pyinfra {TESTED_MINOR}.x: "
+            f"(tasks/engine/pyinfra_compat.py); podnet is tested with pyinfra {TESTED_MINOR}.x: "
             f"pip install 'pyinfra>={TESTED_MINOR},<{_next_minor(TESTED_MINOR)}'")
 
 

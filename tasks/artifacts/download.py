@@ -27,7 +27,7 @@ from pathlib import Path
 
 import requests
 
-from tasks.artifacts import Artifact, ArtifactError, safe_members
+from tasks.artifacts.catalog import Artifact, ArtifactError, safe_members
 from tasks.errors import PodnetError
 
 CHUNK = 1 << 20

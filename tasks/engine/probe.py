@@ -18,7 +18,7 @@ from typing import Callable
 
 from pyinfra.api import FactBase
 
-from tasks import run_lock
+from tasks.engine import run_lock
 from tasks.errors import PodnetError
 
 
@@ -140,7 +140,7 @@ class NodeState:
     sysctl_files: dict[str, str] = field(default_factory=dict)
     # path -> its lines that may set a requested parameter, as written (files without one absent).
     sysctl_lines: dict[str, list[str]] = field(default_factory=dict)
-    run_lock: run_lock.LockAnswer | None = None  # the run lock step's answer (tasks/run_lock.py)
+    run_lock: run_lock.LockAnswer | None = None  # the run lock step's answer (tasks/engine/run_lock.py)
 
     def answering(self, request: ProbeRequest) -> "NodeState":
         """This answer held to ``request``: reading anything it did not ask for raises ProbeContractError."""
@@ -311,7 +311,7 @@ def node_state(host, request: ProbeRequest, run_lock_wait: int | None = None) ->
     with the first and the host is asked again, once, for the union (a podnet deploy reused step
     by step from another deploy; podnet's own deploy asks once).
 
-    With ``run_lock_wait`` (seconds), the probe first takes the node's run lock (tasks/run_lock.py);
+    With ``run_lock_wait`` (seconds), the probe first takes the node's run lock (tasks/engine/run_lock.py);
     raises run_lock.NodeLocked naming the holder when another run holds it.
     """
     known = _answers.get(host.name)

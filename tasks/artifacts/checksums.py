@@ -4,7 +4,7 @@ the sum upstream publishes and then locked.
 
 Where an artifact's sha256 comes from, for one version and architecture (first wins):
 
-1. the ``artifact_checksums`` setting, 2. ``files/artifacts.yaml`` (both: ``tasks.artifacts``),
+1. the ``artifact_checksums`` setting, 2. ``files/artifacts.yaml`` (both: ``tasks.artifacts.catalog``),
 3. the lock file (``artifact_lock_file``), 4. with ``resolve_checksums`` (the default), the
    sum upstream publishes for the release file (``published`` in files/artifacts.yaml): the
    checksum file beside the asset, or GitHub's release API digest where a project publishes
@@ -13,7 +13,7 @@ Where an artifact's sha256 comes from, for one version and architecture (first w
 A sum resolved in 4 is written to the lock file at once, with the URL it came from, and
 every later run takes it from there without asking upstream (trust on first use, as a
 package manager's lock file): a release file that changes afterwards is a checksum
-mismatch that stops the run. ``python3 -m tasks.lock INVENTORY`` writes the lock for an
+mismatch that stops the run. ``python3 -m tasks.lock_checksums INVENTORY`` writes the lock for an
 inventory without deploying, and with ``--verify`` asks upstream again for every
 locked sum and fails where upstream now publishes another.
 
@@ -37,9 +37,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from tasks import artifacts
-from tasks.artifacts import ArtifactError
-from tasks.download import Downloader, DownloadError
+from tasks.artifacts import catalog
+from tasks.artifacts.catalog import ArtifactError
+from tasks.artifacts.download import Downloader, DownloadError
 from tasks.settings import ARCHITECTURES, SHA256_RE, Settings
 
 GITHUB_API = "https://api.github.com"
@@ -49,7 +49,7 @@ LOCK_HEADER = """\
 # artifact_checksums setting do not pin, as upstream published it when podnet first needed
 # it (source: where it was read). Commit this file beside your inventory: podnet reads it on
 # every run and asks upstream nothing for what it holds. Written by podnet (deploy.py, or
-# `python3 -m tasks.lock INVENTORY`); to re-resolve an entry, delete it.
+# `python3 -m tasks.lock_checksums INVENTORY`); to re-resolve an entry, delete it.
 """
 
 
@@ -65,7 +65,7 @@ class LockEntry:
 
 def where_to_pin(name: str, version: str, arch: str, lock_path: Path) -> str:
     """The two places a sum can be pinned by hand, spelled out for this artifact."""
-    pinned = artifacts.pinned_versions(name, arch)
+    pinned = catalog.pinned_versions(name, arch)
     known = f"files/artifacts.yaml pins {name} for {arch} at {pinned}" if pinned != "none" else \
         f"files/artifacts.yaml pins no {name} release for {arch}"
     return (f"{known}; to use {version}, pin it in your inventory's group data: artifact_checksums = "
@@ -76,7 +76,7 @@ def where_to_pin(name: str, version: str, arch: str, lock_path: Path) -> str:
 # --- the lock file -------------------------------------------------------------------
 
 
-class ChecksumLock:
+class ChecksumLockFile:
     """The lock file: ``{artifact: {version: {arch: {sha256: <hex>, source: <url>}}}}`` in YAML.
 
     Read once when constructed (a missing file is an empty lock); ``record`` adds an entry
@@ -122,7 +122,7 @@ class ChecksumLock:
             raise ChecksumError(f"artifact_lock_file: {self.path} is not valid YAML ({error}); "
                                 "fix it or delete it to resolve every sum again") from None
         shape = ("{artifact: {version: {arch: {sha256: <64 hex digits>, source: <url>}}}} with artifact one of "
-                 + ", ".join(artifacts.ARTIFACT_NAMES) + " and arch one of amd64, arm64")
+                 + ", ".join(catalog.ARTIFACT_NAMES) + " and arch one of amd64, arm64")
         entries: dict[str, dict[str, dict[str, LockEntry]]] = {}
 
         def bad(where: str) -> ChecksumError:
@@ -131,7 +131,7 @@ class ChecksumLock:
         if not isinstance(data, dict):
             raise bad("the whole file")
         for name, versions in data.items():
-            if name not in artifacts.ARTIFACT_NAMES or not isinstance(versions, dict):
+            if name not in catalog.ARTIFACT_NAMES or not isinstance(versions, dict):
                 raise bad(f"entry {name!r}")
             for version, arches in versions.items():
                 if not isinstance(version, str) or not isinstance(arches, dict):
@@ -148,8 +148,8 @@ class ChecksumLock:
     def _write(self, entries: dict[str, dict[str, dict[str, LockEntry]]]) -> None:
         data = {name: {version: {arch: {"sha256": e.sha256, "source": e.source}
                                  for arch, e in sorted(arches.items())}
-                       for version, arches in sorted(versions.items(), key=lambda v: artifacts.version_key(v[0]))}
-                for name, versions in sorted(entries.items(), key=lambda n: artifacts.ARTIFACT_NAMES.index(n[0]))}
+                       for version, arches in sorted(versions.items(), key=lambda v: catalog.version_key(v[0]))}
+                for name, versions in sorted(entries.items(), key=lambda n: catalog.ARTIFACT_NAMES.index(n[0]))}
         text = LOCK_HEADER + yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=200)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".part")
         try:
@@ -218,23 +218,23 @@ def sha256_from_release(document: bytes, asset: str, source: str) -> str:
 def published_source(name: str, version: str, arch: str, mirror_url: str | None) -> str:
     """The URL where upstream publishes the sum of ``name`` at ``version`` for ``arch`` (through the
     mirror, if set: the same path below ``mirror_url``)."""
-    published = artifacts.pinned()[name].get("published") or {}
+    published = catalog.pinned()[name].get("published") or {}
     if "checksum_file" in published:
-        url = published["checksum_file"].format(url=artifacts.upstream_url(name, version, arch), version=version,
+        url = published["checksum_file"].format(url=catalog.upstream_url(name, version, arch), version=version,
                                                 arch=arch)
     elif "github_release" in published:
         tag = published["tag"].format(version=version)
         url = f"{GITHUB_API}/repos/{published['github_release']}/releases/tags/{tag}"
     else:
         raise ChecksumError(f"{name}: upstream publishes no checksum podnet knows how to read")
-    return artifacts.mirrored(url, mirror_url)
+    return catalog.mirrored(url, mirror_url)
 
 
 def published_sha256(downloader: Downloader, name: str, version: str, arch: str, mirror_url: str | None) -> LockEntry:
     """Read upstream's published sum of the release file. Raises ChecksumError or DownloadError."""
-    published = artifacts.pinned()[name].get("published") or {}
+    published = catalog.pinned()[name].get("published") or {}
     source = published_source(name, version, arch, mirror_url)
-    asset = Path(urlsplit(artifacts.upstream_url(name, version, arch)).path).name
+    asset = Path(urlsplit(catalog.upstream_url(name, version, arch)).path).name
     if "github_release" in published:
         headers = {"Accept": "application/vnd.github+json"}
         token = os.environ.get("GITHUB_TOKEN")
@@ -261,17 +261,17 @@ class Resolved:
 class Checksums:
     """The sums of one run for one lock file: locked ones, and those resolved now (then locked).
 
-    ``lookup(settings)`` is what ``tasks.artifacts.resolve`` asks for a sum nobody pinned.
+    ``lookup(settings)`` is what ``tasks.artifacts.catalog.resolve`` asks for a sum nobody pinned.
     """
 
-    lock: ChecksumLock
+    lock: ChecksumLockFile
     downloader: Downloader
     resolved: list[Resolved] = field(default_factory=list)
 
     def __post_init__(self):
         self._guard = threading.Lock()
 
-    def lookup(self, settings: Settings) -> artifacts.Lookup:
+    def lookup(self, settings: Settings) -> catalog.Lookup:
         def sha256_for(name: str, version: str, arch: str) -> tuple[str, str]:
             return self.sha256(settings, name, version, arch)
         return sha256_for
@@ -333,7 +333,7 @@ def for_run(lock_path: Path, downloader: Downloader) -> Checksums:
         if lock_path not in _runs:
             if not _runs:
                 atexit.register(_print_summaries)
-            _runs[lock_path] = Checksums(ChecksumLock(lock_path), downloader)
+            _runs[lock_path] = Checksums(ChecksumLockFile(lock_path), downloader)
         return _runs[lock_path]
 
 

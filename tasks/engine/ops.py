@@ -16,9 +16,9 @@ import shlex
 from pyinfra import host, logger, state
 from pyinfra.api import FileUploadCommand, operation
 
-from tasks.desired import DesiredFile
-from tasks.pyinfra_compat import HostCommand
-from tasks.probe import DIGEST_CACHE, NodeState
+from tasks.engine.desired import DesiredFile
+from tasks.engine.pyinfra_compat import HostCommand
+from tasks.engine.probe import DIGEST_CACHE, NodeState
 
 STAGED_SUFFIX = ".podnet-new"
 # A unit named here had files activated that it must be restarted for; written before the files are

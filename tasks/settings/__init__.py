@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from tasks import kubeadm_options
+from tasks.settings import kubeadm_parsers as kubeadm_options
 from tasks.errors import PodnetError
 from tasks.releases import ARCHITECTURES, ARTIFACT_NAMES, config_api, config_generation
 
@@ -220,7 +220,7 @@ def _url(value: Any) -> str:
     return value.rstrip("/")
 
 
-CHECKOUT = Path(__file__).resolve().parent.parent
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def _checkout_path(value: str) -> Path:

@@ -18,7 +18,7 @@ import logging
 from pyinfra import logger
 from pyinfra.api import BaseStateCallback
 
-from tasks.pyinfra_compat import known_change, operations_of, planned_in
+from tasks.engine.pyinfra_compat import known_change, operations_of, planned_in
 
 
 def _op_name(state, op_hash: str) -> str:

@@ -1,5 +1,5 @@
 """
-Runs a list of steps (tasks/context.py) on one host: the settings validated for the whole
+Runs a list of steps (tasks/engine/context.py) on one host: the settings validated for the whole
 inventory once, one probe with what every applicable step asks, the release files fetched
 once, every step's check, then every step's apply, in the list's order.
 """
@@ -9,11 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks import artifacts, checksums
-from tasks.artifacts import Artifact
-from tasks.context import HostContext, Step
-from tasks.download import Downloader
-from tasks.probe import NodeState, ProbeRequest, node_state
+from tasks.artifacts import catalog
+
+from tasks.artifacts import checksums
+from tasks.artifacts.catalog import Artifact
+from tasks.engine.context import HostContext, Step
+from tasks.artifacts.download import Downloader
+from tasks.engine.probe import NodeState, ProbeRequest, node_state
 from tasks.releases import ARCHITECTURES
 from tasks.settings import Settings, SettingsError, parse_inventory
 
@@ -82,7 +84,7 @@ def architecture(node: NodeState, host_name: str) -> str:
 
 @dataclass
 class RunArtifacts:
-    """This run's verified release files for one host (tasks.context.ArtifactFiles)."""
+    """This run's verified release files for one host (tasks.engine.context.ArtifactFiles)."""
 
     downloader: Downloader
     resolved: dict[str, Artifact]
@@ -101,8 +103,8 @@ def fetch_artifacts(ctx: HostContext, names: tuple[str, ...]) -> RunArtifacts:
     downloader = downloader_for(settings.download_cache_dir)
     lookup = checksums.for_run(settings.artifact_lock_file, downloader).lookup(settings)
     try:
-        resolved = {name: artifacts.resolve(settings, name, ctx.arch, lookup) for name in names}
-    except artifacts.ArtifactError as error:
+        resolved = {name: catalog.resolve(settings, name, ctx.arch, lookup) for name in names}
+    except catalog.ArtifactError as error:
         raise SettingsError([f"{ctx.host_name}: {error}"]) from None
     for artifact in resolved.values():
         downloader.fetch(artifact)

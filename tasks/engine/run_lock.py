@@ -1,7 +1,7 @@
 """
 One deploy per node at a time: the node-side run lock, taken by the probe.
 
-The probe (one shell command per host, see tasks/probe.py) first takes ``/run/podnet/run.lock``.
+The probe (one shell command per host, see tasks/engine/probe.py) first takes ``/run/podnet/run.lock``.
 The lock records who holds it (the operator's user@machine and pyinfra's PID, given by the run)
 and the process that lives exactly as long as that run's connection to the node: the probe
 shell's nearest ancestor that is not a shell or sudo. Over SSH that is sshd's per-connection

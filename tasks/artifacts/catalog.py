@@ -4,8 +4,8 @@ Release artifacts: which file to fetch, from where, with which sha256, and what 
 Pinned versions and checksums live in ``files/artifacts.yaml``; inventory data may add or
 override checksums (``artifact_checksums``) and replace the upstream hosts with a mirror
 (``mirror_url``). A sha256 pinned in neither place comes from a ``lookup`` the caller
-passes (``tasks.checksums``: the lock file, else upstream's published sum). Downloading
-itself is ``tasks.download``; this module only decides.
+passes (``tasks.artifacts.checksums``: the lock file, else upstream's published sum). Downloading
+itself is ``tasks.artifacts.download``; this module only decides.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tasks.errors import PodnetError
 from tasks.releases import ARTIFACT_NAMES
 from tasks.settings import Settings
 
-ARTIFACTS_FILE = Path(__file__).resolve().parent.parent / "files" / "artifacts.yaml"
+ARTIFACTS_FILE = Path(__file__).resolve().parents[2] / "files" / "artifacts.yaml"
 # The setting that holds an artifact's version, where it is not `<artifact>_version`.
 VERSION_SETTINGS = {"kubeadm": "kubernetes_version", "kubelet": "kubernetes_version",
                     "kubectl": "kubernetes_version"}

@@ -1,0 +1,1 @@
+"""One module per file format podnet reads or writes, each by that format's own rules."""
