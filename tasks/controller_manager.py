@@ -3,8 +3,9 @@ kube-controller-manager node IPAM: `--allocate-node-cidrs=true`, `--cluster-cidr
 `--node-cidr-mask-size` (`-ipv4`/`-ipv6` for dual stack), `--service-cluster-ip-range`,
 and node IPAM enabled in `--controllers` by merging, never replacing, the list.
 
-Works on kubeadm's static pod manifest (parsed and rewritten with pyyaml, every other
-field kept; the kubelet runs `command` followed by `args`, read as one command line) and on
+Works on kubeadm's static pod manifest (read and rewritten as the kubelet reads it, with go-yaml's
+scalar rules (tasks.formats.kube_yaml); only `command`/`args` are replaced, every other node is
+written back as it was; the kubelet runs `command` followed by `args`, read as one command line) and on
 a systemd unit whose ExecStart runs kube-controller-manager (read with systemd's own line
 continuation, comment and quoting rules). A command line is read as kube-controller-manager's
 flag parser reads it (read_flags, effective_values). The rewrite happens only when an effective
@@ -24,12 +25,14 @@ import shlex
 from dataclasses import dataclass
 
 import yaml
+from yaml.nodes import SequenceNode
 
 from tasks.engine import ops
 from tasks.formats.systemd_unit import UnitEntry, UnitSyntaxError, systemd_word, systemd_words, unit_entries
 from tasks.engine.context import HostContext, Step
 from tasks.engine.desired import DesiredFile, text_file
 from tasks.errors import PodnetError
+from tasks.formats import kube_yaml
 from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.settings import Settings
 
@@ -301,32 +304,48 @@ def merge_command(command: list[str], flags: dict[str, str | None]) -> list[str]
 
 
 def merge_manifest(text: str, flags: dict[str, str | None], planner=None) -> str | None:
-    """The static pod manifest with merged flags, or None when nothing changes. ``planner``: another
-    function of (segments, flags) that returns a plan as ``_merge_plan`` does (tasks.reset_controller_manager)."""
-    document = yaml.safe_load(text)
-    containers = ((document or {}).get("spec") or {}).get("containers") or []
-    container = next((c for c in containers if c.get("name") == CONTAINER_NAME), None)
+    """
+    The static pod manifest with merged flags, or None when nothing changes. ``planner``: another
+    function of (segments, flags) that returns a plan as ``_merge_plan`` does (tasks.reset_controller_manager).
+
+    Read and written as the kubelet reads it (tasks.formats.kube_yaml: go-yaml's scalars, not
+    PyYAML's YAML 1.1), and only the container's ``command``/``args`` nodes are replaced: every other
+    node is written back with its own value and style, so an env value such as 10:30 or "yes" means
+    to the kubelet what it meant before.
+    """
+    document = kube_yaml.compose(text)
+    containers = kube_yaml.get(kube_yaml.get(document, "spec"), "containers")
+    container = next((c for c in (containers.value if isinstance(containers, SequenceNode) else [])
+                      if kube_yaml.scalar_value(kube_yaml.get(c, "name")) == CONTAINER_NAME), None)
     if container is None:
         raise ControllerManagerError(f"no container named {CONTAINER_NAME!r} in the manifest")
     # The kubelet runs command followed by args: one command line, whose flags may be in either;
     # new flags go to the end of args when there are args, else to the end of command.
-    keys = [key for key in ("command", "args") if container.get(key)] or ["command"]
-    segments = [list(container.get(key) or []) for key in keys]
-    for key, segment in zip(keys, segments):
-        for item in segment:
-            if not isinstance(item, str):
-                raise ControllerManagerError(f"{key}: {item!r} is not a string, so the kubelet does not run this "
-                                             f"manifest (YAML reads it as a {type(item).__name__}); quote it")
+    nodes = {key: kube_yaml.get(container, key) for key in ("command", "args")}
+    for key, node in nodes.items():
+        if node is not None and not isinstance(node, SequenceNode) and kube_yaml.scalar_value(node) is not None:
+            raise ControllerManagerError(f"{key}: is not a list, so the kubelet does not run this manifest")
+    keys = [key for key, node in nodes.items() if isinstance(node, SequenceNode) and node.value]
+    if not keys:
+        raise ControllerManagerError("the container has no command or args: kube-controller-manager's command line "
+                                     "is not in the manifest")
+    for key in keys:
+        for item in nodes[key].value:  # type: ignore[union-attr]
+            value = kube_yaml.scalar_value(item)
+            if not isinstance(value, str):
+                raise ControllerManagerError(f"{key}: {value!r} is not a string, so the kubelet does not run this "
+                                             f"manifest (YAML reads it as a {type(value).__name__}); quote it")
+    items = [item for key in keys for item in nodes[key].value]  # type: ignore[union-attr]
+    segments = [[kube_yaml.scalar_value(item) for item in nodes[key].value] for key in keys]  # type: ignore[union-attr]
     plan = (planner or _merge_plan)(segments, flags)
     if plan is None:
         return None
-    items = [item for segment in segments for item in segment]
-    merged: list[list[str]] = [[] for _ in keys]
+    merged: list[list] = [[] for _ in keys]
     for segment, item in plan:
-        merged[segment].append(items[item] if isinstance(item, int) else item)
+        merged[segment].append(items[item] if isinstance(item, int) else kube_yaml.string(item))
     for key, value in zip(keys, merged):
-        container[key] = value
-    return yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
+        kube_yaml.set_value(container, key, kube_yaml.sequence(value, like=nodes[key]))
+    return kube_yaml.serialize(document)
 
 
 # --- systemd units (the syntax itself: tasks/formats/systemd_unit.py) --------------------------

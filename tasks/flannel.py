@@ -21,6 +21,8 @@ from tasks.engine import ops
 from tasks.engine.context import HostContext, Step
 from tasks.engine.desired import DesiredFile, local_file, render, text_file
 from tasks.errors import PodnetError
+from tasks.formats import kube_yaml
+from tasks.formats.systemd_unit import exec_command
 from tasks.pod_network import node_pod_cidrs_command
 from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.settings import Settings
@@ -93,7 +95,7 @@ def daemonset_iface(s: Settings) -> tuple[str | None, list[tuple[str, str]]]:
     """
     if s.flannel_iface_is_node_ip:
         return f"$({POD_IP_ENV})", [(POD_IP_ENV, "status.podIP")]
-    return s.flannel_iface, []
+    return (kube_yaml.container_arg(s.flannel_iface) if s.flannel_iface else None), []
 
 
 def render_manifest(s: Settings) -> str:
@@ -252,8 +254,8 @@ def wait_for_pod_cidrs(state, host, connector_arguments, s: Settings) -> bool:
 
 
 def systemd_files(s: Settings, flanneld_binary) -> tuple[list[DesiredFile], DesiredFile]:
-    exec_start = " ".join([FLANNELD_PATH, *flanneld_args(s, s.kubeconfig, NET_CONF_PATH)])
-    unit = text_file(UNIT_PATH, render("flannel/flanneld.service.j2", node_name="%H", exec_start=exec_start))
+    exec_start = exec_command([FLANNELD_PATH, *flanneld_args(s, s.kubeconfig, NET_CONF_PATH)])
+    unit = text_file(UNIT_PATH, render("flannel/flanneld.service.j2", exec_start=exec_start))
     return [local_file(FLANNELD_PATH, flanneld_binary), text_file(NET_CONF_PATH, net_conf_json(s))], unit
 
 

@@ -22,7 +22,6 @@ before the join, so it is fresh and never stored.
 from __future__ import annotations
 
 import re
-import shlex
 import threading
 from dataclasses import dataclass
 
@@ -34,6 +33,8 @@ from tasks.engine import ops
 from tasks.engine.context import HostContext, Step
 from tasks.engine.desired import DesiredFile, local_file, render, text_file
 from tasks.errors import PodnetError
+from tasks.formats import shell
+from tasks.formats.systemd_unit import environment_file_assignment
 from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.engine.pyinfra_compat import connector_arguments_of
 from tasks.artifacts.catalog import KUBERNETES_BINARIES
@@ -113,7 +114,8 @@ def kubelet_files(s: Settings) -> list[DesiredFile]:
         text_file(KUBELET_UNIT_PATH, render("kubeadm/kubelet.service.j2", kubelet_path=KUBELET)),
         text_file(DROPIN_PATH, render("kubeadm/10-kubeadm.conf.j2", kubelet_path=KUBELET,
                                       defaults_path=KUBELET_DEFAULTS_PATH)),
-        text_file(KUBELET_DEFAULTS_PATH, render("kubeadm/kubelet.default.j2", extra_args=kubelet_args(s))),
+        text_file(KUBELET_DEFAULTS_PATH, render("kubeadm/kubelet.default.j2", extra_args_line=environment_file_assignment(
+            "KUBELET_EXTRA_ARGS", kubelet_args(s)))),
     ]
 
 
@@ -229,13 +231,14 @@ def join_command(endpoint: str, token: str, ca_hash: str, s: Settings,
                  certificate_key: str | None = None) -> StringCommand:
     """`kubeadm join`, with the secrets masked in pyinfra's logs (and kubeadm_ignore_preflight_errors,
     which join reads from --ignore-preflight-errors since podnet gives it no configuration file)."""
-    bits: list = [KUBEADM, "join", shlex.quote(endpoint), "--token", HiddenValue(token),
-                  "--discovery-token-ca-cert-hash", ca_hash, f"--cri-socket={CRI_SOCKET}"]
+    # Every word is one shell word (tasks/formats/shell.py), the secrets too, so no value is shell syntax.
+    bits: list = [KUBEADM, "join", shell.word(endpoint), "--token", HiddenValue(shell.word(token)),
+                  "--discovery-token-ca-cert-hash", shell.word(ca_hash), shell.word(f"--cri-socket={CRI_SOCKET}")]
     if s.kubeadm_ignore_preflight_errors:
-        bits.append(f"--ignore-preflight-errors={','.join(s.kubeadm_ignore_preflight_errors)}")
+        bits.append(shell.word(f"--ignore-preflight-errors={','.join(s.kubeadm_ignore_preflight_errors)}"))
     if certificate_key is not None:
-        bits += ["--control-plane", "--certificate-key", HiddenValue(certificate_key),
-                 f"--apiserver-advertise-address={s.node_ip}"]
+        bits += ["--control-plane", "--certificate-key", HiddenValue(shell.word(certificate_key)),
+                 shell.word(f"--apiserver-advertise-address={s.node_ip}")]
     return StringCommand(*bits)
 
 

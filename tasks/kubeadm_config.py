@@ -34,19 +34,19 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 import shlex
 from dataclasses import dataclass
 
 import yaml
-
 from pyinfra import logger
+from yaml.nodes import MappingNode, SequenceNode
 
 from tasks import controller_manager
 
 from tasks.engine import ops
 from tasks.engine.context import HostContext, Step
 from tasks.errors import PodnetError
+from tasks.formats import kube_yaml
 from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.settings import Settings
 
@@ -67,37 +67,6 @@ OPERATION = "kubeadm-config: node IPAM flags in the ClusterConfiguration kubeadm
 
 class KubeadmConfigError(PodnetError, ValueError):
     """The kubeadm-config ConfigMap cannot be read or merged safely."""
-
-
-# --- YAML as kubeadm writes it ----------------------------------------------------------------
-# kubeadm (Go, sigs.k8s.io/yaml) reads YAML 1.1 booleans like PyYAML does, but has no base-60
-# numbers: a plain `10:30` is a string to kubeadm and 630 to PyYAML's resolver. The loader reads it
-# as a string; the dumper quotes anything its resolver would not read back as a string.
-_INT = "tag:yaml.org,2002:int"
-_FLOAT = "tag:yaml.org,2002:float"
-
-
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT)]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(_INT, re.compile(r"^[-+]?(?:0b[0-1_]+|0[0-7_]+|0|[1-9][0-9_]*|0x[0-9a-fA-F_]+)$"),
-                              list("-+0123456789"))
-_Loader.add_implicit_resolver(_FLOAT, re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?"
-                                                 r"|\.[0-9_]+(?:[eE][-+][0-9]+)?|[-+]?\.(?:inf|Inf|INF)"
-                                                 r"|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
-
-
-def load(text: str):
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
-
-
-def dump(document) -> str:
-    return yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=1 << 30)
 
 
 # --- the merge --------------------------------------------------------------------------------
@@ -149,13 +118,24 @@ def merge_args(pairs: list[tuple[str, str]], args: dict[str, str | None]) -> tup
     return merged, changes
 
 
+def _entry_value(node) -> str | None:
+    """An extra argument's value as kubeadm reads it (a string; None for a missing one)."""
+    value = kube_yaml.scalar_value(node) if node is not None else None
+    return None if value is None else str(value)
+
+
 def merge_cluster_configuration(text: str, args: dict[str, str | None]) -> tuple[str | None, list[str], str]:
     """
     The ClusterConfiguration with ``args`` recorded in controllerManager.extraArgs.
     Returns (new text or None when nothing changes, what changed, its apiVersion).
+
+    Read as kubeadm reads it (tasks.formats.kube_yaml: go-yaml's scalars), and only the extraArgs
+    node is replaced, keeping each extra argument podnet does not change as it was: every other
+    field is written back with its own value and style, so it means to kubeadm what it meant before.
     """
     try:
-        document = load(text)
+        root = kube_yaml.compose(text)
+        document = kube_yaml.load(text)
     except yaml.YAMLError as error:
         raise KubeadmConfigError(f"{WHERE}: {KEY} is not YAML: {error}") from None
     if not isinstance(document, dict) or document.get("kind") != KEY:
@@ -167,34 +147,59 @@ def merge_cluster_configuration(text: str, args: dict[str, str | None]) -> tuple
         raise KubeadmConfigError(
             f"{WHERE}: {KEY} has apiVersion {api_version!r}; podnet records the node IPAM flags in {known} "
             "only. Upgrade the cluster with a kubeadm that stores one of them, then rerun")
-    component = document.get("controllerManager")
-    if component is None:
-        component = {}
-    if not isinstance(component, dict):
+    component = kube_yaml.get(root, "controllerManager")
+    if component is not None and kube_yaml.scalar_value(component) is None and not isinstance(component, MappingNode):
         raise KubeadmConfigError(f"{WHERE}: {KEY} controllerManager is not a mapping")
-    extra = component.get("extraArgs")
+    if not isinstance(component, MappingNode):
+        component = kube_yaml.mapping([])
+    extra = kube_yaml.get(component, "extraArgs")
+    if extra is not None and not isinstance(extra, (MappingNode, SequenceNode)) \
+            and kube_yaml.scalar_value(extra) is not None:
+        extra = False  # refused below
+    entries: list[tuple[str, str | None, object]] = []  # name, value, the node(s) it came from
     if style == "map":
-        if not isinstance(extra or {}, dict):
+        if extra is False or isinstance(extra, SequenceNode):
             raise KubeadmConfigError(f"{WHERE}: {KEY} ({api_version}) controllerManager.extraArgs is not a map "
                                      "of flag name to value")
-        pairs = list((extra or {}).items())
+        for key_node, value_node in extra.value if isinstance(extra, MappingNode) else []:
+            entries.append((str(kube_yaml.scalar_value(key_node)), _entry_value(value_node), (key_node, value_node)))
     else:
-        if not isinstance(extra or [], list) or not all(isinstance(e, dict) and "name" in e for e in extra or []):
+        items = extra.value if isinstance(extra, SequenceNode) else []
+        if extra is False or isinstance(extra, MappingNode) or not all(
+                kube_yaml.get(item, "name") is not None for item in items):
             raise KubeadmConfigError(f"{WHERE}: {KEY} ({api_version}) controllerManager.extraArgs is not a list "
                                      "of {name, value}")
-        pairs = [(entry["name"], entry.get("value")) for entry in extra or []]
+        for item in items:
+            entries.append((str(kube_yaml.scalar_value(kube_yaml.get(item, "name"))),
+                            _entry_value(kube_yaml.get(item, "value")), item))
     try:
-        merged, changes = merge_args(pairs, args)
+        merged, changes = merge_args([(name, value) for name, value, _ in entries], args)
     except controller_manager.ControllerManagerError as error:
         raise KubeadmConfigError(f"{WHERE}: {KEY} controllerManager.extraArgs: {error}") from None
     if not changes:
         return None, [], api_version
+    unused = list(entries)
+
+    def kept(name: str, value: str):
+        """The node(s) of an unchanged extra argument, each used once."""
+        for entry in unused:
+            if entry[0] == name and entry[1] == value:
+                unused.remove(entry)
+                return entry[2]
+        return None
+
     if style == "map":
-        component["extraArgs"] = dict(merged)
+        pairs = [kept(name, value) or (kube_yaml.string(name), kube_yaml.string(value)) for name, value in merged]
+        node = kube_yaml.mapping(pairs, like=extra if isinstance(extra, MappingNode) else None)
     else:
-        component["extraArgs"] = [{"name": name, "value": value} for name, value in merged]
-    document["controllerManager"] = component
-    return dump(document), changes, api_version
+        node = kube_yaml.sequence(
+            [kept(name, value) or kube_yaml.mapping([(kube_yaml.string("name"), kube_yaml.string(name)),
+                                                     (kube_yaml.string("value"), kube_yaml.string(value))])
+             for name, value in merged], like=extra if isinstance(extra, SequenceNode) else None)
+    kube_yaml.set_value(component, "extraArgs", node)
+    if kube_yaml.get(root, "controllerManager") is not component:
+        kube_yaml.set_value(root, "controllerManager", component)
+    return kube_yaml.serialize(root), changes, api_version
 
 
 # --- asking the cluster -----------------------------------------------------------------------

@@ -4,9 +4,9 @@ without podnet's node IPAM flags.
 
 podnet copies the file to ``BACKUP_DIR/<name>.<sha256[:12] of the copy>`` each time before it
 changes the flags (tasks.controller_manager). A reset puts a backup back only when that
-undoes exactly podnet's change: the file on the node is, byte for byte, what podnet's merge
-makes of the backup with the current settings (nothing else edited it since), and the backup
-is the pre-podnet original (not itself podnet's rewrite of another backup). Without any
+undoes exactly podnet's change: the file on the node is what podnet's merge makes of the backup
+with the current settings (byte for byte, or for a manifest value for value as the kubelet reads
+it; nothing else edited it since), and the backup is the pre-podnet original (not itself podnet's rewrite of another backup). Without any
 backup podnet never changed the file, and it stays as it is (unless kubeadm wrote it from
 podnet's configuration, cluster_bootstrap). Otherwise only podnet's flags are taken out of
 the command line, read as kube-controller-manager reads it (tasks.controller_manager.read_flags):
@@ -28,6 +28,7 @@ from tasks.controller_manager import (BACKUP_DIR, NODE_IPAM_NAMES, SLICE_FLAGS, 
                                       _slice_items, config_path, desired_flags, effective_values, merge_manifest,
                                       merge_unit, read_flags)
 from tasks.engine.probe import NodeState
+from tasks.formats import kube_yaml
 from tasks.settings import Settings
 
 REMOVED_FLAGS = ("allocate-node-cidrs", "cluster-cidr", "node-cidr-mask-size", "node-cidr-mask-size-ipv4",
@@ -105,6 +106,20 @@ def _command_line(s: Settings, text: str) -> list[str]:
     return words
 
 
+def _same_file(s: Settings, merged: str, current: bytes) -> bool:
+    """Whether ``current`` is ``merged``: byte for byte, or for a manifest, the same values as the kubelet
+    reads them (tasks.formats.kube_yaml), so a manifest an earlier podnet release wrote in another layout
+    (PyYAML's) is still recognised as podnet's rewrite."""
+    if merged.encode() == current:
+        return True
+    if s.kube_controller_manager_runtime != "static-pod":
+        return False
+    try:
+        return kube_yaml.load(merged) == kube_yaml.load(current.decode())
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return False
+
+
 def _rewrite_of(s: Settings, text: bytes, source: bytes) -> bool:
     """Whether ``text`` is podnet's merge of ``source`` with the flags ``text`` holds (podnet's
     merge always leaves --allocate-node-cidrs=true)."""
@@ -115,7 +130,7 @@ def _rewrite_of(s: Settings, text: bytes, source: bytes) -> bool:
         merged = _merge(s)(source.decode(), flags)
     except (ControllerManagerError, yaml.YAMLError, UnicodeDecodeError):
         return False
-    return merged is not None and merged.encode() == text
+    return merged is not None and _same_file(s, merged, text)
 
 
 def original_backup(s: Settings, current: bytes, found: dict[str, bytes]) -> str | None:
@@ -127,7 +142,7 @@ def original_backup(s: Settings, current: bytes, found: dict[str, bytes]) -> str
             merged = _merge(s)(content.decode(), desired_flags(s))
         except (ControllerManagerError, yaml.YAMLError, UnicodeDecodeError):
             continue
-        if merged is None or merged.encode() != current:
+        if merged is None or not _same_file(s, merged, current):
             continue
         if any(_rewrite_of(s, content, other) for other_path, other in found.items() if other_path != path):
             continue

@@ -470,7 +470,7 @@ def test_an_external_controller_manager_is_left_alone(cluster):
 
 @pytest.mark.parametrize("change, path, removed, added", [
     ({"flannel_image": "docker.io/flannel/flannel:v0.28.9"}, "/etc/podnet/kube-flannel.yml",
-     ["-        image: docker.io/flannel/flannel:v0.28.4"], ["+        image: docker.io/flannel/flannel:v0.28.9"]),
+     ['-        image: "docker.io/flannel/flannel:v0.28.4"'], ['+        image: "docker.io/flannel/flannel:v0.28.9"']),
     ({"cluster_cidr_ipv6": "fd00:10:244::/56"}, "/etc/sysctl.d/zz-podnet.conf",
      [], ["+net.ipv6.conf.all.forwarding = 1"]),
     ({"flannel_mtu": 1400}, "/etc/cni/net.d/10-flannel.conflist",

@@ -190,6 +190,21 @@ def test_the_pre_podnet_backup_is_put_back_when_nothing_else_changed_the_manifes
     assert how == f"restoring {MANIFEST} from podnet's backup {BACKUP}"
 
 
+def test_the_backup_is_put_back_after_a_manifest_an_earlier_podnet_wrote_in_pyyamls_layout():
+    # podnet before tasks/formats/kube_yaml.py wrote the merged manifest with yaml.safe_dump: other bytes,
+    # the same values to the kubelet
+    s = settings()
+    document = yaml.safe_load(KUBEADM_MANIFEST)
+    document["spec"]["containers"][0]["command"] += ["--allocate-node-cidrs=true", "--cluster-cidr=10.244.0.0/16",
+                                                     "--node-cidr-mask-size=24",
+                                                     "--service-cluster-ip-range=10.96.0.0/12"]
+    earlier = yaml.safe_dump(document, sort_keys=False, default_flow_style=False, indent=4)
+    assert earlier != merge_manifest(KUBEADM_MANIFEST, desired_flags(s))
+    content, how = restored(s, node_with(s, earlier, {BACKUP: KUBEADM_MANIFEST}), "cp1")
+    assert content == KUBEADM_MANIFEST.encode()
+    assert how == f"restoring {MANIFEST} from podnet's backup {BACKUP}"
+
+
 def test_of_two_backups_after_a_settings_change_the_original_is_put_back():
     first, second = settings(), settings(cluster_cidr="10.200.0.0/16")
     once = merge_manifest(KUBEADM_MANIFEST, desired_flags(first))

@@ -621,11 +621,19 @@ def test_flannel_iface_address_written_otherwise_is_still_the_node_ip():
     assert s.flannel_iface_is_node_ip
 
 
-@pytest.mark.parametrize("iface", ["eth0:1", "a/b", ".", "..", "sixteen-chars-xx", "", "eth 1", "eth1\n"])
+@pytest.mark.parametrize("iface", ["eth0:1", "a/b", ".", "..", "sixteen-chars-xx", "", "eth 1", "eth1\n", "eth\t1",
+                                   "ethé-twelve-bbb", "eth\x01"])  # é: 2 bytes, so 16 in all
 def test_flannel_iface_that_is_no_linux_interface_name(iface):
     assert only_problem(flannel_iface=iface) == (
-        f"cp1: flannel_iface: {iface!r} is not valid; expected an interface name of 1-15 letters, digits or _.- "
-        "(e.g. eth1; Linux allows no ':' or '/' in one), or an IP address of the node")
+        f"cp1: flannel_iface: {iface!r} is not valid; expected an interface name of 1-15 bytes without '/', ':', "
+        "white space or control characters (e.g. eth1; Linux allows no ':' or '/' in one), or an IP address of the "
+        "node")
+
+
+@pytest.mark.parametrize("iface", ["eth$(X)", "vlan@1", "wg'0", "en;rm"])
+def test_flannel_iface_takes_what_linux_takes(iface):
+    """Linux allows these names (dev_valid_name); the unit and the DaemonSet write them escaped."""
+    assert settings(flannel_iface=iface).flannel_iface == iface
 
 
 # --- cluster_bootstrap: what kubeadm init checks before it changes anything ------------------
@@ -700,17 +708,27 @@ def test_kubeadm_switches_parse_into_what_kubeadm_reads():
                              kubelet_configuration={"failSwapOn": False, "evictionHard": {"memory.available": "1Mi"}},
                              kube_proxy_configuration={"conntrack": {"maxPerCore": 0}}))
     assert s.etcd_external_endpoints == ("http://127.0.0.1:2379", "https://[fd00::1]:2379")
-    assert s.kubeadm_ignore_preflight_errors == ("SystemVerification", "swap", "Port-6443",
+    # case-insensitive as kubeadm compares them, written as kubeadm names them
+    assert s.kubeadm_ignore_preflight_errors == ("SystemVerification", "Swap", "Port-6443",
                                                  "FileContent--proc-sys-net-ipv4-ip_forward")
     assert s.kubelet_configuration == {"failSwapOn": False, "evictionHard": {"memory.available": "1Mi"}}
     assert s.kube_proxy_configuration == {"conntrack": {"maxPerCore": 0}}
     assert settings(**bootstrap(kubeadm_ignore_preflight_errors=["all"])).kubeadm_ignore_preflight_errors == ("all",)
 
 
+NOT_A_CHECK = "is not a check kubeadm runs (kubeadm would ignore it silently)"
+
+
 @pytest.mark.parametrize("value, why", [
-    (["SystemVerificaton"], "'SystemVerificaton' is not a kubeadm check"),
-    (["Port-"], "'Port-' is not a kubeadm check"),
+    (["SystemVerificaton"], f"'SystemVerificaton' {NOT_A_CHECK}"),
+    (["Port-"], f"'Port-' {NOT_A_CHECK}"),
+    (["Port-1"], f"'Port-1' {NOT_A_CHECK}"),
+    # issue 18, case 4: this was run as shell on the joining node
+    (["Port-6443;touch${IFS}/tmp/pwned"], f"'Port-6443;touch${{IFS}}/tmp/pwned' {NOT_A_CHECK}"),
+    (["Swap,ImagePull"], f"'Swap,ImagePull' {NOT_A_CHECK}"),
+    ([" Swap"], f"' Swap' {NOT_A_CHECK}"),
     (["all", "Swap"], "kubeadm refuses 'all' together with single checks"),
+    (["ALL", "Swap"], "kubeadm refuses 'all' together with single checks"),
 ])
 def test_preflight_checks_to_ignore_are_kubeadms_names(value, why):
     assert only_problem(**bootstrap(kubeadm_ignore_preflight_errors=value)).endswith(f"or ['all'] alone; {why}")

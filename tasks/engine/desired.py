@@ -13,6 +13,7 @@ from pathlib import Path
 import jinja2
 
 from tasks.artifacts.download import known_digest, register_digest, sha256_of
+from tasks.formats import kube_yaml, toml
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
 
@@ -22,6 +23,14 @@ _environment = jinja2.Environment(
     keep_trailing_newline=True,
     autoescape=False,
 )
+# Every value a template prints goes through its format's own writer: `tojson` for JSON, `yaml_value` for
+# YAML (tasks/formats/kube_yaml.py: a flow node go-yaml reads back as that value), `toml_string`,
+# `toml_literal` and `toml_comment` for TOML (tasks/formats/toml.py); systemd lines are written in Python
+# (tasks/formats/systemd_unit.py).
+_environment.filters["toml_string"] = toml.basic_string
+_environment.filters["toml_literal"] = toml.literal_string
+_environment.filters["toml_comment"] = toml.comment_text
+_environment.filters["yaml_value"] = kube_yaml.flow
 
 
 def render(template: str, **context) -> str:

@@ -1,8 +1,12 @@
 """
 systemd unit files as systemd reads and writes them: entries (sections, comments, line
-continuations), ExecStart= words (quoting, C escapes, specifiers), and a word written back so that
-systemd reads exactly that word. Pure text functions; the rules are systemd's own, named per
-function (systemd.syntax(7), src/shared/conf-parser.c, src/basic/extract-word.c, src/basic/escape.c).
+continuations), ExecStart= words (quoting, C escapes, specifiers), and the writers: a word written
+back so that systemd reads exactly that word, an ExecStart= command from argv, an EnvironmentFile=
+assignment. Every value a unit podnet writes goes through a writer here, so systemd reads it back
+as exactly that value: one word, never a second word, a second command, a specifier or a variable.
+Pure text functions; the rules are systemd's own, named per function (systemd.syntax(7),
+systemd.service(5) "Command lines", src/shared/conf-parser.c, src/basic/extract-word.c,
+src/basic/escape.c, src/basic/env-file.c).
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ def unit_entries(text: str) -> list[UnitEntry]:
     backslash continues on the next line, the backslash read as a space, and comment lines inside
     such a continuation are skipped; white space around "=" and around the value is dropped.
     """
-    lines = text.splitlines(keepends=True)
+    # systemd ends a line at a newline only (read_line, src/basic/fileio.c), not at every character
+    # Python's splitlines() takes for one (U+0085, U+2028, ...)
+    lines = [line for line in re.split(r"(?<=\n)", text) if line]
     entries: list[UnitEntry] = []
     section = None
     pos = i = 0
@@ -141,11 +147,60 @@ def systemd_words(value: str) -> list[tuple[str, str]]:
 
 
 SYSTEMD_PLAIN_WORD = re.compile(r"[A-Za-z0-9_@+=:,./*-]+")
+_EXEC_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r", "%": "%%", "$": "$$"}
+_ENV_FILE_ESCAPES = {"\\": "\\\\", '"': '\\"', "`": "\\`", "$": "\\$"}
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def systemd_word(word: str) -> str:
-    """A word written so that systemd reads it back as exactly this word."""
+    """
+    One word of an ExecStart= command line that systemd reads back as exactly ``word``: plain when
+    it has only characters systemd gives no meaning, else in double quotes with systemd's C escapes
+    (other control characters as \\xHH, other characters no one can see as \\uXXXX), "%%" for "%" and
+    "$$" for "$". ValueError for a NUL, which no command-line word can hold.
+    """
+    if not isinstance(word, str):
+        raise TypeError(f"a systemd word needs a str, not {type(word).__name__}")
+    if "\0" in word:
+        raise ValueError(f"{word!r}: a command-line word cannot hold a NUL character")
     if SYSTEMD_PLAIN_WORD.fullmatch(word):
         return word
-    escaped = word.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
-    return '"' + escaped.replace("%", "%%").replace("$", "$$") + '"'
+    out = []
+    for c in word:
+        if c in _EXEC_ESCAPES:
+            out.append(_EXEC_ESCAPES[c])
+        elif ord(c) < 0x80 and not c.isprintable():
+            out.append(f"\\x{ord(c):02x}")
+        elif not c.isprintable():  # C1 controls, U+2028/2029, format characters: as the character, UTF-8
+            out.append(f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
+
+
+def exec_command(argv: list[str]) -> str:
+    """An ExecStart= value running ``argv``: the absolute path of the executable, then each argument as
+    one word. ValueError for a relative executable path (podnet names every binary by its path)."""
+    if not argv or not argv[0].startswith("/"):
+        raise ValueError(f"{argv!r}: an ExecStart= command starts with the executable's absolute path")
+    return " ".join(systemd_word(w) for w in argv)
+
+
+def environment_file_assignment(name: str, words: list[str]) -> str:
+    """
+    One line of an EnvironmentFile= setting variable ``name`` to ``words`` joined by spaces, for a
+    unit that passes it to its command as $NAME: systemd splits such a variable at white space into
+    words (systemd.service(5), "Command lines"), so no word may contain white space (ValueError),
+    and the value is written as it is when it has only characters an env file gives no meaning
+    (SYSTEMD_PLAIN_WORD), else in double quotes with env-file escapes.
+    """
+    if not ENV_NAME_RE.match(name):
+        raise ValueError(f"{name!r} is not an environment variable name")
+    for w in words:
+        if not w or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in w):
+            raise ValueError(f"{w!r}: systemd splits ${name} at white space, so a word of it cannot be empty or "
+                             "hold white space or control characters")
+    value = " ".join(words)
+    if SYSTEMD_PLAIN_WORD.fullmatch(value):
+        return f"{name}={value}"
+    return f'{name}="' + "".join(_ENV_FILE_ESCAPES.get(c, c) for c in value) + '"'

@@ -151,15 +151,67 @@ def _version(value: Any) -> str:
     return value
 
 
+# Linux's limits on a path (include/uapi/linux/limits.h): PATH_MAX bytes with the terminating NUL, each
+# component at most NAME_MAX bytes (getname and the filesystems' lookups refuse longer: ENAMETOOLONG).
+PATH_MAX = 4096
+NAME_MAX = 255
+# Characters podnet refuses in a path of its own: C0 controls (newline included), DEL, and the quote
+# characters and backslash (see _absolute_path).
+PATH_REFUSED = re.compile(r"[\x00-\x1f\x7f'\"`\\]")
+
+
 def _absolute_path(value: Any) -> str:
-    if not isinstance(value, str) or not value.startswith("/") or value != value.strip() or "\n" in value:
-        raise ValueError("an absolute path such as /opt/cni/bin")
+    """
+    A path on a node, as Linux takes it: absolute (the setting names one place whatever the working
+    directory), at most PATH_MAX - 1 bytes, each component at most NAME_MAX bytes, no NUL
+    (include/uapi/linux/limits.h; fs/namei.c). podnet's own rules on top, each against a silent
+    failure: no control characters (a newline or tab would cut the probe's line- and tab-separated
+    answer and a unit or config line), no quote characters or backslash (every file format podnet
+    writes escapes them, but in a path they are almost always a paste error, as in
+    "/opt/cni/bin', '/tmp/evil"), no white space at either end. A trailing "/" is dropped.
+    """
+    what = "an absolute path such as /opt/cni/bin, without quotes, backslashes or control characters"
+    if not isinstance(value, str) or not value.startswith("/") or value != value.strip():
+        raise ValueError(what)
+    bad = PATH_REFUSED.search(value)
+    if bad:
+        raise ValueError(f"{what} ({bad.group()!r} at position {bad.start()})")
+    if len(value.encode()) >= PATH_MAX or any(len(part.encode()) > NAME_MAX for part in value.split("/")):
+        raise ValueError(f"{what}, of at most {PATH_MAX - 1} bytes and {NAME_MAX} bytes per component (Linux's "
+                         "PATH_MAX and NAME_MAX)")
     return value.rstrip("/") or "/"
 
 
+# A unit name as systemd accepts it (unit_name_is_valid in src/basic/unit-name.c: letters, digits and
+# ":-_.\\", "@" for a template instance, at most UNIT_NAME_MAX = 255 characters, with its type suffix).
+UNIT_NAME_RE = re.compile(r"^[A-Za-z0-9:_.\-]+(@[A-Za-z0-9:_.\-]*)?\.service$")
+
+
+def _unit_path(value: Any) -> str:
+    """A service unit file: an absolute path (_absolute_path) whose file name is a valid systemd service
+    name (unit_name_is_valid, src/basic/unit-name.c), which podnet restarts with systemctl."""
+    path = _absolute_path(value)
+    name = path.rsplit("/", 1)[1]
+    if len(name) > 255 or not UNIT_NAME_RE.match(name):
+        raise ValueError("the absolute path of a service unit, such as "
+                         "/etc/systemd/system/kube-controller-manager.service, whose name systemd accepts (letters, "
+                         "digits, ':-_.\\', one '@', ending in .service)")
+    return path
+
+
 def _text(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
-        raise ValueError("a non-empty string without spaces")
+    """podnet's own: a non-empty name without white space or control characters (an inventory group)."""
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError("a non-empty string without spaces or control characters")
+    return value
+
+
+def _local_path(value: Any) -> str:
+    """A path on the operator's machine (read and written by Python only, never by a shell): any
+    non-empty path without control characters or white space at either end; ~ is the home directory."""
+    if not isinstance(value, str) or not value.strip() or value != value.strip() \
+            or any(not c.isprintable() for c in value):
+        raise ValueError("a path on this machine, such as ~/.cache/podnet, without control characters")
     return value
 
 
@@ -176,32 +228,39 @@ IMAGE_NAME_MAX = 255
 
 
 def _image(value: Any) -> str:
+    """An image reference by distribution/reference's grammar (IMAGE_RE), as containerd and the kubelet parse it."""
     match = IMAGE_RE.fullmatch(value) if isinstance(value, str) else None
     if match is None or len(match.group("name")) > IMAGE_NAME_MAX:
         raise ValueError("an image reference such as registry.k8s.io/pause:3.10")
     return value
 
 
-IFACE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+# A Linux interface name (dev_valid_name, net/core/dev.c): 1 to IFNAMSIZ - 1 = 15 bytes, not "." or "..",
+# no "/", ":" or white space (isspace: space, \t \n \v \f \r).
+IFNAMSIZ = 16
+IFACE_REFUSED = re.compile(r"[/:\s\x00]")
 
 
 def _iface(value: Any) -> str:
     """
     flanneld's --iface: an address of the node, or an interface name (flanneld tries the value as an
-    IP address first, then as a name). A Linux interface name has 1 to 15 characters, is not "." or
-    "..", and has no "/", ":" or white space (dev_valid_name, net/core/dev.c): an alias label such as
-    eth0:1 is not an interface. podnet's own rule on top: only letters, digits and _.- , because the
-    name goes unquoted into the flanneld unit's ExecStart and the DaemonSet's arguments. An address is
-    written in its canonical form, as the node_ip it may equal.
+    IP address first, then as a name: LookupExtIface, pkg/ip/iface.go via main.go). A Linux interface
+    name is 1 to 15 bytes, not "." or "..", and has no "/", ":" or white space (dev_valid_name,
+    net/core/dev.c): an alias label such as eth0:1 is not an interface. podnet's own rule on top: no
+    control characters, which no tool shows and the probe's line-based answer would cut. The name is
+    written into the flanneld unit as one systemd word and into the DaemonSet's args escaped for
+    Kubernetes' $(VAR) expansion, so any other character is kept. An address is written in its
+    canonical form, as the node_ip it may equal.
     """
     if isinstance(value, str):
         try:
             return str(ipaddress.ip_address(value))
         except ValueError:
-            if IFACE_RE.fullmatch(value) and value not in (".", ".."):
+            if 0 < len(value.encode()) < IFNAMSIZ and value not in (".", "..") and not IFACE_REFUSED.search(value) \
+                    and value.isprintable():
                 return value
-    raise ValueError("an interface name of 1-15 letters, digits or _.- (e.g. eth1; Linux allows no ':' or '/' "
-                     "in one), or an IP address of the node")
+    raise ValueError("an interface name of 1-15 bytes without '/', ':', white space or control characters (e.g. "
+                     "eth1; Linux allows no ':' or '/' in one), or an IP address of the node")
 
 
 DATA_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
@@ -215,7 +274,9 @@ def _data_keys(value: Any) -> tuple[str, ...]:
 
 
 def _url(value: Any) -> str:
-    if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+    """An http(s) base URL read by requests on the operator's machine (no white space or control characters:
+    urllib3's parse_url refuses them)."""
+    if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+(/\S*)?$", value) or not value.isprintable():
         raise ValueError("an http:// or https:// base URL")
     return value.rstrip("/")
 
@@ -372,7 +433,7 @@ class Settings:
         {}, _checksums,
         "sha256 overrides/additions: {artifact: {version: {arch: sha256}}}", scope="host", hash=False)
     artifact_lock_file: Path = setting(
-        "inventory/artifacts.lock.yaml", lambda v: _checkout_path(_text(v)),
+        "inventory/artifacts.lock.yaml", lambda v: _checkout_path(_local_path(v)),
         "checksum lock: sha256 resolved from upstream's published sums, written once and then read "
         "(commit it); a relative path is below the podnet checkout")
     resolve_checksums: bool = setting(
@@ -380,7 +441,7 @@ class Settings:
         "resolve a sha256 that is neither pinned nor locked from upstream's published sums; false: every "
         "sum must be pinned (artifact_checksums, files/artifacts.yaml) or locked")
     download_cache_dir: Path = setting(
-        "~/.cache/podnet", lambda v: Path(_text(v)).expanduser(),
+        "~/.cache/podnet", lambda v: Path(_local_path(v)).expanduser(),
         "laptop-side download cache")
     cni_bin_dir: str = setting(
         "/opt/cni/bin", _absolute_path,
@@ -409,7 +470,7 @@ class Settings:
         "/etc/kubernetes/manifests/kube-controller-manager.yaml", _absolute_path,
         "kubeadm static pod manifest (static-pod runtime)")
     kube_controller_manager_unit: str = setting(
-        "/etc/systemd/system/kube-controller-manager.service", _absolute_path,
+        "/etc/systemd/system/kube-controller-manager.service", _unit_path,
         "systemd unit whose ExecStart runs kube-controller-manager (systemd runtime)")
     kubeconfig: str = setting(
         "/etc/kubernetes/admin.conf", _absolute_path,

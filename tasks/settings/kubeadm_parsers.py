@@ -11,53 +11,73 @@ Upstream sources are named at each parser.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-# kubeadm's preflight check names that carry no argument (the Name() of each check in
-# kubernetes/kubernetes cmd/kubeadm/app/preflight/checks.go and of the upgrade checks in
-# cmd/kubeadm/app/phases/upgrade/health.go and cmd/kubeadm/app/cmd/upgrade/common.go).
+# The names of kubeadm's preflight checks (Checker.Name() in kubernetes/kubernetes
+# cmd/kubeadm/app/preflight/checks.go and checks_linux.go, and the upgrade checks of
+# cmd/kubeadm/app/phases/upgrade/health.go and cmd/kubeadm/app/cmd/upgrade/common.go), as kubeadm
+# 1.36 builds them for `kubeadm init` with podnet's configuration and for `kubeadm join`.
 PREFLIGHT_CHECKS = (
     "ContainerRuntimeVersion", "ControlPlaneNodesReady", "CoreDNSMigration", "CoreDNSUnsupportedPlugins",
-    "CreateJob", "CRI", "ExternalEtcdVersion", "Firewalld", "Hostname", "ImagePull", "IsPrivilegedUser",
-    "KubeletVersion", "KubernetesVersion", "Mem", "NumCPU", "StaticPodManifest", "Swap", "SystemVerification",
+    "CreateJob", "CRI", "ExternalEtcdClientCertificates", "ExternalEtcdVersion", "Firewalld", "Hostname",
+    "HTTPProxy", "HTTPProxyCIDR", "ImagePull", "IsPrivilegedUser", "KubeletVersion", "KubernetesVersion", "Mem",
+    "NumCPU", "Service-Kubelet", "StaticPodManifest", "Swap", "SystemVerification",
 )
-# Checks named after what they check: "<prefix>-<argument>", e.g. Port-6443,
-# FileContent--proc-sys-net-ipv4-ip_forward (a path's slashes become dashes), FileExisting-conntrack.
-PREFLIGHT_CHECK_PREFIXES = ("DirAvailable", "FileAvailable", "FileContent", "FileExisting", "HTTPProxy",
-                            "HTTPProxyCIDR", "Port", "Service")
+# Checks named after what they check (PortOpenCheck "Port-%d"; FileAvailableCheck, DirAvailableCheck,
+# FileContentCheck: the prefix, "-", the path with "/" as "-"; InPathCheck "FileExisting-<executable>"),
+# for the ports, paths and executables kubeadm checks: the API server's bind port (podnet's 6443),
+# kube-scheduler, kube-controller-manager, the kubelet and etcd (cmd/kubeadm/app/constants); the static
+# pod manifests, the kubelet's kubeconfigs, the CA kubeadm join writes, etcd's data dir; the forwarding
+# sysctls; the executables of addExecChecks (conntrack up to 1.31). The bridge-nf-call sysctls and crictl
+# are checked by the older kubeadm releases podnet also installs (1.22 on).
+PREFLIGHT_NAMED_CHECKS = (
+    *(f"Port-{port}" for port in (6443, 10259, 10257, 10250, 2379, 2380)),
+    *(f"FileAvailable--etc-kubernetes-manifests-{name}.yaml"
+      for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd")),
+    "FileAvailable--etc-kubernetes-kubelet.conf", "FileAvailable--etc-kubernetes-bootstrap-kubelet.conf",
+    "FileAvailable--etc-kubernetes-pki-ca.crt", "DirAvailable--var-lib-etcd", "DirAvailable--etc-kubernetes-manifests",
+    "FileContent--proc-sys-net-ipv4-ip_forward", "FileContent--proc-sys-net-ipv6-conf-default-forwarding",
+    "FileContent--proc-sys-net-bridge-bridge-nf-call-iptables",
+    "FileContent--proc-sys-net-bridge-bridge-nf-call-ip6tables",
+    *(f"FileExisting-{tool}" for tool in ("conntrack", "crictl", "ebtables", "ethtool", "ip", "iptables", "mount",
+                                          "nsenter", "socat", "tc", "touch")),
+)
 PREFLIGHT_ALL = "all"
+# host[:port] of a URL as Go's url.Parse takes it for an etcd endpoint: a DNS name or IPv4 address, or an
+# IPv6 address in brackets (no white space, quotes or control characters: parseHost, net/url/url.go).
+HOST_RE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?$")
 FIELD_RE = re.compile(r"^[a-z][A-Za-z0-9]*$")
 
 
 def preflight_errors(value: Any) -> tuple[str, ...]:
     """
     kubeadm's --ignore-preflight-errors / nodeRegistration.ignorePreflightErrors: a list of check
-    names, or ["all"] alone. kubeadm's own rule (ValidateIgnorePreflightErrors in
-    cmd/kubeadm/app/apis/kubeadm/validation/validation.go): names compare case-insensitively, and
-    "all" cannot be combined with single names. podnet's own rule on top: a name must be one of
-    kubeadm's checks (PREFLIGHT_CHECKS, or PREFLIGHT_CHECK_PREFIXES followed by '-' and what it
-    checks), because kubeadm silently ignores an unknown name and the check meant would still stop
-    `kubeadm init` on the first control-plane host.
+    names, or ["all"] alone, written as kubeadm names them. kubeadm's own rules: names compare
+    case-insensitively (RunChecks and setHasItemOrAll in cmd/kubeadm/app/preflight/checks.go lower-case
+    both sides), and "all" cannot be combined with single names (ValidateIgnorePreflightErrors in
+    cmd/kubeadm/app/apis/kubeadm/validation/validation.go). podnet's own rule on top: a name must be
+    one of the checks kubeadm runs for podnet's init and join (PREFLIGHT_CHECKS,
+    PREFLIGHT_NAMED_CHECKS), because kubeadm silently ignores any other string, so the check meant
+    would still stop `kubeadm init` on the first control-plane host; and so no other text (a
+    shell word, a comma that would split the list) reaches kubeadm.
     """
+    known = {name.lower(): name for name in (*PREFLIGHT_CHECKS, *PREFLIGHT_NAMED_CHECKS, PREFLIGHT_ALL)}
     shape = ("a list of kubeadm preflight check names, such as ['SystemVerification'] (one of "
-             + ", ".join(PREFLIGHT_CHECKS) + ", or " + "/".join(f"{p}-..." for p in PREFLIGHT_CHECK_PREFIXES)
-             + "), or ['all'] alone")
+             + ", ".join(PREFLIGHT_CHECKS) + ", Port-6443 or another of " + ", ".join(PREFLIGHT_NAMED_CHECKS[1:4])
+             + ", ...), or ['all'] alone")
     if not isinstance(value, (list, tuple)) or not all(isinstance(name, str) for name in value):
         raise ValueError(shape)
-    known = {name.lower(): name for name in PREFLIGHT_CHECKS}
     names: list[str] = []
     for name in value:
-        lower = name.strip().lower()
-        prefix = lower.partition("-")[0]
-        dynamic = "-" in lower and len(lower) > len(prefix) + 1 and prefix in {p.lower() for p in
-                                                                               PREFLIGHT_CHECK_PREFIXES}
-        if lower != PREFLIGHT_ALL and lower not in known and not (dynamic and " " not in lower and "," not in lower):
-            raise ValueError(f"{shape}; {name!r} is not a kubeadm check")
-        if lower not in [n.lower() for n in names]:
-            names.append(name.strip())
-    if PREFLIGHT_ALL in [n.lower() for n in names] and len(names) > 1:
+        canonical = known.get(name.lower())
+        if canonical is None:
+            raise ValueError(f"{shape}; {name!r} is not a check kubeadm runs (kubeadm would ignore it silently)")
+        if canonical not in names:
+            names.append(canonical)
+    if PREFLIGHT_ALL in names and len(names) > 1:
         raise ValueError(f"{shape}; kubeadm refuses 'all' together with single checks")
     return tuple(names)
 
@@ -68,7 +88,8 @@ def etcd_endpoints(value: Any) -> tuple[str, ...]:
     creates no etcd static pod). kubeadm's rule (ValidateEtcd and ValidateURLs in
     cmd/kubeadm/app/apis/kubeadm/validation/validation.go): each endpoint a URL with a scheme, https
     required only when client certificate files are given, which podnet does not set; podnet's own
-    rule: http:// or https:// with a host and nothing after host:port (etcd's client URL form), so a
+    rule: http:// or https:// with a host name or address and nothing after host:port (etcd's client URL
+    form; HOST_RE), so a
     typo is refused here rather than by kubeadm on the first control-plane host. An empty list
     means kubeadm's local etcd.
     """
@@ -81,7 +102,7 @@ def etcd_endpoints(value: Any) -> tuple[str, ...]:
             port = parts.port
         except ValueError:
             port = -1
-        if parts.scheme not in ("http", "https") or not parts.hostname or port == -1 \
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == -1 or not HOST_RE.match(parts.netloc) \
                 or parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
             raise ValueError(f"{shape}; {url!r} is not http(s)://host:port")
     return tuple(url.rstrip("/") for url in value)
@@ -99,6 +120,9 @@ def _plain(value: Any, where: str) -> None:
             _plain(item, f"{where}[{index}]")
     elif value is not None and not isinstance(value, (str, int, float, bool)):
         raise ValueError(f"{where}: {type(value).__name__} is not a YAML value")
+    elif isinstance(value, float) and not math.isfinite(value):
+        # kubeadm turns the document into JSON (sigs.k8s.io/yaml YAMLToJSON), which has no such number
+        raise ValueError(f"{where}: {value} is not a number JSON can hold")
 
 
 def component_config(kind: str, api_version: str, owned: dict[str, str]) -> Callable[[Any], dict]:
