@@ -12,8 +12,11 @@ from pathlib import Path
 from tasks.engine import ops
 from tasks.engine.context import HostContext, Step
 from tasks.engine.desired import DesiredFile, local_file, render, text_file
-from tasks.artifacts.catalog import ArtifactError
+from tasks.artifacts.catalog import installed_files, node_directories
+from tasks.engine import ownership as owned
+from tasks.engine.ownership import Ownership, OwnedFile, declared_digests, installed
 from tasks.errors import PodnetError
+from tasks.pod_network import BRIDGE
 from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.settings import Settings
 
@@ -22,7 +25,7 @@ NETWORK_NAME = "cbr0"  # host-local records pod IPs under /var/lib/cni/networks/
 CNI_VERSION = "1.0.0"
 CONFIG_EXTENSIONS = (".conf", ".conflist", ".json")  # what libcni loads from the conf dir
 MOVED_ASIDE_SUFFIX = ".podnet-disabled"
-NOT_PLUGINS = {"LICENSE", "README.md"}
+HOST_LOCAL_RECORDS = f"/var/lib/cni/networks/{NETWORK_NAME}"
 
 
 class CniError(PodnetError, ValueError):
@@ -46,12 +49,26 @@ def plugin_types(conflist: str) -> list[str]:
     return [plugin["type"] for plugin in json.loads(conflist)["plugins"]]
 
 
-def plugin_binaries(settings: Settings, plugins_unpacked: Path, flannel_binary: Path) -> list[DesiredFile]:
-    """Every plugin of the release tarball, plus flannel's as `flannel`, into the CNI bin dir."""
-    files = [local_file(f"{settings.cni_bin_dir}/{path.name}", path)
-             for path in sorted(plugins_unpacked.iterdir()) if path.is_file() and path.name not in NOT_PLUGINS]
-    files.append(local_file(f"{settings.cni_bin_dir}/flannel", flannel_binary))
-    return files
+def ownership(settings: Settings) -> Ownership:
+    """What the CNI concern owns on a node: the plugins of both releases (members mapped by
+    files/artifacts.yaml; the release's names, or the node's ledger, say which), 10-flannel.conflist,
+    the bridge its delegate makes and host-local's records of its network. Configs it moved aside
+    (*.podnet-disabled) are the operator's and go back on a reset."""
+    return Ownership(
+        "cni",
+        files=(*installed(node_directories(settings, "cni_plugins"), "archive cni_plugins"),
+               *installed(node_directories(settings, "flannel_cni_plugin"), "archive flannel_cni_plugin"),
+               OwnedFile(f"{settings.cni_conf_dir}/{CONFLIST_NAME}", "template cni/10-flannel.conflist.j2")),
+        interfaces=(BRIDGE,), runtime_dirs=(HOST_LOCAL_RECORDS,))
+
+
+def plugin_binaries(settings: Settings, plugins_unpacked: Path, flannel_unpacked: Path,
+                    arch: str) -> list[DesiredFile]:
+    """Every plugin of the release tarball, plus flannel's as `flannel`, into the CNI bin dir
+    (files/artifacts.yaml's install of cni_plugins and flannel_cni_plugin)."""
+    return [local_file(path, local) for name, unpacked in (("cni_plugins", plugins_unpacked),
+                                                           ("flannel_cni_plugin", flannel_unpacked))
+            for path, local in installed_files(settings, name, unpacked, arch)]
 
 
 def conflist_file(settings: Settings) -> DesiredFile:
@@ -74,8 +91,7 @@ def configs_ahead(entries: list[str]) -> list[str]:
 
 
 def probe_request(settings: Settings) -> ProbeRequest:
-    return ProbeRequest(hashes=[f"{settings.cni_bin_dir}/*"], texts=[f"{settings.cni_conf_dir}/{CONFLIST_NAME}"],
-                        listings=[settings.cni_conf_dir])
+    return ownership(settings).probe_request().merge(ProbeRequest(listings=[settings.cni_conf_dir]))
 
 
 def apply(settings: Settings, node: NodeState, binaries: list[DesiredFile]) -> None:
@@ -94,24 +110,73 @@ def apply(settings: Settings, node: NodeState, binaries: list[DesiredFile]) -> N
     )
 
 
-def flannel_binary(ctx: HostContext) -> Path:
-    """flannel's CNI plugin from its release archive (``flannel-<arch>``); ArtifactError naming the archive
-    when it has no such member."""
-    binary = ctx.unpacked("flannel_cni_plugin") / f"flannel-{ctx.arch}"
-    if not binary.is_file():
-        raise ArtifactError(f"{ctx.settings.mirror_url or 'the'} flannel_cni_plugin "
-                            f"{ctx.settings.flannel_cni_plugin_version} archive has no member flannel-{ctx.arch}")
-    return binary
+def binaries(ctx: HostContext) -> list[DesiredFile]:
+    """The plugins this run installs; ArtifactError naming the archive when flannel's has no ``flannel-<arch>``."""
+    return plugin_binaries(ctx.settings, ctx.unpacked("cni_plugins"), ctx.unpacked("flannel_cni_plugin"), ctx.arch)
 
 
 def _apply(ctx: HostContext) -> None:
-    apply(ctx.settings, ctx.node, plugin_binaries(ctx.settings, ctx.unpacked("cni_plugins"), flannel_binary(ctx)))
+    apply(ctx.settings, ctx.node, binaries(ctx))
 
 
 STEP = Step(
     "cni: plugins and 10-flannel.conflist",
     probe=lambda ctx: probe_request(ctx.settings),
     artifacts=lambda ctx: ("cni_plugins", "flannel_cni_plugin"),
-    check=flannel_binary,
+    check=binaries,
     apply=_apply,
+)
+
+
+# --- reset -------------------------------------------------------------------------------
+
+
+def reset_probe_request(settings: Settings) -> ProbeRequest:
+    """What a reset of this concern decides from: the declared files, the node's record of what podnet
+    installed and kept, the conf dir's entries (configs moved aside)."""
+    return owned.probe_request([ownership(settings)], listings=(settings.cni_conf_dir,))
+
+
+def moved_aside_restored(settings: Settings, node: NodeState) -> None:
+    """Ensure the configs podnet moved aside (``*.podnet-disabled``) are back under their names, where
+    no file of that name has appeared since."""
+    entries = node.listings.get(settings.cni_conf_dir, [])
+    back = [name[:-len(MOVED_ASIDE_SUFFIX)] for name in entries
+            if name.endswith(MOVED_ASIDE_SUFFIX) and name[:-len(MOVED_ASIDE_SUFFIX)] not in entries]
+    conf_dir = settings.cni_conf_dir
+    ops.shell_when(
+        name="reset: CNI configs podnet moved aside put back",
+        commands=[f"mv {shlex.quote(f'{conf_dir}/{name}{MOVED_ASIDE_SUFFIX}')} {shlex.quote(f'{conf_dir}/{name}')}"
+                  for name in back],
+        reason=f"putting back {', '.join(back)} (podnet had renamed them to *{MOVED_ASIDE_SUFFIX})" if back else None)
+
+
+def conflist_removed(settings: Settings, node: NodeState) -> None:
+    """10-flannel.conflist off the node when it is podnet's; the configs podnet moved aside back."""
+    conflist = conflist_file(settings)
+    ops.owned_files_removed("reset: 10-flannel.conflist removed", owned.removal(node, declared_digests([conflist])),
+                            "the CNI config (no new pod gets podnet's network)")
+    moved_aside_restored(settings, node)
+
+
+def plugins_removed(settings: Settings, node: NodeState, plugins: list[DesiredFile]) -> None:
+    """The plugins podnet installed off the node (named by the node's ledger, or this release's
+    archives), the originals it replaced put back; every other plugin stays byte for byte."""
+    members = tuple(f for f in ownership(settings).files if f.source.startswith("archive "))
+    ops.owned_files_removed("reset: CNI plugin binaries removed",
+                            owned.removal(node, declared_digests(plugins), members=members),
+                            "the CNI plugins podnet installed")
+
+
+RESET_CONFLIST = Step(
+    "reset: 10-flannel.conflist",
+    probe=lambda ctx: reset_probe_request(ctx.settings),
+    apply=lambda ctx: conflist_removed(ctx.settings, ctx.node),
+)
+
+RESET_PLUGINS = Step(
+    "reset: CNI plugins",
+    probe=lambda ctx: reset_probe_request(ctx.settings),
+    artifacts=lambda ctx: ("cni_plugins", "flannel_cni_plugin"),
+    apply=lambda ctx: plugins_removed(ctx.settings, ctx.node, binaries(ctx)),
 )

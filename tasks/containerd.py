@@ -13,16 +13,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tasks.engine import ops
+from tasks.artifacts.catalog import install_entry, installed_files
 from tasks.engine.context import HostContext, Step
 from tasks.engine.desired import DesiredFile, local_file, render, text_file
+from tasks.engine import ownership as owned
+from tasks.engine.ownership import Ownership, OwnedFile, declared_digests, installed, unit_removal_commands
 from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.releases import ConfigGeneration, config_generation  # noqa: F401 (part of this concern's face)
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
 
-BIN_DIR = "/usr/local/bin"
-RUNC_PATH = "/usr/local/sbin/runc"
+BIN_DIR = install_entry("containerd")["bin/*"].rstrip("/")  # files/artifacts.yaml
+RUNC_PATH = install_entry("runc")
 UNIT = "containerd.service"
 UNIT_PATH = "/etc/systemd/system/containerd.service"
 CONFIG_PATH = "/etc/containerd/config.toml"
@@ -43,10 +46,21 @@ def render_config(settings: "Settings") -> str:
     )
 
 
-def containerd_binaries(containerd_unpacked: Path) -> list[DesiredFile]:
-    """Every bin/* of the containerd release, into /usr/local/bin."""
-    return [local_file(f"{BIN_DIR}/{path.name}", path)
-            for path in sorted((containerd_unpacked / "bin").iterdir()) if path.is_file()]
+def ownership(settings: "Settings") -> Ownership:
+    """What containerd's concern owns on a node: the release's binaries (the members files/artifacts.yaml
+    maps; the probe asks for containerd* and ctr), runc, the unit and config.toml; containerd.service."""
+    return Ownership(
+        "containerd",
+        files=(*installed([install_entry("containerd")["bin/*"]], "archive containerd", ("containerd*", "ctr")),
+               OwnedFile(RUNC_PATH, "release runc"),
+               OwnedFile(UNIT_PATH, "template containerd/containerd.service.j2"),
+               OwnedFile(CONFIG_PATH, f"template {config_generation(settings.containerd_version).template}")),
+        units=(UNIT,))
+
+
+def containerd_binaries(settings: "Settings", containerd_unpacked: Path, arch: str) -> list[DesiredFile]:
+    """Every bin/* of the containerd release, into /usr/local/bin (files/artifacts.yaml's install)."""
+    return [local_file(path, local) for path, local in installed_files(settings, "containerd", containerd_unpacked, arch)]
 
 
 def runc_binary(runc_download: Path) -> DesiredFile:
@@ -62,8 +76,7 @@ def config_file(settings: "Settings") -> DesiredFile:
 
 
 def probe_request(settings: "Settings") -> ProbeRequest:
-    return ProbeRequest(hashes=[f"{BIN_DIR}/containerd*", f"{BIN_DIR}/ctr", RUNC_PATH], texts=[UNIT_PATH, CONFIG_PATH],
-                        units=[UNIT])
+    return ownership(settings).probe_request()
 
 
 def validate_command(containerd_binary: str = f"{BIN_DIR}/containerd") -> str:
@@ -93,7 +106,8 @@ def apply(settings: "Settings", node: NodeState, binaries: list[DesiredFile], ru
 
 
 def _apply(ctx: HostContext) -> None:
-    apply(ctx.settings, ctx.node, containerd_binaries(ctx.unpacked("containerd")), runc_binary(ctx.file("runc")))
+    apply(ctx.settings, ctx.node, containerd_binaries(ctx.settings, ctx.unpacked("containerd"), ctx.arch),
+          runc_binary(ctx.file("runc")))
 
 
 STEP = Step(
@@ -101,4 +115,33 @@ STEP = Step(
     probe=lambda ctx: probe_request(ctx.settings),
     artifacts=lambda ctx: ("containerd", "runc"),
     apply=_apply,
+)
+
+
+# --- reset (with reset_containerd) ---------------------------------------------------------
+
+
+def removed(settings: "Settings", node: NodeState, binaries: list[DesiredFile], runc: DesiredFile) -> None:
+    """containerd stopped and disabled when its unit is podnet's; what podnet installed for it removed,
+    the originals it replaced put back (and restarted with, if it runs)."""
+    declaration = ownership(settings)
+    files = owned.removal(node, declared_digests([*binaries, runc, unit_file(), config_file(settings)]),
+                          members=tuple(f for f in declaration.files if f.is_members))
+    ops.foreign_left(files)
+    running = node.unit_active(UNIT) or node.unit_enabled(UNIT)
+    commands = unit_removal_commands(UNIT, UNIT_PATH, files, running)
+    ops.shell_when(name="reset: containerd stopped and removed (reset_containerd)", commands=commands,
+                   reason=(f"stopping {UNIT} and removing {len(files.removed)} file(s)"
+                           + (f", putting back {len(files.restored)} original(s)" if files.restored else ""))
+                   if commands else None)
+
+
+RESET = Step(
+    "reset: containerd",
+    applies=lambda ctx: ctx.settings.reset_containerd,
+    probe=lambda ctx: owned.probe_request([ownership(ctx.settings)]).merge(ProbeRequest(units=[UNIT])),
+    artifacts=lambda ctx: ("containerd", "runc"),
+    apply=lambda ctx: removed(ctx.settings, ctx.node,
+                              containerd_binaries(ctx.settings, ctx.unpacked("containerd"), ctx.arch),
+                              runc_binary(ctx.file("runc"))),
 )

@@ -31,6 +31,7 @@ from tasks.engine import ops
 from tasks.formats.systemd_unit import UnitEntry, UnitSyntaxError, systemd_word, systemd_words, unit_entries
 from tasks.engine.context import HostContext, Step
 from tasks.engine.desired import DesiredFile, text_file
+from tasks.engine.ownership import Ownership
 from tasks.errors import PodnetError
 from tasks.formats import kube_yaml
 from tasks.engine.probe import NodeState, ProbeRequest
@@ -396,6 +397,12 @@ def config_path(s: Settings) -> str:
         else s.kube_controller_manager_unit
 
 
+def ownership(s: Settings) -> Ownership:
+    """kube-controller-manager's manifest or unit is not podnet's: podnet only edits its node IPAM
+    flags, keeping the file as it was in BACKUP_DIR first (tasks/reset_controller_manager puts it back)."""
+    return Ownership("controller_manager", edits=(config_path(s),))
+
+
 def probe_request(s: Settings) -> ProbeRequest:
     # The content to merge the flags into; its digest, which installing a rewritten one compares.
     return ProbeRequest(contents=[config_path(s)], hashes=[config_path(s)], units=[posixpath.basename(s.kube_controller_manager_unit)]
@@ -480,7 +487,8 @@ def apply(s: Settings, node: NodeState, host_name: str, created_by_kubeadm: bool
                    reason=f"backing up {path} to {backup}" if desired else None)
     unit = posixpath.basename(s.kube_controller_manager_unit)
     ops.files_installed(name="kube-controller-manager: node IPAM flags", files=[desired] if desired else [],
-                        current=node, restarts=unit if s.kube_controller_manager_runtime == "systemd" else None)
+                        current=node, restarts=unit if s.kube_controller_manager_runtime == "systemd" else None,
+                        owned=False)  # podnet edits this file; its backup is BACKUP_DIR's
     if s.kube_controller_manager_runtime == "systemd":
         ops.service_running(name="kube-controller-manager: running with the new flags", unit=unit, current=node,
                             restart=desired is not None, daemon_reload=desired is not None)

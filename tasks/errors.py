@@ -8,3 +8,7 @@ from pyinfra.api.exceptions import PyinfraError
 
 class PodnetError(PyinfraError):
     """Something podnet found wrong before or while changing a host."""
+
+
+class ResetError(PodnetError, ValueError):
+    """A reset that cannot take the pod network off the hosts asked for."""

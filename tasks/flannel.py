@@ -10,16 +10,24 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import posixpath
 import shlex
 import time
+from dataclasses import replace
 
 from pyinfra import logger
 
-from tasks import pod_network
+import yaml
+
+from tasks import cni, pod_network
 
 from tasks.engine import ops
 from tasks.engine.context import HostContext, Step
+from tasks.artifacts.catalog import install_entry
 from tasks.engine.desired import DesiredFile, local_file, render, text_file
+from tasks.engine import ownership as owned
+from tasks.engine.ownership import Ownership, OwnedFile, declared_digests, unit_removal_commands
+from tasks.errors import ResetError
 from tasks.errors import PodnetError
 from tasks.formats import kube_yaml
 from tasks.formats.systemd_unit import exec_command
@@ -31,9 +39,11 @@ NAMESPACE = "kube-flannel"
 DAEMONSET = "kube-flannel"
 MANIFEST_PATH = "/etc/podnet/kube-flannel.yml"
 NET_CONF_PATH = "/etc/kube-flannel/net-conf.json"
-FLANNELD_PATH = "/usr/local/bin/flanneld"
+FLANNELD_PATH = install_entry("flanneld")  # files/artifacts.yaml
 UNIT = "flanneld.service"
 UNIT_PATH = "/etc/systemd/system/flanneld.service"
+WIREGUARD_INTERFACES = ("flannel-wg", "flannel-wg-v6")  # flannel's pkg/backend/wireguard
+RUN_DIR = "/run/flannel"  # flanneld's subnet.env
 MANIFEST_HASH_ANNOTATION = "podnet.io/manifest-sha256"
 POD_IP_ENV = "POD_IP"
 POLL_SECONDS = 5
@@ -148,16 +158,17 @@ def mtu_probe_request(s: Settings) -> ProbeRequest:
 def rollout_probe_request(s: Settings, first_control_plane: bool) -> ProbeRequest:
     """The DaemonSet's manifest hash (first control-plane host) or flanneld's files and unit (systemd
     rollout), and every node's podCIDRs where the rollout checks them."""
+    declared = ownership(s)
     request = ProbeRequest()
     if s.flannel_rollout == "daemonset" and first_control_plane:
         request.queries["flannel_manifest"] = (
             f"{s.kubectl} -n {NAMESPACE} get ds {DAEMONSET} --ignore-not-found "
             f"-o jsonpath='{{.metadata.annotations.podnet\\.io/manifest-sha256}}'")
-        request.texts.append(MANIFEST_PATH)
+        request = request.merge(replace(declared, files=tuple(f for f in declared.files if f.path == MANIFEST_PATH),
+                                        units=()).probe_request())
     elif s.flannel_rollout == "systemd":
-        request.hashes.append(FLANNELD_PATH)
-        request.texts += [UNIT_PATH, NET_CONF_PATH]
-        request.units.append(UNIT)
+        request = request.merge(replace(declared, files=tuple(f for f in declared.files if f.path != MANIFEST_PATH))
+                                .probe_request())
     if checks_pod_cidrs(s, first_control_plane):
         request.queries["pod_cidrs"] = node_pod_cidrs_command(s)
     return request
@@ -251,6 +262,26 @@ def wait_for_pod_cidrs(state, host, connector_arguments, s: Settings) -> bool:
             return True
         time.sleep(POLL_SECONDS)
     raise PodCidrError("; ".join(problems))
+
+
+def interfaces(s: Settings) -> list[str]:
+    """The interfaces flanneld makes: the vxlan devices of the configured VNI (flanneld names them
+    flannel.<VNI> and flannel-v6.<VNI>) and of VNI 1 (flannel's default), the wireguard devices."""
+    vnis = dict.fromkeys([s.flannel_vni, 1])
+    return [*(f"flannel.{v}" for v in vnis), *(f"flannel-v6.{v}" for v in vnis), *WIREGUARD_INTERFACES]
+
+
+def ownership(s: Settings) -> Ownership:
+    """What the flannel concern owns on a node, whichever rollout put it there: podnet's copy of the
+    kube-flannel manifest (first control-plane host), or flanneld's binary, net-conf.json and unit;
+    the interfaces and the runtime directory flanneld makes."""
+    return Ownership(
+        "flannel",
+        files=(OwnedFile(MANIFEST_PATH, "template flannel/kube-flannel.yml.j2"),
+               OwnedFile(UNIT_PATH, "template flannel/flanneld.service.j2"),
+               OwnedFile(FLANNELD_PATH, "release flanneld"),
+               OwnedFile(NET_CONF_PATH, "rendered flannel.net_conf_json")),
+        units=(UNIT,), interfaces=tuple(interfaces(s)), runtime_dirs=(RUN_DIR,))
 
 
 def systemd_files(s: Settings, flanneld_binary) -> tuple[list[DesiredFile], DesiredFile]:
@@ -349,4 +380,192 @@ ROLLOUT = Step(
     probe=lambda ctx: rollout_probe_request(ctx.settings, ctx.is_first_control_plane),
     artifacts=lambda ctx: ("flanneld",) if ctx.settings.flannel_rollout == "systemd" else (),
     apply=_roll_out,
+)
+
+
+# --- reset: flanneld, and what it and podnet's conflist made on the node ---------------------
+
+CHAINS = ("FLANNEL-POSTRTG", "FLANNEL-FWD")  # flannel's pkg/trafficmngr/iptables
+IPTABLES = ("iptables-nft", "iptables-legacy", "ip6tables-nft", "ip6tables-legacy")
+NFT_TABLES = ("flannel-ipv4", "flannel-ipv6")  # flannel's pkg/trafficmngr/nftables (EnableNFTables)
+SYS_NET = "/sys/class/net"
+CHAINS_QUERY, NFT_QUERY, OBJECTS_QUERY = "flannel_chains", "flannel_nft", "flannel_objects"
+
+
+def removes_flannel(s: Settings) -> bool:
+    """flanneld is podnet's (DaemonSet or systemd unit), not deployed by something else."""
+    return s.flannel_rollout != "external"
+
+
+def chains_command() -> str:
+    """Prints "<iptables variant> <table> <chain>" for every flannel chain, in each variant present."""
+    names = "|".join(CHAINS)
+    return (f"for t in {' '.join(IPTABLES)}; do command -v $t-save >/dev/null 2>&1 || continue; "
+            f"$t-save 2>/dev/null | awk -v t=$t '/^\\*/ {{table = substr($1, 2)}} "
+            f"/^:({names}) / {{print t, table, substr($1, 2)}}'; done; true")
+
+
+def parse_chains(lines: list[str]) -> dict[tuple[str, str], list[str]]:
+    """(variant, table) -> flannel chains there, from chains_command's output."""
+    found: dict[tuple[str, str], list[str]] = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) == 3 and parts[0] in IPTABLES and parts[2] in CHAINS:
+            found.setdefault((parts[0], parts[1]), []).append(parts[2])
+    return found
+
+
+def chains_removal(variant: str, table: str, chains: list[str]) -> str:
+    """One atomic iptables-restore --noflush per table: delete the rules that jump to the chains
+    (as iptables-save prints them, comments quoted), then flush and delete the chains."""
+    names = "|".join(chains)
+    lines = [f"echo '*{table}'",
+             f"{variant}-save -t {table} | grep -E -- ' -j ({names})( |$)' | grep -vE -- '^-A ({names}) ' "
+             "| sed 's/^-A /-D /'",
+             *(f"echo '-F {c}'" for c in chains), *(f"echo '-X {c}'" for c in chains), "echo COMMIT"]
+    return "{ " + "; ".join(lines) + "; } | " + f"{variant}-restore --noflush"
+
+
+_NFT_MATCH = " || ".join(f'$3 == "{t}"' for t in NFT_TABLES)
+NFT_COMMAND = ("command -v nft >/dev/null 2>&1 || exit 0; nft list tables 2>/dev/null | "
+               f"awk '$1 == \"table\" && ({_NFT_MATCH}) {{print $2, $3}}'")
+
+
+def flannel_objects(s: Settings) -> list[str]:
+    """The objects podnet's kube-flannel manifest creates, as kubectl's type/name, in its order."""
+    return [f"{doc['kind'].lower()}/{doc['metadata']['name']}" for doc in yaml.safe_load_all(render_manifest(s)) if doc]
+
+
+def objects_command(s: Settings) -> str:
+    return f"{s.kubectl} -n {NAMESPACE} get {' '.join(flannel_objects(s))} --ignore-not-found -o name"
+
+
+def objects_present(s: Settings, node: NodeState) -> list[str]:
+    """podnet's flannel objects that exist, in the manifest's order (kubectl prints type.group/name)."""
+    rc, lines = node.queries.get(OBJECTS_QUERY, (0, []))
+    if rc != 0 and s.flannel_rollout != "daemonset":  # only a leftover from an earlier rollout could be there
+        logger.warning(f"podnet: kubectl on the first control-plane host failed ({' '.join(lines)[:300]}): a "
+                       "kube-flannel DaemonSet left from an earlier rollout, if any, is not deleted")
+        return []
+    if rc != 0:
+        raise ResetError(f"kubectl on the first control-plane host failed: {' '.join(lines)[:300]}; check that "
+                         f"kubectl is installed and kubeconfig {s.kubeconfig} works")
+    found = {kind.split(".")[0] + "/" + name for kind, _, name in (line.strip().partition("/") for line in lines)}
+    return [o for o in flannel_objects(s) if o in found]
+
+
+def reset_probe_request(s: Settings, first_control_plane: bool) -> ProbeRequest:
+    """What the reset of flanneld decides from: its declared files and the node's record of what podnet
+    installed and kept, its unit, and (first control-plane host) podnet's objects in the cluster."""
+    request = owned.probe_request([ownership(s)]).merge(ProbeRequest(units=[UNIT]))
+    if first_control_plane:
+        request.queries[OBJECTS_QUERY] = objects_command(s)
+    return request
+
+
+def daemonset_deleted(s: Settings, node: NodeState) -> None:
+    """From the first control-plane host: the DaemonSet deleted in the foreground (waits until its
+    pods are gone), then the other objects of podnet's manifest, then podnet's copy of it."""
+    present = objects_present(s, node)
+    daemonset = f"daemonset/{DAEMONSET}"
+    wait = f"--wait=true --timeout={s.flannel_rollout_timeout}s"
+    commands = []
+    if daemonset in present:
+        commands.append(f"{s.kubectl} -n {NAMESPACE} delete {daemonset} --cascade=foreground {wait}")
+    others = [o for o in reversed(present) if o != daemonset]
+    if others:
+        commands.append(f"{s.kubectl} -n {NAMESPACE} delete {' '.join(others)} --ignore-not-found {wait}")
+    ops.shell_when(name="reset: kube-flannel DaemonSet and its objects deleted", commands=commands,
+                   reason=f"deleting {', '.join(present)}" if present else None)
+    manifest = text_file(MANIFEST_PATH, render_manifest(s))
+    ops.owned_files_removed("reset: podnet's kube-flannel manifest removed",
+                            owned.removal(node, declared_digests([manifest])), "the manifest")
+
+
+def flanneld_unit_removed(s: Settings, node: NodeState, flanneld_binary) -> None:
+    """flanneld's systemd unit stopped and disabled when it is podnet's; its unit file, binary and
+    net-conf.json removed where they are what podnet installed (``flanneld_binary``: this release's,
+    where the systemd rollout fetched it)."""
+    files, unit = systemd_files(s, flanneld_binary) if flanneld_binary else ([text_file(NET_CONF_PATH,
+                                                                                         net_conf_json(s))], None)
+    declared = {UNIT_PATH: unit.sha256 if unit else None, FLANNELD_PATH: None, **declared_digests(files)}
+    removal = owned.removal(node, {p: declared[p] for p in (UNIT_PATH, FLANNELD_PATH, NET_CONF_PATH)})
+    ops.foreign_left(removal)
+    running = node.unit_active(UNIT) or node.unit_enabled(UNIT)
+    rmdir = (f"rmdir --ignore-fail-on-non-empty {posixpath.dirname(NET_CONF_PATH)}",)
+    commands = unit_removal_commands(UNIT, UNIT_PATH, removal, running, after_removal=rmdir)
+    reason = ", ".join([*([f"stopping {UNIT}"] if running and UNIT_PATH in removal.removed else []),
+                        *(f"removing {f}" for f in removal.removed),
+                        *(f"putting back the original {p}" for _, p in removal.restored)])
+    ops.shell_when(name="reset: flanneld stopped, disabled and removed", commands=commands, reason=reason or None)
+
+
+def _flannel_removed(ctx: HostContext) -> None:
+    if ctx.is_first_control_plane:
+        daemonset_deleted(ctx.settings, ctx.node)
+    flanneld_unit_removed(ctx.settings, ctx.node,
+                          ctx.file("flanneld") if ctx.settings.flannel_rollout == "systemd" else None)
+
+
+RESET = Step(
+    "reset: flanneld",
+    applies=lambda ctx: removes_flannel(ctx.settings),
+    probe=lambda ctx: reset_probe_request(ctx.settings, ctx.is_first_control_plane),
+    artifacts=lambda ctx: ("flanneld",) if ctx.settings.flannel_rollout == "systemd" else (),
+    apply=_flannel_removed,
+)
+
+
+def network_probe_request(s: Settings) -> ProbeRequest:
+    return ProbeRequest(listings=[SYS_NET],
+                        features={path: f"[ -d {shlex.quote(path)} ]" for path in network_dirs(s)},
+                        queries={"cni0": pod_network.CNI0_COMMAND, CHAINS_QUERY: chains_command(),
+                                 NFT_QUERY: NFT_COMMAND})
+
+
+def network_dirs(s: Settings) -> list[str]:
+    """The runtime directories a reset removes: flanneld's (when podnet's) and host-local's records
+    of podnet's conflist network."""
+    return [*(ownership(s).runtime_dirs if removes_flannel(s) else ()), *cni.ownership(s).runtime_dirs]
+
+
+def bridge_is_podnets(s: Settings, node: NodeState) -> bool:
+    """cni0 is the bridge of podnet's conflist: its IPv4 addresses lie in the cluster CIDR (another CNI's
+    bridge plugin may use the same default name)."""
+    state = pod_network.cni0_state(node)
+    if not state:
+        return False
+    addresses = state[0]
+    network = s.cluster_cidr
+    return bool(addresses) and all(ipaddress.ip_interface(a).ip in network for a in addresses)
+
+
+def network_state_removed(s: Settings, node: NodeState) -> None:
+    """flannel's interfaces, iptables chains, nftables tables and runtime directories (when flanneld is
+    podnet's), cni0 when it is the bridge of podnet's network, host-local's records of that network."""
+    candidates = [*(cni.ownership(s).interfaces if bridge_is_podnets(s, node) else ()),
+                  *(ownership(s).interfaces if removes_flannel(s) else ())]
+    links = [name for name in candidates if name in node.listings.get(SYS_NET, [])]
+    ops.shell_when(name="reset: flannel's interfaces deleted", commands=[f"ip link delete {n}" for n in links],
+                   reason=f"deleting {', '.join(links)}" if links else None)
+    rc, lines = node.queries.get(CHAINS_QUERY, (1, []))
+    chains = parse_chains(lines) if rc == 0 and removes_flannel(s) else {}
+    ops.shell_when(name="reset: flannel's iptables chains deleted",
+                   commands=[chains_removal(v, t, c) for (v, t), c in sorted(chains.items())],
+                   reason="deleting " + ", ".join(f"{v} {t} {' '.join(c)}" for (v, t), c in sorted(chains.items()))
+                   if chains else None)
+    rc, lines = node.queries.get(NFT_QUERY, (1, []))
+    tables = [line.split() for line in lines if len(line.split()) == 2] if rc == 0 and removes_flannel(s) else []
+    ops.shell_when(name="reset: flannel's nftables tables deleted",
+                   commands=[f"nft delete table {family} {name}" for family, name in tables],
+                   reason=f"deleting {', '.join(f'{f} {n}' for f, n in tables)}" if tables else None)
+    dirs = [path for path in network_dirs(s) if node.features.get(path)]
+    ops.shell_when(name="reset: /run/flannel and host-local's records removed",
+                   commands=["rm -rf " + " ".join(dirs)], reason=f"removing {', '.join(dirs)}" if dirs else None)
+
+
+RESET_NETWORK = Step(
+    "reset: flannel's interfaces, chains and directories",
+    probe=lambda ctx: network_probe_request(ctx.settings),
+    apply=lambda ctx: network_state_removed(ctx.settings, ctx.node),
 )

@@ -14,27 +14,28 @@ that unit marked in ``ops.RESTART_PENDING_DIR``; the probe lists that directory 
 
 from __future__ import annotations
 
-import posixpath
 import shlex
 
-from tasks import containerd, controller_manager, flannel, kernel, kubeadm
+from tasks import cni, containerd, controller_manager, flannel, kernel, kubeadm
 
 from tasks.engine import ops
 from tasks.engine.context import HostContext, Step
+from tasks.engine.ownership import Ownership, all_directories
 from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.settings import Settings
 
 QUERY = "staged_leftovers"
 
 
+def declarations(s: Settings) -> list[Ownership]:
+    """What every concern owns on a node (each concern's ``ownership``), in the deploy's order."""
+    return [kernel.ownership(s), containerd.ownership(s), cni.ownership(s), kubeadm.ownership(s),
+            controller_manager.ownership(s), flannel.ownership(s)]
+
+
 def directories(s: Settings) -> list[str]:
     """Every directory podnet installs files into (for the settings' CNI dirs and control-plane runtime)."""
-    paths = [f"{containerd.BIN_DIR}/containerd", containerd.RUNC_PATH, containerd.UNIT_PATH, containerd.CONFIG_PATH,
-             f"{s.cni_bin_dir}/x", f"{s.cni_conf_dir}/x", kernel.MODULES_LOAD_PATH, kernel.SYSCTL_PATH,
-             flannel.MANIFEST_PATH, flannel.NET_CONF_PATH, flannel.UNIT_PATH, kubeadm.KUBELET_UNIT_PATH,
-             kubeadm.DROPIN_PATH, kubeadm.KUBELET_DEFAULTS_PATH, kubeadm.INIT_CONFIG_PATH,
-             controller_manager.config_path(s)]
-    return sorted({posixpath.dirname(p) for p in paths})
+    return all_directories(declarations(s))
 
 
 def find_command(dirs: list[str]) -> str:

@@ -24,6 +24,8 @@ from pyinfra import host, logger
 from tasks.engine import ops
 from tasks.engine.context import HostContext, Step
 from tasks.engine.desired import DesiredFile, render, text_file
+from tasks.engine import ownership as owned
+from tasks.engine.ownership import Ownership, OwnedFile, declared_digests
 from tasks.engine.probe import SYSCTL_CONF, SYSCTL_DIRS, NodeState, ProbeRequest
 from tasks.settings import Settings
 
@@ -66,9 +68,17 @@ def desired_files(settings: Settings) -> list[DesiredFile]:
     ]
 
 
+def ownership(settings: Settings) -> Ownership:
+    """What the kernel concern owns on a node: its modules-load.d and sysctl.d files (and the
+    sysctl.d file earlier releases wrote). The values it sets at runtime are the kernel's."""
+    return Ownership("kernel", files=(OwnedFile(MODULES_LOAD_PATH, "template kernel/modules-load.conf.j2"),
+                                      OwnedFile(SYSCTL_PATH, "template kernel/sysctl.conf.j2")),
+                     retired=OLD_SYSCTL_PATHS)
+
+
 def probe_request(settings: Settings) -> ProbeRequest:
-    return ProbeRequest(texts=[MODULES_LOAD_PATH, SYSCTL_PATH], features=dict(MODULE_FEATURES),
-                        sysctls=list(parameters(settings)), sysctl_config=list(parameters(settings)))
+    return ownership(settings).probe_request().merge(ProbeRequest(
+        features=dict(MODULE_FEATURES), sysctls=list(parameters(settings)), sysctl_config=list(parameters(settings))))
 
 
 # --- what the node's sysctl files set ------------------------------------------------------
@@ -219,4 +229,29 @@ STEP = Step(
     "kernel: modules and sysctls for the pod network",
     probe=lambda ctx: probe_request(ctx.settings),
     apply=lambda ctx: apply(ctx.settings, ctx.node),
+)
+
+
+# --- reset (with reset_kernel) -------------------------------------------------------------
+
+
+def reset_probe_request(settings: Settings) -> ProbeRequest:
+    declaration = ownership(settings)
+    return owned.probe_request([declaration]).merge(ProbeRequest(hashes=list(declaration.retired)))
+
+
+def files_removed(settings: Settings, node: NodeState) -> None:
+    """podnet's modules-load.d and sysctl.d files off the node when they hold what podnet wrote (and the
+    file an earlier release wrote under podnet's name); values already set stay until the next boot."""
+    ops.owned_files_removed("reset: podnet's kernel settings files removed (reset_kernel)",
+                            owned.removal(node, declared_digests(desired_files(settings)),
+                                          retired=ownership(settings).retired),
+                            "podnet's modules-load.d and sysctl.d files")
+
+
+RESET = Step(
+    "reset: kernel settings files",
+    applies=lambda ctx: ctx.settings.reset_kernel,
+    probe=lambda ctx: reset_probe_request(ctx.settings),
+    apply=lambda ctx: files_removed(ctx.settings, ctx.node),
 )

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pyinfra.api import HiddenValue, StringCommand
 
@@ -37,14 +37,12 @@ from tasks.formats import shell
 from tasks.formats.systemd_unit import environment_file_assignment
 from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.engine.pyinfra_compat import connector_arguments_of
-from tasks.artifacts.catalog import KUBERNETES_BINARIES
+from tasks.artifacts.catalog import KUBERNETES_BINARIES, install_entry
+from tasks.engine.ownership import Ownership, OwnedFile
 from tasks.releases import CONFIG_APIS, SUPPORTED_KUBERNETES, config_api  # noqa: F401
 from tasks.settings import Settings, SettingsError
 
-BIN_DIR = "/usr/local/bin"
-KUBEADM = f"{BIN_DIR}/kubeadm"
-KUBELET = f"{BIN_DIR}/kubelet"
-KUBECTL = f"{BIN_DIR}/kubectl"
+KUBEADM, KUBELET, KUBECTL = (install_entry(name) for name in KUBERNETES_BINARIES)  # files/artifacts.yaml
 KUBELET_UNIT = "kubelet.service"
 KUBELET_UNIT_PATH = "/etc/systemd/system/kubelet.service"
 DROPIN_PATH = "/etc/systemd/system/kubelet.service.d/10-kubeadm.conf"
@@ -153,11 +151,26 @@ def init_config(s: Settings) -> str:
                   kube_proxy_configuration=s.kube_proxy_configuration)
 
 
+def ownership(s: Settings) -> Ownership:
+    """What cluster_bootstrap owns on a node: kubeadm, kubelet and kubectl, the kubelet's unit,
+    kubeadm's drop-in and the kubelet's defaults, kubeadm init's configuration; kubelet.service."""
+    return Ownership(
+        "kubeadm",
+        files=(*(OwnedFile(install_entry(name), f"release {name}") for name in KUBERNETES_BINARIES),
+               OwnedFile(KUBELET_UNIT_PATH, "template kubeadm/kubelet.service.j2"),
+               OwnedFile(DROPIN_PATH, "template kubeadm/10-kubeadm.conf.j2"),
+               OwnedFile(KUBELET_DEFAULTS_PATH, "template kubeadm/kubelet.default.j2"),
+               OwnedFile(INIT_CONFIG_PATH, "template kubeadm/kubeadm-init.yaml.j2")),
+        units=(KUBELET_UNIT,))
+
+
 def probe_request(s: Settings, is_first_control_plane: bool) -> ProbeRequest:
-    texts = [KUBELET_UNIT_PATH, DROPIN_PATH, KUBELET_DEFAULTS_PATH]
-    if is_first_control_plane:
-        texts.append(INIT_CONFIG_PATH)
-    return ProbeRequest(hashes=[KUBEADM, KUBELET, KUBECTL], texts=texts, features=dict(FEATURES), units=[KUBELET_UNIT])
+    """The declared files (kubeadm init's configuration on the first control-plane host only), the kubelet's
+    unit, kubeadm's preflight features."""
+    declared = ownership(s)
+    here = replace(declared, files=tuple(f for f in declared.files
+                                         if is_first_control_plane or f.path != INIT_CONFIG_PATH))
+    return here.probe_request().merge(ProbeRequest(features=dict(FEATURES)))
 
 
 # --- prerequisites ---------------------------------------------------------------------

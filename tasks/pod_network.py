@@ -298,3 +298,23 @@ OLD_BRIDGE = Step(
     probe=_probe,
     apply=lambda ctx: old_bridge_removed(ctx.settings, ctx.node),
 )
+
+
+# --- reset ------------------------------------------------------------------------------------
+
+
+def pods_losing_network(node: NodeState, host_name: str) -> None:
+    """Name the pods a reset takes the network from (podnet never deletes pods)."""
+    bridge = cni0_state(node)
+    if bridge and bridge[1]:
+        logger.warning(f"podnet: {host_name}: {bridge[1]} pod(s) attached to {BRIDGE} lose their network "
+                       "with this reset; podnet does not delete them: recreate them once a deploy has brought the "
+                       "pod network back (or drain the node before the reset)")
+
+
+RESET_WARNING = Step(
+    "reset: pods attached to cni0 named",
+    probe=lambda ctx: ProbeRequest(queries={"cni0": CNI0_COMMAND}),
+    check=lambda ctx: pods_losing_network(ctx.node, ctx.host_name),
+    apply=lambda ctx: None,
+)

@@ -23,11 +23,15 @@ import posixpath
 import shlex
 
 import yaml
+from pyinfra import logger
 
+from tasks.engine import ops
+from tasks.engine.context import HostContext, Step
 from tasks.controller_manager import (BACKUP_DIR, NODE_IPAM_NAMES, SLICE_FLAGS, ControllerManagerError,
                                       _slice_items, config_path, desired_flags, effective_values, merge_manifest,
                                       merge_unit, read_flags)
-from tasks.engine.probe import NodeState
+from tasks.engine.desired import DesiredFile, text_file
+from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.formats import kube_yaml
 from tasks.settings import Settings
 
@@ -178,3 +182,43 @@ def restored(s: Settings, node: NodeState, host_name: str) -> tuple[bytes | None
     if stripped is None:
         return None, f"{path} has none of podnet's node IPAM flags"
     return stripped.encode(), f"removing podnet's node IPAM flags from {path} (no backup is the original of it)"
+
+
+# --- the reset step ------------------------------------------------------------------------
+
+
+def resets_controller_manager(s: Settings) -> bool:
+    return s.is_control_plane and s.kube_controller_manager_runtime != "external"
+
+
+def probe_request(s: Settings) -> ProbeRequest:
+    """The manifest or unit (its content, and its digest, which installing the restored file compares),
+    podnet's backups of it, and a systemd kube-controller-manager's unit state."""
+    return ProbeRequest(contents=[config_path(s)], hashes=[config_path(s)], queries={BACKUPS_QUERY: backups_command(s)},
+                        units=[posixpath.basename(s.kube_controller_manager_unit)]
+                        if s.kube_controller_manager_runtime == "systemd" else [])
+
+
+def controller_manager_restored(s: Settings, node: NodeState, host_name: str) -> None:
+    """The manifest or unit from podnet's backup, or without podnet's flags; a systemd
+    kube-controller-manager restarted with it (the kubelet restarts a static pod by itself)."""
+    content, how = restored(s, node, host_name)
+    mode = "0600" if s.kube_controller_manager_runtime == "static-pod" else "0644"
+    desired: DesiredFile | None = text_file(config_path(s), content.decode(), mode=mode) if content else None
+    if desired is not None:
+        logger.info(f"    {host_name}: {how}")
+    ops.files_installed(name="reset: kube-controller-manager without podnet's node IPAM flags",
+                        files=[desired] if desired else [], current=node, owned=False)
+    if s.kube_controller_manager_runtime == "systemd":
+        unit = posixpath.basename(s.kube_controller_manager_unit)
+        ops.shell_when(name="reset: kube-controller-manager restarted",
+                       commands=["systemctl daemon-reload", f"systemctl restart {shlex.quote(unit)}"],
+                       reason="its unit changed" if desired else None)
+
+
+RESET = Step(
+    "reset: kube-controller-manager",
+    applies=lambda ctx: resets_controller_manager(ctx.settings),
+    probe=lambda ctx: probe_request(ctx.settings),
+    apply=lambda ctx: controller_manager_restored(ctx.settings, ctx.node, ctx.host_name),
+)

@@ -13,6 +13,11 @@ The steps share one cluster and run in order:
    refused before any host is touched; --dry lists the changes and makes none; the reset
    deletes the DaemonSet and its RBAC, ServiceAccount, ConfigMap and namespace; a second
    reset changes nothing; a deploy afterwards gives new pods IPs that ping across nodes.
+3. another CNI's files: with the network reset, foreign plugins (one of a name podnet also
+   installs) and a config sorting ahead of podnet's are put on the nodes; a deploy replaces the
+   same-named plugin (keeping the original root-only) and moves the config aside; a foreign
+   CNI then replaces one of podnet's plugins on the worker; a reset leaves every foreign file
+   byte for byte, and puts back what the deploy replaced or moved aside.
 After each reset, every listed leftover is looked for on each node: files, links
 (`ip link`), chains (`iptables-save`, nft and legacy, IPv4 and IPv6), directories.
 The nodes have no `nft` command, so nftables tables of flannel's nftables mode are not
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shlex
 
 import pytest
 
@@ -225,3 +231,53 @@ def test_a_deploy_after_the_reset_brings_pods_back_with_ips_that_ping(bed):
     for pod in pods:
         subnet = bed.node_subnet(pod.node)
         assert pod.ip in {str(a) for a in subnet.network.hosts()}, (pod.name, pod.ip, subnet)
+
+
+# --- 3. another CNI's files --------------------------------------------------------------------
+
+FOREIGN = {"/opt/cni/bin/bridge": "#!/bin/sh\n# another CNI's bridge\n", "/opt/cni/bin/other-cni": "#!/bin/sh\n# other\n",
+           "/etc/cni/net.d/05-other.conflist": '{"cniVersion": "1.0.0", "name": "other", "plugins": []}\n'}
+ORIGINALS = "/var/lib/podnet/backup/replaced"
+
+
+def files_with_modes(bed: PodBed, node: Node, paths: list[str]) -> dict[str, str]:
+    """path -> "<mode> <sha256>" of each that exists."""
+    out = bed.sh(node, " ".join(["for f in", *paths, "; do [ -f $f ] && echo $f $(stat -c %a $f) "
+                                 "$(sha256sum < $f | cut -c1-64); done; true"]))
+    return {line.split()[0]: " ".join(line.split()[1:]) for line in out.splitlines()}
+
+
+def test_a_reset_leaves_another_cnis_files_byte_for_byte_and_puts_back_what_the_deploy_replaced(bed):
+    run = reset(bed)
+    assert run.returncode == 0 and run.errors == 0, run.output[-4000:]
+    for node in bed.cluster.nodes:
+        for path, content in FOREIGN.items():
+            bed.sh(node, f"printf '%s' {shlex.quote(content)} > {path} && chmod 0750 {path}")
+    before = {node.name: files_with_modes(bed, node, list(FOREIGN)) for node in bed.cluster.nodes}
+    deployed(bed)
+    bed.kubectl("delete pods --all --wait=true --timeout=120s")  # the previous step's, once a CNI config is back
+    worker = bed.cluster.nodes[1]
+    for node in bed.cluster.nodes:
+        # podnet's bridge is active; the other CNI's is kept, root-only; its config is moved aside
+        assert files_with_modes(bed, node, ["/opt/cni/bin/bridge"]) != {
+            "/opt/cni/bin/bridge": before[node.name]["/opt/cni/bin/bridge"]}
+        kept = files_with_modes(bed, node, [f"{ORIGINALS}/opt/cni/bin/bridge"])
+        assert list(kept.values()) == [before[node.name]["/opt/cni/bin/bridge"]]
+        assert bed.sh(node, f"stat -c %a {ORIGINALS}").strip() == "700"
+        assert bed.sh(node, "ls /etc/cni/net.d").split() == ["05-other.conflist.podnet-disabled",
+                                                            "10-flannel.conflist"]
+    # another CNI replaces one of podnet's plugins on the worker after the deploy
+    bed.sh(worker, "printf '#!/bin/sh\\n# another loopback\\n' > /opt/cni/bin/loopback")
+    foreign_loopback = files_with_modes(bed, worker, ["/opt/cni/bin/loopback"])
+    run = reset(bed)
+    assert run.returncode == 0 and run.errors == 0, run.output[-4000:]
+    assert "/opt/cni/bin/loopback stays: it is not what podnet installed there" in run.output
+    for node in bed.cluster.nodes:
+        assert files_with_modes(bed, node, list(FOREIGN)) == before[node.name], node.name
+        left = sorted(bed.sh(node, "ls -1A /opt/cni/bin").split())
+        assert left == (["bridge", "loopback", "other-cni"] if node is worker else ["bridge", "other-cni"]), node.name
+        assert bed.sh(node, "ls /etc/cni/net.d").split() == ["05-other.conflist"]
+    assert files_with_modes(bed, worker, ["/opt/cni/bin/loopback"]) == foreign_loopback
+    for node in bed.cluster.nodes:  # the bed as the other steps left it
+        bed.sh(node, "rm -f /opt/cni/bin/bridge /opt/cni/bin/other-cni /opt/cni/bin/loopback "
+                     "/etc/cni/net.d/05-other.conflist")

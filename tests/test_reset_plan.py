@@ -12,7 +12,7 @@ import base64
 import pytest
 import yaml
 
-from tasks import reset
+from tasks import flannel
 from tasks.controller_manager import desired_flags, exec_start_entry, merge_manifest, merge_unit
 from tasks.formats.systemd_unit import systemd_words
 from tasks.engine.probe import NodeState
@@ -20,35 +20,11 @@ from tasks.reset_controller_manager import BACKUPS_QUERY, restored
 from tasks.settings import SettingsError, parse_host_settings
 from tests.support.hosts import settings
 from tests.support.kubeadm import HARD_WAY_UNIT, KUBEADM_MANIFEST, KUBEADM_MANIFEST_POD_SUBNET
-from tests.support.plan import (CP, HOSTS, POD_CIDRS, WORKER, Cluster, FakeNode, assert_ok, probe_answer, probes,
-                                run_pyinfra, write_inventory)
+from tests.support.plan import CP, HOSTS, WORKER, Cluster, assert_ok, probes
+from tests.support.reset import BACKUP, deployed, inventory, run_reset
 
 MANIFEST = "/etc/kubernetes/manifests/kube-controller-manager.yaml"
-BACKUP = "/var/lib/podnet/backup/kube-controller-manager.yaml.0123456789ab"
-CHAIN_LINES = ["iptables-nft nat FLANNEL-POSTRTG", "iptables-nft filter FLANNEL-FWD",
-               "ip6tables-legacy nat FLANNEL-POSTRTG"]
 PLUGINS = ["bridge", "host-local", "loopback", "portmap", "flannel"]  # the release tarball's, then flannel's
-OBJECTS = ["namespace/kube-flannel", "serviceaccount/flannel", "clusterrole.rbac.authorization.k8s.io/flannel",
-           "clusterrolebinding.rbac.authorization.k8s.io/flannel", "configmap/kube-flannel-cfg",
-           "daemonset.apps/kube-flannel"]
-
-
-def deployed(cluster: Cluster, host: str, **data) -> NodeState:
-    """A node as a deploy left it, with flannel's links, chains, nftables tables and directories,
-    one pod on cni0, a plugin of someone else's in the CNI bin dir and (control plane) podnet's
-    backup of the manifest and the flannel objects."""
-    node = cluster.converged(host, **data)
-    node.hashes["/opt/cni/bin/someone-elses-plugin"] = "0" * 64
-    node.listings[reset.SYS_NET] = ["lo", "eth0", "cni0", "flannel.1", "veth1234"]
-    node.queries[reset.CHAINS_QUERY] = (0, CHAIN_LINES)
-    node.queries[reset.NFT_QUERY] = (0, ["ip flannel-ipv4"])
-    node.queries["cni0"] = (0, ["addr 10.244.0.1/24", "ports 1"])
-    node.features = {path: True for path in reset.RUN_DIRS}
-    if host == CP:
-        node.queries[BACKUPS_QUERY] = (0, [f"{BACKUP} {base64.b64encode(KUBEADM_MANIFEST.encode()).decode()}"])
-        if cluster.settings(host, **data).flannel_rollout == "daemonset":
-            node.queries[reset.OBJECTS_QUERY] = (0, OBJECTS)
-    return node
 
 
 def bare(cluster: Cluster, host: str) -> NodeState:
@@ -57,18 +33,8 @@ def bare(cluster: Cluster, host: str) -> NodeState:
     if host == CP:
         node.contents[MANIFEST] = KUBEADM_MANIFEST.encode()
         node.queries[BACKUPS_QUERY] = (0, [f"{BACKUP} {base64.b64encode(KUBEADM_MANIFEST.encode()).decode()}"])
-        node.queries[reset.OBJECTS_QUERY] = (0, [])
+        node.queries[flannel.OBJECTS_QUERY] = (0, [])
     return node
-
-
-def inventory(cluster: Cluster, cp: NodeState, worker: NodeState, **data):
-    nodes = [FakeNode("cp1", "control_plane", cluster.data(**data), probe_answer(cp), {"get nodes": POD_CIDRS}),
-             FakeNode("w1", "workers", cluster.data(**data), probe_answer(worker))]
-    return write_inventory(cluster.tmp / "inventory.py", nodes)
-
-
-def run_reset(inventory_path, *options: str):
-    return run_pyinfra(inventory_path, *options, deploy="reset.py")
 
 
 NODE_OPS = ["reset: 10-flannel.conflist removed", "reset: CNI plugin binaries removed",
@@ -103,9 +69,9 @@ def test_reset_commands_remove_only_what_podnet_and_flannel_made(cluster):
         assert "rm -rf /run/flannel /var/lib/cni/networks/cbr0" in commands
         chains = [c for c in commands if "-restore --noflush" in c]
         assert chains == [" && ".join([
-            reset.chains_removal("ip6tables-legacy", "nat", ["FLANNEL-POSTRTG"]),
-            reset.chains_removal("iptables-nft", "filter", ["FLANNEL-FWD"]),
-            reset.chains_removal("iptables-nft", "nat", ["FLANNEL-POSTRTG"])])]
+            flannel.chains_removal("ip6tables-legacy", "nat", ["FLANNEL-POSTRTG"]),
+            flannel.chains_removal("iptables-nft", "filter", ["FLANNEL-FWD"]),
+            flannel.chains_removal("iptables-nft", "nat", ["FLANNEL-POSTRTG"])])]
         assert f"{host.split('/')[1]}: 1 pod(s) attached to cni0 lose their network" in run.stderr
     cp = run.commands(CP)
     daemonset = cp.index(f"{kubectl} daemonset/kube-flannel --cascade=foreground --wait=true --timeout=10s && "

@@ -139,9 +139,10 @@ def test_plugin_binaries_skip_license_and_readme(tmp_path: Path):
     plugins.mkdir()
     for name in ("bridge", "portmap", "LICENSE", "README.md"):
         (plugins / name).write_bytes(name.encode())
-    flannel_bin = tmp_path / "flannel-amd64"
-    flannel_bin.write_bytes(b"flannel")
-    files = cni.plugin_binaries(settings(cni_bin_dir="/usr/libexec/cni"), plugins, flannel_bin)
+    flannel_unpacked = tmp_path / "flannel-cni-plugin"
+    flannel_unpacked.mkdir()
+    (flannel_unpacked / "flannel-amd64").write_bytes(b"flannel")
+    files = cni.plugin_binaries(settings(cni_bin_dir="/usr/libexec/cni"), plugins, flannel_unpacked, "amd64")
     assert {f.path: f.sha256 for f in files} == {
         "/usr/libexec/cni/bridge": hashlib.sha256(b"bridge").hexdigest(),
         "/usr/libexec/cni/portmap": hashlib.sha256(b"portmap").hexdigest(),

@@ -10,6 +10,7 @@ itself is ``tasks.artifacts.download``; this module only decides.
 
 from __future__ import annotations
 
+import fnmatch
 import tarfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -162,3 +163,55 @@ def safe_members(archive: Path) -> list[tarfile.TarInfo]:
             if member.isfile():
                 members.append(member)
         return members
+
+
+class _SettingValues(dict):
+    """Settings fields by name, for the {setting} fields of an ``install`` node path."""
+
+    def __init__(self, settings: Settings):
+        super().__init__()
+        self.settings = settings
+
+    def __missing__(self, key: str) -> str:
+        return str(getattr(self.settings, key))
+
+
+def install_entry(name: str) -> str | dict:
+    """files/artifacts.yaml's ``install`` of ``name``: a node path, or member pattern -> node path."""
+    return pinned()[name]["install"]
+
+
+def node_path(settings: Settings, name: str) -> str:
+    """Where a release file that is not an archive goes on the node."""
+    target = install_entry(name)
+    assert isinstance(target, str), f"{name} is an archive: installed_files maps its members"
+    return target.format_map(_SettingValues(settings))
+
+
+def node_directories(settings: Settings, name: str) -> list[str]:
+    """The node paths of an archive's ``install`` entry: a directory (ending in "/") or one file each."""
+    entry = install_entry(name)
+    assert isinstance(entry, dict), f"{name} is not an archive"
+    return [target.format_map(_SettingValues(settings)) for target in entry.values()]
+
+
+def installed_files(settings: Settings, name: str, local: Path, arch: str) -> list[tuple[str, Path]]:
+    """(node path, local file) of each file ``name`` puts on the node, by its ``install`` entry:
+    the downloaded file itself, or the members of the archive unpacked at ``local``. ArtifactError
+    naming the archive when a pattern without wildcards matches no member."""
+    entry = install_entry(name)
+    if isinstance(entry, str):
+        return [(node_path(settings, name), local)]
+    skipped = set(pinned()[name].get("not_installed") or ())
+    members = sorted(p for p in local.rglob("*") if p.is_file())
+    files = []
+    for pattern, target in entry.items():
+        parts = pattern.format(arch=arch).split("/")
+        target = target.format_map(_SettingValues(settings))
+        found = [m for m in members if len(m.relative_to(local).parts) == len(parts)
+                 and all(fnmatch.fnmatchcase(a, b) for a, b in zip(m.relative_to(local).parts, parts))]
+        if not found and not any(c in "".join(parts) for c in "*?["):
+            raise ArtifactError(f"{settings.mirror_url or 'the'} {name} {version_of(settings, name)} archive has no "
+                                f"member {'/'.join(parts)}")
+        files += [(target + m.name if target.endswith("/") else target, m) for m in found if m.name not in skipped]
+    return files

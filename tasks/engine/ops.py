@@ -17,6 +17,7 @@ from pyinfra import host, logger, state
 from pyinfra.api import FileUploadCommand, operation
 
 from tasks.engine.desired import DesiredFile
+from tasks.engine.ownership import LEDGER, Removal, keep_original_script, record_script
 from tasks.engine.pyinfra_compat import HostCommand
 from tasks.engine.probe import DIGEST_CACHE, NodeState
 
@@ -66,7 +67,7 @@ def files_needing_change(files: list[DesiredFile], current: NodeState) -> list[D
 
 @operation()
 def files_installed(files: list[DesiredFile], current: NodeState, validate: str | None = None,
-                    restarts: str | None = None):
+                    restarts: str | None = None, owned: bool = True):
     """
     Ensure every file holds its desired content and mode.
 
@@ -76,6 +77,9 @@ def files_installed(files: list[DesiredFile], current: NodeState, validate: str 
       fails, the staged file is removed and the live file stays as it was
     + restarts: the unit that must be restarted for these files: marked restart-pending
       (RESTART_PENDING_DIR) before they are activated, until ``service_running`` restarts it
+    + owned: podnet owns these files (tasks/engine/ownership.py): a live file podnet did not install
+      is kept as the original before it is replaced, and what is activated is recorded in the
+      ledger; False for a file podnet only edits (kube-controller-manager's, backed up by its concern)
 
     Each changed file is uploaded under a temporary name in its own directory and renamed
     over the live one, so no reader ever sees a half-written file.
@@ -87,20 +91,28 @@ def files_installed(files: list[DesiredFile], current: NodeState, validate: str 
     for f in changed:  # before the first yield: pyinfra stops at it when only detecting changes
         _show_diff(f, current)
     parents = sorted({posixpath.dirname(f.path) for f in changed})
-    yield "mkdir -p " + " ".join(shlex.quote(p) for p in parents)
+    present = [f.path for f in changed if current.hashes.get(f.path) is not None] if owned else []
+    yield " && ".join(["mkdir -p " + " ".join(shlex.quote(p) for p in parents),
+                       *(keep_original_script(p, ledger_path(DIGEST_CACHE)) for p in present)])
     for f in changed:
         source = io.BytesIO(f.content) if f.is_text else str(f.source)
         yield FileUploadCommand(source, staged_path(f.path))
-    yield install_script(changed, validate, restarts=restarts)
+    yield install_script(changed, validate, restarts=restarts, owned=owned)
+
+
+def ledger_path(digest_cache: str) -> str:
+    """The ledger of what podnet installed (tasks/engine/ownership.LEDGER) lives beside the digest cache."""
+    return posixpath.join(posixpath.dirname(digest_cache), posixpath.basename(LEDGER))
 
 
 def install_script(changed: list[DesiredFile], validate: str | None = None, digest_cache: str = DIGEST_CACHE,
-                   restarts: str | None = None, pending_dir: str = RESTART_PENDING_DIR) -> str:
+                   restarts: str | None = None, pending_dir: str = RESTART_PENDING_DIR, owned: bool = True) -> str:
     """
     The shell that activates uploaded files: set each staged file's mode, check it with
     ``validate`` (a rejected file is removed and the live one left as it was, and nothing
     is activated), mark ``restarts`` restart-pending, rename every staged file over its live
-    one, record their digests.
+    one, record (``owned``) the digest each has on the node in the ledger, record their digests
+    in the probe's cache.
     """
     steps = ["set -e"]
     for f in changed:
@@ -112,6 +124,8 @@ def install_script(changed: list[DesiredFile], validate: str | None = None, dige
     if restarts:
         steps.append(f"mkdir -p {shlex.quote(pending_dir)} && : > {shlex.quote(posixpath.join(pending_dir, restarts))}")
     steps.extend(f"mv -f {shlex.quote(staged_path(f.path))} {shlex.quote(f.path)}" for f in changed)
+    if owned:
+        steps.append(record_script([f.path for f in changed], ledger_path(digest_cache)))
     steps.append(record_digests(changed, digest_cache))
     return "; ".join(steps)
 
@@ -215,3 +229,16 @@ def python_step(function, args: tuple, reason: str | None):
         return
     logger.info("    %s: %s", host.name, reason)
     yield HostCommand(function, args, {})
+
+
+def owned_files_removed(name: str, removal: Removal, what: str) -> None:
+    """Ensure a reset took off what podnet installed of a set of files (``ownership.removal``): podnet's
+    removed, the originals it replaced put back; a file that is not what podnet installed stays."""
+    foreign_left(removal)
+    shell_when(name=name, commands=removal.commands(), reason=removal.reason(what))
+
+
+def foreign_left(removal: Removal) -> None:
+    """Say which declared files a reset leaves because they are not what podnet installed."""
+    for path in removal.foreign:
+        logger.info("    %s: %s stays: it is not what podnet installed there", host.name, path)

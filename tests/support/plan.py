@@ -22,16 +22,18 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks import cni, containerd, controller_manager, flannel, kernel, kubeadm_config
+from tasks.artifacts import catalog as artifacts
 from tasks.engine.desired import DesiredFile, text_file
 from tasks.engine.probe import NodeState
 from tasks.settings import Settings, parse_host_settings
 from tests.support.http import ScriptedServer
 from tests.support.kubeadm import KUBEADM_MANIFEST
-from tests.support.releases import MACHINE, Releases
+from tests.support.releases import ARCH, MACHINE, Releases
 
 REPO = Path(__file__).resolve().parents[2]
 # The first line of tasks.engine.probe.probe_script: only the probe contains it.
@@ -78,13 +80,25 @@ def fresh_state(settings: Settings, *, kcm_manifest: str | None = None, first_co
 
 
 def installed_binaries(settings: Settings, releases: Releases) -> dict[str, bytes]:
-    """Path on the node -> content, for every binary podnet installs from ``releases``."""
-    files = {f"{containerd.BIN_DIR}/{name}": data for name, data in releases.containerd_bins.items()}
-    files[containerd.RUNC_PATH] = releases.runc
-    files.update({f"{settings.cni_bin_dir}/{name}": data for name, data in releases.cni_bins.items()})
-    files[f"{settings.cni_bin_dir}/flannel"] = releases.flannel_cni
+    """Path on the node -> content, for every file the concerns' declarations (tasks/engine/ownership.py)
+    say podnet installs from ``releases``: containerd's, the CNI plugins, flanneld with the systemd rollout;
+    archive members mapped to node paths by files/artifacts.yaml."""
+    declarations = [containerd.ownership(settings), cni.ownership(settings)]
     if settings.flannel_rollout == "systemd":
-        files[flannel.FLANNELD_PATH] = releases.flanneld
+        declarations.append(flannel.ownership(settings))
+    names = dict.fromkeys(f.source.split()[1] for o in declarations for f in o.files
+                          if f.source.split()[0] in ("archive", "release"))
+    files = {}
+    for name in names:
+        local = releases.tree / releases.upstream_path(name)
+        if isinstance(artifacts.install_entry(name), dict):  # an archive: its members, unpacked
+            unpacked = releases.tree / "unpacked" / name
+            if not unpacked.exists():
+                with tarfile.open(local) as tar:
+                    tar.extractall(unpacked, filter="data")
+            local = unpacked
+        files.update({path: source.read_bytes()
+                      for path, source in artifacts.installed_files(settings, name, local, ARCH)})
     return files
 
 
