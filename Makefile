@@ -15,10 +15,11 @@ deps-bed:
 	$(PYTHON) -m pip install -q -r requirements.txt
 
 # Besides the bed's: ruby and vagrant to check the Vagrantfile (no provider: nothing boots),
-# and the test requirements (pytest; grpcio for the bed's CRI client).
+# sudo (the run lock test of privilege wrappers), and the test requirements (pytest; grpcio
+# for the bed's CRI client; cryptography for the loopback https server).
 deps: deps-bed
-	@command -v ruby >/dev/null && command -v vagrant >/dev/null || { \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ruby vagrant; }
+	@command -v ruby >/dev/null && command -v vagrant >/dev/null && command -v sudo >/dev/null || { \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ruby vagrant sudo; }
 	$(PYTHON) -m pip install -q -r requirements-test.txt
 
 # Unit, plan and end-to-end tests (the end-to-end ones boot local Debian nodes: root only).

@@ -22,7 +22,6 @@ from tasks.settings import Settings
 
 CONFLIST_NAME = "10-flannel.conflist"
 NETWORK_NAME = "cbr0"  # host-local records pod IPs under /var/lib/cni/networks/<name>
-CNI_VERSION = "1.0.0"
 CONFIG_EXTENSIONS = (".conf", ".conflist", ".json")  # what libcni loads from the conf dir
 MOVED_ASIDE_SUFFIX = ".podnet-disabled"
 HOST_LOCAL_RECORDS = f"/var/lib/cni/networks/{NETWORK_NAME}"
@@ -41,7 +40,7 @@ def delegate(settings: Settings) -> dict:
 
 
 def render_conflist(settings: Settings) -> str:
-    return render("cni/10-flannel.conflist.j2", network_name=NETWORK_NAME, cni_version=CNI_VERSION,
+    return render("cni/10-flannel.conflist.j2", network_name=NETWORK_NAME, cni_version=settings.conflist_cni_version,
                   delegate=delegate(settings))
 
 

@@ -459,12 +459,13 @@ def merge_after_kubeadm(state, host, connector_arguments: dict, s: Settings, hos
     ok, output = host.run_shell_command(" && ".join(steps), **connector_arguments)
     if ok:
         ok = host.put_file(io.BytesIO(merged.encode()), staged, **connector_arguments)
-    if ok:
+    if ok:  # activated as every staged file is: checked against its sha256 on the node first
         ok, output = host.run_shell_command(
-            f"chmod 0600 {shlex.quote(staged)} && mv -f {shlex.quote(staged)} {shlex.quote(path)}",
+            ops.install_script([text_file(path, merged, mode="0600")], owned=False, host_name=host_name),
             **connector_arguments)
     if not ok:
-        raise ControllerManagerError(f"{host_name}: {path}: could not write the node IPAM flags")
+        raise ControllerManagerError(f"{host_name}: {path}: could not write the node IPAM flags: "
+                                     f"{' '.join(output.stderr_lines)[:300]}")
     return True
 
 

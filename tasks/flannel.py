@@ -3,17 +3,30 @@ flanneld: net-conf.json from the settings (its Network is the same value that fe
 kube-controller-manager's --cluster-cidr), rolled out as the kube-flannel DaemonSet
 (default), as a systemd service on every node, or left to something else (external).
 After a rollout or a node IPAM change, every node must have a podCIDR inside the cluster CIDR.
+
+flanneld's credentials are the least that works, for both rollouts: the ServiceAccount
+kube-flannel/flannel bound to flannel's ClusterRole (upstream's kube-flannel.yml). The systemd
+unit reads a kubeconfig of its own (KUBECONFIG_PATH, mode 0600) whose user is a token of that
+ServiceAccount from the TokenRequest API (`kubectl create token`, TOKEN_DURATION), in
+TOKEN_PATH (mode 0600, re-read by client-go without a restart); a rerun renews it when less
+than TOKEN_RENEWAL is left. No admin credentials go to the nodes.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import ipaddress
 import json
 import posixpath
+import re
 import shlex
+import threading
 import time
 from dataclasses import replace
+
+import yaml
 
 from pyinfra import logger
 
@@ -21,7 +34,7 @@ import yaml
 
 from tasks import cni, pod_network
 
-from tasks.engine import ops
+from tasks.engine import answers, ops, secret_files
 from tasks.engine.context import HostContext, Step
 from tasks.artifacts.catalog import install_entry
 from tasks.engine.desired import DesiredFile, local_file, render, text_file
@@ -29,10 +42,11 @@ from tasks.engine import ownership as owned
 from tasks.engine.ownership import Ownership, OwnedFile, declared_digests, unit_removal_commands
 from tasks.errors import ResetError
 from tasks.errors import PodnetError
-from tasks.formats import kube_yaml
+from tasks.formats import kube_yaml, shell
 from tasks.formats.systemd_unit import exec_command
 from tasks.pod_network import node_pod_cidrs_command
 from tasks.engine.probe import NodeState, ProbeRequest
+from tasks.releases import FLANNEL_HEALTHZ_PORT, flannel_serves_health, release
 from tasks.settings import Settings
 
 NAMESPACE = "kube-flannel"
@@ -47,10 +61,33 @@ RUN_DIR = "/run/flannel"  # flanneld's subnet.env
 MANIFEST_HASH_ANNOTATION = "podnet.io/manifest-sha256"
 POD_IP_ENV = "POD_IP"
 POLL_SECONDS = 5
+SERVICE_ACCOUNT = "flannel"  # upstream's kube-flannel.yml: ServiceAccount, ClusterRole and ClusterRoleBinding
+RBAC_PATH = "/etc/podnet/flannel-rbac.yml"
+RBAC_QUERY = "flannel_rbac"
+RBAC_OBJECTS = (f"serviceaccount/{SERVICE_ACCOUNT}", f"clusterrole.rbac.authorization.k8s.io/{SERVICE_ACCOUNT}",
+                f"clusterrolebinding.rbac.authorization.k8s.io/{SERVICE_ACCOUNT}")
+KUBECONFIG_PATH = "/etc/kube-flannel/kubeconfig"  # flanneld's own (systemd rollout), mode 0600
+TOKEN_PATH = "/etc/kube-flannel/token"  # the ServiceAccount token it names (tokenFile), mode 0600
+TOKEN_EXPIRY_PATH = "/etc/kube-flannel/token.expires"  # when that token expires (seconds since the epoch)
+CREDENTIAL_FILES = (KUBECONFIG_PATH, TOKEN_PATH, TOKEN_EXPIRY_PATH)  # what reset removes with the unit
+TOKEN_DURATION = 365 * 24 * 3600  # seconds a token is requested for (TokenRequest expirationSeconds)
+TOKEN_RENEWAL = 90 * 24 * 3600  # a rerun renews a token with less than this left
+STALE_KUBECONFIG = "flannel:kubeconfig-setting-on-worker"
+JWT_RE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
+POD_SELECTOR = "app=flannel"
+LOG_LINES = 20  # a not-Ready flannel pod's last log lines, in the rollout's error
 
 
 class PodCidrError(PodnetError, RuntimeError):
     """A node without a podCIDR inside the cluster CIDR."""
+
+
+class FlannelTokenError(PodnetError, RuntimeError):
+    """flanneld's ServiceAccount token could not be made or installed; the message says where."""
+
+
+class RolloutError(PodnetError, RuntimeError):
+    """The DaemonSet did not roll out: a flannel pod that is not Ready, named with its node and last log lines."""
 
 
 class PodMtuError(PodnetError, ValueError):
@@ -84,9 +121,32 @@ def net_conf_json(s: Settings) -> str:
     return json.dumps(net_conf(s), indent=2) + "\n"
 
 
+def image_flannel_version(image: str) -> str | None:
+    """The flannel release an image's tag names ("docker.io/flannel/flannel:v0.28.9" -> "0.28.9"); None for an
+    image without a release tag (a digest only, "latest", a tag of your own)."""
+    name = image.split("@", 1)[0]
+    tail = name.rsplit("/", 1)[-1]
+    if ":" not in tail:
+        return None
+    tag = tail.split(":", 1)[1]
+    try:
+        release(tag)
+    except ValueError:
+        return None
+    return tag.lstrip("v")
+
+
+def daemonset_health(s: Settings) -> bool:
+    """The DaemonSet's flanneld serves /healthz and /readyz (FLANNEL_HEALTH, by flannel_image's release)."""
+    return flannel_serves_health(image_flannel_version(s.flannel_image))
+
+
 def flanneld_args(s: Settings, kubeconfig: str | None = None, net_config_path: str | None = None,
-                  iface: str | None = None) -> list[str]:
+                  iface: str | None = None, healthz: bool = False) -> list[str]:
+    """flanneld's flags; ``healthz``: its health server on FLANNEL_HEALTHZ_PORT (kube-flannel.yml's)."""
     args = ["--ip-masq", "--kube-subnet-mgr"]
+    if healthz:
+        args.append(f"--healthz-port={FLANNEL_HEALTHZ_PORT}")
     if kubeconfig:
         args.append(f"--kubeconfig-file={kubeconfig}")
     if net_config_path:
@@ -112,12 +172,20 @@ def render_manifest(s: Settings) -> str:
     """The DaemonSet manifest; a net-conf change changes the pod template, so the pods roll."""
     conf = net_conf_json(s)
     iface, field_env = daemonset_iface(s)
+    health = daemonset_health(s)
     context = dict(namespace=NAMESPACE, daemonset=DAEMONSET, image=s.flannel_image,
-                   args=flanneld_args(s, iface=iface), field_env=field_env,
+                   args=flanneld_args(s, iface=iface, healthz=health), field_env=field_env,
+                   healthz_port=FLANNEL_HEALTHZ_PORT if health else None,
                    net_conf_json=conf.rstrip("\n"), net_conf_sha256=hashlib.sha256(conf.encode()).hexdigest())
     unsigned = render("flannel/kube-flannel.yml.j2", manifest_sha256="", **context)
     return render("flannel/kube-flannel.yml.j2", manifest_sha256=hashlib.sha256(unsigned.encode()).hexdigest(),
                   **context)
+
+
+def render_rbac(s: Settings) -> str:
+    """flanneld's ServiceAccount, ClusterRole and ClusterRoleBinding (the same objects as the DaemonSet's)."""
+    return "# Managed by podnet: flanneld's credentials for its systemd unit.\n" + render(
+        "flannel/flannel-rbac.yml.j2", namespace=NAMESPACE) + "\n"
 
 
 def manifest_sha256(manifest: str) -> str:
@@ -167,8 +235,15 @@ def rollout_probe_request(s: Settings, first_control_plane: bool) -> ProbeReques
         request = request.merge(replace(declared, files=tuple(f for f in declared.files if f.path == MANIFEST_PATH),
                                         units=()).probe_request())
     elif s.flannel_rollout == "systemd":
-        request = request.merge(replace(declared, files=tuple(f for f in declared.files if f.path != MANIFEST_PATH))
+        here = (MANIFEST_PATH,) if first_control_plane else (MANIFEST_PATH, RBAC_PATH)  # RBAC: applied from there
+        request = request.merge(replace(declared, files=tuple(f for f in declared.files if f.path not in here))
                                 .probe_request())
+        request.contents.append(TOKEN_EXPIRY_PATH)  # no secret: when the token expires
+        if not s.is_control_plane:  # what earlier releases pointed flanneld at: admin credentials on a worker
+            request.features[STALE_KUBECONFIG] = f"[ -e {shlex.quote(s.kubeconfig)} ]"
+        if first_control_plane:
+            request.queries[RBAC_QUERY] = (f"{s.kubectl} -n {NAMESPACE} get {' '.join(RBAC_OBJECTS)} "
+                                           "--ignore-not-found -o name")
     if checks_pod_cidrs(s, first_control_plane):
         request.queries["pod_cidrs"] = node_pod_cidrs_command(s)
     return request
@@ -191,20 +266,30 @@ def iface_mtu_command(s: Settings) -> str:
             "printf '%s %s\\n' \"$dev\" \"$(cat \"/sys/class/net/$dev/mtu\")\"")
 
 
+def _iface_mtu_line(line: str) -> tuple[str, int]:
+    """iface_mtu_command's line: an interface name and its MTU (68, IPv4's minimum, to 65536)."""
+    iface, mtu = answers.fields(line, 2, " ")
+    return answers.interface_name(iface), answers.decimal(mtu, 68, 65536, "MTU")
+
+
 def pod_mtu_fits(s: Settings, node: NodeState, host_name: str) -> None:
     """
     Refuse a flannel_mtu the backend cannot carry over this node's interface: at most the
     interface MTU minus the backend's encapsulation overhead (ENCAP_OVERHEAD), else large
     packets between nodes are dropped. Raises PodMtuError while planning, before any change.
     When the probe could not tell the interface, flanneld itself reports it; nothing is checked.
+    An answer that does not fit (``<interface> <mtu>``, one line) raises RemoteAnswerError.
     """
     if s.flannel_mtu is None:
         return
     rc, lines = node.queries.get("flannel_iface_mtu", (1, []))
-    parts = lines[0].split() if rc == 0 and lines else []
-    if len(parts) != 2 or not parts[1].isdigit():
+    if rc != 0 or not lines:
         return
-    iface, iface_mtu = parts[0], int(parts[1])
+    found = answers.records(host_name, "the MTU of flanneld's interface (flannel_iface_mtu)", lines, _iface_mtu_line)
+    if len(found) != 1:
+        raise answers.RemoteAnswerError(answers.problem(host_name, "the MTU of flanneld's interface", "\n".join(lines),
+                                                        "one line expected"))
+    iface, iface_mtu = found[0]
     overhead = ENCAP_OVERHEAD[s.flannel_backend]
     if s.node_ip is not None and s.node_ip.version == 6:
         overhead += IPV6_UNDERLAY_EXTRA.get(s.flannel_backend, 0)
@@ -218,14 +303,14 @@ def pod_mtu_fits(s: Settings, node: NodeState, host_name: str) -> None:
                           f"(flanneld then derives it)")
 
 
-def pod_cidr_problems(s: Settings, lines: list[str]) -> list[str]:
+def pod_cidr_problems(s: Settings, lines: list[str], host_name: str = "") -> list[str]:
     """Nodes without a podCIDR, or with one the settings could not have given (outside the
-    cluster CIDR of its family, or another prefix length than the node mask)."""
+    cluster CIDR of its family, or another prefix length than the node mask). The lines are
+    checked by pod_network.pod_cidrs (RemoteAnswerError for one that does not fit)."""
     problems = []
     flags = (f"--allocate-node-cidrs=true --cluster-cidr={s.cluster_cidr} "
              f"--node-cidr-mask-size={s.node_cidr_mask_size}")
-    for line in lines:
-        name, *cidrs = line.split()
+    for name, cidrs in pod_network.pod_cidrs(host_name, lines).items():
         if not cidrs:
             problems.append(f"node {name} has no spec.podCIDR (pod cidr not assigned): check that "
                             f"kube-controller-manager runs with {flags}")
@@ -233,11 +318,7 @@ def pod_cidr_problems(s: Settings, lines: list[str]) -> list[str]:
         for cidr in cidrs:
             if pod_network.fits(s, cidr):
                 continue
-            try:
-                network = ipaddress.ip_network(cidr)
-            except ValueError:
-                problems.append(f"node {name} has spec.podCIDR {cidr!r}, not a network")
-                continue
+            network = ipaddress.ip_network(cidr)  # checked by pod_cidrs
             cluster = s.cluster_cidr if network.version == 4 else s.cluster_cidr_ipv6
             if cluster is not None and network.subnet_of(cluster):  # type: ignore[arg-type]
                 mask = s.node_cidr_mask_size if network.version == 4 else s.node_cidr_mask_size_ipv6
@@ -256,8 +337,8 @@ def wait_for_pod_cidrs(state, host, connector_arguments, s: Settings) -> bool:
     problems = ["no answer from kubectl"]
     while time.monotonic() < deadline:
         ok, output = host.run_shell_command(node_pod_cidrs_command(s), **connector_arguments)
-        lines = output.stdout_lines if ok else []
-        problems = pod_cidr_problems(s, lines) if lines else ["kubectl get nodes returned no nodes"]
+        lines = output.stdout_lines if ok else []  # stdout only: a kubectl warning on stderr is no node
+        problems = pod_cidr_problems(s, lines, host.name) if lines else ["kubectl get nodes returned no nodes"]
         if not problems:
             return True
         time.sleep(POLL_SECONDS)
@@ -280,17 +361,39 @@ def ownership(s: Settings) -> Ownership:
         files=(OwnedFile(MANIFEST_PATH, "template flannel/kube-flannel.yml.j2"),
                OwnedFile(UNIT_PATH, "template flannel/flanneld.service.j2"),
                OwnedFile(FLANNELD_PATH, "release flanneld"),
-               OwnedFile(NET_CONF_PATH, "rendered flannel.net_conf_json")),
+               OwnedFile(NET_CONF_PATH, "rendered flannel.net_conf_json"),
+               OwnedFile(RBAC_PATH, "template flannel/flannel-rbac.yml.j2"),
+               *(OwnedFile(path, "secret flannel's ServiceAccount credentials") for path in CREDENTIAL_FILES)),
         units=(UNIT,), interfaces=tuple(interfaces(s)), runtime_dirs=(RUN_DIR,))
 
 
-def systemd_files(s: Settings, flanneld_binary) -> tuple[list[DesiredFile], DesiredFile]:
-    exec_start = exec_command([FLANNELD_PATH, *flanneld_args(s, s.kubeconfig, NET_CONF_PATH)])
+def systemd_kubeconfig(s: Settings, has_control_plane: bool) -> str:
+    """The kubeconfig flanneld's unit reads: its own (a ServiceAccount token that podnet asks the first
+    control-plane host for), or, without any host in the control-plane group, the kubeconfig setting."""
+    return KUBECONFIG_PATH if has_control_plane else s.kubeconfig
+
+
+def systemd_files(s: Settings, flanneld_binary,
+                  has_control_plane: bool = True) -> tuple[list[DesiredFile], DesiredFile]:
+    exec_start = exec_command([FLANNELD_PATH, *flanneld_args(s, systemd_kubeconfig(s, has_control_plane),
+                                                             NET_CONF_PATH)])
     unit = text_file(UNIT_PATH, render("flannel/flanneld.service.j2", exec_start=exec_start))
     return [local_file(FLANNELD_PATH, flanneld_binary), text_file(NET_CONF_PATH, net_conf_json(s))], unit
 
 
-def apply_daemonset(s: Settings, node: NodeState, ipam_changed: bool, cluster_created: bool = False) -> None:
+def _kubectl_failed(s: Settings, node: NodeState, query: str) -> str:
+    """What kubectl said on stderr when a query failed (shown in the error, never parsed)."""
+    said = " ".join(node.query_stderr.get(query, "").split())[:300] or "(nothing on stderr)"
+    return (f"kubectl on the first control-plane host failed: {said}; check that kubectl is installed and kubeconfig "
+            f"{s.kubeconfig} works")
+
+
+def _manifest_hash_line(line: str) -> str:
+    return answers.sha256_hex(line.strip())
+
+
+def apply_daemonset(s: Settings, node: NodeState, ipam_changed: bool, cluster_created: bool = False,
+                    host_name: str = "") -> None:
     """
     Apply kube-flannel from the first control-plane host and check every node's podCIDR.
     ``cluster_created``: kubeadm init creates the cluster in this run (cluster_bootstrap), so
@@ -299,23 +402,74 @@ def apply_daemonset(s: Settings, node: NodeState, ipam_changed: bool, cluster_cr
     manifest = render_manifest(s)
     applied = (0, []) if cluster_created else node.queries.get("flannel_manifest", (1, []))
     if applied[0] != 0:
-        raise PodCidrError(f"kubectl on the first control-plane host failed: {' '.join(applied[1])[:300]}; "
-                           f"check that kubectl is installed and kubeconfig {s.kubeconfig} works")
-    current_hash = applied[1][0].strip() if applied[1] else ""
+        raise PodCidrError(_kubectl_failed(s, node, "flannel_manifest"))
+    # the annotation is a sha256 podnet wrote, or nothing (not deployed, or not by podnet)
+    hashes = answers.records(host_name, "the kube-flannel DaemonSet's manifest hash (flannel_manifest)",
+                             [line for line in applied[1] if line.strip()], _manifest_hash_line)
+    if len(hashes) > 1:
+        raise answers.RemoteAnswerError(answers.problem(host_name, "the kube-flannel DaemonSet's manifest hash",
+                                                        "\n".join(applied[1]), "one line expected"))
+    current_hash = hashes[0] if hashes else ""
     needs_apply = current_hash != manifest_sha256(manifest)
     ops.files_installed(name="flannel: kube-flannel manifest", files=[text_file(MANIFEST_PATH, manifest)],
                         current=node)
     ops.shell_when(
-        name="flannel: DaemonSet applied and rolled out",
-        commands=[f"{s.kubectl} apply -f {MANIFEST_PATH}",
-                  f"{s.kubectl} -n {NAMESPACE} rollout status ds/{DAEMONSET} --timeout={s.flannel_rollout_timeout}s"],
+        name="flannel: DaemonSet applied",
+        commands=[f"{s.kubectl} apply -f {MANIFEST_PATH}"],
         reason=("applying kube-flannel: " + ("not deployed yet" if not current_hash else "manifest changed"))
         if needs_apply else None,
     )
-    pod_cidrs_checked(s, node, changed=needs_apply or ipam_changed)
+    ops.python_step(name="flannel: DaemonSet rolled out, every flannel pod Ready", function=wait_for_rollout,
+                    args=(s,), reason="waiting for the new kube-flannel pods" if needs_apply else None)
+    pod_cidrs_checked(s, node, changed=needs_apply or ipam_changed, host_name=host_name)
 
 
-def pod_cidrs_checked(s: Settings, node: NodeState, changed: bool) -> None:
+def not_ready_pods_command(s: Settings) -> str:
+    """Prints "<pod>|<node>|<ready>|<restarts>" for every flannel pod (ready: the kube-flannel container's; a
+    field kubectl has no value for is empty)."""
+    return (f"{s.kubectl} -n {NAMESPACE} get pods -l {POD_SELECTOR} -o jsonpath='{{range .items[*]}}"
+            "{.metadata.name}{\"|\"}{.spec.nodeName}{\"|\"}{.status.containerStatuses[0].ready}{\"|\"}"
+            "{.status.containerStatuses[0].restartCount}{\"\\n\"}{end}'")
+
+
+def not_ready_pods(lines: list[str]) -> list[tuple[str, str, bool]]:
+    """(pod, node, restarted) of every pod in ``not_ready_pods_command``'s answer that is not Ready."""
+    found = []
+    for line in lines:
+        pod, node_name, ready, restarts = (line.strip().split("|") + ["", "", ""])[:4]
+        if pod and ready != "true":
+            found.append((pod, node_name or "(not scheduled)", restarts not in ("", "0")))
+    return found
+
+
+def wait_for_rollout(state, host, connector_arguments, s: Settings) -> bool:
+    """
+    `kubectl rollout status` of the DaemonSet, bounded by flannel_rollout_timeout: it ends when every
+    node runs the new pod template and every pod is available, which with the readiness probe
+    (daemonset_health) means flanneld answers /readyz. On failure RolloutError names each flannel pod
+    that is not Ready, its node, and its last LOG_LINES log lines (those of the crashed container when
+    it restarted).
+    """
+    ok, output = host.run_shell_command(
+        f"{s.kubectl} -n {NAMESPACE} rollout status ds/{DAEMONSET} --timeout={s.flannel_rollout_timeout}s",
+        **connector_arguments)
+    if ok:
+        return True
+    said = " ".join(output.stderr_lines or output.stdout_lines)[-300:]
+    _, pods = host.run_shell_command(not_ready_pods_command(s), **connector_arguments)
+    problems = []
+    for pod, node_name, restarted in not_ready_pods(pods.stdout_lines):
+        previous = " --previous" if restarted else ""
+        _, logs = host.run_shell_command(
+            f"{s.kubectl} -n {NAMESPACE} logs {shell.word(pod)}{previous} --tail={LOG_LINES}", **connector_arguments)
+        problems.append(f"flannel pod {pod} on node {node_name} is not Ready"
+                        + (" (it restarted; its crashed container's" if restarted else " (its")
+                        + f" last log lines: {' | '.join(logs.stdout_lines[-LOG_LINES:]) or 'none'})")
+    raise RolloutError(f"kube-flannel did not roll out within {s.flannel_rollout_timeout}s (flannel_rollout_timeout)"
+                       f": {said}; " + ("; ".join(problems) or "no flannel pod is reported not Ready"))
+
+
+def pod_cidrs_checked(s: Settings, node: NodeState, changed: bool, host_name: str = "") -> None:
     """
     Every node has a podCIDR inside the cluster CIDR. Without a change in this run the
     probe's answer decides at once (a problem stops the run while planning); after a
@@ -324,28 +478,147 @@ def pod_cidrs_checked(s: Settings, node: NodeState, changed: bool) -> None:
     if not changed:
         answer = node.queries.get("pod_cidrs", (1, []))
         if answer[0] != 0:
-            raise PodCidrError(f"kubectl on the first control-plane host failed: {' '.join(answer[1])[:300]}; "
-                               f"check that kubectl is installed and kubeconfig {s.kubeconfig} works")
-        problems = pod_cidr_problems(s, answer[1])
+            raise PodCidrError(_kubectl_failed(s, node, "pod_cidrs"))
+        problems = pod_cidr_problems(s, answer[1], host_name)
         if problems:
             raise PodCidrError("; ".join(problems))
     ops.python_step(name="flannel: every node has a podCIDR in the cluster CIDR", function=wait_for_pod_cidrs,
                     args=(s,), reason="waiting for every node's podCIDR after this run's changes" if changed else None)
 
 
+def token_renewal_reason(node: NodeState, now: float | None = None) -> str | None:
+    """Why this node's flanneld token must be (re)written now, or None while it is in place, root-only
+    and has more than TOKEN_RENEWAL left."""
+    missing = [path for path in (KUBECONFIG_PATH, TOKEN_PATH) if path not in node.hashes]
+    if missing:
+        return f"{' and '.join(missing)} missing"
+    loose = [path for path in (KUBECONFIG_PATH, TOKEN_PATH) if node.modes.get(path) != "600"]
+    if loose:
+        return f"{', '.join(loose)} not mode 0600"
+    try:
+        expires = int(node.contents.get(TOKEN_EXPIRY_PATH, b"").decode().strip())
+    except ValueError:
+        return f"{TOKEN_EXPIRY_PATH} missing or unreadable"
+    left = expires - (time.time() if now is None else now)
+    if left < TOKEN_RENEWAL:
+        return (f"the token expires {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(expires))}: renewing "
+                f"(less than {TOKEN_RENEWAL // 86400} days left)")
+    return None
+
+
+def rbac_applied(s: Settings, node: NodeState) -> None:
+    """On the first control-plane host: flanneld's ServiceAccount, ClusterRole and binding, applied
+    when podnet's copy changed or any of them is missing from the cluster."""
+    rbac = text_file(RBAC_PATH, render_rbac(s))
+    rc, lines = node.queries.get(RBAC_QUERY, (1, []))
+    if rc != 0:
+        raise PodCidrError(f"kubectl on the first control-plane host failed: {' '.join(lines)[:300]}; "
+                           f"check that kubectl is installed and kubeconfig {s.kubeconfig} works")
+    missing = [name for name in RBAC_OBJECTS if name not in {line.strip() for line in lines}]
+    ops.files_installed(name="flannel: flanneld's ServiceAccount and ClusterRole manifest", files=[rbac],
+                        current=node)
+    changed = rbac.differs(node.hashes.get(RBAC_PATH))
+    ops.shell_when(name="flannel: flanneld's ServiceAccount and ClusterRole applied",
+                   commands=[f"{s.kubectl} apply -f {RBAC_PATH}"],
+                   reason=(f"missing: {', '.join(missing)}" if missing else "manifest changed")
+                   if missing or changed else None)
+
+
+_cluster_access: dict[str, tuple[str, str]] = {}
+_cluster_access_lock = threading.Lock()
+
+
+def _api_server_of(state, s: Settings, control_plane_name: str) -> tuple[str, str]:
+    """(API server URL, its CA bundle as base64) from the first control-plane host's kubeconfig, once per run."""
+    with _cluster_access_lock:
+        if control_plane_name not in _cluster_access:
+            ok, stdout, stderr = secret_files.run_quietly(
+                state, control_plane_name,
+                f"{s.kubectl} config view --minify --raw -o jsonpath='{{.clusters[0].cluster.server}}{{\"\\n\"}}"
+                "{.clusters[0].cluster.certificate-authority-data}'")
+            lines = [line.strip() for line in stdout if line.strip()]
+            if not ok or len(lines) != 2 or not lines[0].startswith("https://"):
+                raise FlannelTokenError(f"{control_plane_name}: the API server and CA of kubeconfig {s.kubeconfig} "
+                                        f"could not be read ({' '.join(stderr)[:300] or 'an unexpected answer'}); "
+                                        "flanneld's kubeconfig needs both (certificate-authority-data)")
+            _cluster_access[control_plane_name] = (lines[0], lines[1])
+        return _cluster_access[control_plane_name]
+
+
+def token_expiry(token: str) -> int:
+    """The exp claim of a ServiceAccount token (a JWT); FlannelTokenError if it has none."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return int(claims["exp"])
+    except (IndexError, ValueError, KeyError, TypeError, binascii.Error):
+        raise FlannelTokenError("the token kubectl created carries no expiry (exp)") from None
+
+
+def kubeconfig_for(server: str, ca_data: str) -> str:
+    """flanneld's kubeconfig: the cluster's API server and CA, the user's token read from TOKEN_PATH."""
+    return yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "kubernetes", "cluster": {"server": server, "certificate-authority-data": ca_data}}],
+        "users": [{"name": SERVICE_ACCOUNT, "user": {"tokenFile": TOKEN_PATH}}],
+        "contexts": [{"name": SERVICE_ACCOUNT, "context": {"cluster": "kubernetes", "user": SERVICE_ACCOUNT}}],
+        "current-context": SERVICE_ACCOUNT}, sort_keys=False)
+
+
+def install_token(state, host, connector_arguments: dict, s: Settings, control_plane_name: str) -> bool:
+    """
+    At execution time: a token of kube-flannel/flannel for this node from the first control-plane host
+    (`kubectl create token`, TOKEN_DURATION; its stdout is never printed), written with the kubeconfig
+    naming it as root-only files (``put_secret_file``), and its expiry for the next probe.
+    """
+    server, ca_data = _api_server_of(state, s, control_plane_name)
+    ok, stdout, stderr = secret_files.run_quietly(
+        state, control_plane_name,
+        f"{s.kubectl} -n {NAMESPACE} create token {SERVICE_ACCOUNT} --duration={TOKEN_DURATION}s")
+    token = stdout[-1].strip() if ok and stdout else ""
+    if not JWT_RE.match(token):
+        raise FlannelTokenError(f"{control_plane_name}: `kubectl create token {SERVICE_ACCOUNT}` failed: "
+                                f"{' '.join(stderr)[:300] or 'an unexpected answer'}")
+    expires = token_expiry(token)
+    try:
+        secret_files.put_secret_file(host, connector_arguments, TOKEN_PATH, token + "\n")
+        secret_files.put_secret_file(host, connector_arguments, KUBECONFIG_PATH, kubeconfig_for(server, ca_data))
+        secret_files.put_secret_file(host, connector_arguments, TOKEN_EXPIRY_PATH, f"{expires}\n")
+    except RuntimeError as error:
+        raise FlannelTokenError(str(error)) from None
+    # the node's record of what podnet wrote, so that a reset removes these files and nothing else
+    recorded, _ = host.run_shell_command(owned.record_script(list(CREDENTIAL_FILES)), **connector_arguments)
+    if not recorded:
+        raise FlannelTokenError(f"{host.name}: cannot record {', '.join(CREDENTIAL_FILES)} in {owned.LEDGER}")
+    return True
+
+
 def apply_systemd(s: Settings, node: NodeState, flanneld_binary, check_pod_cidrs: bool = False,
-                  ipam_changed: bool = False) -> None:
-    """flanneld's binary, net-conf.json and unit on this node, running; on the first
-    control-plane host (``check_pod_cidrs``) also every node's podCIDR."""
-    files, unit = systemd_files(s, flanneld_binary)
+                  ipam_changed: bool = False, first_control_plane: str | None = None,
+                  is_first_control_plane: bool = False, host_name: str = "") -> None:
+    """flanneld's binary, net-conf.json and unit on this node; its ServiceAccount (from the first
+    control-plane host) and a token of it in its own kubeconfig; running. On the first control-plane
+    host (``check_pod_cidrs``) also every node's podCIDR."""
+    files, unit = systemd_files(s, flanneld_binary, has_control_plane=first_control_plane is not None)
     changed = ops.files_needing_change([*files, unit], node)
     restarts = UNIT if changed else None
     ops.files_installed(name="flannel: flanneld binary and net-conf.json", files=files, current=node, restarts=restarts)
     ops.files_installed(name="flannel: flanneld unit", files=[unit], current=node, restarts=restarts)
+    # pyinfra runs an operation on every host before the next one (the token step comes after the
+    # ServiceAccount on the first control-plane host), so the ServiceAccount exists before any token
+    if is_first_control_plane:
+        rbac_applied(s, node)
+    if first_control_plane is not None and not s.is_control_plane and node.features.get(STALE_KUBECONFIG):
+        logger.warning(f"podnet: {host_name}: {s.kubeconfig} (the kubeconfig setting) is on this worker; flanneld "
+                       f"no longer uses it (it has {KUBECONFIG_PATH}, flannel's ServiceAccount): if it holds admin "
+                       "credentials, remove it, podnet does not delete what it did not install")
+    reason = token_renewal_reason(node) if first_control_plane is not None else None
+    ops.python_step(name="flannel: flanneld's ServiceAccount token and kubeconfig (mode 0600)",
+                    function=install_token, args=(s, first_control_plane), reason=reason)
     ops.service_running(name="flannel: flanneld running", unit=UNIT, current=node, restart=bool(changed),
                         daemon_reload=unit in changed)
     if check_pod_cidrs:
-        pod_cidrs_checked(s, node, changed=ipam_changed)
+        pod_cidrs_checked(s, node, changed=ipam_changed, host_name=host_name)
 
 
 # --- the steps ----------------------------------------------------------------------------
@@ -360,10 +633,11 @@ def _rolls_out_here(ctx: HostContext) -> bool:
 def _roll_out(ctx: HostContext) -> None:
     s = ctx.settings
     if s.flannel_rollout == "daemonset":
-        apply_daemonset(s, ctx.node, ctx.ipam_changed, cluster_created=ctx.cluster_created)
+        apply_daemonset(s, ctx.node, ctx.ipam_changed, cluster_created=ctx.cluster_created, host_name=ctx.host_name)
         return
     apply_systemd(s, ctx.node, ctx.file("flanneld"), check_pod_cidrs=checks_pod_cidrs(s, ctx.is_first_control_plane),
-                  ipam_changed=ctx.ipam_changed)
+                  ipam_changed=ctx.ipam_changed, first_control_plane=ctx.first_control_plane,
+                  is_first_control_plane=ctx.is_first_control_plane, host_name=ctx.host_name)
     if ctx.first_control_plane is None:
         say_pod_cidrs_unchecked(s)
 
@@ -405,14 +679,32 @@ def chains_command() -> str:
             f"/^:({names}) / {{print t, table, substr($1, 2)}}'; done; true")
 
 
-def parse_chains(lines: list[str]) -> dict[tuple[str, str], list[str]]:
-    """(variant, table) -> flannel chains there, from chains_command's output."""
+IPTABLES_TABLES = ("filter", "nat", "mangle", "raw", "security")  # iptables(8) -t
+NFT_FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")  # nft(8) ADDRESS FAMILIES
+
+
+def _chain_line(line: str) -> tuple[str, str, str]:
+    variant, table, chain = answers.fields(line, 3, " ")
+    if variant not in IPTABLES or table not in IPTABLES_TABLES or chain not in CHAINS:
+        raise answers.BadField(f"not '<{'|'.join(IPTABLES)}> <table> <{'|'.join(CHAINS)}>'")
+    return variant, table, chain
+
+
+def parse_chains(lines: list[str], host_name: str = "") -> dict[tuple[str, str], list[str]]:
+    """(variant, table) -> flannel chains there, from chains_command's output; a line that does not fit
+    is reported as a warning and nothing is deleted for it."""
     found: dict[tuple[str, str], list[str]] = {}
-    for line in lines:
-        parts = line.split()
-        if len(parts) == 3 and parts[0] in IPTABLES and parts[2] in CHAINS:
-            found.setdefault((parts[0], parts[1]), []).append(parts[2])
+    for variant, table, chain in answers.records(host_name, f"flannel's iptables chains ({CHAINS_QUERY})", lines,
+                                                 _chain_line, strict=False):
+        found.setdefault((variant, table), []).append(chain)
     return found
+
+
+def _nft_line(line: str) -> tuple[str, str]:
+    family, name = answers.fields(line, 2, " ")
+    if family not in NFT_FAMILIES or name not in NFT_TABLES:
+        raise answers.BadField(f"not '<family> <{'|'.join(NFT_TABLES)}>'")
+    return family, name
 
 
 def chains_removal(variant: str, table: str, chains: list[str]) -> str:
@@ -440,17 +732,27 @@ def objects_command(s: Settings) -> str:
     return f"{s.kubectl} -n {NAMESPACE} get {' '.join(flannel_objects(s))} --ignore-not-found -o name"
 
 
-def objects_present(s: Settings, node: NodeState) -> list[str]:
+def _object_line(line: str) -> str:
+    """kubectl's ``-o name``: <resource>[.<group>]/<name>, as type/name without the group."""
+    kind, slash, name = line.partition("/")
+    resource, _, group = kind.partition(".")
+    if not slash or not re.fullmatch(r"[a-z][a-z0-9]*", resource) or (group and not re.fullmatch(r"[a-z0-9.-]+", group)):
+        raise answers.BadField("not kubectl's '<resource>[.<group>]/<name>'")
+    return f"{resource}/{answers.object_name(name)}"
+
+
+def objects_present(s: Settings, node: NodeState, host_name: str = "") -> list[str]:
     """podnet's flannel objects that exist, in the manifest's order (kubectl prints type.group/name)."""
     rc, lines = node.queries.get(OBJECTS_QUERY, (0, []))
+    said = " ".join(node.query_stderr.get(OBJECTS_QUERY, "").split())[:300] or "nothing on stderr"
     if rc != 0 and s.flannel_rollout != "daemonset":  # only a leftover from an earlier rollout could be there
-        logger.warning(f"podnet: kubectl on the first control-plane host failed ({' '.join(lines)[:300]}): a "
+        logger.warning(f"podnet: kubectl on the first control-plane host failed ({said}): a "
                        "kube-flannel DaemonSet left from an earlier rollout, if any, is not deleted")
         return []
     if rc != 0:
-        raise ResetError(f"kubectl on the first control-plane host failed: {' '.join(lines)[:300]}; check that "
+        raise ResetError(f"kubectl on the first control-plane host failed: {said}; check that "
                          f"kubectl is installed and kubeconfig {s.kubeconfig} works")
-    found = {kind.split(".")[0] + "/" + name for kind, _, name in (line.strip().partition("/") for line in lines)}
+    found = set(answers.records(host_name, f"kubectl get ({OBJECTS_QUERY})", lines, _object_line, strict=False))
     return [o for o in flannel_objects(s) if o in found]
 
 
@@ -463,10 +765,10 @@ def reset_probe_request(s: Settings, first_control_plane: bool) -> ProbeRequest:
     return request
 
 
-def daemonset_deleted(s: Settings, node: NodeState) -> None:
+def daemonset_deleted(s: Settings, node: NodeState, host_name: str = "") -> None:
     """From the first control-plane host: the DaemonSet deleted in the foreground (waits until its
     pods are gone), then the other objects of podnet's manifest, then podnet's copy of it."""
-    present = objects_present(s, node)
+    present = objects_present(s, node, host_name)
     daemonset = f"daemonset/{DAEMONSET}"
     wait = f"--wait=true --timeout={s.flannel_rollout_timeout}s"
     commands = []
@@ -488,8 +790,11 @@ def flanneld_unit_removed(s: Settings, node: NodeState, flanneld_binary) -> None
     where the systemd rollout fetched it)."""
     files, unit = systemd_files(s, flanneld_binary) if flanneld_binary else ([text_file(NET_CONF_PATH,
                                                                                          net_conf_json(s))], None)
-    declared = {UNIT_PATH: unit.sha256 if unit else None, FLANNELD_PATH: None, **declared_digests(files)}
-    removal = owned.removal(node, {p: declared[p] for p in (UNIT_PATH, FLANNELD_PATH, NET_CONF_PATH)})
+    declared = {UNIT_PATH: unit.sha256 if unit else None, FLANNELD_PATH: None, **declared_digests(files),
+                RBAC_PATH: text_file(RBAC_PATH, render_rbac(s)).sha256,
+                **dict.fromkeys(CREDENTIAL_FILES)}  # the credentials: what the node's record says podnet wrote
+    removal = owned.removal(node, {p: declared[p] for p in (UNIT_PATH, FLANNELD_PATH, NET_CONF_PATH, RBAC_PATH,
+                                                            *CREDENTIAL_FILES)})
     ops.foreign_left(removal)
     running = node.unit_active(UNIT) or node.unit_enabled(UNIT)
     rmdir = (f"rmdir --ignore-fail-on-non-empty {posixpath.dirname(NET_CONF_PATH)}",)
@@ -502,7 +807,7 @@ def flanneld_unit_removed(s: Settings, node: NodeState, flanneld_binary) -> None
 
 def _flannel_removed(ctx: HostContext) -> None:
     if ctx.is_first_control_plane:
-        daemonset_deleted(ctx.settings, ctx.node)
+        daemonset_deleted(ctx.settings, ctx.node, ctx.host_name)
     flanneld_unit_removed(ctx.settings, ctx.node,
                           ctx.file("flanneld") if ctx.settings.flannel_rollout == "systemd" else None)
 
@@ -529,10 +834,10 @@ def network_dirs(s: Settings) -> list[str]:
     return [*(ownership(s).runtime_dirs if removes_flannel(s) else ()), *cni.ownership(s).runtime_dirs]
 
 
-def bridge_is_podnets(s: Settings, node: NodeState) -> bool:
+def bridge_is_podnets(s: Settings, node: NodeState, host_name: str = "") -> bool:
     """cni0 is the bridge of podnet's conflist: its IPv4 addresses lie in the cluster CIDR (another CNI's
     bridge plugin may use the same default name)."""
-    state = pod_network.cni0_state(node)
+    state = pod_network.cni0_state(node, host_name)
     if not state:
         return False
     addresses = state[0]
@@ -540,22 +845,23 @@ def bridge_is_podnets(s: Settings, node: NodeState) -> bool:
     return bool(addresses) and all(ipaddress.ip_interface(a).ip in network for a in addresses)
 
 
-def network_state_removed(s: Settings, node: NodeState) -> None:
+def network_state_removed(s: Settings, node: NodeState, host_name: str = "") -> None:
     """flannel's interfaces, iptables chains, nftables tables and runtime directories (when flanneld is
     podnet's), cni0 when it is the bridge of podnet's network, host-local's records of that network."""
-    candidates = [*(cni.ownership(s).interfaces if bridge_is_podnets(s, node) else ()),
+    candidates = [*(cni.ownership(s).interfaces if bridge_is_podnets(s, node, host_name) else ()),
                   *(ownership(s).interfaces if removes_flannel(s) else ())]
     links = [name for name in candidates if name in node.listings.get(SYS_NET, [])]
     ops.shell_when(name="reset: flannel's interfaces deleted", commands=[f"ip link delete {n}" for n in links],
                    reason=f"deleting {', '.join(links)}" if links else None)
     rc, lines = node.queries.get(CHAINS_QUERY, (1, []))
-    chains = parse_chains(lines) if rc == 0 and removes_flannel(s) else {}
+    chains = parse_chains(lines, host_name) if rc == 0 and removes_flannel(s) else {}
     ops.shell_when(name="reset: flannel's iptables chains deleted",
                    commands=[chains_removal(v, t, c) for (v, t), c in sorted(chains.items())],
                    reason="deleting " + ", ".join(f"{v} {t} {' '.join(c)}" for (v, t), c in sorted(chains.items()))
                    if chains else None)
     rc, lines = node.queries.get(NFT_QUERY, (1, []))
-    tables = [line.split() for line in lines if len(line.split()) == 2] if rc == 0 and removes_flannel(s) else []
+    tables = answers.records(host_name, f"flannel's nftables tables ({NFT_QUERY})", lines, _nft_line,
+                             strict=False) if rc == 0 and removes_flannel(s) else []
     ops.shell_when(name="reset: flannel's nftables tables deleted",
                    commands=[f"nft delete table {family} {name}" for family, name in tables],
                    reason=f"deleting {', '.join(f'{f} {n}' for f, n in tables)}" if tables else None)
@@ -567,5 +873,5 @@ def network_state_removed(s: Settings, node: NodeState) -> None:
 RESET_NETWORK = Step(
     "reset: flannel's interfaces, chains and directories",
     probe=lambda ctx: network_probe_request(ctx.settings),
-    apply=lambda ctx: network_state_removed(ctx.settings, ctx.node),
+    apply=lambda ctx: network_state_removed(ctx.settings, ctx.node, ctx.host_name),
 )

@@ -14,9 +14,14 @@ node IPAM -> flannel rollout and the podCIDR check.
 
 Idempotent from the probe: a host with /etc/kubernetes/admin.conf is an initialised (or
 joined) control plane and is not initialised again; a worker with /etc/kubernetes/kubelet.conf
-has joined and is not joined again. The join token (and, for further control-plane hosts,
-the certificate key) is asked from the first control-plane host at execution time, right
-before the join, so it is fresh and never stored.
+has joined and is not joined again.
+
+Join secrets (README, "Secrets"): each join gets a bootstrap token of its own, created on the
+first control-plane host at execution time right before the join (TTL TOKEN_TTL) and deleted
+right after it; a control-plane join also gets the certificate key of `kubeadm init phase
+upload-certs`. Both come back over SSH on stdout (never printed), go to the joining node only
+inside its JoinConfiguration file (mode 0600, JOIN_CONFIG_PATH, removed after the join), and
+are never on a command line.
 """
 
 from __future__ import annotations
@@ -25,21 +30,19 @@ import re
 import threading
 from dataclasses import dataclass, replace
 
-from pyinfra.api import HiddenValue, StringCommand
-
 from tasks import containerd, controller_manager, kubeadm_config
 
-from tasks.engine import ops
+from tasks.engine import answers, ops, redact, secret_files
 from tasks.engine.context import HostContext, Step
 from tasks.engine.desired import DesiredFile, local_file, render, text_file
 from tasks.errors import PodnetError
 from tasks.formats import shell
 from tasks.formats.systemd_unit import environment_file_assignment
 from tasks.engine.probe import NodeState, ProbeRequest
-from tasks.engine.pyinfra_compat import connector_arguments_of
 from tasks.artifacts.catalog import KUBERNETES_BINARIES, install_entry
 from tasks.engine.ownership import Ownership, OwnedFile
-from tasks.releases import CONFIG_APIS, SUPPORTED_KUBERNETES, config_api  # noqa: F401
+from tasks.releases import (CONFIG_APIS, SUPPORTED_KUBERNETES, config_api, kubeadm_validates_config,  # noqa: F401
+                            kubelet_refuses_cgroup_v1)
 from tasks.settings import Settings, SettingsError
 
 KUBEADM, KUBELET, KUBECTL = (install_entry(name) for name in KUBERNETES_BINARIES)  # files/artifacts.yaml
@@ -52,7 +55,13 @@ ADMIN_CONF = "/etc/kubernetes/admin.conf"
 KUBELET_CONF = "/etc/kubernetes/kubelet.conf"
 CRI_SOCKET = f"unix://{containerd.SOCKET}"
 API_SERVER_PORT = 6443
-TOKEN_TTL = "30m"
+JOIN_CONFIG_PATH = "/run/podnet/kubeadm-join.yaml"  # only for the time of one join (/run: a tmpfs)
+JOIN_COMMAND = f"{KUBEADM} join --config {JOIN_CONFIG_PATH}"  # every value in the file, none on the line
+TOKEN_TTL = "15m"
+# kubeadm init creates a bootstrap token whatever its configuration says: podnet uses none (each join
+# gets its own) and keeps it out of the output (--skip-token-print); it expires at once and
+# kube-controller-manager's tokencleaner (on in kubeadm clusters) deletes it
+INIT_TOKEN_TTL = "1s"  # the longest a join's token lives, should podnet be stopped before deleting it
 
 # Executables kubeadm's preflight requires (ip, iptables, mount, nsenter) or warns about
 # (conntrack, ethtool, socat), and the Debian/Ubuntu package that provides each.
@@ -67,6 +76,7 @@ JOINED = "kubeadm:kubelet.conf"
 SWAP_ACTIVE = "swap:active"
 SWAP_IN_FSTAB = "swap:fstab"
 HAS_APT = "tool:apt-get"
+CGROUP_V2 = "cgroup:v2"  # /sys/fs/cgroup is the unified hierarchy (statfs type cgroup2fs), not cgroup v1's tmpfs
 FSTAB_SWAP = "$1 !~ /^#/ && $3 == \"swap\""
 FEATURES = {
     INITIALISED: f"[ -f {ADMIN_CONF} ]",
@@ -74,6 +84,7 @@ FEATURES = {
     SWAP_ACTIVE: '[ "$(wc -l < /proc/swaps)" -gt 1 ]',
     SWAP_IN_FSTAB: f"awk '{FSTAB_SWAP} {{f=1}} END {{exit !f}}' /etc/fstab",
     HAS_APT: "command -v apt-get >/dev/null",
+    CGROUP_V2: '[ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ]',
     **{f"tool:{tool}": f"command -v {tool} >/dev/null" for tool in PREFLIGHT_TOOLS},
 }
 
@@ -148,7 +159,9 @@ def init_config(s: Settings) -> str:
                   controller_manager_args=flags, cgroup_driver="systemd" if s.systemd_cgroup else "cgroupfs",
                   ignore_preflight_errors=list(s.kubeadm_ignore_preflight_errors),
                   etcd_endpoints=list(s.etcd_external_endpoints), kubelet_configuration=s.kubelet_configuration,
-                  kube_proxy_configuration=s.kube_proxy_configuration)
+                  kube_proxy_configuration=s.kube_proxy_configuration,
+                  init_token_description="podnet: unused (each join gets a token of its own)",
+                  init_token_ttl=INIT_TOKEN_TTL)
 
 
 def ownership(s: Settings) -> Ownership:
@@ -162,6 +175,15 @@ def ownership(s: Settings) -> Ownership:
                OwnedFile(KUBELET_DEFAULTS_PATH, "template kubeadm/kubelet.default.j2"),
                OwnedFile(INIT_CONFIG_PATH, "template kubeadm/kubeadm-init.yaml.j2")),
         units=(KUBELET_UNIT,))
+
+
+# kubeadm reads the staged init configuration itself before `kubeadm init` may use it: `kubeadm config
+# validate` decodes every document strictly (an unknown or misplaced field, such as a KubeletConfiguration
+# field kubelet_configuration misspells, fails with "strict decoding error: unknown field ...") and runs
+# kubeadm's own validation (cmd/kubeadm/app/cmd/config.go newCmdConfigValidate, kubeadm 1.26 and later).
+# `kubeadm join` gets no file from podnet (flags only), so init's is the one file to check. Releases
+# without the command (kubeadm_validates_config) are checked by `kubeadm init` itself.
+VALIDATE_CONFIG = f"{KUBEADM} config validate --config {{path}} >/dev/null"
 
 
 def probe_request(s: Settings, is_first_control_plane: bool) -> ProbeRequest:
@@ -203,34 +225,60 @@ def prerequisites(s: Settings, node: NodeState, host_name: str) -> None:
                    reason=f"installing {', '.join(packages)} (missing: {', '.join(missing)})" if missing else None)
 
 
+def kubelet_runs_here(s: Settings, node: NodeState, host_name: str) -> None:
+    """
+    Refuse, before any change, a node whose kubelet would not start: a cgroup v1 node (the probe's
+    CGROUP_V2 feature is false) with a kubelet release that refuses cgroup v1 by default
+    (kubelet_refuses_cgroup_v1, KUBELET_CGROUP_V1 in tasks/releases.py) and kubelet_configuration
+    without failCgroupV1: false. Raises KubeadmError naming the node, the release and the source.
+    """
+    row = kubelet_refuses_cgroup_v1(s.kubernetes_version)
+    if row is None or node.features.get(CGROUP_V2, True) or s.kubelet_configuration.get(row.value) is False:
+        return
+    raise KubeadmError(f"{host_name}: this node has cgroup v1 (/sys/fs/cgroup is not cgroup2fs) and the kubelet of "
+                       f"kubernetes_version {s.kubernetes_version} (kubelet {row.releases}) refuses to start on cgroup "
+                       f"v1 by default ({row.source}); boot the node with cgroup v2 (systemd.unified_cgroup_hierarchy=1), "
+                       f"or set kubelet_configuration = {{'{row.value}': False}} to keep cgroup v1 (deprecated)")
+
+
 # --- kubeadm init and join ---------------------------------------------------------------
 
 
-_asked: dict[tuple[str, str], str | tuple[str, str, str]] = {}
+_asked: dict[tuple[str, str], str] = {}
 _asked_lock = threading.Lock()
 
 
-def _ask_control_plane(state, control_plane_name: str, what: str, command: str, parse):
-    """Run ``command`` on the first control-plane host once per run and parse its answer."""
+def _on_control_plane(state, control_plane_name: str, what: str, command: str, parse):
+    """Run ``command`` on the first control-plane host and parse its stdout (never printed: it may
+    hold a secret); KubeadmError with kubeadm's stderr when it fails or answers something else."""
+    ok, stdout, stderr = secret_files.run_quietly(state, control_plane_name, command)
+    lines = [line.strip() for line in stdout if line.strip()]
+    answer = parse(lines) if ok else None
+    if answer is None:
+        shown = " ".join(stderr or ["(nothing)"])[:300] if not ok else "an unexpected answer"
+        raise KubeadmError(f"{control_plane_name}: `{command.split(' --')[0]}` for the {what} failed: {shown}")
+    return answer
+
+
+def _ask_control_plane_once(state, control_plane_name: str, what: str, command: str, parse):
+    """``_on_control_plane`` once per run (the hosts that need the answer share it)."""
     with _asked_lock:
         key = (control_plane_name, what)
         if key not in _asked:
-            control_plane = state.inventory.get_host(control_plane_name)
-            ok, output = control_plane.run_shell_command(command, **connector_arguments_of(state, control_plane))
-            lines = [line.strip() for line in output.stdout_lines if line.strip()]
-            answer = parse(lines) if ok else None
-            if answer is None:
-                shown = " ".join(output.stderr_lines or ["(nothing)"])[:300] if not ok else "an unexpected answer"
-                raise KubeadmError(f"{control_plane_name}: `{command.split(' --')[0]}` for the {what} failed: {shown}")
-            _asked[key] = answer
+            _asked[key] = _on_control_plane(state, control_plane_name, what, command, parse)
         return _asked[key]
 
 
 def parse_join_command(lines: list[str]) -> tuple[str, str, str] | None:
-    """`kubeadm token create --print-join-command` -> (endpoint, token, CA cert hash)."""
+    """`kubeadm token create --print-join-command` (its stdout) -> (endpoint, token, CA cert hash); the
+    endpoint must be host:port (tasks/engine/answers.host_port), the token and hash fit JOIN_RE."""
     for line in reversed(lines):
         match = JOIN_RE.match(line)
         if match:
+            try:
+                answers.host_port(match.group("endpoint"))
+            except answers.BadField:
+                return None
             return match.group("endpoint"), match.group("token"), match.group("ca_hash")
     return None
 
@@ -240,45 +288,82 @@ def parse_certificate_key(lines: list[str]) -> str | None:
     return lines[-1] if lines and CERTIFICATE_KEY_RE.match(lines[-1]) else None
 
 
-def join_command(endpoint: str, token: str, ca_hash: str, s: Settings,
-                 certificate_key: str | None = None) -> StringCommand:
-    """`kubeadm join`, with the secrets masked in pyinfra's logs (and kubeadm_ignore_preflight_errors,
-    which join reads from --ignore-preflight-errors since podnet gives it no configuration file)."""
-    # Every word is one shell word (tasks/formats/shell.py), the secrets too, so no value is shell syntax.
-    bits: list = [KUBEADM, "join", shell.word(endpoint), "--token", HiddenValue(shell.word(token)),
-                  "--discovery-token-ca-cert-hash", shell.word(ca_hash), shell.word(f"--cri-socket={CRI_SOCKET}")]
-    if s.kubeadm_ignore_preflight_errors:
-        bits.append(shell.word(f"--ignore-preflight-errors={','.join(s.kubeadm_ignore_preflight_errors)}"))
-    if certificate_key is not None:
-        bits += ["--control-plane", "--certificate-key", HiddenValue(shell.word(certificate_key)),
-                 shell.word(f"--apiserver-advertise-address={s.node_ip}")]
-    return StringCommand(*bits)
+def token_create_command(host_name: str) -> str:
+    """A bootstrap token for one join, living TOKEN_TTL at most (podnet deletes it right after the join)."""
+    return (f"{KUBEADM} token create --print-join-command --ttl {TOKEN_TTL} "
+            f"--description {shell.word(f'podnet: kubeadm join of {host_name}')}")
+
+
+def upload_certs_command() -> str:
+    """The control-plane certificates into the kubeadm-certs Secret, encrypted with a fresh key that
+    kubeadm prints. With podnet's init configuration: without one, kubeadm looks for an address to
+    advertise on the host's default route and fails on a node that has none."""
+    return f"{KUBEADM} init phase upload-certs --upload-certs --config {INIT_CONFIG_PATH}"
+
+
+def join_config(endpoint: str, token: str, ca_hash: str, s: Settings, certificate_key: str | None = None) -> str:
+    """
+    kubeadm's JoinConfiguration for `kubeadm join --config` (the config_api of kubernetes_version;
+    the fields are the same in v1beta3 and v1beta4): discovery.bootstrapToken (apiServerEndpoint,
+    token, caCertHashes), nodeRegistration (criSocket, ignorePreflightErrors) and, to join as a
+    control-plane host, controlPlane (localAPIEndpoint on the node IP, certificateKey). It holds
+    the join's secrets: written only by ``put_secret_file`` (mode 0600), removed after the join.
+    """
+    api_version = config_api(s.kubernetes_version)
+    return render("kubeadm/kubeadm-join.yaml.j2", api_version=api_version, api_server_endpoint=endpoint,
+                  token=token, ca_cert_hash=ca_hash, cri_socket=CRI_SOCKET,
+                  ignore_preflight_errors=list(s.kubeadm_ignore_preflight_errors),
+                  certificate_key=certificate_key, advertise_address=str(s.node_ip),
+                  api_server_port=API_SERVER_PORT)
 
 
 def join(state, host, connector_arguments: dict, s: Settings, control_plane_name: str) -> bool:
     """
-    At execution time: ask the first control-plane host for a join command (and, to join as a
-    control-plane host, for a certificate key), then run `kubeadm join` here. KubeadmError when
+    At execution time: ask the first control-plane host for a bootstrap token of this join's own
+    (and, to join as a control-plane host, for a certificate key, once per run), write them into
+    JOIN_CONFIG_PATH (mode 0600, never on a command line), run `kubeadm join --config` here, then,
+    whatever its outcome, remove the file and delete the token from the cluster. KubeadmError when
     the first control-plane host failed earlier in this run (e.g. its `kubeadm init`): pyinfra
     goes on with the other hosts, and a join could only fail on a cluster that does not exist.
     """
     if state.inventory.get_host(control_plane_name) in state.failed_hosts:
         raise KubeadmError(f"{host.name}: not joining: {control_plane_name}, which creates the cluster, failed earlier "
                            "in this run (its error is above); fix that and rerun")
-    endpoint, token, ca_hash = _ask_control_plane(
-        state, control_plane_name, "join token",
-        f"{KUBEADM} token create --print-join-command --ttl {TOKEN_TTL}", parse_join_command)
     certificate_key = None
     if s.is_control_plane:
-        certificate_key = _ask_control_plane(state, control_plane_name, "certificate key",
-                                             f"{KUBEADM} init phase upload-certs --upload-certs",
-                                             parse_certificate_key)
-    ok, output = host.run_shell_command(join_command(endpoint, token, ca_hash, s, certificate_key),
-                                        **connector_arguments)
-    if not ok:
-        raise KubeadmError(f"{host.name}: kubeadm join {endpoint} failed: {' '.join(output.stderr_lines)[-600:]}; "
-                           "run `kubeadm reset -f` on it before the next run")
+        certificate_key = _ask_control_plane_once(state, control_plane_name, "certificate key",
+                                                  upload_certs_command(), parse_certificate_key)
+    endpoint, token, ca_hash = _on_control_plane(state, control_plane_name, "join token",
+                                                 token_create_command(host.name), parse_join_command)
+    failure = None
+    try:
+        secret_files.put_secret_file(host, connector_arguments, JOIN_CONFIG_PATH,
+                                join_config(endpoint, token, ca_hash, s, certificate_key))
+        ok, output = host.run_shell_command(JOIN_COMMAND, **connector_arguments)
+        if not ok:
+            said = redact.masked(" ".join(output.stderr_lines)[-600:], token, certificate_key)
+            failure = f"kubeadm join {endpoint} failed: {said}; run `kubeadm reset -f` on it before the next run"
+    except RuntimeError as error:
+        failure = str(error)
+    finally:
+        left = _clean_up_join(state, host, connector_arguments, control_plane_name, token)
+    if failure or left:
+        raise KubeadmError(f"{host.name}: " + "; ".join(filter(None, [failure, left])))
     return True
+
+
+def _clean_up_join(state, host, connector_arguments: dict, control_plane_name: str, token: str) -> str | None:
+    """Remove the join's configuration file here and its token from the cluster; what could not be."""
+    left = []
+    if not secret_files.remove_file(host, connector_arguments, JOIN_CONFIG_PATH):
+        left.append(f"{JOIN_CONFIG_PATH} could not be removed (it holds the join's secrets): remove it")
+    token_id = token.split(".")[0]  # the public half names the token; the secret half stays off the command line
+    ok, _, stderr = secret_files.run_quietly(state, control_plane_name, f"{KUBEADM} token delete {token_id}")
+    if not ok:
+        left.append(f"bootstrap token {token_id} could not be deleted on {control_plane_name} "
+                    f"({redact.masked(' '.join(stderr)[-200:], token)}); it expires after {TOKEN_TTL}, "
+                    f"or delete it now: kubeadm token delete {token_id}")
+    return "; ".join(left) or None
 
 
 def apply(s: Settings, node: NodeState, files: list[DesiredFile], host_name: str,
@@ -302,10 +387,11 @@ def apply(s: Settings, node: NodeState, files: list[DesiredFile], host_name: str
     init_needed = first and not initialised
     control_plane_join = s.is_control_plane and not first and not initialised
     worker_join = not s.is_control_plane and not joined
-    ops.files_installed(name="kubeadm: init configuration", current=node,
-                        files=[text_file(INIT_CONFIG_PATH, init_config(s), mode="0600")] if init_needed else [])
+    ops.files_installed(name="kubeadm: init configuration (checked by kubeadm config validate first)", current=node,
+                        files=[text_file(INIT_CONFIG_PATH, init_config(s), mode="0600")] if init_needed else [],
+                        validate=VALIDATE_CONFIG if kubeadm_validates_config(s.kubernetes_version) else None)
     ops.shell_when(name="kubeadm: control plane initialised (kubeadm init)",
-                   commands=[f"{KUBEADM} init --config {INIT_CONFIG_PATH}"],
+                   commands=[f"{KUBEADM} init --config {INIT_CONFIG_PATH} --skip-token-print"],
                    reason=f"{ADMIN_CONF} is missing: creating the cluster" if init_needed else None)
     ops.python_step(name="kubeadm: control-plane host joined (kubeadm join --control-plane)", function=join,
                     args=(s, first_control_plane),
@@ -337,6 +423,7 @@ PREREQUISITES = Step(
     "kubeadm: swap off and preflight tools",
     applies=_bootstraps,
     probe=_probe,
+    check=lambda ctx: kubelet_runs_here(ctx.settings, ctx.node, ctx.host_name),
     apply=lambda ctx: prerequisites(ctx.settings, ctx.node, ctx.host_name),
 )
 BOOTSTRAP = Step(

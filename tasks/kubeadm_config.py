@@ -43,7 +43,8 @@ from yaml.nodes import MappingNode, SequenceNode
 
 from tasks import controller_manager
 
-from tasks.engine import ops
+from tasks.engine import answers, ops
+from tasks.engine.answers import BadField
 from tasks.engine.context import HostContext, Step
 from tasks.errors import PodnetError
 from tasks.formats import kube_yaml
@@ -235,21 +236,34 @@ class Stored:
     text: str
 
 
-def parse_answer(rc: int, lines: list[str], s: Settings, host_name: str) -> Stored | None:
-    """The probe's answer: None when the ConfigMap does not exist (not a kubeadm-managed control plane)."""
+def _mark_line(line: str) -> str:
+    """query_command's first line: MARK and the ConfigMap's resourceVersion (an opaque string to clients,
+    API conventions: non-empty, one word)."""
+    mark, version = answers.fields(line, 2, " ")
+    if mark != MARK or not version or answers.CONTROL.search(version):
+        raise BadField(f"not '{MARK} <resourceVersion>'")
+    return version
+
+
+def parse_answer(rc: int, lines: list[str], s: Settings, host_name: str, stderr: str = "") -> Stored | None:
+    """
+    The probe's answer (kubectl's stdout; ``stderr`` only shown): None when the ConfigMap does not exist
+    (not a kubeadm-managed control plane). RemoteAnswerError when the first line is not the MARK line.
+    """
     if rc != 0:
+        said = " ".join(stderr.split())[:300] or "(nothing on stderr)"
         raise KubeadmConfigError(
-            f"{host_name}: reading {WHERE} with kubectl failed: {' '.join(lines)[:300]}; podnet records the node "
+            f"{host_name}: reading {WHERE} with kubectl failed: {said}; podnet records the node "
             f"IPAM flags there on kubeadm clusters: check that kubectl is installed and kubeconfig {s.kubeconfig} "
             "works")
-    start = next((i for i, line in enumerate(lines) if line.startswith(MARK + " ")), None)
-    if start is None:
+    if not any(line.strip() for line in lines):
         return None
-    text = "\n".join(lines[start + 1:]).strip("\n")
+    version = answers.records(host_name, f"kubectl get {WHERE} ({QUERY})", lines[:1], _mark_line)[0]
+    text = "\n".join(lines[1:]).strip("\n")
     if not text:
         raise KubeadmConfigError(f"{host_name}: {WHERE} has no {KEY}; kubeadm upgrade needs it: restore it "
                                  "(kubeadm init phase upload-config kubeadm) and rerun")
-    return Stored(lines[start][len(MARK) + 1:].strip(), text + "\n")
+    return Stored(version, text + "\n")
 
 
 def patch_command(s: Settings, stored: Stored, text: str) -> str:
@@ -269,7 +283,7 @@ def apply(s: Settings, node: NodeState, host_name: str, cluster_created: bool = 
     change = None
     answer = node.queries.get(QUERY)
     if answer is not None and not cluster_created:
-        stored = parse_answer(answer[0], answer[1], s, host_name)
+        stored = parse_answer(answer[0], answer[1], s, host_name, node.query_stderr.get(QUERY, ""))
         if stored is not None:
             try:
                 text, changes, api_version = merge_cluster_configuration(stored.text, desired_args(s))

@@ -20,7 +20,7 @@ from tasks.engine.context import HostContext
 from tasks.deploys import POD_NETWORK
 from tasks.artifacts.catalog import ArtifactError
 from tasks.artifacts.checksums import Checksums, ChecksumLockFile
-from tasks.artifacts.download import Downloader
+from tasks.artifacts.download import CacheError, Downloader
 from tasks.engine.pyinfra_compat import load_inventory
 from tasks.releases import ARCHITECTURES
 from tasks.settings import SettingsError, parse_inventory
@@ -42,7 +42,8 @@ def lock_inventory(hosts, architectures: list[str], verify: bool = False,
         if run is None:
             run = runs[settings.artifact_lock_file] = Checksums(
                 ChecksumLockFile(settings.artifact_lock_file),
-                downloader or Downloader(settings.download_cache_dir, progress=False))
+                downloader or Downloader(settings.download_cache_dir, progress=False,
+                                         allow_insecure_http=settings.allow_insecure_http))
         for name in artifacts_needed(applicable(POD_NETWORK, ctx), ctx):
             for arch in architectures:
                 if verify:
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         runs = lock_inventory(hosts, options.arch or ["amd64"], options.verify)
-    except (SettingsError, ArtifactError) as error:
+    except (SettingsError, ArtifactError, CacheError) as error:
         print(f"podnet: {error}", file=sys.stderr)
         return 1
     for run in runs:

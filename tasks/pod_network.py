@@ -30,7 +30,8 @@ import time
 
 from pyinfra import logger
 
-from tasks.engine import ops
+from tasks.engine import answers, ops
+from tasks.engine.answers import BadField, RemoteAnswerError
 from tasks.engine.context import HostContext, Step
 from tasks.errors import PodnetError
 from tasks.engine.probe import NodeState, ProbeRequest
@@ -83,11 +84,38 @@ def fits(s: Settings, cidr: str) -> bool:
     return cluster is not None and network.prefixlen == mask and network.subnet_of(cluster)  # type: ignore[arg-type]
 
 
-def nodes_not_fitting(s: Settings, lines: list[str]) -> dict[str, list[str]]:
-    """Node name -> its podCIDRs that the settings do not fit (from ``name cidr [cidr]`` lines)."""
+POD_CIDRS_QUERY = "pod_cidrs"
+
+
+def _pod_cidrs_line(line: str) -> tuple[str, list[str]]:
+    """One line of node_pod_cidrs_command: a Node name (RFC 1123 subdomain), then at most one
+    podCIDR per IP family, each a network in CIDR notation (the API server's rules for spec.podCIDRs)."""
+    name, _, rest = line.partition(" ")
+    cidrs = rest.split(" ") if rest else []
+    answers.object_name(name)
+    networks = [answers.network(cidr) for cidr in cidrs]
+    if len(networks) > 2 or len({n.version for n in networks}) != len(networks):
+        raise BadField("more than one podCIDR per IP family")
+    return name, [str(n) for n in networks]
+
+
+def pod_cidrs(host_name: str, lines: list[str]) -> dict[str, list[str]]:
+    """Node name -> its podCIDRs, from node_pod_cidrs_command's stdout; RemoteAnswerError naming the
+    host and the line when a line does not fit (a Node name, then podCIDRs) or a Node is listed twice."""
+    found: dict[str, list[str]] = {}
+    for name, cidrs in answers.records(host_name, f"kubectl get nodes ({POD_CIDRS_QUERY})", lines, _pod_cidrs_line):
+        if name in found:
+            raise RemoteAnswerError(answers.problem(host_name, f"kubectl get nodes ({POD_CIDRS_QUERY})", name,
+                                                    "Node listed twice"))
+        found[name] = cidrs
+    return found
+
+
+def nodes_not_fitting(s: Settings, lines: list[str], host_name: str = "") -> dict[str, list[str]]:
+    """Node name -> its podCIDRs that the settings do not fit (from ``name cidr [cidr]`` lines, each
+    checked by ``pod_cidrs``: nothing is decided from a line that does not fit)."""
     stale: dict[str, list[str]] = {}
-    for line in lines:
-        name, *cidrs = line.split()
+    for name, cidrs in pod_cidrs(host_name, lines).items():
         wrong = [c for c in cidrs if not fits(s, c)]
         if wrong:
             stale[name] = wrong
@@ -106,24 +134,41 @@ def subnet_of_node(node: NodeState) -> ipaddress.IPv4Interface | None:
     return None
 
 
-def parse_cni0(lines: list[str]) -> tuple[list[str], int]:
-    """(IPv4 addresses, pods attached) from CNI0_COMMAND's output."""
-    addresses = [line.split()[1] for line in lines if line.startswith("addr ")]
-    ports = next((int(line.split()[1]) for line in lines if line.startswith("ports ")), 0)
-    return addresses, ports
+def _cni0_line(line: str) -> tuple[str, str | int]:
+    what, value = answers.fields(line, 2, " ")
+    if what == "addr":
+        address = answers.interface_address(value)
+        if address.version != 4:
+            raise BadField("not an IPv4 address")
+        return what, str(address)
+    if what == "ports":
+        return what, answers.decimal(value, 0, None, "count of attached ports")
+    raise BadField("neither 'addr <address/prefix>' nor 'ports <count>'")
 
 
-def cni0_state(node: NodeState) -> tuple[list[str], int] | None:
+def parse_cni0(lines: list[str], host_name: str = "") -> tuple[list[str], int]:
+    """(IPv4 addresses, pods attached) from CNI0_COMMAND's output; RemoteAnswerError naming the host
+    and the line when a line does not fit (``addr <address/prefix>``, one ``ports <count>``)."""
+    records = answers.records(host_name, f"{BRIDGE}'s addresses and ports", lines, _cni0_line)
+    addresses = [str(value) for what, value in records if what == "addr"]
+    ports = [int(value) for what, value in records if what == "ports"]
+    if len(ports) > 1:
+        raise RemoteAnswerError(answers.problem(host_name, f"{BRIDGE}'s addresses and ports", "\n".join(lines),
+                                                "more than one 'ports' line"))
+    return addresses, (ports or [0])[0]
+
+
+def cni0_state(node: NodeState, host_name: str = "") -> tuple[list[str], int] | None:
     """(cni0's IPv4 addresses, pods attached), or None without a cni0."""
     rc, lines = node.queries.get("cni0", (1, []))
     if rc != 0 or not lines:
         return None
-    return parse_cni0(lines)
+    return parse_cni0(lines, host_name)
 
 
-def stale_cni0(node: NodeState) -> str | None:
+def stale_cni0(node: NodeState, host_name: str = "") -> str | None:
     """Why cni0 is stale (an address other than the current subnet's gateway), or None."""
-    subnet, bridge = subnet_of_node(node), cni0_state(node)
+    subnet, bridge = subnet_of_node(node), cni0_state(node, host_name)
     if subnet is None or bridge is None:
         return None
     addresses, ports = bridge
@@ -155,11 +200,11 @@ def checked(s: Settings, node: NodeState, host_name: str, first_control_plane: b
     """
     stale: dict[str, list[str]] = {}
     if asks_pod_cidrs(s, first_control_plane):
-        rc, lines = node.queries.get("pod_cidrs", (1, []))
-        stale = nodes_not_fitting(s, lines) if rc == 0 else {}
+        rc, lines = node.queries.get(POD_CIDRS_QUERY, (1, []))
+        stale = nodes_not_fitting(s, lines, host_name) if rc == 0 else {}
         if stale and not s.allow_pod_network_change:
             raise PodNetworkChangeError(f"{host_name}: {change_problem(s, stale)}")
-    problem = stale_cni0(node)
+    problem = stale_cni0(node, host_name)
     if problem and not s.allow_pod_network_change:
         logger.warning(f"podnet: {host_name}: {problem}; remove it (`ip link delete {BRIDGE}`) once no pod uses it, "
                        "or set allow_pod_network_change = True to let podnet do it")
@@ -188,14 +233,25 @@ def registered_again(s: Settings, node: NodeState, host_name: str, stale_nodes: 
                    reason=f"{host_name} holds {subnet_of_node(node)} from the old pod network" if leaving else None)
 
 
-def old_bridge_removed(s: Settings, node: NodeState) -> None:
+def old_bridge_removed(s: Settings, node: NodeState, host_name: str = "") -> None:
     """With allow_pod_network_change, after flanneld: cni0 of the old pod network removed once no pod uses it."""
     if not s.allow_pod_network_change:
         return
-    stale = stale_cni0(node)
+    stale = stale_cni0(node, host_name)
     leaving = this_node_is_leaving_its_subnet(s, node)
     ops.python_step(name=f"pod network: old {BRIDGE} removed", function=remove_old_bridge, args=(s,),
                     reason=stale or (f"{BRIDGE} belongs to the old pod network" if leaving else None))
+
+
+def _pod_line(line: str) -> tuple[str, str, str, bool]:
+    """One line of the pod listing: spec.nodeName (empty for a pod not scheduled yet), namespace, name,
+    spec.hostNetwork (empty when unset)."""
+    node, namespace, name, host_network = answers.fields(line, 4, " ")
+    if node:
+        answers.object_name(node)
+    if host_network not in ("", "true", "false"):
+        raise BadField(f"{answers.shown(host_network)} is not a spec.hostNetwork value")
+    return node, answers.namespace(namespace), answers.object_name(name), host_network == "true"
 
 
 def delete_nodes_after_new_ipam(state, host, connector_arguments, s: Settings, names: list[str]) -> bool:
@@ -220,8 +276,9 @@ def delete_nodes_after_new_ipam(state, host, connector_arguments, s: Settings, n
         "{.metadata.namespace} {.metadata.name} {.spec.hostNetwork}{\"\\n\"}{end}'", **connector_arguments)
     if not ok:
         raise PodNetworkChangeError(f"listing pods failed: {' '.join(output.stderr_lines)[:300]}")
-    pods = [fields[:3] for fields in (line.split() for line in output.stdout_lines)
-            if len(fields) >= 3 and fields[0] in names and fields[3:] != ["true"]]
+    pods = [(node, namespace, name) for node, namespace, name, host_network in
+            answers.records(host.name, "kubectl get pods", output.stdout_lines, _pod_line)
+            if node in names and not host_network]
     for _, namespace, name in pods:
         ok, output = host.run_shell_command(f"{kubectl} -n {shlex.quote(namespace)} delete pod {shlex.quote(name)} "
                                             "--wait=false", **connector_arguments)
@@ -252,10 +309,11 @@ def remove_old_bridge(state, host, connector_arguments, s: Settings) -> bool:
             f"echo subnet $(sed -n 's/^FLANNEL_SUBNET=//p' {SUBNET_ENV} 2>/dev/null); {CNI0_COMMAND} || echo absent",
             **connector_arguments)
         lines = output.stdout_lines if ok else []
-        if "absent" in lines:
+        if lines[-1:] == ["absent"]:
             return True
-        subnet = next((line.split()[1] for line in lines if line.startswith("subnet ") and len(line.split()) == 2), "")
-        addresses, ports = parse_cni0(lines)
+        subnet = next((line.split()[1] for line in lines[:1] if line.startswith("subnet ") and len(line.split()) == 2),
+                      "")
+        addresses, ports = parse_cni0(lines[1:], host.name)
         try:
             fresh = bool(subnet) and fits(s, str(ipaddress.ip_interface(subnet).network))
         except ValueError:
@@ -296,7 +354,7 @@ REGISTRATION = Step(
 OLD_BRIDGE = Step(
     "pod network: the old pod network's cni0 removed",
     probe=_probe,
-    apply=lambda ctx: old_bridge_removed(ctx.settings, ctx.node),
+    apply=lambda ctx: old_bridge_removed(ctx.settings, ctx.node, ctx.host_name),
 )
 
 
@@ -305,7 +363,7 @@ OLD_BRIDGE = Step(
 
 def pods_losing_network(node: NodeState, host_name: str) -> None:
     """Name the pods a reset takes the network from (podnet never deletes pods)."""
-    bridge = cni0_state(node)
+    bridge = cni0_state(node, host_name)
     if bridge and bridge[1]:
         logger.warning(f"podnet: {host_name}: {bridge[1]} pod(s) attached to {BRIDGE} lose their network "
                        "with this reset; podnet does not delete them: recreate them once a deploy has brought the "

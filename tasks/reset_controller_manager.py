@@ -18,7 +18,6 @@ kubeadm set it too.
 
 from __future__ import annotations
 
-import base64
 import posixpath
 import shlex
 
@@ -30,6 +29,8 @@ from tasks.engine.context import HostContext, Step
 from tasks.controller_manager import (BACKUP_DIR, NODE_IPAM_NAMES, SLICE_FLAGS, ControllerManagerError,
                                       _slice_items, config_path, desired_flags, effective_values, merge_manifest,
                                       merge_unit, read_flags)
+from tasks.engine import answers
+from tasks.engine.answers import BadField
 from tasks.engine.desired import DesiredFile, text_file
 from tasks.engine.probe import NodeState, ProbeRequest
 from tasks.formats import kube_yaml
@@ -46,14 +47,23 @@ def backups_command(s: Settings) -> str:
     return f"for f in {pattern}; do [ -f \"$f\" ] && printf '%s %s\\n' \"$f\" \"$(base64 -w0 < \"$f\")\"; done; true"
 
 
-def backups(node: NodeState) -> dict[str, bytes]:
-    """Backup path -> content, from the probe's answer to backups_command."""
+def _backup_line(prefix: str):
+    def check(line: str) -> tuple[str, bytes]:
+        """``<path> <base64 content>`` of one of podnet's backups (BACKUP_DIR/<name>.<digest prefix>)."""
+        path, data = answers.fields(line, 2, " ")
+        if not answers.absolute_path(path).startswith(prefix) or "/" in path[len(prefix):]:
+            raise BadField(f"not a backup of podnet's ({prefix}*)")
+        return path, answers.base64_bytes(data)
+    return check
+
+
+def backups(node: NodeState, s: Settings, host_name: str = "") -> dict[str, bytes]:
+    """Backup path -> content, from the probe's answer to backups_command; RemoteAnswerError when a line
+    does not fit (what to put back is not decided from an answer podnet cannot read)."""
     rc, lines = node.queries.get(BACKUPS_QUERY, (1, []))
-    found = {}
-    for line in lines if rc == 0 else []:
-        path, _, data = line.partition(" ")
-        found[path] = base64.b64decode(data)
-    return found
+    prefix = f"{BACKUP_DIR}/{posixpath.basename(config_path(s))}."
+    return dict(answers.records(host_name, f"podnet's backups of {config_path(s)} ({BACKUPS_QUERY})",
+                                lines if rc == 0 else [], _backup_line(prefix)))
 
 
 def strip_plan(segments: list[list[str]], flags: dict) -> list[tuple[int, int | str]] | None:
@@ -167,7 +177,7 @@ def restored(s: Settings, node: NodeState, host_name: str) -> tuple[bytes | None
     current = node.contents.get(path)
     if current is None:
         return None, f"{path} does not exist"
-    found = backups(node)
+    found = backups(node, s, host_name)
     if current in found.values():
         return None, f"{path} is as in podnet's backup"
     backup = original_backup(s, current, found)

@@ -19,7 +19,12 @@ give (see docs/testbed.md, "cluster_bootstrap on the test nodes"):
   preflight checks (the nodes have no internet): bookworm's .debs, downloaded on the host
   through the test mirror's private apt configuration and installed with dpkg;
 - on the first node, Debian's etcd-server running (kubeadm's etcd image cannot be built
-  here): the external etcd the inventory names in `etcd_external_endpoints`.
+  here), listening on the node's address: the external etcd the inventory names in
+  `etcd_external_endpoints`, which the API server of every control-plane host uses.
+
+``deploy_watching_secrets`` runs the deploy while watching every process of the machine (the
+nodes' and the laptop's: the host's /proc sees them all) and each node's kubeadm
+JoinConfiguration file, to prove that a join's secrets are never on a command line.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import selectors
 import signal
 import subprocess
@@ -35,25 +41,25 @@ import tempfile
 import time
 from pathlib import Path
 
+from tasks import kubeadm as kubeadm_tasks
 from testbed.kubebed import binaries
 from testbed.kubebed.cluster import SERVICE_CIDR, KubeBed, control_plane_images, flannel_image, kube_proxy_image, pause_image
 from testbed.localcluster import Node
 from testbed.mirror import build as mirror_build
-from testbed.podbed import DEPLOY_TIMEOUT, REPO, PodBed
+from testbed.podbed import DEPLOY_TIMEOUT, REPO, DeployRun, PodBed
 
 # kubeadm 1.36's pause image (`kubeadm config images list`), and the one PodBed's pods run.
 PAUSE_IMAGES = ("registry.k8s.io/pause:3.10.2", "registry.k8s.io/pause:3.10")
 # What podnet would install with apt-get for kubeadm's preflight and the base rootfs lacks.
 NODE_TOOLS = ("ethtool", "socat")
-ETCD_ENDPOINT = "http://127.0.0.1:2379"  # Debian's etcd-server listens on localhost; the API server is host-network
+ETCD_PORT = 2379  # Debian's etcd-server, on the first node
+WATCH_INTERVAL = 0.05  # seconds between two looks at the processes and join files (a join lasts 1.4-16 s)
 # pyinfra's run log: an operation starts, a host reports a change
 START_RE = re.compile(r"^--> Starting operation: (?P<name>.*?)\s*$")
 HOST_SUCCESS_RE = re.compile(r"^\s+\[(?P<host>[^\]]+)\] Success\s*$")
 
 # The switches this machine needs (each a podnet setting an operator would use the same way).
 MACHINE_SETTINGS = {
-    # kubeadm's etcd image cannot be built here: Debian's etcd-server 3.4 on the first node
-    "etcd_external_endpoints": [ETCD_ENDPOINT],
     # SystemVerification: cgroup v1 here (kubeadm's check fails with it from 1.35 on); ExternalEtcdVersion:
     # Debian's etcd 3.4 is older than kubeadm's minimum (3.5.24); ImagePull: no registry, and no CoreDNS
     # image can be built here (its pods stay without image)
@@ -72,28 +78,37 @@ MACHINE_SETTINGS = {
 class BootBed(PodBed):
     """A PodBed whose cluster podnet creates; ``members`` are the nodes in the inventory."""
 
-    def __init__(self, cluster, base_url: str, mirror, workdir: Path, members: int):
+    def __init__(self, cluster, base_url: str, mirror, workdir: Path, members: int, control_planes: int = 1):
         super().__init__(cluster, base_url, mirror, "2.x", workdir)
         settings = self.inventory_data()
         self.kube = KubeBed(cluster, self.workdir / "kube",
                             containerd_tarball=mirror.path("containerd", settings["containerd_version"]),
                             runc_binary=mirror.path("runc", settings["runc_version"]))
         self.members = list(cluster.nodes[:members])  # the others wait to be added to the inventory
+        # the first node creates the cluster; the last `control_planes - 1` nodes join as control-plane hosts
+        self.control_planes = [cluster.nodes[0], *cluster.nodes[len(cluster.nodes) - control_planes + 1:]]
+
+    @property
+    def etcd_endpoint(self) -> str:
+        """kubeadm's etcd image cannot be built here: Debian's etcd-server 3.4 on the first node."""
+        return f"http://{self.cluster.nodes[0].ip}:{ETCD_PORT}"
 
     def inventory_data(self, **overrides) -> dict:
-        # sandbox_image: kubeadm 1.36's pause, so containerd's sandbox image and kubeadm's agree (kubeadm
-        # warns otherwise); podnet's default (pause:3.10) is the one of existing clusters
+        # sandbox_image: podnet's default for kubernetes_version 1.36 (unset), kubeadm 1.36's pause, so
+        # containerd's sandbox image and kubeadm's agree (kubeadm warns otherwise)
         # flannel_rollout_timeout: on the fresh cluster a kube-flannel pod was seen restarting (with back-off)
         # while the cluster settles; on this shared 2-core machine that can take longer than PodBed's 120 s
         return super().inventory_data(cluster_bootstrap=True, kubernetes_version=binaries.KUBERNETES_VERSION,
-                                      sandbox_image=PAUSE_IMAGES[0], flannel_rollout_timeout=300,
-                                      **MACHINE_SETTINGS, **overrides)
+                                      sandbox_image=None, flannel_rollout_timeout=300,
+                                      etcd_external_endpoints=[self.etcd_endpoint], **MACHINE_SETTINGS, **overrides)
 
     def write_inventory(self, **overrides) -> Path:
         self.overrides = dict(overrides)
         per_host = {n.name: {"flannel_iface": n.ip} for n in self.members}
+        control_planes = [n for n in self.members if n in self.control_planes]
+        nodes = control_planes + [n for n in self.members if n not in control_planes]
         return self.cluster.write_inventory(self.workdir / "inventory.py", self.inventory_data(**overrides),
-                                            host_data=per_host, nodes=self.members)
+                                            host_data=per_host, nodes=nodes, control_plane=len(control_planes))
 
     # --- the machine, before podnet ----------------------------------------------------
 
@@ -113,9 +128,12 @@ class BootBed(PodBed):
             kube.protect_kernel_sysctls(node)
             kube.sh(node, f"ip route replace {SERVICE_CIDR} dev host0")
             kube.install_containerd(node)
-            kube.import_images(node, common + (control_plane_images() if node is control_plane else []))
+            kube.import_images(node, common + (control_plane_images() if node in self.control_planes else []))
+        etcd = {"ETCD_LISTEN_CLIENT_URLS": f"http://127.0.0.1:{ETCD_PORT},{self.etcd_endpoint}",
+                "ETCD_ADVERTISE_CLIENT_URLS": self.etcd_endpoint}
+        kube.put(control_plane, "/etc/default/etcd", "".join(f"{k}={v}\n" for k, v in etcd.items()).encode())
         kube.sh(control_plane, "systemctl unmask etcd.service && systemctl enable --now etcd.service")
-        kube.wait_for(control_plane, f"python3 -c \"import urllib.request; urllib.request.urlopen('{ETCD_ENDPOINT}"
+        kube.wait_for(control_plane, f"python3 -c \"import urllib.request; urllib.request.urlopen('{self.etcd_endpoint}"
                                      "/health', timeout=5)\"", "etcd")
 
     # --- the deploy, interrupted ---------------------------------------------------------
@@ -160,6 +178,24 @@ class BootBed(PodBed):
         if not killed:
             raise AssertionError(f"the deploy never started {operation!r}:\n{output[-4000:]}")
         return proc.returncode, output
+
+    # --- the deploy, watched for secrets -------------------------------------------------------
+
+    def deploy_watching_secrets(self) -> tuple[DeployRun, "SecretWatch"]:
+        """Run the real deploy while looking, every WATCH_INTERVAL seconds, at the command line of every
+        process on this machine and at each node's kubeadm JoinConfiguration file (its mode and the
+        token and certificate key it holds). Bounded by DEPLOY_TIMEOUT."""
+        watch = SecretWatch()
+        log = self.workdir / "watched-deploy.log"
+        proc = self.start_deploy(log)
+        deadline = time.monotonic() + DEPLOY_TIMEOUT
+        try:
+            while proc.poll() is None and time.monotonic() < deadline:
+                watch.look(self.cluster.node_path(node, kubeadm_tasks.JOIN_CONFIG_PATH) for node in self.members)
+                time.sleep(WATCH_INTERVAL)
+        finally:
+            run = self.finish_deploy(proc, log)
+        return run, watch
 
     # --- what a user sees ----------------------------------------------------------------
 
@@ -210,3 +246,42 @@ def changed_hosts(output: str) -> dict[str, list[str]]:
         if success and operation is not None:
             changed.setdefault(operation, []).append(success.group("host"))
     return changed
+
+
+class SecretWatch:
+    """What ``BootBed.deploy_watching_secrets`` saw: every distinct process command line, and the
+    join secrets (token, certificate key) and modes of the JoinConfiguration files."""
+
+    def __init__(self):
+        self.command_lines: set[str] = set()
+        self.tokens: set[str] = set()
+        self.certificate_keys: set[str] = set()
+        self.modes: set[str] = set()
+
+    def look(self, join_files) -> None:
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    with open(f"/proc/{entry.name}/cmdline", "rb") as cmdline:
+                        self.command_lines.add(cmdline.read().replace(b"\0", b" ").decode(errors="replace"))
+                except OSError:  # the process ended meanwhile
+                    pass
+        for path in join_files:
+            try:
+                mode = stat.S_IMODE(os.stat(path).st_mode)
+                text = Path(path).read_text()
+            except OSError:
+                continue
+            self.modes.add(f"{mode:o}")
+            for key, found in (("token", self.tokens), ("certificateKey", self.certificate_keys)):
+                match = re.search(rf"^\s*{key}: \"?([^\"\s]+)", text, re.MULTILINE)
+                if match:
+                    found.add(match.group(1))
+
+    def secrets(self) -> set[str]:
+        return self.tokens | self.certificate_keys
+
+    def command_lines_holding_a_secret(self) -> list[str]:
+        """Every command line seen that holds a token, a token's secret half, or a certificate key."""
+        needles = self.certificate_keys | self.tokens | {token.split(".")[1] for token in self.tokens}
+        return sorted(line for line in self.command_lines if any(needle in line for needle in needles))

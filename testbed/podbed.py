@@ -137,6 +137,8 @@ class PodBed:
             node_cidr_mask_size=24,
             flannel_rollout=self.rollout,
             flannel_image=f"docker.io/flannel/flannel:v{binaries.FLANNELD_VERSION}",  # built locally (no registry)
+            # the existing cluster's sandbox image (built locally), as an operator of such a cluster sets it
+            sandbox_image=KubeBed.sandbox_image,
             flannel_rollout_timeout=120,
             kube_controller_manager_runtime=self.runtime,
             restrict_oom_score_adj=True,  # this machine's root lacks CAP_SYS_RESOURCE
@@ -147,10 +149,11 @@ class PodBed:
         data.update(overrides)
         return data
 
-    def write_inventory(self, **overrides) -> Path:
+    def write_inventory(self, host_data: dict | None = None, **overrides) -> Path:
+        """The inventory with ``overrides`` in group data and ``host_data`` on every host."""
         self.overrides = dict(overrides)
         # No default route on test nodes: flanneld is told each node's own address (as on Vagrant).
-        per_host = {n.name: {"flannel_iface": n.ip} for n in self.cluster.nodes}
+        per_host = {n.name: {"flannel_iface": n.ip, **(host_data or {})} for n in self.cluster.nodes}
         for name, (address, port) in self.ssh_endpoints.items():
             per_host[name].update(ssh_hostname=address, ssh_port=port)
         return self.cluster.write_inventory(self.workdir / "inventory.py", self.inventory_data(**overrides),
@@ -166,9 +169,7 @@ class PodBed:
                             containerd_tarball=self.mirror.path("containerd", version),
                             runc_binary=self.mirror.path("runc", settings["runc_version"]),
                             containerd_config_version=2 if version.startswith("1.") else 3)
-        self.kube.install()
-        if self.rollout == "systemd":
-            self.kube.share_admin_kubeconfig()
+        self.kube.install()  # admin.conf on the control plane only: podnet gives flanneld a kubeconfig of its own
         return self.kube
 
     # --- the deploy ------------------------------------------------------------------

@@ -12,7 +12,14 @@ One cluster of three nodes, the third left out of the inventory until the last t
    different nodes reach each other;
 3. a rerun changes nothing (no new bootstrap token, no init, no join, no restart, one
    command per host);
-4. the third node added to the inventory is joined, and no other node changes.
+4. the third node added to the inventory as a second control-plane host is joined with
+   `kubeadm join --control-plane` (the bed's etcd is external and reachable from every node),
+   and no other node changes.
+
+The worker's join (2.) and the control-plane host's (4.) are watched from the host: no
+process's command line on any node (nor the laptop's) ever holds the bootstrap token or
+the certificate key, the JoinConfiguration file holding them is mode 0600 and gone after the
+join, and no token a join used is left in the cluster.
 
 Run alone with: python3 -m pytest -q tests/test_bootstrap_e2e.py
 """
@@ -46,7 +53,7 @@ KUBERNETES_FILES = ("/usr/local/bin/kubeadm", "/usr/local/bin/kubelet", "/usr/lo
 def bed(served_cluster):
     downloads: list = []
     with served_cluster("pn-boot", nodes=3, request_log=downloads) as (base_url, mirror, workdir, cluster):
-        bed = BootBed(cluster, base_url, mirror, workdir, members=2)
+        bed = BootBed(cluster, base_url, mirror, workdir, members=2, control_planes=2)
         bed.prepare_nodes()
         bed.fresh = {node.name: [path for path in KUBERNETES_FILES if bed.has_file(node, path)]
                      for node in cluster.nodes}
@@ -55,8 +62,9 @@ def bed(served_cluster):
         control_plane, worker = cluster.nodes[:2]
         bed.after_kill = {"admin.conf on the control plane": bed.has_file(control_plane, kubeadm_tasks.ADMIN_CONF),
                           "kubelet.conf on the worker": bed.has_file(worker, kubeadm_tasks.KUBELET_CONF)}
-        bed.first_run = bed.deploy()
+        bed.first_run, bed.first_watch = bed.deploy_watching_secrets()
         assert bed.first_run.returncode == 0, bed.first_run.output[-4000:]
+        bed.tokens_after_first_run = bed.bootstrap_tokens()
         bed.wait_for_flannel()
         bed.downloads = downloads
         yield bed
@@ -91,7 +99,25 @@ def test_the_next_run_joins_the_worker_without_initialising_again(bed):
     assert INIT not in changed
     assert changed[WORKER_JOIN] == ["pn-boot-2"]
     assert CONTROL_PLANE_JOIN not in changed
-    assert changed["flannel: DaemonSet applied and rolled out"] == ["pn-boot-1"]
+    assert changed["flannel: DaemonSet applied"] == ["pn-boot-1"]
+    assert changed["flannel: DaemonSet rolled out, every flannel pod Ready"] == ["pn-boot-1"]
+
+
+def assert_join_secrets_kept(bed, watch, node, tokens_after: list[str]) -> None:
+    """What a watched join must show: its secrets only in the 0600 file, which is gone; its token deleted."""
+    assert len(watch.tokens) == 1, watch.tokens  # the watch saw the join file, with the join's own token
+    assert watch.modes == {"600"}
+    assert f"{kubeadm_tasks.KUBEADM} join --config {kubeadm_tasks.JOIN_CONFIG_PATH} " in watch.command_lines
+    assert watch.command_lines_holding_a_secret() == []
+    assert not bed.has_file(node, kubeadm_tasks.JOIN_CONFIG_PATH)
+    token_ids = {f"bootstrap-token-{token.split('.')[0]}" for token in watch.tokens}
+    assert token_ids.isdisjoint(tokens_after), tokens_after
+
+
+def test_the_workers_join_secrets_were_on_no_command_line_and_its_token_is_deleted(bed):
+    assert_join_secrets_kept(bed, bed.first_watch, bed.cluster.nodes[1], bed.tokens_after_first_run)
+    assert bed.first_watch.certificate_keys == set()  # a worker gets no certificate key
+    assert bed.first_watch.secrets().isdisjoint(bed.first_run.output.split())
 
 
 # --- the cluster kubeadm made ------------------------------------------------------------------
@@ -114,7 +140,7 @@ def test_the_control_plane_is_kubeadms_with_the_external_etcd(bed):
     version = json.loads(bed.kubectl("version -o json"))["serverVersion"]["gitVersion"]
     assert version.startswith(f"v{binaries.KUBERNETES_VERSION}")
     apiserver = bed.sh(bed.cluster.nodes[0], "cat /etc/kubernetes/manifests/kube-apiserver.yaml")
-    assert "--etcd-servers=http://127.0.0.1:2379" in apiserver
+    assert f"--etcd-servers={bed.etcd_endpoint}" in apiserver
     assert not bed.has_file(bed.cluster.nodes[0], "/etc/kubernetes/manifests/etcd.yaml")
 
 
@@ -154,22 +180,33 @@ def test_a_rerun_changes_nothing_and_creates_no_token(bed):
     assert bed.sh(bed.cluster.nodes[0], "pgrep -x kube-apiserver").split() == apiserver
 
 
-def test_adding_a_node_to_the_inventory_joins_only_that_node(bed):
+def test_adding_a_control_plane_host_to_the_inventory_joins_only_that_node_without_exposing_its_secrets(bed):
     old = list(bed.members)
+    new_node = bed.cluster.nodes[2]
     kubelets = {node.name: bed.main_pid(node, "kubelet") for node in old}
     bed.members = list(bed.cluster.nodes)
     bed.write_inventory()
-    run = bed.deploy()
+    run, watch = bed.deploy_watching_secrets()
     assert (run.returncode, run.errors) == (0, 0), run.output[-3000:]
     changed = changed_hosts(run.output)
-    assert changed[WORKER_JOIN] == ["pn-boot-3"]
+    assert changed[CONTROL_PLANE_JOIN] == ["pn-boot-3"]
+    assert WORKER_JOIN not in changed
     assert {host for hosts in changed.values() for host in hosts} == {"pn-boot-3"}, changed
     assert {node.name: bed.main_pid(node, "kubelet") for node in old} == kubelets
+    # the join's token and certificate key: in the 0600 file only, never on a command line or in the output
+    assert_join_secrets_kept(bed, watch, new_node, bed.bootstrap_tokens())
+    assert len(watch.certificate_keys) == 1
+    assert watch.secrets().isdisjoint(run.output.split())
+    # a control-plane host: kubeadm wrote its static pods and admin.conf, its API server serves
+    assert bed.has_file(new_node, kubeadm_tasks.ADMIN_CONF)
+    assert bed.has_file(new_node, "/etc/kubernetes/manifests/kube-apiserver.yaml")
+    bed.sh(new_node, f"kubectl --kubeconfig={kubeadm_tasks.ADMIN_CONF} --server=https://{new_node.ip}:6443 "
+                     "get --raw=/readyz")
     bed.wait_for_flannel()
     ready = bed.nodes_ready()
     assert ready["pn-boot-3"][0] == "True"
     assert ipaddress.ip_network(ready["pn-boot-3"][1]).subnet_of(bed.cluster_cidr)
-    new, existing = bed.run_pod(bed.cluster.nodes[2], "boot-new-node"), bed.run_pod(old[0], "boot-old-node")
+    new, existing = bed.run_pod(new_node, "boot-new-node"), bed.run_pod(old[0], "boot-old-node")
     try:
         assert bed.ping(new, existing.ip)
     finally:

@@ -17,9 +17,9 @@ from tasks.artifacts import catalog
 from tasks.artifacts.catalog import ArtifactError, resolve
 from tasks.artifacts.checksums import (ChecksumError, ChecksumLockFile, Checksums, LockEntry, published_source,
                              sha256_from_checksum_file, sha256_from_release)
-from tasks.artifacts.download import ChecksumMismatch, Downloader
+from tasks.artifacts.download import ChecksumMismatch, Document, Downloader
 from tests.support.hosts import settings
-from tests.support.http import Reply, ScriptedServer
+from tests.support.http import Reply, ScriptedServer, loopback_certificate
 from tests.support.releases import tarball
 
 FLANNEL = tarball({"flannel-amd64": b"#!/bin/sh\necho flannel 1.9.1\n"})
@@ -57,11 +57,13 @@ def lock_path(tmp_path: Path) -> Path:
 def run_for(lock_path: Path, tmp_path: Path) -> Checksums:
     """A new run's checksums (nothing memoized but the lock file on disk)."""
     return Checksums(ChecksumLockFile(lock_path), Downloader(tmp_path / "cache", attempts=2, timeout=5, backoff=0,
-                                                         progress=False))
+                                                             progress=False, allow_insecure_http=True))
 
 
 def flannel_settings(server: ScriptedServer, lock_path: Path, **extra):
-    return settings(mirror_url=server.url, artifact_lock_file=str(lock_path), **extra)
+    """The releases this module's server publishes (the resolution does not depend on which)."""
+    return settings(mirror_url=server.url, allow_insecure_http=True, artifact_lock_file=str(lock_path), flannel_cni_plugin_version="1.9.1-flannel1",
+                    flanneld_version="0.28.4", **{"flannel_image": "docker.io/flannel/flannel:v0.28.4", **extra})
 
 
 def resolve_flannel(run: Checksums, s) -> catalog.Artifact:
@@ -87,6 +89,33 @@ def test_a_sum_from_the_checksum_file_beside_the_asset_is_used_and_locked(server
     # the same run asks once, whatever the number of hosts
     resolve_flannel(run, flannel_settings(server, lock_path))
     assert server.requests[FLANNEL_PATH + ".sha256"] == 1
+
+
+def test_the_lock_records_the_url_the_sum_was_read_from_after_redirects(lock_path, tmp_path, monkeypatch):
+    certificate = loopback_certificate(tmp_path / "tls")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(certificate.cert))
+    with ScriptedServer(tls=certificate) as mirror:
+        read = mirror.script("/moved" + FLANNEL_PATH + ".sha256", Reply(body=checksum_line(FLANNEL_SHA, FLANNEL_ASSET)))
+        mirror.script(FLANNEL_PATH + ".sha256", Reply(status=302, location=read))
+        s = settings(mirror_url=mirror.url, artifact_lock_file=str(lock_path), flannel_cni_plugin_version="1.9.1-flannel1")  # https: no opt-in needed
+        run = Checksums(ChecksumLockFile(lock_path), Downloader(tmp_path / "cache", attempts=1, progress=False))
+        assert resolve_flannel(run, s).sha256 == FLANNEL_SHA
+    assert run.lock.get("flannel_cni_plugin", "1.9.1-flannel1", "amd64").source == read
+    assert yaml.safe_load(lock_path.read_text())["flannel_cni_plugin"]["1.9.1-flannel1"]["amd64"]["source"] == read
+
+
+def test_a_sum_is_not_read_through_a_redirect_from_https_to_http(server, lock_path, tmp_path, monkeypatch):
+    certificate = loopback_certificate(tmp_path / "tls")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(certificate.cert))
+    plain = server.script(FLANNEL_PATH + ".sha256", Reply(body=checksum_line(FLANNEL_SHA, FLANNEL_ASSET)))
+    with ScriptedServer(tls=certificate) as mirror:
+        asked = mirror.script(FLANNEL_PATH + ".sha256", Reply(status=301, location=plain))
+        s = settings(mirror_url=mirror.url, artifact_lock_file=str(lock_path), flannel_cni_plugin_version="1.9.1-flannel1")
+        with pytest.raises(ChecksumError) as raised:
+            resolve_flannel(run_for(lock_path, tmp_path), s)
+    assert (f"upstream's published sum cannot be used: refusing the redirect from {asked} to {plain}: it leaves "
+            "https") in str(raised.value)
+    assert server.requests[FLANNEL_PATH + ".sha256"] == 0 and not lock_path.exists()
 
 
 def test_the_lock_is_reused_with_upstream_gone(lock_path, tmp_path):
@@ -306,11 +335,11 @@ def test_a_flannel_cni_plugin_release_without_a_known_asset_name_is_refused():
 
 def test_default_flannel_versions_are_the_pair_flannels_own_manifest_uses():
     s = settings()
-    # flannel v0.28.4's kube-flannel.yml runs flanneld v0.28.4 with cni-plugin v1.9.1-flannel1
+    # flannel v0.28.9's kube-flannel.yml runs flanneld v0.28.9 with cni-plugin v1.9.1-flannel3
     assert (s.flanneld_version, s.flannel_image, s.flannel_cni_plugin_version) == (
-        "0.28.4", "docker.io/flannel/flannel:v0.28.4", "1.9.1-flannel1")
+        "0.28.9", "docker.io/flannel/flannel:v0.28.9", "1.9.1-flannel3")
     assert catalog.asset_url(s, "flannel_cni_plugin", s.flannel_cni_plugin_version, "amd64").endswith(
-        "/v1.9.1-flannel1/cni-plugin-flannel-linux-amd64-v1.9.1.tgz")
+        "/v1.9.1-flannel3/cni-plugin-flannel-linux-amd64-v1.9.1.tgz")
 
 
 def test_github_token_goes_to_the_api_but_never_to_a_mirror(server, lock_path, tmp_path, monkeypatch):
@@ -318,10 +347,11 @@ def test_github_token_goes_to_the_api_but_never_to_a_mirror(server, lock_path, t
     monkeypatch.setenv("GITHUB_TOKEN", "secret")
     downloader = Downloader(tmp_path / "cache", attempts=1, timeout=5, backoff=0, progress=False)
     monkeypatch.setattr(downloader, "fetch_document", lambda url, headers=None: seen.append((url, headers)) or
-                        release_document(flanneld_amd64=f"sha256:{FLANNELD_SHA}"))
+                        Document(release_document(flanneld_amd64=f"sha256:{FLANNELD_SHA}"), url))
     run = Checksums(ChecksumLockFile(lock_path), downloader)
     for mirror in (None, server.url):
-        s = settings(flannel_rollout="systemd", artifact_lock_file=str(lock_path), mirror_url=mirror)
+        s = settings(flannel_rollout="systemd", artifact_lock_file=str(lock_path), mirror_url=mirror,
+                     flanneld_version="0.28.4", allow_insecure_http=True)
         run.sha256(s, "flanneld", "0.28.4", "amd64")
         lock_path.unlink()
         run.lock.entries.clear()

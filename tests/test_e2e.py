@@ -17,7 +17,9 @@ Run alone with: python3 -m pytest -m e2e
 
 from __future__ import annotations
 
+import base64
 import ipaddress
+import json
 import itertools
 import os
 import shlex
@@ -25,10 +27,12 @@ import tomllib
 from dataclasses import dataclass
 
 import pytest
+import requests
 import yaml
 
 from bench import run as node_costs  # counts what a pyinfra run cost each node, from its sshd log
 from tasks import containerd as containerd_tasks
+from tasks import flannel as flannel_tasks
 from tasks.settings import parse_host_settings
 from testbed.cri.client import cri_over_ssh
 from testbed.podbed import KCM_UNIT_PATH, MANIFEST_PATH, VXLAN_MTU, PodBed
@@ -120,14 +124,17 @@ def test_first_run_sets_up_the_pod_network_without_errors(bed):
     every_node = ["containerd: config.toml (checked by containerd first)", "cni: plugin binaries",
                   "cni: 10-flannel.conflist", "kernel: modules-load.d and sysctl.d files"]
     if bed.kind.rollout == "systemd":
-        every_node += ["flannel: flanneld binary and net-conf.json", "flannel: flanneld unit"]
+        every_node += ["flannel: flanneld binary and net-conf.json", "flannel: flanneld unit",
+                       "flannel: flanneld's ServiceAccount token and kubeconfig (mode 0600)"]
+        assert changed.get("flannel: flanneld's ServiceAccount and ClusterRole applied") == 1
     for operation in every_node:
         assert changed.get(operation) == nodes_of(bed), (operation, changed)
     # the cluster already ran this containerd release: its binaries stay, its config is podnet's now
     assert "containerd: containerd binaries" not in changed
     assert changed.get("kube-controller-manager: node IPAM flags") == 1
     if bed.kind.rollout == "daemonset":
-        assert changed.get("flannel: DaemonSet applied and rolled out") == 1
+        assert changed.get("flannel: DaemonSet applied") == 1
+        assert changed.get("flannel: DaemonSet rolled out, every flannel pod Ready") == 1
 
 
 def test_controller_manager_assigns_each_node_a_distinct_pod_cidr_from_the_cluster_cidr(bed):
@@ -164,6 +171,46 @@ def test_flanneld_writes_subnet_env_from_each_nodes_pod_cidr(bed):
         assert env == {"FLANNEL_NETWORK": "10.244.0.0/16", "FLANNEL_SUBNET": str(bed.node_subnet(node)),
                        "FLANNEL_MTU": str(VXLAN_MTU), "FLANNEL_IPMASQ": "true"}, node.name
         assert bed.sh(node, "ip -o link show flannel.1 >/dev/null && echo vxlan").strip() == "vxlan"
+
+
+@pytest.mark.only_bed("flanneld-systemd")
+def test_a_systemd_rollout_node_holds_no_admin_credentials_and_flanneld_runs_as_its_service_account(bed):
+    worker = bed.cluster.nodes[1]
+    # the kubeconfig the test bed's control plane keeps is on the control plane only
+    assert bed.sh(worker, "ls /etc/kubernetes/admin.conf /etc/kubernetes/super-admin.conf 2>/dev/null",
+                  check=False).strip() == ""
+    for node in bed.cluster.nodes:
+        files = bed.sh(node, f"stat -c '%a %U %n' {flannel_tasks.KUBECONFIG_PATH} {flannel_tasks.TOKEN_PATH}")
+        assert files.split("\n")[:2] == [f"600 root {flannel_tasks.KUBECONFIG_PATH}",
+                                        f"600 root {flannel_tasks.TOKEN_PATH}"], node.name
+        pid = bed.main_pid(node, "flanneld")
+        assert f"--kubeconfig-file={flannel_tasks.KUBECONFIG_PATH}" in bed.sh(node, f"tr '\\0' ' ' < /proc/{pid}/cmdline")
+    # what the API server makes of the worker's token: flannel's ServiceAccount, allowed what flannel's
+    # ClusterRole allows and nothing more
+    kubeconfig = yaml.safe_load(bed.sh(worker, f"cat {flannel_tasks.KUBECONFIG_PATH}"))
+    cluster = kubeconfig["clusters"][0]["cluster"]
+    token = bed.sh(worker, f"cat {flannel_tasks.TOKEN_PATH}").strip()
+    ca = bed.workdir / "flannel-ca.crt"
+    ca.write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
+
+    def review(path: str, spec: dict) -> dict:
+        answer = requests.post(cluster["server"] + path, json=spec, verify=str(ca), timeout=30,
+                               headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 201, answer.text
+        return answer.json()["status"]
+
+    who = review("/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                 {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+    assert who["userInfo"]["username"] == "system:serviceaccount:kube-flannel:flannel"
+
+    def allowed(verb: str, resource: str, subresource: str = "") -> bool:
+        return review("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", {
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": {"verb": verb, "resource": resource, "subresource": subresource}}})[
+            "allowed"]
+
+    assert allowed("patch", "nodes", "status") and allowed("watch", "nodes")
+    assert not allowed("list", "secrets") and not allowed("delete", "nodes") and not allowed("create", "pods")
 
 
 def test_containerd_runs_the_rendered_config(bed):
@@ -406,7 +453,8 @@ def test_a_backend_change_replaces_only_flanneld_and_pods_still_reach_each_other
     bed.wait_for_flannel()
     if flannel_pods is not None:
         assert run.changed_operations() == {"flannel: kube-flannel manifest": 1,
-                                            "flannel: DaemonSet applied and rolled out": 1,
+                                            "flannel: DaemonSet applied": 1,
+                                            "flannel: DaemonSet rolled out, every flannel pod Ready": 1,
                                             "flannel: every node has a podCIDR in the cluster CIDR": 1}
         replaced = bed.flannel_pods()
         assert sorted(replaced) == sorted(flannel_pods)
@@ -428,6 +476,48 @@ def test_a_backend_change_replaces_only_flanneld_and_pods_still_reach_each_other
     finally:
         for pod in pods:
             bed.remove_pod(pod)
+
+
+@pytest.mark.only_bed("containerd-2.x")  # podnet's default DaemonSet (flannel v0.28.9)
+def test_flannel_pods_are_ready_because_flanneld_answers_readyz(bed):
+    """The default DaemonSet declares flanneld's probes, and every pod is Ready through them: the kubelet
+    marks a pod with a readinessProbe Ready only after the probe succeeded, and flanneld answers it."""
+    bed.write_inventory()
+    assert bed.deploy().returncode == 0
+    daemonset = json.loads(bed.kubectl("-n kube-flannel get ds kube-flannel -o json"))
+    container = daemonset["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 8081, "scheme": "HTTP"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 8081, "scheme": "HTTP"}
+    assert "--healthz-port=8081" in container["args"]
+    pods = json.loads(bed.kubectl("-n kube-flannel get pods -o json"))["items"]
+    assert sorted(p["spec"]["nodeName"] for p in pods) == sorted(n.name for n in bed.cluster.nodes)
+    for pod in pods:
+        ready = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
+        assert ready["Ready"] == "True", (pod["spec"]["nodeName"], pod["status"]["conditions"])
+    for node in bed.cluster.nodes:  # flanneld's own answer, on the node (hostNetwork)
+        answer = bed.sh(node, "exec 3<>/dev/tcp/127.0.0.1/8081 && printf 'GET /readyz HTTP/1.0\\r\\n\\r\\n' >&3 "
+                              "&& head -n 1 <&3")
+        assert answer.startswith("HTTP/1.0 200") or answer.startswith("HTTP/1.1 200"), (node.name, answer)
+
+
+@pytest.mark.only_bed("containerd-2.x")
+def test_a_crashing_flanneld_fails_the_rollout_naming_the_node_and_its_last_log_lines(bed):
+    """flanneld told to use an interface no node has exits at start: the run fails (bounded) naming the node
+    whose new pod is not Ready and what flanneld said; the next run with the right settings converges."""
+    bed.write_inventory(host_data={"flannel_iface": "pn-nonexist0"}, flannel_rollout_timeout=40)
+    try:
+        run = bed.deploy()
+        assert run.returncode != 0
+        assert "kube-flannel did not roll out within 40s (flannel_rollout_timeout)" in run.output
+        names = [n.name for n in bed.cluster.nodes]
+        named = [name for name in names if f"on node {name} is not Ready" in run.output]
+        assert named, run.output[-3000:]
+        assert "pn-nonexist0" in run.output  # flanneld's own log line, from the crashed container
+    finally:
+        bed.write_inventory()
+        restored = bed.deploy()
+    assert restored.returncode == 0, restored.output[-4000:]
+    bed.wait_for_flannel()
 
 
 @pytest.mark.only_bed("containerd-1.x")  # switched off behind podnet's back with a drop-in: the systemd-unit cluster

@@ -15,6 +15,9 @@ real deploy.py through the real pyinfra CLI over SSH, and how the next run recov
    killed run's lock does not stop the next run.
 4. A node's container rebooted: kernel settings, containerd, the CNI files and flanneld come
    back by themselves, a new pod gets an IP and pings, and a rerun changes nothing.
+5. A staged file corrupted on a node between its upload and its activation (1b): the node's
+   own check stops the run naming host, path and both sums, every live file stays as it was,
+   and the next run converges.
 
 To make the points between two commands observable, pyinfra reaches the nodes through a
 user-space forwarder that delays every byte (testbed/delay_proxy.py) while a run is
@@ -290,6 +293,55 @@ def test_a_change_run_killed_at_each_point_leaves_no_half_written_file_and_the_n
         assert all(after[node.name][f"{PLUGIN_DIR}/{name}"] == hashlib.sha256(new_plugins[name]).hexdigest()
                    for name in changing)
         assert '"mtu": 1400' in bed.sh(node, f"cat {CONFLIST}")
+
+
+# --- 1b. a staged file corrupted on a node before it is activated ------------------------------------
+
+
+def test_a_staged_file_corrupted_on_a_node_before_activation_stops_the_run_and_the_live_file_stays(bed):
+    bed.write_inventory()
+    assert bed.deploy().returncode == 0  # converged on the release's plugins (this test also runs alone)
+    node = bed.cluster.nodes[-1]
+    current = bed.inventory_data()["cni_plugins_version"]
+    other = next(v for v in sorted(bed.mirror.manifest["cni_plugins"]) if v != current)
+    new_plugins = plugin_members(bed, other)
+    before = managed_files(bed)
+    changing = sorted(name for name, data in new_plugins.items()
+                      if before[node.name].get(f"{PLUGIN_DIR}/{name}") != hashlib.sha256(data).hexdigest())
+    assert len(changing) > 1
+    victim = changing[0]  # uploaded first (plugins go in name order): a later staged file means it is complete
+    live, expected = f"{PLUGIN_DIR}/{victim}", hashlib.sha256(new_plugins[victim]).hexdigest()
+    staged = node_file(bed, node, f"{PLUGIN_DIR}/.{victim}{ops.STAGED_SUFFIX}")
+    corrupted = bytearray(new_plugins[victim])
+    corrupted[len(corrupted) // 2] ^= 0xFF  # one byte flipped: same size
+    bed.write_inventory(cni_plugins_version=other)
+
+    def victim_uploaded() -> bool:
+        return read(staged) == new_plugins[victim] and len(staged_in(bed, node, PLUGIN_DIR)) > 1
+
+    def corrupt(proc) -> None:
+        staged.write_bytes(corrupted)  # on the node, between its upload and the command that activates it
+
+    log = bed.workdir / "corrupted.log"
+    with slow_links(bed):
+        run = bed.finish_deploy(deploy_until(bed, victim_uploaded, f"{victim} uploaded to {node.name}", log,
+                                             then=corrupt), log)
+    assert run.returncode != 0
+    assert (f"podnet: {node.name}: {live}: the uploaded file has sha256 {hashlib.sha256(corrupted).hexdigest()} on "
+            f"the node, expected {expected}; removed it, the live file is unchanged") in run.output, run.output[-4000:]
+    assert f"podnet: {node.name} failed at 'cni: plugin binaries'" in run.output
+    after = managed_files(bed)
+    assert after[node.name] == before[node.name]  # every live file as it was: nothing of the batch activated
+    assert staged_files(bed)[node.name] == []  # the staged files of the batch removed
+    digests = read(node_file(bed, node, "/var/lib/podnet/digests")).decode()
+    recorded = [line.split(" ", 2) for line in digests.splitlines()]
+    assert {sha for _, sha, path in recorded if path == live} <= {before[node.name][live]}  # never the desired sum
+    other_node = bed.cluster.nodes[0]
+    assert after[other_node.name][live] == expected  # the other node completed
+
+    rerun = converge(bed)  # uploaded again: converges, and the run after it changes nothing
+    assert rerun.changed_operations().get("cni: plugin binaries") == 1, rerun.changed_operations()
+    assert managed_files(bed)[node.name][live] == expected
 
 
 # --- 2. a node lost mid-run -----------------------------------------------------------------------------

@@ -249,7 +249,8 @@ def test_upgrade_from_the_old_name_installs_the_new_file_then_removes_the_old_on
     assert len(commands) == 3, commands
     assert commands[0] == "mkdir -p /etc/sysctl.d"
     assert commands[1].startswith("set -e; chmod 0644 /etc/sysctl.d/.zz-podnet.conf.podnet-new; "
-                                  "mv -f /etc/sysctl.d/.zz-podnet.conf.podnet-new /etc/sysctl.d/zz-podnet.conf; ")
+                                  "d0=$(sha256sum < /etc/sysctl.d/.zz-podnet.conf.podnet-new); ")  # checked first
+    assert "; mv -f /etc/sysctl.d/.zz-podnet.conf.podnet-new /etc/sysctl.d/zz-podnet.conf; " in commands[1]
     assert commands[2] == "rm -f /etc/sysctl.d/99-podnet.conf"  # only once the new file is in place
     assert ("@fake/w1: removing /etc/sysctl.d/99-podnet.conf: podnet's kernel parameters are persisted in "
             "/etc/sysctl.d/zz-podnet.conf now, which is read after /etc/sysctl.d/99-sysctl.conf at boot") in run.output

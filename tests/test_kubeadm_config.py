@@ -19,6 +19,7 @@ import yaml
 
 from tasks import kubeadm_config
 from tasks.kubeadm_config import KubeadmConfigError, Stored, merge_cluster_configuration
+from tasks.engine.answers import RemoteAnswerError
 from tasks.engine.probe import parse_probe, probe_script
 from tasks.settings import parse_host_settings
 from tests.support.kubeadm import (V1BETA3_KUBEADM_1_30, V1BETA3_KUBESPRAY, V1BETA4_EDITED, V1BETA4_KUBEADM_1_35,
@@ -291,19 +292,28 @@ def test_the_query_reaches_kubectl_intact_through_the_probe_on_a_real_shell(tmp_
         "--kubeconfig=/etc/kubernetes/admin.conf", "-n", "kube-system", "get", "configmap", "kubeadm-config",
         "--ignore-not-found", "-o",
         'jsonpath={"podnet-kubeadm-config "}{.metadata.resourceVersion}{"\\n"}{.data.ClusterConfiguration}']
-    rc, lines = parse_probe(out.splitlines()).queries["kubeadm_config"]
+    state = parse_probe(out.splitlines())
+    rc, lines = state.queries["kubeadm_config"]
+    assert state.query_stderr["kubeadm_config"] == "Warning: a deprecation notice"  # apart, not in the document
     assert kubeadm_config.parse_answer(rc, lines, s, "cp1") == Stored("4711", V1BETA4_PODNET)
 
 
-def test_the_answer_is_parsed_past_kubectl_warnings():
+def test_an_answer_that_does_not_start_with_the_mark_line_is_refused_not_searched():
+    # stdout only: a kubectl warning goes to stderr (the probe keeps it apart, test above); a stdout that does
+    # not start with the mark line is not kubectl's answer to this query, and nothing is decided from it
     lines = ["Warning: some deprecation", "podnet-kubeadm-config 4711", *V1BETA4_PODNET.splitlines()]
-    assert kubeadm_config.parse_answer(0, lines, settings(), "cp1") == Stored("4711", V1BETA4_PODNET)
+    with pytest.raises(RemoteAnswerError) as refused:
+        kubeadm_config.parse_answer(0, lines, settings(), "cp1")
+    assert str(refused.value).startswith("cp1: the answer to kubectl get ConfigMap kube-system/kubeadm-config "
+                                         "(kubeadm_config) does not fit its schema: line 'Warning: some deprecation'")
+    with pytest.raises(RemoteAnswerError, match="podnet-kubeadm-config 47 11"):
+        kubeadm_config.parse_answer(0, ["podnet-kubeadm-config 47 11", "a: b"], settings(), "cp1")
     assert kubeadm_config.parse_answer(0, [], settings(), "cp1") is None  # no ConfigMap: not kubeadm's
 
 
 def test_a_failing_kubectl_names_the_kubeconfig():
     with pytest.raises(KubeadmConfigError) as error:
-        kubeadm_config.parse_answer(1, ["error: the server doesn't have a resource type"], settings(), "cp1")
+        kubeadm_config.parse_answer(1, [], settings(), "cp1", stderr="error: the server doesn't have a resource type\n")
     assert str(error.value) == (
         "cp1: reading ConfigMap kube-system/kubeadm-config with kubectl failed: error: the server doesn't have a "
         "resource type; podnet records the node IPAM flags there on kubeadm clusters: check that kubectl is "

@@ -25,7 +25,7 @@ import yaml
 from tasks import controller_manager, flannel, kubeadm, kubeadm_config
 from tasks.engine.ops import HostCommand
 from tasks.engine.probe import NodeState
-from tasks.settings import Settings, SettingsError, parse_host_settings, parse_inventory
+from tasks.settings import SPEC_BY_NAME, Settings, SettingsError, parse_host_settings, parse_inventory
 from tests.support.hosts import FakeHost
 from tests.support.http import ScriptedServer
 from tests.support.kubeadm import (
@@ -49,7 +49,7 @@ from tests.support.plan import (
 )
 from tests.support.releases import ARCH, Releases, script, sha256
 
-VERSION = "1.35.1"
+VERSION = SPEC_BY_NAME["kubernetes_version"].default  # podnet's default release
 V1BETA3_VERSION = "1.30.14"  # the newest Kubernetes release whose kubeadm reads v1beta3 and not v1beta4
 CP, CP2, W1, W2 = "@fake/cp1", "@fake/cp2", "@fake/w1", "@fake/w2"
 ADDRESSES = {CP: "192.168.56.11", CP2: "192.168.56.12", W1: "192.168.56.21", W2: "192.168.56.22"}
@@ -60,6 +60,8 @@ JOIN_OUTPUT = [f"kubeadm join 192.168.56.11:6443 --token {TOKEN} --discovery-tok
 UPLOAD_CERTS_OUTPUT = ['[upload-certs] Storing the certificates in Secret "kubeadm-certs" in the "kube-system" '
                        'Namespace',
                        "[upload-certs] Using certificate key:", CERTIFICATE_KEY]
+# put_secret_file through sudo: the SSH user's 0600 temporary file that is copied into the root-only file
+SECRET_FILE = {"umask 077 && mktemp": ["/tmp/tmp.podnet1"]}
 KCM_MANIFEST = "/etc/kubernetes/manifests/kube-controller-manager.yaml"
 READ_MANIFEST = f"base64 -w0 {KCM_MANIFEST}"
 
@@ -105,7 +107,7 @@ class Bed:
     def data(self, host: str) -> dict:
         address = ADDRESSES[host]
         return {"cluster_bootstrap": True, "node_ip": address, "flannel_iface": address, "_sudo": True,
-                "mirror_url": self.server.url, "artifact_checksums": self.checksums,
+                "mirror_url": self.server.url, "allow_insecure_http": True, "artifact_checksums": self.checksums,
                 "download_cache_dir": str(self.tmp / "cache"), "flannel_rollout_timeout": 10,
                 "artifact_lock_file": str(self.tmp / "artifacts.lock.yaml"), **self.extra}
 
@@ -117,12 +119,12 @@ class Bed:
         state = fresh_state(self.settings(host))
         state.units[kubeadm.KUBELET_UNIT] = ("inactive", "not-found")
         state.features.update({name: False for name in kubeadm.FEATURES})
-        state.features.update({kubeadm.SWAP_ACTIVE: True, kubeadm.SWAP_IN_FSTAB: True, kubeadm.HAS_APT: True,
+        state.features.update({kubeadm.SWAP_ACTIVE: True, kubeadm.SWAP_IN_FSTAB: True, kubeadm.HAS_APT: True, kubeadm.CGROUP_V2: True,
                                "tool:ip": True, "tool:mount": True, "tool:nsenter": True})
         if host == CP:  # no kubectl and no admin.conf yet
-            state.queries["flannel_manifest"] = (127, ["sh: 1: kubectl: not found"])
-            state.queries["pod_cidrs"] = (127, ["sh: 1: kubectl: not found"])
-            state.queries[kubeadm_config.QUERY] = (127, ["sh: 1: kubectl: not found"])
+            for query in ("flannel_manifest", "pod_cidrs", kubeadm_config.QUERY):
+                state.queries[query] = (127, [])
+                state.query_stderr[query] = "sh: 1: kubectl: not found"
         return state
 
     def converged(self, host: str) -> NodeState:
@@ -144,13 +146,15 @@ class Bed:
             state.queries[kubeadm_config.QUERY] = kubeadm_config_answer(V1BETA4_PODNET)
         return state
 
-    def inventory(self, states: dict[str, NodeState], cp_responses: dict | None = None) -> Path:
-        responses = {"token create": JOIN_OUTPUT, "upload-certs": UPLOAD_CERTS_OUTPUT,
+    def inventory(self, states: dict[str, NodeState], cp_responses: dict | None = None,
+                  worker_responses: dict | None = None) -> Path:
+        responses = {"token create": JOIN_OUTPUT, "upload-certs": UPLOAD_CERTS_OUTPUT, **SECRET_FILE,
                      READ_MANIFEST: [base64.b64encode(KUBEADM_MANIFEST_POD_SUBNET.encode()).decode()],
                      "get nodes": [f"{h.split('/')[1]} 10.244.{i}.0/24" for i, h in enumerate(self.hosts)],
                      **(cp_responses or {})}
         nodes = [FakeNode(h.split("/")[1], self.group(h), self.data(h), probe_answer(states[h]),
-                          responses if h in (CP, CP2) else {}) for h in self.hosts]
+                          responses if h in (CP, CP2) else {**SECRET_FILE, **(worker_responses or {})})
+                 for h in self.hosts]
         return write_inventory(self.tmp / "inventory.py", nodes)
 
 
@@ -179,7 +183,8 @@ def test_fresh_machines_plan_in_the_bootstrap_order(bed):
              "kubeadm: tools kubeadm's preflight checks need", "containerd: enabled and running",
              "cni: 10-flannel.conflist", "kubeadm: kubeadm, kubelet and kubectl binaries",
              "kubeadm: kubelet enabled and running", INIT, WORKER_JOIN, MERGE_AFTER_INIT,
-             "flannel: DaemonSet applied and rolled out", "flannel: every node has a podCIDR in the cluster CIDR"]
+             "flannel: DaemonSet applied", "flannel: DaemonSet rolled out, every flannel pod Ready",
+             "flannel: every node has a podCIDR in the cluster CIDR"]
     assert [order.index(step) for step in steps] == sorted(order.index(step) for step in steps)
     everyone = sorted(bed.hosts)
     for step in steps[:7]:
@@ -187,32 +192,70 @@ def test_fresh_machines_plan_in_the_bootstrap_order(bed):
     assert plan[INIT] == [CP]
     assert plan[WORKER_JOIN] == [W1, W2]
     assert plan[MERGE_AFTER_INIT] == [CP]
-    assert plan["flannel: DaemonSet applied and rolled out"] == [CP]
+    assert plan["flannel: DaemonSet applied"] == plan["flannel: DaemonSet rolled out, every flannel pod Ready"] == [CP]
 
 
 def test_fresh_machines_execute_init_then_join_with_a_token_from_the_control_plane(bed):
-    run = ok(run_pyinfra(bed.inventory({h: bed.fresh(h) for h in bed.hosts}), "-y"))
+    # -vvv prints every operation's commands and output, --diff every file change: the secrets show in neither
+    run = ok(run_pyinfra(bed.inventory({h: bed.fresh(h) for h in bed.hosts}), "-y", "-vvv", "--diff"))
     cp = run.commands(CP)
-    init = cp.index("/usr/local/bin/kubeadm init --config /etc/podnet/kubeadm-init.yaml")
+    init = cp.index("/usr/local/bin/kubeadm init --config /etc/podnet/kubeadm-init.yaml --skip-token-print")
     assert "/etc/podnet/.kubeadm-init.yaml.podnet-new" in run.uploads(CP)
     # the manifest kubeadm wrote is read after init, and the flags merged into it
     read = cp.index(READ_MANIFEST)
     apply = next(i for i, c in enumerate(cp) if "apply -f /etc/podnet/kube-flannel.yml" in c)
     assert init < read < apply
     assert "/etc/kubernetes/manifests/.kube-controller-manager.yaml.podnet-new" in run.uploads(CP)
-    # one token for the whole run, created after init, on the control plane only
-    tokens = [i for i, c in enumerate(cp) if c.startswith("/usr/local/bin/kubeadm token create --print-join-command")]
-    assert len(tokens) == 1 and init < tokens[0]
+    # a token of its own for each join, created after init with a short TTL, deleted after the join
+    for worker in (W1, W2):
+        create = cp.index("/usr/local/bin/kubeadm token create --print-join-command --ttl 15m "
+                          f"--description 'podnet: kubeadm join of {worker}'")
+        assert init < create < cp.index("/usr/local/bin/kubeadm token delete abcdef", create)
+    assert len([c for c in cp if "token delete" in c]) == 2
     for worker in (W1, W2):
         commands = run.commands(worker)
-        join = ("/usr/local/bin/kubeadm join 192.168.56.11:6443 --token *MASKED* --discovery-token-ca-cert-hash "
-                f"{CA_HASH} --cri-socket=unix:///run/containerd/containerd.sock")
-        assert join in commands
+        # the JoinConfiguration: created empty as root-only, written over SFTP, read by kubeadm, removed
+        create = commands.index("umask 077 && mkdir -p /run/podnet && rm -f /run/podnet/kubeadm-join.yaml && "
+                                ": > /run/podnet/kubeadm-join.yaml")
+        assert run.uploads(worker)[-1] == kubeadm.JOIN_CONFIG_PATH
+        join = commands.index("/usr/local/bin/kubeadm join --config /run/podnet/kubeadm-join.yaml")
+        assert create < join < commands.index("rm -f /run/podnet/kubeadm-join.yaml")
         kubelet = commands.index("systemctl daemon-reload && systemctl enable kubelet.service && "
                                  "systemctl start kubelet.service && rm -f /var/lib/podnet/restart-pending/kubelet.service")
-        assert kubelet < commands.index(join)
+        assert kubelet < join
         assert not [c for c in commands if "kubeadm init" in c or "kubectl --kubeconfig" in c]
-    assert TOKEN not in run.output  # the token never shows in pyinfra's output
+    # the token is on no command line and in no output (-vvv, --diff, --debug)
+    assert TOKEN not in run.output and TOKEN.split(".")[1] not in run.output
+
+
+def test_a_failed_join_removes_its_configuration_and_token_and_masks_them_in_the_error(bed):
+    failing = {"kubeadm join": {"success": False, "stderr": [f"error: token {TOKEN} rejected"]}}
+    states = {h: bed.fresh(h) for h in bed.hosts}
+    run = run_pyinfra(bed.inventory(states, worker_responses=failing), "-y", "-vvv")
+    assert run.returncode != 0
+    for worker in (W1, W2):
+        commands = run.commands(worker)
+        assert commands.index("/usr/local/bin/kubeadm join --config /run/podnet/kubeadm-join.yaml") < commands.index(
+            "rm -f /run/podnet/kubeadm-join.yaml")
+        assert (f"{worker}: kubeadm join 192.168.56.11:6443 failed: error: token *MASKED* rejected; run `kubeadm "
+                "reset -f` on it before the next run") in run.output
+    assert len([c for c in run.commands(CP) if c == "/usr/local/bin/kubeadm token delete abcdef"]) == 2
+    assert TOKEN.split(".")[1] not in run.output
+
+
+def failed_on_fresh_machines(bed, command: str, stderr: str) -> Run:
+    """A run on fresh machines in which ``command`` fails on the first control-plane host."""
+    failing = {command: {"success": False, "stderr": [stderr]}}
+    run = run_pyinfra(bed.inventory({h: bed.fresh(h) for h in bed.hosts}, cp_responses=failing), "-y")
+    assert run.returncode != 0
+    return run
+
+
+def test_a_token_that_cannot_be_deleted_is_named_with_its_id_only(bed):
+    run = failed_on_fresh_machines(bed, "token delete", "error: the server could not find the token")
+    assert ("bootstrap token abcdef could not be deleted on @fake/cp1 (error: the server could not find the token); "
+            "it expires after 15m, or delete it now: kubeadm token delete abcdef") in run.output
+    assert TOKEN.split(".")[1] not in run.output
 
 
 def test_prerequisites_turn_swap_off_for_good_and_install_the_preflight_tools(bed):
@@ -282,11 +325,14 @@ def test_a_second_control_plane_host_joins_with_a_certificate_key(bed):
     states = {h: bed.fresh(h) for h in bed.hosts}
     run = ok(run_pyinfra(bed.inventory(states), "-y"))
     cp2 = run.commands(CP2)
-    join = next(c for c in cp2 if c.startswith("/usr/local/bin/kubeadm join"))
-    assert join.endswith("--control-plane --certificate-key *MASKED* --apiserver-advertise-address=192.168.56.12")
-    assert CERTIFICATE_KEY not in run.output
+    join = "/usr/local/bin/kubeadm join --config /run/podnet/kubeadm-join.yaml"
+    assert cp2.index(join) < cp2.index("rm -f /run/podnet/kubeadm-join.yaml")
+    assert kubeadm.JOIN_CONFIG_PATH in run.uploads(CP2)
+    assert CERTIFICATE_KEY not in run.output and TOKEN not in run.output
     assert not [c for c in cp2 if "kubeadm init" in c]
-    assert [c for c in run.commands(CP) if "upload-certs --upload-certs" in c]
+    # with podnet's init configuration: kubeadm needs it to pick the address to advertise
+    assert ("/usr/local/bin/kubeadm init phase upload-certs --upload-certs --config /etc/podnet/kubeadm-init.yaml"
+            in run.commands(CP))
     assert not [c for c in run.commands(W1) if "--control-plane" in c]
     # the joined control plane's kube-controller-manager manifest is merged after the join too
     assert cp2.index(join) < cp2.index(READ_MANIFEST)
@@ -295,9 +341,7 @@ def test_a_second_control_plane_host_joins_with_a_certificate_key(bed):
 
 
 def test_a_failing_token_request_stops_the_join_with_kubeadms_message(bed):
-    failing = {"token create": {"success": False, "stderr": ["error: unable to create token: connection refused"]}}
-    run = run_pyinfra(bed.inventory({h: bed.fresh(h) for h in bed.hosts}, cp_responses=failing), "-y")
-    assert run.returncode != 0
+    run = failed_on_fresh_machines(bed, "token create", "error: unable to create token: connection refused")
     assert ("@fake/cp1: `/usr/local/bin/kubeadm token create` for the join token failed: error: unable to create "
             "token: connection refused") in run.output
 
@@ -437,7 +481,8 @@ def test_a_changed_flag_reaches_the_manifest_and_kubeadm_config(bed):
 
 def test_kubectl_failing_on_the_control_plane_stops_the_run_naming_the_kubeconfig(bed):
     states = existing_kubeadm_cluster(bed, None)
-    states[CP].queries[kubeadm_config.QUERY] = (1, ["The connection to the server 192.168.56.11:6443 was refused"])
+    states[CP].queries[kubeadm_config.QUERY] = (1, [])
+    states[CP].query_stderr[kubeadm_config.QUERY] = "The connection to the server 192.168.56.11:6443 was refused"
     run = run_pyinfra(bed.inventory(states), "-y")
     assert run.returncode != 0
     assert ("@fake/cp1: reading ConfigMap kube-system/kubeadm-config with kubectl failed: The connection to the server "
@@ -461,7 +506,7 @@ def test_a_cluster_configuration_podnet_cannot_read_stops_the_run_before_any_cha
 def test_a_cluster_created_in_this_run_gets_the_flags_from_the_init_configuration(bed):
     # kubeadm init stores podnet's ClusterConfiguration in kubeadm-config itself: no patch.
     run = ok(run_pyinfra(bed.inventory({h: bed.fresh(h) for h in bed.hosts}), "-y"))
-    assert "/usr/local/bin/kubeadm init --config /etc/podnet/kubeadm-init.yaml" in run.commands(CP)
+    assert "/usr/local/bin/kubeadm init --config /etc/podnet/kubeadm-init.yaml --skip-token-print" in run.commands(CP)
     assert patches(run, CP) == []
 
 
@@ -486,7 +531,7 @@ def test_kubernetes_1_30_gets_a_v1beta3_init_configuration(bed):
     run = ok(run_pyinfra(bed.inventory({h: bed.fresh(h) for h in bed.hosts}), "--dry", "--diff"))
     shown = [line.strip() for line in run.output.splitlines()]
     start = shown.index("+++ /etc/podnet/kubeadm-init.yaml (podnet)")
-    init = [line[1:] for line in shown[start + 2:start + 31]]
+    init = [line[1:] for line in shown[start + 2:start + 36]]
     assert init[:3] == ["# Managed by podnet: what `kubeadm init` ran with on this host (cluster_bootstrap).",
                         "apiVersion: kubeadm.k8s.io/v1beta3", "kind: InitConfiguration"]
     assert init[init.index("kind: ClusterConfiguration") - 1] == "apiVersion: kubeadm.k8s.io/v1beta3"
@@ -496,7 +541,15 @@ def test_kubernetes_1_30_gets_a_v1beta3_init_configuration(bed):
 
 
 def test_kubernetes_version_is_not_checked_without_cluster_bootstrap():
-    assert parse_inventory([FakeHost("cp1", {"kubernetes_version": "1.19.0"}, ["control_plane"])])
+    """Only the pause image depends on it then: an unknown release needs sandbox_image set."""
+    assert parse_inventory([FakeHost("cp1", {"kubernetes_version": "1.19.0", "sandbox_image": "registry.k8s.io/pause:3.2"},
+                                     ["control_plane"])])
+    with pytest.raises(SettingsError) as error:
+        parse_inventory([FakeHost("cp1", {"kubernetes_version": "1.19.0"}, ["control_plane"])])
+    assert error.value.problems == [
+        "cp1: sandbox_image: unset, and kubernetes_version '1.19.0' has no pause image in podnet's table (1.22, 1.23, "
+        "1.24, 1.25, 1.26-1.30, 1.31-1.33, 1.34-1.35, 1.36); set sandbox_image to the pause image your kubelet's "
+        "release uses"]
     with pytest.raises(SettingsError) as error:
         parse_inventory([FakeHost("cp1", {"kubernetes_version": "1.19.0", "cluster_bootstrap": True,
                                           "node_ip": "192.168.56.11"}, ["control_plane"])])
@@ -548,8 +601,11 @@ def test_init_configuration_carries_the_settings():
     init, cluster, kubelet = yaml.safe_load_all(kubeadm.init_config(s))
     assert init["kind"] == "InitConfiguration"
     assert init["localAPIEndpoint"] == {"advertiseAddress": "192.168.56.11", "bindPort": 6443}
+    # the token kubeadm init makes anyway: no value of podnet's (kubeadm generates it), expiring at once
+    assert init["bootstrapTokens"] == [{"description": "podnet: unused (each join gets a token of its own)",
+                                        "ttl": "1s"}]
     assert init["nodeRegistration"]["criSocket"] == "unix:///run/containerd/containerd.sock"
-    assert cluster["kubernetesVersion"] == "v1.35.1"
+    assert cluster["kubernetesVersion"] == f"v{VERSION}"
     assert cluster["controlPlaneEndpoint"] == "192.168.56.11:6443"
     assert cluster["networking"] == {"podSubnet": "10.200.0.0/16", "serviceSubnet": "10.32.0.0/16"}
     args = {a["name"]: a["value"] for a in cluster["controllerManager"]["extraArgs"]}
@@ -573,8 +629,23 @@ def test_init_configuration_carries_the_operators_kubeadm_switches(version):
                        "cgroupDriver": "systemd", "failCgroupV1": False, "evictionHard": {"nodefs.available": "1%"}}
     assert proxy == {"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
                      "conntrack": {"maxPerCore": 0, "tcpEstablishedTimeout": "0s"}}
-    join = kubeadm.join_command("192.168.56.11:6443", "abcdef.0123456789abcdef", "sha256:" + "0" * 64, s)
-    assert "--ignore-preflight-errors=SystemVerification,ImagePull" in str(join)
+    join = yaml.safe_load(kubeadm.join_config("192.168.56.11:6443", TOKEN, CA_HASH, s))
+    assert join["nodeRegistration"]["ignorePreflightErrors"] == ["SystemVerification", "ImagePull"]
+
+
+@pytest.mark.parametrize("version, api_version", [("1.30.14", "kubeadm.k8s.io/v1beta3"),
+                                                  ("1.36.2", "kubeadm.k8s.io/v1beta4")])
+def test_the_join_configuration_carries_the_join_secrets_for_kubeadm_join_config(version, api_version):
+    worker = s_for(kubernetes_version=version)
+    assert yaml.safe_load(kubeadm.join_config("192.168.56.11:6443", TOKEN, CA_HASH, worker)) == {
+        "apiVersion": api_version, "kind": "JoinConfiguration",
+        "discovery": {"bootstrapToken": {"apiServerEndpoint": "192.168.56.11:6443", "token": TOKEN,
+                                         "caCertHashes": [CA_HASH]}},
+        "nodeRegistration": {"criSocket": "unix:///run/containerd/containerd.sock"}}
+    control_plane = yaml.safe_load(kubeadm.join_config("192.168.56.11:6443", TOKEN, CA_HASH, worker, CERTIFICATE_KEY))
+    assert control_plane["controlPlane"] == {"localAPIEndpoint": {"advertiseAddress": str(worker.node_ip),
+                                                                  "bindPort": 6443},
+                                             "certificateKey": CERTIFICATE_KEY}
 
 
 def test_init_configuration_follows_containerds_cgroup_driver_and_dual_stack():
@@ -652,8 +723,9 @@ def test_bootstrap_refuses_settings_kubeadm_does_not_follow():
                                       "kubeconfig": "/root/.kube/config", "flannel_rollout": "systemd"},
                               ["control_plane"]))
     assert found == [
-        "cp1: flannel_rollout: 'systemd' cannot be used with cluster_bootstrap; flanneld's kubeconfig would be "
-        "needed on every node and kubeadm writes it only on control-plane hosts: use 'daemonset'",
+        "cp1: flannel_rollout: 'systemd' cannot be used with cluster_bootstrap; flanneld's ServiceAccount and "
+        "token are made with kubectl on the first control-plane host, before kubeadm has created the cluster there: "
+        "use 'daemonset'",
         "cp1: kubeconfig: '/root/.kube/config' cannot be used with cluster_bootstrap; kubeadm writes "
         "/etc/kubernetes/admin.conf: remove the setting"]
 
@@ -679,5 +751,5 @@ def test_daemonset_iface_is_each_nodes_own_address_or_one_name_for_all():
                                        ["workers"])])
     docs = [d for d in yaml.safe_load_all(flannel.render_manifest(parsed["cp1"])) if d]
     container = next(d for d in docs if d["kind"] == "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
-    assert container["args"] == ["--ip-masq", "--kube-subnet-mgr", "--iface=$(POD_IP)"]
+    assert container["args"] == ["--ip-masq", "--kube-subnet-mgr", "--healthz-port=8081", "--iface=$(POD_IP)"]
     assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in container["env"]

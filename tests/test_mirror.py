@@ -218,7 +218,9 @@ def test_manifest_versions(mirror):
     assert mirror.versions("runc") == ["1.1.5"]
     cni = mirror.versions("cni_plugins")
     assert cni[0].startswith("1.1.") and cni[1].startswith("1.") and cni[1] > cni[0]
-    assert mirror.versions("flannel_cni_plugin") == ["1.9.1-flannel1"]
+    # the -flannel2/-flannel3 tags are stand-ins: the same v1.9.1-flannel1 build (none of theirs exists here)
+    assert mirror.versions("flannel_cni_plugin") == ["1.9.1-flannel1", "1.9.1-flannel2", "1.9.1-flannel3"]
+    assert len({mirror.sha256("flannel_cni_plugin", v) for v in mirror.versions("flannel_cni_plugin")}) == 1
     assert mirror.versions("flanneld") == ["0.28.9"]
     for artifact, versions in m.items():
         for version, shas in versions.items():
@@ -359,10 +361,11 @@ def test_inventory_data(mirror):
     base = "http://127.0.0.1:1234/"
     one = mirror.inventory_data(base)
     assert one["mirror_url"] == "http://127.0.0.1:1234"
+    assert one["allow_insecure_http"] is True  # the loopback mirror is plain http: opted in, not exempt
     assert one["containerd_version"].startswith("1.6.")
     assert one["runc_version"] == "1.1.5"
     assert one["cni_plugins_version"].startswith("1.1.")
-    assert (one["flannel_cni_plugin_version"], one["flanneld_version"]) == ("1.9.1-flannel1", "0.28.9")
+    assert (one["flannel_cni_plugin_version"], one["flanneld_version"]) == ("1.9.1-flannel3", "0.28.9")
     # every sum pinned but flannel's, which podnet reads from what the mirror publishes beside them
     assert one["artifact_checksums"] == {a: v for a, v in mirror.manifest.items()
                                          if a not in ("flannel_cni_plugin", "flanneld", "kubeadm", "kubelet",

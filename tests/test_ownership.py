@@ -218,7 +218,8 @@ def test_flanneld_unit_of_someone_else_is_not_stopped(cluster):
     run = run_reset(inventory(cluster, nodes[CP], nodes[WORKER], **data), "-y")
     assert_ok(run)
     worker = next(c for c in run.commands(WORKER) if "/usr/local/bin/flanneld" in c)
-    assert worker == ("rm -f /usr/local/bin/flanneld /etc/kube-flannel/net-conf.json && "
+    assert worker == ("rm -f /usr/local/bin/flanneld /etc/kube-flannel/net-conf.json /etc/kube-flannel/kubeconfig "
+                      "/etc/kube-flannel/token /etc/kube-flannel/token.expires && "
                       "rmdir --ignore-fail-on-non-empty /etc/kube-flannel")
 
 

@@ -18,17 +18,20 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tasks import containerd, interrupted
+from tasks import containerd, flannel, interrupted
 from tasks.engine import ops
 from tasks.engine.probe import ProbeRequest, parse_probe, probe_script
 from tests.support.http import Reply
 from tests.support.kubeadm import KUBEADM_MANIFEST
 from tests.support.plan import (
     CP,
+    FLANNEL_TOKEN,
     HOSTS,
     PROBE_MARK,
     REPO,
@@ -39,6 +42,7 @@ from tests.support.plan import (
     probe_answer,
     probes,
     run_pyinfra,
+    service_account_token,
     write_inventory,
 )
 
@@ -58,7 +62,8 @@ CONTROL_PLANE_OPS = [
     "kube-controller-manager: keep a backup before changing flags",
     "kube-controller-manager: node IPAM flags",
     "flannel: kube-flannel manifest",
-    "flannel: DaemonSet applied and rolled out",
+    "flannel: DaemonSet applied",
+    "flannel: DaemonSet rolled out, every flannel pod Ready",
     "flannel: every node has a podCIDR in the cluster CIDR",
 ]
 
@@ -121,7 +126,7 @@ def test_fresh_hosts_get_binaries_configs_modules_sysctls_and_containerd(cluster
         assert ("systemctl daemon-reload && systemctl enable containerd.service && "
                 "systemctl start containerd.service && rm -f /var/lib/podnet/restart-pending/containerd.service") \
             in commands
-        config_step = [c for c in commands if ".config.toml.podnet-new config dump" in c]
+        config_step = [c for c in commands if 'config dump >"$t"' in c and ".config.toml.podnet-new" in c]
         assert len(config_step) == 1
         # containerd checks the staged config before it replaces the live one
         assert config_step[0].index("config dump") < config_step[0].index("mv -f")
@@ -135,9 +140,7 @@ def test_fresh_hosts_get_binaries_configs_modules_sysctls_and_containerd(cluster
                             "kube-controller-manager.yaml /var/lib/podnet/backup/kube-controller-manager.yaml.")
                for c in cp_commands)
     assert "/etc/kubernetes/manifests/.kube-controller-manager.yaml.podnet-new" in run.uploads(CP)
-    assert ("kubectl --kubeconfig=/etc/kubernetes/admin.conf apply -f /etc/podnet/kube-flannel.yml && "
-            "kubectl --kubeconfig=/etc/kubernetes/admin.conf -n kube-flannel rollout status ds/kube-flannel "
-            "--timeout=10s") in cp_commands
+    assert "kubectl --kubeconfig=/etc/kubernetes/admin.conf apply -f /etc/podnet/kube-flannel.yml" in cp_commands
     assert not [c for c in run.commands(WORKER) if "kubectl" in c or "kube-controller-manager" in c]
 
 
@@ -173,7 +176,7 @@ def test_an_unpinned_sum_is_resolved_once_locked_and_then_read_from_the_lock(clu
     assert cluster.server.requests[flannel + ".sha256"] - before == 1  # two hosts, one question
     assert run.stderr.count("podnet: resolved 1 sha256") == 1
     assert (f"podnet: resolved 1 sha256 from upstream's published checksums and recorded them in {lock}:\n"
-            f"  flannel_cni_plugin 1.9.1-flannel1 amd64  sha256 {sha}  from {source}\n"
+            f"  flannel_cni_plugin 1.9.1-flannel3 amd64  sha256 {sha}  from {source}\n"
             f"podnet: commit {lock}: later runs read these sums from it and ask upstream nothing.") in run.stderr
     assert f"sha256: {sha}" in lock.read_text()
     # upstream's checksum file is gone: the lock answers, nothing is printed about resolving
@@ -190,12 +193,29 @@ def test_no_published_sum_stops_the_run_before_any_change(cluster):
     run = run_pyinfra(cluster.inventory(cluster.fresh(CP), cluster.fresh(WORKER),
                                         artifact_checksums=unpinned_flannel(cluster)), "-y")
     assert run.returncode != 0
-    assert (f"flannel_cni_plugin 1.9.1-flannel1 amd64: no sha256 is pinned or locked, and upstream's published sum "
+    assert (f"flannel_cni_plugin 1.9.1-flannel3 amd64: no sha256 is pinned or locked, and upstream's published sum "
             f"cannot be used: could not download {cluster.server.url}{flannel}.sha256: HTTP 404; ") in run.stderr
     assert not (cluster.tmp / "artifacts.lock.yaml").exists()
     for host in HOSTS:
         assert run.commands(host) == probes(run, host)
         assert run.uploads(host) == []
+
+
+def test_mirror_credentials_are_in_no_output_and_not_in_the_lock(cluster):
+    flannel = "/" + cluster.releases.upstream_path("flannel_cni_plugin")
+    sha = hashlib.sha256(cluster.releases.files["flannel_cni_plugin"]).hexdigest()
+    cluster.server.script(flannel + ".sha256", Reply(body=f"{sha}  {Path(flannel).name}\n".encode()))
+    mirror = cluster.server.url.replace("http://", "http://deploy:S3cr3t@")
+    checksums = unpinned_flannel(cluster)
+    checksums["runc"] = {"1.4.3": {"amd64": "f" * 64}}  # and a mismatch, so that an error names the mirror too
+    run = run_pyinfra(cluster.inventory(cluster.fresh(CP), cluster.fresh(WORKER), mirror_url=mirror,
+                                        artifact_checksums=checksums), "-y", "-vvv")
+    assert run.returncode != 0
+    shown = cluster.server.url.replace("http://", "http://***@")
+    assert f"  flannel_cni_plugin 1.9.1-flannel3 amd64  sha256 {sha}  from {shown}{flannel}.sha256" in run.stderr
+    assert f"checksum mismatch for runc 1.4.3 amd64 ({shown}/" in run.stderr
+    assert f"source: {shown}{flannel}.sha256" in (cluster.tmp / "artifacts.lock.yaml").read_text()
+    assert "S3cr3t" not in run.output + (cluster.tmp / "artifacts.lock.yaml").read_text()
 
 
 def test_the_lock_command_writes_the_lock_without_touching_a_host(cluster):
@@ -212,7 +232,7 @@ def test_the_lock_command_writes_the_lock_without_touching_a_host(cluster):
 
     done = lock_command()
     assert done.returncode == 0, done.stderr
-    assert f"  flannel_cni_plugin 1.9.1-flannel1 amd64  sha256 {sha}  from {cluster.server.url}{flannel}.sha256" \
+    assert f"  flannel_cni_plugin 1.9.1-flannel3 amd64  sha256 {sha}  from {cluster.server.url}{flannel}.sha256" \
         in done.stdout
     assert {p: n - before.get(p, 0) for p, n in cluster.server.requests.items() if n != before.get(p, 0)} == {
         flannel + ".sha256": 1}  # only the checksum file: no release file, and no host (nothing connects)
@@ -274,8 +294,9 @@ def test_a_plugin_that_lost_its_exec_bit_is_repaired(cluster):
     install = [c for c in run.commands(WORKER) if c.startswith("set -e; chmod")]
     assert len(install) == 1
     assert install[0].startswith("set -e; chmod 0755 /opt/cni/bin/.portmap.podnet-new; "
-                                 "mv -f /opt/cni/bin/.portmap.podnet-new /opt/cni/bin/portmap; ")
-    assert install[0].endswith(" /opt/cni/bin/portmap; } >> /var/lib/podnet/digests")  # digest recorded
+                                 "d0=$(sha256sum < /opt/cni/bin/.portmap.podnet-new); ")  # checked before activation
+    assert "; mv -f /opt/cni/bin/.portmap.podnet-new /opt/cni/bin/portmap; " in install[0]
+    assert install[0].endswith(' "$d0" /opt/cni/bin/portmap; } >> /var/lib/podnet/digests')  # the node's own sum
     assert run.commands(CP) == probes(run, CP)
 
 
@@ -353,6 +374,44 @@ def test_checksum_mismatch_stops_the_run_before_any_change(cluster):
         assert run.uploads(host) == []
 
 
+def test_a_plain_http_mirror_without_the_opt_in_fails_before_any_host_is_touched(cluster):
+    run = run_pyinfra(cluster.inventory(cluster.fresh(CP), cluster.fresh(WORKER), allow_insecure_http=False), "-y")
+    assert run.returncode != 0
+    assert (f"@fake/cp1: mirror_url: '{cluster.server.url}' is plain http; expected an https:// URL: over http "
+            "anyone on the way can change the release files and the checksums podnet reads beside them. To accept "
+            "that (a mirror on a network you trust), also set allow_insecure_http = True") in run.stderr
+    for host in HOSTS:
+        assert run.commands(host) == []  # not even the probe
+
+
+def test_a_download_cache_others_can_write_stops_the_run_before_any_host_is_touched(cluster):
+    cache = cluster.tmp / "cache"
+    cache.mkdir(mode=0o700)
+    cache.chmod(0o777)  # e.g. a shared path: anyone could plant a plugin that becomes root code on every node
+    run = run_pyinfra(cluster.inventory(cluster.fresh(CP), cluster.fresh(WORKER)), "-y")
+    assert run.returncode != 0
+    assert f"download_cache_dir: {cache} is writable by its group and others (mode 0777); " in run.stderr
+    assert "Traceback" not in run.stderr
+    for host in HOSTS:
+        assert run.commands(host) == []
+
+
+def test_a_plugin_edited_in_the_laptop_cache_is_unpacked_again_and_the_right_bytes_uploaded(cluster):
+    cp, worker = cluster.converged(CP), cluster.converged(WORKER)
+    assert_ok(run_pyinfra(cluster.inventory(cp, worker), "-y"))  # fills the cache; nothing to upload
+    [bridge] = (cluster.tmp / "cache").glob("*/unpacked/bridge")
+    original, before = bridge.read_bytes(), bridge.stat()
+    bridge.write_bytes(b"X" * len(original))  # other bytes of the same size, the mtime set back
+    os.utime(bridge, ns=(before.st_atime_ns, before.st_mtime_ns))
+    worker.hashes["/opt/cni/bin/bridge"] = "0" * 64  # edited on the node: the next run uploads it
+    run = run_pyinfra(cluster.inventory(cp, worker), "-y")
+    assert_ok(run)
+    assert (f"podnet: {bridge.parent} is unpacked again from its verified archive: bridge was changed since it was "
+            "unpacked") in run.stderr
+    assert bridge.read_bytes() == original  # what is uploaded is the release's bridge again
+    assert run.uploads(WORKER) == ["/opt/cni/bin/.bridge.podnet-new"]
+
+
 # --- (e) control plane without its manifest ----------------------------------------------------
 
 
@@ -410,6 +469,86 @@ def test_systemd_rollout_installs_flanneld_on_every_node(cluster):
     assert [c for c in run.commands(CP) if "get nodes" in c and "podCIDR" in c]
 
 
+def test_systemd_rollout_gives_flanneld_a_service_account_token_and_no_admin_credentials(cluster):
+    data = {"flannel_rollout": "systemd"}
+    # -vvv prints every operation's commands and output, --diff every file change: the token shows in neither
+    run = run_pyinfra(cluster.inventory(cluster.fresh(CP, data=data), cluster.fresh(WORKER, data=data), **data),
+                      "-y", "-vvv", "--diff")
+    assert_ok(run)
+    cp = run.commands(CP)
+    apply = cp.index("kubectl --kubeconfig=/etc/kubernetes/admin.conf apply -f /etc/podnet/flannel-rbac.yml")
+    assert "/etc/podnet/.flannel-rbac.yml.podnet-new" in run.uploads(CP)
+    tokens = [i for i, c in enumerate(cp) if c == ("kubectl --kubeconfig=/etc/kubernetes/admin.conf -n kube-flannel "
+                                                    "create token flannel --duration=31536000s")]
+    assert len(tokens) == 2 and apply < tokens[0]  # one per node, after the ServiceAccount exists
+    for host in HOSTS:
+        commands = run.commands(host)
+        for path in (flannel.TOKEN_PATH, flannel.KUBECONFIG_PATH, flannel.TOKEN_EXPIRY_PATH):
+            assert f"umask 077 && mkdir -p /etc/kube-flannel && rm -f {path} && : > {path}" in commands
+            assert path in run.uploads(host)
+        start = commands.index("systemctl daemon-reload && systemctl enable flanneld.service && systemctl start "
+                               "flanneld.service && rm -f /var/lib/podnet/restart-pending/flanneld.service")
+        assert commands.index(f"umask 077 && mkdir -p /etc/kube-flannel && rm -f {flannel.TOKEN_PATH} && : > "
+                              f"{flannel.TOKEN_PATH}") < start
+    worker = run.commands(WORKER)
+    assert not [c for c in worker if "admin.conf" in c]
+    unit = flannel.systemd_files(cluster.settings(WORKER, **data), cluster.releases.tree /
+                                 cluster.releases.upstream_path("flanneld"))[1].content.decode()
+    assert "--kubeconfig-file=/etc/kube-flannel/kubeconfig" in unit and "admin.conf" not in unit
+    assert FLANNEL_TOKEN not in run.output and FLANNEL_TOKEN.split(".")[1] not in run.output
+
+
+def test_flanneld_kubeconfig_names_the_cluster_and_its_token_file():
+    assert yaml.safe_load(flannel.kubeconfig_for("https://192.0.2.1:6443", "Q0EgY2VydA==")) == {
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "kubernetes", "cluster": {"server": "https://192.0.2.1:6443",
+                                                        "certificate-authority-data": "Q0EgY2VydA=="}}],
+        "users": [{"name": "flannel", "user": {"tokenFile": "/etc/kube-flannel/token"}}],
+        "contexts": [{"name": "flannel", "context": {"cluster": "kubernetes", "user": "flannel"}}],
+        "current-context": "flannel"}
+    assert flannel.token_expiry(service_account_token(1828149081)) == 1828149081
+
+
+@pytest.mark.parametrize("left, mode, renewed", [(flannel.TOKEN_RENEWAL + 3600, "600", False),
+                                                 (flannel.TOKEN_RENEWAL - 3600, "600", True),
+                                                 (flannel.TOKEN_DURATION, "644", True)],
+                         ids=["fresh", "expiring", "readable-by-all"])
+def test_a_rerun_renews_flanneld_token_only_when_it_expires_soon_or_is_not_root_only(cluster, left, mode, renewed):
+    data = {"flannel_rollout": "systemd"}
+    worker = cluster.converged(WORKER, **data)
+    worker.contents[flannel.TOKEN_EXPIRY_PATH] = f"{int(time.time()) + left}\n".encode()
+    worker.modes[flannel.TOKEN_PATH] = mode
+    run = run_pyinfra(cluster.inventory(cluster.converged(CP, **data), worker, **data), "-y")
+    assert_ok(run)
+    assert (flannel.TOKEN_PATH in run.uploads(WORKER)) is renewed
+    assert len([c for c in run.commands(CP) if "create token flannel" in c]) == int(renewed)
+    # client-go re-reads the token file: flanneld is not restarted
+    assert not [c for c in run.commands(WORKER) if "systemctl" in c]
+
+
+def test_admin_credentials_an_earlier_release_pointed_flanneld_at_are_named_on_a_worker(cluster):
+    data = {"flannel_rollout": "systemd"}
+    worker = cluster.converged(WORKER, **data)
+    worker.features[flannel.STALE_KUBECONFIG] = True
+    run = run_pyinfra(cluster.inventory(cluster.converged(CP, **data), worker, **data), "-y")
+    assert_ok(run)
+    assert ("podnet: @fake/w1: /etc/kubernetes/admin.conf (the kubeconfig setting) is on this worker; flanneld no "
+            "longer uses it (it has /etc/kube-flannel/kubeconfig, flannel's ServiceAccount): if it holds admin "
+            "credentials, remove it, podnet does not delete what it did not install") in run.stderr
+    assert run.commands(WORKER) == probes(run, WORKER)
+
+
+def test_flanneld_service_account_missing_from_the_cluster_is_applied_again(cluster):
+    data = {"flannel_rollout": "systemd"}
+    cp = cluster.converged(CP, **data)
+    cp.queries[flannel.RBAC_QUERY] = (0, [flannel.RBAC_OBJECTS[1]])
+    run = run_pyinfra(cluster.inventory(cp, cluster.converged(WORKER, **data), **data), "-y")
+    assert_ok(run)
+    assert run.commands(CP)[1:] == ["kubectl --kubeconfig=/etc/kubernetes/admin.conf apply -f "
+                                    "/etc/podnet/flannel-rbac.yml"]
+    assert run.commands(WORKER) == probes(run, WORKER)
+
+
 def test_systemd_rollout_converged(cluster):
     data = {"flannel_rollout": "systemd"}
     run = run_pyinfra(cluster.inventory(cluster.converged(CP, **data), cluster.converged(WORKER, **data), **data),
@@ -454,7 +593,9 @@ def test_probe_script_on_a_real_shell_reads_what_the_fake_answers_claim(tmp_path
     assert state.features == {"present": True, "absent": False}
     assert sorted(state.listings[str(conf)]) == ["05-cilium.conflist", "10 spaced name.conf"]
     assert f"{tmp_path}/no-dir" not in state.listings
-    assert state.queries == {"ok_empty": (0, []), "fails": (3, ["broken"]), "lines": (0, ["a b", "c d"])}
+    assert state.queries == {"ok_empty": (0, []), "fails": (3, []), "lines": (0, ["a b", "c d"])}
+    assert state.query_stderr == {"fails": "broken"}  # kept apart, never read as data
+    assert state.problems == []
     # and the answers the plan tests script are read back the same way
     assert parse_probe(probe_answer(state)) == state
 
@@ -469,8 +610,8 @@ def test_an_external_controller_manager_is_left_alone(cluster):
 
 
 @pytest.mark.parametrize("change, path, removed, added", [
-    ({"flannel_image": "docker.io/flannel/flannel:v0.28.9"}, "/etc/podnet/kube-flannel.yml",
-     ['-        image: "docker.io/flannel/flannel:v0.28.4"'], ['+        image: "docker.io/flannel/flannel:v0.28.9"']),
+    ({"flannel_image": "docker.io/flannel/flannel:v0.28.10"}, "/etc/podnet/kube-flannel.yml",
+     ['-        image: "docker.io/flannel/flannel:v0.28.9"'], ['+        image: "docker.io/flannel/flannel:v0.28.10"']),
     ({"cluster_cidr_ipv6": "fd00:10:244::/56"}, "/etc/sysctl.d/zz-podnet.conf",
      [], ["+net.ipv6.conf.all.forwarding = 1"]),
     ({"flannel_mtu": 1400}, "/etc/cni/net.d/10-flannel.conflist",
@@ -515,6 +656,24 @@ def test_staged_files_an_interrupted_run_left_are_removed_and_nothing_else_chang
                                     "rm -f /etc/containerd/.config.toml.podnet-new /opt/cni/bin/.bridge.podnet-new"]
     assert run.uploads(WORKER) == []
     assert run.commands(CP) == probes(run, CP)
+
+
+def test_a_join_configuration_an_interrupted_run_left_is_removed(cluster, tmp_path):
+    worker = cluster.converged(WORKER)
+    worker.queries[interrupted.QUERY] = (0, ["/run/podnet/kubeadm-join.yaml"])
+    run = run_pyinfra(cluster.inventory(cluster.converged(CP), worker), "-y")
+    assert_ok(run)
+    assert run.commands(WORKER) == [*probes(run, WORKER), "rm -f /run/podnet/kubeadm-join.yaml"]
+    # what the probe's query finds on a real shell, the join configuration included
+    def found() -> list[str]:
+        command = interrupted.find_command([str(tmp_path)]).replace("/run/podnet/kubeadm-join.yaml",
+                                                                    str(tmp_path / "kubeadm-join.yaml"))
+        return subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout.split()
+
+    (tmp_path / ".a.podnet-new").write_text("")
+    assert found() == [str(tmp_path / ".a.podnet-new")]
+    (tmp_path / "kubeadm-join.yaml").write_text("")
+    assert found() == [str(tmp_path / ".a.podnet-new"), str(tmp_path / "kubeadm-join.yaml")]
 
 
 def test_the_probe_looks_for_staged_files_where_podnet_installs_files(cluster):

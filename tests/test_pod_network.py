@@ -94,7 +94,7 @@ def test_the_probes_cni0_command_reads_a_real_bridge_answer_format():
 def plan(mirror, tmp_path, cp_state: NodeState, worker_state: NodeState, worker_responses: dict | None = None,
          **extra):
     releases, server = mirror
-    data = {"mirror_url": server.url, "artifact_checksums": releases.checksums(),
+    data = {"mirror_url": server.url, "allow_insecure_http": True, "artifact_checksums": releases.checksums(),
             "download_cache_dir": str(tmp_path / "cache"), "flannel_rollout_timeout": 10,
             "artifact_lock_file": str(tmp_path / "artifacts.lock.yaml"), **extra}
     nodes = [FakeNode("cp1", "control_plane", data, probe_answer(cp_state), {"get nodes": CIDRS_244}),
@@ -104,7 +104,7 @@ def plan(mirror, tmp_path, cp_state: NodeState, worker_state: NodeState, worker_
 
 def converged(mirror, host: str, subnet: str, cni0: str, ports: int, **extra) -> NodeState:
     releases, server = mirror
-    data = {"mirror_url": server.url, "artifact_checksums": releases.checksums(), **extra}
+    data = {"mirror_url": server.url, "allow_insecure_http": True, "artifact_checksums": releases.checksums(), **extra}
     first = host == "cp1"
     s = parse_host_settings(data, host, ["control_plane" if first else "workers"])
     state = converged_state(s, releases, host_names=["cp1", "w1"], kcm_manifest=KUBEADM_MANIFEST if first else None,

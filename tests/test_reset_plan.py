@@ -110,7 +110,8 @@ def test_a_limited_reset_with_the_systemd_unit_touches_that_node_only(cluster):
     assert run.commands(CP) == []
     worker = run.commands(WORKER)
     assert ("systemctl disable --now flanneld.service && rm -f /etc/systemd/system/flanneld.service "
-            "/usr/local/bin/flanneld /etc/kube-flannel/net-conf.json && rmdir --ignore-fail-on-non-empty "
+            "/usr/local/bin/flanneld /etc/kube-flannel/net-conf.json /etc/kube-flannel/kubeconfig /etc/kube-flannel/token "
+            "/etc/kube-flannel/token.expires && rmdir --ignore-fail-on-non-empty "
             "/etc/kube-flannel && systemctl daemon-reload") in worker
     assert "ip link delete cni0 && ip link delete flannel.1" in worker
 

@@ -18,6 +18,7 @@ from pyinfra.api import Inventory
 from tasks.artifacts import catalog
 from tasks.artifacts.catalog import ArtifactError, mirrored, resolve
 from tasks import flannel
+from tasks.artifacts.checksums import published_source
 from tasks.controller_manager import desired_flags
 from tasks.settings import SPECS, SettingsError, parse_inventory
 from tests.support.hosts import FakeHost, control_plane, parse, problems, settings, worker
@@ -340,7 +341,7 @@ def test_vni_and_port_only_where_the_backend_uses_them():
 def test_unsupported_containerd_version(version):
     assert only_problem(containerd_version=version) == (
         f"cp1: containerd_version: {version!r} is not supported; expected a containerd release from 1.6.0 "
-        "to 2.x (1.6/1.7 use config version 2, 2.x version 3)")
+        "to 2.x (config version 2 for 1.6-1.7, 3 for 2.0-2.2, 4 for 2.3 to 2.x)")
 
 
 def test_containerd_version_with_leading_v():
@@ -498,9 +499,9 @@ def test_artifact_with_no_pins_at_all():
     with pytest.raises(ArtifactError) as raised:
         resolve(settings(), "flannel_cni_plugin", "arm64")
     assert str(raised.value) == (
-        "flannel_cni_plugin_version: '1.9.1-flannel1' has no pinned sha256 for arm64 (pinned for arm64: none); "
+        "flannel_cni_plugin_version: '1.9.1-flannel3' has no pinned sha256 for arm64 (pinned for arm64: none); "
         "pick a pinned version or add artifact_checksums = "
-        "{'flannel_cni_plugin': {'1.9.1-flannel1': {'arm64': '<sha256>'}}}")
+        "{'flannel_cni_plugin': {'1.9.1-flannel3': {'arm64': '<sha256>'}}}")
 
 
 def test_override_for_another_arch_does_not_count():
@@ -511,12 +512,12 @@ def test_override_for_another_arch_does_not_count():
 
 
 def test_mirror_url_keeps_the_upstream_path():
-    s = settings(mirror_url="http://mirror.internal:8080/podnet/")
+    s = settings(mirror_url="https://mirror.internal:8443/podnet/")
     assert resolve(s, "containerd", "amd64").url == (
-        "http://mirror.internal:8080/podnet/containerd/containerd/releases/download/v2.3.4/"
+        "https://mirror.internal:8443/podnet/containerd/containerd/releases/download/v2.3.4/"
         "containerd-2.3.4-linux-amd64.tar.gz")
     assert resolve(s, "cni_plugins", "arm64").url == (
-        "http://mirror.internal:8080/podnet/containernetworking/plugins/releases/download/v1.9.1/"
+        "https://mirror.internal:8443/podnet/containernetworking/plugins/releases/download/v1.9.1/"
         "cni-plugins-linux-arm64-v1.9.1.tgz")
     assert mirrored("https://github.com/a/b/c.tgz", None) == "https://github.com/a/b/c.tgz"
 
@@ -532,6 +533,26 @@ def test_flannel_cni_plugin_asset_name_spells_its_version():
 def test_mirror_url_must_be_http():
     assert only_problem(mirror_url="ftp://mirror/") == (
         "cp1: mirror_url: 'ftp://mirror/' is not valid; expected an http:// or https:// base URL")
+
+
+def test_a_plain_http_mirror_is_refused_without_the_opt_in():
+    assert only_problem(mirror_url="http://mirror.internal:8080/podnet") == (
+        "cp1: mirror_url: 'http://mirror.internal:8080/podnet' is plain http; expected an https:// URL: over http "
+        "anyone on the way can change the release files and the checksums podnet reads beside them. To accept that "
+        "(a mirror on a network you trust), also set allow_insecure_http = True")
+    s = settings(mirror_url="http://mirror.internal:8080/podnet", allow_insecure_http=True)
+    assert resolve(s, "runc", "amd64").url.startswith("http://mirror.internal:8080/podnet/opencontainers/")
+    assert settings(mirror_url="https://mirror.internal/podnet").allow_insecure_http is False
+
+
+def test_every_upstream_url_podnet_reads_is_https():
+    """Without a mirror, release files and their published sums are read over https only."""
+    for name in catalog.ARTIFACT_NAMES:
+        for arch in ("amd64", "arm64"):
+            versions = list(catalog.pinned()[name].get("asset_versions") or {}) or ["1.0.0"]
+            for version in versions:
+                assert catalog.upstream_url(name, version, arch).startswith("https://"), name
+                assert published_source(name, version, arch, None).startswith("https://"), name
 
 
 def test_every_pinned_checksum_is_a_sha256():

@@ -47,8 +47,8 @@ Written by `python3 -m tasks.settings.docs` from the settings' declaration in ta
 # how flanneld runs: daemonset (kube-flannel, applied with kubectl), systemd (a unit on every node) or external (deployed by something else)
 # flannel_rollout = 'daemonset'
 
-# flanneld image of the DaemonSet
-# flannel_image = 'docker.io/flannel/flannel:v0.28.4'
+# flanneld image of the DaemonSet; its tag's release decides the DaemonSet's /healthz and /readyz probes (see Supported versions)
+# flannel_image = 'docker.io/flannel/flannel:v0.28.9'
 
 # seconds to wait for the flannel rollout and podCIDRs
 # flannel_rollout_timeout = 300
@@ -59,7 +59,7 @@ Written by `python3 -m tasks.settings.docs` from the settings' declaration in ta
 # let a run change cluster_cidr or node_cidr_mask_size (or the IPv6 ones) that nodes' podCIDRs do not fit: podnet then registers those nodes again and removes their old cni0 (pods must be recreated)
 # allow_pod_network_change = False
 
-# containerd release (1.6.x-1.7.x: config v2; 2.x: config v3) (per host)
+# containerd release (config.toml version 2 for 1.6-1.7, 3 for 2.0-2.2, 4 from 2.3: see Supported versions) (per host)
 # containerd_version = '2.3.4'
 
 # runc release (per host)
@@ -68,14 +68,17 @@ Written by `python3 -m tasks.settings.docs` from the settings' declaration in ta
 # containernetworking/plugins release (per host)
 # cni_plugins_version = '1.9.1'
 
-# flannel-io/cni-plugin release (the default is the one flannel v0.28.4's kube-flannel.yml uses) (per host)
-# flannel_cni_plugin_version = '1.9.1-flannel1'
+# flannel-io/cni-plugin release (the default is the one flannel v0.28.9's kube-flannel.yml ships) (per host)
+# flannel_cni_plugin_version = '1.9.1-flannel3'
 
 # flanneld release (systemd rollout) (per host)
-# flanneld_version = '0.28.4'
+# flanneld_version = '0.28.9'
 
 # base URL that replaces the upstream download hosts (air-gapped sites); the upstream path is kept below it
 # mirror_url = None
+
+# let mirror_url be a plain http:// URL: release files and the checksums beside them are then read without TLS (anyone on the way can change both; podnet warns); a redirect from https to http is refused either way
+# allow_insecure_http = False
 
 # sha256 overrides/additions: {artifact: {version: {arch: sha256}}} (per host)
 # artifact_checksums = {}
@@ -95,8 +98,8 @@ Written by `python3 -m tasks.settings.docs` from the settings' declaration in ta
 # where containerd looks for the CNI config
 # cni_conf_dir = '/etc/cni/net.d'
 
-# pod sandbox (pause) image
-# sandbox_image = 'registry.k8s.io/pause:3.10'
+# pod sandbox (pause) image of containerd; unset: the one kubeadm of kubernetes_version uses (see Supported versions), so kubeadm and containerd agree
+# sandbox_image = None
 
 # runc uses the systemd cgroup driver (SystemdCgroup)
 # systemd_cgroup = True
@@ -116,7 +119,7 @@ Written by `python3 -m tasks.settings.docs` from the settings' declaration in ta
 # systemd unit whose ExecStart runs kube-controller-manager (systemd runtime)
 # kube_controller_manager_unit = '/etc/systemd/system/kube-controller-manager.service'
 
-# kubeconfig on control-plane hosts for kubectl, and for flanneld (systemd rollout)
+# kubeconfig on control-plane hosts for kubectl (flanneld's systemd unit gets a kubeconfig of its own, with a token of flannel's ServiceAccount; this one only when no host is in the control-plane group)
 # kubeconfig = '/etc/kubernetes/admin.conf'
 
 # the node's own address (defaults to the inventory name when that is an IP) (per host)
@@ -126,7 +129,7 @@ Written by `python3 -m tasks.settings.docs` from the settings' declaration in ta
 # cluster_bootstrap = False
 
 # Kubernetes release of kubelet, kubeadm and kubectl and of the control plane kubeadm creates (cluster_bootstrap)
-# kubernetes_version = '1.35.1'
+# kubernetes_version = '1.36.2'
 
 # etcd client URLs of an etcd you run, such as ['http://127.0.0.1:2379']: kubeadm then creates no etcd (cluster_bootstrap; empty: kubeadm's local etcd)
 # etcd_external_endpoints = []

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from tasks.engine.redact import redact_url
 from tasks.errors import PodnetError
 from tasks.releases import ARTIFACT_NAMES
 from tasks.settings import Settings
@@ -211,7 +212,7 @@ def installed_files(settings: Settings, name: str, local: Path, arch: str) -> li
         found = [m for m in members if len(m.relative_to(local).parts) == len(parts)
                  and all(fnmatch.fnmatchcase(a, b) for a, b in zip(m.relative_to(local).parts, parts))]
         if not found and not any(c in "".join(parts) for c in "*?["):
-            raise ArtifactError(f"{settings.mirror_url or 'the'} {name} {version_of(settings, name)} archive has no "
+            raise ArtifactError(f"{redact_url(settings.mirror_url or 'the')} {name} {version_of(settings, name)} archive has no "
                                 f"member {'/'.join(parts)}")
         files += [(target + m.name if target.endswith("/") else target, m) for m in found if m.name not in skipped]
     return files

@@ -40,6 +40,7 @@ import yaml
 from tasks.artifacts import catalog
 from tasks.artifacts.catalog import ArtifactError
 from tasks.artifacts.download import Downloader, DownloadError
+from tasks.engine.redact import redact_url
 from tasks.settings import ARCHITECTURES, SHA256_RE, Settings
 
 GITHUB_API = "https://api.github.com"
@@ -60,7 +61,10 @@ class ChecksumError(ArtifactError):
 @dataclass(frozen=True)
 class LockEntry:
     sha256: str
-    source: str  # the URL the sum was read from
+    source: str  # the URL the sum was read from, without credentials (the lock file is committed)
+
+    def __post_init__(self):
+        object.__setattr__(self, "source", redact_url(self.source))
 
 
 def where_to_pin(name: str, version: str, arch: str, lock_path: Path) -> str:
@@ -231,7 +235,8 @@ def published_source(name: str, version: str, arch: str, mirror_url: str | None)
 
 
 def published_sha256(downloader: Downloader, name: str, version: str, arch: str, mirror_url: str | None) -> LockEntry:
-    """Read upstream's published sum of the release file. Raises ChecksumError or DownloadError."""
+    """Read upstream's published sum of the release file, with the URL it was read from (after
+    redirects: the source the lock records). Raises ChecksumError or DownloadError."""
     published = catalog.pinned()[name].get("published") or {}
     source = published_source(name, version, arch, mirror_url)
     asset = Path(urlsplit(catalog.upstream_url(name, version, arch)).path).name
@@ -240,9 +245,13 @@ def published_sha256(downloader: Downloader, name: str, version: str, arch: str,
         token = os.environ.get("GITHUB_TOKEN")
         if token and source.startswith(GITHUB_API + "/"):  # never hand the token to a mirror
             headers["Authorization"] = f"Bearer {token}"
-        return LockEntry(sha256_from_release(downloader.fetch_document(source, headers), asset, source), source)
+        document = downloader.fetch_document(source, headers)
+        read = redact_url(document.url)  # the URL read (after redirects), in the lock and every message
+        return LockEntry(sha256_from_release(document.body, asset, read), read)
+    document = downloader.fetch_document(source)
+    read = redact_url(document.url)
     fmt = published.get("format", "sha256sum")
-    return LockEntry(sha256_from_checksum_file(downloader.fetch_document(source), asset, fmt, source), source)
+    return LockEntry(sha256_from_checksum_file(document.body, asset, fmt, read), read)
 
 
 # --- one run -------------------------------------------------------------------------------

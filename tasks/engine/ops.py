@@ -16,10 +16,12 @@ import shlex
 from pyinfra import host, logger, state
 from pyinfra.api import FileUploadCommand, operation
 
+from tasks.artifacts.download import verified_upload
 from tasks.engine.desired import DesiredFile
 from tasks.engine.ownership import LEDGER, Removal, keep_original_script, record_script
 from tasks.engine.pyinfra_compat import HostCommand
 from tasks.engine.probe import DIGEST_CACHE, NodeState
+from tasks.formats import shell
 
 STAGED_SUFFIX = ".podnet-new"
 # A unit named here had files activated that it must be restarted for; written before the files are
@@ -82,7 +84,9 @@ def files_installed(files: list[DesiredFile], current: NodeState, validate: str 
       ledger; False for a file podnet only edits (kube-controller-manager's, backed up by its concern)
 
     Each changed file is uploaded under a temporary name in its own directory and renamed
-    over the live one, so no reader ever sees a half-written file.
+    over the live one, so no reader ever sees a half-written file. A release file is hashed
+    on the laptop right before its upload (``tasks.artifacts.download.verified_upload``), and every
+    staged file on the node right before it is activated (``install_script``).
     """
     changed = files_needing_change(files, current)
     if not changed:
@@ -95,9 +99,22 @@ def files_installed(files: list[DesiredFile], current: NodeState, validate: str 
     yield " && ".join(["mkdir -p " + " ".join(shlex.quote(p) for p in parents),
                        *(keep_original_script(p, ledger_path(DIGEST_CACHE)) for p in present)])
     for f in changed:
-        source = io.BytesIO(f.content) if f.is_text else str(f.source)
-        yield FileUploadCommand(source, staged_path(f.path))
-    yield install_script(changed, validate, restarts=restarts, owned=owned)
+        if f.is_text:
+            yield FileUploadCommand(io.BytesIO(f.content), staged_path(f.path))
+        else:
+            yield HostCommand(_release_file_intact, (f,), {})
+            yield FileUploadCommand(str(f.source), staged_path(f.path))
+    yield install_script(changed, validate, restarts=restarts, owned=owned, host_name=host.name)
+
+
+def _release_file_intact(state, host, connector_arguments: dict, f: DesiredFile) -> bool:
+    """At execution time, right before ``f.source`` is uploaded: it still has its sha256 (else the
+    host stops here, before anything of it reaches the node)."""
+    problem = verified_upload(f.source, f.sha256)
+    if problem:
+        logger.error("%s (for %s on %s)", problem, f.path, host.name)
+        return False
+    return True
 
 
 def ledger_path(digest_cache: str) -> str:
@@ -106,36 +123,49 @@ def ledger_path(digest_cache: str) -> str:
 
 
 def install_script(changed: list[DesiredFile], validate: str | None = None, digest_cache: str = DIGEST_CACHE,
-                   restarts: str | None = None, pending_dir: str = RESTART_PENDING_DIR, owned: bool = True) -> str:
+                   restarts: str | None = None, pending_dir: str = RESTART_PENDING_DIR, owned: bool = True,
+                   host_name: str = "this node") -> str:
     """
-    The shell that activates uploaded files: set each staged file's mode, check it with
-    ``validate`` (a rejected file is removed and the live one left as it was, and nothing
-    is activated), mark ``restarts`` restart-pending, rename every staged file over its live
-    one, record (``owned``) the digest each has on the node in the ledger, record their digests
-    in the probe's cache.
+    The shell that activates uploaded files: set each staged file's mode; hash it and compare
+    with its desired sha256 (a staged file with another sum stops the run naming ``host_name``,
+    path and both sums; every staged file of this batch is removed and the live ones are left as
+    they were); check it with ``validate`` (a rejected file likewise); mark ``restarts``
+    restart-pending; rename every staged file over its live one; record (``owned``) the digest
+    each has on the node in the ledger; record in the probe's digest cache the sums the node
+    computed.
     """
+    q = shell.word
+    every_staged = " ".join(q(staged_path(f.path)) for f in changed)
     steps = ["set -e"]
-    for f in changed:
-        staged = shlex.quote(staged_path(f.path))
+    for index, f in enumerate(changed):
+        staged, digest = q(staged_path(f.path)), f"d{index}"
         steps.append(f"chmod {f.mode} {staged}")
+        steps.append(f"{digest}=$(sha256sum < {staged})")  # set -e: a staged file that cannot be read stops here
+        steps.append(f"{digest}=${{{digest}%% *}}")
+        steps.append(f"if [ \"${digest}\" != {q(f.sha256)} ]; then rm -f {every_staged}; "
+                     f"printf 'podnet: %s: %s: the uploaded file has sha256 %s on the node, expected %s; removed it, "
+                     f"the live file is unchanged\\n' {q(host_name)} {q(f.path)} \"${digest}\" {q(f.sha256)} >&2; "
+                     "exit 1; fi")
         if validate:
-            message = shlex.quote(f"podnet: {f.path}: rejected by validation, live file left unchanged")
-            steps.append(f"if ! {validate.format(path=staged)}; then rm -f {staged}; echo {message} >&2; exit 1; fi")
+            message = q(f"podnet: {f.path}: rejected by validation, live file left unchanged")
+            steps.append(f"if ! {validate.format(path=staged)}; then rm -f {every_staged}; echo {message} >&2; "
+                         "exit 1; fi")
     if restarts:
-        steps.append(f"mkdir -p {shlex.quote(pending_dir)} && : > {shlex.quote(posixpath.join(pending_dir, restarts))}")
-    steps.extend(f"mv -f {shlex.quote(staged_path(f.path))} {shlex.quote(f.path)}" for f in changed)
+        steps.append(f"mkdir -p {q(pending_dir)} && : > {q(posixpath.join(pending_dir, restarts))}")
+    steps.extend(f"mv -f {q(staged_path(f.path))} {q(f.path)}" for f in changed)
     if owned:
         steps.append(record_script([f.path for f in changed], ledger_path(digest_cache)))
-    steps.append(record_digests(changed, digest_cache))
+    steps.append(record_digests([(f.path, f"\"$d{index}\"") for index, f in enumerate(changed)], digest_cache))
     return "; ".join(steps)
 
 
-def record_digests(files: list[DesiredFile], digest_cache: str = DIGEST_CACHE) -> str:
-    """Add the installed files to the probe's digest cache, so the next probe need not hash them."""
-    lines = "; ".join(f"printf '%s %s %s\\n' \"$(stat -L -c '%i:%s:%.9Y:%.9Z' {shlex.quote(f.path)})\" "
-                      f"{f.sha256} {shlex.quote(f.path)}" for f in files)
-    directory = shlex.quote(posixpath.dirname(digest_cache))
-    return f"mkdir -p {directory} && {{ {lines}; }} >> {shlex.quote(digest_cache)}"
+def record_digests(computed: list[tuple[str, str]], digest_cache: str = DIGEST_CACHE) -> str:
+    """Add installed files to the probe's digest cache, so the next probe need not hash them:
+    (path, a shell word holding the sha256 the node computed for it)."""
+    lines = "; ".join(f"printf '%s %s %s\\n' \"$(stat -L -c '%i:%s:%.9Y:%.9Z' {shell.word(path)})\" "
+                      f"{digest} {shell.word(path)}" for path, digest in computed)
+    directory = shell.word(posixpath.dirname(digest_cache))
+    return f"mkdir -p {directory} && {{ {lines}; }} >> {shell.word(digest_cache)}"
 
 
 @operation()

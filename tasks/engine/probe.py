@@ -9,16 +9,19 @@ for the rest of the run, so planning and execution never ask the host the same t
 
 from __future__ import annotations
 
-import base64
 import fnmatch
+import os
 import posixpath
 import shlex
 from dataclasses import dataclass, field, fields
 from typing import Callable
 
+from pyinfra import logger
 from pyinfra.api import FactBase
+from pyinfra.connectors.local import LocalConnector
 
-from tasks.engine import run_lock
+from tasks.engine import answers, run_lock
+from tasks.engine.answers import BadField, RemoteAnswerError
 from tasks.errors import PodnetError
 
 
@@ -87,15 +90,21 @@ class Answers(dict):
     unit enabled on every run). Keys that were asked for and are absent read as absent.
     """
 
-    def __init__(self, kind: str, asked: Callable[[str], bool], answers: dict):
+    def __init__(self, kind: str, asked: Callable[[str], bool], answers: dict,
+                 refused: dict[str, str] | None = None, host_name: str = ""):
         super().__init__(answers)
         self.kind = kind
         self._asked = asked
+        self._refused = refused or {}
+        self._host = f"{host_name}: " if host_name else ""
 
     def _check(self, key) -> None:
         if not self._asked(key):
             raise ProbeContractError(f"the probe was not asked for {self.kind} {key!r}: add it to the probe of the "
                                      "step that reads it")
+        if key in self._refused:  # its answer did not fit the schema: a step needing it refuses
+            raise RemoteAnswerError(f"{self._host}the probe's {self.kind} answer for {key!r} was refused: "
+                                    f"{self._refused[key]}; nothing is decided from it")
 
     def __getitem__(self, key):
         self._check(key)
@@ -134,16 +143,23 @@ class NodeState:
     features: dict[str, bool] = field(default_factory=dict)
     units: dict[str, tuple[str, str]] = field(default_factory=dict)  # unit -> (active, enabled)
     listings: dict[str, list[str]] = field(default_factory=dict)
-    queries: dict[str, tuple[int, list[str]]] = field(default_factory=dict)  # name -> (exit code, lines)
+    queries: dict[str, tuple[int, list[str]]] = field(default_factory=dict)  # name -> (exit code, stdout lines)
+    query_stderr: dict[str, str] = field(default_factory=dict)  # name -> what it wrote to stderr (never parsed)
     # Every sysctl configuration file (*.conf in SYSCTL_DIRS, then SYSCTL_CONF): path -> the path it resolves to
     # (itself, a link's target, /dev/null for a masked name).
     sysctl_files: dict[str, str] = field(default_factory=dict)
     # path -> its lines that may set a requested parameter, as written (files without one absent).
     sysctl_lines: dict[str, list[str]] = field(default_factory=dict)
     run_lock: run_lock.LockAnswer | None = None  # the run lock step's answer (tasks/engine/run_lock.py)
+    # Answers that did not fit their schema (tasks/engine/answers.py), never used as data:
+    # kind (an ANSWER_KINDS key) -> key -> why; reading such a key raises RemoteAnswerError.
+    refused: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Every probe line that did not fit, as reported (a warning naming the host, once per probe).
+    problems: list[str] = field(default_factory=list)
 
-    def answering(self, request: ProbeRequest) -> "NodeState":
-        """This answer held to ``request``: reading anything it did not ask for raises ProbeContractError."""
+    def answering(self, request: ProbeRequest, host_name: str = "") -> "NodeState":
+        """This answer held to ``request``: reading anything it did not ask for raises ProbeContractError,
+        reading an answer that did not fit its schema raises RemoteAnswerError (naming ``host_name``)."""
         def one_of(keys) -> Callable[[str], bool]:
             return set(keys).__contains__
 
@@ -153,8 +169,9 @@ class NodeState:
             "features": one_of(request.features), "units": one_of(request.units),
             "listings": one_of(request.listings), "queries": one_of(request.queries),
         }
-        return NodeState(**{**self.__dict__, **{kind: Answers(ANSWER_KINDS[kind], check, dict(getattr(self, kind)))
-                                                for kind, check in asked.items()}})
+        return NodeState(**{**self.__dict__, **{
+            kind: Answers(ANSWER_KINDS[kind], check, dict(getattr(self, kind)), self.refused.get(kind), host_name)
+            for kind, check in asked.items()}})
 
     def unit_active(self, unit: str) -> bool:
         return self.units.get(unit, ("", ""))[0] == "active"
@@ -176,9 +193,10 @@ DIGEST_CACHE = "/var/lib/podnet/digests"
 # edited file is always re-hashed. The cache is derived data: deleting it only costs time.
 # Only regular files (after following links) are reported.
 DIGESTS_SCRIPT = r"""t=$(mktemp -d) && {
-stat -L -c '%i:%s:%.9Y:%.9Z %a %f %n' -- FILES 2>/dev/null > "$t/stat"
+set --; for f in FILES; do podnet_safe "$f" digest && set -- "$@" "$f"; done
+: > "$t/stat"; [ $# -gt 0 ] && stat -L -c '%i:%s:%.9Y:%.9Z %a %f %n' -- "$@" 2>/dev/null > "$t/stat"
 awk -v cache=CACHE -v hash="$t/hash" -v keep="$t/keep" '
-BEGIN { while ((getline line < cache) > 0) { split(line, f, " "); known[f[1] " " substr(line, length(f[1]) + length(f[2]) + 3)] = f[2] } }
+BEGIN { while ((getline line < cache) > 0) { split(line, f, " "); if (length(f[2]) == 64 && f[2] !~ /[^0-9a-f]/) known[f[1] " " substr(line, length(f[1]) + length(f[2]) + 3)] = f[2] } }
 $3 !~ /^8...$/ { next }
 { path = substr($0, length($1) + length($2) + length($3) + 4)
   printf "mode\t%s\t%s\n", $2, path
@@ -201,6 +219,14 @@ SYSCTL_DIRS = ("/etc/sysctl.d", "/run/sysctl.d", "/usr/local/lib/sysctl.d", "/us
 SYSCTL_CONF = "/etc/sysctl.conf"
 
 
+# A file name holding a newline, tab or carriage return would break the probe's line protocol
+# (one record per line, fields split by tabs) and could forge a record: such a path is never
+# printed as is; it is reported as ``badname<TAB>kind<TAB>base64 of the path`` and left out.
+SAFE_NAME_FUNCTION = r"""podnet_tab=$(printf '\t'); podnet_cr=$(printf '\r')
+podnet_safe() { case "$1" in *'
+'*|*"$podnet_tab"*|*"$podnet_cr"*) printf 'badname\t%s\t%s\n' "$2" "$(printf '%s' "$1" | base64 -w0)"; return 1;; esac; }"""
+
+
 def _sysctl_lines_pattern(keys: list[str]) -> str:
     """An extended regular expression for the lines that may set one of ``keys``: the first
     component of a key, after an optional '-', then either separator ('.' or '/')."""
@@ -214,16 +240,22 @@ def sysctl_config_script(keys: list[str], dirs: tuple[str, ...] = SYSCTL_DIRS, c
     its lines that may set one of ``keys`` (``sysctlline``, path, line as written)."""
     q = shlex.quote
     files = " ".join(f"{q(d)}/*.conf" for d in dirs) + " " + q(conf)
-    return (f"for f in {files}; do {{ [ -e \"$f\" ] || [ -L \"$f\" ]; }} || continue; "
-            "printf 'sysctlfile\\t%s\\t%s\\n' \"$f\" \"$(readlink -f \"$f\")\"; "
+    return (f"{SAFE_NAME_FUNCTION}\n"
+            f"for f in {files}; do {{ [ -e \"$f\" ] || [ -L \"$f\" ]; }} || continue; "
+            "podnet_safe \"$f\" sysctlfile || continue; r=$(readlink -f \"$f\"); podnet_safe \"$r\" sysctlfile || continue; "
+            "printf 'sysctlfile\\t%s\\t%s\\n' \"$f\" \"$r\"; "
             f"grep -E {q(_sysctl_lines_pattern(keys))} \"$f\" 2>/dev/null | "
             "while IFS= read -r line; do printf 'sysctlline\\t%s\\t%s\\n' \"$f\" \"$line\"; done; done")
 
 
 def probe_script(request: ProbeRequest) -> str:
-    """The one shell command that answers a ProbeRequest. Always exits 0."""
+    """
+    The one shell command that answers a ProbeRequest. Always exits 0. Only its stdout is read:
+    a query's stdout and stderr are reported apart (``query<TAB>name<TAB>rc<TAB>base64 stdout<TAB>
+    base64 stderr``), so nothing a command says on stderr is ever taken for data.
+    """
     q = shlex.quote
-    lines = ['printf "machine %s\\n" "$(uname -m)"']
+    lines = ['printf "machine %s\\n" "$(uname -m)"', SAFE_NAME_FUNCTION]
     if request.hashes:
         # Globs expand remotely; missing files just don't appear.
         lines.append(DIGESTS_SCRIPT.replace("FILES", " ".join(_glob(h) for h in request.hashes)))
@@ -239,11 +271,17 @@ def probe_script(request: ProbeRequest) -> str:
                      f"\"$(systemctl is-active {q(unit)} 2>/dev/null)\" "
                      f"\"$(systemctl is-enabled {q(unit)} 2>/dev/null)\"")
     for directory in request.listings:
-        lines.append(f"[ -d {q(directory)} ] && ls -1A {q(directory)} | "
-                     f"while IFS= read -r entry; do printf 'entry\\t%s\\t%s\\n' {q(directory)} \"$entry\"; done")
+        d = q(directory.rstrip("/") or "/")
+        lines.append(f"[ -d {d} ] && for e in {d}/* {d}/.[!.]* {d}/..?*; do "
+                     "{ [ -e \"$e\" ] || [ -L \"$e\" ]; } || continue; podnet_safe \"$e\" entry || continue; "
+                     f"printf 'entry\\t%s\\t%s\\n' {q(directory)} \"${{e##*/}}\"; done")
+    if request.queries:
+        lines.append("podnet_err=$(mktemp 2>/dev/null) || podnet_err=/dev/null")
     for name, command in request.queries.items():
-        lines.append(f"out=$( ({command}) 2>&1 ); rc=$?; printf 'query\\t%s\\t%s\\t%s\\n' {q(name)} \"$rc\" "
-                     "\"$(printf '%s' \"$out\" | base64 -w0)\"")
+        lines.append(f"out=$( ({command}) 2>\"$podnet_err\" ); rc=$?; printf 'query\\t%s\\t%s\\t%s\\t%s\\n' {q(name)} "
+                     "\"$rc\" \"$(printf '%s' \"$out\" | base64 -w0)\" \"$(base64 -w0 < \"$podnet_err\")\"")
+    if request.queries:
+        lines.append('[ "$podnet_err" = /dev/null ] || rm -f "$podnet_err"')
     if request.sysctl_config:
         lines.append(sysctl_config_script(request.sysctl_config))
     lines.append("true")
@@ -257,38 +295,96 @@ def _glob(pattern: str) -> str:
     return shlex.quote(pattern)
 
 
+def _text(data: bytes) -> str:
+    return data.decode(errors="replace")
+
+
+def _unit_state(active: str, enabled: str) -> tuple[str, str]:
+    # systemctl prints nothing for a unit it cannot be asked about: unknown / not-found
+    return answers.unit_active_state(active or "unknown"), answers.unit_file_state(enabled or "not-found")
+
+
+# Probe line kind -> (NodeState field it answers, field count, parser of the fields -> (key, value)).
+# Every field is checked against its schema (tasks/engine/answers.py); a line that does not fit is
+# reported (NodeState.problems) and its key, when it has a valid one, is refused (NodeState.refused).
+_LINES: dict[str, tuple[str, int, Callable[[list[str]], tuple[str, object]]]] = {
+    "sha": ("hashes", 2, lambda f: (answers.absolute_path(f[1]), answers.sha256_hex(f[0]))),
+    "mode": ("modes", 2, lambda f: (answers.absolute_path(f[1]), answers.file_mode(f[0]))),
+    "content": ("contents", 2, lambda f: (answers.absolute_path(f[0]), answers.base64_bytes(f[1]))),
+    "sysctl": ("sysctls", 2, lambda f: (answers.sysctl_key(f[0]),
+                                        None if f[1] == "-" else answers.sysctl_value(f[1]).strip())),
+    "feature": ("features", 2, lambda f: (answers.no_control(f[0], "feature name"),
+                                          {"1": True, "0": False}[f[1]] if f[1] in ("0", "1")
+                                          else answers.decimal(f[1], 0, 1, "feature answer (0 or 1)"))),
+    "unit": ("units", 3, lambda f: (answers.no_control(f[0], "unit name"), _unit_state(f[1], f[2]))),
+    "entry": ("listings", 2, lambda f: (answers.absolute_path(f[0]), answers.file_name(f[1]))),
+    "sysctlfile": ("sysctl_files", 2, lambda f: (answers.absolute_path(f[0]), answers.absolute_path(f[1]))),
+    "query": ("queries", 4, lambda f: (answers.no_control(f[0], "query name"), (
+        answers.exit_status(f[1]), _text(answers.base64_bytes(f[2])).splitlines(), _text(answers.base64_bytes(f[3])).rstrip("\n")))),
+}
+
+
 def parse_probe(lines: list[str]) -> NodeState:
+    """
+    The probe's stdout as a NodeState. Each line's fields are checked against their schema
+    (tasks/engine/answers.py): a line that does not fit is never used as data; it is listed in
+    ``problems`` (reported as a warning by ``node_state``) and, where its key is readable, the
+    key is ``refused`` so that a step reading it refuses instead of taking it for "absent".
+    """
     state = NodeState()
     for line in lines:
         kind, _, rest = line.partition("\t") if "\t" in line else line.partition(" ")
-        parts = rest.split("\t")
-        if kind == "machine":
-            state.machine = rest.strip()
-        elif kind == "sha" and len(parts) == 2:
-            state.hashes[parts[1]] = parts[0]
-        elif kind == "mode" and len(parts) == 2:
-            state.modes[parts[1]] = parts[0]
-        elif kind == "content" and len(parts) == 2:
-            state.contents[parts[0]] = base64.b64decode(parts[1])
-        elif kind == "sysctl" and len(parts) == 2:
-            state.sysctls[parts[0]] = None if parts[1] == "-" else parts[1].strip()
-        elif kind == "feature" and len(parts) == 2:
-            state.features[parts[0]] = parts[1] == "1"
-        elif kind == "unit" and len(parts) == 3:
-            state.units[parts[0]] = (parts[1] or "unknown", parts[2] or "not-found")
-        elif kind == "entry" and len(parts) == 2:
-            state.listings.setdefault(parts[0], []).append(parts[1])
-        elif kind == "sysctlfile" and len(parts) == 2:
-            state.sysctl_files[parts[0]] = parts[1]
-        elif kind == "sysctlline" and len(parts) >= 2:
-            path, _, text = rest.partition("\t")
-            state.sysctl_lines.setdefault(path, []).append(text)
-        elif kind == "query" and len(parts) == 3:
-            output = base64.b64decode(parts[2]).decode(errors="replace")
-            state.queries[parts[0]] = (int(parts[1]), output.splitlines())
-        elif kind == "runlock":
-            state.run_lock = run_lock.parse(parts)
+        try:
+            if kind == "machine":
+                machine = rest.strip()  # empty: refused later as an unsupported architecture
+                state.machine = answers.machine(machine) if machine else ""
+            elif kind == "sysctlline":
+                path, _, text = rest.partition("\t")
+                state.sysctl_lines.setdefault(answers.absolute_path(path), []).append(text)
+            elif kind == "runlock":  # a line that does not fit leaves run_lock None: the run refuses
+                state.run_lock = run_lock.parse(rest.split("\t"))
+            elif kind == "badname":
+                what, _, encoded = rest.partition("\t")
+                name = _text(answers.base64_bytes(encoded))
+                if what == "entry":  # that directory's listing is incomplete: a step reading it refuses
+                    state.refused.setdefault("listings", {})[name.rpartition("/")[0]] = \
+                        f"it holds a file name with a newline, tab or carriage return ({name!r})"
+                raise BadField(f"a {what} path with a newline, tab or carriage return in a file name "
+                               f"({name!r}) was left out")
+            elif kind in _LINES:
+                _parse_line(state, kind, rest)
+            else:
+                raise BadField("not a line the probe prints")
+        except BadField as error:
+            state.problems.append(answers.problem("", "the probe", line, str(error)))
     return state
+
+
+def _parse_line(state: NodeState, kind: str, rest: str) -> None:
+    name, count, parse = _LINES[kind]
+    parts = rest.split("\t")
+    if kind == "query" and len(parts) == 3:  # without stderr (an answer scripted by tests)
+        parts.append("")
+    if kind == "sysctl" and len(parts) > 2:  # a multi-valued parameter's fields are tab-separated
+        parts = [parts[0], "\t".join(parts[1:])]
+    if len(parts) != count:
+        raise BadField(f"{len(parts)} field(s) where {count} are expected")
+    try:
+        key, value = parse(parts)
+    except BadField:
+        key = parts[0] if kind not in ("sha", "mode") else parts[1]
+        if not answers.CONTROL.search(key):
+            state.refused.setdefault(name, {})[key] = f"{kind} line {answers.shown(kind + chr(9) + rest)} does not fit"
+        raise
+    if kind == "entry":
+        state.listings.setdefault(key, []).append(value)  # type: ignore[arg-type]
+    elif kind == "query":
+        rc, stdout, stderr = value  # type: ignore[misc]
+        state.queries[key] = (rc, stdout)
+        if stderr:
+            state.query_stderr[key] = stderr
+    else:
+        getattr(state, name)[key] = value
 
 
 class NodeProbe(FactBase):
@@ -312,7 +408,8 @@ def node_state(host, request: ProbeRequest, run_lock_wait: int | None = None) ->
     by step from another deploy; podnet's own deploy asks once).
 
     With ``run_lock_wait`` (seconds), the probe first takes the node's run lock (tasks/engine/run_lock.py);
-    raises run_lock.NodeLocked naming the holder when another run holds it.
+    raises run_lock.NodeLocked naming the holder when another run holds it, and
+    run_lock.RunLockUnavailable when it could not be taken (fail closed, before any change).
     """
     known = _answers.get(host.name)
     if known is not None and known[0].covers(request):
@@ -323,9 +420,23 @@ def node_state(host, request: ProbeRequest, run_lock_wait: int | None = None) ->
         script = probe_script(request)
         if run_lock_wait is not None:  # after the first line (uname), before anything podnet decides from
             first, rest = script.split("\n", 1)
-            script = "\n".join([first, run_lock.acquire_script(run_lock_wait, run_lock.holder()), rest])
+            # with @local, the probe runs under this pyinfra process: the lock's owner (tasks/engine/run_lock.py)
+            local_owner = os.getpid() if issubclass(host.connector_cls, LocalConnector) else None
+            script = "\n".join([first, run_lock.acquire_script(run_lock_wait, run_lock.holder(), local_owner=local_owner),
+                                 rest])
         answer = host.get_fact(NodeProbe, script=script)
         _answers[host.name] = (request, answer)
+        report(host.name, answer)
     if run_lock_wait is not None:
         run_lock.refuse_if_held(host.name, answer.run_lock, run_lock_wait)
-    return answer.answering(request)
+    return answer.answering(request, host.name)
+
+
+def report(host_name: str, answer: NodeState) -> None:
+    """Warn (once per probe) about every probe line that did not fit its schema, and show what a
+    query that succeeded wrote to stderr: a diagnostic, never data."""
+    for problem in answer.problems:
+        logger.warning(f"podnet: {host_name}: {problem}")
+    for name, stderr in answer.query_stderr.items():
+        if answer.queries.get(name, (1, []))[0] == 0:
+            answers.warn_stderr(host_name, f"query {name}", stderr)

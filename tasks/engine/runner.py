@@ -20,7 +20,7 @@ from tasks.releases import ARCHITECTURES
 from tasks.settings import Settings, SettingsError, parse_inventory
 
 _settings: dict[str, Settings] = {}
-_downloaders: dict[Path, Downloader] = {}
+_downloaders: dict[tuple[Path, bool], Downloader] = {}
 _contexts: dict[str, HostContext] = {}
 
 
@@ -49,11 +49,13 @@ def context_for(host, inventory, diff: bool = False) -> HostContext:
     return _contexts[host.name]
 
 
-def downloader_for(cache_dir: Path) -> Downloader:
-    """One downloader per cache directory for the whole run, so each artifact is fetched once."""
-    if cache_dir not in _downloaders:
-        _downloaders[cache_dir] = Downloader(cache_dir)
-    return _downloaders[cache_dir]
+def downloader_for(settings: Settings) -> Downloader:
+    """One downloader per cache directory for the whole run, so each artifact is fetched once.
+    Raises CacheError for a cache directory someone else could write (tasks.artifacts.download)."""
+    key = (settings.download_cache_dir, settings.allow_insecure_http)
+    if key not in _downloaders:
+        _downloaders[key] = Downloader(settings.download_cache_dir, allow_insecure_http=settings.allow_insecure_http)
+    return _downloaders[key]
 
 
 def applicable(steps: tuple[Step, ...], ctx: HostContext) -> list[Step]:
@@ -100,7 +102,7 @@ def fetch_artifacts(ctx: HostContext, names: tuple[str, ...]) -> RunArtifacts:
     """Resolve the sha256 of each release file and download it (once per run and cache), before any
     check or change: a file that cannot be had stops the run while planning."""
     settings = ctx.settings
-    downloader = downloader_for(settings.download_cache_dir)
+    downloader = downloader_for(settings)
     lookup = checksums.for_run(settings.artifact_lock_file, downloader).lookup(settings)
     try:
         resolved = {name: catalog.resolve(settings, name, ctx.arch, lookup) for name in names}
@@ -118,6 +120,7 @@ def run(steps: tuple[Step, ...], host, inventory, diff: bool = False) -> HostCon
     apply. Returns the context, with what the steps decided.
     """
     ctx = context_for(host, inventory, diff)
+    downloader_for(ctx.settings)  # a download cache others could write stops the run before the node is asked
     steps_here = applicable(steps, ctx)
     ctx.node = node_state(host, probe_request(steps_here, ctx), run_lock_wait=ctx.settings.run_lock_wait)
     ctx.arch = architecture(ctx.node, host.name)

@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from tasks.settings import kubeadm_parsers as kubeadm_options
+from tasks.engine.redact import redact_url
 from tasks.errors import PodnetError
+from tasks import releases
 from tasks.releases import ARCHITECTURES, ARTIFACT_NAMES, config_api, config_generation
 
 # Keys in inventory data that belong to pyinfra (connectors, global arguments),
@@ -396,8 +398,9 @@ class Settings:
         "how flanneld runs: daemonset (kube-flannel, applied with kubectl), systemd (a unit on every "
         "node) or external (deployed by something else)")
     flannel_image: str = setting(
-        "docker.io/flannel/flannel:v0.28.4", _image,
-        "flanneld image of the DaemonSet")
+        f"docker.io/flannel/flannel:v{releases.DEFAULT_FLANNEL}", _image,
+        "flanneld image of the DaemonSet; its tag's release decides the DaemonSet's /healthz and /readyz probes "
+        "(see Supported versions)")
     flannel_rollout_timeout: int = setting(
         300, _integer(10, 3600),
         "seconds to wait for the flannel rollout and podCIDRs")
@@ -412,7 +415,8 @@ class Settings:
         "recreated)")
     containerd_version: str = setting(
         "2.3.4", _version,
-        "containerd release (1.6.x-1.7.x: config v2; 2.x: config v3)", scope="host")
+        "containerd release (config.toml version 2 for 1.6-1.7, 3 for 2.0-2.2, 4 from 2.3: see Supported "
+        "versions)", scope="host")
     runc_version: str = setting(
         "1.4.3", _version,
         "runc release", scope="host")
@@ -420,15 +424,21 @@ class Settings:
         "1.9.1", _version,
         "containernetworking/plugins release", scope="host")
     flannel_cni_plugin_version: str = setting(
-        "1.9.1-flannel1", _version,
-        "flannel-io/cni-plugin release (the default is the one flannel v0.28.4's kube-flannel.yml uses)", scope="host")
+        releases.flannel_cni_plugin_for(releases.DEFAULT_FLANNEL), _version,
+        f"flannel-io/cni-plugin release (the default is the one flannel v{releases.DEFAULT_FLANNEL}'s "
+        "kube-flannel.yml ships)", scope="host")
     flanneld_version: str = setting(
-        "0.28.4", _version,
+        releases.DEFAULT_FLANNEL, _version,
         "flanneld release (systemd rollout)", scope="host")
     mirror_url: str | None = setting(
         None, _optional(_url),
         "base URL that replaces the upstream download hosts (air-gapped sites); the upstream path is kept"
         " below it")
+    allow_insecure_http: bool = setting(
+        False, _boolean,
+        "let mirror_url be a plain http:// URL: release files and the checksums beside them are then read "
+        "without TLS (anyone on the way can change both; podnet warns); a redirect from https to http is "
+        "refused either way")
     artifact_checksums: dict = setting(
         {}, _checksums,
         "sha256 overrides/additions: {artifact: {version: {arch: sha256}}}", scope="host", hash=False)
@@ -450,8 +460,9 @@ class Settings:
         "/etc/cni/net.d", _absolute_path,
         "where containerd looks for the CNI config")
     sandbox_image: str = setting(
-        "registry.k8s.io/pause:3.10", _image,
-        "pod sandbox (pause) image")
+        None, _optional(_image),
+        "pod sandbox (pause) image of containerd; unset: the one kubeadm of kubernetes_version uses (see "
+        "Supported versions), so kubeadm and containerd agree")
     systemd_cgroup: bool = setting(
         True, _boolean,
         "runc uses the systemd cgroup driver (SystemdCgroup)")
@@ -474,7 +485,8 @@ class Settings:
         "systemd unit whose ExecStart runs kube-controller-manager (systemd runtime)")
     kubeconfig: str = setting(
         "/etc/kubernetes/admin.conf", _absolute_path,
-        "kubeconfig on control-plane hosts for kubectl, and for flanneld (systemd rollout)")
+        "kubeconfig on control-plane hosts for kubectl (flanneld's systemd unit gets a kubeconfig of its own, "
+        "with a token of flannel's ServiceAccount; this one only when no host is in the control-plane group)")
     node_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = setting(
         None, _optional(_address),
         "the node's own address (defaults to the inventory name when that is an IP)", scope="host")
@@ -483,7 +495,7 @@ class Settings:
         "create the cluster with kubeadm on fresh machines: install kubelet, kubeadm and kubectl, kubeadm"
         " init on the first control-plane host, kubeadm join on the others (needs node_ip)")
     kubernetes_version: str = setting(
-        "1.35.1", _version,
+        "1.36.2", _version,
         "Kubernetes release of kubelet, kubeadm and kubectl and of the control plane kubeadm creates "
         "(cluster_bootstrap)")
     etcd_external_endpoints: tuple[str, ...] = setting(
@@ -521,6 +533,18 @@ class Settings:
     @property
     def dual_stack(self) -> bool:
         return self.cluster_cidr_ipv6 is not None
+
+    @property
+    def effective_sandbox_image(self) -> str:
+        """sandbox_image, else kubeadm's pause image for kubernetes_version (validation ensures one exists)."""
+        if self.sandbox_image is not None:
+            return self.sandbox_image
+        return releases.pause_image(self.kubernetes_version) or ""
+
+    @property
+    def conflist_cni_version(self) -> str:
+        """The conflist's cniVersion: the newest format both plugin releases read (validation ensures one)."""
+        return releases.conflist_cni_version(self.cni_plugins_version, self.flannel_cni_plugin_version)
 
     @property
     def kubectl(self) -> str:
@@ -562,7 +586,8 @@ def _unknown_keys(data: dict, other_keys: tuple[str, ...] = ()) -> list[str]:
 
 
 def _describe(value: Any) -> str:
-    return repr(value)
+    """A bad value as an error shows it (a URL without its credentials)."""
+    return repr(redact_url(value)) if isinstance(value, str) else repr(value)
 
 
 def parse_host_settings(data: dict, host_name: str, groups: Iterable[str]) -> Settings:
@@ -638,9 +663,15 @@ def _relations(s: Settings) -> list[str]:
     - no node address inside a pod or service range: a podCIDR or a Service ClusterIP could then
       hold a node's own address;
     - flannel_vni / flannel_port only for a backend that reads them: flanneld ignores them otherwise;
-    - the kubeadm-only settings (KUBEADM_ONLY) only with cluster_bootstrap: nothing reads them otherwise.
+    - the kubeadm-only settings (KUBEADM_ONLY) only with cluster_bootstrap: nothing reads them otherwise;
+    - a plain http:// mirror_url only with allow_insecure_http: release files and their checksums
+      would otherwise be read without TLS, silently (the downloader refuses such a URL as well).
     """
     problems = []
+    if s.mirror_url is not None and s.mirror_url.startswith("http://") and not s.allow_insecure_http:
+        problems.append(f"mirror_url: {s.mirror_url!r} is plain http; expected an https:// URL: over http anyone on "
+                        "the way can change the release files and the checksums podnet reads beside them. To accept "
+                        "that (a mirror on a network you trust), also set allow_insecure_http = True")
     for key, mask, net, cluster_key in (
         ("node_cidr_mask_size", s.node_cidr_mask_size, s.cluster_cidr, "cluster_cidr"),
         ("node_cidr_mask_size_ipv6", s.node_cidr_mask_size_ipv6, s.cluster_cidr_ipv6, "cluster_cidr_ipv6"),
@@ -671,13 +702,22 @@ def _relations(s: Settings) -> list[str]:
                 problems.append(f"{key}: '{net}' contains this node's own address {s.node_ip}; "
                                 "choose a range that no node address is in")
 
-    # The generation rule is config_generation (tasks/releases.py): the config's version header
-    # (containerd's docs/PLUGINS.md) is 2 for 1.6/1.7, which do not read 3, and 3 from 2.0 on.
-    # Releases before 1.6 are podnet's own refusal: out of upstream support, never tested here.
+    # Every version-dependent choice is a row of the compatibility table (tasks/releases.py, which
+    # names each row's upstream source): a release it has no row for is refused here.
     try:
         config_generation(s.containerd_version)
     except ValueError as error:
         problems.append(f"containerd_version: {s.containerd_version!r} is not supported; expected {error}")
+    try:
+        releases.conflist_cni_version(s.cni_plugins_version, s.flannel_cni_plugin_version)
+    except ValueError as error:
+        problems.append(f"cni_plugins_version: {s.cni_plugins_version!r} with flannel_cni_plugin_version "
+                        f"{s.flannel_cni_plugin_version!r} cannot read the conflist podnet writes; expected {error}")
+    # (with cluster_bootstrap a kubernetes_version outside the table is refused as such, below)
+    if s.sandbox_image is None and releases.pause_image(s.kubernetes_version) is None and not s.cluster_bootstrap:
+        problems.append(f"sandbox_image: unset, and kubernetes_version {s.kubernetes_version!r} has no pause image "
+                        "in podnet's table (" + ", ".join(r.releases for r in releases.PAUSE_IMAGES) + "); set "
+                        "sandbox_image to the pause image your kubelet's release uses")
 
     if s.flannel_backend != "vxlan" and s.flannel_vni != 1:
         problems.append(f"flannel_vni: {s.flannel_vni} is only used by the vxlan backend, "
@@ -709,6 +749,11 @@ def _bootstrap_problems(s: Settings) -> list[str]:
     except ValueError as error:
         problems.append(f"kubernetes_version: {s.kubernetes_version!r} is not supported with cluster_bootstrap; "
                         f"expected {error}")
+    window = releases.containerd_supports_kubernetes(s.containerd_version, s.kubernetes_version)
+    if window is not None:
+        problems.append(f"containerd_version: {s.containerd_version!r} does not support kubernetes_version "
+                        f"{s.kubernetes_version!r}: containerd {window.releases} supports Kubernetes up to "
+                        f"{window.value} ({window.source}); choose containerd 2.x or an older Kubernetes")
     if s.node_ip is None:
         problems.append("node_ip: not set; cluster_bootstrap needs each node's own address (kubelet --node-ip, "
                         "and the API server's advertise address on the first control-plane host): set node_ip, "
@@ -717,9 +762,9 @@ def _bootstrap_problems(s: Settings) -> list[str]:
         problems.append(f"kube_controller_manager_runtime: {s.kube_controller_manager_runtime!r} cannot be used with "
                         "cluster_bootstrap; kubeadm runs kube-controller-manager as a static pod: use 'static-pod'")
     if s.flannel_rollout == "systemd":
-        problems.append("flannel_rollout: 'systemd' cannot be used with cluster_bootstrap; flanneld's kubeconfig "
-                        "would be needed on every node and kubeadm writes it only on control-plane hosts: "
-                        "use 'daemonset'")
+        problems.append("flannel_rollout: 'systemd' cannot be used with cluster_bootstrap; flanneld's "
+                        "ServiceAccount and token are made with kubectl on the first control-plane host, before "
+                        "kubeadm has created the cluster there: use 'daemonset'")
     for key in ("kube_controller_manager_manifest", "kubeconfig"):
         kubeadm_path = SPEC_BY_NAME[key].default
         if getattr(s, key) != kubeadm_path:

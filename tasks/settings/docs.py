@@ -1,6 +1,7 @@
 """
-The two documents written from the settings' one declaration (``Settings`` in tasks/settings/__init__.py):
-the README's settings table and the commented group-data example ``inventory/group_data/all.py``.
+The documents written from the settings' one declaration (``Settings`` in tasks/settings/__init__.py)
+and from the compatibility table (tasks/releases.py): the README's settings table, its "Supported
+versions" table, and the commented group-data example ``inventory/group_data/all.py``.
 
     python3 -m tasks.settings.docs          # rewrite both from the declaration
     python3 -m tasks.settings.docs --check  # exit 1 and name the file that differs
@@ -15,6 +16,7 @@ import re
 import sys
 from pathlib import Path
 
+from tasks import releases
 from tasks.settings import SPECS, SettingSpec
 
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -22,6 +24,7 @@ README = CHECKOUT / "README.md"
 GROUP_DATA = CHECKOUT / "inventory" / "group_data" / "all.py"
 TABLE_HEADER = "| setting | default | meaning |\n|---|---|---|\n"
 TABLE_RE = re.compile(r"^\| setting \| default \| meaning \|\n\|---\|---\|---\|\n(?:\|.*\|\n)*", re.MULTILINE)
+VERSIONS_RE = re.compile("^" + re.escape(releases.TABLE_HEADER) + r"(?:\|.*\|\n)*", re.MULTILINE)
 GROUP_DATA_HEADER = '''"""
 Every podnet setting, with its default and meaning. Uncomment and change what your
 cluster needs; group data here applies to every inventory in this folder. Settings
@@ -60,10 +63,14 @@ def group_data_example() -> str:
 
 
 def readme_with_table(readme: str) -> str:
-    """The README text with its settings table replaced by ``readme_table()``; ValueError without one."""
+    """The README text with its settings table replaced by ``readme_table()`` and its supported-versions
+    table by ``releases.supported_versions_table()``; ValueError when either is missing."""
     if not TABLE_RE.search(readme):
         raise ValueError("README.md has no settings table (| setting | default | meaning |)")
-    return TABLE_RE.sub(lambda _: readme_table(), readme, count=1)
+    if not VERSIONS_RE.search(readme):
+        raise ValueError("README.md has no supported-versions table (" + releases.TABLE_HEADER.split("\n")[0] + ")")
+    readme = TABLE_RE.sub(lambda _: readme_table(), readme, count=1)
+    return VERSIONS_RE.sub(lambda _: releases.supported_versions_table(), readme, count=1)
 
 
 def main(argv: list[str] | None = None) -> int:

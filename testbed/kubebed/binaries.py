@@ -27,7 +27,7 @@ from testbed.cri.cache import cache_root, make_tmp_dir, publish_dir
 REPO = Path(__file__).resolve().parents[2]
 KUBERNETES_VERSION = "1.36.2"
 FLANNELD_VERSION = "0.28.9"
-FLANNEL_CNI_PLUGIN_VERSION = "1.9.1-flannel1"
+FLANNEL_CNI_PLUGIN_VERSION = "1.9.1-flannel1"  # the mirror also serves it as -flannel2/-flannel3 (stand-ins)
 CONTAINERD_VERSION = "2.3.4"
 KUBERNETES_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubelet",
                        "kubectl", "kubeadm")

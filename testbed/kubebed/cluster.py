@@ -336,11 +336,6 @@ etcd:
         self.wait_for(self.control_plane, f"kubectl --kubeconfig={ADMIN_CONF} get serviceaccount default",
                    "the default service account")
 
-    def share_admin_kubeconfig(self) -> None:
-        """admin.conf on every node, where podnet's systemd rollout points flanneld (``kubeconfig``)."""
-        for node in self.cluster.nodes[1:]:
-            self.put(node, ADMIN_CONF, self.get(self.control_plane, ADMIN_CONF), 0o600)
-
     def pod_cidrs(self) -> dict[str, str]:
         """Node name -> spec.podCIDR ('' where none)."""
         out = self.kubectl("get nodes -o jsonpath='{range .items[*]}{.metadata.name}{\" \"}{.spec.podCIDR}{\"\\n\"}"

@@ -127,6 +127,7 @@ class Mirror:
         runc = [v for v in self.versions("runc") if self.suite_of("runc", v) == _build.RUNC_SUITE]
         return {
             "mirror_url": base_url.rstrip("/"),
+            "allow_insecure_http": True,  # the test mirror serves plain http on loopback
             "containerd_version": containerd,
             "runc_version": (runc or self.versions("runc"))[-1],
             "cni_plugins_version": cni_plugins_version,

@@ -11,7 +11,10 @@ with upstream's layout from Debian packages:
   needs a newer glibc, so runc always comes from bookworm)
 * from shared/bin (testbed/kubebed/binaries.py: real builds from public source,
   Debian packages none of them): the flannel CNI plugin v1.9.1-flannel1
-  (cni-plugin-flannel-linux-amd64-v1.9.1.tgz holding flannel-amd64), flanneld
+  (cni-plugin-flannel-linux-amd64-v1.9.1.tgz holding flannel-amd64; the same
+  file is also served under the tags v1.9.1-flannel2 and v1.9.1-flannel3 as a
+  STAND-IN: no build of those tags exists here, and flannel v0.28.9, podnet's
+  default, ships -flannel3; see FLANNEL_STAND_INS), flanneld
   v0.28.9 (flanneld-amd64, with the GitHub release-API document that reports
   its digest, since upstream publishes no checksum file for it), containerd
   v2.3.4, podnet's default, and kubeadm, kubelet and kubectl 1.36.2 (single
@@ -70,8 +73,8 @@ from testbed.debian_sources import (
 ARCH = "amd64"
 # Bump when the layout of the produced tree/tarballs changes: cached outputs
 # built with another layout version are rebuilt (from the cached .debs).
-LAYOUT_VERSION = 4  # 2: upstream's checksum files beside the release files; 3: shared/bin artifacts;
-# 4: kubeadm, kubelet and kubectl from shared/bin
+LAYOUT_VERSION = 5  # 2: upstream's checksum files beside the release files; 3: shared/bin artifacts;
+# 4: kubeadm, kubelet and kubectl from shared/bin; 5: the flannel CNI plugin stand-ins (FLANNEL_STAND_INS)
 
 DEFAULT_CACHE = "/var/cache/podnet-test"
 HOST_SOURCES_LIST = Path("/etc/apt/sources.list")
@@ -100,6 +103,11 @@ CONTAINERD_UPSTREAM_BINS = {
     "1": ("containerd", "containerd-shim-runc-v2", "containerd-stress", "ctr"),
     "2": ("containerd", "containerd-shim-runc-v2", "containerd-stress", "ctr"),
 }
+
+
+# STAND-INS: cni-plugin tags served with the v1.9.1-flannel1 build (shared/bin has no build of them; the
+# three tags name their asset alike, cni-plugin-flannel-linux-<arch>-v1.9.1.tgz). sources.json says so.
+FLANNEL_STAND_INS = ("1.9.1-flannel2", "1.9.1-flannel3")
 
 
 class MirrorBuildError(RuntimeError):
@@ -502,6 +510,11 @@ def write_shared_artifacts(tree: Path, manifest, sources) -> None:
     sha = write_deterministic_tgz(tree / upstream_path("flannel_cni_plugin", version),
                                   [(f"flannel-{ARCH}", flannel, 0o755)])
     _add(manifest, sources, "flannel_cni_plugin", version, sha, {"suite": None, "shared_bin": "flannel"})
+    for tag in FLANNEL_STAND_INS:
+        stand_in = write_deterministic_tgz(tree / upstream_path("flannel_cni_plugin", tag),
+                                           [(f"flannel-{ARCH}", flannel, 0o755)])
+        _add(manifest, sources, "flannel_cni_plugin", tag, stand_in,
+             {"suite": None, "shared_bin": "flannel", "stand_in": f"the v{version} build, served as v{tag}"})
     single = [("flanneld", *shared["flanneld"], "flanneld")]
     single += [(name, binaries.KUBERNETES_VERSION, binaries.binary(name), name) for name in KUBERNETES_ARTIFACTS]
     for artifact, version, binary, shared_name in single:

@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 # The first line of tasks.engine.probe.probe_script: only the probe contains it.
 PROBE_MARK = 'printf "machine %s'
 PROBE_RE = r"printf \"machine %s"
+FAKE_CONNECTION_PID = 4242  # the connection process the run lock names on a fake node
 
 
 def probe_answer(state: NodeState) -> list[str]:
@@ -54,7 +56,7 @@ def probe_answer(state: NodeState) -> list[str]:
     lines += [f"feature\t{name}\t{int(present)}" for name, present in state.features.items()]
     lines += [f"unit\t{unit}\t{active}\t{enabled}" for unit, (active, enabled) in state.units.items()]
     lines += [f"entry\t{directory}\t{entry}" for directory, entries in state.listings.items() for entry in entries]
-    lines += [f"query\t{name}\t{rc}\t{b64(chr(10).join(out).encode())}"
+    lines += [f"query\t{name}\t{rc}\t{b64(chr(10).join(out).encode())}\t{b64(state.query_stderr.get(name, '').encode())}"
               for name, (rc, out) in state.queries.items()]
     for path, target in state.sysctl_files.items():
         lines.append(f"sysctlfile\t{path}\t{target}")
@@ -76,6 +78,7 @@ def fresh_state(settings: Settings, *, kcm_manifest: str | None = None, first_co
     if first_control_plane:
         state.queries["flannel_manifest"] = (0, [])
         state.queries["pod_cidrs"] = (0, [])
+        state.queries[flannel.RBAC_QUERY] = (0, [])
     return state
 
 
@@ -120,6 +123,15 @@ def converged_state(settings: Settings, releases: Releases, *, host_names: list[
         files, unit = flannel.systemd_files(settings, releases.tree / releases.upstream_path("flanneld"))
         text_files += [f for f in files if f.is_text] + [unit]
         state.units[flannel.UNIT] = ("active", "enabled")
+        # flanneld's own kubeconfig and token, root-only, the token good for most of a year
+        for path in (flannel.KUBECONFIG_PATH, flannel.TOKEN_PATH):
+            state.hashes[path], state.modes[path] = "e" * 64, "600"
+        state.contents[flannel.TOKEN_EXPIRY_PATH] = f"{int(time.time()) + flannel.TOKEN_DURATION - 60}\n".encode()
+        state.hashes[flannel.TOKEN_EXPIRY_PATH], state.modes[flannel.TOKEN_EXPIRY_PATH] = "d" * 64, "600"
+        if first_control_plane:
+            rbac = text_file(flannel.RBAC_PATH, flannel.render_rbac(settings))
+            text_files.append(rbac)
+            state.queries[flannel.RBAC_QUERY] = (0, list(flannel.RBAC_OBJECTS))
     for f in text_files:
         state.hashes[f.path] = f.sha256
         state.modes[f.path] = f.mode.lstrip("0")
@@ -168,7 +180,10 @@ def write_inventory(path: Path, nodes: list[FakeNode]) -> Path:
     groups: dict[str, list[str]] = {}
     for node in nodes:
         data = dict(node.data, fake_delay=0, fake_delay_jitter=0)
-        responses = ", ".join([f"re.compile({PROBE_RE!r}): {node.probe!r}",
+        # the run lock (tasks/engine/run_lock.py) taken for the fake connection, unless the test scripts its answer
+        probe = node.probe if any(line.startswith("runlock\t") for line in node.probe) else \
+            [*node.probe, f"runlock\ttaken\t{FAKE_CONNECTION_PID}"]
+        responses = ", ".join([f"re.compile({PROBE_RE!r}): {probe!r}",
                                *(f"{k!r}: {v!r}" for k, v in node.responses.items())])
         entry = f"({node.host!r}, dict({data!r}, fake_responses={{{responses}}}))"
         groups.setdefault(node.group, []).append(entry)
@@ -221,6 +236,20 @@ HOSTS = (CP, WORKER)
 POD_CIDRS = ["cp1 10.244.0.0/24", "w1 10.244.1.0/24"]  # what `kubectl get nodes` reports after the rollout
 
 
+def service_account_token(expires: int) -> str:
+    """A JWT shaped like the TokenRequest API's (the signature is not checked by podnet)."""
+    def part(data: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+    claims = {"exp": expires, "sub": "system:serviceaccount:kube-flannel:flannel"}
+    return f"{part({'alg': 'RS256'})}.{part(claims)}.c2ln"
+
+
+FLANNEL_TOKEN = service_account_token(int(time.time()) + flannel.TOKEN_DURATION)
+# The first control-plane host's answers for flanneld's token (systemd rollout)
+FLANNEL_TOKEN_ANSWERS = {"create token flannel": [FLANNEL_TOKEN],
+                         "config view --minify --raw": ["https://192.0.2.1:6443", "Q0EgY2VydA=="]}
+
+
 @dataclass
 class Cluster:
     """The plan tests' two hosts over the release files of ``releases``, served by ``server``; ``tmp`` holds
@@ -231,7 +260,8 @@ class Cluster:
     tmp: Path
 
     def data(self, **extra) -> dict:
-        return {"mirror_url": self.server.url, "artifact_checksums": self.releases.checksums(),
+        return {"mirror_url": self.server.url, "allow_insecure_http": True,  # the scripted server speaks http
+                "artifact_checksums": self.releases.checksums(),
                 "download_cache_dir": str(self.tmp / "cache"), "flannel_rollout_timeout": 10,
                 "artifact_lock_file": str(self.tmp / "artifacts.lock.yaml"), **extra}
 
@@ -255,7 +285,7 @@ class Cluster:
 
     def inventory(self, cp: NodeState, worker: NodeState, **extra) -> Path:
         nodes = [FakeNode("cp1", "control_plane", self.data(**extra), probe_answer(cp),
-                          {"get nodes": POD_CIDRS}),
+                          {"get nodes": POD_CIDRS, **FLANNEL_TOKEN_ANSWERS}),
                  FakeNode("w1", "workers", self.data(**extra), probe_answer(worker))]
         return write_inventory(self.tmp / "inventory.py", nodes)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from tasks.artifacts import catalog
+from tasks.settings import SPEC_BY_NAME
 
 ARCH = "amd64"
 MACHINE = "x86_64"
@@ -54,9 +55,10 @@ class Releases:
     """The release files for one set of versions, written below ``tree``."""
 
     tree: Path
+    # podnet's default releases (the settings' declaration)
     versions: dict[str, str] = field(default_factory=lambda: {
-        "containerd": "2.3.4", "runc": "1.4.3", "cni_plugins": "1.9.1",
-        "flannel_cni_plugin": "1.9.1-flannel1", "flanneld": "0.28.4"})
+        name: SPEC_BY_NAME[f"{name}_version"].default
+        for name in ("containerd", "runc", "cni_plugins", "flannel_cni_plugin", "flanneld")})
     # name -> bytes of each installed binary, as the node should end up holding it
     containerd_bins: dict[str, bytes] = field(default_factory=dict)
     runc: bytes = b""

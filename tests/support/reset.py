@@ -9,6 +9,7 @@ import base64
 from pathlib import Path
 
 from tasks import cni, flannel
+from tasks.engine import ownership
 from tasks.engine.probe import NodeState
 from tasks.reset_controller_manager import BACKUPS_QUERY
 from tests.support.kubeadm import KUBEADM_MANIFEST
@@ -27,6 +28,8 @@ def deployed(cluster: Cluster, host: str, **data) -> NodeState:
     one pod on cni0, a plugin of someone else's in the CNI bin dir and (control plane) podnet's
     backup of the manifest and the flannel objects."""
     node = cluster.converged(host, **data)
+    # the node's record of what podnet wrote there (the only record of flanneld's credentials)
+    node.contents[ownership.LEDGER] = "".join(f"{digest} {path}\n" for path, digest in node.hashes.items()).encode()
     node.hashes["/opt/cni/bin/someone-elses-plugin"] = "0" * 64
     node.listings[flannel.SYS_NET] = ["lo", "eth0", "cni0", "flannel.1", "veth1234"]
     node.queries[flannel.CHAINS_QUERY] = (0, CHAIN_LINES)
