@@ -188,8 +188,8 @@ def support_window(settings: "Settings") -> str | None:
         return None
     return (f"podnet: containerd_version {settings.containerd_version} is outside the support window of "
             f"kubernetes_version {settings.kubernetes_version}: containerd {row.releases} supports Kubernetes up to "
-            f"{row.value} ({row.source}); move to containerd 2.x, or set kubernetes_version to your cluster's "
-            "release if it is older")
+            f"{row.value} ({row.source}); move to a containerd release listed there for your Kubernetes release, "
+            "or set kubernetes_version to your cluster's release if it is older")
 
 
 def say_support_window(settings: "Settings") -> None:

@@ -287,6 +287,11 @@ CONTAINERD_KUBERNETES = (
     Row("containerd", "1.7", "1.7", "1.35",
         "containerd RELEASES.md \"Kubernetes Support\" (1.35: 2.2.0+, 2.1.5+, 1.7.28+) and the Kubernetes v1.35 "
         "release blog: the last Kubernetes release that supports containerd 1.x"),
+    Row("containerd", "2.0", "2.0", "1.34",
+        "containerd RELEASES.md \"Kubernetes Support\": 2.0.6+ is listed up to Kubernetes 1.34, not for 1.35"),
+    Row("containerd", "2.1", "2.1", "1.35",
+        "containerd RELEASES.md \"Kubernetes Support\": 2.1.5+ is listed up to Kubernetes 1.35, not for 1.36 "
+        "(2.3.0+, 2.2.0+)"),
 )
 
 

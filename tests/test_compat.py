@@ -150,14 +150,15 @@ def test_no_probes_where_the_release_is_not_known_to_serve_them(image):
 
 
 @pytest.mark.parametrize("row", releases.CONTAINERD_KUBERNETES, ids=lambda r: r.first)
-def test_containerd_1x_beyond_its_kubernetes_window(row, caplog):
+def test_containerd_beyond_its_kubernetes_window(row, caplog):
     newer = f"1.{int(row.value.split('.')[1]) + 1}.0"
     version = f"{row.first}.0"
     with pytest.raises(SettingsError) as error:
         bootstrap(containerd_version=version, kubernetes_version=newer)
     assert error.value.problems == [
         f"containerd_version: '{version}' does not support kubernetes_version '{newer}': containerd {row.first} "
-        f"supports Kubernetes up to {row.value} ({row.source}); choose containerd 2.x or an older Kubernetes"]
+        f"supports Kubernetes up to {row.value} ({row.source}); choose a containerd release listed there for "
+        f"Kubernetes {newer.rsplit('.', 1)[0]}, or an older Kubernetes"]
     bootstrap(containerd_version=version, kubernetes_version=f"{row.value}.0")  # inside the window: accepted
     s = settings(containerd_version=version, kubernetes_version=newer)  # podnet installs no kubelet: a warning
     with caplog.at_level(logging.WARNING):

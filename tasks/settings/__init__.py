@@ -753,7 +753,8 @@ def _bootstrap_problems(s: Settings) -> list[str]:
     if window is not None:
         problems.append(f"containerd_version: {s.containerd_version!r} does not support kubernetes_version "
                         f"{s.kubernetes_version!r}: containerd {window.releases} supports Kubernetes up to "
-                        f"{window.value} ({window.source}); choose containerd 2.x or an older Kubernetes")
+                        f"{window.value} ({window.source}); choose a containerd release listed there for Kubernetes "
+                        f"{'.'.join(map(str, releases.release(s.kubernetes_version)[:2]))}, or an older Kubernetes")
     if s.node_ip is None:
         problems.append("node_ip: not set; cluster_bootstrap needs each node's own address (kubelet --node-ip, "
                         "and the API server's advertise address on the first control-plane host): set node_ip, "
