@@ -2,19 +2,24 @@
 PYTHON ?= python3
 DEMO_DIR ?= .demo
 
-.PHONY: deps test test-unit test-e2e demo demo-down
+.PHONY: deps deps-bed test test-unit test-e2e demo demo-down
 
-# Debian packages for the local test cluster and the pause image (sudo: the run lock test of privilege
-# wrappers), ruby and vagrant to check
-# the Vagrantfile (no provider: nothing boots), Python packages for the toolkit and tests.
+# What the test bed (testbed/: `make demo`, the benchmark, the end-to-end tests) needs: Debian
+# packages for the local nodes and the pause image, and the toolkit's Python packages.
 # Idempotent; needs root (apt).
-deps:
+deps-bed:
 	@command -v debootstrap >/dev/null && command -v systemd-nspawn >/dev/null && command -v gcc >/dev/null \
-	  && command -v ssh >/dev/null && command -v containerd >/dev/null && command -v sudo >/dev/null || { \
+	  && command -v ssh >/dev/null && command -v containerd >/dev/null || { \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-	    debootstrap systemd-container iproute2 openssh-client gcc libc6-dev containerd dpkg-dev ca-certificates sudo; }
-	@command -v ruby >/dev/null && command -v vagrant >/dev/null || { \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ruby vagrant; }
+	    debootstrap systemd-container iproute2 openssh-client gcc libc6-dev containerd dpkg-dev ca-certificates; }
+	$(PYTHON) -m pip install -q -r requirements.txt
+
+# Besides the bed's: ruby and vagrant to check the Vagrantfile (no provider: nothing boots),
+# sudo (the run lock test of privilege wrappers), and the test requirements (pytest; grpcio
+# for the bed's CRI client; cryptography for the loopback https server).
+deps: deps-bed
+	@command -v ruby >/dev/null && command -v vagrant >/dev/null && command -v sudo >/dev/null || { \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ruby vagrant sudo; }
 	$(PYTHON) -m pip install -q -r requirements-test.txt
 
 # Unit, plan and end-to-end tests (the end-to-end ones boot local Debian nodes: root only).
@@ -29,8 +34,8 @@ test-e2e: deps
 
 # Boot a 3-node local cluster, deploy podnet on it, run a pod on every node and print
 # node -> podCIDR -> pod IP -> MTU. The cluster stays up until `make demo-down`.
-demo: deps
-	$(PYTHON) -m tests.demo up --state-dir $(DEMO_DIR)
+demo: deps-bed
+	$(PYTHON) -m testbed.demo up --state-dir $(DEMO_DIR)
 
 demo-down:
-	$(PYTHON) -m tests.demo down --state-dir $(DEMO_DIR)
+	$(PYTHON) -m testbed.demo down --state-dir $(DEMO_DIR)

@@ -1,9 +1,9 @@
 """
 The deploy benchmark of issue #5: `python3 -m bench.run [--nodes 1,3,12] [--runs 5]`.
 
-For each cluster size it boots a fresh local cluster (tests.localcluster, one cluster at
+For each cluster size it boots a fresh local cluster (testbed.localcluster, one cluster at
 a time, torn down before the next and on any failure or Ctrl-C), brings up the test bed's
-Kubernetes cluster without pod network (tests.podbed, tests.kubebed) and times, with the
+Kubernetes cluster without pod network (testbed.podbed, testbed.kubebed) and times, with the
 real pyinfra CLI:
 
 - the first run of deploy.py on the fresh nodes (once per size),
@@ -49,11 +49,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from tests.localcluster import Cluster, ClusterError, Node
-from tests.localcluster.mounts import mounts_under
-from tests.localcluster.net import MAX_NODES
-from tests.mirror import build_mirror, serve_mirror
-from tests.podbed import DEPLOY_TIMEOUT, REPO, DeployRun, PodBed, parse_results
+from testbed.localcluster import Cluster, ClusterError, Node
+from testbed.localcluster.mounts import mounts_under
+from testbed.localcluster.net import MAX_NODES
+from testbed.mirror import build_mirror, serve_mirror
+from testbed.podbed import DEPLOY_TIMEOUT, REPO, DeployRun, PodBed, parse_results
 
 RESULTS_FILE = REPO / "bench" / "results-latest.md"
 PHASES = ("first", "rerun", "dry", "floor")
@@ -585,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     except ClusterError as error:  # booting or tearing down a cluster failed
         left = sorted(str(d) for d in workdir.glob("*/cluster"))
         print(f"bench: {error}\nbench: state kept in {workdir}" + "".join(
-            f"\nbench: tear down with: python3 -m tests.localcluster down --state-dir {d}" for d in left),
+            f"\nbench: tear down with: python3 -m testbed.localcluster down --state-dir {d}" for d in left),
             file=sys.stderr)
         return 1
     except BenchError as error:

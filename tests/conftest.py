@@ -1,3 +1,25 @@
+"""pytest glue shared by the test modules: markers, and the fixtures more than one module uses.
+
+- ``mirror`` and ``cluster``: the plan tests' tiny release files served on loopback and their
+  two ``@fake`` hosts (tests/support/plan.py).
+- ``bed_mirror`` and ``served_cluster``: the end-to-end tests' release mirror and real nodes
+  (the test bed, testbed/), skipped with the reason when this machine lacks what they need.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytest
+
+from testbed.kubebed import binaries
+from testbed.localcluster import Cluster as NodeCluster
+from testbed.mirror import build_mirror, serve_mirror
+from tests.support.http import ScriptedServer
+from tests.support.plan import Cluster
+from tests.support.releases import Releases
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
@@ -24,3 +46,50 @@ def pytest_collection_modifyitems(config, items):
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+# --- plan tests ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory):
+    """The release files, served over loopback for the whole module: (Releases, ScriptedServer)."""
+    tree = tmp_path_factory.mktemp("mirror")
+    releases = Releases(tree)
+    with ScriptedServer(tree) as server:
+        yield releases, server
+
+
+@pytest.fixture
+def cluster(mirror, tmp_path) -> Cluster:
+    """A kubeadm control plane and a worker as @fake hosts over ``mirror``'s release files."""
+    releases, server = mirror
+    return Cluster(releases, server, tmp_path)
+
+
+# --- end-to-end tests on the test bed ------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def bed_mirror():
+    """The test mirror built from the shared binaries; the tests that need it are skipped, saying why, without them."""
+    missing = binaries.missing()
+    if missing:
+        pytest.skip(f"no Kubernetes/flannel binaries: {missing}")
+    return build_mirror()
+
+
+@pytest.fixture(scope="session")
+def served_cluster(tmp_path_factory, bed_mirror):
+    """``served_cluster(name, nodes, request_log=None)``: a context manager for real nodes on a bridge of their
+    own with ``bed_mirror`` served to them, all torn down afterwards; yields (base_url, mirror, workdir, cluster).
+    ``request_log`` receives every request the mirror answers."""
+
+    @contextmanager
+    def served(name: str, nodes: int, request_log: list | None = None):
+        workdir = tmp_path_factory.mktemp(f"bed-{name}")
+        with serve_mirror(bed_mirror.root, request_log=request_log) as base_url, \
+                NodeCluster(name=name, nodes=nodes, state_dir=workdir / "cluster") as cluster:
+            yield base_url, bed_mirror, workdir, cluster
+
+    return served

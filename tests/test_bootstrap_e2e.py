@@ -1,6 +1,6 @@
 """
 End to end, cluster_bootstrap: the real deploy.py, through the real pyinfra CLI over SSH, on
-fresh Debian nodes with no Kubernetes on them (tests/bootbed.py). podnet installs kubeadm,
+fresh Debian nodes with no Kubernetes on them (testbed/bootbed.py). podnet installs kubeadm,
 kubelet and kubectl 1.36.2 from the test mirror (sha256 from the .sha256 files beside them, as
 from dl.k8s.io), runs the real `kubeadm init` on the first node and `kubeadm join` on the
 other, then node IPAM and the flannel DaemonSet.
@@ -35,9 +35,8 @@ import pytest
 from bench import run as node_costs  # counts what a pyinfra run cost each node, from its sshd log
 from tasks import flannel as flannel_tasks
 from tasks import kubeadm as kubeadm_tasks
-from tests.bootbed import BootBed, changed_hosts
-from tests.kubebed import binaries
-from tests.podbed import served_cluster
+from testbed.bootbed import BootBed, changed_hosts
+from testbed.kubebed import binaries
 
 pytestmark = [
     pytest.mark.e2e,
@@ -51,10 +50,9 @@ KUBERNETES_FILES = ("/usr/local/bin/kubeadm", "/usr/local/bin/kubelet", "/usr/lo
 
 
 @pytest.fixture(scope="module")
-def bed(tmp_path_factory):
+def bed(served_cluster):
     downloads: list = []
-    with served_cluster(tmp_path_factory, "pn-boot", nodes=3, request_log=downloads) as (base_url, mirror, workdir,
-                                                                                          cluster):
+    with served_cluster("pn-boot", nodes=3, request_log=downloads) as (base_url, mirror, workdir, cluster):
         bed = BootBed(cluster, base_url, mirror, workdir, members=2, control_planes=2)
         bed.prepare_nodes()
         bed.fresh = {node.name: [path for path in KUBERNETES_FILES if bed.has_file(node, path)]

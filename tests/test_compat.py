@@ -25,7 +25,7 @@ from tasks import cni, containerd, flannel, kubeadm, releases
 from tasks.artifacts.catalog import pinned
 from tasks.engine.probe import NodeState
 from tasks.settings import SPEC_BY_NAME, SettingsError, parse_host_settings
-from tests.kubebed import binaries
+from testbed.kubebed import binaries
 from tests.support.hosts import settings
 
 

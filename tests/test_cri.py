@@ -1,4 +1,4 @@
-"""Tests for the CRI helpers in tests/cri.
+"""Tests for the CRI helpers in testbed/cri.
 
 Unit tests: the generated bindings' field numbers and RPC paths against
 upstream runtime.v1, the pause binary and image archive, the ssh forward's
@@ -33,10 +33,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.cri import CriClient, CriError, build_pause_binary, build_pause_image, forward_unix_socket
-from tests.cri.forward import ForwardError, _forward_command
-from tests.cri.gen import load
-from tests.cri.pause import image_archive_bytes, normalized_image_name
+from testbed.cri import build_pause_binary, build_pause_image, forward_unix_socket
+from testbed.cri.client import CriClient, CriError
+from testbed.cri.forward import ForwardError, _forward_command
+from testbed.cri.gen import load
+from testbed.cri.pause import image_archive_bytes, normalized_image_name
 
 SANDBOX_IMAGE = "registry.k8s.io/pause:3.10"
 

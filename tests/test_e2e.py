@@ -1,7 +1,7 @@
 """
 End to end: the real deploy.py, through the real pyinfra CLI over SSH, on real Debian
-nodes that run a real Kubernetes cluster without a pod network (tests/podbed.py,
-tests/kubebed/). podnet must turn node IPAM on in the real kube-controller-manager, roll
+nodes that run a real Kubernetes cluster without a pod network (testbed/podbed.py,
+testbed/kubebed/). podnet must turn node IPAM on in the real kube-controller-manager, roll
 out flanneld, and then pods created through the API server must get IPs from their node's
 podCIDR and reach each other across nodes.
 
@@ -34,7 +34,8 @@ from bench import run as node_costs  # counts what a pyinfra run cost each node,
 from tasks import containerd as containerd_tasks
 from tasks import flannel as flannel_tasks
 from tasks.settings import parse_host_settings
-from tests.podbed import KCM_UNIT_PATH, MANIFEST_PATH, VXLAN_MTU, PodBed, mirror_or_skip, served_cluster
+from testbed.cri.client import cri_over_ssh
+from testbed.podbed import KCM_UNIT_PATH, MANIFEST_PATH, VXLAN_MTU, PodBed
 
 pytestmark = [
     pytest.mark.e2e,
@@ -56,18 +57,12 @@ KINDS = [BedKind("containerd-2.x", "2.x", "static-pod", "daemonset", 3),
          BedKind("flanneld-systemd", "1.x", "static-pod", "systemd", 2)]
 
 
-@pytest.fixture(scope="module")
-def mirror():
-    return mirror_or_skip()
-
-
 @pytest.fixture(scope="module", params=KINDS, ids=[k.name for k in KINDS])
-def bed(request, mirror, tmp_path_factory):
+def bed(request, served_cluster):
     kind: BedKind = request.param
     name = {"containerd-2.x": "e2e2", "containerd-1.x": "e2e1", "flanneld-systemd": "e2es"}[kind.name]
     downloads: list = []
-    with served_cluster(tmp_path_factory, name, kind.nodes, mirror, request_log=downloads) as (base_url, _, workdir,
-                                                                                                cluster):
+    with served_cluster(name, kind.nodes, request_log=downloads) as (base_url, mirror, workdir, cluster):
         bed = PodBed(cluster, base_url, mirror, kind.generation, workdir, runtime=kind.runtime, rollout=kind.rollout)
         bed.kind = kind
         kube = bed.install_cluster()
@@ -245,7 +240,7 @@ def test_kernel_prerequisites_are_applied_and_persisted(bed):
 
 def test_cri_reports_network_ready_and_nodes_are_ready(bed):
     for node in bed.cluster.nodes:
-        with bed.cri(node) as cri:
+        with cri_over_ssh(bed.cluster.ssh_argv(node)) as cri:
             conditions = cri.status()
         assert conditions["RuntimeReady"][0] is True
         assert conditions["NetworkReady"][0] is True, conditions["NetworkReady"]
@@ -399,8 +394,8 @@ def test_mtu_change_rewrites_only_the_conflist_and_new_pods_get_it(bed):
         assert bed.deploy().changed_operations() == {"cni: 10-flannel.conflist": nodes_of(bed)}
 
 
-def test_plugin_version_bump_replaces_only_plugin_binaries(bed, mirror):
-    versions = sorted(mirror.manifest["cni_plugins"])
+def test_plugin_version_bump_replaces_only_plugin_binaries(bed):
+    versions = sorted(bed.mirror.manifest["cni_plugins"])
     current = bed.inventory_data(**bed.overrides)["cni_plugins_version"]
     other = next(v for v in versions if v != current)
     before = pids(bed)

@@ -1,5 +1,5 @@
 """
-End to end: the faults operators fear, on a real 2-node cluster (tests/podbed.py) with the
+End to end: the faults operators fear, on a real 2-node cluster (testbed/podbed.py) with the
 real deploy.py through the real pyinfra CLI over SSH, and how the next run recovers.
 
 1. A deploy SIGKILLed (by PID) at several points of a first run and of a change run, each
@@ -20,7 +20,7 @@ real deploy.py through the real pyinfra CLI over SSH, and how the next run recov
    and the next run converges.
 
 To make the points between two commands observable, pyinfra reaches the nodes through a
-user-space forwarder that delays every byte (tests/support/delay_proxy.py) while a run is
+user-space forwarder that delays every byte (testbed/delay_proxy.py) while a run is
 being killed.
 
 Run alone with: python3 -m pytest -q tests/test_faults_e2e.py
@@ -48,9 +48,9 @@ from tasks import interrupted
 from tasks.engine import ops
 from tasks.engine.run_lock import LOCK_PATH
 from tasks.settings import parse_host_settings
-from tests.localcluster import Node
-from tests.podbed import DEPLOY_TIMEOUT, MANIFEST_PATH, PodBed, served_cluster
-from tests.support.delay_proxy import DelayProxy
+from testbed.delay_proxy import DelayProxy
+from testbed.localcluster import Node
+from testbed.podbed import DEPLOY_TIMEOUT, MANIFEST_PATH, PodBed
 
 pytestmark = [
     pytest.mark.e2e,
@@ -69,8 +69,8 @@ STAGED_OP = "podnet: staged files of an interrupted run removed"
 
 
 @pytest.fixture(scope="module")
-def bed(tmp_path_factory):
-    with served_cluster(tmp_path_factory, "pn-fault", nodes=2) as (base_url, mirror, workdir, cluster):
+def bed(served_cluster):
+    with served_cluster("pn-fault", nodes=2) as (base_url, mirror, workdir, cluster):
         bed = PodBed(cluster, base_url, mirror, "2.x", workdir)
         bed.install_cluster()
         bed.write_inventory()

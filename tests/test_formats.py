@@ -22,7 +22,7 @@ from tasks.controller_manager import exec_start_entry
 from tasks.engine.desired import render
 from tasks.formats import kube_yaml, shell, systemd_unit, toml
 from tasks.formats.systemd_unit import systemd_words
-from tests.kubebed import binaries
+from testbed.kubebed import binaries
 from tests.support.hosts import settings
 
 HOSTILE = [

@@ -21,8 +21,7 @@ import pytest
 from tasks import kernel
 from tasks.engine.probe import NodeState, ProbeRequest, parse_probe, probe_script, sysctl_config_script
 from tasks.settings import parse_host_settings
-from tests.support.plan import probe_answer, run_pyinfra
-from tests.test_plan import CP, WORKER, Cluster, assert_ok, cluster, mirror, probes  # noqa: F401 (fixtures)
+from tests.support.plan import CP, WORKER, assert_ok, probe_answer, probes, run_pyinfra
 
 PODNET = "/etc/sysctl.d/zz-podnet.conf"
 OLD_PODNET = "/etc/sysctl.d/99-podnet.conf"

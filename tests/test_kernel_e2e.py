@@ -3,9 +3,9 @@ End to end, issue 10 case 2: on a real Debian node whose /etc/sysctl.conf turns 
 forwarding off, podnet's persisted kernel parameters must be the ones the node has after a
 boot, and the run must name /etc/sysctl.conf.
 
-One node (tests/localcluster), upgraded from a podnet release that persisted its values in
+One node (testbed/localcluster), upgraded from a podnet release that persisted its values in
 /etc/sysctl.d/99-podnet.conf; the real deploy.py through the real pyinfra CLI over SSH
-(tests/podbed.py) with release files from the test mirror; then `systemctl restart
+(testbed/podbed.py) with release files from the test mirror; then `systemctl restart
 systemd-sysctl`, which applies the sysctl files as the boot does. No Kubernetes: the node is
 no control-plane host and flanneld is `external`, so only the node steps run.
 
@@ -30,10 +30,10 @@ import pytest
 
 from bench import run as node_costs  # counts what a pyinfra run cost a node, from its sshd log
 from tasks import kernel
-from tests.kubebed import binaries
-from tests.localcluster import Cluster, Node
-from tests.mirror import build_mirror, serve_mirror
-from tests.podbed import PodBed
+from testbed.kubebed import binaries
+from testbed.localcluster import Cluster, Node
+from testbed.mirror import build_mirror, serve_mirror
+from testbed.podbed import PodBed
 
 pytestmark = [
     pytest.mark.e2e,

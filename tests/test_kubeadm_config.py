@@ -2,12 +2,9 @@
 The node IPAM flags recorded in kubeadm's ClusterConfiguration (ConfigMap kube-system/kubeadm-config),
 which `kubeadm upgrade` regenerates the kube-controller-manager manifest from.
 
-The documents are ClusterConfigurations as kubeadm stores them in that ConfigMap (Go's marshalling:
-keys sorted, empty components as {}): V1BETA4_PODNET is what kubeadm 1.36.2 writes for podnet's own
-init configuration (`kubeadm config migrate` of it, the same marshalling as the upload); the others
-are kubeadm 1.30 (v1beta3) and 1.31+ (v1beta4) clusters made without podnet, one with kubespray-style
-extraArgs. Every merged document below (single and dual stack) was also accepted by `kubeadm config
-validate` of kubeadm 1.36.2, with kubernetesVersion set to v1.36.2 (it deploys no older control plane).
+The documents are the ClusterConfigurations of tests/support/kubeadm.py. Every merged document below
+(single and dual stack) was also accepted by `kubeadm config validate` of kubeadm 1.36.2, with
+kubernetesVersion set to v1.36.2 (it deploys no older control plane).
 """
 
 from __future__ import annotations
@@ -25,6 +22,8 @@ from tasks.kubeadm_config import KubeadmConfigError, Stored, merge_cluster_confi
 from tasks.engine.answers import RemoteAnswerError
 from tasks.engine.probe import parse_probe, probe_script
 from tasks.settings import parse_host_settings
+from tests.support.kubeadm import (V1BETA3_KUBEADM_1_30, V1BETA3_KUBESPRAY, V1BETA4_EDITED, V1BETA4_KUBEADM_1_35,
+                                   V1BETA4_PODNET)
 
 
 def settings(**data):
@@ -34,155 +33,6 @@ def settings(**data):
 ARGS = kubeadm_config.desired_args(settings())
 DUAL_STACK_ARGS = kubeadm_config.desired_args(settings(cluster_cidr_ipv6="fd00:10:244::/56",
                                                        service_cluster_ip_range_ipv6="fd00:10:96::/112"))
-
-V1BETA3_KUBEADM_1_30 = """\
-apiServer:
-  extraArgs:
-    authorization-mode: Node,RBAC
-  timeoutForControlPlane: 4m0s
-apiVersion: kubeadm.k8s.io/v1beta3
-certificatesDir: /etc/kubernetes/pki
-clusterName: kubernetes
-controllerManager: {}
-dns: {}
-etcd:
-  local:
-    dataDir: /var/lib/etcd
-imageRepository: registry.k8s.io
-kind: ClusterConfiguration
-kubernetesVersion: v1.30.14
-networking:
-  dnsDomain: cluster.local
-  serviceSubnet: 10.96.0.0/12
-scheduler: {}
-"""
-
-V1BETA3_KUBESPRAY = """\
-apiServer:
-  extraArgs:
-    authorization-mode: Node,RBAC
-    bind-address: 0.0.0.0
-  timeoutForControlPlane: 5m0s
-apiVersion: kubeadm.k8s.io/v1beta3
-certificatesDir: /etc/kubernetes/ssl
-clusterName: cluster.local
-controlPlaneEndpoint: 10.0.0.10:6443
-controllerManager:
-  extraArgs:
-    bind-address: 0.0.0.0
-    cluster-cidr: 10.233.64.0/18
-    configure-cloud-routes: "false"
-    controllers: '*,bootstrapsigner,tokencleaner,-nodeipam'
-    node-cidr-mask-size: "24"
-    node-monitor-grace-period: 40s
-    node-monitor-period: 5s
-    profiling: "False"
-    terminated-pod-gc-threshold: "12500"
-  extraVolumes:
-  - hostPath: /etc/kubernetes/cloud
-    mountPath: /etc/kubernetes/cloud
-    name: cloud-config
-    readOnly: true
-dns: {}
-etcd:
-  external:
-    caFile: /etc/ssl/etcd/ssl/ca.pem
-    endpoints:
-    - https://10.0.0.10:2379
-imageRepository: registry.k8s.io
-kind: ClusterConfiguration
-kubernetesVersion: v1.30.4
-networking:
-  dnsDomain: cluster.local
-  podSubnet: 10.233.64.0/18
-  serviceSubnet: 10.233.0.0/18
-scheduler: {}
-"""
-
-V1BETA4_KUBEADM_1_35 = """\
-apiServer: {}
-apiVersion: kubeadm.k8s.io/v1beta4
-caCertificateValidityPeriod: 87600h0m0s
-certificateValidityPeriod: 8760h0m0s
-certificatesDir: /etc/kubernetes/pki
-clusterName: kubernetes
-controllerManager: {}
-dns: {}
-encryptionAlgorithm: RSA-2048
-etcd:
-  local:
-    dataDir: /var/lib/etcd
-imageRepository: registry.k8s.io
-kind: ClusterConfiguration
-kubernetesVersion: v1.35.1
-networking:
-  dnsDomain: cluster.local
-  serviceSubnet: 10.96.0.0/12
-proxy: {}
-scheduler: {}
-"""
-
-V1BETA4_PODNET = """\
-apiServer: {}
-apiVersion: kubeadm.k8s.io/v1beta4
-caCertificateValidityPeriod: 87600h0m0s
-certificateValidityPeriod: 8760h0m0s
-certificatesDir: /etc/kubernetes/pki
-clusterName: kubernetes
-controlPlaneEndpoint: 192.168.56.11:6443
-controllerManager:
-  extraArgs:
-  - name: allocate-node-cidrs
-    value: "true"
-  - name: cluster-cidr
-    value: 10.244.0.0/16
-  - name: node-cidr-mask-size
-    value: "24"
-  - name: service-cluster-ip-range
-    value: 10.96.0.0/12
-dns: {}
-encryptionAlgorithm: RSA-2048
-etcd:
-  local:
-    dataDir: /var/lib/etcd
-imageRepository: registry.k8s.io
-kind: ClusterConfiguration
-kubernetesVersion: v1.36.2
-networking:
-  dnsDomain: cluster.local
-  podSubnet: 10.244.0.0/16
-  serviceSubnet: 10.96.0.0/12
-proxy: {}
-scheduler: {}
-"""
-
-V1BETA4_EDITED = """\
-apiServer: {}
-apiVersion: kubeadm.k8s.io/v1beta4
-clusterName: kubernetes
-controllerManager:
-  extraArgs:
-  - name: bind-address
-    value: 0.0.0.0
-  - name: controllers
-    value: '*,bootstrapsigner,tokencleaner,-nodeipam'
-  - name: cluster-cidr
-    value: 10.99.0.0/16
-  - name: feature-gates
-    value: A=true
-  - name: cluster-cidr
-    value: 10.98.0.0/16
-  - name: feature-gates
-    value: B=false
-  extraEnvs:
-  - name: GOMAXPROCS
-    value: "2"
-kind: ClusterConfiguration
-kubernetesVersion: v1.35.1
-networking:
-  serviceSubnet: 10.96.0.0/12
-"""
-
 
 def merged(text: str, args=ARGS) -> str | None:
     return merge_cluster_configuration(text, args)[0]

@@ -31,6 +31,9 @@ from tests.support.http import ScriptedServer
 from tests.support.kubeadm import (
     KUBEADM_COMMAND_POD_SUBNET,
     KUBEADM_MANIFEST_POD_SUBNET,
+    V1BETA3_KUBEADM_1_30,
+    V1BETA4_KUBEADM_1_35,
+    V1BETA4_PODNET,
     kubeadm_manifest,
 )
 from tests.support.plan import (
@@ -45,7 +48,6 @@ from tests.support.plan import (
     write_inventory,
 )
 from tests.support.releases import ARCH, Releases, script, sha256
-from tests.test_kubeadm_config import V1BETA3_KUBEADM_1_30, V1BETA4_KUBEADM_1_35, V1BETA4_PODNET
 
 VERSION = SPEC_BY_NAME["kubernetes_version"].default  # podnet's default release
 V1BETA3_VERSION = "1.30.14"  # the newest Kubernetes release whose kubeadm reads v1beta3 and not v1beta4
@@ -615,7 +617,7 @@ def test_init_configuration_carries_the_settings():
 
 @pytest.mark.parametrize("version", ["1.30.14", "1.36.2"])
 def test_init_configuration_carries_the_operators_kubeadm_switches(version):
-    # the switches the test machine needs (tests/bootbed.py), where kubeadm 1.36.2 read them for real
+    # the switches the test machine needs (testbed/bootbed.py), where kubeadm 1.36.2 read them for real
     s = s_for(kubernetes_version=version, etcd_external_endpoints=["http://127.0.0.1:2379"],
               kubeadm_ignore_preflight_errors=["SystemVerification", "ImagePull"],
               kubelet_configuration={"failCgroupV1": False, "evictionHard": {"nodefs.available": "1%"}},

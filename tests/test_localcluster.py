@@ -1,4 +1,4 @@
-"""Tests of the local test-bed cluster harness (tests/localcluster).
+"""Tests of the local test-bed cluster harness (testbed/localcluster).
 
 Unit tests (pure functions) run anywhere; the e2e ones boot real Debian nodes with
 systemd-nspawn and need root, debootstrap and systemd-container.
@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.localcluster import Cluster, ClusterError, choose_subnet
-from tests.localcluster.mounts import Mount, mounts_under
-from tests.localcluster.net import bridge_name, candidate_subnets, link_info
-from tests.localcluster.node import cgroup_fixup_commands
-from tests.localcluster.rootfs import debian_mirror
-from tests.localcluster.state import load_state
-from tests.localcluster.teardown import our_nspawn_pids
+from testbed.localcluster import Cluster, ClusterError, choose_subnet
+from testbed.localcluster.mounts import Mount, mounts_under
+from testbed.localcluster.net import bridge_name, candidate_subnets, link_info
+from testbed.localcluster.node import cgroup_fixup_commands
+from testbed.localcluster.rootfs import debian_mirror
+from testbed.localcluster.state import load_state
+from testbed.localcluster.teardown import our_nspawn_pids
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -248,7 +248,7 @@ def test_teardown_leaves_nothing_and_is_repeatable(tmp_path):
 def test_cli_down_after_crash_mid_up(tmp_path):
     """`up` killed -9 while booting leaves a partial state; `down` in another process cleans."""
     state_dir = tmp_path / "state"
-    cli = [sys.executable, "-m", "tests.localcluster"]
+    cli = [sys.executable, "-m", "testbed.localcluster"]
     up = subprocess.Popen(
         [*cli, "up", "--name", "lccrash", "--nodes", "2", "--state-dir", str(state_dir)],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -275,8 +275,8 @@ def test_cli_down_after_crash_mid_up(tmp_path):
 
 def test_a_veth_that_goes_away_while_it_is_read_counts_as_gone(monkeypatch):
     """nspawn removes a node's veth as it exits, possibly between the check and the read (seen in a teardown)."""
-    from tests.localcluster import net
-    from tests.localcluster.util import ClusterError
+    from testbed.localcluster import net
+    from testbed.localcluster.util import ClusterError
 
     answers = iter([True, False, True, False])  # there when checked, gone when read: twice
 

@@ -1,4 +1,4 @@
-"""Tests for the offline release mirror (tests/mirror).
+"""Tests for the offline release mirror (testbed/mirror).
 
 Fast tests (no mark): the flannel CNI plugin stand-in, driven with a fake
 delegate plugin (never touches host networking); the deterministic tarball
@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.kubebed import binaries
-from tests.mirror import Mirror, build_mirror, serve_mirror, upstream_path, upstream_version
-from tests.mirror import build as mbuild
+from testbed.kubebed import binaries
+from testbed.mirror import Mirror, build_mirror, serve_mirror, upstream_path, upstream_version
+from testbed.mirror import build as mbuild
 
 # ==================================================== fast build helpers
 

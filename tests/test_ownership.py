@@ -21,9 +21,8 @@ from tasks.engine import ownership
 from tasks.engine.ownership import LEDGER, ORIGINALS_DIR, ORIGINALS_QUERY, OwnedFile, Removal, removal
 from tasks.engine.ops import install_script, ledger_path, staged_path
 from tasks.engine.probe import NodeState, ProbeRequest
-from tests.support.plan import run_pyinfra
-from tests.test_plan import CP, HOSTS, WORKER, assert_ok, cluster, mirror, probes  # noqa: F401
-from tests.test_reset_plan import deployed, inventory, run_reset
+from tests.support.plan import CP, HOSTS, WORKER, assert_ok, run_pyinfra
+from tests.support.reset import deployed, inventory, run_reset
 
 BIN = "/opt/cni/bin"
 

@@ -14,43 +14,37 @@ What the runs show:
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tasks import containerd, flannel, interrupted
-
 from tasks.engine import ops
-from tasks.engine.probe import NodeState, ProbeRequest, parse_probe, probe_script
-from tasks.settings import Settings, parse_host_settings
-from tests.support.http import Reply, ScriptedServer
+from tasks.engine.probe import ProbeRequest, parse_probe, probe_script
+from tests.support.http import Reply
 from tests.support.kubeadm import KUBEADM_MANIFEST
-from tests.support.plan import (  # noqa: F401 (mirror: a fixture)
+from tests.support.plan import (
+    CP,
+    FLANNEL_TOKEN,
+    HOSTS,
     PROBE_MARK,
     REPO,
+    WORKER,
+    Cluster,
     FakeNode,
-    Run,
-    converged_state,
-    fresh_state,
-    mirror,
+    assert_ok,
     probe_answer,
+    probes,
     run_pyinfra,
+    service_account_token,
     write_inventory,
 )
-from tests.support.releases import Releases
-
-CP, WORKER = "@fake/cp1", "@fake/w1"
-HOSTS = (CP, WORKER)
-POD_CIDRS = ["cp1 10.244.0.0/24", "w1 10.244.1.0/24"]  # what `kubectl get nodes` reports after the rollout
 
 EVERY_NODE_OPS = [
     "kernel: modules-load.d and sysctl.d files",
@@ -72,71 +66,6 @@ CONTROL_PLANE_OPS = [
     "flannel: DaemonSet rolled out, every flannel pod Ready",
     "flannel: every node has a podCIDR in the cluster CIDR",
 ]
-
-
-def service_account_token(expires: int) -> str:
-    """A JWT shaped like the TokenRequest API's (the signature is not checked by podnet)."""
-    def part(data: dict) -> str:
-        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
-    claims = {"exp": expires, "sub": "system:serviceaccount:kube-flannel:flannel"}
-    return f"{part({'alg': 'RS256'})}.{part(claims)}.c2ln"
-
-
-FLANNEL_TOKEN = service_account_token(int(time.time()) + flannel.TOKEN_DURATION)
-# The first control-plane host's answers for flanneld's token (systemd rollout)
-FLANNEL_TOKEN_ANSWERS = {"create token flannel": [FLANNEL_TOKEN],
-                         "config view --minify --raw": ["https://192.0.2.1:6443", "Q0EgY2VydA=="]}
-
-
-@dataclass
-class Cluster:
-    releases: Releases
-    server: ScriptedServer
-    tmp: Path
-
-    def data(self, **extra) -> dict:
-        return {"mirror_url": self.server.url, "allow_insecure_http": True,  # the scripted server speaks http
-                "artifact_checksums": self.releases.checksums(),
-                "download_cache_dir": str(self.tmp / "cache"), "flannel_rollout_timeout": 10,
-                "artifact_lock_file": str(self.tmp / "artifacts.lock.yaml"), **extra}
-
-    def settings(self, host: str, **extra) -> Settings:
-        group = "control_plane" if host == CP else "workers"
-        return parse_host_settings(self.data(**extra), host, [group])
-
-    def fresh(self, host: str, **kwargs) -> NodeState:
-        s = self.settings(host, **kwargs.pop("data", {}))
-        if host == CP:
-            kwargs.setdefault("kcm_manifest", KUBEADM_MANIFEST)
-            kwargs.setdefault("first_control_plane", s.flannel_rollout in ("daemonset", "systemd"))
-        return fresh_state(s, **kwargs)
-
-    def converged(self, host: str, **extra) -> NodeState:
-        s = self.settings(host, **extra)
-        if host == CP:
-            return converged_state(s, self.releases, host_names=["cp1", "w1"], kcm_manifest=KUBEADM_MANIFEST,
-                                   first_control_plane=s.flannel_rollout in ("daemonset", "systemd"))
-        return converged_state(s, self.releases, host_names=["cp1", "w1"])
-
-    def inventory(self, cp: NodeState, worker: NodeState, **extra) -> Path:
-        nodes = [FakeNode("cp1", "control_plane", self.data(**extra), probe_answer(cp),
-                          {"get nodes": POD_CIDRS, **FLANNEL_TOKEN_ANSWERS}),
-                 FakeNode("w1", "workers", self.data(**extra), probe_answer(worker))]
-        return write_inventory(self.tmp / "inventory.py", nodes)
-
-
-@pytest.fixture
-def cluster(mirror, tmp_path) -> Cluster:
-    releases, server = mirror
-    return Cluster(releases, server, tmp_path)
-
-
-def probes(run: Run, host: str) -> list[str]:
-    return [c for c in run.commands(host) if c.startswith(PROBE_MARK)]
-
-
-def assert_ok(run: Run) -> None:
-    assert run.returncode == 0, run.stderr[-4000:]
 
 
 # --- (a) one round trip per host ------------------------------------------------------

@@ -14,10 +14,8 @@ from tasks.engine.probe import NodeState
 from tasks.settings import parse_host_settings
 from tests.support.hosts import settings
 from tests.support.kubeadm import KUBEADM_MANIFEST
-from tests.support.plan import (FakeNode, converged_state, mirror, probe_answer, run_pyinfra,  # noqa: F401
-                                write_inventory)
+from tests.support.plan import CP, WORKER, FakeNode, converged_state, probe_answer, run_pyinfra, write_inventory
 
-CP, WORKER = "@fake/cp1", "@fake/w1"
 CIDRS_244 = ["cp1 10.244.0.0/24", "w1 10.244.1.0/24"]
 
 

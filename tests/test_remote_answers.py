@@ -29,8 +29,18 @@ from tasks.controller_manager import BACKUP_DIR, config_path
 from tasks.engine.probe import ANSWER_KINDS, NodeState, ProbeRequest, parse_probe, probe_script, report
 from tasks.reset_controller_manager import BACKUPS_QUERY, backups
 from tests.support.hosts import settings
-from tests.support.plan import FakeNode, probe_answer, run_pyinfra, write_inventory
-from tests.test_plan import CP, HOSTS, POD_CIDRS, WORKER, assert_ok, cluster, mirror, probes  # noqa: F401
+from tests.support.plan import (
+    CP,
+    HOSTS,
+    POD_CIDRS,
+    WORKER,
+    FakeNode,
+    assert_ok,
+    probe_answer,
+    probes,
+    run_pyinfra,
+    write_inventory,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 # What kubectl prints on stderr when its discovery cache misses (klog's header: severity, MMDD, time, PID, file:line),

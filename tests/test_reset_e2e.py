@@ -1,6 +1,6 @@
 """
 End to end: reset.py takes podnet's pod network off real nodes, through the real pyinfra
-CLI over SSH, on a 2-node test cluster (tests/podbed.py; cluster name pn-reset) running a
+CLI over SSH, on a 2-node test cluster (testbed/podbed.py; cluster name pn-reset) running a
 real Kubernetes control plane and kubelets.
 
 The steps share one cluster and run in order:
@@ -35,8 +35,8 @@ import shlex
 import pytest
 
 from bench import run as node_costs  # counts what a pyinfra run cost each node, from its sshd log
-from tests.localcluster import Node
-from tests.podbed import MANIFEST_PATH, DeployRun, PodBed, served_cluster
+from testbed.localcluster import Node
+from testbed.podbed import MANIFEST_PATH, DeployRun, PodBed
 
 pytestmark = [
     pytest.mark.e2e,
@@ -52,8 +52,8 @@ FLANNEL_CLUSTER_WIDE = "get namespace/kube-flannel clusterrole/flannel clusterro
 
 
 @pytest.fixture(scope="module")
-def bed(tmp_path_factory):
-    with served_cluster(tmp_path_factory, "pn-reset", nodes=2) as (base_url, mirror, workdir, cluster):
+def bed(served_cluster):
+    with served_cluster("pn-reset", nodes=2) as (base_url, mirror, workdir, cluster):
         bed = PodBed(cluster, base_url, mirror, "1.x", workdir, runtime="static-pod", rollout="systemd")
         kube = bed.install_cluster()
         bed.kcm_before = kube.get(cluster.nodes[0], MANIFEST_PATH)

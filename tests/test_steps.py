@@ -16,8 +16,7 @@ from tasks.engine import runner
 from tasks.engine.context import HostContext
 from tasks.engine.probe import NodeState, ProbeContractError, ProbeRequest, node_state, parse_probe, probe_script
 from tasks.settings import parse_host_settings
-from tests.support.plan import run_pyinfra
-from tests.test_plan import CP, WORKER, assert_ok, cluster as plan_cluster, mirror, probes  # noqa: F401
+from tests.support.plan import CP, WORKER, assert_ok, probes, run_pyinfra
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -184,11 +183,11 @@ def test_the_machinery_imports_no_concern():
 # --- a step reused from an operator's own deploy -----------------------------------------------
 
 
-def test_a_users_deploy_runs_one_podnet_step(plan_cluster, tmp_path):
+def test_a_users_deploy_runs_one_podnet_step(cluster, tmp_path):
     own = tmp_path / "my_deploy.py"
     own.write_text("from pyinfra.operations import server\n\nfrom tasks.deploys import containerd_runtime\n\n"
                    "server.shell(name='my own step', commands=['true'])\ncontainerd_runtime()\n")
-    run = run_pyinfra(plan_cluster.inventory(plan_cluster.fresh(CP), plan_cluster.fresh(WORKER)), "--dry", "--json",
+    run = run_pyinfra(cluster.inventory(cluster.fresh(CP), cluster.fresh(WORKER)), "--dry", "--json",
                       deploy=str(own))
     assert_ok(run)
     names = list(run.plan())
@@ -208,26 +207,26 @@ TOGETHER = ("from tasks import controller_manager, flannel, kubeadm_config, pod_
 
 @pytest.mark.parametrize("rollout", ["systemd", "daemonset"])
 @pytest.mark.parametrize("own", [SPLIT, TOGETHER], ids=["one deploy after the other", "steps together"])
-def test_later_deploys_see_what_earlier_ones_decided(plan_cluster, tmp_path, own, rollout):
+def test_later_deploys_see_what_earlier_ones_decided(cluster, tmp_path, own, rollout):
     """node_ipam switches node IPAM on in this run, so flannel_rollout waits for podCIDRs instead of
     refusing nodes that have none yet: whether called one after the other or together."""
     data = {"flannel_rollout": rollout}
-    cp = plan_cluster.fresh(CP, data=data)
+    cp = cluster.fresh(CP, data=data)
     cp.queries["pod_cidrs"] = (0, ["cp1", "w1"])  # node IPAM not on yet: no node has a podCIDR
     if rollout == "daemonset":
         cp.queries["flannel_manifest"] = (0, [])
     deploy = tmp_path / "my_deploy.py"
     deploy.write_text(own)
-    run = run_pyinfra(plan_cluster.inventory(cp, plan_cluster.fresh(WORKER, data=data), **data), "--dry", "--json",
+    run = run_pyinfra(cluster.inventory(cp, cluster.fresh(WORKER, data=data), **data), "--dry", "--json",
                       deploy=str(deploy))
     assert_ok(run)
     assert any("every node has a podCIDR" in name for name, hosts in run.plan().items() if hosts == [CP])
 
 
-def test_the_reusable_reset_refuses_a_daemonset_reset_that_leaves_hosts_out(plan_cluster, tmp_path):
+def test_the_reusable_reset_refuses_a_daemonset_reset_that_leaves_hosts_out(cluster, tmp_path):
     deploy = tmp_path / "my_reset.py"
     deploy.write_text("from tasks.deploys import pod_network_reset\n\npod_network_reset()\n")
-    run = run_pyinfra(plan_cluster.inventory(plan_cluster.fresh(CP), plan_cluster.fresh(WORKER)), "--dry",
+    run = run_pyinfra(cluster.inventory(cluster.fresh(CP), cluster.fresh(WORKER)), "--dry",
                       "--limit", "@fake/w1", deploy=str(deploy))
     assert run.returncode == 1
     assert "covers all hosts of the inventory or none" in run.stderr + run.stdout

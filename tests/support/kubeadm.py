@@ -6,6 +6,13 @@ KUBEADM_MANIFEST is /etc/kubernetes/manifests/kube-controller-manager.yaml as ku
 without networking.podSubnet; KUBEADM_MANIFEST_POD_SUBNET is the same with
 `podSubnet: 10.244.0.0/16` (kubeadm then adds --allocate-node-cidrs=true, --cluster-cidr
 and --service-cluster-ip-range from serviceSubnet).
+
+The V1BETA* documents are ClusterConfigurations as kubeadm stores them in ConfigMap
+kube-system/kubeadm-config (Go's marshalling: keys sorted, empty components as {}):
+V1BETA4_PODNET is what kubeadm 1.36.2 writes for podnet's own init configuration
+(`kubeadm config migrate` of it, the same marshalling as the upload); the others are
+kubeadm 1.30 (v1beta3) and 1.31+ (v1beta4) clusters made without podnet, one with
+kubespray-style extraArgs.
 """
 
 from __future__ import annotations
@@ -195,4 +202,155 @@ RestartSec=5
 
 [Install]
 WantedBy=multi-user.target
+"""
+
+
+# --- ClusterConfigurations in ConfigMap kube-system/kubeadm-config ------------------------------
+
+V1BETA3_KUBEADM_1_30 = """\
+apiServer:
+  extraArgs:
+    authorization-mode: Node,RBAC
+  timeoutForControlPlane: 4m0s
+apiVersion: kubeadm.k8s.io/v1beta3
+certificatesDir: /etc/kubernetes/pki
+clusterName: kubernetes
+controllerManager: {}
+dns: {}
+etcd:
+  local:
+    dataDir: /var/lib/etcd
+imageRepository: registry.k8s.io
+kind: ClusterConfiguration
+kubernetesVersion: v1.30.14
+networking:
+  dnsDomain: cluster.local
+  serviceSubnet: 10.96.0.0/12
+scheduler: {}
+"""
+
+V1BETA3_KUBESPRAY = """\
+apiServer:
+  extraArgs:
+    authorization-mode: Node,RBAC
+    bind-address: 0.0.0.0
+  timeoutForControlPlane: 5m0s
+apiVersion: kubeadm.k8s.io/v1beta3
+certificatesDir: /etc/kubernetes/ssl
+clusterName: cluster.local
+controlPlaneEndpoint: 10.0.0.10:6443
+controllerManager:
+  extraArgs:
+    bind-address: 0.0.0.0
+    cluster-cidr: 10.233.64.0/18
+    configure-cloud-routes: "false"
+    controllers: '*,bootstrapsigner,tokencleaner,-nodeipam'
+    node-cidr-mask-size: "24"
+    node-monitor-grace-period: 40s
+    node-monitor-period: 5s
+    profiling: "False"
+    terminated-pod-gc-threshold: "12500"
+  extraVolumes:
+  - hostPath: /etc/kubernetes/cloud
+    mountPath: /etc/kubernetes/cloud
+    name: cloud-config
+    readOnly: true
+dns: {}
+etcd:
+  external:
+    caFile: /etc/ssl/etcd/ssl/ca.pem
+    endpoints:
+    - https://10.0.0.10:2379
+imageRepository: registry.k8s.io
+kind: ClusterConfiguration
+kubernetesVersion: v1.30.4
+networking:
+  dnsDomain: cluster.local
+  podSubnet: 10.233.64.0/18
+  serviceSubnet: 10.233.0.0/18
+scheduler: {}
+"""
+
+V1BETA4_KUBEADM_1_35 = """\
+apiServer: {}
+apiVersion: kubeadm.k8s.io/v1beta4
+caCertificateValidityPeriod: 87600h0m0s
+certificateValidityPeriod: 8760h0m0s
+certificatesDir: /etc/kubernetes/pki
+clusterName: kubernetes
+controllerManager: {}
+dns: {}
+encryptionAlgorithm: RSA-2048
+etcd:
+  local:
+    dataDir: /var/lib/etcd
+imageRepository: registry.k8s.io
+kind: ClusterConfiguration
+kubernetesVersion: v1.35.1
+networking:
+  dnsDomain: cluster.local
+  serviceSubnet: 10.96.0.0/12
+proxy: {}
+scheduler: {}
+"""
+
+V1BETA4_PODNET = """\
+apiServer: {}
+apiVersion: kubeadm.k8s.io/v1beta4
+caCertificateValidityPeriod: 87600h0m0s
+certificateValidityPeriod: 8760h0m0s
+certificatesDir: /etc/kubernetes/pki
+clusterName: kubernetes
+controlPlaneEndpoint: 192.168.56.11:6443
+controllerManager:
+  extraArgs:
+  - name: allocate-node-cidrs
+    value: "true"
+  - name: cluster-cidr
+    value: 10.244.0.0/16
+  - name: node-cidr-mask-size
+    value: "24"
+  - name: service-cluster-ip-range
+    value: 10.96.0.0/12
+dns: {}
+encryptionAlgorithm: RSA-2048
+etcd:
+  local:
+    dataDir: /var/lib/etcd
+imageRepository: registry.k8s.io
+kind: ClusterConfiguration
+kubernetesVersion: v1.36.2
+networking:
+  dnsDomain: cluster.local
+  podSubnet: 10.244.0.0/16
+  serviceSubnet: 10.96.0.0/12
+proxy: {}
+scheduler: {}
+"""
+
+V1BETA4_EDITED = """\
+apiServer: {}
+apiVersion: kubeadm.k8s.io/v1beta4
+clusterName: kubernetes
+controllerManager:
+  extraArgs:
+  - name: bind-address
+    value: 0.0.0.0
+  - name: controllers
+    value: '*,bootstrapsigner,tokencleaner,-nodeipam'
+  - name: cluster-cidr
+    value: 10.99.0.0/16
+  - name: feature-gates
+    value: A=true
+  - name: cluster-cidr
+    value: 10.98.0.0/16
+  - name: feature-gates
+    value: B=false
+  extraEnvs:
+  - name: GOMAXPROCS
+    value: "2"
+kind: ClusterConfiguration
+kubernetesVersion: v1.35.1
+networking:
+  serviceSubnet: 10.96.0.0/12
 """

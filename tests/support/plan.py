@@ -9,6 +9,9 @@ Plan tests through the real pyinfra CLI and its ``@fake`` connector.
   ``fake_responses`` answer the probe; ``run_pyinfra`` runs ``pyinfra --debug ...`` on
   ``deploy.py`` and returns what the fake connector was asked to run and upload, and
   (with ``--dry --json``) which operations would change which host.
+- ``Cluster``: a kubeadm control plane (``CP``) and a worker (``WORKER``) as ``@fake``
+  hosts, their settings, fresh and converged states and inventory, over the release
+  files served on loopback (the ``mirror`` and ``cluster`` fixtures of tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -24,14 +27,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 from tasks import cni, containerd, controller_manager, flannel, kernel, kubeadm_config
 from tasks.artifacts import catalog as artifacts
 from tasks.engine.desired import DesiredFile, text_file
 from tasks.engine.probe import NodeState
-from tasks.settings import Settings
+from tasks.settings import Settings, parse_host_settings
 from tests.support.http import ScriptedServer
+from tests.support.kubeadm import KUBEADM_MANIFEST
 from tests.support.releases import ARCH, MACHINE, Releases
 
 REPO = Path(__file__).resolve().parents[2]
@@ -228,10 +230,69 @@ def run_pyinfra(inventory: Path, *options: str, timeout: float = 180, deploy: st
     return Run(done.returncode, done.stdout, done.stderr)
 
 
-@pytest.fixture(scope="module")
-def mirror(tmp_path_factory):
-    """The release files, served over loopback for the whole module."""
-    tree = tmp_path_factory.mktemp("mirror")
-    releases = Releases(tree)
-    with ScriptedServer(tree) as server:
-        yield releases, server
+# The two @fake hosts of ``Cluster``.
+CP, WORKER = "@fake/cp1", "@fake/w1"
+HOSTS = (CP, WORKER)
+POD_CIDRS = ["cp1 10.244.0.0/24", "w1 10.244.1.0/24"]  # what `kubectl get nodes` reports after the rollout
+
+
+def service_account_token(expires: int) -> str:
+    """A JWT shaped like the TokenRequest API's (the signature is not checked by podnet)."""
+    def part(data: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+    claims = {"exp": expires, "sub": "system:serviceaccount:kube-flannel:flannel"}
+    return f"{part({'alg': 'RS256'})}.{part(claims)}.c2ln"
+
+
+FLANNEL_TOKEN = service_account_token(int(time.time()) + flannel.TOKEN_DURATION)
+# The first control-plane host's answers for flanneld's token (systemd rollout)
+FLANNEL_TOKEN_ANSWERS = {"create token flannel": [FLANNEL_TOKEN],
+                         "config view --minify --raw": ["https://192.0.2.1:6443", "Q0EgY2VydA=="]}
+
+
+@dataclass
+class Cluster:
+    """The plan tests' two hosts over the release files of ``releases``, served by ``server``; ``tmp`` holds
+    the inventory, the download cache and the checksum lock."""
+
+    releases: Releases
+    server: ScriptedServer
+    tmp: Path
+
+    def data(self, **extra) -> dict:
+        return {"mirror_url": self.server.url, "allow_insecure_http": True,  # the scripted server speaks http
+                "artifact_checksums": self.releases.checksums(),
+                "download_cache_dir": str(self.tmp / "cache"), "flannel_rollout_timeout": 10,
+                "artifact_lock_file": str(self.tmp / "artifacts.lock.yaml"), **extra}
+
+    def settings(self, host: str, **extra) -> Settings:
+        group = "control_plane" if host == CP else "workers"
+        return parse_host_settings(self.data(**extra), host, [group])
+
+    def fresh(self, host: str, **kwargs) -> NodeState:
+        s = self.settings(host, **kwargs.pop("data", {}))
+        if host == CP:
+            kwargs.setdefault("kcm_manifest", KUBEADM_MANIFEST)
+            kwargs.setdefault("first_control_plane", s.flannel_rollout in ("daemonset", "systemd"))
+        return fresh_state(s, **kwargs)
+
+    def converged(self, host: str, **extra) -> NodeState:
+        s = self.settings(host, **extra)
+        if host == CP:
+            return converged_state(s, self.releases, host_names=["cp1", "w1"], kcm_manifest=KUBEADM_MANIFEST,
+                                   first_control_plane=s.flannel_rollout in ("daemonset", "systemd"))
+        return converged_state(s, self.releases, host_names=["cp1", "w1"])
+
+    def inventory(self, cp: NodeState, worker: NodeState, **extra) -> Path:
+        nodes = [FakeNode("cp1", "control_plane", self.data(**extra), probe_answer(cp),
+                          {"get nodes": POD_CIDRS, **FLANNEL_TOKEN_ANSWERS}),
+                 FakeNode("w1", "workers", self.data(**extra), probe_answer(worker))]
+        return write_inventory(self.tmp / "inventory.py", nodes)
+
+
+def probes(run: Run, host: str) -> list[str]:
+    return [c for c in run.commands(host) if c.startswith(PROBE_MARK)]
+
+
+def assert_ok(run: Run) -> None:
+    assert run.returncode == 0, run.stderr[-4000:]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import requests
 
-from tests.cri.cache import cache_root, make_tmp_dir, publish_dir
+from testbed.cri.cache import cache_root, make_tmp_dir, publish_dir
 
 REPO = Path(__file__).resolve().parents[2]
 KUBERNETES_VERSION = "1.36.2"

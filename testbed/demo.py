@@ -3,11 +3,11 @@
 kubelets (no pod network yet), deploy podnet on it with the real pyinfra CLI, create a
 pod on every node through the API server and print node -> podCIDR (assigned by
 kube-controller-manager) -> pod IP (started by the kubelet) -> interface MTU -> whether it
-reaches the next node's pod. `make demo-down` tears it all down. See tests/podbed.py for
+reaches the next node's pod. `make demo-down` tears it all down. See testbed/podbed.py for
 what is real and what is not.
 
-    python3 -m tests.demo up --state-dir .demo [--nodes 3] [--containerd 1.x|2.x]
-    python3 -m tests.demo down --state-dir .demo
+    python3 -m testbed.demo up --state-dir .demo [--nodes 3] [--containerd 1.x|2.x]
+    python3 -m testbed.demo down --state-dir .demo
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import json
 import sys
 from pathlib import Path
 
-from tests.kubebed import binaries
-from tests.localcluster import Cluster, teardown
-from tests.mirror import build_mirror, serve_mirror
-from tests.podbed import PodBed
+from testbed.kubebed import binaries
+from testbed.localcluster import Cluster, teardown
+from testbed.mirror import build_mirror, serve_mirror
+from testbed.podbed import PodBed
 
 CLUSTER_NAME = "demo"
 
@@ -86,7 +86,7 @@ def down(state_dir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m tests.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python3 -m testbed.demo", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up")
     p_up.add_argument("--state-dir", type=Path, default=Path(".demo"))

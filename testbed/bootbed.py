@@ -1,15 +1,15 @@
 """
-The cluster_bootstrap test bed: fresh Debian nodes (tests.localcluster) with no kubelet,
+The cluster_bootstrap test bed: fresh Debian nodes (testbed.localcluster) with no kubelet,
 kubeadm, kubectl or control plane, on which podnet's deploy creates the cluster with the
 real kubeadm (`kubeadm init` on the first node, `kubeadm join` on the others), then node
 IPAM and flannel. Pods are then run and pinged with PodBed's checks.
 
 Before podnet runs, each node gets only what THIS MACHINE needs and what no registry can
-give (see the README section "cluster_bootstrap on the test nodes"):
+give (see docs/testbed.md, "cluster_bootstrap on the test nodes"):
 
 - read-only files bound over the kernel sysctls the kubelet would otherwise write (nspawn's
   /proc/sys is the shared host's), and a route for the service network on the node's link
-  (test nodes have no default route; tests.kubebed does the same);
+  (test nodes have no default route; testbed.kubebed does the same);
 - containerd of the release podnet installs, only so that the images kubeadm's static pods
   and DaemonSets name can be loaded beforehand (podnet then writes its own config and
   restarts it; the images stay): kube-apiserver, kube-controller-manager and kube-scheduler
@@ -41,12 +41,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.kubebed import binaries
-from tests.kubebed.cluster import SERVICE_CIDR, KubeBed, control_plane_images, flannel_image, kube_proxy_image, pause_image
-from tests.localcluster import Node
-from tests.mirror import build as mirror_build
 from tasks import kubeadm as kubeadm_tasks
-from tests.podbed import DEPLOY_TIMEOUT, REPO, DeployRun, PodBed
+from testbed.kubebed import binaries
+from testbed.kubebed.cluster import SERVICE_CIDR, KubeBed, control_plane_images, flannel_image, kube_proxy_image, pause_image
+from testbed.localcluster import Node
+from testbed.mirror import build as mirror_build
+from testbed.podbed import DEPLOY_TIMEOUT, REPO, DeployRun, PodBed
 
 # kubeadm 1.36's pause image (`kubeadm config images list`), and the one PodBed's pods run.
 PAUSE_IMAGES = ("registry.k8s.io/pause:3.10.2", "registry.k8s.io/pause:3.10")

@@ -1,4 +1,4 @@
-"""CLI: python3 -m tests.localcluster {up,down} ...  (see the package docstring)."""
+"""CLI: python3 -m testbed.localcluster {up,down} ...  (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from .util import ClusterError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python3 -m tests.localcluster")
+    parser = argparse.ArgumentParser(prog="python3 -m testbed.localcluster")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -1,15 +1,20 @@
 """A small synchronous CRI (runtime.v1 RuntimeService) client over a unix socket.
 
 Every call has a deadline; failures raise :class:`CriError` carrying the gRPC
-status code and details.
+status code and details. The one part of the test bed that needs grpcio and
+grpcio-tools (requirements-test.txt): the end-to-end tests ask a node's containerd
+through it; the demo and the benchmark never load it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
 
+from .forward import forward_unix_socket
 from .gen import load
 
 DEFAULT_TIMEOUT = 15.0
@@ -151,3 +156,11 @@ class CriClient:
             )
             for item in r.items
         ]
+
+
+@contextmanager
+def cri_over_ssh(ssh_argv: Sequence[str]) -> Iterator[CriClient]:
+    """A CriClient connected to the containerd socket of the node ``ssh_argv`` reaches
+    (``forward_unix_socket``); the client is closed and the forward ended afterwards."""
+    with forward_unix_socket(ssh_argv) as local, CriClient(local) as client:
+        yield client

@@ -16,13 +16,13 @@ own that has no ``cni`` section), the kubelet (``--node-ip`` on the test network
 through containerd's CRI) and kube-proxy (iptables mode). Nodes register, no node has a
 podCIDR, and no pod network exists: that is what podnet's deploy must then provide.
 
-TEST-MACHINE SETTINGS, not podnet's (see shared/bin/README.md and the README's test
-section): the kubelet gets ``failCgroupV1: false`` (cgroup v1 here),
-``cgroupsPerQOS: false``, ``enforceNodeAllocatable: []``, ``failSwapOn: false`` and
-``protectKernelDefaults: true`` with read-only files bound over the kernel sysctls it
-would otherwise write (nspawn's /proc/sys is the host's: the host kernel must not be
-changed); kube-proxy is told not to touch conntrack sysctls; images are built locally
-from the binaries (no registry).
+TEST-MACHINE SETTINGS, not podnet's (see shared/bin/README.md and docs/testbed.md): the
+kubelet gets ``failCgroupV1: false`` (cgroup v1 here), ``cgroupsPerQOS: false``,
+``enforceNodeAllocatable: []``, ``failSwapOn: false`` and ``protectKernelDefaults:
+true`` with read-only files bound over the kernel sysctls it would otherwise write
+(nspawn's /proc/sys is the host's: the host kernel must not be changed); kube-proxy is
+told not to touch conntrack sysctls; images are built locally from the binaries (no
+registry).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from pathlib import Path
 
 import yaml
 
-from tests.cri.pause import build_pause_binary, layered_image_bytes
-from tests.kubebed import binaries
-from tests.localcluster import Cluster, Node
+from testbed.cri.pause import build_pause_binary, layered_image_bytes
+from testbed.kubebed import binaries
+from testbed.localcluster import Cluster, Node
 
 K8S_DIR = "/etc/kubernetes"
 MANIFESTS = f"{K8S_DIR}/manifests"

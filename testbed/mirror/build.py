@@ -9,7 +9,7 @@ with upstream's layout from Debian packages:
 * sid:      containerd 2.x, containernetworking-plugins 1.9.x
   (those binaries need only GLIBC_2.34 and run on bookworm nodes; sid's runc
   needs a newer glibc, so runc always comes from bookworm)
-* from shared/bin (tests/kubebed/binaries.py: real builds from public source,
+* from shared/bin (testbed/kubebed/binaries.py: real builds from public source,
   Debian packages none of them): the flannel CNI plugin v1.9.1-flannel1
   (cni-plugin-flannel-linux-amd64-v1.9.1.tgz holding flannel-amd64; the same
   file is also served under the tags v1.9.1-flannel2 and v1.9.1-flannel3 as a
@@ -41,7 +41,7 @@ Tarballs are deterministic (sorted members, mtime 0, uid/gid 0, gzip header
 mtime 0 and no file name), so a rebuild from the same .debs gives the same
 sha256.
 
-Run ``python3 -m tests.mirror [--force] [--refresh]`` from the repo root
+Run ``python3 -m testbed.mirror [--force] [--refresh]`` from the repo root
 to build by hand.
 """
 
@@ -64,7 +64,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from tests.debian_sources import (
+from testbed.debian_sources import (
     DEBIAN_SOURCES,
     parse_deb822_sources,
     parse_one_line_sources,
@@ -246,7 +246,7 @@ def _run(cmd: Sequence[str], cwd: Optional[Path] = None) -> str:
 
 
 # ------------------------------------------------------- host apt sources
-# (parsing: tests/debian_sources.py, shared with the node harness)
+# (parsing: testbed/debian_sources.py, shared with the node harness)
 
 def host_codename() -> str:
     with contextlib.suppress(OSError):
@@ -479,8 +479,8 @@ def cni_members(tree: Path, version: str, debian_version: str, suite: str) -> Li
 
 
 def shared_artifacts() -> Dict[str, Tuple[str, Path]]:
-    """artifact -> (version, binary) for what comes from shared/bin (tests.kubebed.binaries)."""
-    from tests.kubebed import binaries
+    """artifact -> (version, binary) for what comes from shared/bin (testbed.kubebed.binaries)."""
+    from testbed.kubebed import binaries
 
     return {
         "flannel_cni_plugin": (binaries.FLANNEL_CNI_PLUGIN_VERSION, binaries.binary("flannel")),
@@ -491,7 +491,7 @@ def shared_artifacts() -> Dict[str, Tuple[str, Path]]:
 
 def inputs_fingerprint() -> Dict[str, object]:
     """What, besides the .debs, determines the output (cache invalidation key)."""
-    from tests.kubebed import binaries
+    from testbed.kubebed import binaries
 
     return {
         "layout_version": LAYOUT_VERSION,
@@ -503,7 +503,7 @@ def inputs_fingerprint() -> Dict[str, object]:
 
 def write_shared_artifacts(tree: Path, manifest, sources) -> None:
     """The release files built from shared/bin, as upstream names and packs them."""
-    from tests.kubebed import binaries
+    from testbed.kubebed import binaries
 
     shared = shared_artifacts()
     version, flannel = shared["flannel_cni_plugin"]

@@ -1,14 +1,14 @@
 """Local test bed: a cluster of real Debian nodes booted with systemd-nspawn.
 
-    from tests.localcluster import Cluster
+    from testbed.localcluster import Cluster
     with Cluster(name="podnet", nodes=3, state_dir="/tmp/podnet-cluster") as c:
         c.ssh(c.nodes[0], "hostname")
         c.write_inventory("/tmp/podnet-cluster.inventory.py", {"some": "data"})
 
 or from a shell (tear-down can run in another process; it reads state_dir/state.json):
 
-    python3 -m tests.localcluster up --name podnet --nodes 3 --state-dir /tmp/podnet-cluster
-    python3 -m tests.localcluster down --state-dir /tmp/podnet-cluster
+    python3 -m testbed.localcluster up --name podnet --nodes 3 --state-dir /tmp/podnet-cluster
+    python3 -m testbed.localcluster down --state-dir /tmp/podnet-cluster
 
 Each node is a `bookworm` systemd system with sshd, on its own copy-on-write overlay of
 a cached base rootfs, attached to a bridge the harness creates on a free private /24

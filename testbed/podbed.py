@@ -1,14 +1,14 @@
 """
-The pod test bed: real Debian nodes (tests.localcluster) running a real Kubernetes
-cluster (tests.kubebed: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+The pod test bed: real Debian nodes (testbed.localcluster) running a real Kubernetes
+cluster (testbed.kubebed: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
 kubelets, kube-proxy, built from public source), the offline release mirror
-(tests.mirror), and the real pyinfra CLI running the real deploy.py. Pods are created
+(testbed.mirror), and the real pyinfra CLI running the real deploy.py. Pods are created
 through the API server and started by the kubelets: kubelet -> containerd's CRI ->
 flannel CNI plugin -> bridge -> host-local, with flanneld (podnet's DaemonSet or systemd
 unit) writing subnet.env from the podCIDR kube-controller-manager assigned. Used by the
 end-to-end tests, `make demo` and the benchmark.
 
-What is not real here, and why (see also tests/kubebed/cluster.py):
+What is not real here, and why (see also testbed/kubebed/cluster.py):
 - images come from no registry: the pause image is built from a small C program, the
   control-plane and flannel images from the binaries (flanneld v0.28.9 with Debian's
   iptables; the test inventory names that image in `flannel_image`);
@@ -26,17 +26,12 @@ import re
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-from tests.cri import CriClient, forward_unix_socket
-from tests.kubebed import binaries
-from tests.kubebed.cluster import KubeBed
-from tests.localcluster import Cluster, Node
-from tests.mirror import build_mirror, serve_mirror
+from testbed.kubebed import binaries
+from testbed.kubebed.cluster import KubeBed
+from testbed.localcluster import Cluster, Node
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST_PATH = "/etc/kubernetes/manifests/kube-controller-manager.yaml"
@@ -45,25 +40,6 @@ VXLAN_MTU = 1450  # flanneld's FLANNEL_MTU with the vxlan backend on the 1500-by
 DEPLOY_TIMEOUT = 600
 POD_TIMEOUT = 90
 
-
-
-def mirror_or_skip():
-    """The test mirror built from the shared binaries; the tests that need it are skipped, saying why, without them."""
-    missing = binaries.missing()
-    if missing:
-        pytest.skip(f"no Kubernetes/flannel binaries: {missing}")
-    return build_mirror()
-
-
-@contextmanager
-def served_cluster(tmp_path_factory, name: str, nodes: int, mirror=None, request_log: list | None = None):
-    """Real nodes on a bridge of their own with the test mirror served to them, all torn down afterwards:
-    yields (base_url, mirror, workdir, cluster)."""
-    mirror = mirror or mirror_or_skip()
-    workdir = tmp_path_factory.mktemp(f"bed-{name}")
-    with serve_mirror(mirror.root, request_log=request_log) as base_url, \
-            Cluster(name=name, nodes=nodes, state_dir=workdir / "cluster") as cluster:
-        yield base_url, mirror, workdir, cluster
 
 @dataclass
 class DeployRun:
@@ -186,7 +162,7 @@ class PodBed:
     # --- the cluster before podnet -----------------------------------------------------
 
     def install_cluster(self) -> KubeBed:
-        """A running Kubernetes cluster without pod network (tests.kubebed), as podnet finds it."""
+        """A running Kubernetes cluster without pod network (testbed.kubebed), as podnet finds it."""
         settings = self.inventory_data()
         version = settings["containerd_version"]
         self.kube = KubeBed(self.cluster, self.workdir / "kube", runtime=self.runtime,
@@ -288,22 +264,6 @@ class PodBed:
     def subnet_env(self, node: Node) -> dict[str, str]:
         text = self.sh(node, "cat /run/flannel/subnet.env")
         return dict(line.split("=", 1) for line in text.split() if "=" in line)
-
-    def cri(self, node: Node):
-        """A context manager yielding a CriClient connected to the node's containerd over ssh."""
-        bed = self
-
-        class _Cri:
-            def __enter__(self):
-                self._forward = forward_unix_socket(bed.cluster.ssh_argv(node))
-                self._client = CriClient(self._forward.__enter__())
-                return self._client
-
-            def __exit__(self, *exc):
-                self._client.close()
-                return self._forward.__exit__(*exc)
-
-        return _Cri()
 
     # --- pods, through the API server and the kubelet ------------------------------------
 

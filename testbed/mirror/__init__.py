@@ -1,15 +1,15 @@
 """podnet's offline release mirror for tests.
 
-    from tests.mirror import build_mirror, serve_mirror
+    from testbed.mirror import build_mirror, serve_mirror
 
     mirror = build_mirror()                 # cached; slow only the first time
     with mirror.serve() as base_url:        # http://127.0.0.1:<port>, loopback only
         settings = mirror.inventory_data(base_url, containerd_generation="2.x")
 
 The tree keeps upstream's URL paths (files/artifacts.yaml), built by
-tests/mirror/build.py from Debian packages (containerd 1.6/2.1, runc, CNI
+testbed/mirror/build.py from Debian packages (containerd 1.6/2.1, runc, CNI
 plugins) and from shared/bin (the flannel CNI plugin, flanneld, containerd
-2.3.4: real builds from public source, see tests/kubebed/binaries.py).
+2.3.4: real builds from public source, see testbed/kubebed/binaries.py).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import shutil
 import time
 from pathlib import Path
 
-from tests.debian_sources import DEBIAN_SOURCES, parse_deb822_sources
+from testbed.debian_sources import DEBIAN_SOURCES, parse_deb822_sources
 
 from .mounts import overlays_using_lower, unmount_tree
 from .util import ClusterError, log, run
