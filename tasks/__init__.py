@@ -20,5 +20,6 @@ podnet's code, by role.
 - ``settings/``: the validated ``Settings`` (declared once per setting), ``docs`` (how the README table and
   inventory example lay it out), ``kubeadm_parsers`` (parsers for kubeadm's own grammar).
 - ``formats/``: one module per file format podnet reads or writes, by that format's rules.
-- Ground floor: ``errors`` (PodnetError) and ``releases`` (release facts: which version reads which format).
+- Ground floor: ``errors`` (PodnetError), ``releases`` (release facts: which version reads which format)
+  and ``redact`` (secrets masked in whatever is shown or stored: URLs with credentials, tokens).
 """

@@ -32,7 +32,8 @@ from dataclasses import dataclass, replace
 
 from tasks import containerd, controller_manager, kubeadm_config
 
-from tasks.engine import answers, ops, redact, secret_files
+from tasks import redact
+from tasks.engine import answers, ops, secret_files
 from tasks.engine.context import HostContext, Step
 from tasks.engine.desired import DesiredFile, local_file, render, text_file
 from tasks.engine.findings import Finding, error, refuse, warning

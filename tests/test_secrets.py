@@ -1,5 +1,5 @@
 """
-Secrets kept out of output and committed files (tasks/engine/redact.py): a mirror_url with
+Secrets kept out of output and committed files (tasks/redact.py): a mirror_url with
 credentials (``https://user:password@host/...``) is fetched with them, but its credentials
 are in no lock file entry, run summary, error or settings problem; against a real HTTP server
 on 127.0.0.1 (tests/support/http.py) and the real pyinfra CLI (tests/support/plan.py).
@@ -15,7 +15,7 @@ import pytest
 from tasks.artifacts.catalog import resolve
 from tasks.artifacts.checksums import ChecksumError, ChecksumLockFile, Checksums, LockEntry
 from tasks.artifacts.download import ChecksumMismatch, DownloadError, Downloader
-from tasks.engine.redact import masked, redact_url, redact_urls
+from tasks.redact import masked, redact_url, redact_urls
 from tests.support.hosts import problems, settings, control_plane
 from tests.support.http import Reply, ScriptedServer
 from tests.support.releases import tarball

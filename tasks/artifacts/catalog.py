@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from tasks.engine.redact import redact_url
+from tasks.redact import redact_url
 from tasks.errors import PodnetError
 from tasks.releases import ARTIFACT_NAMES
 from tasks.settings import Settings

@@ -40,7 +40,7 @@ import yaml
 from tasks.artifacts import catalog
 from tasks.artifacts.catalog import ArtifactError
 from tasks.artifacts.download import Downloader, DownloadError
-from tasks.engine.redact import redact_url
+from tasks.redact import redact_url
 from tasks.settings import ARCHITECTURES, SHA256_RE, Settings
 
 GITHUB_API = "https://api.github.com"

@@ -47,7 +47,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from tasks.artifacts.catalog import Artifact, ArtifactError, safe_members
-from tasks.engine.redact import redact_url, redact_urls
+from tasks.redact import redact_url, redact_urls
 from tasks.errors import PodnetError
 
 CHUNK = 1 << 20

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from tasks.settings import kubeadm_parsers as kubeadm_options
-from tasks.engine.redact import redact_url
+from tasks.redact import redact_url
 from tasks.errors import PodnetError
 from tasks import releases
 from tasks.releases import ARCHITECTURES, ARTIFACT_NAMES, config_api, config_generation
