@@ -24,7 +24,7 @@ import re
 import shlex
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import yaml
 
@@ -51,6 +51,7 @@ from tasks.settings import Settings
 
 NAMESPACE = "kube-flannel"
 DAEMONSET = "kube-flannel"
+CONTAINER = "kube-flannel"  # the DaemonSet's flanneld container (upstream kube-flannel.yml's name)
 MANIFEST_PATH = "/etc/podnet/kube-flannel.yml"
 NET_CONF_PATH = "/etc/kube-flannel/net-conf.json"
 FLANNELD_PATH = install_entry("flanneld")  # files/artifacts.yaml
@@ -173,7 +174,7 @@ def render_manifest(s: Settings) -> str:
     conf = net_conf_json(s)
     iface, field_env = daemonset_iface(s)
     health = daemonset_health(s)
-    context = dict(namespace=NAMESPACE, daemonset=DAEMONSET, image=s.flannel_image,
+    context = dict(namespace=NAMESPACE, daemonset=DAEMONSET, container=CONTAINER, image=s.flannel_image,
                    args=flanneld_args(s, iface=iface, healthz=health), field_env=field_env,
                    healthz_port=FLANNEL_HEALTHZ_PORT if health else None,
                    net_conf_json=conf.rstrip("\n"), net_conf_sha256=hashlib.sha256(conf.encode()).hexdigest())
@@ -455,21 +456,63 @@ def pod_cidr_findings(s: Settings, node: NodeState, host_name: str = "") -> list
 
 
 def not_ready_pods_command(s: Settings) -> str:
-    """Prints "<pod>|<node>|<ready>|<restarts>" for every flannel pod (ready: the kube-flannel container's; a
-    field kubectl has no value for is empty)."""
+    """Prints "<pod>|<node>|<ready>|<restarts>|<waiting>|<deleting>" for every flannel pod (ready: the
+    kube-flannel container's; waiting: its state.waiting.reason, e.g. ContainerCreating or CrashLoopBackOff;
+    deleting: the pod's metadata.deletionTimestamp; a field kubectl has no value for is empty)."""
     return (f"{s.kubectl} -n {NAMESPACE} get pods -l {POD_SELECTOR} -o jsonpath='{{range .items[*]}}"
             "{.metadata.name}{\"|\"}{.spec.nodeName}{\"|\"}{.status.containerStatuses[0].ready}{\"|\"}"
-            "{.status.containerStatuses[0].restartCount}{\"\\n\"}{end}'")
+            "{.status.containerStatuses[0].restartCount}{\"|\"}{.status.containerStatuses[0].state.waiting.reason}"
+            "{\"|\"}{.metadata.deletionTimestamp}{\"\\n\"}{end}'")
 
 
-def not_ready_pods(lines: list[str]) -> list[tuple[str, str, bool]]:
-    """(pod, node, restarted) of every pod in ``not_ready_pods_command``'s answer that is not Ready."""
+@dataclass(frozen=True)
+class NotReadyPod:
+    """A flannel pod that is not Ready, from ``not_ready_pods_command``'s answer."""
+    name: str
+    node: str  # "(not scheduled)" when the pod has no node yet
+    restarted: bool  # its kube-flannel container restarted: a crashed container's logs are there (--previous)
+    waiting: str  # the container's state.waiting.reason, "" when it is not waiting
+    deleting: bool  # the pod is being deleted (an old pod the rollout replaces)
+
+
+def not_ready_pods(lines: list[str]) -> list[NotReadyPod]:
+    """Every pod in ``not_ready_pods_command``'s answer that is not Ready."""
     found = []
     for line in lines:
-        pod, node_name, ready, restarts = (line.strip().split("|") + ["", "", ""])[:4]
+        pod, node_name, ready, restarts, waiting, deleting = (line.strip().split("|") + [""] * 5)[:6]
         if pod and ready != "true":
-            found.append((pod, node_name or "(not scheduled)", restarts not in ("", "0")))
+            found.append(NotReadyPod(pod, node_name or "(not scheduled)", restarts not in ("", "0"), waiting,
+                                     bool(deleting)))
     return found
+
+
+def pod_logs_commands(s: Settings, pod: NotReadyPod) -> list[tuple[str, str]]:
+    """
+    (what, command) for the kube-flannel container logs worth showing of a pod that is not Ready, each its last
+    LOG_LINES lines: the crashed container's (``--previous``) when the container restarted, and always the
+    current one's -- kubelet serves a container that exited and waits to restart (CrashLoopBackOff) as the
+    current one, so before the first restart that is where flanneld's last words are (upstream:
+    kubelet's GetContainerLogs, ``kubectl logs --previous``).
+    """
+    base = f"{s.kubectl} -n {NAMESPACE} logs {shell.word(pod.name)} -c {CONTAINER} --tail={LOG_LINES}"
+    return ([("crashed container's", f"{base} --previous")] if pod.restarted else []) + [("container's", base)]
+
+
+def not_ready_pod_report(pod: NotReadyPod, logs: list[tuple[str, list[str]]]) -> str:
+    """What RolloutError says of one pod that is not Ready: its node, its container's state, and the log lines
+    (``logs``: (what, stdout lines) per ``pod_logs_commands``; each bounded to LOG_LINES; the current container's
+    lines are left out when they repeat the crashed one's)."""
+    state = ", ".join(filter(None, ["being deleted" if pod.deleting else "",
+                                    "it restarted" if pod.restarted else "",
+                                    f"waiting: {pod.waiting}" if pod.waiting else ""]))
+    parts, shown = [], []
+    for what, lines in logs:
+        lines = [line for line in lines if line.strip()][-LOG_LINES:]
+        if lines and lines != shown:
+            parts.append(f"its {what} last log lines: {' | '.join(lines)}")
+            shown = lines
+    return (f"flannel pod {pod.name} on node {pod.node} is not Ready ("
+            + (f"{state}; " if state else "") + ("; ".join(parts) or "no log lines") + ")")
 
 
 def wait_for_rollout(state, host, connector_arguments, s: Settings) -> bool:
@@ -477,8 +520,8 @@ def wait_for_rollout(state, host, connector_arguments, s: Settings) -> bool:
     `kubectl rollout status` of the DaemonSet, bounded by flannel_rollout_timeout: it ends when every
     node runs the new pod template and every pod is available, which with the readiness probe
     (daemonset_health) means flanneld answers /readyz. On failure RolloutError names each flannel pod
-    that is not Ready, its node, and its last LOG_LINES log lines (those of the crashed container when
-    it restarted).
+    that is not Ready, its node, its container's state, and its last LOG_LINES log lines (those of the
+    crashed container when it restarted, and the current container's; see ``pod_logs_commands``).
     """
     ok, output = host.run_shell_command(
         f"{s.kubectl} -n {NAMESPACE} rollout status ds/{DAEMONSET} --timeout={s.flannel_rollout_timeout}s",
@@ -488,13 +531,12 @@ def wait_for_rollout(state, host, connector_arguments, s: Settings) -> bool:
     said = " ".join(output.stderr_lines or output.stdout_lines)[-300:]
     _, pods = host.run_shell_command(not_ready_pods_command(s), **connector_arguments)
     problems = []
-    for pod, node_name, restarted in not_ready_pods(pods.stdout_lines):
-        previous = " --previous" if restarted else ""
-        _, logs = host.run_shell_command(
-            f"{s.kubectl} -n {NAMESPACE} logs {shell.word(pod)}{previous} --tail={LOG_LINES}", **connector_arguments)
-        problems.append(f"flannel pod {pod} on node {node_name} is not Ready"
-                        + (" (it restarted; its crashed container's" if restarted else " (its")
-                        + f" last log lines: {' | '.join(logs.stdout_lines[-LOG_LINES:]) or 'none'})")
+    for pod in not_ready_pods(pods.stdout_lines):
+        logs = []
+        for what, command in pod_logs_commands(s, pod):
+            fetched, answer = host.run_shell_command(command, **connector_arguments)
+            logs.append((what, answer.stdout_lines if fetched else []))
+        problems.append(not_ready_pod_report(pod, logs))
     raise RolloutError(f"kube-flannel did not roll out within {s.flannel_rollout_timeout}s (flannel_rollout_timeout)"
                        f": {said}; " + ("; ".join(problems) or "no flannel pod is reported not Ready"))
 

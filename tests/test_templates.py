@@ -324,3 +324,78 @@ def test_flanneld_systemd_unit(tmp_path: Path):
     assert by_path["/usr/local/bin/flanneld"].sha256 == hashlib.sha256(b"#!/bin/sh\n").hexdigest()
     net_conf = json.loads(by_path["/etc/kube-flannel/net-conf.json"].content)
     assert net_conf["Network"] == "10.42.0.0/16" == controller_manager.desired_flags(s)["cluster-cidr"]
+
+
+# --- the rollout's error: which flannel pod is not Ready, and what flanneld said -------------------------
+
+
+class _Kubectl:
+    """A first control-plane host whose kubectl answers these commands (stdout and stderr apart, as pyinfra
+    reads them); the rollout always times out."""
+
+    def __init__(self, pods: list[str], logs: dict[str, tuple[bool, list[str], list[str]]]):
+        self.pods, self.logs, self.ran = pods, logs, []
+
+    def run_shell_command(self, command, **_):
+        from pyinfra.connectors.util import CommandOutput, OutputLine
+        self.ran.append(command)
+        if " rollout status " in command:
+            ok, out, err = False, [], ["error: timed out waiting for the condition"]
+        elif " get pods " in command:
+            ok, out, err = True, self.pods, []
+        else:
+            ok, out, err = self.logs.get(command.split(" logs ", 1)[1], (False, [], ["error: not found"]))
+        return ok, CommandOutput([OutputLine("stdout", line) for line in out]
+                                 + [OutputLine("stderr", line) for line in err])
+
+
+FLANNELD_SAID = ['E1207 04:40:01.1 1 main.go:278] Could not find valid interface matching pn-nonexist0: '
+                 'failed to find IPv4 address for interface pn-nonexist0',
+                 'E1207 04:40:01.1 1 main.go:301] Failed to find interface to use that matches the interfaces '
+                 'and/or regexes provided']
+CURRENT = "kube-flannel-ds-x -c kube-flannel --tail=20"
+
+
+def rollout_error(pods: list[str], logs: dict) -> tuple[str, list[str]]:
+    host = _Kubectl(pods, logs)
+    with pytest.raises(flannel.RolloutError) as raised:
+        flannel.wait_for_rollout(None, host, {}, settings(flannel_rollout_timeout=40))
+    return str(raised.value), host.ran
+
+
+def test_a_crash_before_the_first_restart_shows_the_exited_containers_log_lines_without_previous():
+    # kubelet serves the exited container as the current one until it restarts; --previous has none yet
+    said, ran = rollout_error(["kube-flannel-ds-x|pn-node-2|false|0|CrashLoopBackOff|",
+                               "kube-flannel-ds-y|pn-node-1|true|0||"],
+                              {CURRENT: (True, FLANNELD_SAID, []),
+                               f"{CURRENT} --previous": (False, [], ['previous terminated container not found'])})
+    assert said.startswith("kube-flannel did not roll out within 40s (flannel_rollout_timeout): error: timed out")
+    assert ("flannel pod kube-flannel-ds-x on node pn-node-2 is not Ready (waiting: CrashLoopBackOff; its "
+            f"container's last log lines: {FLANNELD_SAID[0]} | {FLANNELD_SAID[1]})") in said
+    assert "pn-node-1" not in said
+    assert not any("--previous" in command for command in ran)
+
+
+def test_a_restarted_container_shows_the_crashed_ones_log_lines_and_the_current_ones_when_they_differ():
+    starting = ["I1207 04:40:12.0 1 main.go:211] CLI flags config: {...}"]
+    said, _ = rollout_error(["kube-flannel-ds-x|pn-node-2|false|2||"],
+                            {f"{CURRENT} --previous": (True, FLANNELD_SAID, []), CURRENT: (True, starting, [])})
+    assert (f"is not Ready (it restarted; its crashed container's last log lines: {FLANNELD_SAID[0]} | "
+            f"{FLANNELD_SAID[1]}; its container's last log lines: {starting[0]})") in said
+    said, _ = rollout_error(["kube-flannel-ds-x|pn-node-2|false|2|CrashLoopBackOff|"],
+                            {f"{CURRENT} --previous": (True, FLANNELD_SAID, []), CURRENT: (True, FLANNELD_SAID, [])})
+    assert said.count("pn-nonexist0: failed") == 1  # the same lines once
+
+
+def test_kubectls_stderr_is_never_taken_for_log_lines_and_a_pod_without_any_says_so():
+    said, _ = rollout_error(["kube-flannel-ds-x|pn-node-2||||", "kube-flannel-ds-z|pn-node-1|false|0||2026-12-07T04:40:00Z"],
+                            {CURRENT: (False, [], ['container "kube-flannel" in pod is waiting to start'])})
+    assert "flannel pod kube-flannel-ds-x on node pn-node-2 is not Ready (no log lines)" in said
+    assert "flannel pod kube-flannel-ds-z on node pn-node-1 is not Ready (being deleted; no log lines)" in said
+    assert "waiting to start" not in said
+
+
+def test_the_log_lines_are_bounded():
+    said, _ = rollout_error(["kube-flannel-ds-x|pn-node-2|false|0||"],
+                            {CURRENT: (True, [f"line {n}" for n in range(100)], [])})
+    assert "last log lines: line 80 | " in said and "line 79 " not in said and said.endswith("line 99)")
