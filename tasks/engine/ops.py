@@ -154,7 +154,9 @@ def install_script(changed: list[DesiredFile], validate: str | None = None, dige
         steps.append(f"mkdir -p {q(pending_dir)} && : > {q(posixpath.join(pending_dir, restarts))}")
     steps.extend(f"mv -f {q(staged_path(f.path))} {q(f.path)}" for f in changed)
     if owned:
-        steps.append(record_script([f.path for f in changed], ledger_path(digest_cache)))
+        # the sums checked before the rename: the same bytes, not hashed again
+        steps.append(record_script([f.path for f in changed], ledger_path(digest_cache),
+                                   [f"\"$d{index}\"" for index in range(len(changed))]))
     steps.append(record_digests([(f.path, f"\"$d{index}\"") for index, f in enumerate(changed)], digest_cache))
     return "; ".join(steps)
 

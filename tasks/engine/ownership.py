@@ -169,10 +169,12 @@ def keep_original_script(path: str, ledger_path: str = LEDGER, originals_dir: st
             f"cp -p {q(path)} {q(kept + PARTIAL_SUFFIX)} && mv -f {q(kept + PARTIAL_SUFFIX)} {q(kept)}; fi")
 
 
-def record_script(paths: list[str], ledger_path: str = LEDGER) -> str:
-    """Shell that records in the ledger the digest each of ``paths`` has on the node now (after activation)."""
+def record_script(paths: list[str], ledger_path: str = LEDGER, digests: list[str] | None = None) -> str:
+    """Shell that records in the ledger the digest each of ``paths`` has on the node now (after activation):
+    ``digests``, shell words holding the sums the node already computed for them, or else hashed here."""
     q = shlex.quote
-    lines = "; ".join(f"printf '%s %s\\n' \"$(sha256sum < {q(p)} | cut -c1-64)\" {q(p)}" for p in paths)
+    words = digests or [f"\"$(sha256sum < {q(p)} | cut -c1-64)\"" for p in paths]
+    lines = "; ".join(f"printf '%s %s\\n' {word} {q(p)}" for p, word in zip(paths, words))
     return f"mkdir -p {q(posixpath.dirname(ledger_path))} && {{ {lines}; }} >> {q(ledger_path)}"
 
 
