@@ -30,7 +30,7 @@ import yaml
 
 from pyinfra import logger
 
-from tasks import cni, pod_network
+from tasks import cni, controller_manager, pod_network
 
 from tasks.engine import answers, kubectl, ops, secret_files
 from tasks.engine.findings import Finding, error, refuse, say, warning
@@ -323,31 +323,61 @@ def pod_mtu_fits(s: Settings, node: NodeState, host_name: str) -> None:
     refuse(pod_mtu_findings(s, node, host_name))
 
 
+def node_ipam_flags(s: Settings) -> str:
+    """kube-controller-manager's node IPAM flags as podnet gives them (both families' on dual stack)."""
+    return " ".join(f"--{flag}={value}" for flag, value in controller_manager.desired_flags(s).items()
+                    if value is not None and flag != "service-cluster-ip-range")
+
+
 def pod_cidr_problems(s: Settings, lines: list[str], host_name: str = "") -> list[str]:
-    """Nodes without a podCIDR, or with one the settings could not have given (outside the
-    cluster CIDR of its family, or another prefix length than the node mask). The lines are
-    checked by pod_network.pod_cidrs (RemoteAnswerError for one that does not fit)."""
+    """
+    Every node's spec.podCIDRs as kube-controller-manager's node IPAM gives them for these settings,
+    for each IP family the pod network has (``Settings.pod_networks``): one podCIDR per family
+    (the range allocator fills spec.podCIDRs from one CIDRSet per --cluster-cidr entry,
+    pkg/controller/nodeipam/ipam/range_allocator.go), inside that family's cluster CIDR (flannel's
+    Network / IPv6Network), with that family's node mask (--node-cidr-mask-size, or -ipv4 / -ipv6 on
+    dual stack), and no two nodes' podCIDRs overlapping (the CIDRSet hands each range out once,
+    pkg/controller/nodeipam/ipam/cidrset). The lines are checked by pod_network.pod_cidrs
+    (RemoteAnswerError for one that does not fit).
+    """
     problems = []
-    flags = (f"--allocate-node-cidrs=true --cluster-cidr={s.cluster_cidr} "
-             f"--node-cidr-mask-size={s.node_cidr_mask_size}")
-    for name, cidrs in pod_network.pod_cidrs(host_name, lines).items():
+    flags = node_ipam_flags(s)
+    held = pod_network.pod_cidrs(host_name, lines)
+    for name, cidrs in held.items():
         if not cidrs:
             problems.append(f"node {name} has no spec.podCIDR (pod cidr not assigned): check that "
                             f"kube-controller-manager runs with {flags}")
             continue
+        for version in pod_network.missing_families(s, cidrs):
+            cluster_key = pod_network.POD_NETWORK_KEYS[version][0]
+            problems.append(f"node {name} has no {pod_network.FAMILY[version]} podCIDR (spec.podCIDRs "
+                            f"{' '.join(cidrs)}) although {cluster_key} is set: kube-controller-manager gives a node "
+                            f"its podCIDRs once, when it registers, one per family of {flags}; a node registered "
+                            "before dual stack was turned on keeps its single podCIDR until it registers again "
+                            "(allow_pod_network_change)")
         for cidr in cidrs:
             if pod_network.fits(s, cidr):
                 continue
             network = ipaddress.ip_network(cidr)  # checked by pod_cidrs
-            cluster = s.cluster_cidr if network.version == 4 else s.cluster_cidr_ipv6
-            if cluster is not None and network.subnet_of(cluster):  # type: ignore[arg-type]
-                mask = s.node_cidr_mask_size if network.version == 4 else s.node_cidr_mask_size_ipv6
-                problems.append(f"node {name} has spec.podCIDR {cidr}, not a /{mask} (node_cidr_mask_size): "
-                                f"kube-controller-manager's --node-cidr-mask-size must be {mask}; check {flags}")
+            family = pod_network.FAMILY[network.version]
+            if network.version not in s.pod_networks:
+                problems.append(f"node {name} has the {family} spec.podCIDR {cidr}, but the pod network has no "
+                                f"{family} family (cluster_cidr_ipv6 is unset): check {flags}")
+                continue
+            cluster, mask = s.pod_networks[network.version]
+            cluster_key, mask_key = pod_network.POD_NETWORK_KEYS[network.version]
+            if network.subnet_of(cluster):  # type: ignore[arg-type]
+                flag = "node-cidr-mask-size" + (f"-ipv{network.version}" if s.dual_stack else "")
+                problems.append(f"node {name} has spec.podCIDR {cidr}, not a /{mask} ({mask_key}): "
+                                f"kube-controller-manager's --{flag} must be {mask}; check {flags}")
             else:
-                key = "cluster_cidr" if network.version == 4 else "cluster_cidr_ipv6"
-                problems.append(f"node {name} has spec.podCIDR {cidr}, outside {key} {cluster}: "
-                                f"kube-controller-manager's --cluster-cidr must equal flannel's Network; check {flags}")
+                problems.append(f"node {name} has spec.podCIDR {cidr}, outside {cluster_key} {cluster}: "
+                                f"kube-controller-manager's --cluster-cidr must equal flannel's "
+                                f"{'Network' if network.version == 4 else 'IPv6Network'}; check {flags}")
+    for name, cidr, other, other_cidr in pod_network.overlapping(held):
+        problems.append(f"nodes {name} and {other} hold overlapping podCIDRs {cidr} and {other_cidr}: "
+                        "kube-controller-manager never gives a range twice, so one was set by hand or by another "
+                        "cluster's allocator; delete that Node so it registers again")
     return problems
 
 
@@ -923,14 +953,14 @@ def network_dirs(s: Settings) -> list[str]:
 
 
 def bridge_is_podnets(s: Settings, node: NodeState, host_name: str = "") -> bool:
-    """cni0 is the bridge of podnet's conflist: its IPv4 addresses lie in the cluster CIDR (another CNI's
-    bridge plugin may use the same default name)."""
+    """cni0 is the bridge of podnet's conflist: each of its global IPv4 and IPv6 addresses lies in the
+    cluster CIDR of its family (another CNI's bridge plugin may use the same default name)."""
     state = pod_network.cni0_state(node, host_name)
     if not state:
         return False
-    addresses = state[0]
-    network = s.cluster_cidr
-    return bool(addresses) and all(ipaddress.ip_interface(a).ip in network for a in addresses)
+    networks = s.pod_networks
+    addresses = [ipaddress.ip_interface(a) for a in state[0]]
+    return bool(addresses) and all(a.version in networks and a.ip in networks[a.version][0] for a in addresses)
 
 
 def network_state_removed(s: Settings, node: NodeState, host_name: str = "") -> None:

@@ -535,6 +535,17 @@ class Settings:
         return self.cluster_cidr_ipv6 is not None
 
     @property
+    def pod_networks(self) -> dict[int, tuple[Network, int]]:
+        """IP version (4, 6) -> (cluster CIDR, node mask) of every family the pod network has: IPv4
+        always, IPv6 on dual stack. kube-controller-manager gives each node one podCIDR of each
+        (the range allocator's one CIDRSet per --cluster-cidr entry, pkg/controller/nodeipam/ipam/
+        range_allocator.go)."""
+        families: dict[int, tuple[Network, int]] = {4: (self.cluster_cidr, self.node_cidr_mask_size)}
+        if self.cluster_cidr_ipv6 is not None:
+            families[6] = (self.cluster_cidr_ipv6, self.node_cidr_mask_size_ipv6)
+        return families
+
+    @property
     def effective_sandbox_image(self) -> str:
         """sandbox_image, else kubeadm's pause image for kubernetes_version (validation ensures one exists)."""
         if self.sandbox_image is not None:
