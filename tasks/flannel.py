@@ -95,14 +95,24 @@ class PodMtuError(PodnetError, ValueError):
     """A pod MTU (flannel_mtu) larger than the backend can carry over the node's interface."""
 
 
-# Bytes a backend adds to every pod packet on the wire, as flanneld subtracts them from the
-# interface MTU for FLANNEL_MTU: vxlan's encapOverhead (pkg/backend/vxlan/vxlan_network.go,
-# 50 = outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14; an IPv6 underlay needs 20 more,
-# which flanneld's constant ignores, so podnet counts it), wireguard's overhead
-# (pkg/backend/wireguard/wireguard_network.go, 80, sized for an IPv6 outer header), host-gw
-# none (pkg/backend/hostgw: plain routing).
-ENCAP_OVERHEAD = {"vxlan": 50, "wireguard": 80, "host-gw": 0}
-IPV6_UNDERLAY_EXTRA = {"vxlan": 20}
+# Bytes a backend adds to every pod packet on the wire, by the pod packet's IP family, which is
+# also the family of its outer header: flanneld v0.28.9 sends IPv4 pod traffic through
+# flannel.<VNI> from the interface's IPv4 address and IPv6 pod traffic through flannel-v6.<VNI>
+# from its IPv6 address (createVXLANDevice, pkg/backend/vxlan/vxlan.go; the wireguard backend's
+# flannel-wg and flannel-wg-v6 likewise).
+# - vxlan: IPv4 50 = outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14; IPv6 70 (outer IPv6 40).
+#   flanneld itself subtracts 50 for both families: it makes both devices with the interface MTU
+#   - 50 (newVXLANDevice, pkg/backend/vxlan/device.go) and writes FLANNEL_MTU = that - 50
+#   (encapOverhead, vxlan_network.go), one value for both families (WriteSubnetFile,
+#   pkg/subnet/subnet.go). Linux clamps an IPv6 vxlan device to the interface MTU - 70
+#   (VXLAN6_HEADROOM, vxlan_config_apply in drivers/net/vxlan/vxlan_core.c; measured: asked
+#   for 1450 over a 1500 link, it makes 1430), so flannel-v6.<VNI> carries 20 bytes less than
+#   the FLANNEL_MTU pods get (FLANNELD_OVERHEAD).
+# - wireguard: 80 for both (overhead, pkg/backend/wireguard/wireguard_network.go, sized for an IPv6
+#   outer header; its devices get the interface MTU - 80, device.go).
+# - host-gw: nothing (pkg/backend/hostgw: plain routing).
+ENCAP_OVERHEAD = {"vxlan": {4: 50, 6: 70}, "wireguard": {4: 80, 6: 80}, "host-gw": {4: 0, 6: 0}}
+FLANNELD_OVERHEAD = {"vxlan": 50, "wireguard": 80, "host-gw": 0}  # what flanneld subtracts for FLANNEL_MTU
 
 
 def net_conf(s: Settings) -> dict:
@@ -227,9 +237,18 @@ def probe_request(s: Settings, first_control_plane: bool) -> ProbeRequest:
     return rollout_probe_request(s, first_control_plane).merge(mtu_probe_request(s))
 
 
+def flanneld_mtu_short(s: Settings) -> bool:
+    """flanneld's own pod MTU (flannel_mtu unset) is more than some family the pod network has carries
+    (vxlan on dual stack: ENCAP_OVERHEAD)."""
+    return s.flannel_mtu is None and any(ENCAP_OVERHEAD[s.flannel_backend][v] > FLANNELD_OVERHEAD[s.flannel_backend]
+                                         for v in s.pod_networks)
+
+
 def mtu_probe_request(s: Settings) -> ProbeRequest:
-    """Every node, when flannel_mtu is set: the MTU of the interface flanneld will use."""
-    return ProbeRequest(queries={"flannel_iface_mtu": iface_mtu_command(s)} if s.flannel_mtu is not None else {})
+    """Every node, when flannel_mtu is set (or flanneld's own MTU is short for a family,
+    ``flanneld_mtu_short``): the MTU of the interface flanneld will use."""
+    asks = s.flannel_mtu is not None or flanneld_mtu_short(s)
+    return ProbeRequest(queries={"flannel_iface_mtu": iface_mtu_command(s)} if asks else {})
 
 
 def rollout_probe_request(s: Settings, first_control_plane: bool) -> ProbeRequest:
@@ -281,15 +300,33 @@ def _iface_mtu_line(line: str) -> tuple[str, int]:
     return answers.interface_name(iface), answers.decimal(mtu, 68, 65536, "MTU")
 
 
+def largest_pod_mtu(s: Settings, iface_mtu: int) -> int:
+    """The largest pod MTU the backend carries over an interface of ``iface_mtu`` in every IP family the
+    pod network has: the interface MTU minus the largest of those families' overheads (ENCAP_OVERHEAD)."""
+    return iface_mtu - max(ENCAP_OVERHEAD[s.flannel_backend][v] for v in s.pod_networks)
+
+
+def _overhead_said(s: Settings) -> str:
+    overheads = {v: ENCAP_OVERHEAD[s.flannel_backend][v] for v in s.pod_networks}
+    if len(set(overheads.values())) > 1:
+        return f"the {s.flannel_backend} backend adds " + " and ".join(
+            f"{n} bytes to {pod_network.FAMILY[v]}" for v, n in overheads.items()) + " pod packets"
+    overhead = next(iter(overheads.values()))
+    return f"the {s.flannel_backend} backend adds {overhead} bytes" if overhead else \
+        f"the {s.flannel_backend} backend adds nothing"
+
+
 def pod_mtu_findings(s: Settings, node: NodeState, host_name: str) -> list[Finding]:
     """
-    A flannel_mtu the backend cannot carry over this node's interface (an error): at most the
-    interface MTU minus the backend's encapsulation overhead (ENCAP_OVERHEAD), else large
-    packets between nodes are dropped. When the probe could not tell the interface, flanneld
-    itself reports it; nothing is found. An answer that does not fit (``<interface> <mtu>``, one line)
-    is an error too (RemoteAnswerError).
+    A flannel_mtu the backend cannot carry over this node's interface in every IP family of the pod
+    network (an error): at most ``largest_pod_mtu`` (the interface MTU minus the backend's overhead
+    for each family, ENCAP_OVERHEAD), else large packets between nodes are dropped. Without
+    flannel_mtu, where flanneld's own FLANNEL_MTU is more than a family carries (vxlan on dual
+    stack: 20 bytes more than flannel-v6.<VNI>), a warning naming the MTU that carries both. When
+    the probe could not tell the interface, flanneld itself reports it; nothing is found. An answer
+    that does not fit (``<interface> <mtu>``, one line) is an error too (RemoteAnswerError).
     """
-    if s.flannel_mtu is None:
+    if s.flannel_mtu is None and not flanneld_mtu_short(s):
         return []
     rc, lines = node.queries.get("flannel_iface_mtu", (1, []))
     if rc != 0 or not lines:
@@ -303,24 +340,32 @@ def pod_mtu_findings(s: Settings, node: NodeState, host_name: str) -> list[Findi
         said = answers.problem(host_name, "the MTU of flanneld's interface", "\n".join(lines), "one line expected")
         return [error(said, answers.RemoteAnswerError, text=said)]
     iface, iface_mtu = found[0]
-    overhead = ENCAP_OVERHEAD[s.flannel_backend]
-    if s.node_ip is not None and s.node_ip.version == 6:
-        overhead += IPV6_UNDERLAY_EXTRA.get(s.flannel_backend, 0)
-    largest = iface_mtu - overhead
+    largest = largest_pod_mtu(s, iface_mtu)
+    if s.flannel_mtu is None:
+        own = iface_mtu - FLANNELD_OVERHEAD[s.flannel_backend]
+        return [warning(f"flanneld's own pod MTU {own} is too large for IPv6", where=f"{host_name}: flannel_mtu unset",
+                        why=f"flanneld subtracts {FLANNELD_OVERHEAD[s.flannel_backend]} bytes from {iface}'s MTU "
+                            f"{iface_mtu} for both families, but {_overhead_said(s)}: its IPv6 device carries at "
+                            f"most {largest}, so IPv6 pod packets of more than {largest} bytes between nodes get "
+                            "ICMPv6 Packet Too Big",
+                        fix=f"set flannel_mtu = {largest} to carry every pod packet of both families")]
     if s.flannel_mtu <= largest:
         return []
-    carried = f"the {s.flannel_backend} backend adds {overhead} bytes" if overhead else \
-        f"the {s.flannel_backend} backend adds nothing"
+    fix = f"set flannel_mtu to at most {largest}, or leave it unset (flanneld then derives it)"
+    if flanneld_mtu_short(replace(s, flannel_mtu=None)):
+        fix = f"set flannel_mtu to at most {largest}"
     return [error(f"{s.flannel_mtu} is too large", PodMtuError, where=f"{host_name}: flannel_mtu",
-                  why=f"flanneld's interface {iface} has MTU {iface_mtu} and {carried}, so pod packets of more than "
-                      f"{largest} bytes would be dropped between nodes",
-                  fix=f"set flannel_mtu to at most {largest}, or leave it unset (flanneld then derives it)")]
+                  why=f"flanneld's interface {iface} has MTU {iface_mtu} and {_overhead_said(s)}, so pod packets of "
+                      f"more than {largest} bytes would be dropped between nodes",
+                  fix=fix)]
 
 
 def pod_mtu_fits(s: Settings, node: NodeState, host_name: str) -> None:
     """Refuse (PodMtuError, while planning, before any change) a flannel_mtu the backend cannot carry
-    over this node's interface (``pod_mtu_findings``)."""
-    refuse(pod_mtu_findings(s, node, host_name))
+    over this node's interface (``pod_mtu_findings``); say where flanneld's own MTU is short for IPv6."""
+    found = pod_mtu_findings(s, node, host_name)
+    refuse(found)
+    say(found)
 
 
 def node_ipam_flags(s: Settings) -> str:
