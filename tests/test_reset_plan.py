@@ -84,6 +84,32 @@ def test_reset_commands_remove_only_what_podnet_and_flannel_made(cluster):
     assert run.uploads(WORKER) == []
 
 
+def test_a_dual_stack_reset_removes_the_ipv6_half_too(cluster):
+    dual = {"cluster_cidr_ipv6": "fd00:10:244::/56"}
+    nodes = {}
+    for host in HOSTS:
+        node = deployed(cluster, host, **dual)
+        node.listings[flannel.SYS_NET].append("flannel-v6.1")  # its routes to other nodes' IPv6 podCIDRs go with it
+        node.queries["cni0"] = (0, ["addr 10.244.0.1/24", "addr fd00:10:244::1/64", "ports 1"])
+        node.queries[flannel.CHAINS_QUERY] = (0, ["iptables-nft nat FLANNEL-POSTRTG", "ip6tables-nft nat FLANNEL-POSTRTG",
+                                                  "ip6tables-nft filter FLANNEL-FWD"])
+        node.queries[flannel.NFT_QUERY] = (0, ["ip flannel-ipv4", "ip6 flannel-ipv6"])
+        nodes[host] = node
+    run = run_reset(inventory(cluster, nodes[CP], nodes[WORKER], **dual), "-y")
+    assert_ok(run)
+    for host in HOSTS:
+        commands = run.commands(host)
+        # cni0 holding an address of each family, each inside its cluster CIDR, is podnet's bridge
+        assert "ip link delete cni0 && ip link delete flannel.1 && ip link delete flannel-v6.1" in commands
+        assert [c for c in commands if "-restore --noflush" in c] == [" && ".join([
+            flannel.chains_removal("ip6tables-nft", "filter", ["FLANNEL-FWD"]),
+            flannel.chains_removal("ip6tables-nft", "nat", ["FLANNEL-POSTRTG"]),
+            flannel.chains_removal("iptables-nft", "nat", ["FLANNEL-POSTRTG"])])]
+        assert "nft delete table ip flannel-ipv4 && nft delete table ip6 flannel-ipv6" in commands
+        # host-local keeps both families' records in the one network directory
+        assert "rm -rf /run/flannel /var/lib/cni/networks/cbr0" in commands
+
+
 def test_a_reset_node_costs_one_command_and_changes_nothing(cluster):
     run = run_reset(inventory(cluster, bare(cluster, CP), bare(cluster, WORKER)), "-y")
     assert_ok(run)
