@@ -30,7 +30,7 @@ import yaml
 
 from pyinfra import logger
 
-from tasks import cni, pod_network
+from tasks import cni, controller_manager, pod_network
 
 from tasks.engine import answers, kubectl, ops, secret_files
 from tasks.engine.findings import Finding, error, refuse, say, warning
@@ -95,14 +95,24 @@ class PodMtuError(PodnetError, ValueError):
     """A pod MTU (flannel_mtu) larger than the backend can carry over the node's interface."""
 
 
-# Bytes a backend adds to every pod packet on the wire, as flanneld subtracts them from the
-# interface MTU for FLANNEL_MTU: vxlan's encapOverhead (pkg/backend/vxlan/vxlan_network.go,
-# 50 = outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14; an IPv6 underlay needs 20 more,
-# which flanneld's constant ignores, so podnet counts it), wireguard's overhead
-# (pkg/backend/wireguard/wireguard_network.go, 80, sized for an IPv6 outer header), host-gw
-# none (pkg/backend/hostgw: plain routing).
-ENCAP_OVERHEAD = {"vxlan": 50, "wireguard": 80, "host-gw": 0}
-IPV6_UNDERLAY_EXTRA = {"vxlan": 20}
+# Bytes a backend adds to every pod packet on the wire, by the pod packet's IP family, which is
+# also the family of its outer header: flanneld v0.28.9 sends IPv4 pod traffic through
+# flannel.<VNI> from the interface's IPv4 address and IPv6 pod traffic through flannel-v6.<VNI>
+# from its IPv6 address (createVXLANDevice, pkg/backend/vxlan/vxlan.go; the wireguard backend's
+# flannel-wg and flannel-wg-v6 likewise).
+# - vxlan: IPv4 50 = outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14; IPv6 70 (outer IPv6 40).
+#   flanneld itself subtracts 50 for both families: it makes both devices with the interface MTU
+#   - 50 (newVXLANDevice, pkg/backend/vxlan/device.go) and writes FLANNEL_MTU = that - 50
+#   (encapOverhead, vxlan_network.go), one value for both families (WriteSubnetFile,
+#   pkg/subnet/subnet.go). Linux clamps an IPv6 vxlan device to the interface MTU - 70
+#   (VXLAN6_HEADROOM, vxlan_config_apply in drivers/net/vxlan/vxlan_core.c; measured: asked
+#   for 1450 over a 1500 link, it makes 1430), so flannel-v6.<VNI> carries 20 bytes less than
+#   the FLANNEL_MTU pods get (FLANNELD_OVERHEAD).
+# - wireguard: 80 for both (overhead, pkg/backend/wireguard/wireguard_network.go, sized for an IPv6
+#   outer header; its devices get the interface MTU - 80, device.go).
+# - host-gw: nothing (pkg/backend/hostgw: plain routing).
+ENCAP_OVERHEAD = {"vxlan": {4: 50, 6: 70}, "wireguard": {4: 80, 6: 80}, "host-gw": {4: 0, 6: 0}}
+FLANNELD_OVERHEAD = {"vxlan": 50, "wireguard": 80, "host-gw": 0}  # what flanneld subtracts for FLANNEL_MTU
 
 
 def net_conf(s: Settings) -> dict:
@@ -227,9 +237,18 @@ def probe_request(s: Settings, first_control_plane: bool) -> ProbeRequest:
     return rollout_probe_request(s, first_control_plane).merge(mtu_probe_request(s))
 
 
+def flanneld_mtu_short(s: Settings) -> bool:
+    """flanneld's own pod MTU (flannel_mtu unset) is more than some family the pod network has carries
+    (vxlan on dual stack: ENCAP_OVERHEAD)."""
+    return s.flannel_mtu is None and any(ENCAP_OVERHEAD[s.flannel_backend][v] > FLANNELD_OVERHEAD[s.flannel_backend]
+                                         for v in s.pod_networks)
+
+
 def mtu_probe_request(s: Settings) -> ProbeRequest:
-    """Every node, when flannel_mtu is set: the MTU of the interface flanneld will use."""
-    return ProbeRequest(queries={"flannel_iface_mtu": iface_mtu_command(s)} if s.flannel_mtu is not None else {})
+    """Every node, when flannel_mtu is set (or flanneld's own MTU is short for a family,
+    ``flanneld_mtu_short``): the MTU of the interface flanneld will use."""
+    asks = s.flannel_mtu is not None or flanneld_mtu_short(s)
+    return ProbeRequest(queries={"flannel_iface_mtu": iface_mtu_command(s)} if asks else {})
 
 
 def rollout_probe_request(s: Settings, first_control_plane: bool) -> ProbeRequest:
@@ -281,15 +300,33 @@ def _iface_mtu_line(line: str) -> tuple[str, int]:
     return answers.interface_name(iface), answers.decimal(mtu, 68, 65536, "MTU")
 
 
+def largest_pod_mtu(s: Settings, iface_mtu: int) -> int:
+    """The largest pod MTU the backend carries over an interface of ``iface_mtu`` in every IP family the
+    pod network has: the interface MTU minus the largest of those families' overheads (ENCAP_OVERHEAD)."""
+    return iface_mtu - max(ENCAP_OVERHEAD[s.flannel_backend][v] for v in s.pod_networks)
+
+
+def _overhead_said(s: Settings) -> str:
+    overheads = {v: ENCAP_OVERHEAD[s.flannel_backend][v] for v in s.pod_networks}
+    if len(set(overheads.values())) > 1:
+        return f"the {s.flannel_backend} backend adds " + " and ".join(
+            f"{n} bytes to {pod_network.FAMILY[v]}" for v, n in overheads.items()) + " pod packets"
+    overhead = next(iter(overheads.values()))
+    return f"the {s.flannel_backend} backend adds {overhead} bytes" if overhead else \
+        f"the {s.flannel_backend} backend adds nothing"
+
+
 def pod_mtu_findings(s: Settings, node: NodeState, host_name: str) -> list[Finding]:
     """
-    A flannel_mtu the backend cannot carry over this node's interface (an error): at most the
-    interface MTU minus the backend's encapsulation overhead (ENCAP_OVERHEAD), else large
-    packets between nodes are dropped. When the probe could not tell the interface, flanneld
-    itself reports it; nothing is found. An answer that does not fit (``<interface> <mtu>``, one line)
-    is an error too (RemoteAnswerError).
+    A flannel_mtu the backend cannot carry over this node's interface in every IP family of the pod
+    network (an error): at most ``largest_pod_mtu`` (the interface MTU minus the backend's overhead
+    for each family, ENCAP_OVERHEAD), else large packets between nodes are dropped. Without
+    flannel_mtu, where flanneld's own FLANNEL_MTU is more than a family carries (vxlan on dual
+    stack: 20 bytes more than flannel-v6.<VNI>), a warning naming the MTU that carries both. When
+    the probe could not tell the interface, flanneld itself reports it; nothing is found. An answer
+    that does not fit (``<interface> <mtu>``, one line) is an error too (RemoteAnswerError).
     """
-    if s.flannel_mtu is None:
+    if s.flannel_mtu is None and not flanneld_mtu_short(s):
         return []
     rc, lines = node.queries.get("flannel_iface_mtu", (1, []))
     if rc != 0 or not lines:
@@ -303,51 +340,89 @@ def pod_mtu_findings(s: Settings, node: NodeState, host_name: str) -> list[Findi
         said = answers.problem(host_name, "the MTU of flanneld's interface", "\n".join(lines), "one line expected")
         return [error(said, answers.RemoteAnswerError, text=said)]
     iface, iface_mtu = found[0]
-    overhead = ENCAP_OVERHEAD[s.flannel_backend]
-    if s.node_ip is not None and s.node_ip.version == 6:
-        overhead += IPV6_UNDERLAY_EXTRA.get(s.flannel_backend, 0)
-    largest = iface_mtu - overhead
+    largest = largest_pod_mtu(s, iface_mtu)
+    if s.flannel_mtu is None:
+        own = iface_mtu - FLANNELD_OVERHEAD[s.flannel_backend]
+        return [warning(f"flanneld's own pod MTU {own} is too large for IPv6", where=f"{host_name}: flannel_mtu unset",
+                        why=f"flanneld subtracts {FLANNELD_OVERHEAD[s.flannel_backend]} bytes from {iface}'s MTU "
+                            f"{iface_mtu} for both families, but {_overhead_said(s)}: its IPv6 device carries at "
+                            f"most {largest}, so IPv6 pod packets of more than {largest} bytes between nodes get "
+                            "ICMPv6 Packet Too Big",
+                        fix=f"set flannel_mtu = {largest} to carry every pod packet of both families")]
     if s.flannel_mtu <= largest:
         return []
-    carried = f"the {s.flannel_backend} backend adds {overhead} bytes" if overhead else \
-        f"the {s.flannel_backend} backend adds nothing"
+    fix = f"set flannel_mtu to at most {largest}, or leave it unset (flanneld then derives it)"
+    if flanneld_mtu_short(replace(s, flannel_mtu=None)):
+        fix = f"set flannel_mtu to at most {largest}"
     return [error(f"{s.flannel_mtu} is too large", PodMtuError, where=f"{host_name}: flannel_mtu",
-                  why=f"flanneld's interface {iface} has MTU {iface_mtu} and {carried}, so pod packets of more than "
-                      f"{largest} bytes would be dropped between nodes",
-                  fix=f"set flannel_mtu to at most {largest}, or leave it unset (flanneld then derives it)")]
+                  why=f"flanneld's interface {iface} has MTU {iface_mtu} and {_overhead_said(s)}, so pod packets of "
+                      f"more than {largest} bytes would be dropped between nodes",
+                  fix=fix)]
 
 
 def pod_mtu_fits(s: Settings, node: NodeState, host_name: str) -> None:
     """Refuse (PodMtuError, while planning, before any change) a flannel_mtu the backend cannot carry
-    over this node's interface (``pod_mtu_findings``)."""
-    refuse(pod_mtu_findings(s, node, host_name))
+    over this node's interface (``pod_mtu_findings``); say where flanneld's own MTU is short for IPv6."""
+    found = pod_mtu_findings(s, node, host_name)
+    refuse(found)
+    say(found)
+
+
+def node_ipam_flags(s: Settings) -> str:
+    """kube-controller-manager's node IPAM flags as podnet gives them (both families' on dual stack)."""
+    return " ".join(f"--{flag}={value}" for flag, value in controller_manager.desired_flags(s).items()
+                    if value is not None and flag != "service-cluster-ip-range")
 
 
 def pod_cidr_problems(s: Settings, lines: list[str], host_name: str = "") -> list[str]:
-    """Nodes without a podCIDR, or with one the settings could not have given (outside the
-    cluster CIDR of its family, or another prefix length than the node mask). The lines are
-    checked by pod_network.pod_cidrs (RemoteAnswerError for one that does not fit)."""
+    """
+    Every node's spec.podCIDRs as kube-controller-manager's node IPAM gives them for these settings,
+    for each IP family the pod network has (``Settings.pod_networks``): one podCIDR per family
+    (the range allocator fills spec.podCIDRs from one CIDRSet per --cluster-cidr entry,
+    pkg/controller/nodeipam/ipam/range_allocator.go), inside that family's cluster CIDR (flannel's
+    Network / IPv6Network), with that family's node mask (--node-cidr-mask-size, or -ipv4 / -ipv6 on
+    dual stack), and no two nodes' podCIDRs overlapping (the CIDRSet hands each range out once,
+    pkg/controller/nodeipam/ipam/cidrset). The lines are checked by pod_network.pod_cidrs
+    (RemoteAnswerError for one that does not fit).
+    """
     problems = []
-    flags = (f"--allocate-node-cidrs=true --cluster-cidr={s.cluster_cidr} "
-             f"--node-cidr-mask-size={s.node_cidr_mask_size}")
-    for name, cidrs in pod_network.pod_cidrs(host_name, lines).items():
+    flags = node_ipam_flags(s)
+    held = pod_network.pod_cidrs(host_name, lines)
+    for name, cidrs in held.items():
         if not cidrs:
             problems.append(f"node {name} has no spec.podCIDR (pod cidr not assigned): check that "
                             f"kube-controller-manager runs with {flags}")
             continue
+        for version in pod_network.missing_families(s, cidrs):
+            cluster_key = pod_network.POD_NETWORK_KEYS[version][0]
+            problems.append(f"node {name} has no {pod_network.FAMILY[version]} podCIDR (spec.podCIDRs "
+                            f"{' '.join(cidrs)}) although {cluster_key} is set: kube-controller-manager gives a node "
+                            f"its podCIDRs once, when it registers, one per family of {flags}; a node registered "
+                            "before dual stack was turned on keeps its single podCIDR until it registers again "
+                            "(allow_pod_network_change)")
         for cidr in cidrs:
             if pod_network.fits(s, cidr):
                 continue
             network = ipaddress.ip_network(cidr)  # checked by pod_cidrs
-            cluster = s.cluster_cidr if network.version == 4 else s.cluster_cidr_ipv6
-            if cluster is not None and network.subnet_of(cluster):  # type: ignore[arg-type]
-                mask = s.node_cidr_mask_size if network.version == 4 else s.node_cidr_mask_size_ipv6
-                problems.append(f"node {name} has spec.podCIDR {cidr}, not a /{mask} (node_cidr_mask_size): "
-                                f"kube-controller-manager's --node-cidr-mask-size must be {mask}; check {flags}")
+            family = pod_network.FAMILY[network.version]
+            if network.version not in s.pod_networks:
+                problems.append(f"node {name} has the {family} spec.podCIDR {cidr}, but the pod network has no "
+                                f"{family} family (cluster_cidr_ipv6 is unset): check {flags}")
+                continue
+            cluster, mask = s.pod_networks[network.version]
+            cluster_key, mask_key = pod_network.POD_NETWORK_KEYS[network.version]
+            if network.subnet_of(cluster):  # type: ignore[arg-type]
+                flag = "node-cidr-mask-size" + (f"-ipv{network.version}" if s.dual_stack else "")
+                problems.append(f"node {name} has spec.podCIDR {cidr}, not a /{mask} ({mask_key}): "
+                                f"kube-controller-manager's --{flag} must be {mask}; check {flags}")
             else:
-                key = "cluster_cidr" if network.version == 4 else "cluster_cidr_ipv6"
-                problems.append(f"node {name} has spec.podCIDR {cidr}, outside {key} {cluster}: "
-                                f"kube-controller-manager's --cluster-cidr must equal flannel's Network; check {flags}")
+                problems.append(f"node {name} has spec.podCIDR {cidr}, outside {cluster_key} {cluster}: "
+                                f"kube-controller-manager's --cluster-cidr must equal flannel's "
+                                f"{'Network' if network.version == 4 else 'IPv6Network'}; check {flags}")
+    for name, cidr, other, other_cidr in pod_network.overlapping(held):
+        problems.append(f"nodes {name} and {other} hold overlapping podCIDRs {cidr} and {other_cidr}: "
+                        "kube-controller-manager never gives a range twice, so one was set by hand or by another "
+                        "cluster's allocator; delete that Node so it registers again")
     return problems
 
 
@@ -923,14 +998,14 @@ def network_dirs(s: Settings) -> list[str]:
 
 
 def bridge_is_podnets(s: Settings, node: NodeState, host_name: str = "") -> bool:
-    """cni0 is the bridge of podnet's conflist: its IPv4 addresses lie in the cluster CIDR (another CNI's
-    bridge plugin may use the same default name)."""
+    """cni0 is the bridge of podnet's conflist: each of its global IPv4 and IPv6 addresses lies in the
+    cluster CIDR of its family (another CNI's bridge plugin may use the same default name)."""
     state = pod_network.cni0_state(node, host_name)
     if not state:
         return False
-    addresses = state[0]
-    network = s.cluster_cidr
-    return bool(addresses) and all(ipaddress.ip_interface(a).ip in network for a in addresses)
+    networks = s.pod_networks
+    addresses = [ipaddress.ip_interface(a) for a in state[0]]
+    return bool(addresses) and all(a.version in networks and a.ip in networks[a.version][0] for a in addresses)
 
 
 def network_state_removed(s: Settings, node: NodeState, host_name: str = "") -> None:
