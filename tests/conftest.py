@@ -81,15 +81,16 @@ def bed_mirror():
 
 @pytest.fixture(scope="session")
 def served_cluster(tmp_path_factory, bed_mirror):
-    """``served_cluster(name, nodes, request_log=None)``: a context manager for real nodes on a bridge of their
-    own with ``bed_mirror`` served to them, all torn down afterwards; yields (base_url, mirror, workdir, cluster).
-    ``request_log`` receives every request the mirror answers."""
+    """``served_cluster(name, nodes, request_log=None, ipv6=False)``: a context manager for real nodes on a bridge
+    of their own (with ``ipv6``, with IPv6 addresses too) with ``bed_mirror`` served to them, all torn down
+    afterwards; yields (base_url, mirror, workdir, cluster). ``request_log`` receives every request the mirror
+    answers."""
 
     @contextmanager
-    def served(name: str, nodes: int, request_log: list | None = None):
+    def served(name: str, nodes: int, request_log: list | None = None, ipv6: bool = False):
         workdir = tmp_path_factory.mktemp(f"bed-{name}")
         with serve_mirror(bed_mirror.root, request_log=request_log) as base_url, \
-                NodeCluster(name=name, nodes=nodes, state_dir=workdir / "cluster") as cluster:
+                NodeCluster(name=name, nodes=nodes, state_dir=workdir / "cluster", ipv6=ipv6) as cluster:
             yield base_url, bed_mirror, workdir, cluster
 
     return served

@@ -16,6 +16,12 @@ own that has no ``cni`` section), the kubelet (``--node-ip`` on the test network
 through containerd's CRI) and kube-proxy (iptables mode). Nodes register, no node has a
 podCIDR, and no pod network exists: that is what podnet's deploy must then provide.
 
+Dual stack (``dual_stack=True``, on nodes booted with IPv6 addresses): the API server serves
+both service ranges (``--service-cluster-ip-range=<v4>,<v6>``, through kubeadm's
+``serviceSubnet``), each kubelet runs with ``--node-ip=<v4>,<v6>``, both service ranges are
+routed on the node link, and kube-proxy (iptables mode) programs both families.
+kube-controller-manager still runs without node IPAM: podnet turns it on, for both families.
+
 TEST-MACHINE SETTINGS, not podnet's (see shared/bin/README.md and docs/testbed.md): the
 kubelet gets ``failCgroupV1: false`` (cgroup v1 here), ``cgroupsPerQOS: false``,
 ``enforceNodeAllocatable: []``, ``failSwapOn: false`` and ``protectKernelDefaults:
@@ -44,13 +50,18 @@ MANIFESTS = f"{K8S_DIR}/manifests"
 ADMIN_CONF = f"{K8S_DIR}/admin.conf"
 KUBEADM_CONFIG = "/etc/podnet-test/kubeadm.yaml"
 SERVICE_CIDR = "10.96.0.0/12"
+# The IPv6 service range of a dual-stack bed (kube-apiserver's second --service-cluster-ip-range): unique
+# local, inside no node or host network; /112 is within what kubeadm accepts (at most 20 host bits).
+SERVICE_CIDR_IPV6 = "fd00:10:96::/112"
 CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 RUNTIMES = ("static-pod", "systemd")
 # What the kubelet would write into the (host's) kernel sysctls: bound read-only instead.
 KUBELET_SYSCTLS = {"vm/overcommit_memory": "1", "vm/panic_on_oom": "0", "kernel/panic": "10",
                    "kernel/panic_on_oops": "1", "kernel/keys/root_maxkeys": "1000000",
                    "kernel/keys/root_maxbytes": "25000000"}
-READY_TIMEOUT = 180
+# Bounds the waits for the API server and the nodes: on the shared 2-core test machine under load (seen: load
+# average 100) kube-apiserver was seen needing more than 180 s to answer /readyz after etcd started.
+READY_TIMEOUT = 300
 FLANNEL_IMAGE = f"docker.io/flannel/flannel:v{binaries.FLANNELD_VERSION}"
 # What flanneld needs in its image besides itself: iptables (nft and legacy), from the node's Debian.
 IPTABLES_COMMANDS = ("iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save",
@@ -76,10 +87,13 @@ class KubeBed:
     containerd_config_version: int = 3
     sandbox_image: str = "registry.k8s.io/pause:3.10"
     systemd_cgroup: bool = True
+    dual_stack: bool = False  # the API server and kubelets dual-stack (the nodes need IPv6 addresses)
 
     def __post_init__(self):
         if self.runtime not in RUNTIMES:
             raise KubeBedError(f"runtime must be one of {RUNTIMES}")
+        if self.dual_stack and not all(n.ip6 for n in self.cluster.nodes):
+            raise KubeBedError("a dual-stack cluster needs nodes with IPv6 addresses (Cluster(ipv6=True))")
         self.workdir = Path(self.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
 
@@ -114,11 +128,24 @@ class KubeBed:
 
     # --- bring-up ------------------------------------------------------------------------
 
+    @property
+    def service_cidrs(self) -> list[str]:
+        """The service ranges, IPv4 first (kube-apiserver's --service-cluster-ip-range)."""
+        return [SERVICE_CIDR, SERVICE_CIDR_IPV6] if self.dual_stack else [SERVICE_CIDR]
+
+    def node_ips(self, node: Node) -> list[str]:
+        """The node's addresses as its kubelet's --node-ip gives them, IPv4 first."""
+        return [node.ip, node.ip6] if self.dual_stack else [node.ip]
+
+    def service_routes(self) -> str:
+        """The shell command routing the service ranges on the node link."""
+        return " && ".join(f"ip route replace {cidr} dev host0" for cidr in self.service_cidrs)
+
     def install(self) -> None:
         """Everything a cluster has before podnet: see the module docstring. Idempotent per node set."""
         for node in self.cluster.nodes:
             self.protect_kernel_sysctls(node)
-            self.sh(node, f"ip route replace {SERVICE_CIDR} dev host0")
+            self.sh(node, self.service_routes())
             self._install_binaries(node)
             self.install_containerd(node)
         self._import_images()
@@ -134,7 +161,7 @@ class KubeBed:
         network namespace): the read-only kernel sysctls for the kubelet and the service route; then the
         kubelet, which exited while they were missing, is started again. Nothing of podnet's."""
         self.protect_kernel_sysctls(node)
-        self.sh(node, f"ip route replace {SERVICE_CIDR} dev host0 && systemctl restart kubelet.service")
+        self.sh(node, f"{self.service_routes()} && systemctl restart kubelet.service")
 
     def protect_kernel_sysctls(self, node: Node) -> None:
         """Read-only files with the values the kubelet wants, bound over KUBELET_SYSCTLS in the node
@@ -218,7 +245,7 @@ kubernetesVersion: v{binaries.KUBERNETES_VERSION}
 clusterName: podnet-test
 controlPlaneEndpoint: {node.ip}:6443
 networking:
-  serviceSubnet: {SERVICE_CIDR}
+  serviceSubnet: {",".join(self.service_cidrs)}
 etcd:
   external:
     endpoints: [http://127.0.0.1:2379]
@@ -288,7 +315,7 @@ etcd:
         self.put(node, "/var/lib/kubelet/config.yaml", yaml.safe_dump(config))
         if node is self.control_plane:
             self.sh(node, f"mkdir -p {MANIFESTS}")
-        self.put(node, "/etc/systemd/system/kubelet.service", KUBELET_UNIT.format(node_ip=node.ip))
+        self.put(node, "/etc/systemd/system/kubelet.service", KUBELET_UNIT.format(node_ip=",".join(self.node_ips(node))))
         self.sh(node, "systemctl daemon-reload && systemctl enable --now kubelet.service")
 
     def _kube_proxy(self, node: Node) -> None:
@@ -335,6 +362,12 @@ etcd:
         # pods need their namespace's default service account, made by the controller manager
         self.wait_for(self.control_plane, f"kubectl --kubeconfig={ADMIN_CONF} get serviceaccount default",
                    "the default service account")
+
+    def pod_cidrs_by_family(self) -> dict[str, list[str]]:
+        """Node name -> spec.podCIDRs (one per IP family, as kube-controller-manager gave them; [] where none)."""
+        out = self.kubectl("get nodes -o jsonpath='{range .items[*]}{.metadata.name}{\" \"}{.spec.podCIDRs[*]}"
+                           "{\"\\n\"}{end}'")
+        return {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
 
     def pod_cidrs(self) -> dict[str, str]:
         """Node name -> spec.podCIDR ('' where none)."""
