@@ -612,7 +612,8 @@ def test_an_external_controller_manager_is_left_alone(cluster):
 @pytest.mark.parametrize("change, path, removed, added", [
     ({"flannel_image": "docker.io/flannel/flannel:v0.28.10"}, "/etc/podnet/kube-flannel.yml",
      ['-        image: "docker.io/flannel/flannel:v0.28.9"'], ['+        image: "docker.io/flannel/flannel:v0.28.10"']),
-    ({"cluster_cidr_ipv6": "fd00:10:244::/56"}, "/etc/sysctl.d/zz-podnet.conf",
+    # dual stack turned on for a live cluster: a pod network change (its nodes hold no IPv6 podCIDR), so with the opt-in
+    ({"cluster_cidr_ipv6": "fd00:10:244::/56", "allow_pod_network_change": True}, "/etc/sysctl.d/zz-podnet.conf",
      [], ["+net.ipv6.conf.all.forwarding = 1"]),
     ({"flannel_mtu": 1400}, "/etc/cni/net.d/10-flannel.conflist",
      ['-      "delegate": {"hairpinMode": true, "isDefaultGateway": true}'],
