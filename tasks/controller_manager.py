@@ -56,7 +56,17 @@ class ControllerManagerError(PodnetError, ValueError):
 
 
 def desired_flags(s: Settings) -> dict[str, str | None]:
-    """Flag -> value to set; None means the flag must not be present."""
+    """
+    Flag -> value to set; None means the flag must not be present.
+
+    Dual stack as kube-controller-manager's node IPAM takes it (cmd/kube-controller-manager/app,
+    the node IPAM controller's start: processCIDRs and setNodeCIDRMaskSizes): --cluster-cidr holds at
+    most two CIDRs, and two only of different families ("at least one from each IPFamily");
+    --node-cidr-mask-size is refused with two ("not allowed with dual-stack clusters"), each family
+    takes --node-cidr-mask-size-ipv4 / -ipv6 instead (defaults 24 / 64); --service-cluster-ip-range
+    likewise one range per family. podnet's settings hold one CIDR per family (cluster_cidr IPv4,
+    cluster_cidr_ipv6), so the IPv4 one comes first, as flannel's Network does.
+    """
     if s.dual_stack:
         services = [str(s.service_cluster_ip_range)]
         if s.service_cluster_ip_range_ipv6 is not None:

@@ -829,6 +829,14 @@ IPTABLES = ("iptables-nft", "iptables-legacy", "ip6tables-nft", "ip6tables-legac
 NFT_TABLES = ("flannel-ipv4", "flannel-ipv6")  # flannel's pkg/trafficmngr/nftables (EnableNFTables)
 SYS_NET = "/sys/class/net"
 CHAINS_QUERY, NFT_QUERY, OBJECTS_QUERY = "flannel_chains", "flannel_nft", "flannel_objects"
+ROUTES_QUERY = "flannel_routes"
+# Prints "<4|6> <destination> <gateway> <device>" for every route with a gateway, in both families
+# (`ip -o route` prints "<dst> via <gw> dev <dev> ..."). flanneld's host-gw backend, and vxlan with
+# DirectRouting, route each other node's podCIDR through the node's own interface this way
+# (pkg/backend/hostgw, pkg/backend/vxlan/vxlan_network.go directRoute; v6 twins for IPv6): such
+# a route outlives flanneld and its devices.
+ROUTES_COMMAND = ("for f in 4 6; do ip -o -$f route show | awk -v f=$f "
+                  "'$1 != \"default\" && $2 == \"via\" && $4 == \"dev\" {print f, $1, $3, $5}'; done")
 
 
 def removes_flannel(s: Settings) -> bool:
@@ -988,7 +996,36 @@ def network_probe_request(s: Settings) -> ProbeRequest:
     return ProbeRequest(listings=[SYS_NET],
                         features={path: f"[ -d {shlex.quote(path)} ]" for path in network_dirs(s)},
                         queries={"cni0": pod_network.CNI0_COMMAND, CHAINS_QUERY: chains_command(),
-                                 NFT_QUERY: NFT_COMMAND})
+                                 NFT_QUERY: NFT_COMMAND, ROUTES_QUERY: ROUTES_COMMAND})
+
+
+def _route_line(line: str) -> tuple[int, str, str, str]:
+    """ROUTES_COMMAND's line: the family, a destination network, a gateway address of that family, a device."""
+    family, destination, gateway, device = answers.fields(line, 4, " ")
+    if family not in ("4", "6"):
+        raise answers.BadField(f"{answers.shown(family)} is not 4 or 6")
+    network = answers.network(destination)
+    try:
+        address = ipaddress.ip_address(gateway)
+    except ValueError:
+        raise answers.BadField(f"{answers.shown(gateway)} is not an address") from None
+    if network.version != int(family) or address.version != int(family):
+        raise answers.BadField(f"not an IPv{family} route")
+    return int(family), str(network), str(address), answers.interface_name(device)
+
+
+def flannel_routes(s: Settings, node: NodeState, host_name: str = "") -> list[tuple[int, str, str, str]]:
+    """The routes flanneld made through the node's own interface, in both families: a gateway route
+    to a podCIDR of the pod network (inside the cluster CIDR of its family, with that family's node
+    mask), not through cni0 or flanneld's own devices (those go with the device). A line that does
+    not fit is reported as a warning and left alone."""
+    rc, lines = node.queries.get(ROUTES_QUERY, (1, []))
+    if rc != 0 or not removes_flannel(s):
+        return []
+    own = {pod_network.BRIDGE, *interfaces(s)}
+    return [route for route in answers.records(host_name, f"routes with a gateway ({ROUTES_QUERY})", lines,
+                                               _route_line, strict=False)
+            if route[3] not in own and pod_network.fits(s, route[1])]
 
 
 def network_dirs(s: Settings) -> list[str]:
@@ -1016,6 +1053,11 @@ def network_state_removed(s: Settings, node: NodeState, host_name: str = "") -> 
     links = [name for name in candidates if name in node.listings.get(SYS_NET, [])]
     ops.shell_when(name="reset: flannel's interfaces deleted", commands=[f"ip link delete {n}" for n in links],
                    reason=f"deleting {', '.join(links)}" if links else None)
+    routes = flannel_routes(s, node, host_name)
+    ops.shell_when(name="reset: flannel's routes to other nodes' podCIDRs deleted",
+                   commands=[f"ip -{f} route delete {dst} via {gw} dev {dev}" for f, dst, gw, dev in routes],
+                   reason="deleting the routes to " + ", ".join(f"{dst} via {gw}" for _, dst, gw, _ in routes)
+                   if routes else None)
     rc, lines = node.queries.get(CHAINS_QUERY, (1, []))
     chains = parse_chains(lines, host_name) if rc == 0 and removes_flannel(s) else {}
     ops.shell_when(name="reset: flannel's iptables chains deleted",
