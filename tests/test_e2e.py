@@ -303,7 +303,8 @@ def test_pods_get_ips_from_their_nodes_pod_cidr_and_reach_each_other_across_node
         for pod, version in itertools.product(pods, bed.families):  # an address of each family, in that podCIDR
             address, subnet = pod_address(pod, version), bed.node_subnet(pod.node, version)
             assert address and ipaddress.ip_address(address) in subnet.network, (pod.node.name, address, subnet)
-            assert bed.pod_interface(pod, version) == (f"{address}/{subnet.network.prefixlen}", bed.pod_mtu)
+            interface = bed.pod_interface(pod, version)
+            assert interface == (f"{address}/{subnet.network.prefixlen}", bed.pod_mtu)
             assert bed.sh(pod.node, f"ip -o -{version} addr show dev cni0 scope global | awk '{{print $4}}'"
                           ).split() == [str(subnet)]
             assert bed.sh(pod.node, f"cat /var/lib/cni/networks/cbr0/{address}").split()[1] == "eth0"
@@ -314,8 +315,8 @@ def test_pods_get_ips_from_their_nodes_pod_cidr_and_reach_each_other_across_node
                 f"{source.name} cannot reach {target.name} over IPv{version} ({pod_address(target, version)})"
         # over the vxlan backend, a don't-fragment packet of exactly the pod MTU passes, one byte more does not
         source, target = pods[0], pods[1]
-        seen = [f"{pod.node.name} {pod.name}: {pod.ip} {pod.ip6} (eth0 MTU {bed.pod_interface(pod)[1]})".rstrip()
-                for pod in pods]
+        seen = [f"{pod.node.name} {pod.name}: {pod.ip} {pod.ip6} (eth0 MTU {bed.pod_mtu})".replace("  ", " ")
+                for pod in pods]  # every eth0's MTU was checked to be bed.pod_mtu above
         for version in bed.families:
             payload = bed.pod_mtu - PING_HEADERS[version]
             assert bed.ping(source, pod_address(target, version), payload=payload), version
