@@ -6,6 +6,7 @@ the way it breaks on a node; the datapath's blame; the verdict's table, paragrap
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -142,3 +143,236 @@ def test_the_datapath_answer_is_held_to_its_schema():
         ("reach", "10.244.1.0"): True, ("mtu", "10.244.1.0"): False}
     with pytest.raises(Exception, match="does not fit its schema"):
         datapath.parse(["reach 10.244.1.0; rm -rf / 0"])
+
+
+# --- editing captured answers -------------------------------------------------------------------------
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def query(name: str, change):
+    """An edit of query ``name``'s stdout lines (``change(lines) -> lines``) in the probe's answer."""
+    def edit(node: str, lines: list[str]) -> list[str]:
+        out = []
+        for line in lines:
+            parts = line.split("\t")
+            if parts[:2] == ["query", name]:
+                said = base64.b64decode(parts[3]).decode().splitlines()
+                parts[3] = _b64("\n".join(change(node, said)))
+                line = "\t".join(parts)
+            out.append(line)
+        return out
+    return edit
+
+
+def on(node_name: str, change):
+    """``change`` applied to ``node_name``'s lines only."""
+    return lambda node, lines: change(lines) if node == node_name else lines
+
+
+def content(path: str, change):
+    """An edit of file ``path``'s content (``change(text) -> text``, None: the file is gone)."""
+    def edit(lines: list[str]) -> list[str]:
+        out = []
+        for line in lines:
+            parts = line.split("\t")
+            if parts[:2] == ["content", path]:
+                text = change(base64.b64decode(parts[2]).decode())
+                if text is None:
+                    continue
+                line = "\t".join([*parts[:2], _b64(text)])
+            out.append(line)
+        return out
+    return edit
+
+
+def lines_edit(change):
+    return lambda node, lines: change(lines)
+
+
+# --- a healthy cluster, and each link broken ------------------------------------------------------------
+
+
+def test_every_link_holds_on_the_captured_healthy_cluster():
+    exp, cluster, nodes = healthy()
+    assert cluster.pod_cidrs == {CP: ["10.244.0.0/24"], WORKER: ["10.244.1.0/24"]}
+    assert broken_links(exp, cluster, nodes) == {}
+    rows = rows_for(exp, nodes, cluster)
+    assert rows[WORKER]["node IPAM"] == verdict.NOT_APPLICABLE and rows[CP]["node IPAM"] is None
+    assert all(node.view.tools == {"ping": True, "ip": True, "ctr": True} for node in nodes.values())
+    assert nodes[CP].cri.first[0] == "10-flannel.conflist" and links.effective_bin_dirs(nodes[CP].cri) == ["/opt/cni/bin"]
+
+
+def broken_on(edit, **data) -> dict[str, tuple[str, str]]:
+    """Node -> (link, its paragraph) for every node with a broken link after ``edit``."""
+    exp, cluster, nodes = healthy(edit, **data)
+    return {name: (link, found.finding.message) for name, (link, found) in broken_links(exp, cluster, nodes).items()}
+
+
+def test_node_ipam_switched_off_is_named_on_the_control_plane():
+    found = broken_on(on(CP, content("/etc/kubernetes/manifests/kube-controller-manager.yaml",
+                                     lambda t: t.replace("--allocate-node-cidrs=true", "--allocate-node-cidrs=false"))))
+    assert list(found) == [CP] and found[CP][0] == "node IPAM"
+    assert "runs with --allocate-node-cidrs=false" in found[CP][1]
+    assert "rerun podnet: pyinfra inventory/<cluster>.py deploy.py" in found[CP][1]
+
+
+def test_a_node_without_a_pod_cidr_is_named_with_what_flanneld_says():
+    found = broken_on(query("pod_cidrs", lambda node, lines: [l.split()[0] if l.startswith(WORKER) else l
+                                                              for l in lines]))
+    assert list(found) == [WORKER] and found[WORKER][0] == "podCIDR"
+    assert f"Node {WORKER} has no spec.podCIDR" in found[WORKER][1] and "pod cidr not assigned" in found[WORKER][1]
+
+
+def test_pod_cidrs_outside_the_cluster_cidr_or_overlapping_are_named():
+    outside = broken_on(query("pod_cidrs", lambda node, lines: [f"{WORKER} 10.99.1.0/24" if l.startswith(WORKER)
+                                                                else l for l in lines]))
+    assert outside[WORKER][0] == "podCIDR" and "not a /24 of 10.244.0.0/16" in outside[WORKER][1]
+    overlap = broken_on(query("pod_cidrs", lambda node, lines: [f"{WORKER} 10.244.0.0/24" if l.startswith(WORKER)
+                                                                else l for l in lines]))
+    assert overlap[CP][0] == "podCIDR" and f"overlaps {WORKER}'s 10.244.0.0/24" in overlap[CP][1]
+
+
+def test_a_flannel_pod_that_is_not_ready_or_missing_is_named_on_its_node():
+    def crashing(node, lines):
+        return [l.replace("|true|0||", "|false|3|CrashLoopBackOff|") if f"|{WORKER}|" in l else l for l in lines]
+    found = broken_on(query("flannel_pods", crashing))
+    assert list(found) == [WORKER] and found[WORKER][0] == "flanneld"
+    assert "is not Ready (its /readyz): CrashLoopBackOff" in found[WORKER][1]
+    gone = broken_on(query("flannel_pods", lambda node, lines: [l for l in lines if f"|{WORKER}|" not in l]))
+    assert f"no pod of DaemonSet kube-flannel/kube-flannel runs on {WORKER}" in gone[WORKER][1]
+
+
+def test_a_systemd_flanneld_that_is_stopped_is_named():
+    def stopped(node, lines):
+        return [l for l in lines if not l.startswith("unit\tflanneld.service")] + \
+            (["unit\tflanneld.service\tinactive\tenabled"] if node == WORKER else
+             ["unit\tflanneld.service\tactive\tenabled"])
+    found = broken_on(stopped, flannel_rollout="systemd")
+    assert list(found) == [WORKER] and "flanneld.service is inactive" in found[WORKER][1]
+
+
+def test_a_missing_subnet_env_is_named_with_the_error_pods_get():
+    found = broken_on(on(WORKER, content("/run/flannel/subnet.env", lambda t: None)))
+    assert list(found) == [WORKER] and found[WORKER][0] == "subnet.env"
+    assert "open /run/flannel/subnet.env: no such file or directory" in found[WORKER][1]
+
+
+def test_a_subnet_env_of_another_subnet_is_named():
+    found = broken_on(on(WORKER, content("/run/flannel/subnet.env",
+                                         lambda t: t.replace("10.244.1.1/24", "10.244.7.1/24"))))
+    assert found[WORKER][0] == "subnet.env" and "but the node's podCIDR is 10.244.1.0/24" in found[WORKER][1]
+
+
+def test_a_flannel_device_with_another_vni_or_no_route_is_named():
+    def vni(node, lines):
+        return [l.replace("link flannel.1 ", "link flannel.1 ") if not l.startswith("link flannel.1") else
+                "link flannel.1 " + _b64(base64.b64decode(l.split()[2]).decode().replace("vxlan id 1 ", "vxlan id 7 "))
+                for l in lines]
+    found = broken_on(query("doctor_node", lambda node, lines: vni(node, lines) if node == WORKER else lines))
+    assert found[WORKER][0] == "backend" and "flannel.1 has VNI 7, port 8472" in found[WORKER][1]
+
+    def unrouted(node, lines):
+        return [l for l in lines if not (node == CP and l.startswith("route ")
+                                         and base64.b64decode(l.split()[1]).decode().startswith("10.244.1.0/24"))]
+    found = broken_on(query("doctor_node", unrouted))
+    assert found == {CP: ("backend", found[CP][1])} and f"no route to {WORKER}'s podCIDR 10.244.1.0/24" in found[CP][1]
+
+
+def test_containerd_reading_another_conf_dir_is_named():
+    found = broken_on(query("doctor_cri", lambda node, lines: [
+        l.replace("conf_dir = /etc/cni/net.d", "conf_dir = /etc/cni/other") if node == WORKER else l for l in lines]))
+    assert found[WORKER][0] == "containerd CNI" and "conf dir /etc/cni/other is not /etc/cni/net.d" in found[WORKER][1]
+
+
+def test_a_config_sorting_ahead_of_flannels_or_an_unsupported_cni_version_is_named():
+    def ahead(node, lines):
+        if node != WORKER:
+            return lines
+        return [l if not l.startswith("first ") else
+                "first 00-other.conflist " + _b64('{"cniVersion": "1.0.0", "plugins": [{"type": "bridge"}]}')
+                for l in lines] + ["conf 00-other.conflist"]
+    found = broken_on(query("doctor_cri", ahead))
+    assert found[WORKER][0] == "conflist" and "00-other.conflist sorts ahead of 10-flannel.conflist" in found[WORKER][1]
+
+    def newer(node, lines):
+        return [l if not (l.startswith("first ") and node == WORKER) else "first 10-flannel.conflist " + _b64(
+            base64.b64decode(l.split()[2]).decode().replace('"1.0.0"', '"9.9.9"')) for l in lines]
+    found = broken_on(query("doctor_cri", newer))
+    assert "incompatible CNI versions" in found[WORKER][1]
+
+
+def test_a_missing_plugin_is_named_with_the_error_pods_get():
+    found = broken_on(query("doctor_cri", lambda node, lines: [
+        l for l in lines if not (node == WORKER and l == "bin /opt/cni/bin flannel")]))
+    assert list(found) == [WORKER] and found[WORKER][0] == "plugins"
+    assert 'failed to find plugin "flannel" in path [/opt/cni/bin]' in found[WORKER][1]
+
+
+def test_forwarding_off_is_named():
+    found = broken_on(on(WORKER, lambda lines: [l.replace("net.ipv4.ip_forward\t1", "net.ipv4.ip_forward\t0")
+                                                for l in lines]))
+    assert found[WORKER][0] == "kernel" and "net.ipv4.ip_forward=0" in found[WORKER][1]
+
+
+def test_cni0_with_an_address_of_another_network_is_named_with_the_bridge_plugins_error():
+    found = broken_on(query("cni0", lambda node, lines: lines + ["addr 10.99.0.1/24"] if node == WORKER else lines))
+    assert list(found) == [WORKER] and found[WORKER][0] == "cni0"
+    assert 'failed to set bridge addr: "cni0" already has an IP address different from 10.244.1.1/24' in found[WORKER][1]
+
+
+def test_leaked_host_local_addresses_are_counted_with_the_pool_use():
+    found = broken_on(query("doctor_node", lambda node, lines: lines + ["lease 10.244.1.200 deadbeef",
+                                                                        "lease 10.244.1.201 deadbeef"]
+                            if node == WORKER else lines))
+    assert list(found) == [WORKER] and found[WORKER][0] == "host-local"
+    assert "2 address(es) held by no sandbox: 10.244.1.200, 10.244.1.201" in found[WORKER][1]
+    assert "% used" in found[WORKER][1] and "rm -f 10.244.1.200 10.244.1.201" in found[WORKER][1]
+
+
+def test_a_dual_stack_pod_network_needs_an_ipv6_pod_cidr_on_every_node():
+    found = broken_on(None, cluster_cidr_ipv6="fd00:10:244::/56", service_cluster_ip_range_ipv6="fd00:10:96::/108")
+    assert found[CP][0] == "podCIDR" and "none of IPv6" in found[CP][1]
+
+
+def test_answers_that_do_not_fit_are_refused():
+    with pytest.raises(Exception, match="does not fit its schema"):
+        asking.parse_node(["lease 10.244.1.5 $(reboot)"], "w1")
+    with pytest.raises(Exception, match="does not fit its schema"):
+        asking.parse_cri(["bin relative/dir flannel"], "w1")
+
+
+# --- the verdict ---------------------------------------------------------------------------------------
+
+
+def test_the_verdict_has_a_row_per_node_and_a_paragraph_per_broken_link_and_says_it_as_json():
+    exp, cluster, nodes = healthy(query("doctor_cri", lambda node, lines: [
+        l for l in lines if not (node == WORKER and l == "bin /opt/cni/bin flannel")]))
+    rows = rows_for(exp, nodes, cluster)
+    for row in rows.values():
+        row["datapath"] = None
+    columns = [link for link, _ in LINKS] + ["datapath"]
+    text = verdict.render(rows, columns, {}, exp)
+    table = text.splitlines()
+    header = next(l for l in table if l.startswith("node "))
+    assert header.split() [:3] == ["node", "node", "IPAM"]
+    cp_row = next(l for l in table if l.startswith(CP))
+    worker_row = next(l for l in table if l.startswith(WORKER))
+    assert cp_row.count("✔") == len(columns)
+    assert "·" in worker_row and "no flannel" in worker_row and worker_row.rstrip().endswith("…")
+    assert f"{WORKER}: plugins: flannel not an executable in /opt/cni/bin" in text
+    data = json.loads(verdict.as_json(rows, columns, {}, exp))
+    assert data["healthy"] is False and data["links"] == columns
+    assert data["nodes"][WORKER]["plugins"]["state"] == "broken"
+    assert data["nodes"][WORKER]["datapath"] == {"state": "not reached"}
+    assert data["nodes"][CP]["plugins"] == {"state": "holds"}
+    assert data["expected"]["sources"]["cluster_cidrs"] == "setting cluster_cidr"
+
+
+def test_the_doctor_asks_no_digest_and_takes_no_run_lock():
+    request = asking.request(settings(CP), True)
+    assert request.hashes == [] and request.texts == []
+    from tasks.engine.probe import probe_script
+    assert "runlock" not in probe_script(request) and "/var/lib/podnet/digests" not in probe_script(request)

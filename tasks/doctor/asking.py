@@ -48,7 +48,8 @@ NODE_COMMAND = (
     "ip -o -6 route show | while IFS= read -r r; do echo \"route $(printf '%s' \"$r\" | base64 -w0)\"; done; "
     f"for f in {LEASES}/*; do [ -f \"$f\" ] || continue; case ${{f##*/}} in lock|last_reserved_ip*) continue;; esac; "
     "echo \"lease ${f##*/} $(head -n1 \"$f\" | tr -cd '0-9a-zA-Z_.-')\"; done; "
-    "if command -v ctr >/dev/null 2>&1; then ctr -n k8s.io containers ls -q | sed 's/^/sandbox /'; fi; true")
+    "if command -v ctr >/dev/null 2>&1; then if s=$(ctr --connect-timeout 3s -n k8s.io containers ls -q); then "
+    "printf '%s\\n' \"$s\" | sed -n 's/^\\(..*\\)$/sandbox \\1/p'; else echo sandboxes unknown; fi; fi; true")
 
 _CNI_LINE = r"\.cni (bin_dirs?|conf_dir|max_conf_num) = "
 CRI_COMMAND = (
@@ -93,7 +94,8 @@ def without_digests(asked: ProbeRequest) -> ProbeRequest:
 @dataclass
 class NodeView:
     """What ``doctor_node`` said: tools present, devices (name -> ``ip -d -o link`` line), addresses (device ->
-    interface addresses), routes (``ip -o route`` lines), leases (IP -> container ID), sandboxes (IDs)."""
+    interface addresses), routes (``ip -o route`` lines), leases (IP -> container ID), sandboxes (the IDs of containerd's containers in
+    its k8s.io namespace: every pod sandbox is one)."""
 
     tools: dict[str, bool] = field(default_factory=dict)
     links: dict[str, str] = field(default_factory=dict)
@@ -101,6 +103,7 @@ class NodeView:
     routes: list[str] = field(default_factory=list)
     leases: dict[str, str] = field(default_factory=dict)
     sandboxes: set[str] = field(default_factory=set)
+    sandboxes_known: bool = True  # False: ctr is there but containerd did not answer it
 
 
 _CONTAINER_ID = re.compile(r"[0-9A-Za-z_.-]{1,128}")
@@ -133,6 +136,8 @@ def parse_node(lines: list[str], host_name: str = "") -> NodeView:
             view.leases[str(address)] = parts[1]
         elif tag == "sandbox" and len(parts) == 1 and _CONTAINER_ID.fullmatch(parts[0]):
             view.sandboxes.add(parts[0])
+        elif tag == "sandboxes" and rest == "unknown":  # ctr could not ask containerd
+            view.sandboxes_known = False
         else:
             raise BadField("not a line of the doctor's node query")
 

@@ -84,12 +84,17 @@ def parse(lines: list[str], host_name: str = "") -> dict[tuple[str, str], bool]:
 
 
 def verdict(tried: dict[str, list[Target]], answered: dict[str, dict[tuple[str, str], bool]],
-            mtus: dict[str, int | None]) -> dict[str, Broken | None]:
+            mtus: dict[str, int | None], named: frozenset[str] = frozenset()) -> dict[str, Broken | None]:
     """Node -> the datapath link's verdict, from what each node tried (``tried``) and what answered (a target
-    without an answer, e.g. the command cut at BOUND, counts as not answered)."""
+    without an answer, e.g. the command cut at BOUND, counts as not answered). Pairs with a node in ``named``
+    (an earlier link of it is broken, and named as such) are left out: that node is why they fail."""
     pairs: dict[tuple[str, str, str], bool] = {}  # (kind, source, destination) -> all its targets answered
     for source, to in tried.items():
+        if source in named:
+            continue
         for target in to:
+            if target.node in named:
+                continue
             for kind in KINDS if mtus.get(source) is not None else ("reach",):
                 key = (kind, source, target.node)
                 ok = answered.get(source, {}).get((kind, target.address), False)

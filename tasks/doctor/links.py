@@ -266,6 +266,10 @@ def subnet_env(exp: ExpectedNetwork, cluster: Cluster, node: Node) -> Broken | N
 def backend(exp: ExpectedNetwork, cluster: Cluster, node: Node) -> Broken | None:
     """The backend device: flannel.1 (and flannel-v6.1 on dual stack) with the expected VNI, port and MTU for
     vxlan, and a route to every other node's podCIDR (through the device for vxlan, via the node for host-gw)."""
+    if not node.view.tools.get("ip"):
+        node.notes.append("backend: the ip command is missing, so devices and routes are not checked "
+                          "(apt-get install iproute2)")
+        return None
     if exp.backend == "vxlan":
         devices = {4: "flannel.1", 6: "flannel-v6.1"}
         mtu = int((node.subnet_env or {}).get("FLANNEL_MTU", "0") or 0)
@@ -434,8 +438,9 @@ def bridge(exp: ExpectedNetwork, cluster: Cluster, node: Node) -> Broken | None:
 def host_local(exp: ExpectedNetwork, cluster: Cluster, node: Node) -> Broken | None:
     """host-local's allocations (files in /var/lib/cni/networks/cbr0) match the running pod sandboxes: leaked
     ones counted; the pool's use in percent."""
-    if not node.view.tools.get("ctr"):
-        node.notes.append("host-local: ctr is missing, so leases are not matched to sandboxes")
+    if not node.view.tools.get("ctr") or not node.view.sandboxes_known:
+        node.notes.append("host-local: " + ("ctr is missing" if not node.view.tools.get("ctr") else
+                                            "containerd did not answer ctr") + ", so leases are not matched to sandboxes")
         return None
     leaked = sorted(ip for ip, owner in node.view.leases.items() if owner not in node.view.sandboxes)
     if not leaked:

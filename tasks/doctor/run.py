@@ -110,7 +110,8 @@ def _verdict(state, host, connector_arguments, exp: ExpectedNetwork) -> bool:
     if not _rows:
         _rows.update(rows_for(exp, _nodes, _cluster))
         mtus = {name: datapath.pod_mtu(node, exp.mtu) for name, node in _nodes.items()}
-        for name, cell in datapath.verdict(_tried, _answered, mtus).items():
+        named = frozenset(name for name, row in _rows.items() if verdict.first_broken(row) is not None)
+        for name, cell in datapath.verdict(_tried, _answered, mtus, named).items():
             _rows[name][DATAPATH] = cell
         for name in _rows:
             if name not in _tried or not _nodes[name].view.tools.get("ping"):
