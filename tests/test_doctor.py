@@ -334,7 +334,16 @@ def test_leaked_host_local_addresses_are_counted_with_the_pool_use():
 
 def test_a_dual_stack_pod_network_needs_an_ipv6_pod_cidr_on_every_node():
     found = broken_on(None, cluster_cidr_ipv6="fd00:10:244::/56", service_cluster_ip_range_ipv6="fd00:10:96::/108")
-    assert found[CP][0] == "podCIDR" and "none of IPv6" in found[CP][1]
+    assert found[CP][0] == "node IPAM"
+    assert ("--cluster-cidr=10.244.0.0/16; --node-cidr-mask-size-ipv4=(not given: 24); "
+            "--node-cidr-mask-size-ipv6=(not given: 64)") not in found[CP][1]  # only what differs is named
+    assert "--cluster-cidr=10.244.0.0/16" in found[CP][1]
+    assert found[WORKER][0] == "podCIDR" and f"Node {WORKER} has podCIDRs 10.244.1.0/24, none of IPv6" in found[WORKER][1]
+
+
+def test_a_node_mask_other_than_the_settings_is_named():
+    found = broken_on(None, node_cidr_mask_size=25)
+    assert found[CP][0] == "node IPAM" and "--node-cidr-mask-size=24" in found[CP][1]
 
 
 def test_answers_that_do_not_fit_are_refused():

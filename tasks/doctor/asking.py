@@ -48,7 +48,7 @@ NODE_COMMAND = (
     "ip -o -6 route show | while IFS= read -r r; do echo \"route $(printf '%s' \"$r\" | base64 -w0)\"; done; "
     f"for f in {LEASES}/*; do [ -f \"$f\" ] || continue; case ${{f##*/}} in lock|last_reserved_ip*) continue;; esac; "
     "echo \"lease ${f##*/} $(head -n1 \"$f\" | tr -cd '0-9a-zA-Z_.-')\"; done; "
-    "if command -v ctr >/dev/null 2>&1; then if s=$(ctr --connect-timeout 3s -n k8s.io containers ls -q); then "
+    "if command -v ctr >/dev/null 2>&1; then if s=$(ctr --connect-timeout 3s -n k8s.io containers ls -q 2>/dev/null); then "
     "printf '%s\\n' \"$s\" | sed -n 's/^\\(..*\\)$/sandbox \\1/p'; else echo sandboxes unknown; fi; fi; true")
 
 _CNI_LINE = r"\.cni (bin_dirs?|conf_dir|max_conf_num) = "
@@ -176,7 +176,7 @@ def parse_cri(lines: list[str], host_name: str = "") -> CriView:
         tag, _, rest = text.partition(" ")
         if tag == "dump" and rest == "fail":
             view.dumped = False
-        elif tag == "cfg" and rest.startswith(" version = "):
+        elif tag == "cfg" and rest.startswith("version = "):
             view.version = answers.decimal(rest.split(" = ", 1)[1], 1, 99, "config version")
         elif tag == "cfg":
             table, _, assignment = rest.partition(" ")

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import os
 
+from pyinfra import logger
+
 
 from tasks import pod_network
 from tasks.doctor import asking, datapath, links, verdict
 from tasks.doctor.expected import ExpectedNetwork, from_settings
-from tasks.doctor.links import LINKS, BrokenLink, Cluster, Node
+from tasks.doctor.links import LINKS, Cluster, Node
 from tasks.engine import answers, kubectl, ops, probe, runner
 from tasks.engine.answers import BadField
 
@@ -28,11 +30,13 @@ _cluster = Cluster()
 _tried: dict[str, list[datapath.Target]] = {}
 _answered: dict[str, dict] = {}
 _rows: dict[str, dict] = {}
+_order: list[str] = []  # the inventory's hosts, in its order (the verdict's rows)
 
 
 def examine(host, inventory) -> None:
     """Ask ``host`` once and plan the datapath check and the verdict on it."""
     s = runner.settings_for(host, inventory)
+    _order[:] = [h.name for h in inventory]
     first = runner.first_control_plane(inventory) == host.name
     state = probe.node_state(host, asking.request(s, first))
     node = Node(host.name, s, state, asking.parse_node(state.queries[asking.NODE_QUERY][1], host.name),
@@ -108,7 +112,7 @@ def _datapath(state, host, connector_arguments, exp: ExpectedNetwork) -> bool:
 
 def _verdict(state, host, connector_arguments, exp: ExpectedNetwork) -> bool:
     if not _rows:
-        _rows.update(rows_for(exp, _nodes, _cluster))
+        _rows.update(rows_for(exp, {name: _nodes[name] for name in _order if name in _nodes}, _cluster))
         mtus = {name: datapath.pod_mtu(node, exp.mtu) for name, node in _nodes.items()}
         named = frozenset(name for name, row in _rows.items() if verdict.first_broken(row) is not None)
         for name, cell in datapath.verdict(_tried, _answered, mtus, named).items():
@@ -128,8 +132,9 @@ def _verdict(state, host, connector_arguments, exp: ExpectedNetwork) -> bool:
                 with open(target, "w") as out:
                     out.write(text + "\n")
     first = verdict.first_broken(_rows.get(host.name, {}))
-    if first is not None:
-        raise BrokenLink(f"{host.name}: the {first} link is broken (see the doctor's verdict)")
+    if first is not None:  # the operation fails on this host: pyinfra exits non-zero
+        logger.error(f"podnet doctor: {host.name}: the {first} link is broken (see the verdict above)")
+        return False
     return True
 
 
