@@ -371,7 +371,7 @@ def test_the_verdict_has_a_row_per_node_and_a_paragraph_per_broken_link_and_says
     worker_row = next(l for l in table if l.startswith(WORKER))
     assert cp_row.count("✔") == len(columns)
     assert "·" in worker_row and "no flannel" in worker_row and worker_row.rstrip().endswith("…")
-    assert f"{WORKER}: plugins: flannel not an executable in /opt/cni/bin" in text
+    assert f"{WORKER}: plugins: no executable flannel in /opt/cni/bin" in text
     data = json.loads(verdict.as_json(rows, columns, {}, exp))
     assert data["healthy"] is False and data["links"] == columns
     assert data["nodes"][WORKER]["plugins"]["state"] == "broken"

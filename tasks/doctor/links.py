@@ -411,7 +411,7 @@ def plugins(exp: ExpectedNetwork, cluster: Cluster, node: Node) -> Broken | None
     if not missing:
         return None
     return broken(f"no {missing[0]}", node.name, "plugins",
-                  f"{', '.join(missing)} not an executable in {', '.join(bins)}",
+                  f"no executable {', '.join(missing)} in {', '.join(bins) or '(no bin dir)'}",
                   f"new pods stay in ContainerCreating: `failed to find plugin \"{missing[0]}\" in path [{', '.join(bins)}]`",
                   RERUN + " (it installs the plugins)")
 
