@@ -16,7 +16,7 @@ from tasks import pod_network
 from tasks.doctor import asking, datapath, links, verdict
 from tasks.doctor.expected import ExpectedNetwork, from_settings
 from tasks.doctor.links import LINKS, Broken, Cluster, Node
-from tasks.doctor.run import flannel_pods, rows_for
+from tasks.doctor.run import read_cluster, rows_for
 from tasks.engine.probe import parse_probe
 from tasks.settings import parse_host_settings
 
@@ -42,9 +42,6 @@ def node_from(name: str, lines: list[str], **data) -> tuple[Node, object]:
     return node, state
 
 
-def cluster_of(state) -> Cluster:
-    return Cluster(pod_network.pod_cidrs(CP, state.queries[pod_network.POD_CIDRS_QUERY][1]),
-                   flannel_pods(state.queries[asking.FLANNEL_PODS_QUERY][1], CP))
 
 
 def healthy(edit=None, **data) -> tuple[ExpectedNetwork, Cluster, dict[str, Node]]:
@@ -56,7 +53,7 @@ def healthy(edit=None, **data) -> tuple[ExpectedNetwork, Cluster, dict[str, Node
             lines = edit(name, lines)
         nodes[name], state = node_from(name, lines, **data)
         if name == CP:
-            cluster = cluster_of(state)
+            cluster = read_cluster(state, CP, nodes[name].settings.flannel_rollout)
     return from_settings(settings(CP, **data)), cluster, nodes
 
 

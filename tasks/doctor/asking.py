@@ -70,8 +70,9 @@ def request(s: Settings, first_control_plane: bool) -> ProbeRequest:
     asked = [pod_network.probe_request(s, first_control_plane), kernel.probe_request(s),
              ProbeRequest(queries={NODE_QUERY: NODE_COMMAND, CRI_QUERY: CRI_COMMAND})]
     if first_control_plane:
-        asked.append(ProbeRequest(queries={pod_network.POD_CIDRS_QUERY: pod_network.node_pod_cidrs_command(s),
-                                           FLANNEL_PODS_QUERY: flannel.not_ready_pods_command(s)}))
+        asked.append(ProbeRequest(queries={pod_network.POD_CIDRS_QUERY: pod_network.node_pod_cidrs_command(s)}))
+        if s.flannel_rollout != "systemd":  # the DaemonSet's pods (podnet's, or upstream's for an external rollout)
+            asked.append(ProbeRequest(queries={FLANNEL_PODS_QUERY: flannel.not_ready_pods_command(s)}))
     if s.is_control_plane and s.kube_controller_manager_runtime != "external":
         asked.append(controller_manager.probe_request(s))
     if s.flannel_rollout == "systemd":

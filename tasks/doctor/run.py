@@ -43,7 +43,11 @@ def examine(host, inventory) -> None:
                 asking.parse_cri(state.queries[asking.CRI_QUERY][1], host.name),
                 links.read_subnet_env(state.contents.get(pod_network.SUBNET_ENV)))
     if first:
-        read_cluster(state, host.name)
+        found = read_cluster(state, host.name, s.flannel_rollout)
+        _cluster.__dict__.update(found.__dict__)
+    elif not _cluster.kubectl_said and _cluster.pod_cidrs is None:
+        _cluster.kubectl_said = (f"the first control-plane host {runner.first_control_plane(inventory)} is not in this "
+                                 "run: run the doctor on it too")
     _nodes[host.name] = node
     exp = from_settings(s)
     ops.python_step(name="doctor: datapath to every other node's pod subnet", function=_datapath, args=(exp,),
@@ -51,16 +55,22 @@ def examine(host, inventory) -> None:
     ops.python_step(name="doctor: verdict", function=_verdict, args=(exp,), reason="the links of every node")
 
 
-def read_cluster(state, host_name: str) -> None:
-    """The first control-plane host's answers: every node's podCIDRs, every flannel pod."""
+def read_cluster(state, host_name: str, rollout: str) -> Cluster:
+    """The first control-plane host's answers: every node's podCIDRs, every flannel pod (not asked for the
+    systemd rollout)."""
+    cluster = Cluster()
     rc, lines = state.queries[pod_network.POD_CIDRS_QUERY]
     if rc != 0:
-        _cluster.kubectl_said = kubectl.said(state, pod_network.POD_CIDRS_QUERY)
-        return
-    _cluster.pod_cidrs = pod_network.pod_cidrs(host_name, lines)
-    rc, lines = state.queries[asking.FLANNEL_PODS_QUERY]
-    if rc == 0:
-        _cluster.flannel_pods = flannel_pods(lines, host_name)
+        cluster.kubectl_said = kubectl.said(state, pod_network.POD_CIDRS_QUERY)
+        return cluster
+    cluster.pod_cidrs = pod_network.pod_cidrs(host_name, lines)
+    if rollout != "systemd":
+        rc, lines = state.queries[asking.FLANNEL_PODS_QUERY]
+        if rc == 0:
+            cluster.flannel_pods = flannel_pods(lines, host_name)
+        else:
+            cluster.kubectl_said = kubectl.said(state, asking.FLANNEL_PODS_QUERY)
+    return cluster
 
 
 def flannel_pods(lines: list[str], host_name: str = "") -> dict[str, list[tuple[str, bool, str]]]:
