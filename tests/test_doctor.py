@@ -382,3 +382,10 @@ def test_the_doctor_asks_no_digest_and_takes_no_run_lock():
     assert request.hashes == [] and request.texts == []
     from tasks.engine.probe import probe_script
     assert "runlock" not in probe_script(request) and "/var/lib/podnet/digests" not in probe_script(request)
+
+
+def test_a_pod_mtu_above_the_flannel_devices_is_named():
+    assert broken_on(None, flannel_mtu=1450) == {}
+    found = broken_on(None, flannel_mtu=1460)
+    assert found[CP][0] == "backend" and "the pod MTU 1460 (setting flannel_mtu) is above flannel.1's MTU 1450" \
+        in found[CP][1]

@@ -302,14 +302,20 @@ def backend(exp: ExpectedNetwork, cluster: Cluster, node: Node) -> Broken | None
             link_mtu = re.search(r"\bmtu (\d+)", line)
             seen = (int(vni.group(1)) if vni else None, int(port.group(1)) if port else None,
                     int(link_mtu.group(1)) if link_mtu else None)
-            want = (exp.vni, exp.port, exp.mtu or mtu or seen[2])
+            # flanneld gives the device its FLANNEL_MTU (the interface's MTU less the encapsulation)
+            want = (exp.vni, exp.port, mtu or seen[2])
             if seen != want:
                 return broken(f"{device} VNI/port/MTU", node.name, "backend",
                               f"{device} has VNI {seen[0]}, port {seen[1]}, MTU {seen[2]}; expected VNI {want[0]}, "
-                              f"port {want[1]}, MTU {want[2]} ({exp.source('vni')}, {exp.source('port')}, "
-                              f"{exp.source('mtu')})",
+                              f"port {want[1]} ({exp.source('vni')}, {exp.source('port')}), MTU {want[2]} "
+                              "(FLANNEL_MTU)",
                               "the other nodes' flanneld encapsulates with other values: packets between nodes "
                               "are dropped", f"delete the device (ip link delete {device}) and restart flanneld")
+            if exp.mtu is not None and seen[2] is not None and exp.mtu > seen[2]:
+                return broken(f"pod MTU > {seen[2]}", node.name, "backend",
+                              f"the pod MTU {exp.mtu} ({exp.source('mtu')}) is above {device}'s MTU {seen[2]}",
+                              "pods send packets the device cannot carry: large packets between nodes are dropped",
+                              f"set flannel_mtu to at most {seen[2]} and {RERUN}")
     elif exp.backend != "host-gw":
         node.notes.append(f"backend: the {exp.backend} backend's device is not checked, only its routes")
     for other, cidrs in sorted((cluster.pod_cidrs or {}).items()):
