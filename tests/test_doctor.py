@@ -389,3 +389,13 @@ def test_a_pod_mtu_above_the_flannel_devices_is_named():
     found = broken_on(None, flannel_mtu=1460)
     assert found[CP][0] == "backend" and "the pod MTU 1460 (setting flannel_mtu) is above flannel.1's MTU 1450" \
         in found[CP][1]
+
+
+def test_only_the_first_control_plane_host_asks_the_cluster_and_only_control_planes_read_kube_controller_manager():
+    worker = asking.request(settings(WORKER), False)
+    assert set(worker.queries) == {"cni0", "doctor_node", "doctor_cri"} and worker.contents == ["/run/flannel/subnet.env"]
+    cp = asking.request(settings(CP), True)
+    assert set(cp.queries) == {"cni0", "doctor_node", "doctor_cri", "pod_cidrs", "flannel_pods"}
+    assert "/etc/kubernetes/manifests/kube-controller-manager.yaml" in cp.contents
+    systemd = asking.request(settings(CP, flannel_rollout="systemd"), True)
+    assert "flannel_pods" not in systemd.queries and systemd.units == ["flanneld.service"]
