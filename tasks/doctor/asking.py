@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from tasks import cni, containerd, controller_manager, flannel, kernel, pod_network
 from tasks.engine import answers
 from tasks.engine.answers import BadField
-from tasks.engine.probe import NodeState, ProbeRequest
+from tasks.engine.probe import ProbeRequest
 from tasks.formats import shell
 from tasks.settings import Settings
 

@@ -79,10 +79,6 @@ def read_subnet_env(content: bytes | None) -> dict[str, str] | None:
     return env
 
 
-def _family(net) -> str:
-    return f"IPv{net.version}"
-
-
 # --- the links --------------------------------------------------------------------------------
 
 
