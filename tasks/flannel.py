@@ -197,8 +197,8 @@ def _go_int_field(value, name: str) -> int:
 def _flannel_network(value, name: str, version: int):
     """ip.IP4Net / ip.IP6Net UnmarshalJSON (pkg/ip/ipnet.go, ipnet6.go): net.ParseCIDR of the text, host bits
     dropped, of that IP family."""
-    if not isinstance(value, str):
-        raise NetConfError(f"{name}: invalid CIDR address: {json.dumps(value)}")
+    if not isinstance(value, str) or "/" not in value:
+        raise NetConfError(f"{name}: invalid CIDR address: {value if isinstance(value, str) else json.dumps(value)}")
     try:
         network = ipaddress.ip_network(value, strict=False)
     except ValueError:
