@@ -8,8 +8,10 @@ would:
 - kube-controller-manager's node IPAM flags in its static pod manifest, as kubeadm writes them for a
   ClusterConfiguration with ``networking.podSubnet`` (``--allocate-node-cidrs=true``, ``--cluster-cidr``; no
   ``--node-cidr-mask-size``, so kube-controller-manager's default /24 applies);
-- the containernetworking plugins in /opt/cni/bin, as kubeadm's install guide has the kubernetes-cni package
-  put them there (from the test mirror's release file);
+- the containernetworking plugins flannel's cni-conf.json uses (PLUGINS: bridge and host-local for its delegate,
+  portmap) and loopback (containerd's CRI brings up each pod's lo with it) in /opt/cni/bin, where kubeadm's
+  install guide has the kubernetes-cni package put them (from the test mirror's release file; the package
+  brings the others too, which nothing here runs);
 - flannel's own Documentation/kube-flannel.yml of v0.28.9, applied with kubectl. It is kept byte for byte
   beside this module (``kube-flannel-v0.28.9.yml``, ``git show v0.28.9:Documentation/kube-flannel.yml`` of
   flannel-io/flannel, commit 5cd0d526; KUBE_FLANNEL_SHA256). ONLY its image references are changed, because
@@ -63,6 +65,7 @@ DAEMONSET = "kube-flannel-ds"
 CNI_BIN_DIR = "/opt/cni/bin"
 CONFLIST = "/etc/cni/net.d/10-flannel.conflist"
 ROLLOUT_TIMEOUT = 120
+PLUGINS = ("bridge", "host-local", "portmap", "loopback")
 IPTABLES = ("iptables-nft", "iptables-legacy", "ip6tables-nft", "ip6tables-legacy")
 
 def upstream_manifest() -> str:
@@ -99,7 +102,6 @@ class ForeignFlannel:
         self.cni_plugins_tarball = Path(cni_plugins_tarball)
         self.cluster_cidr = cluster_cidr
         self.kcm_before: bytes | None = None
-        self.plugins: list[str] = []
 
     @property
     def nowhere(self) -> str:
@@ -113,20 +115,20 @@ class ForeignFlannel:
     def install(self) -> None:
         """Node IPAM flags, the CNI plugins and the images on the nodes, kube-flannel.yml applied; returns once
         every flannel pod is Ready (bounded)."""
-        self.node_ipam()
+        self.set_node_ipam()  # the kubelet restarts kube-controller-manager meanwhile
         self.install_plugins()
-        for node in self.nodes:
-            self.kube.sh(node, f"ip route replace default via {self.nowhere} dev host0")
         image = cni_plugin_image(Path(self.kube.control_plane.rootfs))
         for node in self.nodes:
+            self.kube.sh(node, f"ip route replace default via {self.nowhere} dev host0")
             self.kube.import_images(node, [image])
         self.kube.kubectl("apply -f -", input=manifest())
         self.kube.kubectl(f"-n {NAMESPACE} rollout status daemonset/{DAEMONSET} --timeout={ROLLOUT_TIMEOUT}s",
                           timeout=ROLLOUT_TIMEOUT + 30)
+        self.wait_for_controller_manager(with_node_ipam=True)
 
-    def node_ipam(self) -> None:
-        """kube-controller-manager's manifest with the flags kubeadm writes for networking.podSubnet; waits
-        (bounded) until the kubelet runs it with them."""
+    def set_node_ipam(self) -> None:
+        """kube-controller-manager's manifest with the flags kubeadm writes for networking.podSubnet (the kubelet
+        then runs it anew: ``wait_for_controller_manager``)."""
         cp = self.kube.control_plane
         self.kcm_before = self.kube.get(cp, KCM_MANIFEST)
         text = self.kcm_before.decode()
@@ -135,19 +137,23 @@ class ForeignFlannel:
             raise RuntimeError(f"{KCM_MANIFEST} is not kubeadm's manifest without a pod subnet")
         text = text.replace(anchor, anchor + "    - --allocate-node-cidrs=true\n"
                                              f"    - --cluster-cidr={self.cluster_cidr}\n", 1)
-        self.kube.put(cp, KCM_MANIFEST, text, 0o600)
-        self.kube.wait_for(cp, "pid=$(pgrep -o -f '^kube-controller-manager ') && tr '\\0' ' ' < /proc/$pid/cmdline | "
-                               f"grep -q -- '--cluster-cidr={self.cluster_cidr}'", "kube-controller-manager with node IPAM")
+        self.kube.put(self.kube.control_plane, KCM_MANIFEST, text, 0o600)
+
+    def wait_for_controller_manager(self, with_node_ipam: bool) -> None:
+        """Until (bounded) kube-controller-manager runs with (or without) --cluster-cidr."""
+        has = f"tr '\\0' ' ' < /proc/$pid/cmdline | grep -q -- --cluster-cidr="
+        self.kube.wait_for(self.kube.control_plane,
+                           f"pid=$(pgrep -o -f '^kube-controller-manager ') && {'' if with_node_ipam else '! '}{has}",
+                           f"kube-controller-manager {'with' if with_node_ipam else 'without'} node IPAM")
 
     def install_plugins(self) -> None:
-        """The containernetworking plugins in /opt/cni/bin (the kubernetes-cni package's place)."""
+        """The containernetworking PLUGINS in /opt/cni/bin (the kubernetes-cni package's place)."""
         with tarfile.open(self.cni_plugins_tarball) as tar:
-            members = [m for m in tar.getmembers() if m.isfile() and m.mode & 0o111]
-            self.plugins = [Path(m.name).name for m in members]
-            for node in self.nodes:
-                for member in members:
-                    self.kube.put(node, f"{CNI_BIN_DIR}/{Path(member.name).name}", tar.extractfile(member).read(),
-                                  0o755)
+            members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+            binaries = {name: tar.extractfile(members[name]).read() for name in PLUGINS}
+        for node in self.nodes:
+            for name, data in binaries.items():
+                self.kube.put(node, f"{CNI_BIN_DIR}/{name}", data, 0o755)
 
     def pods_ready(self) -> dict[str, str]:
         """Node name -> its flannel pod's name, every pod Ready."""
@@ -158,19 +164,20 @@ class ForeignFlannel:
     def remove(self) -> None:
         """Everything ``install`` and the manifest put on the cluster, taken off; kube-controller-manager's manifest
         as it was. Pods still using the network should be deleted first."""
-        self.kube.kubectl("delete -f - --ignore-not-found --wait=true --timeout=120s", input=manifest(), timeout=180)
+        # kube-controller-manager's garbage collector and namespace controller delete what the manifest made:
+        # it is put back as it was only afterwards. The DaemonSet's pods need no grace: the bed takes their links
+        # and chains off right after.
+        self.kube.kubectl("delete -f - --ignore-not-found --grace-period=1 --wait=true --timeout=120s",
+                          input=manifest(), timeout=180)
+        if self.kcm_before is not None:
+            self.kube.put(self.kube.control_plane, KCM_MANIFEST, self.kcm_before, 0o600)
         for node in self.nodes:
-            files = " ".join(f"{CNI_BIN_DIR}/{name}" for name in [*self.plugins, "flannel"])
+            files = " ".join(f"{CNI_BIN_DIR}/{name}" for name in [*PLUGINS, "flannel"])
             chains = "; ".join(f"command -v {t}-save >/dev/null && {t}-save | grep -q FLANNEL && "
                                f"{t}-save | grep -v FLANNEL | {t}-restore" for t in IPTABLES)
             self.kube.sh(node, f"rm -f {files} {CONFLIST}; rm -rf /run/flannel /var/lib/cni/networks/cbr0; "
                                f"for l in flannel.1 cni0; do ip link del $l 2>/dev/null; done; {chains}; "
                                f"ip route del default via {self.nowhere} dev host0 2>/dev/null; true")
         if self.kcm_before is not None:
-            cp = self.kube.control_plane
-            self.kube.put(cp, KCM_MANIFEST, self.kcm_before, 0o600)
-            self.kube.wait_for(cp, "pid=$(pgrep -o -f '^kube-controller-manager ') && "
-                                   "! tr '\\0' ' ' < /proc/$pid/cmdline | grep -q -- --cluster-cidr",
-                               "kube-controller-manager without node IPAM")
+            self.wait_for_controller_manager(with_node_ipam=False)
             self.kcm_before = None
-
