@@ -42,8 +42,10 @@ from tasks.settings import Settings
 SUBNET_ENV = "/run/flannel/subnet.env"
 BRIDGE = "cni0"
 POLL_SECONDS = 2
-# Prints "addr <address/prefix>" per IPv4 address of cni0 and "ports <n>" (veths attached, one per pod).
-CNI0_COMMAND = (f"[ -d /sys/class/net/{BRIDGE} ] && {{ ip -o -4 addr show dev {BRIDGE} | awk '{{print \"addr \" $4}}'; "
+# Prints "addr <address/prefix>" per IPv4 address of cni0, "addr6 <address/prefix>" per IPv6 one (a dual-stack
+# node's gateway; link-local ones too), and "ports <n>" (veths attached, one per pod).
+CNI0_COMMAND = (f"[ -d /sys/class/net/{BRIDGE} ] && {{ ip -o addr show dev {BRIDGE} | "
+                "awk '$3 == \"inet\" {print \"addr \" $4} $3 == \"inet6\" {print \"addr6 \" $4}'; "
                 f"echo ports $(ls /sys/class/net/{BRIDGE}/brif | wc -l); }}")
 
 
@@ -143,14 +145,14 @@ def subnet_of_node(node: NodeState) -> ipaddress.IPv4Interface | None:
 
 def _cni0_line(line: str) -> tuple[str, str | int]:
     what, value = answers.fields(line, 2, " ")
-    if what == "addr":
+    if what in ("addr", "addr6"):
         address = answers.interface_address(value)
-        if address.version != 4:
-            raise BadField("not an IPv4 address")
+        if address.version != (4 if what == "addr" else 6):
+            raise BadField(f"not an IPv{4 if what == 'addr' else 6} address")
         return what, str(address)
     if what == "ports":
         return what, answers.decimal(value, 0, None, "count of attached ports")
-    raise BadField("neither 'addr <address/prefix>' nor 'ports <count>'")
+    raise BadField("neither 'addr <address/prefix>', 'addr6 <address/prefix>' nor 'ports <count>'")
 
 
 def parse_cni0(lines: list[str], host_name: str = "") -> tuple[list[str], int]:
@@ -163,6 +165,15 @@ def parse_cni0(lines: list[str], host_name: str = "") -> tuple[list[str], int]:
         raise RemoteAnswerError(answers.problem(host_name, f"{BRIDGE}'s addresses and ports", "\n".join(lines),
                                                 "more than one 'ports' line"))
     return addresses, (ports or [0])[0]
+
+
+def cni0_addresses(node: NodeState, host_name: str = "") -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] | None:
+    """Every address of cni0, both families (IPv6 link-local ones included), or None without a cni0."""
+    rc, lines = node.queries.get("cni0", (1, []))
+    if rc != 0 or not lines:
+        return None
+    records = answers.records(host_name, f"{BRIDGE}'s addresses and ports", lines, _cni0_line)
+    return [ipaddress.ip_interface(value) for what, value in records if what in ("addr", "addr6")]
 
 
 def cni0_state(node: NodeState, host_name: str = "") -> tuple[list[str], int] | None:

@@ -1,0 +1,136 @@
+"""
+doctor.py's run on each host: one probe (tasks/doctor/asking.py; no run lock), then two operations that run
+on all hosts at once: the datapath check (tasks/doctor/datapath.py, one command per host) and the verdict
+(tasks/doctor/verdict.py), said once, after every host's datapath; a host with a broken link fails the
+verdict operation, so pyinfra exits non-zero exactly when a link is broken somewhere.
+
+``PODNET_DOCTOR_JSON=<file>`` in the environment also writes the verdict as JSON to that file ("-": to
+stdout, after the text).
+"""
+
+from __future__ import annotations
+
+import os
+
+
+from tasks import pod_network
+from tasks.doctor import asking, datapath, links, verdict
+from tasks.doctor.expected import ExpectedNetwork, from_settings
+from tasks.doctor.links import LINKS, BrokenLink, Cluster, Node
+from tasks.engine import answers, kubectl, ops, probe, runner
+from tasks.engine.answers import BadField
+
+JSON_ENV = "PODNET_DOCTOR_JSON"
+DATAPATH = "datapath"
+
+_nodes: dict[str, Node] = {}
+_cluster = Cluster()
+_tried: dict[str, list[datapath.Target]] = {}
+_answered: dict[str, dict] = {}
+_rows: dict[str, dict] = {}
+
+
+def examine(host, inventory) -> None:
+    """Ask ``host`` once and plan the datapath check and the verdict on it."""
+    s = runner.settings_for(host, inventory)
+    first = runner.first_control_plane(inventory) == host.name
+    state = probe.node_state(host, asking.request(s, first))
+    node = Node(host.name, s, state, asking.parse_node(state.queries[asking.NODE_QUERY][1], host.name),
+                asking.parse_cri(state.queries[asking.CRI_QUERY][1], host.name),
+                links.read_subnet_env(state.contents.get(pod_network.SUBNET_ENV)))
+    if first:
+        read_cluster(state, host.name)
+    _nodes[host.name] = node
+    exp = from_settings(s)
+    ops.python_step(name="doctor: datapath to every other node's pod subnet", function=_datapath, args=(exp,),
+                    reason="ping every other node's flannel device and cni0 gateway, and with the pod MTU")
+    ops.python_step(name="doctor: verdict", function=_verdict, args=(exp,), reason="the links of every node")
+
+
+def read_cluster(state, host_name: str) -> None:
+    """The first control-plane host's answers: every node's podCIDRs, every flannel pod."""
+    rc, lines = state.queries[pod_network.POD_CIDRS_QUERY]
+    if rc != 0:
+        _cluster.kubectl_said = kubectl.said(state, pod_network.POD_CIDRS_QUERY)
+        return
+    _cluster.pod_cidrs = pod_network.pod_cidrs(host_name, lines)
+    rc, lines = state.queries[asking.FLANNEL_PODS_QUERY]
+    if rc == 0:
+        _cluster.flannel_pods = flannel_pods(lines, host_name)
+
+
+def flannel_pods(lines: list[str], host_name: str = "") -> dict[str, list[tuple[str, bool, str]]]:
+    """Node -> its flannel pods (name, Ready, waiting reason), from tasks/flannel.py's not_ready_pods_command
+    answer ("<pod>|<node>|<ready>|<restarts>|<waiting>|<deleting>")."""
+    def line(text: str) -> tuple[str, str, bool, str]:
+        parts = text.strip().split("|")
+        if len(parts) != 6:
+            raise BadField(f"{len(parts)} field(s) where 6 are expected")
+        pod, node, ready, _, waiting, _ = parts
+        return answers.object_name(pod), answers.object_name(node) if node else "", ready == "true", \
+            answers.no_control(waiting)
+    found: dict[str, list[tuple[str, bool, str]]] = {}
+    for pod, node, ready, waiting in answers.records(host_name, "the flannel pods", [x for x in lines if x.strip()],
+                                                     line):
+        found.setdefault(node, []).append((pod, ready, waiting))
+    return found
+
+
+def rows_for(exp: ExpectedNetwork, nodes: dict[str, Node], cluster: Cluster) -> dict[str, dict]:
+    """Node -> link -> Broken, None (holds) or verdict.NOT_APPLICABLE: every link but the datapath."""
+    rows = {}
+    for name, node in nodes.items():
+        row: dict = {}
+        for link, check in LINKS:
+            applies = link != "node IPAM" or (node.settings.is_control_plane
+                                              and node.settings.kube_controller_manager_runtime != "external")
+            row[link] = check(exp, cluster, node) if applies else verdict.NOT_APPLICABLE
+        rows[name] = row
+    return rows
+
+
+def _datapath(state, host, connector_arguments, exp: ExpectedNetwork) -> bool:
+    node = _nodes[host.name]
+    everyone = datapath.targets(_nodes, _cluster)
+    to = [t for name, found in everyone.items() if name != host.name for t in found]
+    _tried[host.name] = to
+    if not node.view.tools.get("ping"):
+        node.notes.append("datapath: ping is missing, so this node's way to the others is not checked "
+                          "(apt-get install iputils-ping)")
+        _tried[host.name] = []
+        return True
+    if not to:
+        return True
+    ok, output = host.run_shell_command(datapath.command(to, datapath.pod_mtu(node, exp.mtu)), **connector_arguments)
+    _answered[host.name] = datapath.parse(output.stdout_lines if ok else [], host.name)
+    return True
+
+
+def _verdict(state, host, connector_arguments, exp: ExpectedNetwork) -> bool:
+    if not _rows:
+        _rows.update(rows_for(exp, _nodes, _cluster))
+        mtus = {name: datapath.pod_mtu(node, exp.mtu) for name, node in _nodes.items()}
+        named = frozenset(name for name, row in _rows.items() if verdict.first_broken(row) is not None)
+        for name, cell in datapath.verdict(_tried, _answered, mtus, named).items():
+            _rows[name][DATAPATH] = cell
+        for name in _rows:
+            if name not in _tried or not _nodes[name].view.tools.get("ping"):
+                _rows[name][DATAPATH] = verdict.NOT_APPLICABLE
+        columns = [link for link, _ in LINKS] + [DATAPATH]
+        notes = {name: node.notes for name, node in _nodes.items() if node.notes}
+        print(verdict.render(_rows, columns, notes, exp), flush=True)
+        target = os.environ.get(JSON_ENV)
+        if target:
+            text = verdict.as_json(_rows, columns, notes, exp)
+            if target == "-":
+                print(text, flush=True)
+            else:
+                with open(target, "w") as out:
+                    out.write(text + "\n")
+    first = verdict.first_broken(_rows.get(host.name, {}))
+    if first is not None:
+        raise BrokenLink(f"{host.name}: the {first} link is broken (see the doctor's verdict)")
+    return True
+
+
+
