@@ -66,19 +66,21 @@ def test_a_kubeadm_and_kube_flannel_cluster_is_read_with_where_each_value_came_f
     assert (exp.backend, exp.vni, exp.port, exp.mtu) == ("vxlan", 1, 8472, None)
     assert (exp.rollout, exp.flannel_version, exp.serves_readyz) == ("daemonset", "0.28.9", True)
     assert dict(exp.sources) == {
-        "cluster_cidrs": "kube-controller-manager --cluster-cidr on cp1 (its running command line)",
-        "node_masks": "kube-controller-manager's default for IPv4 (no --node-cidr-mask-size* on cp1 (its running "
-                      "command line))",
+        "cluster_cidrs": "kube-controller-manager --cluster-cidr in cp1's running command line",
+        "node_masks": "kube-controller-manager's default for IPv4: no --node-cidr-mask-size* in cp1's running "
+                      "command line",
         "backend": "ConfigMap kube-flannel/kube-flannel-cfg net-conf.json Backend Type",
-        "vni": "flannel's default (Backend VNI not in ConfigMap kube-flannel/kube-flannel-cfg net-conf.json)",
-        "port": "flannel's default (Backend Port not in ConfigMap kube-flannel/kube-flannel-cfg net-conf.json)",
-        "mtu": "flanneld's FLANNEL_MTU (no mtu in the flannel delegate of ConfigMap kube-flannel/kube-flannel-cfg "
-               "cni-conf.json)",
+        "vni": "flannel's default: no Backend VNI in ConfigMap kube-flannel/kube-flannel-cfg net-conf.json",
+        "port": "flannel's default: no Backend Port in ConfigMap kube-flannel/kube-flannel-cfg net-conf.json",
+        "mtu": "flanneld's FLANNEL_MTU: no mtu in the flannel delegate of ConfigMap kube-flannel/kube-flannel-cfg "
+               "cni-conf.json",
         "rollout": "DaemonSet kube-flannel/kube-flannel-ds runs flanneld",
         "flannel_version": "image docker.io/flannel/flannel:v0.28.9 of DaemonSet kube-flannel/kube-flannel-ds",
     }
-    assert foreign.describe_sources(exp)[0] == ("cluster cidrs: 10.244.0.0/16 (kube-controller-manager "
-                                                "--cluster-cidr on cp1 (its running command line))")
+    assert foreign.describe_sources(exp)[:2] == [
+        "cluster CIDR 10.244.0.0/16: kube-controller-manager --cluster-cidr in cp1's running command line",
+        "node mask 24: kube-controller-manager's default for IPv4: no --node-cidr-mask-size* in cp1's running "
+        "command line"]
 
 
 def test_what_the_inventory_sets_wins_and_is_named_as_the_source():
@@ -128,7 +130,7 @@ def test_without_node_ipam_flags_the_network_comes_from_flannels_net_conf():
     assert found == []
     assert exp.cluster_cidrs == (NET("10.244.0.0/16"),)
     assert exp.source("cluster_cidrs") == "ConfigMap kube-flannel/kube-flannel-cfg net-conf.json Network"
-    assert exp.source("node_masks") == "kube-controller-manager's default for IPv4 (its flags not read)"
+    assert exp.source("node_masks") == "kube-controller-manager's default for IPv4 (its flags were not read)"
 
 
 def test_nothing_readable_and_nothing_in_the_inventory_is_an_error_naming_the_setting():

@@ -176,7 +176,7 @@ def parse_cri(lines: list[str], host_name: str = "") -> CriView:
         tag, _, rest = text.partition(" ")
         if tag == "dump" and rest == "fail":
             view.dumped = False
-        elif tag == "cfg" and rest.startswith(" version = "):
+        elif tag == "cfg" and rest.startswith("version = "):
             view.version = answers.decimal(rest.split(" = ", 1)[1], 1, 99, "config version")
         elif tag == "cfg":
             table, _, assignment = rest.partition(" ")

@@ -185,7 +185,7 @@ def _read_node_ipam(s: Settings, node: NodeState, host: str, found: list[Finding
     candidates = []
     if rc == 0:
         try:
-            candidates.append((process_command_line(lines), f"on {host} (its running command line)"))
+            candidates.append((process_command_line(lines), f"in {host}'s running command line"))
         except BadField as problem:
             found.append(warning(answers.problem(host, "kube-controller-manager's command line", lines[0] if lines
                                                  else "", str(problem))))
@@ -291,11 +291,11 @@ def _family_values(data: Mapping[str, Any], s: Settings, live: _Read, found: lis
             flag = _mask_flag(ipam, version)  # type: ignore[arg-type]
             mask = kcm[version][1]
             mask_source = (f"kube-controller-manager {flag} {live.ipam_where}" if flag else
-                           f"kube-controller-manager's default for IPv{version} (no --node-cidr-mask-size* "
-                           f"{live.ipam_where})")
+                           f"kube-controller-manager's default for IPv{version}: no --node-cidr-mask-size* "
+                           f"{live.ipam_where}")
         else:
             mask = controller_manager.DEFAULT_NODE_MASK[version]
-            mask_source = f"kube-controller-manager's default for IPv{version} (its flags not read)"
+            mask_source = f"kube-controller-manager's default for IPv{version} (its flags were not read)"
         families.append((net, cidr_source, mask, mask_source))
     return families
 
@@ -340,8 +340,7 @@ def _flannel_values(data: Mapping[str, Any], s: Settings, live: _Read) -> tuple[
     if "mtu" not in values:
         values["mtu"] = live.pod_mtu
         sources["mtu"] = (f"{CONFIGMAP} {CNI_CONF_KEY} flannel delegate mtu" if live.pod_mtu is not None else
-                          "flanneld's FLANNEL_MTU (no mtu in the flannel delegate of "
-                          f"{CONFIGMAP} {CNI_CONF_KEY})")
+                          f"flanneld's FLANNEL_MTU: no mtu in the flannel delegate of {CONFIGMAP} {CNI_CONF_KEY}")
     daemonset = live.daemonsets[0] if live.daemonsets else None
     if KEYS["rollout"] in data:
         values["rollout"], sources["rollout"] = s.flannel_rollout, "inventory flannel_rollout"
@@ -367,7 +366,7 @@ def _flannel_values(data: Mapping[str, Any], s: Settings, live: _Read) -> tuple[
 
 def _net_conf_source(conf: flannel.NetConf, key: str, shown: str) -> str:
     return f"{CONFIGMAP} {NET_CONF_KEY} {shown}" if key in conf.given else \
-        f"flannel's default ({shown} not in {CONFIGMAP} {NET_CONF_KEY})"
+        f"flannel's default: no {shown} in {CONFIGMAP} {NET_CONF_KEY}"
 
 
 def expected_network(data: Mapping[str, Any], s: Settings, node: NodeState, host: str
@@ -420,13 +419,15 @@ def _disagreements(expected: ExpectedNetwork, live: _Read, host: str) -> list[Fi
 
 
 def describe_sources(expected: ExpectedNetwork) -> list[str]:
-    """One line per value: what the doctor expects and where that was read, for the verdict."""
+    """One line per value: what the doctor expects and where that was read ("<value>: <what> (<source>)"), in
+    the names the verdict's "expected:" line uses."""
     shown = {
-        "cluster_cidrs": ", ".join(str(n) for n in expected.cluster_cidrs),
-        "node_masks": ", ".join(f"/{m}" for m in expected.node_masks),
-        "backend": expected.backend, "vni": expected.vni, "port": expected.port,
-        "mtu": expected.mtu if expected.mtu is not None else "from flanneld",
-        "rollout": expected.rollout, "flannel_version": expected.flannel_version or "unknown",
+        "cluster_cidrs": ("cluster CIDR", ", ".join(str(n) for n in expected.cluster_cidrs)),
+        "node_masks": ("node mask", ", ".join(str(m) for m in expected.node_masks)),
+        "backend": ("backend", expected.backend), "vni": ("VNI", expected.vni), "port": ("port", expected.port),
+        "mtu": ("pod MTU", expected.mtu if expected.mtu is not None else "FLANNEL_MTU"),
+        "rollout": ("flanneld", expected.rollout),
+        "flannel_version": ("flannel release", expected.flannel_version or "unknown"),
     }
-    return [f"{name.replace('_', ' ')}: {value} ({expected.source(name)})" for name, value in shown.items()
+    return [f"{label} {value}: {expected.source(name)}" for name, (label, value) in shown.items()
             if not (name == "vni" and value is None)]
