@@ -174,15 +174,17 @@ class PodBed:
 
     # --- the deploy ------------------------------------------------------------------
 
-    def deploy_command(self, *extra_args: str, script: str = "deploy.py") -> list[str]:
-        """The pyinfra command line of deploy.py (or ``script``, such as reset.py): `-y`, or `--dry` to only plan."""
+    def deploy_command(self, *extra_args: str, script: str = "deploy.py", inventory: Path | None = None) -> list[str]:
+        """The pyinfra command line of deploy.py (or ``script``, such as reset.py): `-y`, or `--dry` to only plan;
+        ``inventory``: another inventory file than ``write_inventory``'s."""
         confirm = [] if "--dry" in extra_args else ["-y"]
-        return [sys.executable, "-m", "pyinfra", *confirm, *extra_args, str(self.workdir / "inventory.py"), script]
+        return [sys.executable, "-m", "pyinfra", *confirm, *extra_args, str(inventory or self.workdir / "inventory.py"),
+                script]
 
-    def deploy(self, *extra_args: str, script: str = "deploy.py") -> DeployRun:
+    def deploy(self, *extra_args: str, script: str = "deploy.py", inventory: Path | None = None) -> DeployRun:
         """Run the real deploy.py (or ``script``) with the real pyinfra CLI over SSH (`-y`, or `--dry` to only plan)."""
-        proc = subprocess.run(self.deploy_command(*extra_args, script=script), cwd=REPO, capture_output=True,
-                              text=True, timeout=DEPLOY_TIMEOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(self.deploy_command(*extra_args, script=script, inventory=inventory), cwd=REPO,
+                              capture_output=True, text=True, timeout=DEPLOY_TIMEOUT, stdin=subprocess.DEVNULL)
         return self.deploy_result(proc.returncode, proc.stdout + proc.stderr, script)
 
     def deploy_result(self, returncode: int, output: str, script: str = "deploy.py") -> DeployRun:
