@@ -271,21 +271,32 @@ class PodBed:
 
     def run_pod(self, node: Node, name: str) -> Pod:
         """A pod bound to ``node`` (the pause image); waits (bounded) until it runs with an IP."""
-        manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
-                    "spec": {"nodeName": node.name, "terminationGracePeriodSeconds": 0,
-                             "containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.10"}]}}
-        self.kubectl("apply -f -", input=json.dumps(manifest))
+        return self.run_pods([(node, name)])[0]
+
+    def run_pods(self, placements: list[tuple[Node, str]]) -> list[Pod]:
+        """Pods bound to their nodes (the pause image), all created first, then waited for (bounded) until each runs
+        with an IP: the kubelets start them at the same time."""
+        for node, name in placements:
+            manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+                        "spec": {"nodeName": node.name, "terminationGracePeriodSeconds": 0,
+                                 "containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.10"}]}}
+            self.kubectl("apply -f -", input=json.dumps(manifest))
         deadline = time.monotonic() + POD_TIMEOUT
-        status = {}
-        while time.monotonic() < deadline:
-            status = json.loads(self.kubectl(f"get pod {name} -o json"))["status"]
-            if status.get("phase") == "Running" and status.get("podIP"):
-                return Pod(node, name, status["podIP"])
-            time.sleep(1)
-        events = self.kubectl(f"get events --field-selector involvedObject.name={name} -o "
-                              "jsonpath='{range .items[*]}{.reason}: {.message}{\"\\n\"}{end}'", check=False)
-        raise AssertionError(f"pod {name} on {node.name} not running with an IP after {POD_TIMEOUT}s: "
-                             f"{status}\n{events[-3000:]}")
+        pods: list[Pod] = []
+        for node, name in placements:
+            status = {}
+            while True:
+                status = json.loads(self.kubectl(f"get pod {name} -o json"))["status"]
+                if status.get("phase") == "Running" and status.get("podIP"):
+                    pods.append(Pod(node, name, status["podIP"]))
+                    break
+                if time.monotonic() > deadline:
+                    events = self.kubectl(f"get events --field-selector involvedObject.name={name} -o "
+                                          "jsonpath='{range .items[*]}{.reason}: {.message}{\"\\n\"}{end}'", check=False)
+                    raise AssertionError(f"pod {name} on {node.name} not running with an IP after {POD_TIMEOUT}s: "
+                                         f"{status}\n{events[-3000:]}")
+                time.sleep(1)
+        return pods
 
     def remove_pod(self, pod: Pod) -> None:
         self.kubectl(f"delete pod {pod.name} --wait=true --timeout=60s")

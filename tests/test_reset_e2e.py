@@ -103,7 +103,7 @@ NOTHING = {"files": [], "links": [], "chains": [], "dirs": [], "flanneld": []}
 
 
 def pods_ping_across_nodes(bed: PodBed, prefix: str) -> list:
-    pods = [bed.run_pod(node, f"{prefix}-{index}") for index, node in enumerate(bed.cluster.nodes)]
+    pods = bed.run_pods([(node, f"{prefix}-{index}") for index, node in enumerate(bed.cluster.nodes)])
     for source, target in itertools.permutations(pods, 2):
         assert bed.ping(source, target.ip), f"{source.name} cannot reach {target.name} ({target.ip})"
     return pods
@@ -316,7 +316,7 @@ def test_doctor_diagnoses_a_flannel_cluster_podnet_did_not_deploy(bed):
     try:
         flannel.install()
         bed.wait_for_flannel()
-        pods = [bed.run_pod(node, f"foreign-{index}") for index, node in enumerate(bed.cluster.nodes)]
+        pods = bed.run_pods([(node, f"foreign-{index}") for index, node in enumerate(bed.cluster.nodes)])
         for pod in pods:
             assert pod.ip in {str(a) for a in bed.node_subnet(pod.node).network.hosts()}, (pod.name, pod.ip)
 
@@ -354,12 +354,9 @@ def test_doctor_diagnoses_a_flannel_cluster_podnet_did_not_deploy(bed):
                   if cell["state"] == "broken"}
         assert broken == {worker.name: "plugins"}, verdict
         assert 'failed to find plugin "flannel" in path [/opt/cni/bin]' in run.output
-        for pod in pods:
-            bed.remove_pod(pod)
-        pods = []
     finally:
-        for pod in pods:
-            bed.kubectl(f"delete pod {pod.name} --wait=true --timeout=60s", check=False)
+        if pods:
+            bed.kubectl(f"delete pod {' '.join(pod.name for pod in pods)} --wait=true --timeout=60s", check=False)
         flannel.remove()
     # taken off again: the cluster as the reset left it
     for node in bed.cluster.nodes:
