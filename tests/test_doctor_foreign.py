@@ -27,6 +27,7 @@ from tasks.engine import ownership
 from tasks.engine.answers import BadField
 from tasks.engine.probe import NodeState, ProbeContractError
 from tasks.flannel import NetConfError, parse_net_conf
+from tests.support.foreign import kube_flannel_sources
 from tests.support.hosts import settings
 from tests.support.kubeadm import HARD_WAY_UNIT, KUBEADM_COMMAND, KUBESPRAY_COMMAND, kubeadm_manifest
 
@@ -65,18 +66,7 @@ def test_a_kubeadm_and_kube_flannel_cluster_is_read_with_where_each_value_came_f
     assert exp.cluster_cidrs == (NET("10.244.0.0/16"),) and exp.node_masks == (24,)
     assert (exp.backend, exp.vni, exp.port, exp.mtu) == ("vxlan", 1, 8472, None)
     assert (exp.rollout, exp.flannel_version, exp.serves_readyz) == ("daemonset", "0.28.9", True)
-    assert dict(exp.sources) == {
-        "cluster_cidrs": "kube-controller-manager --cluster-cidr in cp1's running command line",
-        "node_masks": "kube-controller-manager's default for IPv4: no --node-cidr-mask-size* in cp1's running "
-                      "command line",
-        "backend": "ConfigMap kube-flannel/kube-flannel-cfg net-conf.json Backend Type",
-        "vni": "flannel's default: no Backend VNI in ConfigMap kube-flannel/kube-flannel-cfg net-conf.json",
-        "port": "flannel's default: no Backend Port in ConfigMap kube-flannel/kube-flannel-cfg net-conf.json",
-        "mtu": "flanneld's FLANNEL_MTU: no mtu in the flannel delegate of ConfigMap kube-flannel/kube-flannel-cfg "
-               "cni-conf.json",
-        "rollout": "DaemonSet kube-flannel/kube-flannel-ds runs flanneld",
-        "flannel_version": "image docker.io/flannel/flannel:v0.28.9 of DaemonSet kube-flannel/kube-flannel-ds",
-    }
+    assert dict(exp.sources) == kube_flannel_sources("cp1")
     assert foreign.describe_sources(exp)[:2] == [
         "cluster CIDR 10.244.0.0/16: kube-controller-manager --cluster-cidr in cp1's running command line",
         "node mask 24: kube-controller-manager's default for IPv4: no --node-cidr-mask-size* in cp1's running "

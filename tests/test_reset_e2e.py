@@ -45,6 +45,7 @@ from tasks.doctor.run import JSON_ENV as DOCTOR_JSON
 from testbed.foreignbed import ForeignFlannel
 from testbed.localcluster import Node
 from testbed.podbed import MANIFEST_PATH, DeployRun, PodBed
+from tests.support.foreign import kube_flannel_sources
 
 pytestmark = [
     pytest.mark.e2e,
@@ -330,18 +331,7 @@ def test_doctor_diagnoses_a_flannel_cluster_podnet_did_not_deploy(bed):
         assert verdict["nodes"][control_plane.name]["node IPAM"]["state"] == "holds"
         # read from the cluster, and said so: the flags kubeadm's way sets, the rest flannel's defaults
         assert verdict["expected"]["cluster CIDR"] == "10.244.0.0/16" and verdict["expected"]["node mask"] == "24"
-        assert verdict["expected"]["sources"] == {
-            "cluster_cidrs": f"kube-controller-manager --cluster-cidr in {control_plane.name}'s running command line",
-            "node_masks": f"kube-controller-manager's default for IPv4: no --node-cidr-mask-size* in "
-                          f"{control_plane.name}'s running command line",
-            "backend": "ConfigMap kube-flannel/kube-flannel-cfg net-conf.json Backend Type",
-            "vni": "flannel's default: no Backend VNI in ConfigMap kube-flannel/kube-flannel-cfg net-conf.json",
-            "port": "flannel's default: no Backend Port in ConfigMap kube-flannel/kube-flannel-cfg net-conf.json",
-            "mtu": "flanneld's FLANNEL_MTU: no mtu in the flannel delegate of ConfigMap kube-flannel/kube-flannel-cfg "
-                   "cni-conf.json",
-            "rollout": "DaemonSet kube-flannel/kube-flannel-ds runs flanneld",
-            "flannel_version": "image docker.io/flannel/flannel:v0.28.9 of DaemonSet kube-flannel/kube-flannel-ds",
-        }
+        assert verdict["expected"]["sources"] == kube_flannel_sources(control_plane.name)
         assert "this cluster's pod network is not podnet's" in run.output
 
         bed.sh(worker, "mv /opt/cni/bin/flannel /root/flannel.doctor-test")
