@@ -16,7 +16,7 @@ from tasks import pod_network
 from tasks.doctor import asking, datapath, links, verdict
 from tasks.doctor.expected import ExpectedNetwork, from_settings
 from tasks.doctor.links import LINKS, Broken, Cluster, Node
-from tasks.doctor.run import flannel_pods, rows_for
+from tasks.doctor.run import read_cluster, rows_for
 from tasks.engine.probe import parse_probe
 from tasks.settings import parse_host_settings
 
@@ -42,9 +42,6 @@ def node_from(name: str, lines: list[str], **data) -> tuple[Node, object]:
     return node, state
 
 
-def cluster_of(state) -> Cluster:
-    return Cluster(pod_network.pod_cidrs(CP, state.queries[pod_network.POD_CIDRS_QUERY][1]),
-                   flannel_pods(state.queries[asking.FLANNEL_PODS_QUERY][1], CP))
 
 
 def healthy(edit=None, **data) -> tuple[ExpectedNetwork, Cluster, dict[str, Node]]:
@@ -56,7 +53,7 @@ def healthy(edit=None, **data) -> tuple[ExpectedNetwork, Cluster, dict[str, Node
             lines = edit(name, lines)
         nodes[name], state = node_from(name, lines, **data)
         if name == CP:
-            cluster = cluster_of(state)
+            cluster = read_cluster(state, CP, nodes[name].settings.flannel_rollout)
     return from_settings(settings(CP, **data)), cluster, nodes
 
 
@@ -334,7 +331,16 @@ def test_leaked_host_local_addresses_are_counted_with_the_pool_use():
 
 def test_a_dual_stack_pod_network_needs_an_ipv6_pod_cidr_on_every_node():
     found = broken_on(None, cluster_cidr_ipv6="fd00:10:244::/56", service_cluster_ip_range_ipv6="fd00:10:96::/108")
-    assert found[CP][0] == "podCIDR" and "none of IPv6" in found[CP][1]
+    assert found[CP][0] == "node IPAM"
+    assert ("--cluster-cidr=10.244.0.0/16; --node-cidr-mask-size-ipv4=(not given: 24); "
+            "--node-cidr-mask-size-ipv6=(not given: 64)") not in found[CP][1]  # only what differs is named
+    assert "--cluster-cidr=10.244.0.0/16" in found[CP][1]
+    assert found[WORKER][0] == "podCIDR" and f"Node {WORKER} has podCIDRs 10.244.1.0/24, none of IPv6" in found[WORKER][1]
+
+
+def test_a_node_mask_other_than_the_settings_is_named():
+    found = broken_on(None, node_cidr_mask_size=25)
+    assert found[CP][0] == "node IPAM" and "--node-cidr-mask-size=24" in found[CP][1]
 
 
 def test_answers_that_do_not_fit_are_refused():
@@ -362,7 +368,7 @@ def test_the_verdict_has_a_row_per_node_and_a_paragraph_per_broken_link_and_says
     worker_row = next(l for l in table if l.startswith(WORKER))
     assert cp_row.count("✔") == len(columns)
     assert "·" in worker_row and "no flannel" in worker_row and worker_row.rstrip().endswith("…")
-    assert f"{WORKER}: plugins: flannel not an executable in /opt/cni/bin" in text
+    assert f"{WORKER}: plugins: no executable flannel in /opt/cni/bin" in text
     data = json.loads(verdict.as_json(rows, columns, {}, exp))
     assert data["healthy"] is False and data["links"] == columns
     assert data["nodes"][WORKER]["plugins"]["state"] == "broken"
@@ -376,3 +382,20 @@ def test_the_doctor_asks_no_digest_and_takes_no_run_lock():
     assert request.hashes == [] and request.texts == []
     from tasks.engine.probe import probe_script
     assert "runlock" not in probe_script(request) and "/var/lib/podnet/digests" not in probe_script(request)
+
+
+def test_a_pod_mtu_above_the_flannel_devices_is_named():
+    assert broken_on(None, flannel_mtu=1450) == {}
+    found = broken_on(None, flannel_mtu=1460)
+    assert found[CP][0] == "backend" and "the pod MTU 1460 (setting flannel_mtu) is above flannel.1's MTU 1450" \
+        in found[CP][1]
+
+
+def test_only_the_first_control_plane_host_asks_the_cluster_and_only_control_planes_read_kube_controller_manager():
+    worker = asking.request(settings(WORKER), False)
+    assert set(worker.queries) == {"cni0", "doctor_node", "doctor_cri"} and worker.contents == ["/run/flannel/subnet.env"]
+    cp = asking.request(settings(CP), True)
+    assert set(cp.queries) == {"cni0", "doctor_node", "doctor_cri", "pod_cidrs", "flannel_pods"}
+    assert "/etc/kubernetes/manifests/kube-controller-manager.yaml" in cp.contents
+    systemd = asking.request(settings(CP, flannel_rollout="systemd"), True)
+    assert "flannel_pods" not in systemd.queries and systemd.units == ["flanneld.service"]

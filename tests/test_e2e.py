@@ -698,6 +698,7 @@ def test_doctor_names_node_ipam_switched_off_and_a_node_registered_without_a_pod
     bed.sh(third, "systemctl restart kubelet")
     bed.kube.wait_for(cp, f"kubectl --kubeconfig=/etc/kubernetes/admin.conf get node {third.name}",
                       "the node registered again")
+    overrides = dict(bed.overrides)
     try:
         run, verdict = run_doctor(bed)
         assert run.returncode != 0
@@ -706,12 +707,17 @@ def test_doctor_names_node_ipam_switched_off_and_a_node_registered_without_a_pod
             in run.output
         assert f"{third.name}: podCIDR: Node {third.name} has no spec.podCIDR" in run.output
     finally:
-        assert bed.deploy().returncode == 0  # merges the flags back; the node gets a podCIDR and its flanneld
-    bed.wait_for_flannel()
-    run, verdict = run_doctor(bed)
-    if run.returncode != 0:  # the node's podCIDR may be new: its old cni0 goes once podnet sees it
+        # the fix: podnet merges the flags back; the node gets a podCIDR (maybe another one: its old cni0 goes
+        # with allow_pod_network_change) and its flannel pod, restarted at once rather than after its back-off
+        bed.write_inventory(**{**overrides, "allow_pod_network_change": True})
+        bed.deploy()
+        bed.kube.wait_for(cp, f"kubectl --kubeconfig=/etc/kubernetes/admin.conf get node {third.name} "
+                              "-o jsonpath='{.spec.podCIDR}' | grep -q .", "the node's podCIDR")
+        bed.kubectl(f"-n kube-flannel delete pod --field-selector spec.nodeName={third.name}")
+        bed.wait_for_flannel()
         assert bed.deploy().returncode == 0
-        run, verdict = run_doctor(bed)
+        bed.write_inventory(**overrides)
+    run, verdict = run_doctor(bed)
     assert run.returncode == 0 and first_broken(verdict) == {}, run.output[-3000:]
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from tasks import cni, containerd, controller_manager, flannel, kernel, pod_network
 from tasks.engine import answers
 from tasks.engine.answers import BadField
-from tasks.engine.probe import NodeState, ProbeRequest
+from tasks.engine.probe import ProbeRequest
 from tasks.formats import shell
 from tasks.settings import Settings
 
@@ -48,7 +48,7 @@ NODE_COMMAND = (
     "ip -o -6 route show | while IFS= read -r r; do echo \"route $(printf '%s' \"$r\" | base64 -w0)\"; done; "
     f"for f in {LEASES}/*; do [ -f \"$f\" ] || continue; case ${{f##*/}} in lock|last_reserved_ip*) continue;; esac; "
     "echo \"lease ${f##*/} $(head -n1 \"$f\" | tr -cd '0-9a-zA-Z_.-')\"; done; "
-    "if command -v ctr >/dev/null 2>&1; then if s=$(ctr --connect-timeout 3s -n k8s.io containers ls -q); then "
+    "if command -v ctr >/dev/null 2>&1; then if s=$(ctr --connect-timeout 3s -n k8s.io containers ls -q 2>/dev/null); then "
     "printf '%s\\n' \"$s\" | sed -n 's/^\\(..*\\)$/sandbox \\1/p'; else echo sandboxes unknown; fi; fi; true")
 
 _CNI_LINE = r"\.cni (bin_dirs?|conf_dir|max_conf_num) = "
@@ -70,8 +70,9 @@ def request(s: Settings, first_control_plane: bool) -> ProbeRequest:
     asked = [pod_network.probe_request(s, first_control_plane), kernel.probe_request(s),
              ProbeRequest(queries={NODE_QUERY: NODE_COMMAND, CRI_QUERY: CRI_COMMAND})]
     if first_control_plane:
-        asked.append(ProbeRequest(queries={pod_network.POD_CIDRS_QUERY: pod_network.node_pod_cidrs_command(s),
-                                           FLANNEL_PODS_QUERY: flannel.not_ready_pods_command(s)}))
+        asked.append(ProbeRequest(queries={pod_network.POD_CIDRS_QUERY: pod_network.node_pod_cidrs_command(s)}))
+        if s.flannel_rollout != "systemd":  # the DaemonSet's pods (podnet's, or upstream's for an external rollout)
+            asked.append(ProbeRequest(queries={FLANNEL_PODS_QUERY: flannel.not_ready_pods_command(s)}))
     if s.is_control_plane and s.kube_controller_manager_runtime != "external":
         asked.append(controller_manager.probe_request(s))
     if s.flannel_rollout == "systemd":

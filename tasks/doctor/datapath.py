@@ -124,13 +124,14 @@ def _cut_off(name: str, kind: str, pairs: dict) -> bool:
 
 def _broken(name: str, kind: str, others: list[str], mtu: int | None, cut_off: bool) -> Broken:
     who = ", ".join(others)
+    where = name if cut_off else f"{name} or {who}"
     if kind == "reach":
         seen = (f"{name} reaches no other node's pod subnet and none reaches it ({who})" if cut_off
                 else f"{name} cannot reach the pod subnet of {who}")
         return broken("unreachable" if cut_off else f"no way to {who}", name, "datapath", seen,
                       "pods on it cannot reach pods on other nodes (and DNS, Services behind them time out); pods "
                       "still get IPs", "check what drops the backend's packets between the nodes: a firewall rule "
-                      f"for the backend's UDP port (vxlan: 8472) on {name}, e.g. `iptables -S | grep 8472`, or the "
+                      f"for the backend's UDP port (vxlan: 8472) on {where}, e.g. `iptables -S | grep 8472`, or the "
                       "NIC's VXLAN checksum offload (`ethtool -K flannel.1 tx-checksum-ip-generic off`)")
     seen = (f"a don't-fragment packet of the pod MTU ({mtu} bytes) from {name} reaches no other node and none "
             f"reaches it ({who}), smaller ones do" if cut_off
@@ -138,4 +139,4 @@ def _broken(name: str, kind: str, others: list[str], mtu: int | None, cut_off: b
     return broken(f"MTU {mtu} dropped", name, "datapath", seen,
                   "small packets pass but large ones vanish: pings work, TLS handshakes, image pulls from pods "
                   "and large replies hang", f"set flannel_mtu lower (the path carries less than the pod MTU on "
-                  f"{name}'s link: check its interface MTU, `ip link`) and rerun podnet, or fix that link's MTU")
+                  f"{where}'s link: check its interface MTU, `ip link`) and rerun podnet, or fix that link's MTU")

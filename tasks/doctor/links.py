@@ -79,10 +79,6 @@ def read_subnet_env(content: bytes | None) -> dict[str, str] | None:
     return env
 
 
-def _family(net) -> str:
-    return f"IPv{net.version}"
-
-
 # --- the links --------------------------------------------------------------------------------
 
 
@@ -110,6 +106,10 @@ def node_ipam(exp: ExpectedNetwork, cluster: Cluster, node: Node) -> Broken | No
         cidrs = controller_manager._cidrs(str(values.get("cluster-cidr", "")))
         if cidrs != list(exp.cluster_cidrs):
             wrong.append(f"--cluster-cidr={values.get('cluster-cidr', '(not given)')}")
+        for flag, mask in mask_flags(exp).items():
+            given = values.get(flag)
+            if controller_manager._go_int(str(given)) != mask if given is not None else mask != KCM_MASKS[flag]:
+                wrong.append(f"--{flag}={given if given is not None else '(not given: ' + str(KCM_MASKS[flag]) + ')'}")
     if not wrong:
         return None
     want = ", ".join(str(c) for c in exp.cluster_cidrs)
@@ -120,6 +120,19 @@ def node_ipam(exp: ExpectedNetwork, cluster: Cluster, node: Node) -> Broken | No
                   "ContainerCreating: `open /run/flannel/subnet.env: no such file or directory`",
                   f"{RERUN} (it merges --allocate-node-cidrs=true --cluster-cidr={','.join(str(c) for c in exp.cluster_cidrs)} "
                   "and the node mask flags into it)")
+
+
+# kube-controller-manager's node mask defaults (pkg/controller/nodeipam/config/v1alpha1/defaults.go: 24 for
+# IPv4, 64 for IPv6; --node-cidr-mask-size is the single-stack one).
+KCM_MASKS = {"node-cidr-mask-size": 24, "node-cidr-mask-size-ipv4": 24, "node-cidr-mask-size-ipv6": 64}
+
+
+def mask_flags(exp: ExpectedNetwork) -> dict[str, int]:
+    """The node mask flags kube-controller-manager reads for the pod network: --node-cidr-mask-size on a
+    single stack, the per-family ones on dual stack (as tasks/controller_manager.py desired_flags writes them)."""
+    if not exp.dual_stack:
+        return {"node-cidr-mask-size": exp.node_masks[0]}
+    return {f"node-cidr-mask-size-ipv{net.version}": mask for net, mask in zip(exp.cluster_cidrs, exp.node_masks)}
 
 
 def kcm_values(s: Settings, text: str) -> dict | None:
@@ -285,14 +298,20 @@ def backend(exp: ExpectedNetwork, cluster: Cluster, node: Node) -> Broken | None
             link_mtu = re.search(r"\bmtu (\d+)", line)
             seen = (int(vni.group(1)) if vni else None, int(port.group(1)) if port else None,
                     int(link_mtu.group(1)) if link_mtu else None)
-            want = (exp.vni, exp.port, exp.mtu or mtu or seen[2])
+            # flanneld gives the device its FLANNEL_MTU (the interface's MTU less the encapsulation)
+            want = (exp.vni, exp.port, mtu or seen[2])
             if seen != want:
                 return broken(f"{device} VNI/port/MTU", node.name, "backend",
                               f"{device} has VNI {seen[0]}, port {seen[1]}, MTU {seen[2]}; expected VNI {want[0]}, "
-                              f"port {want[1]}, MTU {want[2]} ({exp.source('vni')}, {exp.source('port')}, "
-                              f"{exp.source('mtu')})",
+                              f"port {want[1]} ({exp.source('vni')}, {exp.source('port')}), MTU {want[2]} "
+                              "(FLANNEL_MTU)",
                               "the other nodes' flanneld encapsulates with other values: packets between nodes "
                               "are dropped", f"delete the device (ip link delete {device}) and restart flanneld")
+            if exp.mtu is not None and seen[2] is not None and exp.mtu > seen[2]:
+                return broken(f"pod MTU > {seen[2]}", node.name, "backend",
+                              f"the pod MTU {exp.mtu} ({exp.source('mtu')}) is above {device}'s MTU {seen[2]}",
+                              "pods send packets the device cannot carry: large packets between nodes are dropped",
+                              f"set flannel_mtu to at most {seen[2]} and {RERUN}")
     elif exp.backend != "host-gw":
         node.notes.append(f"backend: the {exp.backend} backend's device is not checked, only its routes")
     for other, cidrs in sorted((cluster.pod_cidrs or {}).items()):
@@ -340,10 +359,12 @@ def cri(exp: ExpectedNetwork, cluster: Cluster, node: Node) -> Broken | None:
 
 
 def effective_bin_dirs(view: CriView) -> list[str]:
-    for (table, key), value in view.cni.items():
-        if key in ("bin_dir", "bin_dirs"):
-            return [d.strip() for d in value.strip("[]").split(",") if d.strip()]
-    return []
+    """The bin dirs containerd's CRI plugin looks in: ``bin_dir`` when set (containerd 1.x, 2.0; from 2.1 a
+    deprecated key that still wins over ``bin_dirs``: containerd/containerd#11311), else ``bin_dirs``."""
+    values = {key: value for (table, key), value in view.cni.items()}
+    if values.get("bin_dir"):
+        return [values["bin_dir"]]
+    return [d.strip() for d in values.get("bin_dirs", "").strip("[]").split(",") if d.strip()]
 
 
 def conflist(exp: ExpectedNetwork, cluster: Cluster, node: Node) -> Broken | None:
@@ -392,7 +413,7 @@ def plugins(exp: ExpectedNetwork, cluster: Cluster, node: Node) -> Broken | None
     if not missing:
         return None
     return broken(f"no {missing[0]}", node.name, "plugins",
-                  f"{', '.join(missing)} not an executable in {', '.join(bins)}",
+                  f"no executable {', '.join(missing)} in {', '.join(bins) or '(no bin dir)'}",
                   f"new pods stay in ContainerCreating: `failed to find plugin \"{missing[0]}\" in path [{', '.join(bins)}]`",
                   RERUN + " (it installs the plugins)")
 
@@ -446,6 +467,8 @@ def host_local(exp: ExpectedNetwork, cluster: Cluster, node: Node) -> Broken | N
     if not leaked:
         return None
     use = pool_use(exp, node)
+    if exp.dual_stack:
+        node.notes.append("host-local: the pool's use is counted for IPv4 only (an IPv6 pool does not run out)")
     return broken(f"{len(leaked)} leaked", node.name, "host-local",
                   f"{len(leaked)} address(es) held by no sandbox: {', '.join(leaked[:8])}"
                   + ("..." if len(leaked) > 8 else "") + (f"; the pool is {use}% used" if use is not None else ""),

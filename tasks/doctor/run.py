@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import os
 
+from pyinfra import logger
+
 
 from tasks import pod_network
 from tasks.doctor import asking, datapath, foreign, links, verdict
 from tasks.doctor.expected import ExpectedNetwork, from_settings
-from tasks.doctor.links import LINKS, BrokenLink, Cluster, Node
+from tasks.doctor.links import LINKS, Cluster, Node
 from tasks.engine import answers, kubectl, ops, probe, runner
 from tasks.engine.answers import BadField
 from tasks.engine.findings import refuse
@@ -29,7 +31,8 @@ _cluster = Cluster()
 _tried: dict[str, list[datapath.Target]] = {}
 _answered: dict[str, dict] = {}
 _rows: dict[str, dict] = {}
-# The expected network of a cluster podnet did not deploy, read on the first control-plane host (None: podnet's,
+_order: list[str] = []  # the inventory's hosts, in its order (the verdict's rows)
+# The expected network of a cluster podnet did not deploy, read on the first control-plane host (empty: podnet's,
 # from each host's Settings).
 _foreign: list[ExpectedNetwork] = []
 
@@ -37,6 +40,7 @@ _foreign: list[ExpectedNetwork] = []
 def examine(host, inventory) -> None:
     """Ask ``host`` once and plan the datapath check and the verdict on it."""
     s = runner.settings_for(host, inventory)
+    _order[:] = [h.name for h in inventory]
     first = runner.first_control_plane(inventory) == host.name
     asked = asking.request(s, first)
     state = probe.node_state(host, asked.merge(foreign.probe_request(s)) if first else asked)
@@ -44,8 +48,12 @@ def examine(host, inventory) -> None:
                 asking.parse_cri(state.queries[asking.CRI_QUERY][1], host.name),
                 links.read_subnet_env(state.contents.get(pod_network.SUBNET_ENV)))
     if first:
-        read_cluster(state, host.name)
         expect_foreign(node, host.data.dict())
+        found = read_cluster(state, host.name, _foreign[0].rollout if _foreign else s.flannel_rollout)
+        _cluster.__dict__.update(found.__dict__)
+    elif not _cluster.kubectl_said and _cluster.pod_cidrs is None:
+        _cluster.kubectl_said = (f"the first control-plane host {runner.first_control_plane(inventory)} is not in this "
+                                 "run: run the doctor on it too")
     _nodes[host.name] = node
     ops.python_step(name="doctor: datapath to every other node's pod subnet", function=_datapath, args=(),
                     reason="ping every other node's flannel device and cni0 gateway, and with the pod MTU")
@@ -70,16 +78,22 @@ def expected(name: str) -> ExpectedNetwork:
     return _foreign[0] if _foreign else from_settings(_nodes[name].settings)
 
 
-def read_cluster(state, host_name: str) -> None:
-    """The first control-plane host's answers: every node's podCIDRs, every flannel pod."""
+def read_cluster(state, host_name: str, rollout: str) -> Cluster:
+    """The first control-plane host's answers: every node's podCIDRs, every flannel pod (not asked for the
+    systemd rollout)."""
+    cluster = Cluster()
     rc, lines = state.queries[pod_network.POD_CIDRS_QUERY]
     if rc != 0:
-        _cluster.kubectl_said = kubectl.said(state, pod_network.POD_CIDRS_QUERY)
-        return
-    _cluster.pod_cidrs = pod_network.pod_cidrs(host_name, lines)
-    rc, lines = state.queries[asking.FLANNEL_PODS_QUERY]
-    if rc == 0:
-        _cluster.flannel_pods = flannel_pods(lines, host_name)
+        cluster.kubectl_said = kubectl.said(state, pod_network.POD_CIDRS_QUERY)
+        return cluster
+    cluster.pod_cidrs = pod_network.pod_cidrs(host_name, lines)
+    if rollout != "systemd":
+        rc, lines = state.queries[asking.FLANNEL_PODS_QUERY]
+        if rc == 0:
+            cluster.flannel_pods = flannel_pods(lines, host_name)
+        else:
+            cluster.kubectl_said = kubectl.said(state, asking.FLANNEL_PODS_QUERY)
+    return cluster
 
 
 def flannel_pods(lines: list[str], host_name: str = "") -> dict[str, list[tuple[str, bool, str]]]:
@@ -132,7 +146,7 @@ def _datapath(state, host, connector_arguments) -> bool:
 def _verdict(state, host, connector_arguments) -> bool:
     exp = expected(host.name)
     if not _rows:
-        _rows.update(rows_for(exp, _nodes, _cluster))
+        _rows.update(rows_for(exp, {name: _nodes[name] for name in _order if name in _nodes}, _cluster))
         mtus = {name: datapath.pod_mtu(node, exp.mtu) for name, node in _nodes.items()}
         named = frozenset(name for name, row in _rows.items() if verdict.first_broken(row) is not None)
         for name, cell in datapath.verdict(_tried, _answered, mtus, named).items():
@@ -157,8 +171,9 @@ def _verdict(state, host, connector_arguments) -> bool:
                 with open(target, "w") as out:
                     out.write(text + "\n")
     first = verdict.first_broken(_rows.get(host.name, {}))
-    if first is not None:
-        raise BrokenLink(f"{host.name}: the {first} link is broken (see the doctor's verdict)")
+    if first is not None:  # the operation fails on this host: pyinfra exits non-zero
+        logger.error(f"podnet doctor: {host.name}: the {first} link is broken (see the verdict above)")
+        return False
     return True
 
 
