@@ -399,3 +399,11 @@ def test_only_the_first_control_plane_host_asks_the_cluster_and_only_control_pla
     assert "/etc/kubernetes/manifests/kube-controller-manager.yaml" in cp.contents
     systemd = asking.request(settings(CP, flannel_rollout="systemd"), True)
     assert "flannel_pods" not in systemd.queries and systemd.units == ["flanneld.service"]
+
+
+def test_pairs_with_a_node_already_named_for_an_earlier_link_are_left_out_of_the_datapath():
+    names = ["n1", "n2", "n3"]
+    tried, address = _tried(names)
+    dead = {("n1", "n3"), ("n3", "n1"), ("n2", "n3"), ("n3", "n2"), ("n1", "n2")}
+    found = datapath.verdict(tried, _answers(names, address, dead), {n: 1450 for n in names}, frozenset({"n3"}))
+    assert found["n3"] is None and found["n2"] is None and found["n1"].short == "no way to n2"
