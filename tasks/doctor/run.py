@@ -16,11 +16,12 @@ from pyinfra import logger
 
 
 from tasks import pod_network
-from tasks.doctor import asking, datapath, links, verdict
+from tasks.doctor import asking, datapath, foreign, links, verdict
 from tasks.doctor.expected import ExpectedNetwork, from_settings
 from tasks.doctor.links import LINKS, Cluster, Node
 from tasks.engine import answers, kubectl, ops, probe, runner
 from tasks.engine.answers import BadField
+from tasks.engine.findings import refuse
 
 JSON_ENV = "PODNET_DOCTOR_JSON"
 DATAPATH = "datapath"
@@ -31,6 +32,9 @@ _tried: dict[str, list[datapath.Target]] = {}
 _answered: dict[str, dict] = {}
 _rows: dict[str, dict] = {}
 _order: list[str] = []  # the inventory's hosts, in its order (the verdict's rows)
+# The expected network of a cluster podnet did not deploy, read on the first control-plane host (empty: podnet's,
+# from each host's Settings).
+_foreign: list[ExpectedNetwork] = []
 
 
 def examine(host, inventory) -> None:
@@ -38,21 +42,40 @@ def examine(host, inventory) -> None:
     s = runner.settings_for(host, inventory)
     _order[:] = [h.name for h in inventory]
     first = runner.first_control_plane(inventory) == host.name
-    state = probe.node_state(host, asking.request(s, first))
+    asked = asking.request(s, first)
+    state = probe.node_state(host, asked.merge(foreign.probe_request(s)) if first else asked)
     node = Node(host.name, s, state, asking.parse_node(state.queries[asking.NODE_QUERY][1], host.name),
                 asking.parse_cri(state.queries[asking.CRI_QUERY][1], host.name),
                 links.read_subnet_env(state.contents.get(pod_network.SUBNET_ENV)))
     if first:
-        found = read_cluster(state, host.name, s.flannel_rollout)
+        expect_foreign(node, host.data.dict())
+        found = read_cluster(state, host.name, _foreign[0].rollout if _foreign else s.flannel_rollout)
         _cluster.__dict__.update(found.__dict__)
     elif not _cluster.kubectl_said and _cluster.pod_cidrs is None:
         _cluster.kubectl_said = (f"the first control-plane host {runner.first_control_plane(inventory)} is not in this "
                                  "run: run the doctor on it too")
     _nodes[host.name] = node
-    exp = from_settings(s)
-    ops.python_step(name="doctor: datapath to every other node's pod subnet", function=_datapath, args=(exp,),
+    ops.python_step(name="doctor: datapath to every other node's pod subnet", function=_datapath, args=(),
                     reason="ping every other node's flannel device and cni0 gateway, and with the pod MTU")
-    ops.python_step(name="doctor: verdict", function=_verdict, args=(exp,), reason="the links of every node")
+    ops.python_step(name="doctor: verdict", function=_verdict, args=(), reason="the links of every node")
+
+
+def expect_foreign(node: Node, data: dict) -> None:
+    """On the first control-plane host: a cluster whose pod network podnet did not deploy (tasks/doctor/foreign.py)
+    is held to what the inventory sets and, for the rest, to what its kube-controller-manager and flannel's
+    net-conf say; each value's source is said in the verdict, what could not be read is a note of that host. A
+    cluster CIDR that cannot be told stops the doctor (the setting to give is named)."""
+    if foreign.podnet_deployed(node.settings, node.state):
+        return
+    exp, found = foreign.expected_network(data, node.settings, node.state, node.name)
+    node.notes.extend(f.message for f in found if not f.is_error)
+    refuse(found)
+    _foreign.append(exp)  # type: ignore[arg-type]
+
+
+def expected(name: str) -> ExpectedNetwork:
+    """What the doctor holds the cluster to: the foreign cluster's, else what podnet deploys with the settings."""
+    return _foreign[0] if _foreign else from_settings(_nodes[name].settings)
 
 
 def read_cluster(state, host_name: str, rollout: str) -> Cluster:
@@ -103,8 +126,8 @@ def rows_for(exp: ExpectedNetwork, nodes: dict[str, Node], cluster: Cluster) -> 
     return rows
 
 
-def _datapath(state, host, connector_arguments, exp: ExpectedNetwork) -> bool:
-    node = _nodes[host.name]
+def _datapath(state, host, connector_arguments) -> bool:
+    node, exp = _nodes[host.name], expected(host.name)
     everyone = datapath.targets(_nodes, _cluster)
     to = [t for name, found in everyone.items() if name != host.name for t in found]
     _tried[host.name] = to
@@ -120,7 +143,8 @@ def _datapath(state, host, connector_arguments, exp: ExpectedNetwork) -> bool:
     return True
 
 
-def _verdict(state, host, connector_arguments, exp: ExpectedNetwork) -> bool:
+def _verdict(state, host, connector_arguments) -> bool:
+    exp = expected(host.name)
     if not _rows:
         _rows.update(rows_for(exp, {name: _nodes[name] for name in _order if name in _nodes}, _cluster))
         mtus = {name: datapath.pod_mtu(node, exp.mtu) for name, node in _nodes.items()}
@@ -132,7 +156,12 @@ def _verdict(state, host, connector_arguments, exp: ExpectedNetwork) -> bool:
                 _rows[name][DATAPATH] = verdict.NOT_APPLICABLE
         columns = [link for link, _ in LINKS] + [DATAPATH]
         notes = {name: node.notes for name, node in _nodes.items() if node.notes}
-        print(verdict.render(_rows, columns, notes, exp), flush=True)
+        said = verdict.render(_rows, columns, notes, exp)
+        if _foreign:
+            said += ("\n\nthis cluster's pod network is not podnet's (a fix that reruns podnet's deploy.py makes it "
+                     "podnet's); expected values and where they were read:\n"
+                     + "\n".join(f"  {line}" for line in foreign.describe_sources(exp)))
+        print(said, flush=True)
         target = os.environ.get(JSON_ENV)
         if target:
             text = verdict.as_json(_rows, columns, notes, exp)
