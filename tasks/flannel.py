@@ -132,6 +132,139 @@ def net_conf_json(s: Settings) -> str:
     return json.dumps(net_conf(s), indent=2) + "\n"
 
 
+# --- net-conf.json as flanneld reads it (a cluster podnet did not deploy: tasks/doctor/foreign.py) ---------
+
+# flanneld v0.28.9's values for what net-conf.json leaves out: EnableIPv4 true (ParseConfig, pkg/subnet/config.go),
+# no Backend at all the "udp" backend (parseBackendType, same file); vxlan's VNI 1 (defaultVNI) and Port 0,
+# with which the kernel's vxlan driver uses its udp_port default, 8472 (pkg/backend/vxlan/vxlan.go,
+# drivers/net/vxlan/vxlan_core.c); wireguard's ListenPort 51820 (pkg/backend/wireguard/wireguard.go); the
+# backend's MTU defaults to the external interface's (per node, so left None here).
+NET_CONF_DEFAULTS = {"EnableIPv4": True, "EnableIPv6": False, "Backend.Type": "udp"}
+BACKEND_DEFAULT_PORTS = {"vxlan": 8472, "wireguard": 51820}
+DEFAULT_VNI = 1
+
+
+class NetConfError(PodnetError, ValueError):
+    """A net-conf.json flanneld refuses to start with; the message is flanneld's reason."""
+
+
+@dataclass(frozen=True)
+class NetConf:
+    """
+    flanneld's network configuration as v0.28.9 reads net-conf.json (``parse_net_conf``): IP families,
+    networks, the backend type (lower case, as the backend manager looks it up) with its VNI (vxlan), UDP port
+    (vxlan Port, wireguard ListenPort) and MTU (the external interface MTU the backend subtracts its
+    encapsulation from; None: the interface's own), flannel's defaults filled in. ``given``: the keys the file
+    sets ("Network", "Backend.VNI"...); every other value is flannel's default.
+    """
+
+    enable_ipv4: bool
+    enable_ipv6: bool
+    network: ipaddress.IPv4Network | None
+    ipv6_network: ipaddress.IPv6Network | None
+    backend: str
+    vni: int | None
+    port: int | None
+    mtu: int | None
+    given: frozenset[str]
+
+
+class _JsonObject(list):
+    """A JSON object's members in order, (key, value) pairs, repeats kept (json.loads' object_pairs_hook)."""
+
+
+def _go_fields(pairs, names: tuple[str, ...], where: str) -> dict:
+    """A JSON object's members as encoding/json stores them into a Go struct with fields ``names``: a key
+    matches a field case-insensitively, a repeated one's last value wins, keys of no field are ignored."""
+    if not isinstance(pairs, _JsonObject):
+        raise NetConfError(f"{where}: json: cannot unmarshal {_json_kind(pairs)} into a Go struct")
+    by_fold = {name.lower(): name for name in names}
+    found = {}
+    for key, value in pairs:
+        name = by_fold.get(key.lower())
+        if name is not None:
+            found[name] = value
+    return found
+
+
+def _json_kind(value) -> str:
+    return {bool: "bool", str: "string", int: "number", float: "number", type(None): "null", list: "array",
+            _JsonObject: "object"}.get(type(value), "value")
+
+
+def _go_bool_field(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise NetConfError(f"json: cannot unmarshal {_json_kind(value)} into Go struct field Config.{name} of type bool")
+    return value
+
+
+def _go_int_field(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise NetConfError(f"json: cannot unmarshal {_json_kind(value)} into Go struct field {name} of type int")
+    return value
+
+
+def _flannel_network(value, name: str, version: int):
+    """ip.IP4Net / ip.IP6Net UnmarshalJSON (pkg/ip/ipnet.go, ipnet6.go): net.ParseCIDR of the text, host bits
+    dropped, of that IP family."""
+    if not isinstance(value, str) or "/" not in value:
+        raise NetConfError(f"{name}: invalid CIDR address: {value if isinstance(value, str) else json.dumps(value)}")
+    try:
+        network = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise NetConfError(f"{name}: invalid CIDR address: {value}") from None
+    if network.version != version:
+        raise NetConfError(f"{name}: invalid IPv{version} CIDR format: {value}")
+    return network
+
+
+def parse_net_conf(text: str) -> NetConf:
+    """
+    net-conf.json as flanneld v0.28.9 reads it (subnet.ParseConfig, pkg/subnet/config.go; the backend's own
+    section by its RegisterNetwork: pkg/backend/vxlan/vxlan.go parseVXLANConfig, pkg/backend/wireguard), with
+    Go's encoding/json rules (member names matched case-insensitively, a repeated member's last value, unknown
+    members ignored, a value of the wrong type refused). NetConfError with flanneld's reason for a file it
+    refuses. Absent values are flannel's defaults (NET_CONF_DEFAULTS, BACKEND_DEFAULT_PORTS, DEFAULT_VNI).
+    """
+    try:
+        document = json.loads(text, object_pairs_hook=_JsonObject)
+    except ValueError as problem:
+        raise NetConfError(f"net-conf.json is not JSON: {problem}") from None
+    top = _go_fields(document, ("EnableIPv4", "EnableIPv6", "Network", "IPv6Network", "Backend"), "net-conf.json")
+    given = set(top)
+    enable_ipv4 = _go_bool_field(top.get("EnableIPv4", NET_CONF_DEFAULTS["EnableIPv4"]), "EnableIPv4")
+    enable_ipv6 = _go_bool_field(top.get("EnableIPv6", NET_CONF_DEFAULTS["EnableIPv6"]), "EnableIPv6")
+    network = _flannel_network(top["Network"], "Network", 4) if "Network" in top else None
+    ipv6_network = _flannel_network(top["IPv6Network"], "IPv6Network", 6) if "IPv6Network" in top else None
+    # the kube subnet manager then refuses every node's podCIDR (AcquireLease, pkg/subnet/kube/kube.go)
+    if enable_ipv4 and network is None:
+        raise NetConfError("EnableIPv4 is on but Network is not set: flanneld finds no node's podCIDR in it")
+    if enable_ipv6 and ipv6_network is None:
+        raise NetConfError("EnableIPv6 is on but IPv6Network is not set: flanneld finds no node's IPv6 podCIDR in it")
+    backend_type, section = NET_CONF_DEFAULTS["Backend.Type"], {}
+    if "Backend" in top:
+        if top["Backend"] is not None and not isinstance(top["Backend"], _JsonObject):
+            raise NetConfError(f"error decoding Backend property of config: json: cannot unmarshal "
+                               f"{_json_kind(top['Backend'])} into Go value")
+        section = _go_fields(top["Backend"] or _JsonObject(), ("Type", "VNI", "Port", "ListenPort", "MTU"), "Backend")
+        backend_type = section.get("Type", "")
+        if not isinstance(backend_type, str):
+            raise NetConfError(f"error decoding Backend property of config: json: cannot unmarshal "
+                               f"{_json_kind(backend_type)} into Go struct field .Type of type string")
+        given.update(f"Backend.{key}" for key in section)
+    backend = backend_type.lower()
+    vni = port = mtu = None
+    if backend == "vxlan":
+        vni = _go_int_field(section.get("VNI", DEFAULT_VNI), "VXLANConfig.vni")
+        port = _go_int_field(section.get("Port", 0), "VXLANConfig.port") or BACKEND_DEFAULT_PORTS["vxlan"]
+    elif backend == "wireguard":
+        port = _go_int_field(section.get("ListenPort", BACKEND_DEFAULT_PORTS["wireguard"]), ".ListenPort")
+    if backend in ("vxlan", "wireguard") and "MTU" in section:
+        mtu = _go_int_field(section["MTU"], "MTU") or None
+    return NetConf(enable_ipv4, enable_ipv6, network if enable_ipv4 else None,
+                   ipv6_network if enable_ipv6 else None, backend, vni, port, mtu, frozenset(given))
+
+
 def image_flannel_version(image: str) -> str | None:
     """The flannel release an image's tag names ("docker.io/flannel/flannel:v0.28.9" -> "0.28.9"); None for an
     image without a release tag (a digest only, "latest", a tag of your own)."""

@@ -212,6 +212,15 @@ def parse_cni0(lines: list[str], host_name: str = "") -> tuple[list[str], int]:
     return addresses, (ports or [0])[0]
 
 
+def cni0_addresses(node: NodeState, host_name: str = "") -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] | None:
+    """Every global address of cni0, both families, or None without a cni0."""
+    rc, lines = node.queries.get("cni0", (1, []))
+    if rc != 0 or not lines:
+        return None
+    records = answers.records(host_name, f"{BRIDGE}'s addresses and ports", lines, _cni0_line)
+    return [ipaddress.ip_interface(value) for what, value in records if what == "addr"]
+
+
 def cni0_state(node: NodeState, host_name: str = "") -> tuple[list[str], int] | None:
     """(cni0's global IPv4 and IPv6 addresses, pods attached), or None without a cni0."""
     rc, lines = node.queries.get("cni0", (1, []))

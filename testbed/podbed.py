@@ -197,15 +197,17 @@ class PodBed:
 
     # --- the deploy ------------------------------------------------------------------
 
-    def deploy_command(self, *extra_args: str, script: str = "deploy.py") -> list[str]:
-        """The pyinfra command line of deploy.py (or ``script``, such as reset.py): `-y`, or `--dry` to only plan."""
+    def deploy_command(self, *extra_args: str, script: str = "deploy.py", inventory: Path | None = None) -> list[str]:
+        """The pyinfra command line of deploy.py (or ``script``, such as reset.py): `-y`, or `--dry` to only plan;
+        ``inventory``: another inventory file than ``write_inventory``'s."""
         confirm = [] if "--dry" in extra_args else ["-y"]
-        return [sys.executable, "-m", "pyinfra", *confirm, *extra_args, str(self.workdir / "inventory.py"), script]
+        return [sys.executable, "-m", "pyinfra", *confirm, *extra_args, str(inventory or self.workdir / "inventory.py"),
+                script]
 
-    def deploy(self, *extra_args: str, script: str = "deploy.py") -> DeployRun:
+    def deploy(self, *extra_args: str, script: str = "deploy.py", inventory: Path | None = None) -> DeployRun:
         """Run the real deploy.py (or ``script``) with the real pyinfra CLI over SSH (`-y`, or `--dry` to only plan)."""
-        proc = subprocess.run(self.deploy_command(*extra_args, script=script), cwd=REPO, capture_output=True,
-                              text=True, timeout=DEPLOY_TIMEOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(self.deploy_command(*extra_args, script=script, inventory=inventory), cwd=REPO,
+                              capture_output=True, text=True, timeout=DEPLOY_TIMEOUT, stdin=subprocess.DEVNULL)
         return self.deploy_result(proc.returncode, proc.stdout + proc.stderr, script)
 
     def deploy_result(self, returncode: int, output: str, script: str = "deploy.py") -> DeployRun:
@@ -311,23 +313,34 @@ class PodBed:
 
     def run_pod(self, node: Node, name: str) -> Pod:
         """A pod bound to ``node`` (the pause image); waits (bounded) until it runs with an IP."""
-        manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
-                    "spec": {"nodeName": node.name, "terminationGracePeriodSeconds": 0,
-                             "containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.10"}]}}
-        self.kubectl("apply -f -", input=json.dumps(manifest))
+        return self.run_pods([(node, name)])[0]
+
+    def run_pods(self, placements: list[tuple[Node, str]]) -> list[Pod]:
+        """Pods bound to their nodes (the pause image), all created first, then waited for (bounded) until each runs
+        with an IP: the kubelets start them at the same time."""
+        for node, name in placements:
+            manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+                        "spec": {"nodeName": node.name, "terminationGracePeriodSeconds": 0,
+                                 "containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.10"}]}}
+            self.kubectl("apply -f -", input=json.dumps(manifest))
         deadline = time.monotonic() + POD_TIMEOUT
-        status = {}
-        while time.monotonic() < deadline:
-            status = json.loads(self.kubectl(f"get pod {name} -o json"))["status"]
-            ips = [entry["ip"] for entry in status.get("podIPs", [])]
-            if status.get("phase") == "Running" and status.get("podIP") and len(ips) >= len(self.families):
-                ip6 = next((ip for ip in ips if ipaddress.ip_address(ip).version == 6), "")
-                return Pod(node, name, status["podIP"], ip6)
-            time.sleep(1)
-        events = self.kubectl(f"get events --field-selector involvedObject.name={name} -o "
-                              "jsonpath='{range .items[*]}{.reason}: {.message}{\"\\n\"}{end}'", check=False)
-        raise AssertionError(f"pod {name} on {node.name} not running with an IP after {POD_TIMEOUT}s: "
-                             f"{status}\n{events[-3000:]}")
+        pods: list[Pod] = []
+        for node, name in placements:
+            status = {}
+            while True:
+                status = json.loads(self.kubectl(f"get pod {name} -o json"))["status"]
+                ips = [entry["ip"] for entry in status.get("podIPs", [])]
+                if status.get("phase") == "Running" and status.get("podIP") and len(ips) >= len(self.families):
+                    ip6 = next((ip for ip in ips if ipaddress.ip_address(ip).version == 6), "")
+                    pods.append(Pod(node, name, status["podIP"], ip6))
+                    break
+                if time.monotonic() > deadline:
+                    events = self.kubectl(f"get events --field-selector involvedObject.name={name} -o "
+                                          "jsonpath='{range .items[*]}{.reason}: {.message}{\"\\n\"}{end}'", check=False)
+                    raise AssertionError(f"pod {name} on {node.name} not running with an IP after {POD_TIMEOUT}s: "
+                                         f"{status}\n{events[-3000:]}")
+                time.sleep(1)
+        return pods
 
     def remove_pod(self, pod: Pod) -> None:
         self.kubectl(f"delete pod {pod.name} --wait=true --timeout=60s")

@@ -27,6 +27,7 @@ import json
 import itertools
 import os
 import shlex
+import subprocess
 import tomllib
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ from tasks import containerd as containerd_tasks
 from tasks import flannel as flannel_tasks
 from tasks.settings import parse_host_settings
 from testbed.cri.client import cri_over_ssh
+from tasks.doctor.run import JSON_ENV as DOCTOR_JSON
 from testbed.podbed import CLUSTER_CIDR_IPV6, KCM_UNIT_PATH, MANIFEST_PATH, PING_HEADERS, VXLAN_MTU, PodBed
 from testbed.kubebed.cluster import SERVICE_CIDR_IPV6
 
@@ -303,7 +305,8 @@ def test_pods_get_ips_from_their_nodes_pod_cidr_and_reach_each_other_across_node
         for pod, version in itertools.product(pods, bed.families):  # an address of each family, in that podCIDR
             address, subnet = pod_address(pod, version), bed.node_subnet(pod.node, version)
             assert address and ipaddress.ip_address(address) in subnet.network, (pod.node.name, address, subnet)
-            assert bed.pod_interface(pod, version) == (f"{address}/{subnet.network.prefixlen}", bed.pod_mtu)
+            interface = bed.pod_interface(pod, version)
+            assert interface == (f"{address}/{subnet.network.prefixlen}", bed.pod_mtu)
             assert bed.sh(pod.node, f"ip -o -{version} addr show dev cni0 scope global | awk '{{print $4}}'"
                           ).split() == [str(subnet)]
             assert bed.sh(pod.node, f"cat /var/lib/cni/networks/cbr0/{address}").split()[1] == "eth0"
@@ -314,8 +317,8 @@ def test_pods_get_ips_from_their_nodes_pod_cidr_and_reach_each_other_across_node
                 f"{source.name} cannot reach {target.name} over IPv{version} ({pod_address(target, version)})"
         # over the vxlan backend, a don't-fragment packet of exactly the pod MTU passes, one byte more does not
         source, target = pods[0], pods[1]
-        seen = [f"{pod.node.name} {pod.name}: {pod.ip} {pod.ip6} (eth0 MTU {bed.pod_interface(pod)[1]})".rstrip()
-                for pod in pods]
+        seen = [f"{pod.node.name} {pod.name}: {pod.ip} {pod.ip6} (eth0 MTU {bed.pod_mtu})".replace("  ", " ")
+                for pod in pods]  # every eth0's MTU was checked to be bed.pod_mtu above
         for version in bed.families:
             payload = bed.pod_mtu - PING_HEADERS[version]
             assert bed.ping(source, pod_address(target, version), payload=payload), version
@@ -344,6 +347,48 @@ def test_rerun_changes_nothing_and_restarts_nothing(bed):
     assert pids(bed) == before
     if flannel_pods is not None:
         assert bed.flannel_pods() == flannel_pods
+
+
+# --- doctor.py: the pod IP's path walked link by link (issue 20) -----------------------------------
+
+# What doctor.py must leave as it is on every node: podnet's files, flannel's and host-local's state, the digest cache.
+NODE_FILES = ("find /etc/cni /opt/cni/bin /etc/containerd /var/lib/podnet /run/flannel /var/lib/cni /etc/kube-flannel "
+              "/etc/kubernetes/manifests -type f -exec sha256sum {} + 2>/dev/null | sort")
+
+
+def run_doctor(bed: PodBed) -> tuple:
+    """doctor.py with the real pyinfra CLI; (the run, its verdict as JSON)."""
+    verdict = bed.workdir / "doctor.json"
+    verdict.unlink(missing_ok=True)
+    os.environ[DOCTOR_JSON] = str(verdict)
+    try:
+        run = bed.deploy(script="doctor.py")
+    finally:
+        del os.environ[DOCTOR_JSON]
+    return run, json.loads(verdict.read_text())
+
+
+def first_broken(verdict: dict) -> dict[str, str]:
+    """Node -> the link the verdict names as broken there (nodes whose links all hold left out)."""
+    return {node: link for node, cells in verdict["nodes"].items() for link, cell in cells.items()
+            if cell["state"] == "broken"}
+
+
+def test_doctor_right_after_the_deploy_finds_every_link_holding_and_changes_nothing(bed):
+    files = [bed.sh(node, NODE_FILES) for node in bed.cluster.nodes]
+    marks = [node_costs.mark(node) for node in bed.cluster.nodes]
+    run, verdict = run_doctor(bed)
+    assert run.returncode == 0, run.output[-4000:]
+    assert "podnet doctor: every link holds on every node" in run.output
+    assert verdict["healthy"] and first_broken(verdict) == {}
+    for node in bed.cluster.nodes:
+        cells = verdict["nodes"][node.name]
+        assert {cells[link]["state"] for link in verdict["links"]} <= {"holds", "not applicable"}, cells
+        assert cells["datapath"]["state"] == "holds", cells
+    assert verdict["nodes"][bed.cluster.nodes[0].name]["node IPAM"]["state"] == "holds"
+    assert [bed.sh(node, NODE_FILES) for node in bed.cluster.nodes] == files
+    for node, mark in zip(bed.cluster.nodes, marks):  # the probe and the datapath check
+        assert node_costs.cost_since(node, mark).commands == 2, node.name
 
 
 def test_first_run_downloads_each_artifact_once_and_uses_one_transfer_session_per_host(bed):
@@ -653,3 +698,118 @@ def test_a_pod_network_change_is_refused_then_carried_out_with_the_opt_in(bed):
         for pod in pods:
             bed.remove_pod(pod)
     assert bed.deploy().changed_operations() == {}
+
+
+# --- doctor.py on a broken cluster: each breakage named as exactly its link on exactly its node (issue 20) ----
+# Last on the containerd-2.x cluster (after the pod network moved): each breakage is made and then repaired
+# (by a podnet rerun where that is the fix), and the cluster is left converged.
+
+
+@pytest.mark.only_bed("containerd-2.x")
+def test_doctor_names_host_local_leaks_a_missing_plugin_and_a_config_sorting_ahead(bed):
+    cp, second, third = bed.cluster.nodes
+    leaked = [str(bed.node_subnet(cp).network[250]), str(bed.node_subnet(cp).network[251])]
+    records = "/var/lib/cni/networks/cbr0"
+    bed.sh(cp, f"for ip in {' '.join(leaked)}; do printf 'podnetdoctortest\\neth0' > {records}/$ip; done")
+    bed.sh(second, "mv /opt/cni/bin/flannel /root/flannel.doctor-test")
+    bed.sh(third, "printf '%s' '{\"cniVersion\": \"1.0.0\", \"name\": \"other\", \"plugins\": "
+                  "[{\"type\": \"bridge\"}]}' > /etc/cni/net.d/00-other.conflist")
+    try:
+        run, verdict = run_doctor(bed)
+        assert run.returncode != 0
+        assert first_broken(verdict) == {cp.name: "host-local", second.name: "plugins", third.name: "conflist"}
+        assert f"{cp.name}: host-local: 2 address(es) held by no sandbox: {', '.join(sorted(leaked))}" in run.output
+        assert f"rm -f {' '.join(sorted(leaked))}" in verdict["nodes"][cp.name]["host-local"]["fix"]
+        assert 'failed to find plugin "flannel" in path [/opt/cni/bin]' in run.output
+        assert f"{third.name}: conflist: 00-other.conflist sorts ahead of 10-flannel.conflist" in run.output
+    finally:
+        bed.sh(cp, f"cd {records} && rm -f {' '.join(leaked)}")  # the doctor's fix
+        bed.sh(second, "rm -f /root/flannel.doctor-test")
+        assert bed.deploy().returncode == 0  # puts the plugin back, moves the config aside
+        bed.sh(third, "rm -f /etc/cni/net.d/00-other.conflist.podnet-disabled")
+    run, verdict = run_doctor(bed)
+    assert run.returncode == 0 and first_broken(verdict) == {}, run.output[-3000:]
+
+
+@pytest.mark.only_bed("containerd-2.x")
+def test_doctor_names_a_stopped_flanneld_without_subnet_env_and_a_cni0_from_another_network(bed):
+    cp, second, third = bed.cluster.nodes
+    bed.sh(second, "ip addr add 10.99.0.1/24 dev cni0")
+    bed.kubectl(f"taint node {third.name} podnet.io/doctor-test=1:NoExecute")  # evicts its flannel pod
+    bed.kube.wait_for(cp, f"! kubectl --kubeconfig=/etc/kubernetes/admin.conf -n kube-flannel get pods -o wide "
+                          f"| grep -w {third.name}", "the flannel pod gone from the tainted node")
+    bed.sh(third, "rm -f /run/flannel/subnet.env")
+    try:
+        run, verdict = run_doctor(bed)
+        assert run.returncode != 0
+        assert first_broken(verdict) == {second.name: "cni0", third.name: "flanneld"}
+        assert ('failed to set bridge addr: "cni0" already has an IP address different from '
+                f"{bed.node_subnet(second).network[1]}/{bed.node_subnet(second).network.prefixlen}") in run.output
+        assert f"{third.name}: flanneld: no pod of DaemonSet kube-flannel/kube-flannel runs on {third.name}" \
+            in run.output
+    finally:
+        bed.sh(second, "ip addr del 10.99.0.1/24 dev cni0")
+        bed.kubectl(f"taint node {third.name} podnet.io/doctor-test-")
+        bed.wait_for_flannel()
+    bed.kube.wait_for(third, "test -s /run/flannel/subnet.env", "flanneld writing subnet.env again")
+    run, verdict = run_doctor(bed)
+    assert run.returncode == 0 and first_broken(verdict) == {}, run.output[-3000:]
+
+
+@pytest.mark.only_bed("containerd-2.x")
+def test_doctor_names_node_ipam_switched_off_and_a_node_registered_without_a_pod_cidr(bed):
+    cp, second, third = bed.cluster.nodes
+    bed.sh(cp, f"sed -i 's/--allocate-node-cidrs=true/--allocate-node-cidrs=false/' {MANIFEST_PATH}")
+    bed.kube.wait_for(cp, "pgrep -af kube-controller-manager | grep -q -- --allocate-node-cidrs=false",
+                      "kube-controller-manager running without node IPAM")
+    bed.kubectl(f"delete node {third.name}")
+    bed.sh(third, "systemctl restart kubelet")
+    bed.kube.wait_for(cp, f"kubectl --kubeconfig=/etc/kubernetes/admin.conf get node {third.name}",
+                      "the node registered again")
+    overrides = dict(bed.overrides)
+    try:
+        run, verdict = run_doctor(bed)
+        assert run.returncode != 0
+        assert first_broken(verdict) == {cp.name: "node IPAM", third.name: "podCIDR"}
+        assert f"{cp.name}: node IPAM: kube-controller-manager ({MANIFEST_PATH}) runs with --allocate-node-cidrs=false" \
+            in run.output
+        assert f"{third.name}: podCIDR: Node {third.name} has no spec.podCIDR" in run.output
+    finally:
+        # the fix: podnet merges the flags back; the node gets a podCIDR (maybe another one: its old cni0 goes
+        # with allow_pod_network_change) and its flannel pod, restarted at once rather than after its back-off
+        bed.write_inventory(**{**overrides, "allow_pod_network_change": True})
+        bed.deploy()
+        bed.kube.wait_for(cp, f"kubectl --kubeconfig=/etc/kubernetes/admin.conf get node {third.name} "
+                              "-o jsonpath='{.spec.podCIDR}' | grep -q .", "the node's podCIDR")
+        bed.kubectl(f"-n kube-flannel delete pod --field-selector spec.nodeName={third.name}")
+        bed.wait_for_flannel()
+        assert bed.deploy().returncode == 0
+        bed.write_inventory(**overrides)
+    run, verdict = run_doctor(bed)
+    assert run.returncode == 0 and first_broken(verdict) == {}, run.output[-3000:]
+
+
+@pytest.mark.only_bed("containerd-2.x")
+def test_doctor_names_the_node_whose_vxlan_port_is_dropped_and_the_one_whose_link_drops_large_packets(bed):
+    cp, second, third = bed.cluster.nodes
+    rule = "INPUT -p udp --dport 8472 -j DROP"
+    bed.sh(second, f"iptables -I {rule}")  # inside the test node only
+    try:
+        run, verdict = run_doctor(bed)
+        assert run.returncode != 0
+        assert first_broken(verdict) == {second.name: "datapath"}
+        assert verdict["nodes"][second.name]["datapath"]["short"] == "unreachable"
+        assert f"{second.name} reaches no other node's pod subnet and none reaches it" in run.output
+    finally:
+        bed.sh(second, f"iptables -D {rule}")
+    mtu = int(open(f"/sys/class/net/{third.veth}/mtu").read())
+    subprocess.run(["ip", "link", "set", third.veth, "mtu", str(VXLAN_MTU + 20)], check=True)  # the bed's own veth
+    try:
+        run, verdict = run_doctor(bed)
+        assert run.returncode != 0
+        assert first_broken(verdict) == {third.name: "datapath"}
+        assert verdict["nodes"][third.name]["datapath"]["short"] == f"MTU {VXLAN_MTU} dropped"
+    finally:
+        subprocess.run(["ip", "link", "set", third.veth, "mtu", str(mtu)], check=True)
+    run, verdict = run_doctor(bed)
+    assert run.returncode == 0 and first_broken(verdict) == {}, run.output[-3000:]

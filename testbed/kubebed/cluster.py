@@ -41,7 +41,7 @@ from pathlib import Path
 
 import yaml
 
-from testbed.cri.pause import build_pause_binary, layered_image_bytes
+from testbed.cri.pause import build_pause_binary, build_static_binary, layered_image_bytes
 from testbed.kubebed import binaries
 from testbed.localcluster import Cluster, Node
 
@@ -398,10 +398,54 @@ def control_plane_images() -> list[bytes]:
     return [binary_image(f"registry.k8s.io/{name}:v{binaries.KUBERNETES_VERSION}", name) for name in CONTROL_PLANE]
 
 
+# STAND-IN for flannel's cmd/install_conf (v0.28.9), which the manifest's install-cni init container runs:
+# copies <src> to <dest> atomically as utils.CopyFileAtomic does (a temporary file beside <dest>, synced, given
+# <src>'s mode, renamed over <dest>).
+INSTALL_CONF_C = r"""
+/* install-conf: flannel's cmd/install_conf for podnet's test bed (no Go toolchain here). */
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    if (argc != 3) { fprintf(stderr, "usage: %s <src> <dest>\n", argv[0]); return 1; }
+    char dir[4096], base[4096], tmp[8300];
+    snprintf(dir, sizeof dir, "%s", argv[2]);
+    snprintf(base, sizeof base, "%s", argv[2]);
+    snprintf(tmp, sizeof tmp, "%s/.%s.tmpXXXXXX", dirname(dir), basename(base));
+    struct stat st;
+    int in = open(argv[1], O_RDONLY);
+    if (in < 0 || fstat(in, &st) < 0) { perror(argv[1]); return 1; }
+    int out = mkstemp(tmp);
+    if (out < 0) { perror(tmp); return 1; }
+    char buf[65536];
+    ssize_t n;
+    while ((n = read(in, buf, sizeof buf)) > 0)
+        if (write(out, buf, (size_t)n) != n) { perror(tmp); unlink(tmp); return 1; }
+    if (n < 0 || fsync(out) < 0 || fchmod(out, st.st_mode & 07777) < 0 || close(out) < 0) {
+        perror(tmp); unlink(tmp); return 1;
+    }
+    if (rename(tmp, argv[2]) < 0) { perror(argv[2]); unlink(tmp); return 1; }
+    return 0;
+}
+"""
+
+
+def install_conf_binary() -> Path:
+    """The static install-conf stand-in (built once, cached)."""
+    return build_static_binary("install-conf", INSTALL_CONF_C)
+
+
 def flannel_image(rootfs: Path) -> bytes:
     """flanneld at /opt/bin/flanneld (as upstream's image) plus the iptables it runs, taken with
-    its libraries from a Debian node root (upstream's image is Alpine with iptables)."""
-    return iptables_image(FLANNEL_IMAGE, rootfs, {"opt/bin/flanneld": binaries.binary("flanneld")},
+    its libraries from a Debian node root (upstream's image is Alpine with iptables), and the install-conf
+    stand-in at /opt/bin/install-conf, which flannel's own kube-flannel.yml runs (testbed/foreignbed.py)."""
+    return iptables_image(FLANNEL_IMAGE, rootfs, {"opt/bin/flanneld": binaries.binary("flanneld"),
+                                                  "opt/bin/install-conf": install_conf_binary()},
                           env=["PATH=/opt/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
                           created_by=f"podnet tests: flanneld v{binaries.FLANNELD_VERSION} (shared/bin) + "
                                      "Debian's iptables")
@@ -421,21 +465,27 @@ def iptables_image(image_name: str, rootfs: Path, binaries_in_image: dict[str, P
                    created_by: str) -> bytes:
     """An image of the given binaries (path in image -> file) plus iptables with its libraries
     and extensions, taken from a Debian node root."""
+    commands = [f"/usr/sbin/{command}" for command in IPTABLES_COMMANDS]
+    # iptables' nft backend and xtables extensions are loaded at run time
+    commands += [f"/{extension_dir}/{file.name}" for extension_dir in ("usr/lib/x86_64-linux-gnu/xtables",)
+                 for file in sorted((rootfs / extension_dir).glob("*.so"))]
+    return rootfs_image(image_name, rootfs, binaries_in_image, commands, env, created_by,
+                        extra={"etc/protocols": ((rootfs / "etc/protocols").read_bytes(), 0o644)})
+
+
+def rootfs_image(image_name: str, rootfs: Path, binaries_in_image: dict[str, Path], commands: list[str],
+                 env: list[str], created_by: str, extra: dict[str, tuple[bytes, int]] | None = None) -> bytes:
+    """An image of the given binaries (path in image -> file) plus ``commands`` (absolute paths, links followed;
+    those missing left out) with the shared libraries they load, taken from a Debian node root."""
     members: dict[str, tuple[bytes, int]] = {path: (file.read_bytes(), 0o755)
                                              for path, file in binaries_in_image.items()}
-    for command in IPTABLES_COMMANDS:
-        path = _resolve_in(rootfs, f"/usr/sbin/{command}")
+    for command in commands:
+        path = _resolve_in(rootfs, command)
         if path is not None:
-            members[f"usr/sbin/{command}"] = ((rootfs / path.lstrip("/")).read_bytes(), 0o755)
+            members.setdefault(command.lstrip("/"), ((rootfs / path.lstrip("/")).read_bytes(), 0o755))
             for library in _libraries(rootfs, path):
                 members.setdefault(library.lstrip("/"), ((rootfs / library.lstrip("/")).read_bytes(), 0o755))
-    # iptables' nft backend and xtables extensions are loaded at run time
-    for extension_dir in ("usr/lib/x86_64-linux-gnu/xtables",):
-        for file in sorted((rootfs / extension_dir).glob("*.so")):
-            members.setdefault(f"{extension_dir}/{file.name}", (file.read_bytes(), 0o755))
-            for library in _libraries(rootfs, "/" + f"{extension_dir}/{file.name}"):
-                members.setdefault(library.lstrip("/"), ((rootfs / library.lstrip("/")).read_bytes(), 0o755))
-    members["etc/protocols"] = ((rootfs / "etc/protocols").read_bytes(), 0o644)
+    members.update(extra or {})
     members["run/.keep"] = (b"", 0o644)
     return layered_image_bytes(image_name, [(name, data, mode) for name, (data, mode) in sorted(members.items())],
                                env=env, created_by=created_by)

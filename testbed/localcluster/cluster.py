@@ -330,8 +330,14 @@ class Cluster:
             raise ClusterError(f"{exc}\n--- {n.name} boot log tail ---\n{self._log_tail(n)}")
 
     def _wait_ssh(self, n: Node) -> None:
+        def answers() -> bool:
+            try:
+                return self.ssh(n, "true", timeout=SSH_CONNECT_TIMEOUT + 5).returncode == 0
+            except ClusterError:  # this attempt timed out (a loaded machine): the next one may not
+                return False
+
         wait_for(
-            lambda: self.ssh(n, "true", timeout=SSH_CONNECT_TIMEOUT + 5).returncode == 0,
+            answers,
             what=f"sshd on {n.name} ({n.ip})",
             timeout=self.boot_timeout,
             interval=1.0,
