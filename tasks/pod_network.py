@@ -51,9 +51,11 @@ SUBNET_ENV = "/run/flannel/subnet.env"
 BRIDGE = "cni0"
 POLL_SECONDS = 2
 # Prints "addr <address/prefix>" per global IPv4 and IPv6 address of cni0 (not the fe80:: link-local
-# address the kernel gives every link) and "ports <n>" (veths attached, one per pod).
+# address the kernel gives every link) and "ports <n>" (veths attached, one per pod). ip(8) is the one process
+# it starts: the fourth field of each line is read and the ports are counted by the shell.
 CNI0_COMMAND = (f"[ -d /sys/class/net/{BRIDGE} ] && {{ ip -o addr show dev {BRIDGE} scope global | "
-                f"awk '{{print \"addr \" $4}}'; echo ports $(ls /sys/class/net/{BRIDGE}/brif | wc -l); }}")
+                "while read -r _ _ _ a _; do echo \"addr $a\"; done; "
+                f"n=0; for p in /sys/class/net/{BRIDGE}/brif/*; do [ -e \"$p\" ] && n=$((n + 1)); done; echo ports $n; }}")
 FAMILY = {4: "IPv4", 6: "IPv6"}
 # The settings of each family's pod network: cluster CIDR, node mask.
 POD_NETWORK_KEYS = {4: ("cluster_cidr", "node_cidr_mask_size"), 6: ("cluster_cidr_ipv6", "node_cidr_mask_size_ipv6")}
