@@ -407,3 +407,8 @@ def test_pairs_with_a_node_already_named_for_an_earlier_link_are_left_out_of_the
     dead = {("n1", "n3"), ("n3", "n1"), ("n2", "n3"), ("n3", "n2"), ("n1", "n2")}
     found = datapath.verdict(tried, _answers(names, address, dead), {n: 1450 for n in names}, frozenset({"n3"}))
     assert found["n3"] is None and found["n2"] is None and found["n1"].short == "no way to n2"
+
+
+def test_flannel_v6_device_mtu_is_expected_20_bytes_below_flannel_mtu():
+    # flanneld leaves the MTU to the kernel: the IPv6 underlay's VXLAN header is 20 bytes longer
+    assert links.device_mtu(1450, 4) == 1450 and links.device_mtu(1450, 6) == 1430

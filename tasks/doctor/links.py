@@ -298,13 +298,14 @@ def backend(exp: ExpectedNetwork, cluster: Cluster, node: Node) -> Broken | None
             link_mtu = re.search(r"\bmtu (\d+)", line)
             seen = (int(vni.group(1)) if vni else None, int(port.group(1)) if port else None,
                     int(link_mtu.group(1)) if link_mtu else None)
-            # flanneld gives the device its FLANNEL_MTU (the interface's MTU less the encapsulation)
-            want = (exp.vni, exp.port, mtu or seen[2])
+            want = (exp.vni, exp.port, device_mtu(mtu, version) if mtu else seen[2])
             if seen != want:
                 return broken(f"{device} VNI/port/MTU", node.name, "backend",
                               f"{device} has VNI {seen[0]}, port {seen[1]}, MTU {seen[2]}; expected VNI {want[0]}, "
                               f"port {want[1]} ({exp.source('vni')}, {exp.source('port')}), MTU {want[2]} "
-                              "(FLANNEL_MTU)",
+                              + ("(FLANNEL_MTU)" if version == 4 else f"(FLANNEL_MTU {mtu} less IPv6's "
+                                 f"{flannel.ENCAP_OVERHEAD['vxlan'][6] - flannel.ENCAP_OVERHEAD['vxlan'][4]} "
+                                 "bytes of longer header)"),
                               "the other nodes' flanneld encapsulates with other values: packets between nodes "
                               "are dropped", f"delete the device (ip link delete {device}) and restart flanneld")
             if exp.mtu is not None and seen[2] is not None and exp.mtu > seen[2]:
@@ -325,6 +326,16 @@ def backend(exp: ExpectedNetwork, cluster: Cluster, node: Node) -> Broken | None
                               f"pods here cannot reach pods on {other}", "restart flanneld on the node (it adds "
                               "the routes from the other nodes' leases)")
     return None
+
+
+def device_mtu(flannel_mtu: int, version: int) -> int:
+    """The MTU the kernel gives flanneld's vxlan device of IP family ``version`` on a node whose
+    subnet.env says FLANNEL_MTU ``flannel_mtu``: flanneld creates its devices without an MTU, so the
+    kernel takes the interface's MTU less the VXLAN headroom of the underlay's family (50 bytes for
+    IPv4, 70 for IPv6: VXLAN_HEADROOM and VXLAN6_HEADROOM in the kernel's include/net/vxlan.h), and
+    FLANNEL_MTU is flannel.1's MTU (flannel's backend/vxlan/vxlan_network.go, ``MTU()``)."""
+    overhead = flannel.ENCAP_OVERHEAD["vxlan"]
+    return flannel_mtu + overhead[4] - overhead[version]
 
 
 def _routed(routes: list[str], cidr, backend: str) -> bool:
