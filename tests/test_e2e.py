@@ -365,6 +365,9 @@ def run_doctor(bed: PodBed) -> tuple:
         run = bed.deploy(script="doctor.py")
     finally:
         del os.environ[DOCTOR_JSON]
+    said = run.output.split("\n--> Loading config...", 1)[0]  # the verdict, printed before pyinfra's own lines
+    with open(bed.workdir / "doctor-seen.txt", "a") as seen:  # what the README's "When pods get no IP" shows
+        seen.write(f"$ pyinfra -y inventory.py doctor.py   # exit status {run.returncode}\n{said}\n\n")
     return run, json.loads(verdict.read_text())
 
 
