@@ -484,6 +484,7 @@ def test_a_pod_mtu_the_backend_cannot_carry_is_refused_before_any_change(bed):
 # --- changes roll exactly what they should ------------------------------------------------------------
 
 
+@pytest.mark.only_bed("containerd-2.x", "flanneld-systemd")  # the conflist, read by both containerd generations
 def test_mtu_change_rewrites_only_the_conflist_and_new_pods_get_it(bed):
     before = pids(bed)
     bed.write_inventory(flannel_mtu=1400)
@@ -502,6 +503,7 @@ def test_mtu_change_rewrites_only_the_conflist_and_new_pods_get_it(bed):
         assert bed.deploy().changed_operations() == {"cni: 10-flannel.conflist": nodes_of(bed)}
 
 
+@pytest.mark.only_bed("containerd-2.x", "flanneld-systemd")  # the plugins, under both containerd generations
 def test_plugin_version_bump_replaces_only_plugin_binaries(bed):
     versions = sorted(bed.mirror.manifest["cni_plugins"])
     current = bed.inventory_data(**bed.overrides)["cni_plugins_version"]
@@ -552,6 +554,7 @@ def test_rerun_repairs_drift_with_the_minimal_change(bed, drift):
     assert bed.deploy().changed_operations() == {}
 
 
+@pytest.mark.only_bed("containerd-2.x", "flanneld-systemd")  # both rollouts, both stacks
 def test_a_backend_change_replaces_only_flanneld_and_pods_still_reach_each_other(bed):
     before = pids(bed)
     flannel_pods = bed.flannel_pods() if bed.kind.rollout == "daemonset" else None
