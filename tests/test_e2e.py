@@ -679,7 +679,9 @@ def test_a_pod_network_change_is_refused_then_carried_out_with_the_opt_in(bed):
         assert node_costs.cost_since(node, mark).commands == 1, node.name
     assert bed.sh(control_plane, f"cat {MANIFEST_PATH}") == manifest and bed.pod_cidrs() == before
 
-    bed.write_inventory(**bed.overrides, allow_pod_network_change=True)
+    # podnet's default rollout timeout, not the bed's shorter one: the move replaces every flannel pod, one after the
+    # other, and an old flanneld still retrying its routes to the re-registered nodes takes its 30 s grace period to end
+    bed.write_inventory(**bed.overrides, allow_pod_network_change=True, flannel_rollout_timeout=300)
     moved = bed.deploy()
     assert moved.returncode == 0, moved.output[-4000:]
     changed = moved.changed_operations()
