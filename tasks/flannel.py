@@ -30,7 +30,7 @@ import yaml
 
 from pyinfra import logger
 
-from tasks import cni, controller_manager, pod_network
+from tasks import cni, controller_manager, pod_network, releases
 
 from tasks.engine import answers, kubectl, ops, secret_files
 from tasks.engine.findings import Finding, error, refuse, say, warning
@@ -136,11 +136,10 @@ def net_conf_json(s: Settings) -> str:
 
 # flanneld v0.28.9's values for what net-conf.json leaves out: EnableIPv4 true (ParseConfig, pkg/subnet/config.go),
 # no Backend at all the "udp" backend (parseBackendType, same file); vxlan's VNI 1 (defaultVNI) and Port 0,
-# with which the kernel's vxlan driver uses its udp_port default, 8472 (pkg/backend/vxlan/vxlan.go,
-# drivers/net/vxlan/vxlan_core.c); wireguard's ListenPort 51820 (pkg/backend/wireguard/wireguard.go); the
-# backend's MTU defaults to the external interface's (per node, so left None here).
+# and wireguard's ListenPort: releases.FLANNEL_BACKEND_DEFAULT_PORTS; the backend's MTU defaults to the external
+# interface's (per node, so left None here).
 NET_CONF_DEFAULTS = {"EnableIPv4": True, "EnableIPv6": False, "Backend.Type": "udp"}
-BACKEND_DEFAULT_PORTS = {"vxlan": 8472, "wireguard": 51820}
+BACKEND_DEFAULT_PORTS = releases.FLANNEL_BACKEND_DEFAULT_PORTS
 DEFAULT_VNI = 1
 
 

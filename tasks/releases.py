@@ -263,6 +263,10 @@ FLANNEL_HEALTH = (
         "set, logs \"Handling /readyz error\" until its subnet lease is ready)"),
 )
 FLANNEL_HEALTHZ_PORT = 8081
+# flanneld v0.28.9's backend UDP ports when net-conf.json gives none: vxlan's Port 0, with which the kernel's vxlan
+# driver uses its udp_port default, 8472 (pkg/backend/vxlan/vxlan.go, drivers/net/vxlan/vxlan_core.c); wireguard's
+# ListenPort 51820 (pkg/backend/wireguard/wireguard.go).
+FLANNEL_BACKEND_DEFAULT_PORTS = {"vxlan": 8472, "wireguard": 51820}
 # podnet's default flannel release (flanneld_version, flannel_image); flannel_cni_plugin_version's
 # default is the one it ships (FLANNEL_CNI_PLUGINS).
 DEFAULT_FLANNEL = "0.28.9"  # kube-flannel.yml's --healthz-port

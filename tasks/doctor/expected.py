@@ -28,8 +28,6 @@ from tasks.settings import Settings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-# flannel's defaults for what net-conf may leave out (pkg/backend/vxlan: VNI 1, port 8472; wireguard 51820).
-DEFAULT_PORTS = {"vxlan": 8472, "wireguard": 51820}
 
 
 @dataclass(frozen=True)

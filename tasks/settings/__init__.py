@@ -583,7 +583,7 @@ class Settings:
         """The backend's UDP port, with flannel's own default when not set."""
         if self.flannel_port is not None:
             return self.flannel_port
-        return {"vxlan": 8472, "wireguard": 51820}.get(self.flannel_backend)
+        return releases.FLANNEL_BACKEND_DEFAULT_PORTS.get(self.flannel_backend)
 
     @property
     def flannel_iface_is_node_ip(self) -> bool:
