@@ -683,56 +683,9 @@ def test_the_pod_cidr_check_fails_clearly_when_node_ipam_is_switched_off(bed):
     assert bed.deploy().returncode == 0
 
 
-@pytest.mark.only_bed("containerd-2.x")  # last on its cluster: it moves the cluster to another pod network
-def test_a_pod_network_change_is_refused_then_carried_out_with_the_opt_in(bed):
-    control_plane = bed.cluster.nodes[0]
-    before = bed.pod_cidrs()
-    manifest = bed.sh(control_plane, f"cat {MANIFEST_PATH}")
-    old_pod = bed.run_pod(bed.cluster.nodes[1], "pod-old-network")
-    bed.write_inventory(**bed.overrides, cluster_cidr="10.245.0.0/16")
-    marks = [node_costs.mark(node) for node in bed.cluster.nodes]
-    refused = bed.deploy()
-    assert refused.returncode != 0
-    ipv6 = f", cluster_cidr_ipv6 '{CLUSTER_CIDR_IPV6}' with node_cidr_mask_size_ipv6 64" if bed.dual_stack else ""
-    assert (f"cluster_cidr: nodes hold podCIDRs that cluster_cidr '10.245.0.0/16' with node_cidr_mask_size 24{ipv6} "
-            "does not fit (" + ", ".join(f"{name} {cidr}" for name, cidr in sorted(before.items())) + ")"
-            ) in refused.output, refused.output[-3000:]
-    for node, mark in zip(bed.cluster.nodes, marks):  # nothing but the probe
-        assert node_costs.cost_since(node, mark).commands == 1, node.name
-    assert bed.sh(control_plane, f"cat {MANIFEST_PATH}") == manifest and bed.pod_cidrs() == before
-
-    # podnet's default rollout timeout, not the bed's shorter one: the move replaces every flannel pod, one after the
-    # other, and an old flanneld still retrying its routes to the re-registered nodes takes its 30 s grace period to end
-    bed.write_inventory(**bed.overrides, allow_pod_network_change=True, flannel_rollout_timeout=300)
-    moved = bed.deploy()
-    assert moved.returncode == 0, moved.output[-4000:]
-    changed = moved.changed_operations()
-    assert changed["pod network: nodes registered again in the new pod network"] == 1
-    assert changed["pod network: kubelet restarted to register again"] == nodes_of(bed)
-    assert changed["pod network: old cni0 removed"] >= 1
-    cidrs = bed.pod_cidrs()
-    assert sorted(cidrs) == sorted(before)
-    assert all(ipaddress.ip_network(c).subnet_of(ipaddress.ip_network("10.245.0.0/16")) for c in cidrs.values()), cidrs
-    bed.wait_for_flannel()
-    assert bed.kubectl(f"get pod {old_pod.name} --ignore-not-found") == ""  # went with its node's registration
-    pods = [bed.run_pod(node, f"pod-new-network-{index}") for index, node in enumerate(bed.cluster.nodes)]
-    try:
-        for pod, version in itertools.product(pods, bed.families):
-            assert ipaddress.ip_address(pod_address(pod, version)) in bed.node_subnet(pod.node, version).network
-            assert bed.sh(pod.node, f"ip -o -{version} addr show dev cni0 scope global | awk '{{print $4}}'"
-                          ).split() == [str(bed.node_subnet(pod.node, version))]
-        for (source, target), version in itertools.product(itertools.permutations(pods, 2), bed.families):
-            assert bed.ping(source, pod_address(target, version)), \
-                f"{source.name} cannot reach {target.name} in the new network (IPv{version})"
-    finally:
-        for pod in pods:
-            bed.remove_pod(pod)
-    assert bed.deploy().changed_operations() == {}
-
-
 # --- doctor.py on a broken cluster: each breakage named as exactly its link on exactly its node (issue 20) ----
-# Last on the containerd-2.x cluster (after the pod network moved): each breakage is made and then repaired
-# (by a podnet rerun where that is the fix), and the cluster is left converged.
+# On the containerd-2.x cluster, before the pod network moves: each breakage is made and then repaired (by a podnet
+# rerun where that is the fix), and the cluster is left converged.
 
 
 @pytest.mark.only_bed("containerd-2.x")
@@ -843,3 +796,53 @@ def test_doctor_names_the_node_whose_vxlan_port_is_dropped_and_the_one_whose_lin
         subprocess.run(["ip", "link", "set", third.veth, "mtu", str(mtu)], check=True)
     run, verdict = run_doctor(bed)
     assert run.returncode == 0 and first_broken(verdict) == {}, run.output[-3000:]
+
+
+# --- last on the containerd-2.x cluster: the pod network moves ------------------------------------------------
+
+
+@pytest.mark.only_bed("containerd-2.x")  # last on its cluster: it moves the cluster to another pod network
+def test_a_pod_network_change_is_refused_then_carried_out_with_the_opt_in(bed):
+    control_plane = bed.cluster.nodes[0]
+    before = bed.pod_cidrs()
+    manifest = bed.sh(control_plane, f"cat {MANIFEST_PATH}")
+    old_pod = bed.run_pod(bed.cluster.nodes[1], "pod-old-network")
+    bed.write_inventory(**bed.overrides, cluster_cidr="10.245.0.0/16")
+    marks = [node_costs.mark(node) for node in bed.cluster.nodes]
+    refused = bed.deploy()
+    assert refused.returncode != 0
+    ipv6 = f", cluster_cidr_ipv6 '{CLUSTER_CIDR_IPV6}' with node_cidr_mask_size_ipv6 64" if bed.dual_stack else ""
+    assert (f"cluster_cidr: nodes hold podCIDRs that cluster_cidr '10.245.0.0/16' with node_cidr_mask_size 24{ipv6} "
+            "does not fit (" + ", ".join(f"{name} {cidr}" for name, cidr in sorted(before.items())) + ")"
+            ) in refused.output, refused.output[-3000:]
+    for node, mark in zip(bed.cluster.nodes, marks):  # nothing but the probe
+        assert node_costs.cost_since(node, mark).commands == 1, node.name
+    assert bed.sh(control_plane, f"cat {MANIFEST_PATH}") == manifest and bed.pod_cidrs() == before
+
+    # podnet's default rollout timeout, not the bed's shorter one: the move replaces every flannel pod, one after the
+    # other, and an old flanneld still retrying its routes to the re-registered nodes takes its 30 s grace period to end
+    bed.write_inventory(**bed.overrides, allow_pod_network_change=True, flannel_rollout_timeout=300)
+    moved = bed.deploy()
+    assert moved.returncode == 0, moved.output[-4000:]
+    changed = moved.changed_operations()
+    assert changed["pod network: nodes registered again in the new pod network"] == 1
+    assert changed["pod network: kubelet restarted to register again"] == nodes_of(bed)
+    assert changed["pod network: old cni0 removed"] >= 1
+    cidrs = bed.pod_cidrs()
+    assert sorted(cidrs) == sorted(before)
+    assert all(ipaddress.ip_network(c).subnet_of(ipaddress.ip_network("10.245.0.0/16")) for c in cidrs.values()), cidrs
+    bed.wait_for_flannel()
+    assert bed.kubectl(f"get pod {old_pod.name} --ignore-not-found") == ""  # went with its node's registration
+    pods = [bed.run_pod(node, f"pod-new-network-{index}") for index, node in enumerate(bed.cluster.nodes)]
+    try:
+        for pod, version in itertools.product(pods, bed.families):
+            assert ipaddress.ip_address(pod_address(pod, version)) in bed.node_subnet(pod.node, version).network
+            assert bed.sh(pod.node, f"ip -o -{version} addr show dev cni0 scope global | awk '{{print $4}}'"
+                          ).split() == [str(bed.node_subnet(pod.node, version))]
+        for (source, target), version in itertools.product(itertools.permutations(pods, 2), bed.families):
+            assert bed.ping(source, pod_address(target, version)), \
+                f"{source.name} cannot reach {target.name} in the new network (IPv{version})"
+    finally:
+        for pod in pods:
+            bed.remove_pod(pod)
+    assert bed.deploy().changed_operations() == {}
