@@ -22,12 +22,15 @@ deps: deps-bed
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ruby vagrant sudo; }
 	$(PYTHON) -m pip install -q -r requirements-test.txt
 
-# Unit, plan and end-to-end tests (the end-to-end ones boot local Debian nodes: root only).
+# Unit, plan and end-to-end tests (the end-to-end ones boot local Debian nodes: root only). The unit and plan
+# tests are spread over the machine's cores (pytest-xdist); the end-to-end ones share booted clusters and run
+# in one process, after them.
 test: deps
-	$(PYTHON) -m pytest -q -ra
+	$(PYTHON) -m pytest -q -ra -m "not e2e" -n auto
+	$(PYTHON) -m pytest -q -ra -m e2e
 
 test-unit: deps
-	$(PYTHON) -m pytest -q -ra -m "not e2e"
+	$(PYTHON) -m pytest -q -ra -m "not e2e" -n auto
 
 test-e2e: deps
 	$(PYTHON) -m pytest -q -ra -m e2e

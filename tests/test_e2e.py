@@ -786,12 +786,13 @@ def test_doctor_names_the_node_whose_vxlan_port_is_dropped_and_the_one_whose_lin
     finally:
         bed.sh(second, f"iptables -D {rule}")
     mtu = int(open(f"/sys/class/net/{third.veth}/mtu").read())
-    subprocess.run(["ip", "link", "set", third.veth, "mtu", str(VXLAN_MTU + 20)], check=True)  # the bed's own veth
+    # the bed's own veth, 30 bytes short of carrying the pod MTU in vxlan over IPv4 (and 50 over IPv6)
+    subprocess.run(["ip", "link", "set", third.veth, "mtu", str(bed.pod_mtu + 20)], check=True)
     try:
         run, verdict = run_doctor(bed)
         assert run.returncode != 0
         assert first_broken(verdict) == {third.name: "datapath"}
-        assert verdict["nodes"][third.name]["datapath"]["short"] == f"MTU {VXLAN_MTU} dropped"
+        assert verdict["nodes"][third.name]["datapath"]["short"] == f"MTU {bed.pod_mtu} dropped"
     finally:
         subprocess.run(["ip", "link", "set", third.veth, "mtu", str(mtu)], check=True)
     run, verdict = run_doctor(bed)
