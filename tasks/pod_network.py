@@ -455,7 +455,60 @@ def remove_old_bridge(state, host, connector_arguments, s: Settings) -> bool:
     if last:
         raise PodNetworkChangeError(f"{host.name}: {BRIDGE} of the old pod network still in use after "
                                     f"{s.flannel_rollout_timeout}s ({last}); delete its pods, then run again")
+    if s.flannel_backend == "vxlan":
+        remove_old_device_addresses(host, connector_arguments, s)
     return True
+
+
+def vxlan_device(version: int, vni: int) -> str:
+    """flanneld's vxlan device of IP family ``version`` for ``vni``: flannel.<VNI>, flannel-v6.<VNI>
+    (flannel's pkg/backend/vxlan/vxlan.go, RegisterNetwork)."""
+    return f"flannel.{vni}" if version == 4 else f"flannel-v6.{vni}"
+
+
+def remove_old_device_addresses(host, connector_arguments, s: Settings) -> None:
+    """
+    flanneld gives each vxlan device one global address, its subnet's network address (/32, /128), and
+    replaces a single other one; a device holding two it refuses at its next start ("link has incompatible
+    addresses", flannel's pkg/ip/iface.go EnsureV4AddressOnLink / EnsureV6AddressOnLink). A flanneld of the
+    old pod network still running while the new one starts can leave its address beside the new one: once
+    subnet.env holds the new subnets, every other global address on the devices is removed.
+    PodNetworkChangeError when ``ip`` fails.
+    """
+    devices = {version: vxlan_device(version, s.flannel_vni) for version in s.pod_networks}
+    ok, output = host.run_shell_command(
+        f"echo subnetenv $(base64 -w0 {SUBNET_ENV} 2>/dev/null); for d in {' '.join(devices.values())}; do "
+        "[ -d /sys/class/net/$d ] && ip -o addr show dev $d scope global | while read -r _ dev _ a _; do "
+        "echo \"addr $dev $a\"; done; done; true", **connector_arguments)
+    lines = output.stdout_lines if ok else []
+    encoded = next((line.split()[1] for line in lines[:1] if line.startswith("subnetenv ") and len(line.split()) == 2),
+                   "")
+    try:
+        subnets = parse_subnet_env(base64.b64decode(encoded, validate=True))
+    except ValueError:
+        return
+    if not subnets_fit(s, subnets):
+        return
+    for line in lines[1:]:
+        parts = line.split()
+        if len(parts) != 3 or parts[0] != "addr" or parts[1] not in devices.values():
+            continue
+        try:
+            address = ipaddress.ip_interface(parts[2])
+        except ValueError:
+            continue
+        version = address.version
+        if devices.get(version) != parts[1] or version not in subnets:
+            continue
+        if address.ip == subnets[version].network.network_address:
+            continue
+        ok, said = host.run_shell_command(f"ip addr del {shlex.quote(str(address))} dev {shlex.quote(parts[1])}",
+                                          **connector_arguments)
+        if not ok:
+            raise PodNetworkChangeError(f"{host.name}: ip addr del {address} dev {parts[1]} failed: "
+                                        f"{ops.said(said.stderr_lines)}")
+        logger.info(f"    {host.name}: removed {address} of the old pod network from {parts[1]} (flanneld would "
+                    "refuse the device at its next start)")
 
 
 # --- the steps ----------------------------------------------------------------------------

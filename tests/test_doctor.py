@@ -412,3 +412,20 @@ def test_pairs_with_a_node_already_named_for_an_earlier_link_are_left_out_of_the
 def test_flannel_v6_device_mtu_is_expected_20_bytes_below_flannel_mtu():
     # flanneld leaves the MTU to the kernel: the IPv6 underlay's VXLAN header is 20 bytes longer
     assert links.device_mtu(1450, 4) == 1450 and links.device_mtu(1450, 6) == 1430
+
+
+def test_an_old_address_left_on_the_flannel_device_is_named_and_not_pinged():
+    # a pod network move can leave flanneld's old address beside the new one: flanneld refuses such a device
+    def two(node, lines):
+        return lines + (["addr flannel.1 10.99.1.0/32"] if node == WORKER else [])
+    exp, cluster, nodes = healthy(query("doctor_node", two))
+    found = {name: (link, b.finding.message) for name, (link, b) in broken_links(exp, cluster, nodes).items()}
+    assert found[WORKER][0] == "backend" and "flannel.1 holds 10.99.1.0/32 besides its subnet's address" \
+        in found[WORKER][1] and "ip addr del 10.99.1.0/32 dev flannel.1" in found[WORKER][1]
+    assert CP not in found
+    assert [t.address for t in datapath.targets(nodes, cluster)[WORKER] if t.what == "flannel.1"] == ["10.244.1.0"]
+
+
+def test_the_doctor_asks_about_the_vxlan_devices_of_the_configured_vni():
+    assert "for d in flannel.7 flannel-v6.7;" in asking.node_command(7)
+    assert "for d in flannel.1 flannel-v6.1;" in asking.node_command(1)

@@ -833,6 +833,9 @@ def test_a_pod_network_change_is_refused_then_carried_out_with_the_opt_in(bed):
     assert sorted(cidrs) == sorted(before)
     assert all(ipaddress.ip_network(c).subnet_of(ipaddress.ip_network("10.245.0.0/16")) for c in cidrs.values()), cidrs
     bed.wait_for_flannel()
+    for node in bed.cluster.nodes:  # flanneld's one address, of the new network (an old one left beside it is removed)
+        held = bed.sh(node, "ip -o -4 addr show dev flannel.1 scope global | awk '{print $4}'").split()
+        assert held == [f"{bed.node_subnet(node).network.network_address}/32"], (node.name, held)
     assert bed.kubectl(f"get pod {old_pod.name} --ignore-not-found") == ""  # went with its node's registration
     pods = [bed.run_pod(node, f"pod-new-network-{index}") for index, node in enumerate(bed.cluster.nodes)]
     try:

@@ -326,3 +326,45 @@ def test_the_reset_knows_podnets_cni0_by_the_addresses_of_both_families(addresse
 
     node = NodeState(queries={"cni0": (0, [f"addr {a}" for a in addresses] + ["ports 0"])})
     assert flannel.bridge_is_podnets(settings(**DUAL), node, "w1") is podnets
+
+
+# --- after a move: the old address flanneld left on its vxlan device (remove_old_device_addresses) ------------
+
+
+class _Answered:
+    def __init__(self, stdout: list[str]):
+        self.stdout_lines, self.stderr_lines = stdout, []
+
+
+class _Node:
+    """What the step runs on a node: the answer to its first command, and every command it ran."""
+    name = "w1"
+
+    def __init__(self, answer: list[str]):
+        self.answer, self.ran = answer, []
+
+    def run_shell_command(self, command: str, **_):
+        self.ran.append(command)
+        return True, _Answered(self.answer if len(self.ran) == 1 else [])
+
+
+def _subnet_env(text: str) -> str:
+    return "subnetenv " + base64.b64encode(text.encode()).decode()
+
+
+def test_after_a_move_the_old_address_left_beside_the_new_one_on_each_vxlan_device_is_removed():
+    s = parse_host_settings({"cluster_cidr": "10.245.0.0/16", "cluster_cidr_ipv6": "fd00:10:244::/56",
+                             "sandbox_image": "registry.k8s.io/pause:3.10.2"}, "w1", ["workers"])
+    node = _Node([_subnet_env("FLANNEL_SUBNET=10.245.1.1/24\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\n"),
+                  "addr flannel.1 10.244.1.0/32", "addr flannel.1 10.245.1.0/32",
+                  "addr flannel-v6.1 fd00:10:244:1::/128", "addr flannel-v6.1 fd00:10:299:1::/128"])
+    pod_network.remove_old_device_addresses(node, {}, s)
+    assert node.ran[1:] == ["ip addr del 10.244.1.0/32 dev flannel.1", "ip addr del fd00:10:299:1::/128 dev flannel-v6.1"]
+
+
+def test_before_flanneld_wrote_the_new_subnets_no_device_address_is_touched():
+    s = parse_host_settings({"cluster_cidr": "10.245.0.0/16", "sandbox_image": "registry.k8s.io/pause:3.10.2"},
+                            "w1", ["workers"])
+    node = _Node([_subnet_env("FLANNEL_SUBNET=10.244.1.1/24\n"), "addr flannel.1 10.244.1.0/32"])
+    pod_network.remove_old_device_addresses(node, {}, s)
+    assert node.ran[1:] == []

@@ -35,13 +35,26 @@ NODE_QUERY = "doctor_node"
 CRI_QUERY = "doctor_cri"
 FLANNEL_PODS_QUERY = "flannel_pods"
 TOOLS = ("ping", "ip", "ctr")
-DEVICES = ("flannel.1", "flannel-v6.1")  # cni0's addresses: tasks/pod_network.py's cni0 query
 LEASES = cni.HOST_LOCAL_RECORDS
+# flanneld's vxlan devices (pod_network.vxlan_device) as the answer names them; cni0's addresses: tasks/pod_network.py's
+# cni0 query
+_DEVICE = re.compile(r"flannel(-v6)?\.[0-9]{1,8}")
 
-_DEVICE_WORDS = " ".join(DEVICES)
-NODE_COMMAND = (
+
+def devices(vni: int) -> tuple[str, ...]:
+    """The devices the doctor asks about: flanneld's vxlan devices of ``vni``, both families."""
+    return tuple(pod_network.vxlan_device(version, vni) for version in (4, 6))
+
+
+def node_command(vni: int) -> str:
+    """The doctor's question to a node: tools, flanneld's vxlan devices of ``vni`` (link, addresses), routes,
+    host-local's records, containerd's containers."""
+    return _NODE_COMMAND.replace("@DEVICES@", " ".join(devices(vni)))
+
+
+_NODE_COMMAND = (
     f"for t in {' '.join(TOOLS)}; do if command -v $t >/dev/null 2>&1; then echo tool $t 1; else echo tool $t 0; fi; done; "
-    f"for d in {_DEVICE_WORDS}; do [ -d /sys/class/net/$d ] || continue; "
+    "for d in @DEVICES@; do [ -d /sys/class/net/$d ] || continue; "
     "echo \"link $d $(ip -d -o link show dev $d | base64 -w0)\"; "
     "ip -o addr show dev $d | awk -v d=$d '$3 == \"inet\" || $3 == \"inet6\" {print \"addr \" d \" \" $4}'; done; "
     "ip -o -4 route show | while IFS= read -r r; do echo \"route $(printf '%s' \"$r\" | base64 -w0)\"; done; "
@@ -68,7 +81,7 @@ CRI_COMMAND = (
 def request(s: Settings, first_control_plane: bool) -> ProbeRequest:
     """What the doctor asks this node (the first control-plane host also asks about the cluster)."""
     asked = [pod_network.probe_request(s, first_control_plane), kernel.probe_request(s),
-             ProbeRequest(queries={NODE_QUERY: NODE_COMMAND, CRI_QUERY: CRI_COMMAND})]
+             ProbeRequest(queries={NODE_QUERY: node_command(s.flannel_vni), CRI_QUERY: CRI_COMMAND})]
     if first_control_plane:
         asked.append(ProbeRequest(queries={pod_network.POD_CIDRS_QUERY: pod_network.node_pod_cidrs_command(s)}))
         if s.flannel_rollout != "systemd":  # the DaemonSet's pods (podnet's, or upstream's for an external rollout)
@@ -124,9 +137,9 @@ def parse_node(lines: list[str], host_name: str = "") -> NodeView:
         parts = rest.split(" ")
         if tag == "tool" and len(parts) == 2 and parts[0] in TOOLS and parts[1] in ("0", "1"):
             view.tools[parts[0]] = parts[1] == "1"
-        elif tag == "link" and len(parts) == 2 and parts[0] in DEVICES:
+        elif tag == "link" and len(parts) == 2 and _DEVICE.fullmatch(parts[0]):
             view.links[parts[0]] = _text(parts[1])
-        elif tag == "addr" and len(parts) == 2 and parts[0] in DEVICES:
+        elif tag == "addr" and len(parts) == 2 and _DEVICE.fullmatch(parts[0]):
             view.addresses.setdefault(parts[0], []).append(answers.interface_address(parts[1]))
         elif tag == "route" and len(parts) == 1:
             view.routes.append(_text(parts[0]))

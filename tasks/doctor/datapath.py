@@ -48,8 +48,9 @@ def targets(nodes: dict[str, Node], cluster: Cluster) -> dict[str, list[Target]]
     """Node -> what each node pings of it: its flannel devices' addresses and its cni0 gateways."""
     found: dict[str, list[Target]] = {}
     for name, node in nodes.items():
+        subnets = {ipaddress.ip_network(c).network_address for c in (cluster.pod_cidrs or {}).get(name, [])}
         mine = [Target(name, str(a.ip), device) for device, addresses in sorted(node.view.addresses.items())
-                for a in addresses if not a.ip.is_link_local]
+                for a in addresses if a.ip in subnets]  # flanneld's address (a stale one is the backend link's)
         for cidr in (cluster.pod_cidrs or {}).get(name, []):
             gateway = next(ipaddress.ip_network(cidr).hosts())
             if node.state.queries.get("cni0", (1, []))[0] == 0:

@@ -284,15 +284,22 @@ def backend(exp: ExpectedNetwork, cluster: Cluster, node: Node) -> Broken | None
                           "(apt-get install iproute2)")
         return None
     if exp.backend == "vxlan":
-        devices = {4: "flannel.1", 6: "flannel-v6.1"}
         mtu = int((node.subnet_env or {}).get("FLANNEL_MTU", "0") or 0)
         for version in exp.families:
-            device = devices[version]
+            device = pod_network.vxlan_device(version, exp.vni)
             line = node.view.links.get(device)
             if line is None:
                 return broken(f"no {device}", node.name, "backend", f"{device} does not exist",
                               "pods reach only pods of their own node: packets to other nodes' pods have no way out",
                               "restart flanneld on the node (it creates the device)")
+            held = [a for a in node.view.addresses.get(device, []) if not a.ip.is_link_local]
+            extra = sorted(str(a) for a in held if a.ip not in device_addresses(node, exp))
+            if extra and len(held) > 1:  # flanneld replaces a single other address itself
+                return broken(f"{device} has {extra[0]}", node.name, "backend",
+                              f"{device} holds {', '.join(extra)} besides its subnet's address",
+                              "flanneld refuses the device at its next start (\"link has incompatible addresses\", "
+                              "flannel's pkg/ip/iface.go) and the node's pods lose the other nodes",
+                              f"on {node.name}: " + "; ".join(f"ip addr del {a} dev {device}" for a in extra))
             vni = re.search(r"\bvxlan id (\d+)", line)
             port = re.search(r"\bdstport (\d+)", line)
             link_mtu = re.search(r"\bmtu (\d+)", line)
@@ -326,6 +333,20 @@ def backend(exp: ExpectedNetwork, cluster: Cluster, node: Node) -> Broken | None
                               f"pods here cannot reach pods on {other}", "restart flanneld on the node (it adds "
                               "the routes from the other nodes' leases)")
     return None
+
+
+def device_addresses(node: Node, exp: ExpectedNetwork) -> set:
+    """The addresses flanneld gives this node's flannel devices: each subnet's network address, from
+    subnet.env (FLANNEL_SUBNET, FLANNEL_IPV6_SUBNET) of the families expected."""
+    found = set()
+    for version, key in pod_network.SUBNET_ENV_KEYS.items():
+        value = (node.subnet_env or {}).get(key)
+        if version in exp.families and value:
+            try:
+                found.add(ipaddress.ip_interface(value).network.network_address)
+            except ValueError:
+                continue
+    return found
 
 
 def device_mtu(flannel_mtu: int, version: int) -> int:
