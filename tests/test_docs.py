@@ -23,7 +23,10 @@ def test_ci_runs_the_readme_test_command():
     ci = (REPO / ".ci" / "run").read_text()
     assert re.search(r"^make test$", ci, re.MULTILINE)
     makefile = (REPO / "Makefile").read_text()
-    assert re.search(r"^test: deps\n\t\$\(PYTHON\) -m pytest -q -ra$", makefile, re.MULTILINE)
+    recipe = re.search(r"^test: deps\n((?:\t.*\n)+)", makefile, re.MULTILINE).group(1)
+    assert recipe == ('\t$(PYTHON) -m pytest -q -ra -m "not e2e" -n auto\n'  # every test: the unit ones over the cores,
+                      "\t$(PYTHON) -m pytest -q -ra -m e2e\n")  # then the end-to-end ones, sharing booted clusters
+    assert 'pytest -q -ra -m "not e2e" -n auto' in first_screen and "pytest -q -ra -m e2e" in first_screen
 
 
 def test_readme_table_and_group_data_example_are_written_from_the_settings_declaration():
