@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 from tasks import kubeadm as kubeadm_tasks
+from tasks.engine.polling import poll
 from testbed.kubebed import binaries
 from testbed.kubebed.cluster import SERVICE_CIDR, KubeBed, control_plane_images, flannel_image, kube_proxy_image, pause_image
 from testbed.localcluster import Node
@@ -205,6 +206,12 @@ class BootBed(PodBed):
         return {item["metadata"]["name"]: (
             next((c["status"] for c in item["status"].get("conditions", []) if c["type"] == "Ready"), ""),
             item["spec"].get("podCIDR", "")) for item in items}
+
+    def wait_node_ready(self, name: str, timeout: float = 120) -> tuple[str, str]:
+        """Node ``name``'s (Ready condition status, spec.podCIDR) once it is Ready, or as it stands after
+        ``timeout`` seconds (a kubelet that just joined reports Ready after its first status update)."""
+        poll(lambda: self.nodes_ready().get(name, ("", ""))[0] != "True", timeout, 2)
+        return self.nodes_ready()[name]
 
     def bootstrap_tokens(self) -> list[str]:
         """The bootstrap token ids kubeadm has created (Secrets bootstrap-token-<id> in kube-system)."""

@@ -203,9 +203,9 @@ def test_adding_a_control_plane_host_to_the_inventory_joins_only_that_node_witho
     bed.sh(new_node, f"kubectl --kubeconfig={kubeadm_tasks.ADMIN_CONF} --server=https://{new_node.ip}:6443 "
                      "get --raw=/readyz")
     bed.wait_for_flannel()
-    ready = bed.nodes_ready()
-    assert ready["pn-boot-3"][0] == "True"
-    assert ipaddress.ip_network(ready["pn-boot-3"][1]).subnet_of(bed.cluster_cidr)
+    status, pod_cidr = bed.wait_node_ready("pn-boot-3")
+    assert status == "True"
+    assert ipaddress.ip_network(pod_cidr).subnet_of(bed.cluster_cidr)
     new, existing = bed.run_pod(new_node, "boot-new-node"), bed.run_pod(old[0], "boot-old-node")
     try:
         assert bed.ping(new, existing.ip)
