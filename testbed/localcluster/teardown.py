@@ -23,7 +23,8 @@ from .node import Node, child_pids, is_namespace_init, pid_alive
 from .state import STATE_FILE, load_state
 from .util import ClusterError, log
 
-TERM_TIMEOUT = 20.0  # graceful poweroff of all nodes (they shut down in parallel)
+TERM_TIMEOUT = 5.0  # graceful poweroff of all nodes (in parallel); one running a kubelet and containerd takes
+# longer than 20 s to stop its units, and is a throwaway node: then it is killed (SIGKILL ends its PID namespace)
 KILL_TIMEOUT = 10.0
 POLL = 0.2
 
