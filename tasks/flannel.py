@@ -139,7 +139,6 @@ def net_conf_json(s: Settings) -> str:
 # and wireguard's ListenPort: releases.FLANNEL_BACKEND_DEFAULT_PORTS; the backend's MTU defaults to the external
 # interface's (per node, so left None here).
 NET_CONF_DEFAULTS = {"EnableIPv4": True, "EnableIPv6": False, "Backend.Type": "udp"}
-BACKEND_DEFAULT_PORTS = releases.FLANNEL_BACKEND_DEFAULT_PORTS
 DEFAULT_VNI = 1
 
 
@@ -223,7 +222,8 @@ def parse_net_conf(text: str) -> NetConf:
     section by its RegisterNetwork: pkg/backend/vxlan/vxlan.go parseVXLANConfig, pkg/backend/wireguard), with
     Go's encoding/json rules (member names matched case-insensitively, a repeated member's last value, unknown
     members ignored, a value of the wrong type refused). NetConfError with flanneld's reason for a file it
-    refuses. Absent values are flannel's defaults (NET_CONF_DEFAULTS, BACKEND_DEFAULT_PORTS, DEFAULT_VNI).
+    refuses. Absent values are flannel's defaults (NET_CONF_DEFAULTS, releases.FLANNEL_BACKEND_DEFAULT_PORTS,
+    DEFAULT_VNI).
     """
     try:
         document = json.loads(text, object_pairs_hook=_JsonObject)
@@ -255,9 +255,11 @@ def parse_net_conf(text: str) -> NetConf:
     vni = port = mtu = None
     if backend == "vxlan":
         vni = _go_int_field(section.get("VNI", DEFAULT_VNI), "VXLANConfig.vni")
-        port = _go_int_field(section.get("Port", 0), "VXLANConfig.port") or BACKEND_DEFAULT_PORTS["vxlan"]
+        port = (_go_int_field(section.get("Port", 0), "VXLANConfig.port")
+                or releases.FLANNEL_BACKEND_DEFAULT_PORTS["vxlan"])
     elif backend == "wireguard":
-        port = _go_int_field(section.get("ListenPort", BACKEND_DEFAULT_PORTS["wireguard"]), ".ListenPort")
+        port = _go_int_field(section.get("ListenPort", releases.FLANNEL_BACKEND_DEFAULT_PORTS["wireguard"]),
+                             ".ListenPort")
     if backend in ("vxlan", "wireguard") and "MTU" in section:
         mtu = _go_int_field(section["MTU"], "MTU") or None
     return NetConf(enable_ipv4, enable_ipv6, network if enable_ipv4 else None,
@@ -575,7 +577,7 @@ def interfaces(s: Settings) -> list[str]:
     """The interfaces flanneld makes: the vxlan devices of the configured VNI (flanneld names them
     flannel.<VNI> and flannel-v6.<VNI>) and of VNI 1 (flannel's default), the wireguard devices."""
     vnis = dict.fromkeys([s.flannel_vni, 1])
-    return [*(f"flannel.{v}" for v in vnis), *(f"flannel-v6.{v}" for v in vnis), *WIREGUARD_INTERFACES]
+    return [*(pod_network.vxlan_device(version, v) for version in (4, 6) for v in vnis), *WIREGUARD_INTERFACES]
 
 
 def ownership(s: Settings) -> Ownership:

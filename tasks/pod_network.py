@@ -430,12 +430,7 @@ def remove_old_bridge(state, host, connector_arguments, s: Settings) -> bool:
         lines = output.stdout_lines if ok else []
         if lines[-1:] == ["absent"]:
             return None
-        encoded = next((line.split()[1] for line in lines[:1]
-                        if line.startswith("subnetenv ") and len(line.split()) == 2), "")
-        try:
-            subnets = parse_subnet_env(base64.b64decode(encoded, validate=True))
-        except ValueError:
-            subnets = {}
+        subnets = _subnets_said(lines)
         addresses, ports = parse_cni0(lines[1:], host.name)
         fresh = subnets_fit(s, subnets)
         if fresh and set(addresses) <= {str(g) for g in subnets.values()}:
@@ -460,6 +455,16 @@ def remove_old_bridge(state, host, connector_arguments, s: Settings) -> bool:
     return True
 
 
+def _subnets_said(lines: list[str]) -> dict[int, Gateway]:
+    """The subnets of subnet.env from a first line "subnetenv <base64 of the file>" ({} without one)."""
+    encoded = next((line.split()[1] for line in lines[:1] if line.startswith("subnetenv ") and len(line.split()) == 2),
+                   "")
+    try:
+        return parse_subnet_env(base64.b64decode(encoded, validate=True))
+    except ValueError:
+        return {}
+
+
 def vxlan_device(version: int, vni: int) -> str:
     """flanneld's vxlan device of IP family ``version`` for ``vni``: flannel.<VNI>, flannel-v6.<VNI>
     (flannel's pkg/backend/vxlan/vxlan.go, RegisterNetwork)."""
@@ -481,12 +486,7 @@ def remove_old_device_addresses(host, connector_arguments, s: Settings) -> None:
         "[ -d /sys/class/net/$d ] && ip -o addr show dev $d scope global | while read -r _ dev _ a _; do "
         "echo \"addr $dev $a\"; done; done; true", **connector_arguments)
     lines = output.stdout_lines if ok else []
-    encoded = next((line.split()[1] for line in lines[:1] if line.startswith("subnetenv ") and len(line.split()) == 2),
-                   "")
-    try:
-        subnets = parse_subnet_env(base64.b64decode(encoded, validate=True))
-    except ValueError:
-        return
+    subnets = _subnets_said(lines)
     if not subnets_fit(s, subnets):
         return
     for line in lines[1:]:

@@ -30,7 +30,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from tasks import cni, controller_manager, flannel
+from tasks import cni, controller_manager, flannel, releases
 from tasks.doctor.expected import ExpectedNetwork
 from tasks.engine import answers, ownership
 from tasks.engine.answers import BadField
@@ -333,7 +333,7 @@ def _flannel_values(data: Mapping[str, Any], s: Settings, live: _Read) -> tuple[
         values["vni"] = s.flannel_vni if values["backend"] == "vxlan" else None
         sources["vni"] = "flannel's default"
     if "port" not in values:
-        values["port"] = flannel.BACKEND_DEFAULT_PORTS.get(values["backend"])
+        values["port"] = releases.FLANNEL_BACKEND_DEFAULT_PORTS.get(values["backend"])
         sources["port"] = "flannel's default"
     if values["backend"] != "vxlan":
         values["vni"] = None
