@@ -689,7 +689,8 @@ def test_the_probe_looks_for_staged_files_where_podnet_installs_files(cluster):
     dirs = interrupted.directories(cluster.settings(CP))
     assert dirs == ["/etc/cni/net.d", "/etc/containerd", "/etc/default", "/etc/kube-flannel",
                     "/etc/kubernetes/manifests", "/etc/modules-load.d", "/etc/podnet", "/etc/sysctl.d", "/etc/systemd/system",
-                    "/etc/systemd/system/kubelet.service.d", "/opt/cni/bin", "/usr/local/bin", "/usr/local/sbin"]
+                    "/etc/systemd/system/kubelet.service.d", "/opt/cni/bin", "/usr/local/bin", "/usr/local/sbin",
+                    "/var/lib/podnet/releases"]  # and where release archives arrive on a node
 
 
 def test_a_restart_an_interrupted_run_left_pending_is_done_though_the_files_match(cluster):
