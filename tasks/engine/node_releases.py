@@ -170,7 +170,8 @@ def plan(changed: list[DesiredFile], node: NodeState, settings: Settings, host_n
         origin = origins[path]
         if node.hashes.get(path) != origin.sha256 and not fetching:
             delivery.uploads.append(origin)
-        delivery.script.append(release_file_script(origin, host_name, fetching, path, staged_path(path)))
+        delivery.script.append(release_file_script(origin, host_name, fetching, path, staged_path(path),
+                                                   staged_path(f"{path}.log")))
         delivery.script += staging_script(origin, files, staged_path, path)
         delivery.cleanup.append(path)
     return delivery
@@ -178,7 +179,7 @@ def plan(changed: list[DesiredFile], node: NodeState, settings: Settings, host_n
 
 def fetch_function(settings: Settings, with_netrc: bool) -> str:
     """Shell that defines ``podnet_fetch URL FILE``: download URL to FILE with curl (else wget), ATTEMPTS
-    attempts for what may pass (no connection, a timeout, a server error), saying why on failure. https
+    attempts for what may pass (no connection, a timeout, a server error), saying why on stderr on failure. https
     only for an https mirror (a redirect may not leave it); the credentials from NETRC_PATH."""
     if _https(settings):
         protocols = ["--proto", "=https", "--proto-redir", "=https"]
@@ -190,25 +191,28 @@ def fetch_function(settings: Settings, with_netrc: bool) -> str:
     wget = ["wget", "-nv", f"--tries={ATTEMPTS}", "--waitretry=2", f"--timeout={TIMEOUT}", "--retry-connrefused"]
     home = f"HOME={shell.word(NETRC_DIR)} " if with_netrc else ""  # wget reads $HOME/.netrc
     return ("podnet_fetch() { if command -v curl >/dev/null 2>&1; then "
-            f"{' '.join(shell.word(w) for w in curl)} -o \"$2\" -- \"$1\" 2>&1; "
-            f"else {home}{' '.join(shell.word(w) for w in wget)} -O \"$2\" -- \"$1\" 2>&1; fi; }}"
+            f"{' '.join(shell.word(w) for w in curl)} -o \"$2\" -- \"$1\"; "
+            f"else {home}{' '.join(shell.word(w) for w in wget)} -O \"$2\" -- \"$1\"; fi; }}"
             + ("; trap " + shell.word("rm -f " + NETRC_PATH) + " EXIT" if with_netrc else ""))
 
 
-def release_file_script(origin: Origin, host_name: str, fetching: bool, path: str, partial: str) -> str:
+def release_file_script(origin: Origin, host_name: str, fetching: bool, path: str, partial: str, log: str) -> str:
     """
     Shell that leaves the release file, intact, at ``path`` (``node_path``): used as it is when it already has its
     sha256 (an interrupted run's); else taken from ``partial`` (where the laptop sent it, or where the
-    node downloads it to), hashed and compared with the pinned sum before it is renamed. A download that
-    fails, or a file with another sum (removed), stops the command naming the host, URL and both sums.
+    node downloads it to; what the download says on stderr goes to ``log``, both staged names an
+    interrupted run's cleanup finds), hashed and compared with the pinned sum before it is renamed. A
+    download that fails (naming the URL and why) or a file with another sum (removed; naming the URL and
+    both sums) stops the command.
     """
     q = shell.word
     url = node_url(origin.url)
     fetch = ""
     if fetching:
-        fetch = (f"if ! e=$(podnet_fetch {q(node_url(origin.url))} {q(partial)}); then rm -f {q(partial)}; "
+        said = q(log)  # what curl or wget said on stderr (shown when it fails, never read as data)
+        fetch = (f"if ! podnet_fetch {q(node_url(origin.url))} {q(partial)} 2>{said}; then rm -f {q(partial)}; "
                  f"printf 'podnet: %s: could not download %s (%s attempts): %s\\n' {q(host_name)} {q(url)} {ATTEMPTS} "
-                 "\"$(printf '%s' \"$e\" | tail -n 3 | tr '\\n' ' ')\" >&2; exit 1; fi; ")
+                 f"\"$(tail -n 3 {said} | tr '\\n' ' ')\" >&2; rm -f {said}; exit 1; fi; rm -f {said}; ")
     return (f"s=$(sha256sum 2>/dev/null < {q(path)}) || s=; "
             f"if [ \"${{s%% *}}\" != {q(origin.sha256)} ]; then {fetch}"
             f"s=$(sha256sum 2>/dev/null < {q(partial)}) || s='none (missing)'; s=${{s%% *}}; "
