@@ -138,7 +138,7 @@ def dump_values(settings: "Settings") -> list[tuple[str, str, str]]:
 
 # `config dump` as "<table> <key> = <value>" lines, every quote removed: containerd 1.x writes
 # [plugins."a.b".c] and "v", 2.x [plugins.'a.b'.c] and 'v'.
-_FLATTEN_AWK = ("/^[ \t]*\\[/ { t = $0; gsub(/[][ \t\"']/, \"\", t); next } "
+FLATTEN_AWK = ("/^[ \t]*\\[/ { t = $0; gsub(/[][ \t\"']/, \"\", t); next } "
                 "/=/ { l = $0; sub(/^[ \t]+/, \"\", l); gsub(/[\"']/, \"\", l); print t \" \" l }")
 
 
@@ -158,7 +158,7 @@ def validate_command(settings: "Settings", containerd_binary: str = f"{BIN_DIR}/
         f'if grep -E {shell.word(REJECTED_LOG_RE)} "$t.log" >&2; then '
         'echo "podnet: containerd does not read every key podnet wrote in $1 as written (its log above)" >&2; '
         'rm -f "$t" "$t.log"; exit 1; fi; '
-        f'awk {shell.word(_FLATTEN_AWK)} "$t" >"$t.flat"; m=0; shift; '
+        f'awk {shell.word(FLATTEN_AWK)} "$t" >"$t.flat"; m=0; shift; '
         'for want in "$@"; do grep -Fxq -- "$want" "$t.flat" || '
         '{ echo "podnet: $0: containerd (config dump) does not hold: $want" >&2; m=1; }; done; '
         'rm -f "$t" "$t.log" "$t.flat"; exit $m'

@@ -36,7 +36,7 @@ from tasks.engine.ownership import Ownership
 from tasks.errors import PodnetError
 from tasks.formats import kube_yaml
 from tasks.engine.probe import NodeState, ProbeRequest
-from tasks.settings import Settings
+from tasks.settings import KUBEADM_DEFAULT_NODE_MASK, Settings
 
 CONTAINER_NAME = "kube-controller-manager"
 NODE_IPAM_NAMES = ("nodeipam", "node-ipam-controller")  # the controller's alias and its name
@@ -56,7 +56,17 @@ class ControllerManagerError(PodnetError, ValueError):
 
 
 def desired_flags(s: Settings) -> dict[str, str | None]:
-    """Flag -> value to set; None means the flag must not be present."""
+    """
+    Flag -> value to set; None means the flag must not be present.
+
+    Dual stack as kube-controller-manager's node IPAM takes it (cmd/kube-controller-manager/app,
+    the node IPAM controller's start: processCIDRs and setNodeCIDRMaskSizes): --cluster-cidr holds at
+    most two CIDRs, and two only of different families ("at least one from each IPFamily");
+    --node-cidr-mask-size is refused with two ("not allowed with dual-stack clusters"), each family
+    takes --node-cidr-mask-size-ipv4 / -ipv6 instead (defaults 24 / 64); --service-cluster-ip-range
+    likewise one range per family. podnet's settings hold one CIDR per family (cluster_cidr IPv4,
+    cluster_cidr_ipv6), so the IPv4 one comes first, as flannel's Network does.
+    """
     if s.dual_stack:
         services = [str(s.service_cluster_ip_range)]
         if s.service_cluster_ip_range_ipv6 is not None:
@@ -305,24 +315,16 @@ def merge_command(command: list[str], flags: dict[str, str | None]) -> list[str]
     return [command[item] if isinstance(item, int) else item for _, item in plan]
 
 
-def merge_manifest(text: str, flags: dict[str, str | None], planner=None) -> str | None:
-    """
-    The static pod manifest with merged flags, or None when nothing changes. ``planner``: another
-    function of (segments, flags) that returns a plan as ``_merge_plan`` does (tasks.reset_controller_manager).
-
-    Read and written as the kubelet reads it (tasks.formats.kube_yaml: go-yaml's scalars, not
-    PyYAML's YAML 1.1), and only the container's ``command``/``args`` nodes are replaced: every other
-    node is written back with its own value and style, so an env value such as 10:30 or "yes" means
-    to the kubelet what it meant before.
-    """
-    document = kube_yaml.compose(text)
+def _manifest_command_nodes(document) -> tuple:
+    """The kube-controller-manager container of a composed static pod manifest, its ``command``/``args`` nodes,
+    and the keys of those that hold items, in the order the kubelet runs them (command, then args: one command
+    line, whose flags may be in either); ControllerManagerError where the kubelet would not run it."""
     containers = kube_yaml.get(kube_yaml.get(document, "spec"), "containers")
     container = next((c for c in (containers.value if isinstance(containers, SequenceNode) else [])
                       if kube_yaml.scalar_value(kube_yaml.get(c, "name")) == CONTAINER_NAME), None)
     if container is None:
         raise ControllerManagerError(f"no container named {CONTAINER_NAME!r} in the manifest")
-    # The kubelet runs command followed by args: one command line, whose flags may be in either;
-    # new flags go to the end of args when there are args, else to the end of command.
+    # new flags go to the end of args when there are args, else to the end of command
     nodes = {key: kube_yaml.get(container, key) for key in ("command", "args")}
     for key, node in nodes.items():
         if node is not None and not isinstance(node, SequenceNode) and kube_yaml.scalar_value(node) is not None:
@@ -337,6 +339,29 @@ def merge_manifest(text: str, flags: dict[str, str | None], planner=None) -> str
             if not isinstance(value, str):
                 raise ControllerManagerError(f"{key}: {value!r} is not a string, so the kubelet does not run this "
                                              f"manifest (YAML reads it as a {type(value).__name__}); quote it")
+    return container, nodes, keys
+
+
+def manifest_command_line(text: str) -> list[str]:
+    """kube-controller-manager's command line in a static pod manifest, as the kubelet runs it (``command`` then
+    ``args``, read with go-yaml's scalars); ControllerManagerError (or a YAML error) where the kubelet would not
+    run it."""
+    _, nodes, keys = _manifest_command_nodes(kube_yaml.compose(text))
+    return [kube_yaml.scalar_value(item) for key in keys for item in nodes[key].value]  # type: ignore[union-attr]
+
+
+def merge_manifest(text: str, flags: dict[str, str | None], planner=None) -> str | None:
+    """
+    The static pod manifest with merged flags, or None when nothing changes. ``planner``: another
+    function of (segments, flags) that returns a plan as ``_merge_plan`` does (tasks.reset_controller_manager).
+
+    Read and written as the kubelet reads it (tasks.formats.kube_yaml: go-yaml's scalars, not
+    PyYAML's YAML 1.1), and only the container's ``command``/``args`` nodes are replaced: every other
+    node is written back with its own value and style, so an env value such as 10:30 or "yes" means
+    to the kubelet what it meant before.
+    """
+    document = kube_yaml.compose(text)
+    container, nodes, keys = _manifest_command_nodes(document)
     items = [item for key in keys for item in nodes[key].value]  # type: ignore[union-attr]
     segments = [[kube_yaml.scalar_value(item) for item in nodes[key].value] for key in keys]  # type: ignore[union-attr]
     plan = (planner or _merge_plan)(segments, flags)
@@ -348,6 +373,99 @@ def merge_manifest(text: str, flags: dict[str, str | None], planner=None) -> str
     for key, value in zip(keys, merged):
         kube_yaml.set_value(container, key, kube_yaml.sequence(value, like=nodes[key]))
     return kube_yaml.serialize(document)
+
+
+# --- what a command line configures: node IPAM as kube-controller-manager runs it ------------------
+
+# kube-controller-manager's node masks when no --node-cidr-mask-size* flag is given: defaultNodeMaskCIDRIPv4 and
+# defaultNodeMaskCIDRIPv6 (cmd/kube-controller-manager/app/core.go); kubeadm assumes the same (tasks/settings).
+DEFAULT_NODE_MASK = KUBEADM_DEFAULT_NODE_MASK
+
+
+@dataclass(frozen=True)
+class NodeIpam:
+    """
+    kube-controller-manager's node IPAM as one command line configures it (``node_ipam``):
+
+    - ``allocates``: --allocate-node-cidrs (default false: no node gets a podCIDR);
+    - ``enabled``: node IPAM runs by --controllers (default ``*``: it does);
+    - ``cluster_cidrs``: --cluster-cidr, one network per IP family (empty when not given);
+    - ``node_masks``: the podCIDR prefix length per cluster CIDR, kube-controller-manager's defaults filled in;
+    - ``given``: the flags given on the command line (the others hold their defaults);
+    - ``problem``: why kube-controller-manager would not run node IPAM with these values ("" when it would).
+    """
+
+    allocates: bool
+    enabled: bool
+    cluster_cidrs: tuple = ()
+    node_masks: tuple[int, ...] = ()
+    given: frozenset[str] = frozenset()
+    problem: str = ""
+
+
+def _node_masks(values: dict, cidrs: list) -> tuple[tuple[int, ...], str]:
+    """
+    The node mask of each cluster CIDR, or the refusal, as kube-controller-manager decides them
+    (setNodeCIDRMaskSizes, cmd/kube-controller-manager/app/core.go): with two cluster CIDRs (dual stack)
+    --node-cidr-mask-size is refused and -ipv4/-ipv6 apply per family; with one, --node-cidr-mask-size applies
+    to it and excludes the per-family flags, and a per-family flag of the other family is refused. A flag
+    given as 0 counts as not given (its zero value).
+    """
+    masks = {}
+    for name in ("node-cidr-mask-size", "node-cidr-mask-size-ipv4", "node-cidr-mask-size-ipv6"):
+        value = values.get(name)
+        if value is not None:
+            number = _go_int(value)  # type: ignore[arg-type]
+            if number is None:
+                return (), f"--{name}={value} is not a number (strconv.ParseInt)"
+            masks[name] = number
+    common, v4, v6 = (masks.get(name, 0) for name in ("node-cidr-mask-size", "node-cidr-mask-size-ipv4",
+                                                       "node-cidr-mask-size-ipv6"))
+    sizes = {4: v4 or DEFAULT_NODE_MASK[4], 6: v6 or DEFAULT_NODE_MASK[6]}
+    if len(cidrs) > 1:
+        if common:
+            return (), "usage of --node-cidr-mask-size is not allowed with dual-stack clusters"
+    elif common:
+        if v4 or v6:
+            return (), ("usage of --node-cidr-mask-size-ipv4 and --node-cidr-mask-size-ipv6 is not allowed if "
+                        "--node-cidr-mask-size is set")
+        sizes = {4: common, 6: common}
+    elif cidrs and v4 and cidrs[0].version == 6:
+        return (), "usage of --node-cidr-mask-size-ipv4 is not allowed for a single-stack IPv6 cluster"
+    elif cidrs and v6 and cidrs[0].version == 4:
+        return (), "usage of --node-cidr-mask-size-ipv6 is not allowed for a single-stack IPv4 cluster"
+    return tuple(sizes[net.version] for net in cidrs), ""
+
+
+def node_ipam(items: list[str]) -> NodeIpam:
+    """
+    Node IPAM as kube-controller-manager runs it with the command line ``items`` (the flags read by
+    ``read_flags``/``effective_values``: a repeated flag's last value, repeated --controllers as one list).
+    --cluster-cidr is a comma-separated list of at most two networks, one per IP family, host bits dropped
+    (processCIDRs and netutils.ParseCIDRs, cmd/kube-controller-manager/app/core.go); the node masks follow
+    ``_node_masks``. ControllerManagerError for a command line kube-controller-manager refuses to start with
+    (``read_flags``).
+    """
+    uses, _ = read_flags(items)
+    values = effective_values(uses)
+    allocates = _go_bool(values["allocate-node-cidrs"]) if "allocate-node-cidrs" in values else False  # type: ignore[arg-type]
+    enabled = node_ipam_enabled(values.get("controllers"))  # type: ignore[arg-type]
+    given = frozenset(values)
+    if allocates is None:
+        return NodeIpam(False, enabled, given=given,
+                        problem=f"--allocate-node-cidrs={values['allocate-node-cidrs']} is not a boolean (strconv.ParseBool)")
+    text = values.get("cluster-cidr") or ""
+    if not text.strip():  # type: ignore[union-attr]
+        return NodeIpam(allocates, enabled, given=given,
+                        problem="--cluster-cidr is not given" if allocates else "")
+    cidrs = _cidrs(text)  # type: ignore[arg-type]
+    if cidrs is None:
+        return NodeIpam(allocates, enabled, given=given, problem=f"--cluster-cidr={text} is not a list of CIDRs")
+    if len(cidrs) > 2 or (len(cidrs) == 2 and cidrs[0].version == cidrs[1].version):
+        return NodeIpam(allocates, enabled, tuple(cidrs), given=given,
+                        problem=f"--cluster-cidr={text}: at most two networks, one IPv4 and one IPv6")
+    masks, problem = _node_masks(values, cidrs)
+    return NodeIpam(allocates, enabled, tuple(cidrs), masks, given, problem)
 
 
 # --- systemd units (the syntax itself: tasks/formats/systemd_unit.py) --------------------------
@@ -369,10 +487,8 @@ def exec_start_entry(text: str) -> UnitEntry:
     return commands[0]
 
 
-def merge_unit(text: str, flags: dict[str, str | None], planner=None) -> str | None:
-    """The systemd unit with merged flags in its ExecStart, or None when unchanged. Kept words are
-    written as they were (quoting, $VARIABLES and %specifiers intact), one per continuation line.
-    ``planner``: as for merge_manifest."""
+def _exec_start_words(text: str) -> tuple[UnitEntry, list[tuple[str, str]]]:
+    """The unit's ExecStart= (``exec_start_entry``) and its words as systemd splits them (raw, value)."""
     entry = exec_start_entry(text)
     try:
         words = systemd_words(entry.value)
@@ -381,6 +497,20 @@ def merge_unit(text: str, flags: dict[str, str | None], planner=None) -> str | N
     if any(raw == ";" for raw, _ in words):
         raise ControllerManagerError("ExecStart= holds more than one command (';'); kube-controller-manager's "
                                      "unit must run it alone")
+    return entry, words
+
+
+def unit_command_line(text: str) -> list[str]:
+    """kube-controller-manager's command line in a systemd unit, its ExecStart= as systemd splits it
+    (``exec_start_entry``, ``systemd_words``); ControllerManagerError where systemd would not run it."""
+    return [word for _, word in _exec_start_words(text)[1]]
+
+
+def merge_unit(text: str, flags: dict[str, str | None], planner=None) -> str | None:
+    """The systemd unit with merged flags in its ExecStart, or None when unchanged. Kept words are
+    written as they were (quoting, $VARIABLES and %specifiers intact), one per continuation line.
+    ``planner``: as for merge_manifest."""
+    entry, words = _exec_start_words(text)
     plan = (planner or _merge_plan)([[word for _, word in words]], flags)
     if plan is None:
         return None

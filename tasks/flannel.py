@@ -30,7 +30,7 @@ import yaml
 
 from pyinfra import logger
 
-from tasks import cni, pod_network
+from tasks import cni, controller_manager, pod_network
 
 from tasks.engine import answers, kubectl, ops, secret_files
 from tasks.engine.findings import Finding, error, refuse, say, warning
@@ -95,14 +95,24 @@ class PodMtuError(PodnetError, ValueError):
     """A pod MTU (flannel_mtu) larger than the backend can carry over the node's interface."""
 
 
-# Bytes a backend adds to every pod packet on the wire, as flanneld subtracts them from the
-# interface MTU for FLANNEL_MTU: vxlan's encapOverhead (pkg/backend/vxlan/vxlan_network.go,
-# 50 = outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14; an IPv6 underlay needs 20 more,
-# which flanneld's constant ignores, so podnet counts it), wireguard's overhead
-# (pkg/backend/wireguard/wireguard_network.go, 80, sized for an IPv6 outer header), host-gw
-# none (pkg/backend/hostgw: plain routing).
-ENCAP_OVERHEAD = {"vxlan": 50, "wireguard": 80, "host-gw": 0}
-IPV6_UNDERLAY_EXTRA = {"vxlan": 20}
+# Bytes a backend adds to every pod packet on the wire, by the pod packet's IP family, which is
+# also the family of its outer header: flanneld v0.28.9 sends IPv4 pod traffic through
+# flannel.<VNI> from the interface's IPv4 address and IPv6 pod traffic through flannel-v6.<VNI>
+# from its IPv6 address (createVXLANDevice, pkg/backend/vxlan/vxlan.go; the wireguard backend's
+# flannel-wg and flannel-wg-v6 likewise).
+# - vxlan: IPv4 50 = outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14; IPv6 70 (outer IPv6 40).
+#   flanneld itself subtracts 50 for both families: it makes both devices with the interface MTU
+#   - 50 (newVXLANDevice, pkg/backend/vxlan/device.go) and writes FLANNEL_MTU = that - 50
+#   (encapOverhead, vxlan_network.go), one value for both families (WriteSubnetFile,
+#   pkg/subnet/subnet.go). Linux clamps an IPv6 vxlan device to the interface MTU - 70
+#   (VXLAN6_HEADROOM, vxlan_config_apply in drivers/net/vxlan/vxlan_core.c; measured: asked
+#   for 1450 over a 1500 link, it makes 1430), so flannel-v6.<VNI> carries 20 bytes less than
+#   the FLANNEL_MTU pods get (FLANNELD_OVERHEAD).
+# - wireguard: 80 for both (overhead, pkg/backend/wireguard/wireguard_network.go, sized for an IPv6
+#   outer header; its devices get the interface MTU - 80, device.go).
+# - host-gw: nothing (pkg/backend/hostgw: plain routing).
+ENCAP_OVERHEAD = {"vxlan": {4: 50, 6: 70}, "wireguard": {4: 80, 6: 80}, "host-gw": {4: 0, 6: 0}}
+FLANNELD_OVERHEAD = {"vxlan": 50, "wireguard": 80, "host-gw": 0}  # what flanneld subtracts for FLANNEL_MTU
 
 
 def net_conf(s: Settings) -> dict:
@@ -120,6 +130,139 @@ def net_conf(s: Settings) -> dict:
 
 def net_conf_json(s: Settings) -> str:
     return json.dumps(net_conf(s), indent=2) + "\n"
+
+
+# --- net-conf.json as flanneld reads it (a cluster podnet did not deploy: tasks/doctor/foreign.py) ---------
+
+# flanneld v0.28.9's values for what net-conf.json leaves out: EnableIPv4 true (ParseConfig, pkg/subnet/config.go),
+# no Backend at all the "udp" backend (parseBackendType, same file); vxlan's VNI 1 (defaultVNI) and Port 0,
+# with which the kernel's vxlan driver uses its udp_port default, 8472 (pkg/backend/vxlan/vxlan.go,
+# drivers/net/vxlan/vxlan_core.c); wireguard's ListenPort 51820 (pkg/backend/wireguard/wireguard.go); the
+# backend's MTU defaults to the external interface's (per node, so left None here).
+NET_CONF_DEFAULTS = {"EnableIPv4": True, "EnableIPv6": False, "Backend.Type": "udp"}
+BACKEND_DEFAULT_PORTS = {"vxlan": 8472, "wireguard": 51820}
+DEFAULT_VNI = 1
+
+
+class NetConfError(PodnetError, ValueError):
+    """A net-conf.json flanneld refuses to start with; the message is flanneld's reason."""
+
+
+@dataclass(frozen=True)
+class NetConf:
+    """
+    flanneld's network configuration as v0.28.9 reads net-conf.json (``parse_net_conf``): IP families,
+    networks, the backend type (lower case, as the backend manager looks it up) with its VNI (vxlan), UDP port
+    (vxlan Port, wireguard ListenPort) and MTU (the external interface MTU the backend subtracts its
+    encapsulation from; None: the interface's own), flannel's defaults filled in. ``given``: the keys the file
+    sets ("Network", "Backend.VNI"...); every other value is flannel's default.
+    """
+
+    enable_ipv4: bool
+    enable_ipv6: bool
+    network: ipaddress.IPv4Network | None
+    ipv6_network: ipaddress.IPv6Network | None
+    backend: str
+    vni: int | None
+    port: int | None
+    mtu: int | None
+    given: frozenset[str]
+
+
+class _JsonObject(list):
+    """A JSON object's members in order, (key, value) pairs, repeats kept (json.loads' object_pairs_hook)."""
+
+
+def _go_fields(pairs, names: tuple[str, ...], where: str) -> dict:
+    """A JSON object's members as encoding/json stores them into a Go struct with fields ``names``: a key
+    matches a field case-insensitively, a repeated one's last value wins, keys of no field are ignored."""
+    if not isinstance(pairs, _JsonObject):
+        raise NetConfError(f"{where}: json: cannot unmarshal {_json_kind(pairs)} into a Go struct")
+    by_fold = {name.lower(): name for name in names}
+    found = {}
+    for key, value in pairs:
+        name = by_fold.get(key.lower())
+        if name is not None:
+            found[name] = value
+    return found
+
+
+def _json_kind(value) -> str:
+    return {bool: "bool", str: "string", int: "number", float: "number", type(None): "null", list: "array",
+            _JsonObject: "object"}.get(type(value), "value")
+
+
+def _go_bool_field(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise NetConfError(f"json: cannot unmarshal {_json_kind(value)} into Go struct field Config.{name} of type bool")
+    return value
+
+
+def _go_int_field(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise NetConfError(f"json: cannot unmarshal {_json_kind(value)} into Go struct field {name} of type int")
+    return value
+
+
+def _flannel_network(value, name: str, version: int):
+    """ip.IP4Net / ip.IP6Net UnmarshalJSON (pkg/ip/ipnet.go, ipnet6.go): net.ParseCIDR of the text, host bits
+    dropped, of that IP family."""
+    if not isinstance(value, str) or "/" not in value:
+        raise NetConfError(f"{name}: invalid CIDR address: {value if isinstance(value, str) else json.dumps(value)}")
+    try:
+        network = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise NetConfError(f"{name}: invalid CIDR address: {value}") from None
+    if network.version != version:
+        raise NetConfError(f"{name}: invalid IPv{version} CIDR format: {value}")
+    return network
+
+
+def parse_net_conf(text: str) -> NetConf:
+    """
+    net-conf.json as flanneld v0.28.9 reads it (subnet.ParseConfig, pkg/subnet/config.go; the backend's own
+    section by its RegisterNetwork: pkg/backend/vxlan/vxlan.go parseVXLANConfig, pkg/backend/wireguard), with
+    Go's encoding/json rules (member names matched case-insensitively, a repeated member's last value, unknown
+    members ignored, a value of the wrong type refused). NetConfError with flanneld's reason for a file it
+    refuses. Absent values are flannel's defaults (NET_CONF_DEFAULTS, BACKEND_DEFAULT_PORTS, DEFAULT_VNI).
+    """
+    try:
+        document = json.loads(text, object_pairs_hook=_JsonObject)
+    except ValueError as problem:
+        raise NetConfError(f"net-conf.json is not JSON: {problem}") from None
+    top = _go_fields(document, ("EnableIPv4", "EnableIPv6", "Network", "IPv6Network", "Backend"), "net-conf.json")
+    given = set(top)
+    enable_ipv4 = _go_bool_field(top.get("EnableIPv4", NET_CONF_DEFAULTS["EnableIPv4"]), "EnableIPv4")
+    enable_ipv6 = _go_bool_field(top.get("EnableIPv6", NET_CONF_DEFAULTS["EnableIPv6"]), "EnableIPv6")
+    network = _flannel_network(top["Network"], "Network", 4) if "Network" in top else None
+    ipv6_network = _flannel_network(top["IPv6Network"], "IPv6Network", 6) if "IPv6Network" in top else None
+    # the kube subnet manager then refuses every node's podCIDR (AcquireLease, pkg/subnet/kube/kube.go)
+    if enable_ipv4 and network is None:
+        raise NetConfError("EnableIPv4 is on but Network is not set: flanneld finds no node's podCIDR in it")
+    if enable_ipv6 and ipv6_network is None:
+        raise NetConfError("EnableIPv6 is on but IPv6Network is not set: flanneld finds no node's IPv6 podCIDR in it")
+    backend_type, section = NET_CONF_DEFAULTS["Backend.Type"], {}
+    if "Backend" in top:
+        if top["Backend"] is not None and not isinstance(top["Backend"], _JsonObject):
+            raise NetConfError(f"error decoding Backend property of config: json: cannot unmarshal "
+                               f"{_json_kind(top['Backend'])} into Go value")
+        section = _go_fields(top["Backend"] or _JsonObject(), ("Type", "VNI", "Port", "ListenPort", "MTU"), "Backend")
+        backend_type = section.get("Type", "")
+        if not isinstance(backend_type, str):
+            raise NetConfError(f"error decoding Backend property of config: json: cannot unmarshal "
+                               f"{_json_kind(backend_type)} into Go struct field .Type of type string")
+        given.update(f"Backend.{key}" for key in section)
+    backend = backend_type.lower()
+    vni = port = mtu = None
+    if backend == "vxlan":
+        vni = _go_int_field(section.get("VNI", DEFAULT_VNI), "VXLANConfig.vni")
+        port = _go_int_field(section.get("Port", 0), "VXLANConfig.port") or BACKEND_DEFAULT_PORTS["vxlan"]
+    elif backend == "wireguard":
+        port = _go_int_field(section.get("ListenPort", BACKEND_DEFAULT_PORTS["wireguard"]), ".ListenPort")
+    if backend in ("vxlan", "wireguard") and "MTU" in section:
+        mtu = _go_int_field(section["MTU"], "MTU") or None
+    return NetConf(enable_ipv4, enable_ipv6, network if enable_ipv4 else None,
+                   ipv6_network if enable_ipv6 else None, backend, vni, port, mtu, frozenset(given))
 
 
 def image_flannel_version(image: str) -> str | None:
@@ -227,9 +370,18 @@ def probe_request(s: Settings, first_control_plane: bool) -> ProbeRequest:
     return rollout_probe_request(s, first_control_plane).merge(mtu_probe_request(s))
 
 
+def flanneld_mtu_short(s: Settings) -> bool:
+    """flanneld's own pod MTU (flannel_mtu unset) is more than some family the pod network has carries
+    (vxlan on dual stack: ENCAP_OVERHEAD)."""
+    return s.flannel_mtu is None and any(ENCAP_OVERHEAD[s.flannel_backend][v] > FLANNELD_OVERHEAD[s.flannel_backend]
+                                         for v in s.pod_networks)
+
+
 def mtu_probe_request(s: Settings) -> ProbeRequest:
-    """Every node, when flannel_mtu is set: the MTU of the interface flanneld will use."""
-    return ProbeRequest(queries={"flannel_iface_mtu": iface_mtu_command(s)} if s.flannel_mtu is not None else {})
+    """Every node, when flannel_mtu is set (or flanneld's own MTU is short for a family,
+    ``flanneld_mtu_short``): the MTU of the interface flanneld will use."""
+    asks = s.flannel_mtu is not None or flanneld_mtu_short(s)
+    return ProbeRequest(queries={"flannel_iface_mtu": iface_mtu_command(s)} if asks else {})
 
 
 def rollout_probe_request(s: Settings, first_control_plane: bool) -> ProbeRequest:
@@ -281,15 +433,33 @@ def _iface_mtu_line(line: str) -> tuple[str, int]:
     return answers.interface_name(iface), answers.decimal(mtu, 68, 65536, "MTU")
 
 
+def largest_pod_mtu(s: Settings, iface_mtu: int) -> int:
+    """The largest pod MTU the backend carries over an interface of ``iface_mtu`` in every IP family the
+    pod network has: the interface MTU minus the largest of those families' overheads (ENCAP_OVERHEAD)."""
+    return iface_mtu - max(ENCAP_OVERHEAD[s.flannel_backend][v] for v in s.pod_networks)
+
+
+def _overhead_said(s: Settings) -> str:
+    overheads = {v: ENCAP_OVERHEAD[s.flannel_backend][v] for v in s.pod_networks}
+    if len(set(overheads.values())) > 1:
+        return f"the {s.flannel_backend} backend adds " + " and ".join(
+            f"{n} bytes to {pod_network.FAMILY[v]}" for v, n in overheads.items()) + " pod packets"
+    overhead = next(iter(overheads.values()))
+    return f"the {s.flannel_backend} backend adds {overhead} bytes" if overhead else \
+        f"the {s.flannel_backend} backend adds nothing"
+
+
 def pod_mtu_findings(s: Settings, node: NodeState, host_name: str) -> list[Finding]:
     """
-    A flannel_mtu the backend cannot carry over this node's interface (an error): at most the
-    interface MTU minus the backend's encapsulation overhead (ENCAP_OVERHEAD), else large
-    packets between nodes are dropped. When the probe could not tell the interface, flanneld
-    itself reports it; nothing is found. An answer that does not fit (``<interface> <mtu>``, one line)
-    is an error too (RemoteAnswerError).
+    A flannel_mtu the backend cannot carry over this node's interface in every IP family of the pod
+    network (an error): at most ``largest_pod_mtu`` (the interface MTU minus the backend's overhead
+    for each family, ENCAP_OVERHEAD), else large packets between nodes are dropped. Without
+    flannel_mtu, where flanneld's own FLANNEL_MTU is more than a family carries (vxlan on dual
+    stack: 20 bytes more than flannel-v6.<VNI>), a warning naming the MTU that carries both. When
+    the probe could not tell the interface, flanneld itself reports it; nothing is found. An answer
+    that does not fit (``<interface> <mtu>``, one line) is an error too (RemoteAnswerError).
     """
-    if s.flannel_mtu is None:
+    if s.flannel_mtu is None and not flanneld_mtu_short(s):
         return []
     rc, lines = node.queries.get("flannel_iface_mtu", (1, []))
     if rc != 0 or not lines:
@@ -303,51 +473,89 @@ def pod_mtu_findings(s: Settings, node: NodeState, host_name: str) -> list[Findi
         said = answers.problem(host_name, "the MTU of flanneld's interface", "\n".join(lines), "one line expected")
         return [error(said, answers.RemoteAnswerError, text=said)]
     iface, iface_mtu = found[0]
-    overhead = ENCAP_OVERHEAD[s.flannel_backend]
-    if s.node_ip is not None and s.node_ip.version == 6:
-        overhead += IPV6_UNDERLAY_EXTRA.get(s.flannel_backend, 0)
-    largest = iface_mtu - overhead
+    largest = largest_pod_mtu(s, iface_mtu)
+    if s.flannel_mtu is None:
+        own = iface_mtu - FLANNELD_OVERHEAD[s.flannel_backend]
+        return [warning(f"flanneld's own pod MTU {own} is too large for IPv6", where=f"{host_name}: flannel_mtu unset",
+                        why=f"flanneld subtracts {FLANNELD_OVERHEAD[s.flannel_backend]} bytes from {iface}'s MTU "
+                            f"{iface_mtu} for both families, but {_overhead_said(s)}: its IPv6 device carries at "
+                            f"most {largest}, so IPv6 pod packets of more than {largest} bytes between nodes get "
+                            "ICMPv6 Packet Too Big",
+                        fix=f"set flannel_mtu = {largest} to carry every pod packet of both families")]
     if s.flannel_mtu <= largest:
         return []
-    carried = f"the {s.flannel_backend} backend adds {overhead} bytes" if overhead else \
-        f"the {s.flannel_backend} backend adds nothing"
+    fix = f"set flannel_mtu to at most {largest}, or leave it unset (flanneld then derives it)"
+    if flanneld_mtu_short(replace(s, flannel_mtu=None)):
+        fix = f"set flannel_mtu to at most {largest}"
     return [error(f"{s.flannel_mtu} is too large", PodMtuError, where=f"{host_name}: flannel_mtu",
-                  why=f"flanneld's interface {iface} has MTU {iface_mtu} and {carried}, so pod packets of more than "
-                      f"{largest} bytes would be dropped between nodes",
-                  fix=f"set flannel_mtu to at most {largest}, or leave it unset (flanneld then derives it)")]
+                  why=f"flanneld's interface {iface} has MTU {iface_mtu} and {_overhead_said(s)}, so pod packets of "
+                      f"more than {largest} bytes would be dropped between nodes",
+                  fix=fix)]
 
 
 def pod_mtu_fits(s: Settings, node: NodeState, host_name: str) -> None:
     """Refuse (PodMtuError, while planning, before any change) a flannel_mtu the backend cannot carry
-    over this node's interface (``pod_mtu_findings``)."""
-    refuse(pod_mtu_findings(s, node, host_name))
+    over this node's interface (``pod_mtu_findings``); say where flanneld's own MTU is short for IPv6."""
+    found = pod_mtu_findings(s, node, host_name)
+    refuse(found)
+    say(found)
+
+
+def node_ipam_flags(s: Settings) -> str:
+    """kube-controller-manager's node IPAM flags as podnet gives them (both families' on dual stack)."""
+    return " ".join(f"--{flag}={value}" for flag, value in controller_manager.desired_flags(s).items()
+                    if value is not None and flag != "service-cluster-ip-range")
 
 
 def pod_cidr_problems(s: Settings, lines: list[str], host_name: str = "") -> list[str]:
-    """Nodes without a podCIDR, or with one the settings could not have given (outside the
-    cluster CIDR of its family, or another prefix length than the node mask). The lines are
-    checked by pod_network.pod_cidrs (RemoteAnswerError for one that does not fit)."""
+    """
+    Every node's spec.podCIDRs as kube-controller-manager's node IPAM gives them for these settings,
+    for each IP family the pod network has (``Settings.pod_networks``): one podCIDR per family
+    (the range allocator fills spec.podCIDRs from one CIDRSet per --cluster-cidr entry,
+    pkg/controller/nodeipam/ipam/range_allocator.go), inside that family's cluster CIDR (flannel's
+    Network / IPv6Network), with that family's node mask (--node-cidr-mask-size, or -ipv4 / -ipv6 on
+    dual stack), and no two nodes' podCIDRs overlapping (the CIDRSet hands each range out once,
+    pkg/controller/nodeipam/ipam/cidrset). The lines are checked by pod_network.pod_cidrs
+    (RemoteAnswerError for one that does not fit).
+    """
     problems = []
-    flags = (f"--allocate-node-cidrs=true --cluster-cidr={s.cluster_cidr} "
-             f"--node-cidr-mask-size={s.node_cidr_mask_size}")
-    for name, cidrs in pod_network.pod_cidrs(host_name, lines).items():
+    flags = node_ipam_flags(s)
+    held = pod_network.pod_cidrs(host_name, lines)
+    for name, cidrs in held.items():
         if not cidrs:
             problems.append(f"node {name} has no spec.podCIDR (pod cidr not assigned): check that "
                             f"kube-controller-manager runs with {flags}")
             continue
+        for version in pod_network.missing_families(s, cidrs):
+            cluster_key = pod_network.POD_NETWORK_KEYS[version][0]
+            problems.append(f"node {name} has no {pod_network.FAMILY[version]} podCIDR (spec.podCIDRs "
+                            f"{' '.join(cidrs)}) although {cluster_key} is set: kube-controller-manager gives a node "
+                            f"its podCIDRs once, when it registers, one per family of {flags}; a node registered "
+                            "before dual stack was turned on keeps its single podCIDR until it registers again "
+                            "(allow_pod_network_change)")
         for cidr in cidrs:
             if pod_network.fits(s, cidr):
                 continue
             network = ipaddress.ip_network(cidr)  # checked by pod_cidrs
-            cluster = s.cluster_cidr if network.version == 4 else s.cluster_cidr_ipv6
-            if cluster is not None and network.subnet_of(cluster):  # type: ignore[arg-type]
-                mask = s.node_cidr_mask_size if network.version == 4 else s.node_cidr_mask_size_ipv6
-                problems.append(f"node {name} has spec.podCIDR {cidr}, not a /{mask} (node_cidr_mask_size): "
-                                f"kube-controller-manager's --node-cidr-mask-size must be {mask}; check {flags}")
+            family = pod_network.FAMILY[network.version]
+            if network.version not in s.pod_networks:
+                problems.append(f"node {name} has the {family} spec.podCIDR {cidr}, but the pod network has no "
+                                f"{family} family (cluster_cidr_ipv6 is unset): check {flags}")
+                continue
+            cluster, mask = s.pod_networks[network.version]
+            cluster_key, mask_key = pod_network.POD_NETWORK_KEYS[network.version]
+            if network.subnet_of(cluster):  # type: ignore[arg-type]
+                flag = "node-cidr-mask-size" + (f"-ipv{network.version}" if s.dual_stack else "")
+                problems.append(f"node {name} has spec.podCIDR {cidr}, not a /{mask} ({mask_key}): "
+                                f"kube-controller-manager's --{flag} must be {mask}; check {flags}")
             else:
-                key = "cluster_cidr" if network.version == 4 else "cluster_cidr_ipv6"
-                problems.append(f"node {name} has spec.podCIDR {cidr}, outside {key} {cluster}: "
-                                f"kube-controller-manager's --cluster-cidr must equal flannel's Network; check {flags}")
+                problems.append(f"node {name} has spec.podCIDR {cidr}, outside {cluster_key} {cluster}: "
+                                f"kube-controller-manager's --cluster-cidr must equal flannel's "
+                                f"{'Network' if network.version == 4 else 'IPv6Network'}; check {flags}")
+    for name, cidr, other, other_cidr in pod_network.overlapping(held):
+        problems.append(f"nodes {name} and {other} hold overlapping podCIDRs {cidr} and {other_cidr}: "
+                        "kube-controller-manager never gives a range twice, so one was set by hand or by another "
+                        "cluster's allocator; delete that Node so it registers again")
     return problems
 
 
@@ -754,6 +962,14 @@ IPTABLES = ("iptables-nft", "iptables-legacy", "ip6tables-nft", "ip6tables-legac
 NFT_TABLES = ("flannel-ipv4", "flannel-ipv6")  # flannel's pkg/trafficmngr/nftables (EnableNFTables)
 SYS_NET = "/sys/class/net"
 CHAINS_QUERY, NFT_QUERY, OBJECTS_QUERY = "flannel_chains", "flannel_nft", "flannel_objects"
+ROUTES_QUERY = "flannel_routes"
+# Prints "<4|6> <destination> <gateway> <device>" for every route with a gateway, in both families
+# (`ip -o route` prints "<dst> via <gw> dev <dev> ..."). flanneld's host-gw backend, and vxlan with
+# DirectRouting, route each other node's podCIDR through the node's own interface this way
+# (pkg/backend/hostgw, pkg/backend/vxlan/vxlan_network.go directRoute; v6 twins for IPv6): such
+# a route outlives flanneld and its devices.
+ROUTES_COMMAND = ("for f in 4 6; do ip -o -$f route show | awk -v f=$f "
+                  "'$1 != \"default\" && $2 == \"via\" && $4 == \"dev\" {print f, $1, $3, $5}'; done")
 
 
 def removes_flannel(s: Settings) -> bool:
@@ -913,7 +1129,36 @@ def network_probe_request(s: Settings) -> ProbeRequest:
     return ProbeRequest(listings=[SYS_NET],
                         features={path: f"[ -d {shlex.quote(path)} ]" for path in network_dirs(s)},
                         queries={"cni0": pod_network.CNI0_COMMAND, CHAINS_QUERY: chains_command(),
-                                 NFT_QUERY: NFT_COMMAND})
+                                 NFT_QUERY: NFT_COMMAND, ROUTES_QUERY: ROUTES_COMMAND})
+
+
+def _route_line(line: str) -> tuple[int, str, str, str]:
+    """ROUTES_COMMAND's line: the family, a destination network, a gateway address of that family, a device."""
+    family, destination, gateway, device = answers.fields(line, 4, " ")
+    if family not in ("4", "6"):
+        raise answers.BadField(f"{answers.shown(family)} is not 4 or 6")
+    network = answers.network(destination)
+    try:
+        address = ipaddress.ip_address(gateway)
+    except ValueError:
+        raise answers.BadField(f"{answers.shown(gateway)} is not an address") from None
+    if network.version != int(family) or address.version != int(family):
+        raise answers.BadField(f"not an IPv{family} route")
+    return int(family), str(network), str(address), answers.interface_name(device)
+
+
+def flannel_routes(s: Settings, node: NodeState, host_name: str = "") -> list[tuple[int, str, str, str]]:
+    """The routes flanneld made through the node's own interface, in both families: a gateway route
+    to a podCIDR of the pod network (inside the cluster CIDR of its family, with that family's node
+    mask), not through cni0 or flanneld's own devices (those go with the device). A line that does
+    not fit is reported as a warning and left alone."""
+    rc, lines = node.queries.get(ROUTES_QUERY, (1, []))
+    if rc != 0 or not removes_flannel(s):
+        return []
+    own = {pod_network.BRIDGE, *interfaces(s)}
+    return [route for route in answers.records(host_name, f"routes with a gateway ({ROUTES_QUERY})", lines,
+                                               _route_line, strict=False)
+            if route[3] not in own and pod_network.fits(s, route[1])]
 
 
 def network_dirs(s: Settings) -> list[str]:
@@ -923,14 +1168,14 @@ def network_dirs(s: Settings) -> list[str]:
 
 
 def bridge_is_podnets(s: Settings, node: NodeState, host_name: str = "") -> bool:
-    """cni0 is the bridge of podnet's conflist: its IPv4 addresses lie in the cluster CIDR (another CNI's
-    bridge plugin may use the same default name)."""
+    """cni0 is the bridge of podnet's conflist: each of its global IPv4 and IPv6 addresses lies in the
+    cluster CIDR of its family (another CNI's bridge plugin may use the same default name)."""
     state = pod_network.cni0_state(node, host_name)
     if not state:
         return False
-    addresses = state[0]
-    network = s.cluster_cidr
-    return bool(addresses) and all(ipaddress.ip_interface(a).ip in network for a in addresses)
+    networks = s.pod_networks
+    addresses = [ipaddress.ip_interface(a) for a in state[0]]
+    return bool(addresses) and all(a.version in networks and a.ip in networks[a.version][0] for a in addresses)
 
 
 def network_state_removed(s: Settings, node: NodeState, host_name: str = "") -> None:
@@ -941,6 +1186,11 @@ def network_state_removed(s: Settings, node: NodeState, host_name: str = "") -> 
     links = [name for name in candidates if name in node.listings.get(SYS_NET, [])]
     ops.shell_when(name="reset: flannel's interfaces deleted", commands=[f"ip link delete {n}" for n in links],
                    reason=f"deleting {', '.join(links)}" if links else None)
+    routes = flannel_routes(s, node, host_name)
+    ops.shell_when(name="reset: flannel's routes to other nodes' podCIDRs deleted",
+                   commands=[f"ip -{f} route delete {dst} via {gw} dev {dev}" for f, dst, gw, dev in routes],
+                   reason="deleting the routes to " + ", ".join(f"{dst} via {gw}" for _, dst, gw, _ in routes)
+                   if routes else None)
     rc, lines = node.queries.get(CHAINS_QUERY, (1, []))
     chains = parse_chains(lines, host_name) if rc == 0 and removes_flannel(s) else {}
     ops.shell_when(name="reset: flannel's iptables chains deleted",

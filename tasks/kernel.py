@@ -11,6 +11,12 @@ podnet's file is named to sort after the others, Debian's ``99-sysctl.conf`` (it
 and a file named to sort after podnet's still wins: the probe reads every sysctl file on
 the node, and each one that sets a podnet parameter to another value is reported, naming
 the file, the key and both values.
+
+Both IP families: IPv4 forwarding always, IPv6 forwarding (net.ipv6.conf.all.forwarding) on
+dual stack, bridged traffic of both through iptables and ip6tables. A parameter that must change
+but cannot is refused while planning, before any host changes, with the reason: one that does not
+exist (IPv6 switched off in the kernel, ipv6.disable=1), or one the node cannot write (/proc/sys
+read-only, as in a container whose network namespace its host configures).
 """
 
 from __future__ import annotations
@@ -23,11 +29,12 @@ from pyinfra import host
 
 from tasks.engine import ops
 from tasks.engine.context import HostContext, Step
-from tasks.engine.findings import Finding, say, warning
+from tasks.engine.findings import Finding, error, refuse, say, warning
+from tasks.errors import PodnetError
 from tasks.engine.desired import DesiredFile, render, text_file
 from tasks.engine import ownership as owned
 from tasks.engine.ownership import Ownership, OwnedFile, declared_digests
-from tasks.engine.probe import SYSCTL_CONF, SYSCTL_DIRS, NodeState, ProbeRequest
+from tasks.engine.probe import SYSCTL_CONF, SYSCTL_DIRS, NodeState, ProbeRequest, sysctl_path
 from tasks.settings import Settings
 
 MODULES_LOAD_PATH = "/etc/modules-load.d/podnet.conf"
@@ -50,8 +57,18 @@ MODULE_FEATURES = {
 }
 
 
+class KernelParameterError(PodnetError, RuntimeError):
+    """A kernel parameter pod networking needs that this node cannot be given (absent, or read-only)."""
+
+
+def writable_feature(key: str) -> str:
+    """The probe's feature telling whether the node can write this parameter."""
+    return f"sysctl-writable:{key}"
+
+
 def parameters(settings: Settings) -> dict[str, str]:
-    """The sysctls pod networking needs."""
+    """The sysctls pod networking needs: for IPv4 always, for IPv6 on dual stack (pod traffic of each
+    family is routed between cni0 and flanneld's device of that family)."""
     values = {
         "net.bridge.bridge-nf-call-iptables": "1",
         "net.bridge.bridge-nf-call-ip6tables": "1",
@@ -78,8 +95,39 @@ def ownership(settings: Settings) -> Ownership:
 
 
 def probe_request(settings: Settings) -> ProbeRequest:
+    # [ -w ] is access(2): it fails on a read-only /proc/sys even for root (EROFS)
+    writable = {writable_feature(key): f"[ -w {shlex.quote(sysctl_path(key))} ]" for key in parameters(settings)}
     return ownership(settings).probe_request().merge(ProbeRequest(
-        features=dict(MODULE_FEATURES), sysctls=list(parameters(settings)), sysctl_config=list(parameters(settings))))
+        features={**MODULE_FEATURES, **writable}, sysctls=list(parameters(settings)),
+        sysctl_config=list(parameters(settings))))
+
+
+def unsettable_findings(settings: Settings, node: NodeState, host_name: str) -> list[Finding]:
+    """
+    Errors (KernelParameterError) for a parameter that has to change and cannot: absent although it
+    is no module's to make (net.bridge.* appear when br_netfilter loads: podnet loads it first), which
+    for net.ipv6.* means IPv6 is switched off in this node's kernel (ipv6.disable=1); or read-only
+    (the probe's ``[ -w ]``: /proc/sys mounted read-only, a container whose sysctls its host sets).
+    """
+    found = []
+    for key, value in parameters(settings).items():
+        current = node.sysctls.get(key, "")
+        if current == value:
+            continue
+        if current is None and not key.startswith("net.bridge."):
+            why = ("IPv6 is switched off in this node's kernel (booted with ipv6.disable=1), and dual stack "
+                   "(cluster_cidr_ipv6) routes IPv6 pod traffic" if key.startswith("net.ipv6.") else
+                   "this node's kernel has no such parameter")
+            found.append(error(f"{key} does not exist", KernelParameterError, where=host_name, why=why,
+                               fix="boot the node with IPv6 on, or unset cluster_cidr_ipv6" if key.startswith(
+                                   "net.ipv6.") else "use a kernel with IP forwarding"))
+        elif current is not None and node.features.get(writable_feature(key)) is False:
+            found.append(error(f"{key} is {current}, podnet needs {value}, and this node cannot change it",
+                               KernelParameterError, where=host_name,
+                               why=f"{sysctl_path(key)} is read-only here (a container whose network namespace's "
+                                   "sysctls the host that runs it sets)",
+                               fix=f"set {key} = {value} for this node from the host that runs it, then run again"))
+    return found
 
 
 # --- what the node's sysctl files set ------------------------------------------------------
@@ -209,7 +257,7 @@ def findings(settings: Settings, node: NodeState, host_name: str) -> list[Findin
     """
     values = parameters(settings)
     conflicts = sysctl_conflicts(values, node)
-    found = [conflict.finding(host_name) for conflict in conflicts]
+    found = unsettable_findings(settings, node, host_name) + [conflict.finding(host_name) for conflict in conflicts]
     explained = {c.param for c in conflicts if c.wins_at_boot}
     if not ops.files_needing_change([f for f in desired_files(settings) if f.path == SYSCTL_PATH], node):
         for key, value in values.items():
@@ -249,6 +297,7 @@ STEP = Step(
     "read last; other sysctl files setting them otherwise reported",
     probe=lambda ctx: probe_request(ctx.settings),
     findings=lambda ctx: findings(ctx.settings, ctx.node, ctx.host_name),
+    check=lambda ctx: refuse(unsettable_findings(ctx.settings, ctx.node, ctx.host_name)),
     apply=lambda ctx: apply(ctx.settings, ctx.node),
 )
 

@@ -20,6 +20,13 @@ their kubelets so they register again and get podCIDRs from the new network, and
 each node's old ``cni0`` once no pod uses it. On every node,
 a ``cni0`` whose address is not the gateway of the node's current subnet (flanneld's
 subnet.env) is reported, and removed when the setting allows it and no pod uses it.
+
+Both IP families, each the same way: a node's podCIDRs are checked per family (``fits``), a
+node without a podCIDR of a family the settings have (dual stack turned on) registers again
+like one whose podCIDR does not fit (ValidateNodeUpdate refuses adding one to spec.podCIDRs as
+well), and cni0's global IPv4 and IPv6 addresses are both compared with the gateway of their
+family in subnet.env (FLANNEL_SUBNET, FLANNEL_IPV6_SUBNET, as flanneld's WriteSubnetFile in
+pkg/subnet/subnet.go writes them).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import shlex
 
 from pyinfra import logger
 
+from tasks import controller_manager
 from tasks.engine import answers, ops
 from tasks.engine.answers import BadField, RemoteAnswerError
 from tasks.engine.findings import Finding, error, refuse, say, warning
@@ -42,9 +50,15 @@ from tasks.settings import Settings
 SUBNET_ENV = "/run/flannel/subnet.env"
 BRIDGE = "cni0"
 POLL_SECONDS = 2
-# Prints "addr <address/prefix>" per IPv4 address of cni0 and "ports <n>" (veths attached, one per pod).
-CNI0_COMMAND = (f"[ -d /sys/class/net/{BRIDGE} ] && {{ ip -o -4 addr show dev {BRIDGE} | awk '{{print \"addr \" $4}}'; "
-                f"echo ports $(ls /sys/class/net/{BRIDGE}/brif | wc -l); }}")
+# Prints "addr <address/prefix>" per global IPv4 and IPv6 address of cni0 (not the fe80:: link-local
+# address the kernel gives every link) and "ports <n>" (veths attached, one per pod).
+CNI0_COMMAND = (f"[ -d /sys/class/net/{BRIDGE} ] && {{ ip -o addr show dev {BRIDGE} scope global | "
+                f"awk '{{print \"addr \" $4}}'; echo ports $(ls /sys/class/net/{BRIDGE}/brif | wc -l); }}")
+FAMILY = {4: "IPv4", 6: "IPv6"}
+# The settings of each family's pod network: cluster CIDR, node mask.
+POD_NETWORK_KEYS = {4: ("cluster_cidr", "node_cidr_mask_size"), 6: ("cluster_cidr_ipv6", "node_cidr_mask_size_ipv6")}
+# flanneld's subnet.env key of each family's subnet (first address = cni0's gateway).
+SUBNET_ENV_KEYS = {4: "FLANNEL_SUBNET", 6: "FLANNEL_IPV6_SUBNET"}
 
 
 class PodNetworkChangeError(PodnetError, ValueError):
@@ -74,16 +88,38 @@ def probe_request(s: Settings, first_control_plane: bool = False) -> ProbeReques
 
 def fits(s: Settings, cidr: str) -> bool:
     """A podCIDR that the pod network settings could have given: inside the cluster CIDR of its
-    family, with that family's node mask."""
+    family, with that family's node mask (False for a family the settings do not have)."""
     try:
         network = ipaddress.ip_network(cidr)
     except ValueError:
         return False
-    if network.version == 4:
-        cluster, mask = s.cluster_cidr, s.node_cidr_mask_size
-    else:
-        cluster, mask = s.cluster_cidr_ipv6, s.node_cidr_mask_size_ipv6
-    return cluster is not None and network.prefixlen == mask and network.subnet_of(cluster)  # type: ignore[arg-type]
+    if network.version not in s.pod_networks:
+        return False
+    cluster, mask = s.pod_networks[network.version]
+    return network.prefixlen == mask and network.subnet_of(cluster)  # type: ignore[arg-type]
+
+
+def missing_families(s: Settings, cidrs: list[str]) -> list[int]:
+    """The IP versions the settings give a podCIDR of that a node holding ``cidrs`` lacks (none for a node
+    without any podCIDR yet: kube-controller-manager gives it one of each family)."""
+    if not cidrs:
+        return []
+    held = {ipaddress.ip_network(c).version for c in cidrs}
+    return [version for version in s.pod_networks if version not in held]
+
+
+def overlapping(held: dict[str, list[str]]) -> list[tuple[str, str, str, str]]:
+    """(node, podCIDR, other node, its podCIDR) for every two nodes whose podCIDRs share addresses.
+    kube-controller-manager's CIDRSet hands each range out once (pkg/controller/nodeipam/ipam/cidrset),
+    so an overlap means a podCIDR it did not give (set by hand, or from another cluster's allocator)."""
+    found = []
+    flat = [(name, ipaddress.ip_network(c)) for name in sorted(held) for c in held[name]]
+    for i, (name, network) in enumerate(flat):
+        for other, other_network in flat[i + 1:]:
+            if other != name and network.version == other_network.version and \
+                    network.overlaps(other_network):  # type: ignore[arg-type]
+                found.append((name, str(network), other, str(other_network)))
+    return found
 
 
 POD_CIDRS_QUERY = "pod_cidrs"
@@ -114,47 +150,58 @@ def pod_cidrs(host_name: str, lines: list[str]) -> dict[str, list[str]]:
 
 
 def nodes_not_fitting(s: Settings, lines: list[str], host_name: str = "") -> dict[str, list[str]]:
-    """Node name -> its podCIDRs that the settings do not fit (from ``name cidr [cidr]`` lines, each
-    checked by ``pod_cidrs``: nothing is decided from a line that does not fit)."""
+    """Node name -> its podCIDRs that the settings do not fit, and "no <family> podCIDR" for each family
+    the settings have that it lacks (dual stack turned on: spec.podCIDRs cannot gain one either). From
+    ``name cidr [cidr]`` lines, each checked by ``pod_cidrs``: nothing is decided from a line that does not fit."""
     stale: dict[str, list[str]] = {}
     for name, cidrs in pod_cidrs(host_name, lines).items():
         wrong = [c for c in cidrs if not fits(s, c)]
+        wrong += [f"(no {FAMILY[version]} podCIDR)" for version in missing_families(s, cidrs)]
         if wrong:
             stale[name] = wrong
     return stale
 
 
-def parse_subnet_env(content: bytes) -> ipaddress.IPv4Interface | None:
-    """The subnet with its gateway that flanneld wrote to subnet.env (FLANNEL_SUBNET), if any."""
+Gateway = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+def parse_subnet_env(content: bytes) -> dict[int, Gateway]:
+    """IP version -> the subnet with its gateway that flanneld wrote to subnet.env (FLANNEL_SUBNET,
+    FLANNEL_IPV6_SUBNET); a family without a line, or with a value of another family, is left out."""
+    found: dict[int, Gateway] = {}
     for line in content.decode(errors="replace").splitlines():
         key, _, value = line.partition("=")
-        if key.strip() == "FLANNEL_SUBNET":
-            try:
-                return ipaddress.IPv4Interface(value.strip())
-            except ValueError:
-                return None
-    return None
+        for version, name in SUBNET_ENV_KEYS.items():
+            if key.strip() == name:
+                try:
+                    gateway = ipaddress.ip_interface(value.strip())
+                except ValueError:
+                    continue
+                if gateway.version == version:
+                    found[version] = gateway
+    return found
 
 
-def subnet_of_node(node: NodeState) -> ipaddress.IPv4Interface | None:
-    """The node's current subnet with its gateway, as flanneld wrote it (FLANNEL_SUBNET), if any."""
+def subnets_of_node(node: NodeState) -> dict[int, Gateway]:
+    """The node's current subnets with their gateways, per IP version, as flanneld wrote them."""
     return parse_subnet_env(node.contents.get(SUBNET_ENV, b""))
+
+
+def _shown_subnets(subnets: dict[int, Gateway]) -> str:
+    return ", ".join(str(subnets[v]) for v in sorted(subnets))
 
 
 def _cni0_line(line: str) -> tuple[str, str | int]:
     what, value = answers.fields(line, 2, " ")
     if what == "addr":
-        address = answers.interface_address(value)
-        if address.version != 4:
-            raise BadField("not an IPv4 address")
-        return what, str(address)
+        return what, str(answers.interface_address(value))
     if what == "ports":
         return what, answers.decimal(value, 0, None, "count of attached ports")
     raise BadField("neither 'addr <address/prefix>' nor 'ports <count>'")
 
 
 def parse_cni0(lines: list[str], host_name: str = "") -> tuple[list[str], int]:
-    """(IPv4 addresses, pods attached) from CNI0_COMMAND's output; RemoteAnswerError naming the host
+    """(IPv4 and IPv6 addresses, pods attached) from CNI0_COMMAND's output; RemoteAnswerError naming the host
     and the line when a line does not fit (``addr <address/prefix>``, one ``ports <count>``)."""
     records = answers.records(host_name, f"{BRIDGE}'s addresses and ports", lines, _cni0_line)
     addresses = [str(value) for what, value in records if what == "addr"]
@@ -165,8 +212,17 @@ def parse_cni0(lines: list[str], host_name: str = "") -> tuple[list[str], int]:
     return addresses, (ports or [0])[0]
 
 
+def cni0_addresses(node: NodeState, host_name: str = "") -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] | None:
+    """Every global address of cni0, both families, or None without a cni0."""
+    rc, lines = node.queries.get("cni0", (1, []))
+    if rc != 0 or not lines:
+        return None
+    records = answers.records(host_name, f"{BRIDGE}'s addresses and ports", lines, _cni0_line)
+    return [ipaddress.ip_interface(value) for what, value in records if what == "addr"]
+
+
 def cni0_state(node: NodeState, host_name: str = "") -> tuple[list[str], int] | None:
-    """(cni0's IPv4 addresses, pods attached), or None without a cni0."""
+    """(cni0's global IPv4 and IPv6 addresses, pods attached), or None without a cni0."""
     rc, lines = node.queries.get("cni0", (1, []))
     if rc != 0 or not lines:
         return None
@@ -174,20 +230,38 @@ def cni0_state(node: NodeState, host_name: str = "") -> tuple[list[str], int] | 
 
 
 def stale_cni0(node: NodeState, host_name: str = "") -> str | None:
-    """Why cni0 is stale (an address other than the current subnet's gateway), or None."""
-    subnet, bridge = subnet_of_node(node), cni0_state(node, host_name)
-    if subnet is None or bridge is None:
+    """
+    Why cni0 is stale, or None: an address (either family) other than the gateway of its family's
+    current subnet in subnet.env, or of a family subnet.env has none of (dual stack turned off).
+    The bridge plugin (plugins/main/bridge/bridge.go, ensureAddr) refuses new pods on a bridge
+    holding another IPv4 address, or an IPv6 one overlapping the new subnet ("already has an IP
+    address different from"); a non-overlapping IPv6 address it leaves beside the new one, and its
+    route on cni0 then takes this node's traffic to that old network (other nodes' pods).
+    """
+    subnets, bridge = subnets_of_node(node), cni0_state(node, host_name)
+    if not subnets or bridge is None:
         return None
     addresses, ports = bridge
-    wrong = [a for a in addresses if a != str(subnet)]
+    wrong = [a for a in addresses if a != str(subnets.get(ipaddress.ip_interface(a).version, ""))]
     if not wrong:
         return None
     used = f"{ports} pod(s) still use it" if ports else "no pod uses it"
-    return (f"{BRIDGE} has {', '.join(wrong)}, but this node's subnet is {subnet} ({SUBNET_ENV}); new pods fail with "
-            f"'{BRIDGE} already has an IP address different from {subnet}' until it is removed ({used})")
+    blocking = [a for a in wrong if ipaddress.ip_interface(a).version == 4 or
+                (6 in subnets and ipaddress.ip_interface(a).network.overlaps(subnets[6].network))]
+    effects = []
+    for gateway in dict.fromkeys(subnets[ipaddress.ip_interface(a).version] for a in blocking):
+        effects.append(f"new pods fail with '{BRIDGE} already has an IP address different from {gateway}'")
+    kept = [str(ipaddress.ip_interface(a).network) for a in wrong if a not in blocking]
+    if kept:
+        effects.append(f"its route{'s' if len(kept) > 1 else ''} to {', '.join(kept)} on {BRIDGE} take"
+                       f"{'' if len(kept) > 1 else 's'} this node's traffic to that old network")
+    subnet = ("subnet is " if len(subnets) == 1 else "subnets are ") + _shown_subnets(subnets)
+    return (f"{BRIDGE} has {', '.join(wrong)}, but this node's {subnet} ({SUBNET_ENV}); {' and '.join(effects)} "
+            f"until it is removed ({used})")
 
 
 def change_problem(s: Settings, stale: dict[str, list[str]]) -> str:
+    """What a pod network change the nodes' podCIDRs (``stale``, from ``nodes_not_fitting``) do not fit needs."""
     held = ", ".join(f"{name} {' '.join(cidrs)}" for name, cidrs in sorted(stale.items()))
     v6 = (f", cluster_cidr_ipv6 '{s.cluster_cidr_ipv6}' with node_cidr_mask_size_ipv6 {s.node_cidr_mask_size_ipv6}"
           if s.cluster_cidr_ipv6 is not None else "")
@@ -248,10 +322,16 @@ def checked(s: Settings, node: NodeState, host_name: str, first_control_plane: b
     return stale_nodes(s, node, host_name, first_control_plane)
 
 
+def subnets_fit(s: Settings, subnets: dict[int, Gateway]) -> bool:
+    """flanneld's subnets (``parse_subnet_env``) are one of each family the settings have, each fitting them."""
+    return set(subnets) == set(s.pod_networks) and all(fits(s, str(g.network)) for g in subnets.values())
+
+
 def this_node_is_leaving_its_subnet(s: Settings, node: NodeState) -> bool:
-    """The node's current subnet (flanneld's subnet.env) does not fit the settings: it registers again."""
-    subnet = subnet_of_node(node)
-    return subnet is not None and not fits(s, str(subnet.network))
+    """The node's current subnets (flanneld's subnet.env) do not fit the settings, or lack a family the
+    settings have (dual stack turned on) or have one they do not: it registers again."""
+    subnets = subnets_of_node(node)
+    return bool(subnets) and not subnets_fit(s, subnets)
 
 
 def registered_again(s: Settings, node: NodeState, host_name: str, stale_nodes: dict[str, list[str]]) -> None:
@@ -267,7 +347,8 @@ def registered_again(s: Settings, node: NodeState, host_name: str, stale_nodes: 
     leaving = this_node_is_leaving_its_subnet(s, node)
     ops.shell_when(name="pod network: kubelet restarted to register again",
                    commands=["systemctl restart kubelet"],
-                   reason=f"{host_name} holds {subnet_of_node(node)} from the old pod network" if leaving else None)
+                   reason=f"{host_name} holds {_shown_subnets(subnets_of_node(node))} from the old pod network"
+                   if leaving else None)
 
 
 def old_bridge_removed(s: Settings, node: NodeState, host_name: str = "") -> None:
@@ -292,9 +373,10 @@ def _pod_line(line: str) -> tuple[str, str, str, bool]:
 
 
 def delete_nodes_after_new_ipam(state, host, connector_arguments, s: Settings, names: list[str]) -> bool:
-    """Wait (bounded) until kube-controller-manager runs with the new --cluster-cidr, then delete the
-    pods of the old pod network on these nodes (not host-network ones) and the Nodes."""
-    flag = f"--cluster-cidr={s.cluster_cidr}"
+    """Wait (bounded) until kube-controller-manager runs with the new --cluster-cidr (both families' CIDRs
+    on dual stack, as podnet renders the flag), then delete the pods of the old pod network on these nodes
+    (not host-network ones) and the Nodes."""
+    flag = f"--cluster-cidr={controller_manager.desired_flags(s)['cluster-cidr']}"
 
     def not_started() -> bool:
         ok, output = host.run_shell_command("tr '\\0' ' ' < /proc/$(pgrep -o -x kube-controller)/cmdline",
@@ -349,22 +431,23 @@ def remove_old_bridge(state, host, connector_arguments, s: Settings) -> bool:
         encoded = next((line.split()[1] for line in lines[:1]
                         if line.startswith("subnetenv ") and len(line.split()) == 2), "")
         try:
-            subnet = parse_subnet_env(base64.b64decode(encoded, validate=True))
+            subnets = parse_subnet_env(base64.b64decode(encoded, validate=True))
         except ValueError:
-            subnet = None
+            subnets = {}
         addresses, ports = parse_cni0(lines[1:], host.name)
-        fresh = subnet is not None and fits(s, str(subnet.network))
-        if fresh and addresses == [str(subnet)]:
-            return None  # already the right bridge
+        fresh = subnets_fit(s, subnets)
+        if fresh and set(addresses) <= {str(g) for g in subnets.values()}:
+            return None  # already the right bridge (the bridge plugin adds a missing family's gateway itself)
         if fresh and ports == 0:
             ok, output = host.run_shell_command(f"ip link delete {BRIDGE}", **connector_arguments)
             if not ok:
                 raise PodNetworkChangeError(f"{host.name}: ip link delete {BRIDGE} failed: "
                                             f"{ops.said(output.stderr_lines)}")
-            logger.info(f"    {host.name}: removed {BRIDGE} ({', '.join(addresses)}); new pods get {subnet}")
+            logger.info(f"    {host.name}: removed {BRIDGE} ({', '.join(addresses)}); new pods get "
+                        f"{_shown_subnets(subnets)}")
             return None
-        return (f"subnet.env {subnet or 'missing'}, {BRIDGE} {', '.join(addresses) or 'without address'}, "
-                f"{ports} pod(s)")
+        return (f"subnet.env {_shown_subnets(subnets) or 'missing'}, {BRIDGE} "
+                f"{', '.join(addresses) or 'without address'}, {ports} pod(s)")
 
     last = poll(not_yet, s.flannel_rollout_timeout, POLL_SECONDS)
     if last:

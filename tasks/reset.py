@@ -11,8 +11,9 @@ second reset changes nothing:
   disabled, with its unit file, binary and net-conf.json;
 - 10-flannel.conflist, and the CNI configs podnet had moved aside (``*.podnet-disabled``) put
   back; the CNI plugin binaries podnet installed;
-- flannel's interfaces (cni0 when its address is in the cluster CIDR, flannel.<VNI>,
-  flannel-v6.<VNI>, flannel-wg, flannel-wg-v6),
+- flannel's interfaces (cni0 when each of its addresses is in the cluster CIDR of its family,
+  flannel.<VNI>, flannel-v6.<VNI>, flannel-wg, flannel-wg-v6), its gateway routes of both
+  families to other nodes' podCIDRs through the node's own interface (host-gw, DirectRouting),
   its iptables chains (FLANNEL-POSTRTG, FLANNEL-FWD and the rules jumping to them, in the
   nft and legacy iptables and ip6tables), its nftables tables (flannel-ipv4, flannel-ipv6),
   /run/flannel and host-local's records /var/lib/cni/networks/cbr0;

@@ -16,6 +16,12 @@ What is not real here, and why (see also testbed/kubebed/cluster.py):
   address (as the Vagrant inventory does), and the nodes route the service network on
   their link;
 - this machine's root lacks CAP_SYS_RESOURCE: `restrict_oom_score_adj = true`.
+
+Dual stack (``dual_stack=True``): the nodes have IPv6 addresses on the test bridge (unique local,
+testbed.localcluster), the API server and kubelets run dual-stack (testbed.kubebed), and the
+inventory sets ``cluster_cidr_ipv6`` and ``service_cluster_ip_range_ipv6`` (CLUSTER_CIDR_IPV6, the
+kube bed's IPv6 service range), so podnet turns node IPAM on for both families and flanneld runs
+with ``EnableIPv6``. Pods then get an address of each family (``Pod.ip``, ``Pod.ip6``).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from testbed.kubebed import binaries
-from testbed.kubebed.cluster import KubeBed
+from testbed.kubebed.cluster import SERVICE_CIDR_IPV6, KubeBed
 from testbed.localcluster import Cluster, Node
 from testbed.localcluster.rootfs import cache_root
 
@@ -40,8 +46,16 @@ REPO = Path(__file__).resolve().parent.parent
 MANIFEST_PATH = "/etc/kubernetes/manifests/kube-controller-manager.yaml"
 KCM_UNIT_PATH = "/etc/systemd/system/kube-controller-manager.service"
 VXLAN_MTU = 1450  # flanneld's FLANNEL_MTU with the vxlan backend on the 1500-byte test link
+# The pod MTU of a dual-stack bed: flanneld's FLANNEL_MTU is the same 1450 for both families, but its IPv6
+# device (flannel-v6.1, vxlan over the nodes' IPv6 addresses: 70 bytes) carries at most 1430, so podnet
+# says to set flannel_mtu = 1430 there, and the bed's inventory does as an operator would.
+DUAL_STACK_VXLAN_MTU = 1430
 DEPLOY_TIMEOUT = 600
 POD_TIMEOUT = 90
+# The IPv6 pod network of a dual-stack bed (podnet's cluster_cidr_ipv6): unique local, in no node or host network.
+CLUSTER_CIDR_IPV6 = "fd00:10:244::/56"
+# What a don't-fragment ping adds to its ICMP data: IPv4 header 20 + ICMP 8; IPv6 header 40 + ICMPv6 8.
+PING_HEADERS = {4: 28, 6: 48}
 
 
 @dataclass
@@ -66,6 +80,7 @@ class Pod:
     node: Node
     name: str
     ip: str
+    ip6: str = ""  # its IPv6 address (a dual-stack bed), else ""
 
 
 def parse_results(output: str) -> dict[str, dict[str, int]]:
@@ -109,11 +124,14 @@ class PodBed:
 
     generation: containerd "1.x" (Debian's 1.6) or "2.x" (2.3.4, podnet's default);
     runtime: how kube-controller-manager runs ("static-pod", podnet's default, or "systemd");
-    rollout: podnet's flannel_rollout ("daemonset", the default, or "systemd").
+    rollout: podnet's flannel_rollout ("daemonset", the default, or "systemd");
+    dual_stack: the cluster runs dual-stack and podnet is deployed with both pod networks (the
+    cluster's nodes need IPv6 addresses: testbed.localcluster's ``ipv6``).
     """
 
     def __init__(self, cluster: Cluster, base_url: str, mirror, generation: str, workdir: Path,
-                 runtime: str = "static-pod", rollout: str = "daemonset", release_download: str = "laptop"):
+                 runtime: str = "static-pod", rollout: str = "daemonset", dual_stack: bool = False,
+                 release_download: str = "laptop"):
         self.cluster = cluster
         self.release_download = release_download  # "nodes": they download from base_url (served to them)
         self.base_url = base_url
@@ -124,6 +142,8 @@ class PodBed:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cluster_cidr = ipaddress.ip_network("10.244.0.0/16")
+        self.dual_stack = dual_stack
+        self.cluster_cidr_ipv6 = ipaddress.ip_network(CLUSTER_CIDR_IPV6) if dual_stack else None
         self.overrides: dict = {}
         # node name -> (host, port) pyinfra connects to instead of the node's sshd (e.g. a DelayProxy)
         self.ssh_endpoints: dict[str, tuple[str, int]] = {}
@@ -151,6 +171,9 @@ class PodBed:
             # flannel's sums are resolved from what the mirror publishes and locked here
             artifact_lock_file=str(self.workdir / "artifacts.lock.yaml"),
         )
+        if self.dual_stack:
+            data.update(cluster_cidr_ipv6=CLUSTER_CIDR_IPV6, node_cidr_mask_size_ipv6=64,
+                        service_cluster_ip_range_ipv6=SERVICE_CIDR_IPV6, flannel_mtu=DUAL_STACK_VXLAN_MTU)
         data.update(overrides)
         return data
 
@@ -173,21 +196,24 @@ class PodBed:
         self.kube = KubeBed(self.cluster, self.workdir / "kube", runtime=self.runtime,
                             containerd_tarball=self.mirror.path("containerd", version),
                             runc_binary=self.mirror.path("runc", settings["runc_version"]),
-                            containerd_config_version=2 if version.startswith("1.") else 3)
+                            containerd_config_version=2 if version.startswith("1.") else 3,
+                            dual_stack=self.dual_stack)
         self.kube.install()  # admin.conf on the control plane only: podnet gives flanneld a kubeconfig of its own
         return self.kube
 
     # --- the deploy ------------------------------------------------------------------
 
-    def deploy_command(self, *extra_args: str, script: str = "deploy.py") -> list[str]:
-        """The pyinfra command line of deploy.py (or ``script``, such as reset.py): `-y`, or `--dry` to only plan."""
+    def deploy_command(self, *extra_args: str, script: str = "deploy.py", inventory: Path | None = None) -> list[str]:
+        """The pyinfra command line of deploy.py (or ``script``, such as reset.py): `-y`, or `--dry` to only plan;
+        ``inventory``: another inventory file than ``write_inventory``'s."""
         confirm = [] if "--dry" in extra_args else ["-y"]
-        return [sys.executable, "-m", "pyinfra", *confirm, *extra_args, str(self.workdir / "inventory.py"), script]
+        return [sys.executable, "-m", "pyinfra", *confirm, *extra_args, str(inventory or self.workdir / "inventory.py"),
+                script]
 
-    def deploy(self, *extra_args: str, script: str = "deploy.py") -> DeployRun:
+    def deploy(self, *extra_args: str, script: str = "deploy.py", inventory: Path | None = None) -> DeployRun:
         """Run the real deploy.py (or ``script``) with the real pyinfra CLI over SSH (`-y`, or `--dry` to only plan)."""
-        proc = subprocess.run(self.deploy_command(*extra_args, script=script), cwd=REPO, capture_output=True,
-                              text=True, timeout=DEPLOY_TIMEOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(self.deploy_command(*extra_args, script=script, inventory=inventory), cwd=REPO,
+                              capture_output=True, text=True, timeout=DEPLOY_TIMEOUT, stdin=subprocess.DEVNULL)
         return self.deploy_result(proc.returncode, proc.stdout + proc.stderr, script)
 
     def deploy_result(self, returncode: int, output: str, script: str = "deploy.py") -> DeployRun:
@@ -257,19 +283,25 @@ class PodBed:
                 if not pod["metadata"].get("deletionTimestamp")}
 
     def wait_for_flannel(self, timeout: float = POD_TIMEOUT) -> None:
-        """flanneld has written subnet.env on every node from that node's podCIDR (bounded wait:
-        a rollout is complete when the pods run, flanneld writes the file a moment later)."""
+        """flanneld has written subnet.env on every node from that node's podCIDR, of each family the
+        bed runs (bounded wait: a rollout is complete when the pods run, flanneld writes the file a
+        moment later)."""
         deadline = time.monotonic() + timeout
         pending: list[str] = []
+        keys = {4: "FLANNEL_SUBNET", 6: "FLANNEL_IPV6_SUBNET"}
         while time.monotonic() < deadline:
-            cidrs = self.pod_cidrs()
+            cidrs = self.kube.pod_cidrs_by_family()
             pending = []
             for node in self.members:
-                env = self.sh(node, "cat /run/flannel/subnet.env 2>/dev/null", check=False)
-                subnet = dict(line.split("=", 1) for line in env.split() if "=" in line).get("FLANNEL_SUBNET", "")
-                network = cidrs.get(node.name) or ""
-                if not network or not subnet or str(ipaddress.ip_interface(subnet).network) != network:
-                    pending.append(f"{node.name} (podCIDR {network or 'none'}, subnet.env {subnet or 'none'})")
+                text = self.sh(node, "cat /run/flannel/subnet.env 2>/dev/null", check=False)
+                env = dict(line.split("=", 1) for line in text.split() if "=" in line)
+                for version in self.families:
+                    subnet = env.get(keys[version], "")
+                    network = next((c for c in cidrs.get(node.name, []) if ipaddress.ip_network(c).version == version),
+                                   "")
+                    if not network or not subnet or str(ipaddress.ip_interface(subnet).network) != network:
+                        pending.append(f"{node.name} (IPv{version} podCIDR {network or 'none'}, subnet.env "
+                                       f"{subnet or 'none'})")
             if not pending:
                 return
             time.sleep(1)
@@ -279,9 +311,22 @@ class PodBed:
         assert self.kube is not None
         return self.kube.pod_cidrs()
 
-    def node_subnet(self, node: Node) -> ipaddress.IPv4Interface:
-        """The node's pod subnet with its gateway (.1), from the podCIDR the controller manager gave it."""
-        network = ipaddress.ip_network(self.pod_cidrs()[node.name])
+    @property
+    def pod_mtu(self) -> int:
+        """The MTU pods get with the vxlan backend and the bed's inventory."""
+        return DUAL_STACK_VXLAN_MTU if self.dual_stack else VXLAN_MTU
+
+    @property
+    def families(self) -> tuple[int, ...]:
+        """The IP versions the pod network has: (4,) or, dual-stack, (4, 6)."""
+        return (4, 6) if self.dual_stack else (4,)
+
+    def node_subnet(self, node: Node, version: int = 4) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+        """The node's pod subnet of that IP version with its gateway (.1 / ::1), from the podCIDR the controller
+        manager gave it."""
+        assert self.kube is not None
+        cidrs = [ipaddress.ip_network(c) for c in self.kube.pod_cidrs_by_family()[node.name]]
+        network = next(c for c in cidrs if c.version == version)
         return ipaddress.ip_interface(f"{network.network_address + 1}/{network.prefixlen}")
 
     def subnet_env(self, node: Node) -> dict[str, str]:
@@ -292,21 +337,34 @@ class PodBed:
 
     def run_pod(self, node: Node, name: str) -> Pod:
         """A pod bound to ``node`` (the pause image); waits (bounded) until it runs with an IP."""
-        manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
-                    "spec": {"nodeName": node.name, "terminationGracePeriodSeconds": 0,
-                             "containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.10"}]}}
-        self.kubectl("apply -f -", input=json.dumps(manifest))
+        return self.run_pods([(node, name)])[0]
+
+    def run_pods(self, placements: list[tuple[Node, str]]) -> list[Pod]:
+        """Pods bound to their nodes (the pause image), all created first, then waited for (bounded) until each runs
+        with an IP: the kubelets start them at the same time."""
+        for node, name in placements:
+            manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+                        "spec": {"nodeName": node.name, "terminationGracePeriodSeconds": 0,
+                                 "containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.10"}]}}
+            self.kubectl("apply -f -", input=json.dumps(manifest))
         deadline = time.monotonic() + POD_TIMEOUT
-        status = {}
-        while time.monotonic() < deadline:
-            status = json.loads(self.kubectl(f"get pod {name} -o json"))["status"]
-            if status.get("phase") == "Running" and status.get("podIP"):
-                return Pod(node, name, status["podIP"])
-            time.sleep(1)
-        events = self.kubectl(f"get events --field-selector involvedObject.name={name} -o "
-                              "jsonpath='{range .items[*]}{.reason}: {.message}{\"\\n\"}{end}'", check=False)
-        raise AssertionError(f"pod {name} on {node.name} not running with an IP after {POD_TIMEOUT}s: "
-                             f"{status}\n{events[-3000:]}")
+        pods: list[Pod] = []
+        for node, name in placements:
+            status = {}
+            while True:
+                status = json.loads(self.kubectl(f"get pod {name} -o json"))["status"]
+                ips = [entry["ip"] for entry in status.get("podIPs", [])]
+                if status.get("phase") == "Running" and status.get("podIP") and len(ips) >= len(self.families):
+                    ip6 = next((ip for ip in ips if ipaddress.ip_address(ip).version == 6), "")
+                    pods.append(Pod(node, name, status["podIP"], ip6))
+                    break
+                if time.monotonic() > deadline:
+                    events = self.kubectl(f"get events --field-selector involvedObject.name={name} -o "
+                                          "jsonpath='{range .items[*]}{.reason}: {.message}{\"\\n\"}{end}'", check=False)
+                    raise AssertionError(f"pod {name} on {node.name} not running with an IP after {POD_TIMEOUT}s: "
+                                         f"{status}\n{events[-3000:]}")
+                time.sleep(1)
+        return pods
 
     def remove_pod(self, pod: Pod) -> None:
         self.kubectl(f"delete pod {pod.name} --wait=true --timeout=60s")
@@ -332,17 +390,19 @@ class PodBed:
             raise AssertionError(f"no single netns with {pod.ip} on {pod.node.name}: {names}")
         return names[0]
 
-    def pod_interface(self, pod: Pod) -> tuple[str, int]:
-        """(address/prefix, mtu) of eth0 in the pod's network namespace."""
+    def pod_interface(self, pod: Pod, version: int = 4) -> tuple[str, int]:
+        """(address/prefix of that IP version (global scope), mtu) of eth0 in the pod's network namespace."""
         ns = self.pod_netns(pod)
-        address = self.sh(pod.node, f"ip -n {ns} -o -4 addr show dev eth0 | awk '{{print $4}}'").strip()
+        address = self.sh(pod.node, f"ip -n {ns} -o -{version} addr show dev eth0 scope global | "
+                                    "awk '{print $4}'").strip()
         mtu = self.sh(pod.node, f"ip -n {ns} -o link show dev eth0 | sed -n 's/.* mtu \\([0-9]*\\).*/\\1/p'")
         return address, int(mtu)
 
     def ping(self, source: Pod, target_ip: str, payload: int | None = None) -> bool:
-        """One ping from ``source``'s network namespace; with ``payload``, that many ICMP data bytes
-        and don't-fragment set (an IPv4 packet of payload + 28 bytes)."""
+        """One ping (IPv4 or IPv6, by the target address) from ``source``'s network namespace; with ``payload``,
+        that many ICMP data bytes and don't-fragment set (a packet of payload + PING_HEADERS bytes)."""
         size = f" -M do -s {payload}" if payload is not None else ""
-        done = self.cluster.ssh(source.node, f"ip netns exec {self.pod_netns(source)} ping -c 1 -W 2{size} "
+        family = f"-{ipaddress.ip_address(target_ip).version}"
+        done = self.cluster.ssh(source.node, f"ip netns exec {self.pod_netns(source)} ping {family} -c 1 -W 2{size} "
                                              f"{target_ip}", check=False, timeout=30)
         return done.returncode == 0

@@ -19,19 +19,25 @@ def node_with(iface: str, mtu: int) -> NodeState:
     return NodeState(queries={"flannel_iface_mtu": (0, [f"{iface} {mtu}"])})
 
 
-@pytest.mark.parametrize("backend, node_ip, iface_mtu, largest", [
-    ("vxlan", "192.168.50.10", 1500, 1450),
-    ("vxlan", "192.168.50.10", 9000, 8950),
-    ("vxlan", "fd00::10", 1500, 1430),  # an IPv6 underlay: 20 bytes more than flanneld's constant
-    ("wireguard", "192.168.50.10", 1500, 1420),
-    ("host-gw", "192.168.50.10", 1500, 1500),
-    ("host-gw", "192.168.50.10", 1400, 1400),
+DUAL = {"cluster_cidr_ipv6": "fd00:10:244::/56"}
+
+
+@pytest.mark.parametrize("backend, data, iface_mtu, largest", [
+    ("vxlan", {}, 1500, 1450),
+    ("vxlan", {}, 9000, 8950),
+    # the underlay's family is the pod packet's (flannel.<VNI> over IPv4), whatever node_ip is
+    ("vxlan", {"node_ip": "fd00::10"}, 1500, 1450),
+    ("wireguard", {}, 1500, 1420),
+    ("host-gw", {}, 1500, 1500),
+    ("host-gw", {}, 1400, 1400),
+    ("wireguard", DUAL, 1500, 1420),  # 80 in both families
+    ("host-gw", DUAL, 1500, 1500),
 ])
-def test_the_largest_pod_mtu_is_the_interface_mtu_minus_the_backends_overhead(backend, node_ip, iface_mtu, largest):
+def test_the_largest_pod_mtu_is_the_interface_mtu_minus_the_backends_overhead(backend, data, iface_mtu, largest):
     extra = {"flannel_vni": 1} if backend == "vxlan" else {}
-    fits = settings(flannel_backend=backend, node_ip=node_ip, flannel_mtu=largest, **extra)
+    fits = settings(flannel_backend=backend, flannel_mtu=largest, **data, **extra)
     flannel.pod_mtu_fits(fits, node_with("eth1", iface_mtu), "cp1")  # no error
-    too_large = settings(flannel_backend=backend, node_ip=node_ip, flannel_mtu=largest + 1, **extra)
+    too_large = settings(flannel_backend=backend, flannel_mtu=largest + 1, **data, **extra)
     with pytest.raises(flannel.PodMtuError) as raised:
         flannel.pod_mtu_fits(too_large, node_with("eth1", iface_mtu), "cp1")
     adds = f"adds {iface_mtu - largest} bytes" if iface_mtu != largest else "adds nothing"
@@ -39,6 +45,35 @@ def test_the_largest_pod_mtu_is_the_interface_mtu_minus_the_backends_overhead(ba
         f"cp1: flannel_mtu: {largest + 1} is too large: flanneld's interface eth1 has MTU {iface_mtu} and the "
         f"{backend} backend {adds}, so pod packets of more than {largest} bytes would be dropped between nodes; "
         f"set flannel_mtu to at most {largest}, or leave it unset (flanneld then derives it)")
+
+
+@pytest.mark.parametrize("iface_mtu, largest", [(1500, 1430), (9000, 8930)])
+def test_on_dual_stack_vxlan_carries_20_bytes_less_in_ipv6(iface_mtu, largest):
+    assert flannel.largest_pod_mtu(settings(**DUAL), iface_mtu) == largest
+    assert flannel.largest_pod_mtu(settings(), iface_mtu) == largest + 20
+    flannel.pod_mtu_fits(settings(flannel_mtu=largest, **DUAL), node_with("eth1", iface_mtu), "cp1")
+    with pytest.raises(flannel.PodMtuError) as raised:
+        flannel.pod_mtu_fits(settings(flannel_mtu=largest + 1, **DUAL), node_with("eth1", iface_mtu), "cp1")
+    assert str(raised.value) == (
+        f"cp1: flannel_mtu: {largest + 1} is too large: flanneld's interface eth1 has MTU {iface_mtu} and the vxlan "
+        "backend adds 50 bytes to IPv4 and 70 bytes to IPv6 pod packets, so pod packets of more than "
+        f"{largest} bytes would be dropped between nodes; set flannel_mtu to at most {largest}")
+
+
+def test_flanneld_own_mtu_on_dual_stack_vxlan_is_named_as_too_large_for_ipv6(caplog):
+    s = settings(**DUAL)
+    assert "flannel_iface_mtu" in flannel.mtu_probe_request(s).queries  # asked although flannel_mtu is unset
+    found = flannel.pod_mtu_findings(s, node_with("eth1", 1500), "w1")
+    assert [f.message for f in found] == [
+        "w1: flannel_mtu unset: flanneld's own pod MTU 1450 is too large for IPv6: flanneld subtracts 50 bytes from "
+        "eth1's MTU 1500 for both families, but the vxlan backend adds 50 bytes to IPv4 and 70 bytes to IPv6 pod "
+        "packets: its IPv6 device carries at most 1430, so IPv6 pod packets of more than 1430 bytes between nodes "
+        "get ICMPv6 Packet Too Big; set flannel_mtu = 1430 to carry every pod packet of both families"]
+    assert not any(f.is_error for f in found)
+    # single stack, or a backend whose overhead is the same in both families: nothing to say, nothing asked
+    for quiet in (settings(), settings(flannel_backend="wireguard", **DUAL), settings(flannel_backend="host-gw", **DUAL)):
+        assert flannel.mtu_probe_request(quiet).queries == {}
+        assert flannel.pod_mtu_findings(quiet, node_with("eth1", 1500), "w1") == []
 
 
 def test_the_reported_case_vxlan_with_1500():

@@ -299,3 +299,71 @@ def test_a_fresh_node_reports_the_conflict_before_its_first_reboot(cluster):
     assert run.output.count(CASE_WARNING) == 1
     assert "/etc/sysctl.d/.zz-podnet.conf.podnet-new" in run.uploads(WORKER)
     assert not [c for c in run.commands(WORKER) if c.startswith("rm -f /etc/sysctl.d/")]
+
+
+# --- a parameter that must change but cannot: refused before any change, both families ----------------
+
+
+DUAL = {"cluster_cidr_ipv6": "fd00:10:244::/56"}
+
+
+def node_with_sysctls(values: dict, read_only: bool = False) -> NodeState:
+    return NodeState(sysctls=dict(values),
+                     features={kernel.writable_feature(key): not read_only for key in values})
+
+
+def test_dual_stack_needs_ipv6_forwarding_and_ipv4_forwarding_both():
+    assert kernel.parameters(parse_host_settings(DUAL, "w1", ["workers"]))["net.ipv6.conf.all.forwarding"] == "1"
+    assert kernel.parameters(parse_host_settings(DUAL, "w1", ["workers"]))["net.ipv4.ip_forward"] == "1"
+    assert "net.ipv6.conf.all.forwarding" not in kernel.parameters(parse_host_settings({}, "w1", ["workers"]))
+
+
+@pytest.mark.parametrize("key", ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"])
+def test_a_parameter_the_node_cannot_write_is_refused_naming_it(key):
+    s = parse_host_settings(DUAL, "w1", ["workers"])
+    values = {**WANTED, "net.ipv6.conf.all.forwarding": "1", key: "0"}
+    with pytest.raises(kernel.KernelParameterError) as raised:
+        kernel.STEP.check(type("Ctx", (), {"settings": s, "node": node_with_sysctls(values, True),
+                                           "host_name": "w1"})())
+    assert str(raised.value) == (
+        f"w1: {key} is 0, podnet needs 1, and this node cannot change it: /proc/sys/{key.replace('.', '/')} is "
+        "read-only here (a container whose network namespace's sysctls the host that runs it sets); "
+        f"set {key} = 1 for this node from the host that runs it, then run again")
+    # read-only but already right: nothing to change, nothing refused
+    assert kernel.unsettable_findings(s, node_with_sysctls({**values, key: "1"}, True), "w1") == []
+    # writable: set during the run as usual
+    assert kernel.unsettable_findings(s, node_with_sysctls(values), "w1") == []
+
+
+def test_ipv6_switched_off_in_the_kernel_is_refused_on_dual_stack_only():
+    values = {**WANTED, "net.ipv6.conf.all.forwarding": None}
+    [found] = kernel.unsettable_findings(parse_host_settings(DUAL, "w1", ["workers"]), node_with_sysctls(values), "w1")
+    assert found.message == (
+        "w1: net.ipv6.conf.all.forwarding does not exist: IPv6 is switched off in this node's kernel (booted with "
+        "ipv6.disable=1), and dual stack (cluster_cidr_ipv6) routes IPv6 pod traffic; boot the node with IPv6 on, or "
+        "unset cluster_cidr_ipv6")
+    assert found.is_error
+    # br_netfilter not loaded yet: its parameters appear when podnet loads it
+    fresh = {**WANTED, "net.bridge.bridge-nf-call-iptables": None, "net.bridge.bridge-nf-call-ip6tables": None}
+    assert kernel.unsettable_findings(parse_host_settings({}, "w1", ["workers"]), node_with_sysctls(fresh), "w1") == []
+
+
+def test_the_probes_writable_test_fails_on_a_read_only_proc_sys():
+    s = parse_host_settings(DUAL, "w1", ["workers"])
+    test = kernel.probe_request(s).features[kernel.writable_feature("net.ipv4.ip_forward")]
+    assert subprocess.run(["sh", "-c", test], timeout=30).returncode == 0  # this machine's, as root
+    # in a mount namespace of its own, /proc/sys bound read-only (nothing outside it changes)
+    done = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -o bind,ro /proc/sys /proc/sys && {test}"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1, done.stderr
+
+
+def test_a_read_only_node_is_refused_before_any_host_changes(cluster):
+    worker = cluster.converged(WORKER)
+    worker.sysctls["net.ipv4.ip_forward"] = "0"
+    worker.features[kernel.writable_feature("net.ipv4.ip_forward")] = False
+    run = run_pyinfra(cluster.inventory(cluster.converged(CP), worker), "-y")
+    assert run.returncode != 0
+    assert "w1: net.ipv4.ip_forward is 0, podnet needs 1, and this node cannot change it" in run.stderr
+    for host in (CP, WORKER):
+        assert run.commands(host) == probes(run, host)

@@ -13,14 +13,14 @@ import signal
 import subprocess
 import sys
 import time
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 
 import pytest
 
 from testbed.localcluster import Cluster, ClusterError, choose_subnet
 from testbed.localcluster.mounts import Mount, mounts_under
-from testbed.localcluster.net import bridge_name, candidate_subnets, link_info
+from testbed.localcluster.net import bridge_name, candidate_subnets, candidate_subnets6, link_info, node_address
 from testbed.localcluster.node import cgroup_fixup_commands
 from testbed.localcluster.rootfs import debian_mirror
 from testbed.localcluster.state import load_state
@@ -73,6 +73,29 @@ def test_subnet_chooser_rejects_candidate_overlapping_an_address():
 
 def test_subnet_chooser_ignores_default_route_and_ipv6():
     assert choose_subnet("x", HOST_ADDRS, HOST_ROUTES, candidates=[A, B]) == A
+
+
+def test_ipv6_subnets_are_unique_local_64s_avoiding_every_host_network():
+    ula = IPv6Network("fc00::/7")  # RFC 4193
+    candidates = candidate_subnets6("e2e2")
+    assert len(set(candidates)) == 256
+    assert all(c.prefixlen == 64 and c.subnet_of(ula) for c in candidates)
+    assert candidates == candidate_subnets6("e2e2") and candidates[0] != candidate_subnets6("e2e1")[0]
+    first, second = candidates[:2]
+    # a host address inside the first candidate, or a route over it, moves the choice on; the host's own
+    # IPv6 network (fd00::/64 on eth0) and the default route do not overlap any candidate
+    taken = HOST_ADDRS + [{"ifname": "wg1", "addr_info": [{"family": "inet6", "local": str(first[5]),
+                                                           "prefixlen": 128}]}]
+    assert choose_subnet("e2e2", HOST_ADDRS, [{"dst": "default", "gateway": "fd00::1"}], version=6) == first
+    assert choose_subnet("e2e2", taken, [], version=6) == second
+    assert choose_subnet("e2e2", HOST_ADDRS, [{"dst": "fd70:6e62::/32", "dev": "tun0"}, {"dst": "fd00::/64"}],
+                         candidates=[first, IPv6Network("fd71::/64")], version=6) == IPv6Network("fd71::/64")
+    with pytest.raises(ClusterError, match="no free unique local /64"):
+        choose_subnet("e2e2", HOST_ADDRS, [{"dst": "fd00::/8", "dev": "eth0"}], version=6)
+    # the IPv4 choice ignores IPv6 routes and addresses, the IPv6 one IPv4's
+    assert choose_subnet("x", HOST_ADDRS, [{"dst": "fd70:6e62::/32"}], candidates=[A]) == A
+    assert node_address(first, 0) == first.network_address + 0x11
+    assert node_address(first, 1) == IPv6Address(f"{first.network_address}".rstrip(":") + "::12")
 
 
 def test_subnet_choice_is_stable_per_name():

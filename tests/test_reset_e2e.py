@@ -18,6 +18,11 @@ The steps share one cluster and run in order:
    same-named plugin (keeping the original root-only) and moves the config aside; a foreign
    CNI then replaces one of podnet's plugins on the worker; a reset leaves every foreign file
    byte for byte, and puts back what the deploy replaced or moved aside.
+4. a flannel cluster podnet did not deploy: with podnet's network reset, the bed sets kube-controller-manager's
+   node IPAM flags as kubeadm does and applies flannel's own kube-flannel.yml (testbed/foreignbed.py); pods get
+   IPs; doctor.py, with an inventory of hosts only, finds every link holding, says where it read each value, and
+   names the flannel plugin removed on the worker as exactly that link on exactly that node; then the bed takes
+   it all off again.
 After each reset, every listed leftover is looked for on each node: files, links
 (`ip link`), chains (`iptables-save`, nft and legacy, IPv4 and IPv6), directories.
 The nodes have no `nft` command, so nftables tables of flannel's nftables mode are not
@@ -29,14 +34,18 @@ Run alone with: python3 -m pytest -q tests/test_reset_e2e.py
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shlex
 
 import pytest
 
 from bench import run as node_costs  # counts what a pyinfra run cost each node, from its sshd log
+from tasks.doctor.run import JSON_ENV as DOCTOR_JSON
+from testbed.foreignbed import ForeignFlannel
 from testbed.localcluster import Node
 from testbed.podbed import MANIFEST_PATH, DeployRun, PodBed
+from tests.support.foreign import kube_flannel_sources
 
 pytestmark = [
     pytest.mark.e2e,
@@ -95,7 +104,7 @@ NOTHING = {"files": [], "links": [], "chains": [], "dirs": [], "flanneld": []}
 
 
 def pods_ping_across_nodes(bed: PodBed, prefix: str) -> list:
-    pods = [bed.run_pod(node, f"{prefix}-{index}") for index, node in enumerate(bed.cluster.nodes)]
+    pods = bed.run_pods([(node, f"{prefix}-{index}") for index, node in enumerate(bed.cluster.nodes)])
     for source, target in itertools.permutations(pods, 2):
         assert bed.ping(source, target.ip), f"{source.name} cannot reach {target.name} ({target.ip})"
     return pods
@@ -281,3 +290,66 @@ def test_a_reset_leaves_another_cnis_files_byte_for_byte_and_puts_back_what_the_
     for node in bed.cluster.nodes:  # the bed as the other steps left it
         bed.sh(node, "rm -f /opt/cni/bin/bridge /opt/cni/bin/other-cni /opt/cni/bin/loopback "
                      "/etc/cni/net.d/05-other.conflist")
+
+
+# --- 4. a flannel cluster podnet did not deploy: the doctor ----------------------------------------
+
+
+def run_doctor(bed: PodBed, inventory) -> tuple[DeployRun, dict]:
+    """doctor.py with the real pyinfra CLI on ``inventory``; (the run, its verdict as JSON)."""
+    verdict = bed.workdir / "doctor.json"
+    verdict.unlink(missing_ok=True)
+    os.environ[DOCTOR_JSON] = str(verdict)
+    try:
+        run = bed.deploy(script="doctor.py", inventory=inventory)
+    finally:
+        del os.environ[DOCTOR_JSON]
+    assert verdict.exists(), run.output[-4000:]
+    return run, json.loads(verdict.read_text())
+
+
+def test_doctor_diagnoses_a_flannel_cluster_podnet_did_not_deploy(bed):
+    control_plane, worker = bed.cluster.nodes
+    flannel = ForeignFlannel(bed.kube, bed.mirror.path("cni_plugins", bed.inventory_data()["cni_plugins_version"]))
+    # the inventory alone: its hosts and groups, no podnet setting
+    inventory = bed.cluster.write_inventory(bed.workdir / "foreign-inventory.py", {})
+    pods = []
+    try:
+        flannel.install()
+        bed.wait_for_flannel()
+        pods = bed.run_pods([(node, f"foreign-{index}") for index, node in enumerate(bed.cluster.nodes)])
+        for pod in pods:
+            assert pod.ip in {str(a) for a in bed.node_subnet(pod.node).network.hosts()}, (pod.name, pod.ip)
+
+        run, verdict = run_doctor(bed, inventory)
+        assert run.returncode == 0, run.output[-4000:]
+        assert verdict["healthy"], verdict
+        for node in bed.cluster.nodes:
+            cells = verdict["nodes"][node.name]
+            assert {cells[link]["state"] for link in verdict["links"]} <= {"holds", "not applicable"}, cells
+            assert cells["datapath"]["state"] == "holds", cells
+        assert verdict["nodes"][control_plane.name]["node IPAM"]["state"] == "holds"
+        # read from the cluster, and said so: the flags kubeadm's way sets, the rest flannel's defaults
+        assert verdict["expected"]["cluster CIDR"] == "10.244.0.0/16" and verdict["expected"]["node mask"] == "24"
+        assert verdict["expected"]["sources"] == kube_flannel_sources(control_plane.name)
+        assert "this cluster's pod network is not podnet's" in run.output
+
+        bed.sh(worker, "mv /opt/cni/bin/flannel /root/flannel.doctor-test")
+        try:
+            run, verdict = run_doctor(bed, inventory)
+        finally:
+            bed.sh(worker, "mv /root/flannel.doctor-test /opt/cni/bin/flannel")
+        assert run.returncode != 0
+        broken = {node: link for node, cells in verdict["nodes"].items() for link, cell in cells.items()
+                  if cell["state"] == "broken"}
+        assert broken == {worker.name: "plugins"}, verdict
+        assert 'failed to find plugin "flannel" in path [/opt/cni/bin]' in run.output
+    finally:
+        if pods:
+            bed.kubectl(f"delete pod {' '.join(pod.name for pod in pods)} --wait=true --timeout=60s", check=False)
+        flannel.remove()
+    # taken off again: the cluster as the reset left it
+    for node in bed.cluster.nodes:
+        assert leftovers(bed, node) == NOTHING, node.name
+    assert bed.kube.get(control_plane, MANIFEST_PATH) == bed.kcm_before
+    assert bed.kubectl("get namespace kube-flannel --ignore-not-found -o name").split() == []

@@ -8,6 +8,7 @@ decisions (backup or flag removal) on real command lines.
 from __future__ import annotations
 
 import base64
+import subprocess
 
 import pytest
 import yaml
@@ -82,6 +83,69 @@ def test_reset_commands_remove_only_what_podnet_and_flannel_made(cluster):
     assert "/etc/kubernetes/manifests/.kube-controller-manager.yaml.podnet-new" in run.uploads(CP)
     assert not [c for c in run.commands(WORKER) if "kubectl" in c]
     assert run.uploads(WORKER) == []
+
+
+ROUTES = ["4 10.244.1.0/24 192.168.50.11 eth0", "6 fd00:10:244:1::/64 fd00:50::11 eth0",
+          "4 10.244.2.0/24 10.244.2.0 flannel.1",  # on flanneld's own device: goes with it
+          "4 10.96.0.0/12 192.168.50.1 eth0",  # not the pod network
+          "6 fd00:10:244:2::/80 fd00:50::12 eth0",  # not a podCIDR (another mask)
+          "6 fd00:99::/64 fd00:50::1 eth0"]
+
+
+@pytest.mark.parametrize("data, expected", [
+    ({"cluster_cidr_ipv6": "fd00:10:244::/56"},
+     [(4, "10.244.1.0/24", "192.168.50.11", "eth0"), (6, "fd00:10:244:1::/64", "fd00:50::11", "eth0")]),
+    ({}, [(4, "10.244.1.0/24", "192.168.50.11", "eth0")]),  # single stack: IPv6 routes are not flannel's
+    ({"flannel_rollout": "external"}, []),  # flanneld is not podnet's
+])
+def test_flanneld_routes_through_the_nodes_interface_are_found_in_both_families(data, expected):
+    node = NodeState(queries={flannel.ROUTES_QUERY: (0, ROUTES)})
+    assert flannel.flannel_routes(settings(**data), node, "w1") == expected
+
+
+def test_the_routes_query_reads_ip_routes_of_both_families():
+    # in a network namespace of its own (gone with the process): a link, a default route and one
+    # gateway route to a podCIDR in each family, as flanneld's host-gw backend adds them
+    setup = ("ip link add pa0 type veth peer name pb0 && ip link set pa0 up && ip link set pb0 up && "
+             "ip addr add 192.168.77.1/24 dev pa0 && ip -6 addr add fd00:77::1/64 dev pa0 nodad && "
+             "ip route add default via 192.168.77.254 && ip route add 10.244.1.0/24 via 192.168.77.11 dev pa0 && "
+             "ip -6 route add fd00:10:244:1::/64 via fd00:77::11 dev pa0")
+    done = subprocess.run(["unshare", "-n", "sh", "-c", f"{setup} && {flannel.ROUTES_COMMAND}"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    node = NodeState(queries={flannel.ROUTES_QUERY: (0, done.stdout.splitlines())})
+    assert flannel.flannel_routes(settings(cluster_cidr_ipv6="fd00:10:244::/56"), node, "w1") == [
+        (4, "10.244.1.0/24", "192.168.77.11", "pa0"), (6, "fd00:10:244:1::/64", "fd00:77::11", "pa0")]
+
+
+def test_a_dual_stack_reset_removes_the_ipv6_half_too(cluster):
+    dual = {"cluster_cidr_ipv6": "fd00:10:244::/56"}
+    nodes = {}
+    for host in HOSTS:
+        node = deployed(cluster, host, **dual)
+        node.listings[flannel.SYS_NET].append("flannel-v6.1")  # its routes to other nodes' IPv6 podCIDRs go with it
+        node.queries["cni0"] = (0, ["addr 10.244.0.1/24", "addr fd00:10:244::1/64", "ports 1"])
+        node.queries[flannel.CHAINS_QUERY] = (0, ["iptables-nft nat FLANNEL-POSTRTG", "ip6tables-nft nat FLANNEL-POSTRTG",
+                                                  "ip6tables-nft filter FLANNEL-FWD"])
+        node.queries[flannel.NFT_QUERY] = (0, ["ip flannel-ipv4", "ip6 flannel-ipv6"])
+        node.queries[flannel.ROUTES_QUERY] = (0, ROUTES)
+        nodes[host] = node
+    run = run_reset(inventory(cluster, nodes[CP], nodes[WORKER], **dual), "-y")
+    assert_ok(run)
+    for host in HOSTS:
+        commands = run.commands(host)
+        # cni0 holding an address of each family, each inside its cluster CIDR, is podnet's bridge
+        assert "ip link delete cni0 && ip link delete flannel.1 && ip link delete flannel-v6.1" in commands
+        assert [c for c in commands if "-restore --noflush" in c] == [" && ".join([
+            flannel.chains_removal("ip6tables-nft", "filter", ["FLANNEL-FWD"]),
+            flannel.chains_removal("ip6tables-nft", "nat", ["FLANNEL-POSTRTG"]),
+            flannel.chains_removal("iptables-nft", "nat", ["FLANNEL-POSTRTG"])])]
+        assert "nft delete table ip flannel-ipv4 && nft delete table ip6 flannel-ipv6" in commands
+        # flanneld's routes through the node's interface (host-gw, DirectRouting), of both families
+        assert ("ip -4 route delete 10.244.1.0/24 via 192.168.50.11 dev eth0 && "
+                "ip -6 route delete fd00:10:244:1::/64 via fd00:50::11 dev eth0") in commands
+        # host-local keeps both families' records in the one network directory
+        assert "rm -rf /run/flannel /var/lib/cni/networks/cbr0" in commands
 
 
 def test_a_reset_node_costs_one_command_and_changes_nothing(cluster):

@@ -134,10 +134,19 @@ def test_host_bits_set(key, value, network):
         f"such as {network}")
 
 
+@pytest.mark.parametrize("key, value", [("cluster_cidr", "fd00:10:244::/56"),
+                                        ("service_cluster_ip_range", "fd00:10:96::/112")])
+def test_a_single_stack_ipv6_network_is_refused_before_any_host_with_the_reason(key, value):
+    assert only_problem(**{key: value}) == (
+        f"cp1: {key}: {value!r} is not valid; expected an IPv4 CIDR such as 10.244.0.0/16, not an IPv6 one: podnet runs "
+        "IPv6 only beside IPv4 (dual stack: keep the IPv4 value here and set the _ipv6 setting too), with IPv4 first; "
+        "a single-stack IPv6 (or IPv6-first) network is not supported: flanneld v0.28.9 (net-conf EnableIPv4: false) "
+        "and kube-controller-manager (one IPv6 --cluster-cidr) both run one, but podnet always renders an IPv4 pod "
+        "network (flannel's Network with EnableIPv4, the first --cluster-cidr, kubeadm's podSubnet, the IPv4 service "
+        "range) and checks nothing without it")
+
+
 def test_ipv6_where_ipv4_wanted():
-    assert only_problem(cluster_cidr="fd00:10:244::/56") == (
-        "cp1: cluster_cidr: 'fd00:10:244::/56' is not valid; expected an IPv4 CIDR such as 10.244.0.0/16, "
-        "not an IPv6 one")
     assert only_problem(cluster_cidr_ipv6="10.245.0.0/16") == (
         "cp1: cluster_cidr_ipv6: '10.245.0.0/16' is not valid; expected an IPv6 CIDR such as "
         "fd00:10:244::/56, not an IPv4 one")

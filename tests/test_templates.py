@@ -197,7 +197,10 @@ def test_net_conf_dual_stack():
     s = settings(cluster_cidr_ipv6="fd00:10:244::/56", service_cluster_ip_range_ipv6="fd00:10:96::/112")
     conf = flannel.net_conf(s)
     assert conf["EnableIPv6"] is True and conf["IPv6Network"] == "fd00:10:244::/56"
+    assert conf["EnableIPv4"] is True and conf["Network"] == "10.244.0.0/16"  # both families, IPv4 first
     assert controller_manager.desired_flags(s)["cluster-cidr"] == f"{conf['Network']},{conf['IPv6Network']}"
+    assert controller_manager.desired_flags(s)["node-cidr-mask-size-ipv6"] == "64"
+    assert controller_manager.desired_flags(s)["service-cluster-ip-range"] == "10.96.0.0/12,fd00:10:96::/112"
 
 
 @pytest.mark.parametrize("data, backend", [

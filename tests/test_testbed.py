@@ -52,3 +52,29 @@ for main in (demo.main, bench.run.main):
     assert done.returncode == 0, done.stderr
     assert "python3 -m testbed.demo" in done.stdout
     assert "python3 -m bench.run" in done.stdout
+
+
+def test_a_dual_stack_kube_bed_runs_the_api_server_and_kubelets_with_both_families(tmp_path):
+    """What a dual-stack bed gives kubeadm (the API server's service ranges), the kubelets (--node-ip)
+    and the node link (service routes), and that it needs nodes with IPv6 addresses; an IPv4 bed is as before."""
+    import pytest
+    import yaml
+
+    from testbed.kubebed.cluster import SERVICE_CIDR, SERVICE_CIDR_IPV6, KubeBed, KubeBedError
+    from testbed.localcluster import Cluster, Node
+
+    cluster = Cluster("kbx", 2, tmp_path / "state", ipv6=True)
+    cluster.nodes = [Node("kbx-1", "172.30.9.11", ip6="fd70:6e62:0:9::11"),
+                     Node("kbx-2", "172.30.9.12", ip6="fd70:6e62:0:9::12")]
+    dual = KubeBed(cluster, tmp_path / "dual", dual_stack=True)
+    config = list(yaml.safe_load_all(dual._kubeadm_config()))
+    assert config[1]["networking"] == {"serviceSubnet": f"{SERVICE_CIDR},{SERVICE_CIDR_IPV6}"}
+    assert dual.node_ips(cluster.nodes[1]) == ["172.30.9.12", "fd70:6e62:0:9::12"]
+    assert dual.service_routes() == (f"ip route replace {SERVICE_CIDR} dev host0 && "
+                                     f"ip route replace {SERVICE_CIDR_IPV6} dev host0")
+    single = KubeBed(cluster, tmp_path / "single")
+    assert list(yaml.safe_load_all(single._kubeadm_config()))[1]["networking"] == {"serviceSubnet": SERVICE_CIDR}
+    assert single.node_ips(cluster.nodes[1]) == ["172.30.9.12"]
+    cluster.nodes[1].ip6 = ""
+    with pytest.raises(KubeBedError, match="needs nodes with IPv6 addresses"):
+        KubeBed(cluster, tmp_path / "broken", dual_stack=True)

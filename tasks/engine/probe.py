@@ -169,7 +169,7 @@ class NodeState:
         return self.units.get(unit, ("", ""))[1] in ("enabled", "enabled-runtime", "static", "alias")
 
 
-def _sysctl_path(key: str) -> str:
+def sysctl_path(key: str) -> str:
     return "/proc/sys/" + key.replace(".", "/")
 
 
@@ -338,7 +338,7 @@ KINDS: tuple[Kind, ...] = (
          {"content": Reader("contents", "content", 2,
                             lambda p: (answers.absolute_path(p[0]), answers.base64_bytes(p[1])))}),
     Kind("sysctls", _each(lambda key: f"printf 'sysctl\\t%s\\t%s\\n' {q(key)} "
-                                      f"\"$(cat {q(_sysctl_path(key))} 2>/dev/null || echo -)\""),
+                                      f"\"$(cat {q(sysctl_path(key))} 2>/dev/null || echo -)\""),
          {"sysctl": Reader("sysctls", "sysctl", None, _sysctl_answer)}),
     Kind("features", _each(lambda name, test: f"if {test}; then printf 'feature\\t%s\\t1\\n' {q(name)}; "
                                               f"else printf 'feature\\t%s\\t0\\n' {q(name)}; fi"),

@@ -108,8 +108,24 @@ def _network(value: Any, version: int) -> Network:
     return net
 
 
+# Why an IPv6 CIDR where podnet's IPv4 family is set (cluster_cidr, service_cluster_ip_range) is refused.
+IPV6_ONLY_REFUSAL = (
+    "podnet runs IPv6 only beside IPv4 (dual stack: keep the IPv4 value here and set the _ipv6 setting too), with "
+    "IPv4 first; a single-stack IPv6 (or IPv6-first) network is not supported: flanneld v0.28.9 "
+    "(net-conf EnableIPv4: false) and kube-controller-manager (one IPv6 --cluster-cidr) both run one, but podnet "
+    "always renders an IPv4 pod network (flannel's Network with EnableIPv4, the first --cluster-cidr, "
+    "kubeadm's podSubnet, the IPv4 service range) and checks nothing without it")
+
+
 def _ipv4_network(value: Any) -> ipaddress.IPv4Network:
-    return _network(value, 4)  # type: ignore[return-value]
+    """podnet's IPv4 family: an IPv6 CIDR here asks for an IPv6-only (or IPv6-first) network,
+    refused with IPV6_ONLY_REFUSAL."""
+    try:
+        return _network(value, 4)  # type: ignore[return-value]
+    except ValueError as refused:
+        if str(refused).endswith("not an IPv6 one"):
+            raise ValueError(f"{refused}: {IPV6_ONLY_REFUSAL}") from None
+        raise
 
 
 def _ipv6_network(value: Any) -> ipaddress.IPv6Network | None:
@@ -539,6 +555,17 @@ class Settings:
     @property
     def dual_stack(self) -> bool:
         return self.cluster_cidr_ipv6 is not None
+
+    @property
+    def pod_networks(self) -> dict[int, tuple[Network, int]]:
+        """IP version (4, 6) -> (cluster CIDR, node mask) of every family the pod network has: IPv4
+        always, IPv6 on dual stack. kube-controller-manager gives each node one podCIDR of each
+        (the range allocator's one CIDRSet per --cluster-cidr entry, pkg/controller/nodeipam/ipam/
+        range_allocator.go)."""
+        families: dict[int, tuple[Network, int]] = {4: (self.cluster_cidr, self.node_cidr_mask_size)}
+        if self.cluster_cidr_ipv6 is not None:
+            families[6] = (self.cluster_cidr_ipv6, self.node_cidr_mask_size_ipv6)
+        return families
 
     @property
     def effective_sandbox_image(self) -> str:

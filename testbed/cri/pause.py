@@ -52,32 +52,38 @@ def _gcc_identity(cc: str) -> str:
     return out.stdout.splitlines()[0] if out.stdout else cc
 
 
-def build_pause_binary(cc: str = "gcc") -> Path:
-    """Compile (once, cached) and return the path of the static pause binary."""
+def build_static_binary(name: str, source: str, cc: str = "gcc") -> Path:
+    """Compile the C ``source`` with ``gcc -static`` (once, cached under <cache>/<name>/<hash>/<name>) and return
+    the path of the static binary."""
     if shutil.which(cc) is None:
-        raise RuntimeError(f"{cc} not found: it is needed to build the pause binary")
-    key = digest(PAUSE_C, _gcc_identity(cc), platform.machine())
-    base = cache_root() / "pause"
+        raise RuntimeError(f"{cc} not found: it is needed to build {name}")
+    key = digest(source, _gcc_identity(cc), platform.machine())
+    base = cache_root() / name
     final = base / key
-    if (final / "pause").is_file():
-        return final / "pause"
+    if (final / name).is_file():
+        return final / name
     tmp = make_tmp_dir(base, key)
     try:
         out = tmp / "out"
         out.mkdir()
-        (tmp / "pause.c").write_text(PAUSE_C)
-        cmd = [cc, "-static", "-Os", "-s", "-Wall", "-o", str(out / "pause"), str(tmp / "pause.c")]
+        (tmp / f"{name}.c").write_text(source)
+        cmd = [cc, "-static", "-Os", "-s", "-Wall", "-o", str(out / name), str(tmp / f"{name}.c")]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT)
         if result.returncode != 0:
             raise RuntimeError(
-                f"building pause failed ({result.returncode}); a static libc (libc6-dev) is needed:\n"
+                f"building {name} failed ({result.returncode}); a static libc (libc6-dev) is needed:\n"
                 f"{result.stdout}{result.stderr}"
             )
-        os.chmod(out / "pause", 0o755)
+        os.chmod(out / name, 0o755)
         publish_dir(out, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return final / "pause"
+    return final / name
+
+
+def build_pause_binary(cc: str = "gcc") -> Path:
+    """Compile (once, cached) and return the path of the static pause binary."""
+    return build_static_binary("pause", PAUSE_C, cc)
 
 
 def _tar_bytes(members: list[tuple[str, bytes, int]]) -> bytes:

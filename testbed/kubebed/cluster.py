@@ -16,6 +16,12 @@ own that has no ``cni`` section), the kubelet (``--node-ip`` on the test network
 through containerd's CRI) and kube-proxy (iptables mode). Nodes register, no node has a
 podCIDR, and no pod network exists: that is what podnet's deploy must then provide.
 
+Dual stack (``dual_stack=True``, on nodes booted with IPv6 addresses): the API server serves
+both service ranges (``--service-cluster-ip-range=<v4>,<v6>``, through kubeadm's
+``serviceSubnet``), each kubelet runs with ``--node-ip=<v4>,<v6>``, both service ranges are
+routed on the node link, and kube-proxy (iptables mode) programs both families.
+kube-controller-manager still runs without node IPAM: podnet turns it on, for both families.
+
 TEST-MACHINE SETTINGS, not podnet's (see shared/bin/README.md and docs/testbed.md): the
 kubelet gets ``failCgroupV1: false`` (cgroup v1 here), ``cgroupsPerQOS: false``,
 ``enforceNodeAllocatable: []``, ``failSwapOn: false`` and ``protectKernelDefaults:
@@ -35,7 +41,7 @@ from pathlib import Path
 
 import yaml
 
-from testbed.cri.pause import build_pause_binary, layered_image_bytes
+from testbed.cri.pause import build_pause_binary, build_static_binary, layered_image_bytes
 from testbed.kubebed import binaries
 from testbed.localcluster import Cluster, Node
 
@@ -44,13 +50,18 @@ MANIFESTS = f"{K8S_DIR}/manifests"
 ADMIN_CONF = f"{K8S_DIR}/admin.conf"
 KUBEADM_CONFIG = "/etc/podnet-test/kubeadm.yaml"
 SERVICE_CIDR = "10.96.0.0/12"
+# The IPv6 service range of a dual-stack bed (kube-apiserver's second --service-cluster-ip-range): unique
+# local, inside no node or host network; /112 is within what kubeadm accepts (at most 20 host bits).
+SERVICE_CIDR_IPV6 = "fd00:10:96::/112"
 CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 RUNTIMES = ("static-pod", "systemd")
 # What the kubelet would write into the (host's) kernel sysctls: bound read-only instead.
 KUBELET_SYSCTLS = {"vm/overcommit_memory": "1", "vm/panic_on_oom": "0", "kernel/panic": "10",
                    "kernel/panic_on_oops": "1", "kernel/keys/root_maxkeys": "1000000",
                    "kernel/keys/root_maxbytes": "25000000"}
-READY_TIMEOUT = 180
+# Bounds the waits for the API server and the nodes: on the shared 2-core test machine under load (seen: load
+# average 100) kube-apiserver was seen needing more than 180 s to answer /readyz after etcd started.
+READY_TIMEOUT = 300
 FLANNEL_IMAGE = f"docker.io/flannel/flannel:v{binaries.FLANNELD_VERSION}"
 # What flanneld needs in its image besides itself: iptables (nft and legacy), from the node's Debian.
 IPTABLES_COMMANDS = ("iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save",
@@ -76,10 +87,13 @@ class KubeBed:
     containerd_config_version: int = 3
     sandbox_image: str = "registry.k8s.io/pause:3.10"
     systemd_cgroup: bool = True
+    dual_stack: bool = False  # the API server and kubelets dual-stack (the nodes need IPv6 addresses)
 
     def __post_init__(self):
         if self.runtime not in RUNTIMES:
             raise KubeBedError(f"runtime must be one of {RUNTIMES}")
+        if self.dual_stack and not all(n.ip6 for n in self.cluster.nodes):
+            raise KubeBedError("a dual-stack cluster needs nodes with IPv6 addresses (Cluster(ipv6=True))")
         self.workdir = Path(self.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
 
@@ -114,11 +128,24 @@ class KubeBed:
 
     # --- bring-up ------------------------------------------------------------------------
 
+    @property
+    def service_cidrs(self) -> list[str]:
+        """The service ranges, IPv4 first (kube-apiserver's --service-cluster-ip-range)."""
+        return [SERVICE_CIDR, SERVICE_CIDR_IPV6] if self.dual_stack else [SERVICE_CIDR]
+
+    def node_ips(self, node: Node) -> list[str]:
+        """The node's addresses as its kubelet's --node-ip gives them, IPv4 first."""
+        return [node.ip, node.ip6] if self.dual_stack else [node.ip]
+
+    def service_routes(self) -> str:
+        """The shell command routing the service ranges on the node link."""
+        return " && ".join(f"ip route replace {cidr} dev host0" for cidr in self.service_cidrs)
+
     def install(self) -> None:
         """Everything a cluster has before podnet: see the module docstring. Idempotent per node set."""
         for node in self.cluster.nodes:
             self.protect_kernel_sysctls(node)
-            self.sh(node, f"ip route replace {SERVICE_CIDR} dev host0")
+            self.sh(node, self.service_routes())
             self._install_binaries(node)
             self.install_containerd(node)
         self._import_images()
@@ -134,7 +161,7 @@ class KubeBed:
         network namespace): the read-only kernel sysctls for the kubelet and the service route; then the
         kubelet, which exited while they were missing, is started again. Nothing of podnet's."""
         self.protect_kernel_sysctls(node)
-        self.sh(node, f"ip route replace {SERVICE_CIDR} dev host0 && systemctl restart kubelet.service")
+        self.sh(node, f"{self.service_routes()} && systemctl restart kubelet.service")
 
     def protect_kernel_sysctls(self, node: Node) -> None:
         """Read-only files with the values the kubelet wants, bound over KUBELET_SYSCTLS in the node
@@ -218,7 +245,7 @@ kubernetesVersion: v{binaries.KUBERNETES_VERSION}
 clusterName: podnet-test
 controlPlaneEndpoint: {node.ip}:6443
 networking:
-  serviceSubnet: {SERVICE_CIDR}
+  serviceSubnet: {",".join(self.service_cidrs)}
 etcd:
   external:
     endpoints: [http://127.0.0.1:2379]
@@ -288,7 +315,7 @@ etcd:
         self.put(node, "/var/lib/kubelet/config.yaml", yaml.safe_dump(config))
         if node is self.control_plane:
             self.sh(node, f"mkdir -p {MANIFESTS}")
-        self.put(node, "/etc/systemd/system/kubelet.service", KUBELET_UNIT.format(node_ip=node.ip))
+        self.put(node, "/etc/systemd/system/kubelet.service", KUBELET_UNIT.format(node_ip=",".join(self.node_ips(node))))
         self.sh(node, "systemctl daemon-reload && systemctl enable --now kubelet.service")
 
     def _kube_proxy(self, node: Node) -> None:
@@ -336,6 +363,12 @@ etcd:
         self.wait_for(self.control_plane, f"kubectl --kubeconfig={ADMIN_CONF} get serviceaccount default",
                    "the default service account")
 
+    def pod_cidrs_by_family(self) -> dict[str, list[str]]:
+        """Node name -> spec.podCIDRs (one per IP family, as kube-controller-manager gave them; [] where none)."""
+        out = self.kubectl("get nodes -o jsonpath='{range .items[*]}{.metadata.name}{\" \"}{.spec.podCIDRs[*]}"
+                           "{\"\\n\"}{end}'")
+        return {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
+
     def pod_cidrs(self) -> dict[str, str]:
         """Node name -> spec.podCIDR ('' where none)."""
         out = self.kubectl("get nodes -o jsonpath='{range .items[*]}{.metadata.name}{\" \"}{.spec.podCIDR}{\"\\n\"}"
@@ -365,10 +398,54 @@ def control_plane_images() -> list[bytes]:
     return [binary_image(f"registry.k8s.io/{name}:v{binaries.KUBERNETES_VERSION}", name) for name in CONTROL_PLANE]
 
 
+# STAND-IN for flannel's cmd/install_conf (v0.28.9), which the manifest's install-cni init container runs:
+# copies <src> to <dest> atomically as utils.CopyFileAtomic does (a temporary file beside <dest>, synced, given
+# <src>'s mode, renamed over <dest>).
+INSTALL_CONF_C = r"""
+/* install-conf: flannel's cmd/install_conf for podnet's test bed (no Go toolchain here). */
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    if (argc != 3) { fprintf(stderr, "usage: %s <src> <dest>\n", argv[0]); return 1; }
+    char dir[4096], base[4096], tmp[8300];
+    snprintf(dir, sizeof dir, "%s", argv[2]);
+    snprintf(base, sizeof base, "%s", argv[2]);
+    snprintf(tmp, sizeof tmp, "%s/.%s.tmpXXXXXX", dirname(dir), basename(base));
+    struct stat st;
+    int in = open(argv[1], O_RDONLY);
+    if (in < 0 || fstat(in, &st) < 0) { perror(argv[1]); return 1; }
+    int out = mkstemp(tmp);
+    if (out < 0) { perror(tmp); return 1; }
+    char buf[65536];
+    ssize_t n;
+    while ((n = read(in, buf, sizeof buf)) > 0)
+        if (write(out, buf, (size_t)n) != n) { perror(tmp); unlink(tmp); return 1; }
+    if (n < 0 || fsync(out) < 0 || fchmod(out, st.st_mode & 07777) < 0 || close(out) < 0) {
+        perror(tmp); unlink(tmp); return 1;
+    }
+    if (rename(tmp, argv[2]) < 0) { perror(argv[2]); unlink(tmp); return 1; }
+    return 0;
+}
+"""
+
+
+def install_conf_binary() -> Path:
+    """The static install-conf stand-in (built once, cached)."""
+    return build_static_binary("install-conf", INSTALL_CONF_C)
+
+
 def flannel_image(rootfs: Path) -> bytes:
     """flanneld at /opt/bin/flanneld (as upstream's image) plus the iptables it runs, taken with
-    its libraries from a Debian node root (upstream's image is Alpine with iptables)."""
-    return iptables_image(FLANNEL_IMAGE, rootfs, {"opt/bin/flanneld": binaries.binary("flanneld")},
+    its libraries from a Debian node root (upstream's image is Alpine with iptables), and the install-conf
+    stand-in at /opt/bin/install-conf, which flannel's own kube-flannel.yml runs (testbed/foreignbed.py)."""
+    return iptables_image(FLANNEL_IMAGE, rootfs, {"opt/bin/flanneld": binaries.binary("flanneld"),
+                                                  "opt/bin/install-conf": install_conf_binary()},
                           env=["PATH=/opt/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
                           created_by=f"podnet tests: flanneld v{binaries.FLANNELD_VERSION} (shared/bin) + "
                                      "Debian's iptables")
@@ -388,21 +465,27 @@ def iptables_image(image_name: str, rootfs: Path, binaries_in_image: dict[str, P
                    created_by: str) -> bytes:
     """An image of the given binaries (path in image -> file) plus iptables with its libraries
     and extensions, taken from a Debian node root."""
+    commands = [f"/usr/sbin/{command}" for command in IPTABLES_COMMANDS]
+    # iptables' nft backend and xtables extensions are loaded at run time
+    commands += [f"/{extension_dir}/{file.name}" for extension_dir in ("usr/lib/x86_64-linux-gnu/xtables",)
+                 for file in sorted((rootfs / extension_dir).glob("*.so"))]
+    return rootfs_image(image_name, rootfs, binaries_in_image, commands, env, created_by,
+                        extra={"etc/protocols": ((rootfs / "etc/protocols").read_bytes(), 0o644)})
+
+
+def rootfs_image(image_name: str, rootfs: Path, binaries_in_image: dict[str, Path], commands: list[str],
+                 env: list[str], created_by: str, extra: dict[str, tuple[bytes, int]] | None = None) -> bytes:
+    """An image of the given binaries (path in image -> file) plus ``commands`` (absolute paths, links followed;
+    those missing left out) with the shared libraries they load, taken from a Debian node root."""
     members: dict[str, tuple[bytes, int]] = {path: (file.read_bytes(), 0o755)
                                              for path, file in binaries_in_image.items()}
-    for command in IPTABLES_COMMANDS:
-        path = _resolve_in(rootfs, f"/usr/sbin/{command}")
+    for command in commands:
+        path = _resolve_in(rootfs, command)
         if path is not None:
-            members[f"usr/sbin/{command}"] = ((rootfs / path.lstrip("/")).read_bytes(), 0o755)
+            members.setdefault(command.lstrip("/"), ((rootfs / path.lstrip("/")).read_bytes(), 0o755))
             for library in _libraries(rootfs, path):
                 members.setdefault(library.lstrip("/"), ((rootfs / library.lstrip("/")).read_bytes(), 0o755))
-    # iptables' nft backend and xtables extensions are loaded at run time
-    for extension_dir in ("usr/lib/x86_64-linux-gnu/xtables",):
-        for file in sorted((rootfs / extension_dir).glob("*.so")):
-            members.setdefault(f"{extension_dir}/{file.name}", (file.read_bytes(), 0o755))
-            for library in _libraries(rootfs, "/" + f"{extension_dir}/{file.name}"):
-                members.setdefault(library.lstrip("/"), ((rootfs / library.lstrip("/")).read_bytes(), 0o755))
-    members["etc/protocols"] = ((rootfs / "etc/protocols").read_bytes(), 0o644)
+    members.update(extra or {})
     members["run/.keep"] = (b"", 0o644)
     return layered_image_bytes(image_name, [(name, data, mode) for name, (data, mode) in sorted(members.items())],
                                env=env, created_by=created_by)

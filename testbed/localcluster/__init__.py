@@ -14,6 +14,9 @@ Each node is a `bookworm` systemd system with sshd, on its own copy-on-write ove
 a cached base rootfs, attached to a bridge the harness creates on a free private /24
 (bridge .1, nodes .11, .12, ...).  Nodes have no default route and the host does no
 forwarding or NAT: nodes reach each other and the host's bridge address, nothing else.
+With ``ipv6=True`` (``up --ipv6``) the nodes also get IPv6 addresses ::11, ::12, ... from a
+unique local /64 that overlaps nothing on the host (fd70:6e62:0:N::/64); the host gets no
+IPv6 address, route or forwarding on the bridge, so IPv6 flows between the nodes only.
 
 TEST-BED QUIRKS OF THIS HOST -- NOT TOOLKIT BEHAVIOUR
 The toolkit under test must not copy any of these; they exist only because the nodes are

@@ -24,6 +24,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     up.add_argument("--suite", default="bookworm")
     up.add_argument("--inventory", help="also write a pyinfra inventory file here")
     up.add_argument("--control-plane", type=int, default=1, help="nodes in control_plane")
+    up.add_argument("--ipv6", action="store_true",
+                    help="nodes also get IPv6 addresses (unique local /64) for dual-stack clusters")
 
     down = sub.add_parser("down", help="tear down the cluster recorded in --state-dir")
     down.add_argument("--state-dir", required=True)
@@ -31,13 +33,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def cmd_up(args: argparse.Namespace) -> None:
-    cluster = Cluster(args.name, args.nodes, args.state_dir, args.suite)
+    cluster = Cluster(args.name, args.nodes, args.state_dir, args.suite, ipv6=args.ipv6)
     cluster.up()
     if args.inventory:
         cluster.write_inventory(args.inventory, control_plane=args.control_plane)
     summary = {
         "bridge": cluster.bridge,
         "subnet": str(cluster.subnet),
+        "subnet6": str(cluster.subnet6) if cluster.subnet6 else None,
         "ssh_key": str(cluster.key_path),
         "nodes": [n.to_dict() for n in cluster.nodes],
     }

@@ -12,7 +12,7 @@ import subprocess
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Self
 
@@ -33,6 +33,8 @@ class Cluster:
     """A local cluster of real Debian nodes (systemd-nspawn) on a bridge of its own.
 
     `nodes` (the int) is how many to boot; after up(), `self.nodes` is the list of Node.
+    `ipv6`: the nodes also get an IPv6 address each, from a unique local /64 chosen like the
+    IPv4 /24 (net.choose_subnet), for dual-stack clusters; the host gets no IPv6 address or route.
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class Cluster:
         state_dir: str | Path = "/tmp/podnet-cluster",
         suite: str = "bookworm",
         boot_timeout: float | None = None,
+        ipv6: bool = False,
     ):
         if not NAME_RE.match(name):
             raise ClusterError(f"cluster name {name!r} must match {NAME_RE.pattern}")
@@ -56,6 +59,8 @@ class Cluster:
         self.nodes: list[Node] = []
         self.bridge = net.bridge_name(name)
         self.subnet: IPv4Network | None = None
+        self.ipv6 = ipv6
+        self.subnet6: IPv6Network | None = None
         self.key_path = self.state_dir / "id_ed25519"
         self._state: dict = {}
         self._lock = threading.Lock()  # guards self._state and the state file
@@ -191,7 +196,8 @@ class Cluster:
         self._update_state()
         n.leader_pid = node.wait_leader(n.pid, n.name, START_TIMEOUT, self._cancel.is_set)
         self._update_state()
-        node.configure_network(n.leader_pid, n.ip, self.subnet, START_TIMEOUT, self._cancel.is_set)
+        node.configure_network(n.leader_pid, n.ip, self.subnet, START_TIMEOUT, self._cancel.is_set, n.ip6,
+                               self.subnet6)
         n.veth = node.host_veth(n.leader_pid)
         self._update_state()
         self._wait_ssh(n)
@@ -259,10 +265,14 @@ class Cluster:
         """Pick a free subnet, record bridge+subnet, then create the bridge."""
         # Check before recording: a tear-down must never delete a bridge that is not ours.
         net.ensure_absent(self.bridge)
-        self.subnet = net.choose_subnet(self.name, net.host_addrs(), net.host_routes())
-        self._update_state(bridge=self.bridge, subnet=str(self.subnet))
+        addrs = net.host_addrs()
+        self.subnet = net.choose_subnet(self.name, addrs, net.host_routes())
+        if self.ipv6:  # the nodes' addresses only: nothing of it is configured on the host
+            self.subnet6 = net.choose_subnet(self.name, addrs, net.host_routes(6), version=6)
+        self._update_state(bridge=self.bridge, subnet=str(self.subnet),
+                           subnet6=str(self.subnet6) if self.subnet6 else None)
         net.create_bridge(self.bridge, self.subnet)
-        log.info("bridge %s on %s", self.bridge, self.subnet)
+        log.info("bridge %s on %s%s", self.bridge, self.subnet, f" (nodes also on {self.subnet6})" if self.ipv6 else "")
 
     def _boot_nodes(self, base: Path) -> None:
         """Boot all nodes in parallel; the first failure cancels the others."""
@@ -271,6 +281,7 @@ class Cluster:
             Node(
                 name=f"{self.name}-{i + 1}",
                 ip=str(net.node_address(self.subnet, i)),
+                ip6=str(net.node_address(self.subnet6, i)) if self.subnet6 else "",
                 rootfs=str(node.root_dir(self.state_dir, f"{self.name}-{i + 1}")),
             )
             for i in range(self.node_count)
@@ -305,7 +316,7 @@ class Cluster:
         try:
             n.leader_pid = node.wait_leader(n.pid, n.name, START_TIMEOUT, cancelled)
             self._update_state()
-            node.configure_network(n.leader_pid, n.ip, self.subnet, START_TIMEOUT, cancelled)
+            node.configure_network(n.leader_pid, n.ip, self.subnet, START_TIMEOUT, cancelled, n.ip6, self.subnet6)
             n.veth = node.host_veth(n.leader_pid)
             self._update_state()
             self._wait_ssh(n)
@@ -319,8 +330,14 @@ class Cluster:
             raise ClusterError(f"{exc}\n--- {n.name} boot log tail ---\n{self._log_tail(n)}")
 
     def _wait_ssh(self, n: Node) -> None:
+        def answers() -> bool:
+            try:
+                return self.ssh(n, "true", timeout=SSH_CONNECT_TIMEOUT + 5).returncode == 0
+            except ClusterError:  # this attempt timed out (a loaded machine): the next one may not
+                return False
+
         wait_for(
-            lambda: self.ssh(n, "true", timeout=SSH_CONNECT_TIMEOUT + 5).returncode == 0,
+            answers,
             what=f"sshd on {n.name} ({n.ip})",
             timeout=self.boot_timeout,
             interval=1.0,
@@ -339,6 +356,7 @@ class Cluster:
             )
         self._state = state
         self.subnet = IPv4Network(state["subnet"])
+        self.subnet6 = IPv6Network(state["subnet6"]) if state.get("subnet6") else None
         self.nodes = [Node.from_dict(d) for d in state["nodes"]]
         log.info("reusing running cluster %s from %s", self.name, self.state_dir)
         return self
@@ -348,6 +366,8 @@ class Cluster:
         for key, value in wanted.items():
             if state.get(key) != value:
                 return f"{key} is {state.get(key)!r}, not {value!r}"
+        if bool(state.get("subnet6")) != self.ipv6:
+            return "it has IPv6 addresses" if state.get("subnet6") else "it has no IPv6 addresses"
         if state.get("status") != "up":
             return f"status is {state.get('status')!r}"
         for d in state.get("nodes", []):

@@ -11,7 +11,7 @@ import os
 import subprocess
 import uuid
 from dataclasses import asdict, dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 from .mounts import read_mounts
@@ -34,6 +34,7 @@ class Node:
     leader_pid: int | None = None  # the node's PID 1, systemd (host PID)
     rootfs: str = ""  # the node's root directory on the host (overlay mount point)
     veth: str | None = None  # host side of the node's host0 interface
+    ip6: str = ""  # its IPv6 address on the bridge (a dual-stack bed), else ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -206,8 +207,11 @@ def nsenter(leader: int, ns_flags: str, *argv: str, check: bool = True, timeout:
     return run(["nsenter", "-t", str(leader), ns_flags, "--", *argv], check=check, timeout=timeout)
 
 
-def configure_network(leader: int, ip: str, subnet: IPv4Network, timeout: float, cancelled):
-    """Give host0 its address (no routes besides the connected /24) and bring links up."""
+def configure_network(leader: int, ip: str, subnet: IPv4Network, timeout: float, cancelled, ip6: str = "",
+                      subnet6: IPv6Network | None = None):
+    """Give host0 its address (no routes besides the connected /24; with ``ip6``, also that IPv6
+    address and its connected /64, without duplicate address detection: the harness chose it unique,
+    and the node can use it at once) and bring links up."""
     wait_for(
         lambda: nsenter(leader, "-n", "ip", "link", "show", "host0", check=False).returncode == 0,
         what=f"host0 in PID {leader}",
@@ -215,6 +219,8 @@ def configure_network(leader: int, ip: str, subnet: IPv4Network, timeout: float,
         cancelled=cancelled,
     )
     nsenter(leader, "-n", "ip", "addr", "replace", f"{ip}/{subnet.prefixlen}", "dev", "host0")
+    if ip6 and subnet6 is not None:
+        nsenter(leader, "-n", "ip", "-6", "addr", "replace", f"{ip6}/{subnet6.prefixlen}", "dev", "host0", "nodad")
     nsenter(leader, "-n", "ip", "link", "set", "host0", "up")
     nsenter(leader, "-n", "ip", "link", "set", "lo", "up")
 
