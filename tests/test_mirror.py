@@ -154,10 +154,23 @@ def test_server_serves_tree_on_loopback_and_shuts_down(tmp_path):
     assert not [n for n in _thread_names() - before if n.startswith("podnet-mirror-http")]
 
 
-def test_server_refuses_non_loopback(tmp_path):
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10", "172.31.0.1"])
+def test_server_refuses_anything_but_loopback_or_a_test_bridge(tmp_path, host):
     with pytest.raises(ValueError):
-        with serve_mirror(tmp_path, host="0.0.0.0"):
+        with serve_mirror(tmp_path, host=host):
             pass
+
+
+def test_server_answers_one_client_with_replaced_bytes_and_logs_who_asked(tmp_path):
+    (tmp_path / "a.tgz").write_bytes(b"good")
+    clients, replaced = [], {}
+    with serve_mirror(tmp_path, client_log=clients, replaced=replaced) as base_url:
+        replaced[("127.0.0.2", "/a.tgz")] = b"evil"  # another client than the one asking
+        assert requests.get(f"{base_url}/a.tgz", timeout=10).content == b"good"
+        replaced[("127.0.0.1", "/a.tgz")] = b"bad!"
+        assert requests.get(f"{base_url}/a.tgz", timeout=10).content == b"bad!"
+    assert clients == [("127.0.0.1", "GET", "/a.tgz", 200)] * 2
+    assert (tmp_path / "a.tgz").read_bytes() == b"good"  # the tree as it was
 
 
 # ============================================================ e2e: build

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tasks import cni, containerd, flannel, interrupted
 from tasks.engine.desired import text_file
-from tasks.engine import ownership
+from tasks.engine import node_releases, ownership
 from tasks.engine.ownership import LEDGER, ORIGINALS_DIR, ORIGINALS_QUERY, OwnedFile, Removal, removal
 from tasks.engine.ops import install_script, ledger_path, staged_path
 from tasks.engine.probe import NodeState, ProbeRequest
@@ -131,7 +131,7 @@ def test_the_probe_questions_and_the_leftover_directories_come_from_the_declarat
     declared = {f.path for o in interrupted.declarations(s) for f in o.files}
     assert {"/usr/local/bin/flanneld", f"{BIN}/flannel", "/usr/local/sbin/runc"} <= declared
     assert set(interrupted.directories(s)) == {os.path.dirname(p) for o in interrupted.declarations(s)
-                                               for p in [*o.paths(), *o.edits]}
+                                               for p in [*o.paths(), *o.edits]} | {node_releases.RELEASES_DIR}
 
 
 # --- plans --------------------------------------------------------------------------------
@@ -148,10 +148,12 @@ def test_a_deploy_keeps_the_original_of_a_foreign_plugin_it_replaces(cluster):
     worker.hashes[f"{BIN}/bridge"] = "0" * 64  # another CNI's bridge
     run = run_pyinfra(cluster.inventory(cluster.converged(CP), worker), "-y")
     assert_ok(run)
-    assert run.uploads(WORKER) == [f"{BIN}/.bridge.podnet-new"]
+    [archive] = run.uploads(WORKER)  # the plugins' archive: the new bridge is unpacked from it on the node
+    assert archive.startswith(f"{node_releases.RELEASES_DIR}/.") and archive.endswith(".tgz.podnet-new")
     prepare = next(c for c in run.commands(WORKER) if c.startswith(f"mkdir -p {BIN}"))
     assert ownership.keep_original_script(f"{BIN}/bridge") in prepare
-    install = next(c for c in run.commands(WORKER) if c.startswith("set -e; chmod"))
+    install = next(c for c in run.commands(WORKER) if c.startswith("set -e;"))
+    assert f"mv -f \"$u\"/bridge {BIN}/.bridge.podnet-new" in install
     assert f"{BIN}/bridge; }} >> {LEDGER}" in install  # recorded as podnet's, as the node hashes it
 
 
