@@ -328,13 +328,20 @@ etcd:
                 break
             time.sleep(1)
         else:
-            raise KubeBedError(f"nodes registered: {seen}, expected {names}")
+            missing = [n for n in self.cluster.nodes if n.name not in seen]
+            raise KubeBedError(f"nodes registered: {seen}, expected {names}; the kubelet of each missing node:\n"
+                               + "\n".join(f"{n.name}: {self.kubelet_state(n)}" for n in missing[:5]))
         for name in ("kube-controller-manager", "kube-scheduler"):
             self.wait_for(self.control_plane, f"kubectl --kubeconfig={ADMIN_CONF} -n kube-system get lease {name} "
                                            "-o jsonpath='{.spec.holderIdentity}' | grep -q .", f"{name}'s leader lease")
         # pods need their namespace's default service account, made by the controller manager
         self.wait_for(self.control_plane, f"kubectl --kubeconfig={ADMIN_CONF} get serviceaccount default",
                    "the default service account")
+
+    def kubelet_state(self, node: Node) -> str:
+        """Whether the node's kubelet runs, and its last log lines (why a node did not register)."""
+        return self.sh(node, "systemctl is-active kubelet.service; journalctl -u kubelet.service -n 3 --no-pager -o cat",
+                       check=False, timeout=30).strip().replace("\n", " | ")[-600:]
 
     def pod_cidrs(self) -> dict[str, str]:
         """Node name -> spec.podCIDR ('' where none)."""
