@@ -1,5 +1,5 @@
 """The benchmark's pieces of the test bed that need no node: the host's inotify limit
-(testbed/localcluster/limits.py), the shaping command (shaping.py) and the mirror site's
+(testbed/localcluster/limits.py), the shaping commands and counters (shaping.py) and the mirror site's
 request log (testbed/mirror/site.py, served on loopback here)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 
 from testbed.localcluster import ClusterError, limits
-from testbed.localcluster.shaping import shape_command, shaped_link
+from testbed.localcluster.shaping import parse_class_bytes, shape_commands, shaped_link
 from testbed.mirror.site import MirrorSite, make_server
 
 
@@ -55,11 +55,38 @@ def test_instances_in_use_are_counted_from_each_process_fds(tmp_path):
     assert limits.inotify_instances_in_use(tmp_path) == 3
 
 
-def test_shaping_is_a_token_bucket_on_the_bridge_only():
-    assert shape_command("br-bench3", 100) == ["tc", "qdisc", "replace", "dev", "br-bench3", "root", "tbf", "rate",
-                                               "100mbit", "burst", "256kb", "latency", "100ms"]
+def test_the_link_is_shaped_in_total_and_counted_per_node():
+    commands = [" ".join(c) for c in shape_commands("br-bench3", 100, ["172.30.9.11", "172.30.9.12"])]
+    assert commands[:2] == ["tc qdisc replace dev br-bench3 root handle 1: htb default 2",
+                            "tc class add dev br-bench3 parent 1: classid 1:1 htb rate 100mbit ceil 100mbit burst 256k "
+                            "cburst 256k"]
+    # each node's class may take the whole rate, all of them together no more
+    assert ("tc class add dev br-bench3 parent 1:1 classid 1:b htb rate 1mbit ceil 100mbit burst 256k cburst 256k "
+            "quantum 60000") in commands
+    assert ("tc filter add dev br-bench3 parent 1: protocol ip prio 1 u32 match ip dst 172.30.9.12/32 flowid 1:b"
+            in commands)
+    assert "rate 40000mbit ceil 40000mbit" in " ".join(shape_commands("br-bench3", 0, [])[1])  # counted, not shaped
+
+
+def test_class_counters_are_read_per_destination():
+    tc_output = """class htb 1:1 root rate 100Mbit ceil 100Mbit burst 262125b cburst 262125b
+ Sent 900 bytes 9 pkt (dropped 0, overlimits 0 requeues 0)
+ backlog 0b 0p requeues 0
+
+class htb 1:a parent 1:1 prio 0 rate 1Mbit ceil 100Mbit burst 262125b cburst 262125b
+ Sent 700 bytes 5 pkt (dropped 0, overlimits 0 requeues 0)
+ backlog 0b 0p requeues 0
+
+class htb 1:2 parent 1:1 prio 0 rate 1Mbit ceil 100Mbit burst 262125b cburst 262125b
+ Sent 200 bytes 4 pkt (dropped 0, overlimits 0 requeues 0)
+"""
+    assert parse_class_bytes(tc_output) == {"1:1": 900, "1:a": 700, "1:2": 200}
+    assert parse_class_bytes("") == {}
+
+
+def test_only_a_test_bridge_is_shaped():
     with pytest.raises(ClusterError, match="not a test cluster's bridge"):
-        with shaped_link("eth0", 100):
+        with shaped_link("eth0", 100, []):
             pass
 
 
