@@ -20,7 +20,7 @@ import shlex
 
 from tasks import cni, containerd, controller_manager, flannel, kernel, kubeadm
 
-from tasks.engine import answers, ops
+from tasks.engine import answers, node_releases, ops
 from tasks.engine.answers import BadField
 from tasks.engine.context import HostContext, Step
 from tasks.engine.findings import Finding, warning
@@ -38,8 +38,9 @@ def declarations(s: Settings) -> list[Ownership]:
 
 
 def directories(s: Settings) -> list[str]:
-    """Every directory podnet installs files into (for the settings' CNI dirs and control-plane runtime)."""
-    return all_directories(declarations(s))
+    """Every directory podnet installs files into (for the settings' CNI dirs and control-plane runtime), and
+    the one release files arrive in on a node (node_releases.RELEASES_DIR: a partial upload or download)."""
+    return sorted({*all_directories(declarations(s)), node_releases.RELEASES_DIR})
 
 
 def find_command(dirs: list[str]) -> str:

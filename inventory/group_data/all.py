@@ -77,6 +77,9 @@ Written by `python3 -m tasks.docs` from the settings' declaration in tasks/setti
 # base URL that replaces the upstream download hosts (air-gapped sites); the upstream path is kept below it
 # mirror_url = None
 
+# who downloads the release files the nodes install: laptop (downloaded and verified on the laptop, each archive a node needs sent to it over SSH and unpacked there) or nodes (each node downloads what it needs itself from mirror_url, or upstream without one, with curl or wget; the laptop sends only commands); either way every file is checked against its sha256 on the node before it is activated
+# release_download = 'laptop'
+
 # let mirror_url be a plain http:// URL: release files and the checksums beside them are then read without TLS (anyone on the way can change both; podnet warns); a redirect from https to http is refused either way
 # allow_insecure_http = False
 

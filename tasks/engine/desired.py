@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jinja2
 
@@ -39,6 +40,28 @@ def render(template: str, **context) -> str:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """The release file a binary comes from: the artifact's URL (upstream's or the mirror's, which may
+    hold the mirror's credentials: never printed as is), its sha256 and where that sum comes from, the
+    verified download in the laptop's cache, and for an archive's member its name in the archive."""
+
+    artifact: str
+    url: str
+    sha256: str
+    sha256_source: str
+    local: Path
+    member: str | None = None
+
+    @property
+    def filename(self) -> str:
+        return Path(urlsplit(self.url).path).name
+
+    @property
+    def is_member(self) -> bool:
+        return self.member is not None
+
+
+@dataclass(frozen=True)
 class DesiredFile:
     """A file that must exist at ``path`` with this content and mode."""
 
@@ -47,6 +70,7 @@ class DesiredFile:
     sha256: str
     content: bytes | None = None  # rendered text files
     source: Path | None = None  # binaries from the download cache
+    origin: Origin | None = None  # the release file ``source`` is (or was unpacked from)
 
     @property
     def is_text(self) -> bool:
@@ -61,10 +85,21 @@ def text_file(path: str, content: str, mode: str = "0644") -> DesiredFile:
     return DesiredFile(path=path, mode=mode, sha256=hashlib.sha256(data).hexdigest(), content=data)
 
 
-def local_file(path: str, source: Path, mode: str = "0755") -> DesiredFile:
-    """A file from the download cache, whose digest the downloader already knows."""
+def local_file(path: str, source: Path, mode: str = "0755", origin: Origin | None = None) -> DesiredFile:
+    """A file from the download cache, whose digest the downloader already knows. Its ``origin`` (the release
+    file it is, or the archive it was unpacked from: how it reaches the node, tasks/engine/node_releases.py) is
+    the one given, else the one the runner registered for ``source``."""
     sha256 = known_digest(source)
     if sha256 is None:
         sha256 = sha256_of(source)
         register_digest(source, sha256)
-    return DesiredFile(path=path, mode=mode, sha256=sha256, source=source)
+    return DesiredFile(path=path, mode=mode, sha256=sha256, source=source, origin=origin or _origins.get(Path(source)))
+
+
+# The release file each file of this run's download cache is, or was unpacked from (registered by the runner as
+# it hands the files to the steps: tasks/engine/runner.RunArtifacts).
+_origins: dict[Path, Origin] = {}
+
+
+def register_origin(local: Path, origin: Origin) -> None:
+    _origins[Path(local)] = origin

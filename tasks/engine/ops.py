@@ -13,11 +13,13 @@ import io
 import posixpath
 import shlex
 
-from pyinfra import host, logger, state
+from pyinfra import host, inventory, logger, state
 from pyinfra.api import FileUploadCommand, operation
 
 from tasks.artifacts.download import verified_upload
+from tasks.engine import node_releases, runner
 from tasks.engine.desired import DesiredFile
+from tasks.engine.secret_files import put_secret_file
 from tasks.engine.ownership import LEDGER, Removal, keep_original_script, record_script
 from tasks.engine.pyinfra_compat import HostCommand
 from tasks.engine.probe import DIGEST_CACHE, NodeState
@@ -83,37 +85,59 @@ def files_installed(files: list[DesiredFile], current: NodeState, validate: str 
       is kept as the original before it is replaced, and what is activated is recorded in the
       ledger; False for a file podnet only edits (kube-controller-manager's, backed up by its concern)
 
-    Each changed file is uploaded under a temporary name in its own directory and renamed
-    over the live one, so no reader ever sees a half-written file. A release file is hashed
-    on the laptop right before its upload (``tasks.artifacts.download.verified_upload``), and every
-    staged file on the node right before it is activated (``install_script``).
+    Each changed file is put under a temporary name in its own directory and renamed over the
+    live one, so no reader ever sees a half-written file. A rendered file is uploaded there; a
+    release's file comes from its release file on the node (an archive's members unpacked there),
+    sent by the laptop or downloaded by the node (``release_download``; tasks/engine/node_releases.py),
+    or, for a file that is no archive with the laptop sending, is uploaded there itself. What the
+    laptop sends is hashed right before its upload (``tasks.artifacts.download.verified_upload``); a
+    release file on the node is hashed against its pinned sum before anything is taken from it, and
+    every staged file right before it is activated (``install_script``).
     """
     changed = files_needing_change(files, current)
     if not changed:
         host.noop("files are up to date")
         return
+    delivery = node_releases.Delivery()
+    if any(f.origin is not None for f in changed):
+        delivery = node_releases.plan(changed, current, runner.settings_for(host, inventory), host.name,
+                                      staged_path)
     for f in changed:  # before the first yield: pyinfra stops at it when only detecting changes
         _show_diff(f, current)
     parents = sorted({posixpath.dirname(f.path) for f in changed})
     present = [f.path for f in changed if current.hashes.get(f.path) is not None] if owned else []
     yield " && ".join(["mkdir -p " + " ".join(shlex.quote(p) for p in parents),
                        *(keep_original_script(p, ledger_path(DIGEST_CACHE)) for p in present)])
+    if delivery.netrc is not None:
+        yield HostCommand(_netrc_written, (delivery.netrc,), {})
+    for origin in delivery.uploads:
+        yield HostCommand(_release_file_intact, (origin.local, origin.sha256, origin.filename), {})
+        yield FileUploadCommand(str(origin.local), staged_path(node_releases.node_path(origin)))
     for f in changed:
+        if f in delivery.staged:
+            continue
         if f.is_text:
             yield FileUploadCommand(io.BytesIO(f.content), staged_path(f.path))
         else:
-            yield HostCommand(_release_file_intact, (f,), {})
+            yield HostCommand(_release_file_intact, (f.source, f.sha256, f.path), {})
             yield FileUploadCommand(str(f.source), staged_path(f.path))
-    yield install_script(changed, validate, restarts=restarts, owned=owned, host_name=host.name)
+    yield install_script(changed, validate, restarts=restarts, owned=owned, host_name=host.name,
+                         staging=delivery.script, cleanup=delivery.cleanup)
 
 
-def _release_file_intact(state, host, connector_arguments: dict, f: DesiredFile) -> bool:
-    """At execution time, right before ``f.source`` is uploaded: it still has its sha256 (else the
+def _release_file_intact(state, host, connector_arguments: dict, source, sha256: str, what: str) -> bool:
+    """At execution time, right before ``source`` is uploaded: it still has its sha256 (else the
     host stops here, before anything of it reaches the node)."""
-    problem = verified_upload(f.source, f.sha256)
+    problem = verified_upload(source, sha256)
     if problem:
-        logger.error("%s (for %s on %s)", problem, f.path, host.name)
+        logger.error("%s (for %s on %s)", problem, what, host.name)
         return False
+    return True
+
+
+def _netrc_written(state, host, connector_arguments: dict, content: str) -> bool:
+    """The mirror's credentials in node_releases.NETRC_PATH (root-only from its creation, never on a command line)."""
+    put_secret_file(host, connector_arguments, node_releases.NETRC_PATH, content)
     return True
 
 
@@ -124,19 +148,20 @@ def ledger_path(digest_cache: str) -> str:
 
 def install_script(changed: list[DesiredFile], validate: str | None = None, digest_cache: str = DIGEST_CACHE,
                    restarts: str | None = None, pending_dir: str = RESTART_PENDING_DIR, owned: bool = True,
-                   host_name: str = "this node") -> str:
+                   host_name: str = "this node", staging: list[str] = (), cleanup: list[str] = ()) -> str:
     """
-    The shell that activates uploaded files: set each staged file's mode; hash it and compare
+    The shell that activates staged files: first ``staging`` (the shell steps that stage files from
+    release files on the node, ``node_releases.plan``); then set each staged file's mode; hash it and compare
     with its desired sha256 (a staged file with another sum stops the run naming ``host_name``,
     path and both sums; every staged file of this batch is removed and the live ones are left as
     they were); check it with ``validate`` (a rejected file likewise); mark ``restarts``
     restart-pending; rename every staged file over its live one; record (``owned``) the digest
     each has on the node in the ledger; record in the probe's digest cache the sums the node
-    computed.
+    computed; remove the release files in ``cleanup`` (their files are active).
     """
     q = shell.word
     every_staged = " ".join(q(staged_path(f.path)) for f in changed)
-    steps = ["set -e"]
+    steps = ["set -e", *staging]
     for index, f in enumerate(changed):
         staged, digest = q(staged_path(f.path)), f"d{index}"
         steps.append(f"chmod {f.mode} {staged}")
@@ -158,6 +183,8 @@ def install_script(changed: list[DesiredFile], validate: str | None = None, dige
         steps.append(record_script([f.path for f in changed], ledger_path(digest_cache),
                                    [f"\"$d{index}\"" for index in range(len(changed))]))
     steps.append(record_digests([(f.path, f"\"$d{index}\"") for index, f in enumerate(changed)], digest_cache))
+    if cleanup:
+        steps.append("rm -f " + " ".join(q(path) for path in cleanup))
     return "; ".join(steps)
 
 

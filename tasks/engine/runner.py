@@ -13,7 +13,9 @@ from tasks.artifacts import catalog
 
 from tasks.artifacts import checksums
 from tasks.artifacts.catalog import Artifact
+from tasks.engine import node_releases
 from tasks.engine.context import HostContext, Step
+from tasks.engine.desired import Origin, register_origin
 from tasks.artifacts.download import Downloader
 from tasks.engine.probe import NodeState, ProbeRequest, node_state
 from tasks.releases import ARCHITECTURES
@@ -92,10 +94,25 @@ class RunArtifacts:
     resolved: dict[str, Artifact]
 
     def file(self, name: str) -> Path:
-        return self.downloader.fetch(self.resolved[name])
+        """The verified download (its origin registered: the release file itself)."""
+        artifact = self.resolved[name]
+        path = self.downloader.fetch(artifact)
+        register_origin(path, self._origin(artifact, path))
+        return path
 
     def unpacked(self, name: str) -> Path:
-        return self.downloader.unpack(self.resolved[name])
+        """The tree the verified archive is unpacked into (each file's origin registered: its member)."""
+        artifact = self.resolved[name]
+        target = self.downloader.unpack(artifact)
+        archive = self.downloader.fetch(artifact)
+        for member in target.rglob("*"):
+            if member.is_file():
+                register_origin(member, self._origin(artifact, archive, member.relative_to(target).as_posix()))
+        return target
+
+    @staticmethod
+    def _origin(artifact: Artifact, local: Path, member: str | None = None) -> Origin:
+        return Origin(artifact.name, artifact.url, artifact.sha256, artifact.sha256_source, local, member)
 
 
 def fetch_artifacts(ctx: HostContext, names: tuple[str, ...]) -> RunArtifacts:
@@ -122,9 +139,13 @@ def run(steps: tuple[Step, ...], host, inventory, diff: bool = False) -> HostCon
     ctx = context_for(host, inventory, diff)
     downloader_for(ctx.settings)  # a download cache others could write stops the run before the node is asked
     steps_here = applicable(steps, ctx)
-    ctx.node = node_state(host, probe_request(steps_here, ctx), run_lock_wait=ctx.settings.run_lock_wait)
+    names = artifacts_needed(steps_here, ctx)
+    request = probe_request(steps_here, ctx)
+    if names:  # release files on the node (an interrupted run's), and what it needs to download them itself
+        request = request.merge(node_releases.probe_request(ctx.settings))
+    ctx.node = node_state(host, request, run_lock_wait=ctx.settings.run_lock_wait)
     ctx.arch = architecture(ctx.node, host.name)
-    ctx.artifacts = fetch_artifacts(ctx, artifacts_needed(steps_here, ctx))
+    ctx.artifacts = fetch_artifacts(ctx, names)
     for step in steps_here:
         step.check(ctx)
     for step in steps_here:

@@ -434,6 +434,12 @@ class Settings:
         None, _optional(_url),
         "base URL that replaces the upstream download hosts (air-gapped sites); the upstream path is kept"
         " below it")
+    release_download: str = setting(
+        "laptop", _choice(("laptop", "nodes")),
+        "who downloads the release files the nodes install: laptop (downloaded and verified on the laptop, each "
+        "archive a node needs sent to it over SSH and unpacked there) or nodes (each node downloads what it needs "
+        "itself from mirror_url, or upstream without one, with curl or wget; the laptop sends only commands); "
+        "either way every file is checked against its sha256 on the node before it is activated")
     allow_insecure_http: bool = setting(
         False, _boolean,
         "let mirror_url be a plain http:// URL: release files and the checksums beside them are then read "
