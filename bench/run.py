@@ -5,7 +5,8 @@ The deploy benchmark of issues #5 and #21: `python3 -m bench.run [--nodes 1,3,12
 Each measured cluster is booted fresh (testbed.localcluster, one at a time, torn down before
 the next and on any failure or Ctrl-C), with the test mirror on the nodes' network
 (testbed.mirror.site: a namespace of its own on the cluster's bridge, not shaped) and the
-laptop's link to the nodes shaped (testbed.localcluster.shaping: tc tbf on the host's side).
+laptop's link to the nodes shaped and counted per node (testbed.localcluster.shaping: an HTB
+tree on the host's side).
 For every size and every mode (upload: the laptop sends the release archives; mirror: the
 nodes fetch them from mirror_url) a cluster with Kubernetes but no pod network
 (testbed.podbed, testbed.kubebed) is measured with the real pyinfra CLI:
@@ -632,7 +633,7 @@ def report(results: list[SizeResult], args, info: dict[str, str], started: datet
          f"(containerd {versions['containerd_version']}, runc {versions['runc_version']}, "
          f"CNI plugins {versions['cni_plugins_version']})"),
         f"- command: `python3 -m bench.run {args.command_line}`",
-        (f"- the laptop's link to the nodes: {shape} (tc tbf on the host's side of the test network); the "
+        (f"- the laptop's link to the nodes: {shape} (tc htb on the host's side of the test network); the "
          "mirror: on the nodes' network (a namespace of its own on the test bridge), not shaped"),
         "",
         "## Targets (issue #21)",

@@ -155,3 +155,12 @@ def test_bad_arguments_are_refused(capsys):
                  ["--prefix", "Bench"], ["--shape-mbit", "-1"]):
         with pytest.raises(SystemExit):
             parse_args(argv)
+
+
+def test_each_mode_is_the_setting_an_operator_would_use():
+    from bench.run import mode_overrides
+    from tasks.settings import Settings
+
+    assert mode_overrides("upload") == {}  # podnet's default: the laptop sends the archives
+    assert Settings.__dataclass_fields__["release_download"].metadata["setting"]["default"] == "laptop"
+    assert mode_overrides("mirror") == {"release_download": "nodes"}

@@ -102,6 +102,13 @@ class MirrorSite:
             cwd=Path(__file__).resolve().parent.parent.parent, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=open(self.log_path.with_suffix(".stderr"), "w"))
         pid = str(self.proc.pid)
+        # unshare(1) runs as that PID: until it has made its namespace, the PID is still in ours (the
+        # peer would land on the host), so wait for the namespace to differ (bounded)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not self._in_own_namespace(pid):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise MirrorSiteError(f"the mirror server got no network namespace of its own (exit {self.proc.poll()})")
+            time.sleep(0.05)
         _ip("link", "add", self.veth, "type", "veth", "peer", "name", "eth0", "netns", pid)
         Path(f"/proc/sys/net/ipv6/conf/{self.veth}/disable_ipv6").write_text("1\n")
         _ip("link", "set", self.veth, "master", self.bridge, "up")
@@ -116,6 +123,13 @@ class MirrorSite:
                 raise MirrorSiteError(f"the mirror server did not start (exit {self.proc.poll()}): "
                                       f"{self.log_path.with_suffix('.stderr').read_text()[-1000:]}")
             time.sleep(0.1)
+
+    @staticmethod
+    def _in_own_namespace(pid: str) -> bool:
+        try:
+            return os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+        except OSError:  # it ended
+            return False
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
