@@ -661,7 +661,7 @@ def report(results: list[SizeResult], args, info: dict[str, str], started: datet
     reference = next((r for r in noop if r.nodes == REFERENCE_SIZE), None)
     if noop:
         lines += ["", "## No-op rerun and `--dry` against the floor", "",
-                  (f"Medians of {args.runs} rounds, interleaved (floor, rerun, `--dry`) on the same converged nodes; "
+                  (f"Medians of {'/'.join(str(n) for n in sorted({len(r.of('rerun')) for r in noop}))} rounds, interleaved (floor, rerun, `--dry`) on the same converged nodes; "
                    "wall time of the pyinfra CLI process, start to exit. *time in exec requests*: node-side time of "
                    "the run's remote commands (the probe), mean per host, median over the rounds."),
                   ""]
@@ -841,6 +841,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=RESULTS_FILE, help=f"markdown report (default {RESULTS_FILE})")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where cluster state, inventories and pyinfra logs go (default: a new /tmp/podnet-bench-*)")
+    parser.add_argument("--plan", default=None,
+                        help="the clusters to measure, in order, instead of --nodes/--modes/--bootstrap/--runs: "
+                             "comma-separated BED:NODES:MODE:ROUNDS with BED kube or bootstrap, e.g. "
+                             "kube:1:mirror:5,kube:1:upload:0,bootstrap:3:mirror:0")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     args.command_line = " ".join(argv if argv is not None else sys.argv[1:])
@@ -857,13 +861,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--shape-mbit must be 0 or more")
     if not re.fullmatch(r"[a-z][a-z0-9]{0,4}", args.prefix):
         parser.error("--prefix must be 1-5 lower-case letters or digits, starting with a letter")
+    if args.plan is not None:
+        args.plan = parse_plan(parser, args.plan)
     return args
+
+
+def parse_plan(parser: argparse.ArgumentParser, text: str) -> list[tuple[int, str, str, int]]:
+    clusters = []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        fields = item.split(":")
+        if len(fields) != 4 or fields[0] not in BEDS or fields[2] not in MODES or not fields[1].isdigit() \
+                or not fields[3].isdigit() or not 1 <= int(fields[1]) <= MAX_NODES:
+            parser.error(f"--plan: {item!r} is not BED:NODES:MODE:ROUNDS (BED one of {', '.join(BEDS)}, MODE one of "
+                         f"{', '.join(MODES)}, NODES 1..{MAX_NODES})")
+        clusters.append((int(fields[1]), fields[2], fields[0], int(fields[3])))
+    names = [(n, mode, bed) for n, mode, bed, _ in clusters]
+    if not clusters or len(set(names)) != len(names):
+        parser.error("--plan must name each cluster (bed, size, mode) once")
+    return clusters
 
 
 def plan(args) -> list[tuple[int, str, str, int]]:
     """(nodes, mode, bed, rounds) of each cluster to measure, in order: every size in every mode on
     a cluster with Kubernetes (the rounds of floor/rerun/dry in the first mode only), then the
-    first runs from fresh machines."""
+    first runs from fresh machines. --plan, when given."""
+    if args.plan is not None:
+        return args.plan
     clusters = [(n, mode, "kube", args.runs if i == 0 else 0) for n in args.nodes for i, mode in enumerate(args.modes)]
     return clusters + [(n, mode, "bootstrap", 0) for n in args.bootstrap for mode in args.modes]
 
@@ -875,7 +898,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench: booting local nodes needs root", file=sys.stderr)
         return 2
-    for mode in args.modes:
+    for mode in {mode for _, mode, _, _ in plan(args)}:
         try:
             mode_overrides(mode)
         except BenchError as error:

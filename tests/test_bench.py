@@ -146,13 +146,21 @@ def test_plan_measures_every_mode_on_a_fresh_cluster_and_the_rounds_once():
     assert len(set(names)) == len(names) and max(map(len, names)) <= 8  # bridge br-<name>, node veths vb-<name>-N
 
 
+def test_a_plan_names_the_clusters_in_order():
+    from bench.run import parse_args, plan
+
+    args = parse_args(["--plan", "kube:1:mirror:5, kube:12:upload:0,bootstrap:3:mirror:0"])
+    assert plan(args) == [(1, "mirror", "kube", 5), (12, "upload", "kube", 0), (3, "mirror", "bootstrap", 0)]
+
+
 def test_bad_arguments_are_refused(capsys):
     import pytest
 
     from bench.run import parse_args
 
     for argv in (["--modes", "upload,ftp"], ["--nodes", "3,3"], ["--nodes", "", "--bootstrap", ""],
-                 ["--prefix", "Bench"], ["--shape-mbit", "-1"]):
+                 ["--prefix", "Bench"], ["--shape-mbit", "-1"], ["--plan", "kube:1:ftp:5"],
+                 ["--plan", "kube:1:mirror:5,kube:1:mirror:0"], ["--plan", "vm:1:mirror:5"]):
         with pytest.raises(SystemExit):
             parse_args(argv)
 
