@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -32,6 +34,7 @@ from pathlib import Path
 from testbed.kubebed import binaries
 from testbed.kubebed.cluster import KubeBed
 from testbed.localcluster import Cluster, Node
+from testbed.localcluster.rootfs import cache_root
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST_PATH = "/etc/kubernetes/manifests/kube-controller-manager.yaml"
@@ -110,8 +113,9 @@ class PodBed:
     """
 
     def __init__(self, cluster: Cluster, base_url: str, mirror, generation: str, workdir: Path,
-                 runtime: str = "static-pod", rollout: str = "daemonset"):
+                 runtime: str = "static-pod", rollout: str = "daemonset", release_download: str = "laptop"):
         self.cluster = cluster
+        self.release_download = release_download  # "nodes": they download from base_url (served to them)
         self.base_url = base_url
         self.mirror = mirror
         self.generation = generation
@@ -136,6 +140,7 @@ class PodBed:
             cluster_cidr=str(self.cluster_cidr),
             node_cidr_mask_size=24,
             flannel_rollout=self.rollout,
+            release_download=self.release_download,
             flannel_image=f"docker.io/flannel/flannel:v{binaries.FLANNELD_VERSION}",  # built locally (no registry)
             # the existing cluster's sandbox image (built locally), as an operator of such a cluster sets it
             sandbox_image=KubeBed.sandbox_image,
@@ -209,6 +214,24 @@ class PodBed:
         return self.deploy_result(returncode, log.read_text())
 
     # --- nodes -----------------------------------------------------------------------
+
+    def give_nodes_wget(self) -> None:
+        """wget on every node (Debian's package, and libpsl5, which the nodes' minimal image lacks), as an operator's
+        image has it: what a node needs to download release files itself (release_download = "nodes"). The
+        packages are fetched once with apt-get download (Debian's archive) and kept in the test cache."""
+        debs = cache_root() / "debs-wget"
+        if not debs.is_dir():
+            building = debs.with_name(f".debs-wget.{os.getpid()}")
+            shutil.rmtree(building, ignore_errors=True)
+            building.mkdir(parents=True)
+            subprocess.run(["apt-get", "download", "wget", "libpsl5"], cwd=building, check=True, timeout=300,
+                           capture_output=True)
+            os.rename(building, debs)
+        for node in self.cluster.nodes:
+            target = self.cluster.node_path(node, "/root/debs-wget")
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(debs, target)
+            self.sh(node, "dpkg -i /root/debs-wget/*.deb >/dev/null && rm -rf /root/debs-wget")
 
     def sh(self, node: Node, command: str, check: bool = True) -> str:
         return self.cluster.ssh(node, command, check=check, timeout=120).stdout

@@ -14,6 +14,7 @@ import pytest
 
 from testbed.kubebed import binaries
 from testbed.localcluster import Cluster as NodeCluster
+from testbed.localcluster.net import bridge_address
 from testbed.mirror import build_mirror, serve_mirror
 from tests.support.http import ScriptedServer
 from tests.support.plan import Cluster
@@ -81,15 +82,18 @@ def bed_mirror():
 
 @pytest.fixture(scope="session")
 def served_cluster(tmp_path_factory, bed_mirror):
-    """``served_cluster(name, nodes, request_log=None)``: a context manager for real nodes on a bridge of their
-    own with ``bed_mirror`` served to them, all torn down afterwards; yields (base_url, mirror, workdir, cluster).
-    ``request_log`` receives every request the mirror answers."""
+    """``served_cluster(name, nodes, request_log=None, to_nodes=False, **serving)``: a context manager for real
+    nodes on a bridge of their own with ``bed_mirror`` served to them, all torn down afterwards; yields (base_url,
+    mirror, workdir, cluster). ``request_log`` receives every request the mirror answers. ``to_nodes``: the
+    mirror listens on the host's address on the cluster's bridge, so that the nodes download from it too
+    (``release_download = "nodes"``); ``serving``: serve_mirror's ``client_log`` and ``replaced``."""
 
     @contextmanager
-    def served(name: str, nodes: int, request_log: list | None = None):
+    def served(name: str, nodes: int, request_log: list | None = None, to_nodes: bool = False, **serving):
         workdir = tmp_path_factory.mktemp(f"bed-{name}")
-        with serve_mirror(bed_mirror.root, request_log=request_log) as base_url, \
-                NodeCluster(name=name, nodes=nodes, state_dir=workdir / "cluster") as cluster:
-            yield base_url, bed_mirror, workdir, cluster
+        with NodeCluster(name=name, nodes=nodes, state_dir=workdir / "cluster") as cluster:
+            host = str(bridge_address(cluster.subnet)) if to_nodes else "127.0.0.1"
+            with serve_mirror(bed_mirror.root, host=host, request_log=request_log, **serving) as base_url:
+                yield base_url, bed_mirror, workdir, cluster
 
     return served

@@ -10,7 +10,9 @@ Three clusters, one after the other (each shared by the tests of its group):
   kubeadm static pod, the kube-flannel DaemonSet), 3 nodes;
 - containerd-1.x: Debian's containerd 1.6, kube-controller-manager as a systemd unit,
   the DaemonSet, 2 nodes;
-- flanneld-systemd: containerd 1.6, static pod, flanneld as podnet's systemd unit, 2 nodes.
+- flanneld-systemd: containerd 1.6, static pod, flanneld as podnet's systemd unit, 2 nodes; the nodes
+  download the release files themselves from the mirror, served on the cluster's bridge
+  (release_download = "nodes"; the others: the laptop sends the release archives).
 
 Run alone with: python3 -m pytest -m e2e
 """
@@ -18,6 +20,7 @@ Run alone with: python3 -m pytest -m e2e
 from __future__ import annotations
 
 import base64
+import hashlib
 import ipaddress
 import json
 import itertools
@@ -50,11 +53,12 @@ class BedKind:
     runtime: str
     rollout: str
     nodes: int
+    release_download: str = "laptop"
 
 
 KINDS = [BedKind("containerd-2.x", "2.x", "static-pod", "daemonset", 3),
          BedKind("containerd-1.x", "1.x", "systemd", "daemonset", 2),
-         BedKind("flanneld-systemd", "1.x", "static-pod", "systemd", 2)]
+         BedKind("flanneld-systemd", "1.x", "static-pod", "systemd", 2, release_download="nodes")]
 
 
 @pytest.fixture(scope="module", params=KINDS, ids=[k.name for k in KINDS])
@@ -62,10 +66,17 @@ def bed(request, served_cluster):
     kind: BedKind = request.param
     name = {"containerd-2.x": "e2e2", "containerd-1.x": "e2e1", "flanneld-systemd": "e2es"}[kind.name]
     downloads: list = []
-    with served_cluster(name, kind.nodes, request_log=downloads) as (base_url, mirror, workdir, cluster):
-        bed = PodBed(cluster, base_url, mirror, kind.generation, workdir, runtime=kind.runtime, rollout=kind.rollout)
-        bed.kind = kind
+    clients: list = []  # (client address, method, path, status) of every request
+    replaced: dict = {}  # (client address, path) -> other bytes the mirror answers with
+    nodes_download = kind.release_download == "nodes"
+    with served_cluster(name, kind.nodes, request_log=downloads, to_nodes=nodes_download, client_log=clients,
+                        replaced=replaced) as (base_url, mirror, workdir, cluster):
+        bed = PodBed(cluster, base_url, mirror, kind.generation, workdir, runtime=kind.runtime, rollout=kind.rollout,
+                     release_download=kind.release_download)
+        bed.kind, bed.clients, bed.replaced = kind, clients, replaced
         kube = bed.install_cluster()
+        if nodes_download:
+            bed.give_nodes_wget()
         control_plane = cluster.nodes[0]
         bed.pod_cidrs_before = bed.pod_cidrs()
         bed.kcm_before = kube.get(control_plane, MANIFEST_PATH if kind.runtime == "static-pod" else KCM_UNIT_PATH)
@@ -76,6 +87,7 @@ def bed(request, served_cluster):
         bed.first_run_costs = [node_costs.cost_since(node, m) for node, m in zip(cluster.nodes, marks)]
         bed.wait_for_flannel()
         bed.first_run_downloads = list(downloads)
+        bed.first_run_clients = list(clients)
         bed.downloads = downloads  # every request the mirror answered, live
         settings = settings_of(bed)
         bed.flannel_version = settings.flannel_cni_plugin_version
@@ -290,8 +302,24 @@ def test_rerun_changes_nothing_and_restarts_nothing(bed):
         assert bed.flannel_pods() == flannel_pods
 
 
+def laptop_gets(bed: PodBed, requests: list) -> list[str]:
+    """The paths the laptop (not a node) asked the mirror for."""
+    nodes = {node.ip for node in bed.cluster.nodes}
+    return [path for client, method, path, status in requests if method == "GET" and client not in nodes]
+
+
+def node_gets(bed: PodBed, requests: list) -> dict[str, list[str]]:
+    """Node name -> the paths it asked the mirror for."""
+    return {node.name: [path for client, method, path, status in requests if method == "GET" and client == node.ip]
+            for node in bed.cluster.nodes}
+
+
+def mirror_path(bed: PodBed, name: str, version: str) -> str:
+    return "/" + str(bed.mirror.path(name, version).relative_to(bed.mirror.root))
+
+
 def test_first_run_downloads_each_artifact_once_and_uses_one_transfer_session_per_host(bed):
-    paths = [path for method, path, status in bed.first_run_downloads if method == "GET"]
+    paths = laptop_gets(bed, bed.first_run_clients)
     flannel = "/" + str(bed.mirror.path("flannel_cni_plugin", bed.flannel_version).relative_to(bed.mirror.root))
     expected = {"/" + str(bed.mirror.path(name, settings_of(bed).__getattribute__(f"{name}_version"))
                           .relative_to(bed.mirror.root)) for name in ("containerd", "runc", "cni_plugins")}
@@ -303,6 +331,16 @@ def test_first_run_downloads_each_artifact_once_and_uses_one_transfer_session_pe
     assert len(paths) == len(set(paths)) and set(paths) == expected, paths
     for node, cost in zip(bed.cluster.nodes, bed.first_run_costs):
         assert (cost.connections, cost.sftp) == (1, 1), (node.name, cost)
+    gets = node_gets(bed, bed.first_run_clients)
+    if bed.kind.release_download == "laptop":
+        assert gets == {node.name: [] for node in bed.cluster.nodes}
+        return
+    release_files = expected - {p for p in expected if p.endswith(".sha256") or p.startswith("/repos/")}
+    for node, cost in zip(bed.cluster.nodes, bed.first_run_costs):
+        # each release file the node lacked, downloaded by the node itself, once; the CNI plugins' archives at least
+        assert len(gets[node.name]) == len(set(gets[node.name])) and set(gets[node.name]) <= release_files, gets
+        assert {mirror_path(bed, "cni_plugins", settings_of(bed).cni_plugins_version), flannel} <= set(gets[node.name])
+        assert cost.ssh_received is not None and cost.ssh_received < 200_000, (node.name, cost)  # commands, configs
 
 
 def test_unpinned_sums_are_resolved_from_what_upstream_publishes_and_locked(bed):
@@ -401,10 +439,23 @@ def test_plugin_version_bump_replaces_only_plugin_binaries(bed):
     before = pids(bed)
     bed.write_inventory(cni_plugins_version=other)
     try:
+        marks, requests_before = [node_costs.mark(node) for node in bed.cluster.nodes], len(bed.clients)
         run = bed.deploy()
         assert run.returncode == 0, run.output[-4000:]
         assert run.changed_operations() == {"cni: plugin binaries": nodes_of(bed)}
         assert pids(bed) == before
+        # only the new plugins' archive reaches each node: sent by the laptop, or downloaded by the node itself
+        archive = bed.mirror.path("cni_plugins", other)
+        gets = node_gets(bed, bed.clients[requests_before:])
+        for node, mark in zip(bed.cluster.nodes, marks):
+            received = node_costs.cost_since(node, mark).ssh_received
+            assert received is not None, node.name
+            if bed.kind.release_download == "laptop":
+                assert gets[node.name] == []
+                assert archive.stat().st_size < received < archive.stat().st_size * 1.1 + 100_000, (node.name, received)
+            else:
+                assert gets[node.name] == [mirror_path(bed, "cni_plugins", other)], gets
+                assert received < 100_000, (node.name, received)
         node = bed.cluster.nodes[-1]
         pod = bed.run_pod(node, "pod-bump")
         try:
@@ -413,6 +464,37 @@ def test_plugin_version_bump_replaces_only_plugin_binaries(bed):
             bed.remove_pod(pod)
         assert bed.deploy().changed_operations() == {}
     finally:
+        bed.write_inventory()
+        assert bed.deploy().returncode == 0
+
+
+@pytest.mark.only_bed("flanneld-systemd")  # the nodes download from the mirror
+def test_a_corrupted_archive_on_the_mirror_stops_that_node_before_activation_and_the_other_converges(bed):
+    current = bed.inventory_data(**bed.overrides)["cni_plugins_version"]
+    other = next(v for v in sorted(bed.mirror.manifest["cni_plugins"]) if v != current)
+    victim, healthy = bed.cluster.nodes[-1], bed.cluster.nodes[0]
+    path = mirror_path(bed, "cni_plugins", other)
+    good = bed.mirror.path("cni_plugins", other).read_bytes()
+    corrupted = bytearray(good)
+    corrupted[len(corrupted) // 2] ^= 0xFF  # the right size, wrong bytes
+    plugins = "sha256sum /opt/cni/bin/* && ls -A /var/lib/podnet/releases"
+    before, before_healthy = bed.sh(victim, plugins), bed.sh(healthy, plugins)
+    bed.replaced[(victim.ip, path)] = bytes(corrupted)  # what the mirror serves that node (the laptop's copy is good)
+    bed.write_inventory(cni_plugins_version=other)
+    try:
+        run = bed.deploy()
+        assert run.returncode != 0
+        assert (f"podnet: {victim.name}: {bed.base_url}{path} has sha256 {hashlib.sha256(corrupted).hexdigest()} on "
+                f"the node, expected {hashlib.sha256(good).hexdigest()} (") in run.output, run.output[-4000:]
+        assert f"podnet: {victim.name} failed at 'cni: plugin binaries'" in run.output
+        assert bed.sh(victim, plugins) == before  # its live plugins as they were, the bad download removed
+        assert bed.sh(healthy, plugins) != before_healthy  # the other node went on: the new plugins are active
+        bed.replaced.clear()
+        again = bed.deploy()
+        assert again.returncode == 0, again.output[-4000:]
+        assert again.changed_operations() == {"cni: plugin binaries": 1}
+    finally:
+        bed.replaced.clear()
         bed.write_inventory()
         assert bed.deploy().returncode == 0
 

@@ -4,7 +4,7 @@ real deploy.py through the real pyinfra CLI over SSH, and how the next run recov
 
 1. A deploy SIGKILLed (by PID) at several points of a first run and of a change run, each
    point found by watching the nodes from the host (bounded polling of their files, no hook
-   in podnet): while files are uploaded, between upload and activation, after activation
+   in podnet): while an archive is uploaded or unpacked, between upload and activation, after activation
    and before the restart. After each kill no node has a half-written file active (every
    managed file is the old or the new complete version), the next run removes every staged
    leftover and finishes the interrupted restart, and a run after that changes nothing.
@@ -15,8 +15,8 @@ real deploy.py through the real pyinfra CLI over SSH, and how the next run recov
    killed run's lock does not stop the next run.
 4. A node's container rebooted: kernel settings, containerd, the CNI files and flanneld come
    back by themselves, a new pod gets an IP and pings, and a rerun changes nothing.
-5. A staged file corrupted on a node between its upload and its activation (1b): the node's
-   own check stops the run naming host, path and both sums, every live file stays as it was,
+5. A release archive corrupted on a node between its upload and its unpacking (1b): the node's
+   own check stops the run naming host, URL and both sums, every live file stays as it was,
    and the next run converges.
 
 To make the points between two commands observable, pyinfra reaches the nodes through a
@@ -45,7 +45,7 @@ import pytest
 from bench import run as node_costs
 from tasks import containerd as containerd_tasks
 from tasks import interrupted
-from tasks.engine import ops
+from tasks.engine import node_releases, ops
 from tasks.engine.run_lock import LOCK_PATH
 from tasks.settings import parse_host_settings
 from testbed.delay_proxy import DelayProxy
@@ -184,11 +184,30 @@ def any_node(bed: PodBed, test) -> bool:
     return any(test(node) for node in bed.cluster.nodes)
 
 
-def staged_in(bed: PodBed, node: Node, directory: str) -> list[Path]:
+def archive_arriving(bed: PodBed, node: Node, version: str) -> list[Path]:
+    """The CNI plugins' archive of ``version`` being uploaded to ``node`` (under its staged name; whole or not)."""
+    name = bed.mirror.path("cni_plugins", version).name
     try:
-        return list(node_file(bed, node, directory).glob(f".*{ops.STAGED_SUFFIX}"))
+        return list(node_file(bed, node, node_releases.RELEASES_DIR).glob(f".*{name}{ops.STAGED_SUFFIX}"))
     except OSError:
         return []
+
+
+def release_files(bed: PodBed, node: Node) -> list[Path]:
+    """What is in the node's release file directory (node_releases.RELEASES_DIR): archives, partial ones, unpacking."""
+    try:
+        return sorted(node_file(bed, node, node_releases.RELEASES_DIR).iterdir())
+    except OSError:
+        return []
+
+
+def unpacking(bed: PodBed, node: Node) -> bool:
+    """Members are being unpacked from an archive on ``node`` (its private unpack directory holds a file)."""
+    try:
+        return any(p.name.startswith(node_releases.UNPACK_PREFIX) and any(p.iterdir())
+                   for p in release_files(bed, node) if p.is_dir())
+    except OSError:  # gone between two looks
+        return False
 
 
 def converge(bed: PodBed):
@@ -230,19 +249,27 @@ def test_a_first_run_killed_at_each_point_leaves_no_half_written_file_and_the_ne
             assert bed.containerd_pid(node) == pids[node.name], node.name  # not restarted yet ...
             assert node_file(bed, node, f"{ops.RESTART_PENDING_DIR}/containerd.service").exists()  # ... but marked
 
-        # (a) while CNI plugin binaries are uploaded (after the containerd steps)
-        deploy_until(bed, lambda: any_node(bed, lambda n: staged_in(bed, n, PLUGIN_DIR)), "a staged CNI plugin",
+        # (a) while the CNI plugins' archive is unpacked on a node (after the containerd steps)
+        deploy_until(bed, lambda: any_node(bed, lambda n: unpacking(bed, n)), "a CNI plugins archive being unpacked",
                      bed.workdir / "kill-a.log")
         middles.append(managed_files(bed))
     left = staged_files(bed)
-    assert any(path.startswith(f"{PLUGIN_DIR}/.") for files in left.values() for path in files), left
+    # the archive, whole and checked, stays for the next run (unless the node's command finished without pyinfra)
+    kept = {node.name: [p.stat().st_size for p in release_files(bed, node) if not p.name.startswith(".")]
+            for node in bed.cluster.nodes}
     for node in bed.cluster.nodes:  # the restart left pending by (c) was done by the run killed at (a)
         assert bed.containerd_pid(node) != pids[node.name], node.name
         assert not node_file(bed, node, f"{ops.RESTART_PENDING_DIR}/containerd.service").exists()
 
+    marks = [node_costs.mark(node) for node in bed.cluster.nodes]
     run = converge(bed)
+    for node, mark in zip(bed.cluster.nodes, marks):  # the archive the killed run left is used, not sent again
+        received = node_costs.cost_since(node, mark).ssh_received
+        for size in kept[node.name]:
+            assert received is not None and received < size, (node.name, received)
     changed = run.changed_operations()
-    assert changed[STAGED_OP] == sum(1 for files in left.values() if files), changed
+    assert changed.get(STAGED_OP, 0) == sum(1 for files in left.values() if files), changed
+    assert all(release_files(bed, node) == [] for node in bed.cluster.nodes)  # used, then removed
     assert staged_files(bed) == {node.name: [] for node in bed.cluster.nodes}
     after = managed_files(bed)
     for middle in middles:
@@ -263,20 +290,35 @@ def test_a_change_run_killed_at_each_point_leaves_no_half_written_file_and_the_n
     assert changing
     bed.write_inventory(cni_plugins_version=other, flannel_mtu=1400)
 
-    def all_staged_complete(node: Node) -> bool:
-        return all(read(node_file(bed, node, f"{PLUGIN_DIR}/.{name}{ops.STAGED_SUFFIX}")) == new_plugins[name]
-                   for name in changing)
+    archive = bed.mirror.path("cni_plugins", other)
+    size = archive.stat().st_size
+
+    def arriving(node: Node) -> list[Path]:
+        return archive_arriving(bed, node, other)
+
+    def sizes(node: Node) -> list[int]:
+        found = []
+        for path in arriving(node):
+            try:
+                found.append(path.stat().st_size)
+            except OSError:
+                pass
+        return found
+
+    def archive_uploaded_whole(node: Node) -> bool:
+        return size in sizes(node) and any(read(path) == archive.read_bytes() for path in arriving(node))
 
     def all_active(node: Node) -> bool:
         return all(read(node_file(bed, node, f"{PLUGIN_DIR}/{name}")) == new_plugins[name] for name in changing)
 
     middles = []
     with slow_links(bed):
-        deploy_until(bed, lambda: any_node(bed, lambda n: staged_in(bed, n, PLUGIN_DIR)), "a staged CNI plugin",
-                     bed.workdir / "change-a.log")
+        # (a) while the archive is uploaded
+        deploy_until(bed, lambda: any_node(bed, lambda n: any(0 < found < size for found in sizes(n))),
+                     "the plugins' archive arriving", bed.workdir / "change-a.log")
         middles.append(managed_files(bed))
-        assert any(staged_in(bed, n, PLUGIN_DIR) for n in bed.cluster.nodes)
-        deploy_until(bed, lambda: any_node(bed, all_staged_complete), "every new plugin staged complete",
+        # (b) the archive uploaded whole, not yet checked and unpacked (the partial one of (a) removed first)
+        deploy_until(bed, lambda: any_node(bed, archive_uploaded_whole), "the plugins' archive uploaded whole",
                      bed.workdir / "change-b.log")
         middles.append(managed_files(bed))
         assert not any_node(bed, all_active)  # uploaded, none activated
@@ -295,53 +337,53 @@ def test_a_change_run_killed_at_each_point_leaves_no_half_written_file_and_the_n
         assert '"mtu": 1400' in bed.sh(node, f"cat {CONFLIST}")
 
 
-# --- 1b. a staged file corrupted on a node before it is activated ------------------------------------
+# --- 1b. an archive corrupted on a node before it is unpacked ------------------------------------
 
 
-def test_a_staged_file_corrupted_on_a_node_before_activation_stops_the_run_and_the_live_file_stays(bed):
+def test_an_archive_corrupted_on_a_node_before_activation_stops_the_run_and_the_live_files_stay(bed):
     bed.write_inventory()
     assert bed.deploy().returncode == 0  # converged on the release's plugins (this test also runs alone)
     node = bed.cluster.nodes[-1]
     current = bed.inventory_data()["cni_plugins_version"]
     other = next(v for v in sorted(bed.mirror.manifest["cni_plugins"]) if v != current)
-    new_plugins = plugin_members(bed, other)
-    before = managed_files(bed)
-    changing = sorted(name for name, data in new_plugins.items()
-                      if before[node.name].get(f"{PLUGIN_DIR}/{name}") != hashlib.sha256(data).hexdigest())
-    assert len(changing) > 1
-    victim = changing[0]  # uploaded first (plugins go in name order): a later staged file means it is complete
-    live, expected = f"{PLUGIN_DIR}/{victim}", hashlib.sha256(new_plugins[victim]).hexdigest()
-    staged = node_file(bed, node, f"{PLUGIN_DIR}/.{victim}{ops.STAGED_SUFFIX}")
-    corrupted = bytearray(new_plugins[victim])
+    good = bed.mirror.path("cni_plugins", other).read_bytes()
+    corrupted = bytearray(good)
     corrupted[len(corrupted) // 2] ^= 0xFF  # one byte flipped: same size
+    before = managed_files(bed)
+    releases = node_file(bed, node, node_releases.RELEASES_DIR)
     bed.write_inventory(cni_plugins_version=other)
 
-    def victim_uploaded() -> bool:
-        return read(staged) == new_plugins[victim] and len(staged_in(bed, node, PLUGIN_DIR)) > 1
+    def uploaded() -> Path | None:
+        """The archive, arrived whole under its staged name on the node (not yet checked there)."""
+        for path in releases.glob(f".*{bed.mirror.path('cni_plugins', other).name}{ops.STAGED_SUFFIX}"):
+            try:
+                if path.stat().st_size == len(good) and path.read_bytes() == good:
+                    return path
+            except OSError:
+                pass
+        return None
 
     def corrupt(proc) -> None:
-        staged.write_bytes(corrupted)  # on the node, between its upload and the command that activates it
+        uploaded().write_bytes(corrupted)  # on the node, between its upload and the command that unpacks it
 
     log = bed.workdir / "corrupted.log"
     with slow_links(bed):
-        run = bed.finish_deploy(deploy_until(bed, victim_uploaded, f"{victim} uploaded to {node.name}", log,
-                                             then=corrupt), log)
+        run = bed.finish_deploy(deploy_until(bed, lambda: uploaded() is not None,
+                                             f"the plugins' archive uploaded to {node.name}", log, then=corrupt), log)
     assert run.returncode != 0
-    assert (f"podnet: {node.name}: {live}: the uploaded file has sha256 {hashlib.sha256(corrupted).hexdigest()} on "
-            f"the node, expected {expected}; removed it, the live file is unchanged") in run.output, run.output[-4000:]
+    url = bed.mirror.url(bed.base_url, "cni_plugins", other)
+    assert (f"podnet: {node.name}: {url} has sha256 {hashlib.sha256(corrupted).hexdigest()} on the node, expected "
+            f"{hashlib.sha256(good).hexdigest()} (") in run.output, run.output[-4000:]
     assert f"podnet: {node.name} failed at 'cni: plugin binaries'" in run.output
     after = managed_files(bed)
-    assert after[node.name] == before[node.name]  # every live file as it was: nothing of the batch activated
-    assert staged_files(bed)[node.name] == []  # the staged files of the batch removed
-    digests = read(node_file(bed, node, "/var/lib/podnet/digests")).decode()
-    recorded = [line.split(" ", 2) for line in digests.splitlines()]
-    assert {sha for _, sha, path in recorded if path == live} <= {before[node.name][live]}  # never the desired sum
+    assert after[node.name] == before[node.name]  # every live file as it was: nothing of the archive activated
+    assert staged_files(bed)[node.name] == [] and release_files(bed, node) == []  # the bad archive removed
     other_node = bed.cluster.nodes[0]
-    assert after[other_node.name][live] == expected  # the other node completed
+    assert after[other_node.name] != before[other_node.name]  # the other node completed
 
-    rerun = converge(bed)  # uploaded again: converges, and the run after it changes nothing
+    rerun = converge(bed)  # sent again: converges, and the run after it changes nothing
     assert rerun.changed_operations().get("cni: plugin binaries") == 1, rerun.changed_operations()
-    assert managed_files(bed)[node.name][live] == expected
+    assert managed_files(bed)[node.name] == after[other_node.name]
 
 
 # --- 2. a node lost mid-run -----------------------------------------------------------------------------
@@ -371,7 +413,7 @@ def test_a_node_lost_mid_run_is_named_with_what_was_left_undone_and_a_rerun_conv
 
     log = bed.workdir / "lost.log"
     with slow_links(bed):
-        proc = deploy_until(bed, lambda: bool(staged_in(bed, lost, PLUGIN_DIR)), f"uploads to {lost.name}", log,
+        proc = deploy_until(bed, lambda: bool(archive_arriving(bed, lost, current)), f"uploads to {lost.name}", log,
                             then=lose_node)
         run = bed.finish_deploy(proc, log)
     try:
@@ -407,7 +449,7 @@ def test_a_second_run_refuses_naming_the_first_and_a_killed_runs_lock_does_not_s
 
     with slow_links(bed):
         me = f"{getpass.getuser()}@{socket.gethostname()}"
-        deploy_until(bed, lambda: bool(staged_in(bed, bed.cluster.nodes[0], PLUGIN_DIR)), "the first run's uploads",
+        deploy_until(bed, lambda: bool(archive_arriving(bed, bed.cluster.nodes[0], other)), "the first run's uploads",
                      log, then=start_second)
         proc, refused = second[0]
         first = bed.finish_deploy(proc, log)
@@ -419,8 +461,9 @@ def test_a_second_run_refuses_naming_the_first_and_a_killed_runs_lock_does_not_s
 
     bed.write_inventory()
     with slow_links(bed):
-        deploy_until(bed, lambda: bool(staged_in(bed, bed.cluster.nodes[0], PLUGIN_DIR)), "a run's uploads",
-                     bed.workdir / "killed-holder.log")
+        deploy_until(bed, lambda: bool(archive_arriving(bed, bed.cluster.nodes[0],
+                                                        bed.inventory_data()["cni_plugins_version"])),
+                     "a run's uploads", bed.workdir / "killed-holder.log")
     assert all(read(node_file(bed, n, LOCK_PATH)) for n in bed.cluster.nodes)  # the killed run's lock is left
     after_kill = bed.deploy()  # at once: the killed run's lock is stale
     assert after_kill.returncode == 0, after_kill.output[-4000:]

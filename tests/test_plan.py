@@ -109,17 +109,22 @@ def test_fresh_hosts_get_binaries_configs_modules_sysctls_and_containerd(cluster
     for host in HOSTS:
         uploads = set(run.uploads(host))
         commands = run.commands(host)
-        # every file goes to a hidden staged name in its own directory, then is renamed
-        for path in ["/usr/local/sbin/runc", "/usr/local/bin/containerd", "/usr/local/bin/containerd-shim-runc-v2",
-                     "/usr/local/bin/ctr", "/etc/systemd/system/containerd.service", "/etc/containerd/config.toml",
-                     "/opt/cni/bin/bridge", "/opt/cni/bin/host-local", "/opt/cni/bin/portmap",
-                     "/opt/cni/bin/loopback", "/opt/cni/bin/flannel", "/etc/cni/net.d/10-flannel.conflist",
-                     "/etc/modules-load.d/podnet.conf", "/etc/sysctl.d/zz-podnet.conf"]:
+        # every file goes to a hidden staged name in its own directory, then is renamed; an archive's members
+        # are unpacked there on the node from the archive, which is what is sent (once)
+        members = ["/usr/local/bin/containerd", "/usr/local/bin/containerd-shim-runc-v2", "/usr/local/bin/ctr",
+                   "/opt/cni/bin/bridge", "/opt/cni/bin/host-local", "/opt/cni/bin/portmap", "/opt/cni/bin/loopback",
+                   "/opt/cni/bin/flannel"]
+        for path in ["/usr/local/sbin/runc", "/etc/systemd/system/containerd.service", "/etc/containerd/config.toml",
+                     "/etc/cni/net.d/10-flannel.conflist", "/etc/modules-load.d/podnet.conf",
+                     "/etc/sysctl.d/zz-podnet.conf", *members]:
             directory, name = path.rsplit("/", 1)
             staged = f"{directory}/.{name}.podnet-new"
-            assert staged in uploads, (host, path)
+            assert (staged in uploads) == (path not in members), (host, path)
             assert any(f"mv -f {staged} {path}" in c for c in commands), (host, path)
         assert not [u for u in uploads if not u.endswith(".podnet-new")]
+        archives = sorted(u.split("-", 1)[1] for u in uploads if u.startswith("/var/lib/podnet/releases/."))
+        assert archives == sorted(f"{Path(cluster.releases.upstream_path(name)).name}.podnet-new"
+                                  for name in ("containerd", "cni_plugins", "flannel_cni_plugin")), archives
         assert "modprobe -a overlay br_netfilter" in commands
         assert ("sysctl -q -w net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1 "
                 "net.ipv4.ip_forward=1") in commands
@@ -290,10 +295,11 @@ def test_a_plugin_that_lost_its_exec_bit_is_repaired(cluster):
     worker.modes["/opt/cni/bin/portmap"] = "644"  # same content, not executable: pods would fail
     run = run_pyinfra(cluster.inventory(cluster.converged(CP), worker), "-y")
     assert_ok(run)
-    assert run.uploads(WORKER) == ["/opt/cni/bin/.portmap.podnet-new"]
-    install = [c for c in run.commands(WORKER) if c.startswith("set -e; chmod")]
+    assert run.uploads(WORKER) == []  # its bytes are live: copied on the node, nothing sent
+    install = [c for c in run.commands(WORKER) if c.startswith("set -e; cp")]
     assert len(install) == 1
-    assert install[0].startswith("set -e; chmod 0755 /opt/cni/bin/.portmap.podnet-new; "
+    assert install[0].startswith("set -e; cp /opt/cni/bin/portmap /opt/cni/bin/.portmap.podnet-new; "
+                                 "chmod 0755 /opt/cni/bin/.portmap.podnet-new; "
                                  "d0=$(sha256sum < /opt/cni/bin/.portmap.podnet-new); ")  # checked before activation
     assert "; mv -f /opt/cni/bin/.portmap.podnet-new /opt/cni/bin/portmap; " in install[0]
     assert install[0].endswith(' "$d0" /opt/cni/bin/portmap; } >> /var/lib/podnet/digests')  # the node's own sum
@@ -408,8 +414,11 @@ def test_a_plugin_edited_in_the_laptop_cache_is_unpacked_again_and_the_right_byt
     assert_ok(run)
     assert (f"podnet: {bridge.parent} is unpacked again from its verified archive: bridge was changed since it was "
             "unpacked") in run.stderr
-    assert bridge.read_bytes() == original  # what is uploaded is the release's bridge again
-    assert run.uploads(WORKER) == ["/opt/cni/bin/.bridge.podnet-new"]
+    assert bridge.read_bytes() == original  # what the node is checked against is the release's bridge again
+    [archive] = run.uploads(WORKER)  # the archive bridge is in; the node checks its bridge against the laptop's sum
+    assert archive.endswith(f"{Path(cluster.releases.upstream_path('cni_plugins')).name}.podnet-new")
+    install = [c for c in run.commands(WORKER) if c.startswith("set -e;")]
+    assert f"if [ \"$d0\" != {hashlib.sha256(original).hexdigest()} ]" in install[0]
 
 
 # --- (e) control plane without its manifest ----------------------------------------------------
@@ -700,3 +709,42 @@ def test_a_config_change_marks_containerd_restart_pending_before_activating_it(c
     assert_ok(run)
     install = next(c for c in run.commands(WORKER) if c.startswith("set -e; chmod"))
     assert install.index(": > /var/lib/podnet/restart-pending/containerd.service") < install.index("mv -f")
+
+
+# --- release files downloaded by the nodes (release_download = "nodes") ----------------------------------
+
+
+def test_nodes_download_the_release_files_themselves_with_no_credential_on_a_command_line(cluster):
+    mirror = cluster.server.url.replace("http://", "http://deploy:S3cr3t@")
+    data = {"release_download": "nodes", "mirror_url": mirror}
+    tools = {"curl": True, "wget": False}
+    cp, worker = cluster.fresh(CP, data=data), cluster.fresh(WORKER, data=data)
+    cp.features.update(tools)
+    worker.features.update(tools)
+    run = run_pyinfra(cluster.inventory(cp, worker, **data), "-y", "-vvv")
+    assert_ok(run)
+    for host in HOSTS:
+        uploads = run.uploads(host)
+        # what the laptop sends: podnet's rendered files and the credentials' netrc, no release file
+        assert "/run/podnet/fetch/.netrc" in uploads
+        assert not [u for u in uploads if u.startswith("/var/lib/podnet/releases/") or "/bin/" in u], uploads
+        commands = " ".join(run.commands(host))
+        for name in ("containerd", "runc", "cni_plugins", "flannel_cni_plugin"):
+            url = f"{cluster.server.url}/{cluster.releases.upstream_path(name)}"
+            assert f"podnet_fetch {url} " in commands, (host, name)  # the URL without its credentials
+        assert "--netrc-file /run/podnet/fetch/.netrc" in commands
+        assert "S3cr3t" not in commands and "deploy:" not in commands
+    assert "S3cr3t" not in run.output
+
+
+def test_a_node_without_curl_or_wget_is_refused_naming_it_before_any_change(cluster):
+    data = {"release_download": "nodes"}
+    cp, worker = cluster.fresh(CP, data=data), cluster.fresh(WORKER, data=data)
+    cp.features.update({"curl": True, "wget": False})
+    worker.features.update({"curl": False, "wget": False})
+    run = run_pyinfra(cluster.inventory(cp, worker, **data), "-y")
+    assert run.returncode != 0
+    assert "w1: release_download = 'nodes': this node lacks curl or wget to download the release files" in run.stderr
+    for host in HOSTS:
+        assert run.commands(host) == probes(run, host)  # nothing changed anywhere
+        assert run.uploads(host) == []

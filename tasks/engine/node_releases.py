@@ -10,7 +10,7 @@ The release files (``release_download``):
 - ``nodes``: each node downloads the release files it needs itself, from ``mirror_url`` (or upstream
   without one), with curl (else wget), a bounded number of attempts; the laptop sends only commands.
   What that needs (curl or wget; a CA bundle for https) is asked in the probe and named before any
-  change (``missing_tools``). The mirror's credentials reach the node only in a root-only netrc file
+  change (``refuse_missing_tools``). The mirror's credentials reach the node only in a root-only netrc file
   (``NETRC_PATH``, written over SFTP by ``tasks.engine.secret_files``, removed by the command that
   used it), never on a command line.
 
@@ -103,6 +103,17 @@ def missing_tools(settings: Settings, node: NodeState) -> list[str]:
     return missing
 
 
+def refuse_missing_tools(settings: Settings, node: NodeState, host_name: str) -> None:
+    """NodeDownloadError naming what the node lacks to download release files itself (``missing_tools``);
+    the runner calls it right after the probe, before any step of any host changes anything."""
+    missing = missing_tools(settings, node)
+    if missing:
+        raise NodeDownloadError(
+            f"{host_name}: release_download = 'nodes': this node lacks {' and '.join(missing)} to download the "
+            "release files it installs; install it there, or set release_download = 'laptop' (the laptop sends "
+            "them)")
+
+
 @lru_cache(maxsize=None)
 def _member_names(archive: Path) -> dict[str, str]:
     """Member name as unpacked (``a/b``) -> as written in the archive (``./a/b``)."""
@@ -128,8 +139,7 @@ def plan(changed: list[DesiredFile], node: NodeState, settings: Settings, host_n
     with ``release_download = "nodes"`` every other one comes from its release file downloaded by the
     node, with ``laptop`` an archive's member comes from the archive the laptop sends (a file that
     is no archive is uploaded to its staged name as before: not in the result). A release file the
-    probe found intact on the node (an interrupted run's) is used again. NodeDownloadError, before any
-    change, when the node cannot download what it needs.
+    probe found intact on the node (an interrupted run's) is used again.
     """
     delivery = Delivery()
     q = shell.word
@@ -152,12 +162,6 @@ def plan(changed: list[DesiredFile], node: NodeState, settings: Settings, host_n
         return delivery
     fetching = settings.release_download == "nodes"
     if fetching:
-        missing = missing_tools(settings, node)
-        if missing:
-            raise NodeDownloadError(
-                f"{host_name}: release_download = 'nodes': this node lacks {' and '.join(missing)} to download "
-                f"{', '.join(node_url(o.url) for o in origins.values())}; install it there, or set "
-                "release_download = 'laptop' (the laptop sends the release files)")
         credentials = {netrc(o.url) for o in origins.values()} - {None}
         delivery.netrc = "".join(sorted(credentials)) or None  # type: ignore[arg-type]
         delivery.script.append(fetch_function(settings, delivery.netrc is not None))

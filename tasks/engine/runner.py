@@ -145,6 +145,8 @@ def run(steps: tuple[Step, ...], host, inventory, diff: bool = False) -> HostCon
         request = request.merge(node_releases.probe_request(ctx.settings))
     ctx.node = node_state(host, request, run_lock_wait=ctx.settings.run_lock_wait)
     ctx.arch = architecture(ctx.node, host.name)
+    if names:
+        node_releases.refuse_missing_tools(ctx.settings, ctx.node, host.name)
     ctx.artifacts = fetch_artifacts(ctx, names)
     for step in steps_here:
         step.check(ctx)
