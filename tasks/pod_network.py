@@ -43,8 +43,10 @@ SUBNET_ENV = "/run/flannel/subnet.env"
 BRIDGE = "cni0"
 POLL_SECONDS = 2
 # Prints "addr <address/prefix>" per IPv4 address of cni0 and "ports <n>" (veths attached, one per pod).
-CNI0_COMMAND = (f"[ -d /sys/class/net/{BRIDGE} ] && {{ ip -o -4 addr show dev {BRIDGE} | awk '{{print \"addr \" $4}}'; "
-                f"echo ports $(ls /sys/class/net/{BRIDGE}/brif | wc -l); }}")
+# ip(8) is the one process it starts: the fourth field of each line is read and the ports are counted by the shell.
+CNI0_COMMAND = (f"[ -d /sys/class/net/{BRIDGE} ] && {{ ip -o -4 addr show dev {BRIDGE} | "
+                "while read -r _ _ _ a _; do echo \"addr $a\"; done; "
+                f"n=0; for p in /sys/class/net/{BRIDGE}/brif/*; do [ -e \"$p\" ] && n=$((n + 1)); done; echo ports $n; }}")
 
 
 class PodNetworkChangeError(PodnetError, ValueError):

@@ -26,7 +26,7 @@ import yaml
 
 from tasks import containerd, flannel, interrupted
 from tasks.engine import ops
-from tasks.engine.probe import ProbeRequest, parse_probe, probe_script
+from tasks.engine.probe import DIGEST_CACHE, ProbeRequest, parse_probe, probe_script
 from tests.support.http import Reply
 from tests.support.kubeadm import KUBEADM_MANIFEST
 from tests.support.plan import (
@@ -607,6 +607,44 @@ def test_probe_script_on_a_real_shell_reads_what_the_fake_answers_claim(tmp_path
     assert state.problems == []
     # and the answers the plan tests script are read back the same way
     assert parse_probe(probe_answer(state)) == state
+
+
+def test_the_digest_cache_never_hides_a_rewritten_file(tmp_path):
+    """The probe answers a converged node's digests from its cache (inode, size, mtime, ctime); a file
+    rewritten with the same size and its old mtime put back (what `touch -r` or a careless copy leaves)
+    has a new ctime, which no user can set: its digest is computed again, not taken from the cache."""
+    cache = tmp_path / "digests"
+    binary = tmp_path / "bridge"
+    binary.write_bytes(b"plugin-v1")
+    request = ProbeRequest(hashes=[str(binary)])
+
+    def probe() -> dict[str, str]:
+        script = probe_script(request).replace(DIGEST_CACHE, str(cache))
+        out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True, timeout=60).stdout
+        return parse_probe(out.splitlines()).hashes
+
+    assert probe() == {str(binary): hashlib.sha256(b"plugin-v1").hexdigest()}
+    assert str(binary) in cache.read_text()  # the cache holds it: the next probe reads no binary
+    assert probe() == {str(binary): hashlib.sha256(b"plugin-v1").hexdigest()}
+    before = binary.stat()
+    time.sleep(0.05)  # a ctime the clock can tell apart
+    binary.write_bytes(b"plugin-v2")  # same size
+    os.utime(binary, ns=(before.st_atime_ns, before.st_mtime_ns))  # the old mtime put back
+    assert (binary.stat().st_size, binary.stat().st_mtime_ns, binary.stat().st_ino) == \
+        (before.st_size, before.st_mtime_ns, before.st_ino)
+    assert probe() == {str(binary): hashlib.sha256(b"plugin-v2").hexdigest()}
+    assert hashlib.sha256(b"plugin-v2").hexdigest() in cache.read_text()
+
+
+def test_a_query_that_is_not_even_shell_does_not_cut_the_probe_short(tmp_path):
+    """Queries run beside each other (started first, collected last), each in a shell of its own: a
+    command that does not parse is that query's failure, and every other answer is still there."""
+    request = ProbeRequest(queries={"broken": "if then (", "after": "echo fine"}, sysctls=["kernel.ostype"])
+    out = subprocess.run(["sh", "-c", probe_script(request)], capture_output=True, text=True, check=True,
+                         timeout=60).stdout
+    state = parse_probe(out.splitlines())
+    assert state.queries["after"] == (0, ["fine"]) and state.queries["broken"][0] != 0
+    assert state.sysctls == {"kernel.ostype": "Linux"} and state.problems == []
 
 
 def test_an_external_controller_manager_is_left_alone(cluster):

@@ -178,26 +178,26 @@ DIGEST_CACHE = "/var/lib/podnet/digests"
 # Digests of managed files without re-reading a few hundred MB of binaries on every run,
 # the way git's index does it: a file whose inode, size, mtime and ctime are those
 # recorded with its digest keeps that digest; anything else is hashed again. ctime
-# changes on every write, chmod or rename and cannot be set back, so a replaced or
-# edited file is always re-hashed. The cache is derived data: deleting it only costs time.
+# changes on every write, chmod or rename and cannot be set back from userspace (utimensat
+# sets atime and mtime only; the kernel stamps ctime), so a replaced or edited file is always
+# re-hashed, whatever its new mtime and size. The cache is derived data: deleting it only costs time.
 # Only regular files (after following links) are reported.
-DIGESTS_SCRIPT = r"""t=$(mktemp -d) && {
-set --; for f in FILES; do podnet_safe "$f" digest && set -- "$@" "$f"; done
-: > "$t/stat"; [ $# -gt 0 ] && stat -L -c '%i:%s:%.9Y:%.9Z %a %f %n' -- "$@" 2>/dev/null > "$t/stat"
-awk -v cache=CACHE -v hash="$t/hash" -v keep="$t/keep" '
-BEGIN { while ((getline line < cache) > 0) { split(line, f, " "); if (length(f[2]) == 64 && f[2] !~ /[^0-9a-f]/) known[f[1] " " substr(line, length(f[1]) + length(f[2]) + 3)] = f[2] } }
+# A converged node costs two processes here (stat, awk): awk reads the cache, answers, hashes
+# only what missed (sha256sum through its shell, the path single-quoted) and rewrites the cache
+# only when it changed.
+DIGESTS_SCRIPT = r"""set --; for f in FILES; do podnet_safe "$f" digest && set -- "$@" "$f"; done
+[ $# -gt 0 ] && stat -L -c '%i:%s:%.9Y:%.9Z %a %f %n' -- "$@" 2>/dev/null | awk -v cache=CACHE -v dir=CACHEDIR '
+function quoted(s,   n, i, parts, r) { n = split(s, parts, "\047"); r = parts[1]; for (i = 2; i <= n; i++) r = r "\047\\\047\047" parts[i]; return "\047" r "\047" }
+function hex64(s) { return length(s) == 64 && s !~ /[^0-9a-f]/ }
+BEGIN { while ((getline line < cache) > 0) { old = old line "\n"; split(line, f, " "); if (hex64(f[2])) known[f[1] " " substr(line, length(f[1]) + length(f[2]) + 3)] = f[2] } close(cache) }
 $3 !~ /^8...$/ { next }
 { path = substr($0, length($1) + length($2) + length($3) + 4)
   printf "mode\t%s\t%s\n", $2, path
-  if (($1 " " path) in known) { printf "sha\t%s\t%s\n", known[$1 " " path], path; print $1, known[$1 " " path], path > keep }
-  else { print $1 " " path > hash } }' "$t/stat"
-if [ -s "$t/hash" ]; then
-  while read -r key path; do
-    sum=$(sha256sum < "$path" | cut -c1-64) && [ -n "$sum" ] && printf 'sha\t%s\t%s\n' "$sum" "$path" && echo "$key $sum $path" >> "$t/keep"
-  done < "$t/hash"
-fi
-if ! cmp -s "$t/keep" CACHE 2>/dev/null; then mkdir -p CACHEDIR && cp "$t/keep" CACHE.new 2>/dev/null && mv -f CACHE.new CACHE; fi
-rm -rf "$t"; }""".replace("CACHEDIR", posixpath.dirname(DIGEST_CACHE)).replace("CACHE", DIGEST_CACHE)
+  key = $1 " " path
+  if (key in known) sum = known[key]
+  else { sum = ""; cmd = "sha256sum < " quoted(path) " 2>/dev/null"; if ((cmd | getline out) > 0) sum = substr(out, 1, 64); close(cmd); if (!hex64(sum)) next }
+  printf "sha\t%s\t%s\n", sum, path; new = new $1 " " sum " " path "\n" }
+END { if (new != old) { fflush(); if (system("mkdir -p " dir " 2>/dev/null") == 0) { printf "%s", new > (cache ".new"); close(cache ".new"); system("mv -f " cache ".new " cache " 2>/dev/null") } } }'""".replace("CACHEDIR", posixpath.dirname(DIGEST_CACHE)).replace("CACHE", DIGEST_CACHE)
 
 
 # What systemd-sysctl reads at boot (sysctl.d(5)) and procps' `sysctl --system` reads, in their
@@ -226,15 +226,25 @@ def _sysctl_lines_pattern(keys: list[str]) -> str:
 
 def sysctl_config_script(keys: list[str], dirs: tuple[str, ...] = SYSCTL_DIRS, conf: str = SYSCTL_CONF) -> str:
     """Print every sysctl configuration file (``sysctlfile``, path, what it resolves to) and
-    its lines that may set one of ``keys`` (``sysctlline``, path, line as written)."""
+    its lines that may set one of ``keys`` (``sysctlline``, path, line as written).
+
+    Without a process per file: a file that is not a link resolves to its directory's physical
+    path (``cd -P``, once per directory) and its name, as ``readlink -f`` would give; only links
+    are resolved by readlink(1). One awk reads the lines of every regular file (a masked name,
+    a link to /dev/null, has none; a FIFO is never opened)."""
     q = shlex.quote
     files = " ".join(f"{q(d)}/*.conf" for d in dirs) + " " + q(conf)
     return (f"{SAFE_NAME_FUNCTION}\n"
+            "( set --; podnet_d=; podnet_rd=\n"
             f"for f in {files}; do {{ [ -e \"$f\" ] || [ -L \"$f\" ]; }} || continue; "
-            "podnet_safe \"$f\" sysctlfile || continue; r=$(readlink -f \"$f\"); podnet_safe \"$r\" sysctlfile || continue; "
-            "printf 'sysctlfile\\t%s\\t%s\\n' \"$f\" \"$r\"; "
-            f"grep -E {q(_sysctl_lines_pattern(keys))} \"$f\" 2>/dev/null | "
-            "while IFS= read -r line; do printf 'sysctlline\\t%s\\t%s\\n' \"$f\" \"$line\"; done; done")
+            "podnet_safe \"$f\" sysctlfile || continue; "
+            "if [ -L \"$f\" ]; then r=$(readlink -f \"$f\"); else "
+            "[ \"${f%/*}\" = \"$podnet_d\" ] || { podnet_d=${f%/*}; podnet_rd=$(cd -P -- \"$podnet_d\" 2>/dev/null && pwd -P); }; "
+            "r=$podnet_rd/${f##*/}; fi; "
+            "podnet_safe \"$r\" sysctlfile || continue; printf 'sysctlfile\\t%s\\t%s\\n' \"$f\" \"$r\"; "
+            "[ -f \"$f\" ] && set -- \"$@\" \"$f\"; done\n"
+            f"[ $# -gt 0 ] && awk -v re={q(_sysctl_lines_pattern(keys))} "
+            "'$0 ~ re { printf \"sysctlline\\t%s\\t%s\\n\", FILENAME, $0 }' \"$@\" 2>/dev/null; true )")
 
 
 # --- the kinds of question, each declared once: what it asks, the script that answers, how the answer is read --
@@ -259,22 +269,41 @@ class Reader:
 @dataclass(frozen=True)
 class Kind:
     """One kind of question: the ProbeRequest field that asks it, the shell fragment that answers what is asked
-    (empty: nothing asked), and a Reader per line tag of the answer."""
+    (empty: nothing asked), and a Reader per line tag of the answer. ``finish`` is a fragment placed at the end of
+    the probe, after every kind's ``script`` (for a kind that starts work in the background)."""
 
     asked: str
     script: Callable[[list | dict], str]
     readers: dict[str, Reader]
     globs: bool = False  # asked paths may end in '*' (expanded by the node's shell)
+    finish: Callable[[list | dict], str] = lambda asked: ""
 
 
-def _each(fragment: Callable[..., str], before: str = "", after: str = "") -> Callable[[list | dict], str]:
-    """A script with ``fragment`` once per asked item (a (name, command) pair for named questions), between
-    ``before`` and ``after`` when anything is asked."""
+def _each(fragment: Callable[..., str]) -> Callable[[list | dict], str]:
+    """A script with ``fragment`` once per asked item (a (name, command) pair for named questions)."""
     def script(asked):
         items = asked.items() if isinstance(asked, dict) else ((item,) for item in asked)
-        body = [fragment(*item) for item in items]
-        return "\n".join([before, *body, after] if before and body else body) if body else ""
+        return "\n".join(fragment(*item) for item in items)
     return script
+
+
+# podnet_query NAME COMMAND ERRFILE prints the query line of COMMAND (run in a subshell of its own, its stderr
+# to ERRFILE), base64 run only on what is not empty.
+QUERY_FUNCTION = r"""podnet_query() { podnet_o=$( (eval "$2") 2>"$3" ); podnet_rc=$?
+printf 'query\t%s\t%s\t%s\t%s\n' "$1" "$podnet_rc" "$([ -z "$podnet_o" ] || printf '%s' "$podnet_o" | base64 -w0)" \
+  "$([ ! -s "$3" ] || base64 -w0 < "$3")"; }"""
+# Where the answers wait: a directory of the probe's own (mktemp), one file per query in the asked order.
+# Without one (a full or read-only /tmp), the queries run one after the other, their stderr lost.
+QUERIES_COLLECTED = """if [ -n "$podnet_qd" ]; then wait; cat "$podnet_qd"/q* 2>/dev/null; rm -rf "$podnet_qd"; fi"""
+
+
+def _queries_started(asked: dict[str, str]) -> str:
+    background, foreground = [], []
+    for index, (name, command) in enumerate(asked.items()):
+        background.append(f"podnet_query {q(name)} {q(command)} \"$podnet_qd/e{index:03d}\" > \"$podnet_qd/q{index:03d}\" &")
+        foreground.append(f"podnet_query {q(name)} {q(command)} /dev/null")
+    return "\n".join([QUERY_FUNCTION, "podnet_qd=$(mktemp -d 2>/dev/null) || podnet_qd=",
+                      'if [ -n "$podnet_qd" ]; then', *background, "else", *foreground, "fi"])
 
 
 def _text(data: bytes) -> str:
@@ -327,6 +356,14 @@ def _listing(directory: str) -> str:
 
 q = shlex.quote  # in the fragments below
 KINDS: tuple[Kind, ...] = (
+    # A query's stdout and stderr are reported apart (query<TAB>name<TAB>rc<TAB>base64 stdout<TAB>base64 stderr):
+    # nothing a command says on stderr is ever taken for data. Queries are read-only commands of their own
+    # (kubectl on the first control-plane host, find...): they are started first, each in the background,
+    # and collected at the end of the probe, so the slow ones (kubectl, a Go binary talking to the API
+    # server) run beside each other and beside the rest of the probe instead of one after the other.
+    Kind("queries", lambda asked: _queries_started(asked) if asked else "",
+         {"query": Reader("queries", "query", None, _query_answer, store=_store_query)},
+         finish=lambda asked: QUERIES_COLLECTED if asked else ""),
     # Files (shell globs allowed; missing files just don't appear): sha256 and mode of each regular one.
     Kind("hashes", lambda paths: DIGESTS_SCRIPT.replace("FILES", " ".join(_glob(h) for h in paths)) if paths else "",
          {"sha": Reader("hashes", "digest", 2, lambda p: (answers.absolute_path(p[1]), answers.sha256_hex(p[0])),
@@ -337,8 +374,10 @@ KINDS: tuple[Kind, ...] = (
                                         f"\"$(base64 -w0 < {q(path)})\""),
          {"content": Reader("contents", "content", 2,
                             lambda p: (answers.absolute_path(p[0]), answers.base64_bytes(p[1])))}),
-    Kind("sysctls", _each(lambda key: f"printf 'sysctl\\t%s\\t%s\\n' {q(key)} "
-                                      f"\"$(cat {q(_sysctl_path(key))} 2>/dev/null || echo -)\""),
+    # read(1), a shell builtin: no process per parameter. A file that cannot be opened or read gives "-".
+    Kind("sysctls", _each(lambda key: f"podnet_v=; {{ IFS= read -r podnet_v < {q(_sysctl_path(key))}; }} 2>/dev/null "
+                                      "|| [ -n \"$podnet_v\" ] || podnet_v=-; "
+                                      f"printf 'sysctl\\t%s\\t%s\\n' {q(key)} \"$podnet_v\""),
          {"sysctl": Reader("sysctls", "sysctl", None, _sysctl_answer)}),
     Kind("features", _each(lambda name, test: f"if {test}; then printf 'feature\\t%s\\t1\\n' {q(name)}; "
                                               f"else printf 'feature\\t%s\\t0\\n' {q(name)}; fi"),
@@ -354,15 +393,6 @@ KINDS: tuple[Kind, ...] = (
     Kind("listings", _each(_listing),
          {"entry": Reader("listings", "listing", 2, lambda p: (answers.absolute_path(p[0]), answers.file_name(p[1])),
                           store=_store_entry)}),
-    # A query's stdout and stderr are reported apart (query<TAB>name<TAB>rc<TAB>base64 stdout<TAB>base64 stderr):
-    # nothing a command says on stderr is ever taken for data.
-    Kind("queries", _each(lambda name, command: f"out=$( ({command}) 2>\"$podnet_err\" ); rc=$?; "
-                                                f"printf 'query\\t%s\\t%s\\t%s\\t%s\\n' {q(name)} \"$rc\" "
-                                                "\"$(printf '%s' \"$out\" | base64 -w0)\" "
-                                                "\"$(base64 -w0 < \"$podnet_err\")\"",
-                          before="podnet_err=$(mktemp 2>/dev/null) || podnet_err=/dev/null",
-                          after='[ "$podnet_err" = /dev/null ] || rm -f "$podnet_err"'),
-         {"query": Reader("queries", "query", None, _query_answer, store=_store_query)}),
     Kind("sysctl_config", lambda keys: sysctl_config_script(keys) if keys else "",
          {"sysctlfile": Reader("sysctl_files", "", 2,
                                lambda p: (answers.absolute_path(p[0]), answers.absolute_path(p[1]))),
@@ -382,6 +412,7 @@ def probe_script(request: ProbeRequest) -> str:
     """
     lines = ['printf "machine %s\\n" "$(uname -m)"', SAFE_NAME_FUNCTION]
     lines += [fragment for kind in KINDS if (fragment := kind.script(getattr(request, kind.asked)))]
+    lines += [fragment for kind in KINDS if (fragment := kind.finish(getattr(request, kind.asked)))]
     lines.append("true")
     return "\n".join(lines)
 

@@ -58,38 +58,39 @@ GUARD_TIMEOUT = 10  # seconds to wait for another probe's check-and-take (it tak
 # sshd (sshd-session from 9.8 on), Dropbear's dropbear.
 CONNECTION_PROCESSES = ("sshd", "sshd-session", "dropbear")
 
-_SCRIPT = r"""podnet_stat() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null; }
-podnet_start() { set -- $(podnet_stat "$1"); [ -n "$1" ] && [ "$1" != Z ] && echo "${20}"; }
+_SCRIPT = r"""podnet_stat() { podnet_l=; { read -r podnet_l < "/proc/$1/stat"; } 2>/dev/null; podnet_l=${podnet_l##*) }; }
+podnet_start() { podnet_stat "$1"; set -- $podnet_l; [ -n "$1" ] && [ "$1" != Z ] && echo "${20}"; }
+podnet_tab=$(printf '\t')
 podnet_fail() { printf 'runlock\tfailed\t%s\n' "$1"; exit 0; }
 podnet_owner=
 podnet_p=$$
 while [ -n "$podnet_p" ] && [ "$podnet_p" -gt 1 ]; do
   if [ "$podnet_p" = LOCAL_OWNER ]; then podnet_owner=$podnet_p; break; fi
-  case "$(cat "/proc/$podnet_p/comm" 2>/dev/null)" in
+  podnet_c=; { IFS= read -r podnet_c < "/proc/$podnet_p/comm"; } 2>/dev/null
+  case "$podnet_c" in
     CONNECTION_PROCESSES) podnet_owner=$podnet_p; break ;;
   esac
-  set -- $(podnet_stat "$podnet_p"); podnet_p=$2
+  podnet_stat "$podnet_p"; set -- $podnet_l; podnet_p=$2
 done
 [ -n "$podnet_owner" ] || podnet_fail "no SSH connection process (CONNECTION_NAMES) among the probe's ancestors: the lock could not be tied to this run's connection"
 podnet_me="$podnet_owner $(podnet_start "$podnet_owner")"
 [ "$podnet_me" != "$podnet_owner " ] || podnet_fail "the start time of the connection process $podnet_owner cannot be read"
 command -v flock >/dev/null 2>&1 || podnet_fail "flock(1) (util-linux) is not installed"
-mkdir -p LOCKDIR 2>/dev/null || podnet_fail "cannot create LOCKDIR (read-only or full file system, or no permission)"
+[ -d LOCKDIR ] || mkdir -p LOCKDIR 2>/dev/null || podnet_fail "cannot create LOCKDIR (read-only or full file system, or no permission)"
 command exec 9>>GUARD 2>/dev/null || podnet_fail "cannot open GUARD for writing (read-only or full file system, or no permission)"
-podnet_deadline=$(( $(date +%s) + WAIT ))
+podnet_deadline=
 while :; do
   flock -w GUARD_TIMEOUT 9 || podnet_fail "another probe held GUARD for more than GUARD_TIMEOUT s"
   podnet_held=
-  if [ -f LOCK ] && IFS=$(printf '\t') read -r podnet_pid podnet_pstart podnet_since podnet_holder < LOCK; then
+  if [ -f LOCK ] && IFS=$podnet_tab read -r podnet_pid podnet_pstart podnet_since podnet_holder < LOCK; then
     if [ "$podnet_pid $podnet_pstart" != "$podnet_me" ] && [ -n "$podnet_pid" ] \
         && [ "$(podnet_start "$podnet_pid")" = "$podnet_pstart" ]; then podnet_held=1; fi
   fi
   if [ -z "$podnet_held" ]; then
     if { printf '%s\t%s\t%s\t%s\n' $podnet_me "$(date -u +%Y-%m-%dT%H:%M:%SZ)" HOLDER > LOCK.new \
          && mv -f LOCK.new LOCK; } 2>/dev/null \
-       && IFS=$(printf '\t') read -r podnet_pid podnet_pstart podnet_since podnet_holder < LOCK \
+       && IFS=$podnet_tab read -r podnet_pid podnet_pstart podnet_since podnet_holder < LOCK \
        && [ "$podnet_pid $podnet_pstart" = "$podnet_me" ] && [ "$podnet_holder" = HOLDER ]; then
-      flock -u 9
       printf 'runlock\ttaken\t%s\n' "$podnet_owner"
       break
     fi
@@ -98,13 +99,14 @@ while :; do
     podnet_fail "cannot write LOCK (read-only or full file system, or no permission)"
   fi
   flock -u 9
+  [ -n "$podnet_deadline" ] || podnet_deadline=$(( $(date +%s) + WAIT ))
   if [ "$(date +%s)" -ge "$podnet_deadline" ]; then
     printf 'runlock\theld\t%s\t%s\t%s\n' "$podnet_holder" "$podnet_since" "$podnet_pid"
     exit 0
   fi
   sleep 1
 done
-exec 9>&-"""
+exec 9>&-"""  # taken: closing the guard's descriptor releases it (no flock -u process)
 
 
 @functools.cache
