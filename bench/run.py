@@ -440,6 +440,7 @@ def bench_cluster(nodes: int, runs: int, mode: str, bed_kind: str, mirror, gener
             # flannel_rollout_timeout: what the bootstrap bed allows; on this shared 2-core machine a kube-flannel
             # pod was seen taking over 120 s to start under load (the wait ends as soon as the pods are Ready)
             inventory = bed.write_inventory(**overrides, flannel_rollout_timeout=300)
+        bed.give_nodes_wget()  # in both modes alike: what a node needs to download (an operator's image has it)
         setup_seconds = time.monotonic() - setup_start
         samples["installed"] = host_sample()
         log.info("%s: ready for the first run after %.0f s: %s", name, setup_seconds, samples["installed"])
@@ -621,7 +622,7 @@ def first_run_rows(results: list[SizeResult]) -> list[list[str]]:
 
 
 def report(results: list[SizeResult], args, info: dict[str, str], started: datetime.datetime,
-           elapsed: float, versions: dict[str, str]) -> str:
+           elapsed: float, versions: dict[str, str], failures: list[str] | None = None) -> str:
     shape = f"{args.shape_mbit} Mbit/s" if args.shape_mbit else "not shaped"
     lines = [
         "# podnet deploy benchmark (issues #5, #21)",
@@ -718,6 +719,8 @@ def report(results: list[SizeResult], args, info: dict[str, str], started: datet
     lines += table(["nodes", "phase", "SSH connections", "exec requests", "time in exec requests", "SFTP sessions",
                     "other sessions", "to node (veth)", "to node (sshd)", "from node (sshd)", "mirror → node"],
                    "llrrrrrrrrr", rows)
+    if failures:
+        lines += ["", "## Clusters that failed", "", *(f"- {failure}" for failure in failures)]
     notes = run_notes(results)
     if notes:
         lines += ["", "## Notes", "", *notes]
@@ -919,33 +922,48 @@ def main(argv: list[str] | None = None) -> int:
     mirror = build_mirror()
     versions = mirror.inventory_data("http://mirror.invalid", containerd_generation=args.containerd)
     results: list[SizeResult] = []
+    failures: list[str] = []
     try:
         for nodes, mode, bed, rounds in plan(args):
-            results.append(bench_cluster(nodes, rounds, mode, bed, mirror, args.containerd, workdir,
-                                         args.shape_mbit, args.prefix))
+            name = cluster_name(args.prefix, nodes, bed, mode)
+            try:
+                results.append(bench_cluster(nodes, rounds, mode, bed, mirror, args.containerd, workdir,
+                                             args.shape_mbit, args.prefix))
+            except (ClusterError, KubeBedError, MirrorSiteError, BenchError, AssertionError) as error:
+                # one cluster failing (booting, installing, a run): the others are still measured
+                failures.append(f"{name} ({nodes} node(s), {mode}, {bed}): {str(error).strip()[-1500:]}")
+                log.error("%s failed: %s", name, error)
+                if (workdir / name / "cluster" / "state.json").exists():  # not torn down: stop here
+                    raise
             # what is measured so far, so that a later failure or Ctrl-C does not lose it
             partial = workdir / "results-partial.md"
-            partial.write_text(report(results, args, info, started, time.monotonic() - clock, versions))
+            partial.write_text(report(results, args, info, started, time.monotonic() - clock, versions, failures))
             log.info("results so far: %s", partial)
     except KeyboardInterrupt:
         drop_downloads(workdir)
-        print(f"bench: interrupted; clusters torn down; pyinfra logs kept in {workdir}", file=sys.stderr)
+        print(f"bench: interrupted; clusters torn down; results so far and pyinfra logs kept in {workdir}",
+              file=sys.stderr)
         return 130
-    except (ClusterError, KubeBedError, MirrorSiteError) as error:  # booting, preparing or tearing down a cluster
+    except (ClusterError, KubeBedError, MirrorSiteError, BenchError, AssertionError) as error:
         left = sorted(str(d) for d in workdir.glob("*/cluster") if (d / "state.json").exists())
         print(f"bench: {error}\nbench: state kept in {workdir}" + "".join(
             f"\nbench: tear down with: python3 -m testbed.localcluster down --state-dir {d}" for d in left),
             file=sys.stderr)
         return 1
-    except BenchError as error:
+    if not results:
         drop_downloads(workdir)
-        print(f"bench: {error}\nbench: clusters torn down; pyinfra logs kept in {workdir}", file=sys.stderr)
+        print("bench: no cluster was measured:\n" + "\n".join(failures) + f"\nbench: logs kept in {workdir}",
+              file=sys.stderr)
         return 1
-    text = report(results, args, info, started, time.monotonic() - clock, versions)
+    text = report(results, args, info, started, time.monotonic() - clock, versions, failures)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
     print(text)
     log.info("report written to %s", args.output)
+    if failures:
+        drop_downloads(workdir)
+        log.error("%d cluster(s) failed; logs kept in %s", len(failures), workdir)
+        return 1
     if args.workdir is None and not mounts_under(workdir):
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
