@@ -552,14 +552,19 @@ def laptop_per_node(m: Measurement) -> float | None:
     return mean_known(c.ssh_received for c in costs)
 
 
-def archives_needed(r: SizeResult) -> float | None:
-    """The compressed release files a node needs, as fetched from the mirror in the first run: what
-    each node fetched itself (mirror mode, mean per node) or what the laptop fetched once for all
-    (upload mode: every node of these beds needs the same set)."""
-    first = r.of("first")[0]
+def archives_needed(r: SizeResult, results: list[SizeResult]) -> float | None:
+    """The compressed release files a node needs, as fetched from the mirror in a first run: what each
+    node fetched itself in mirror mode (mean per node), for an upload run the same from the mirror run
+    on the same kind of cluster (every node of these beds needs the same set, whatever the size); None
+    without one (the laptop's own download is no measure: it fetches every release file, also those
+    the nodes already have)."""
+    def fetched(m: SizeResult) -> float:
+        return statistics.mean(c.mirror_bytes for c in m.of("first")[0].per_node.values())
+
     if r.mode == "mirror":
-        return statistics.mean(c.mirror_bytes for c in first.per_node.values())
-    return first.mirror_to_laptop or None
+        return fetched(r)
+    same = sorted((m for m in results if m.mode == "mirror" and m.bed == r.bed), key=lambda m: m.nodes != r.nodes)
+    return fetched(same[0]) if same else None
 
 
 def verdict(ok: bool | None) -> str:
@@ -570,7 +575,7 @@ def target_rows(results: list[SizeResult]) -> list[list[str]]:
     rows = []
     for r in results:
         first = r.of("first")[0]
-        laptop, needed = laptop_per_node(first), archives_needed(r)
+        laptop, needed = laptop_per_node(first), archives_needed(r, results)
         if r.mode == "upload":
             ok = None if laptop is None or needed is None else laptop <= UPLOAD_FACTOR * needed
             rows.append([f"upload, {r.label}: laptop bytes per node ≤ {UPLOAD_FACTOR} × archives the node needs",
@@ -617,7 +622,7 @@ def first_run_rows(results: list[SizeResult]) -> list[list[str]]:
                      human_bytes(mean_known(c.ssh_received for c in costs)) + (" ‡" if partial else ""),
                      human_bytes(m.laptop_to_bridge), human_bytes(statistics.mean(c.mirror_bytes for c in costs)),
                      human_bytes(sum(c.mirror_bytes for c in costs)), human_bytes(m.mirror_veth),
-                     human_bytes(m.mirror_to_laptop), human_bytes(archives_needed(r))])
+                     human_bytes(m.mirror_to_laptop), human_bytes(archives_needed(r, results))])
     return rows
 
 
@@ -651,8 +656,8 @@ def report(results: list[SizeResult], args, info: dict[str, str], started: datet
                "in total, the host's bridge device tx (every frame the laptop sent to the nodes and the mirror). "
                "Mirror bytes: the bodies the mirror sent, from its own log per client; and its "
                "veth's count of every frame it sent (to nodes and laptop). *archives needed*: the compressed "
-               "release files one node needs, as fetched in this run (mirror mode: by each node, mean; upload "
-               "mode: by the laptop, once)."),
+               "release files one node needs, as each node fetched them in the mirror-mode run on the same kind of "
+               "cluster (mean per node; in mirror mode, this run)."),
               ""]
     lines += table(["nodes", "cluster before the run", "mode", "first run", "until pods have IPs",
                     "laptop → node, per node", "(sshd)", "laptop → all, total", "mirror → node, per node",
