@@ -1,18 +1,22 @@
 """
-The deploy benchmark of issue #5: `python3 -m bench.run [--nodes 1,3,12] [--runs 5]`.
+The deploy benchmark of issues #5 and #21: `python3 -m bench.run [--nodes 1,3,12] [--runs 5]
+[--modes upload,mirror] [--bootstrap 3] [--shape-mbit 100]`.
 
-For each cluster size it boots a fresh local cluster (testbed.localcluster, one cluster at
-a time, torn down before the next and on any failure or Ctrl-C), brings up the test bed's
-Kubernetes cluster without pod network (testbed.podbed, testbed.kubebed) and times, with the
-real pyinfra CLI:
+Each measured cluster is booted fresh (testbed.localcluster, one at a time, torn down before
+the next and on any failure or Ctrl-C), with the test mirror on the nodes' network
+(testbed.mirror.site: a namespace of its own on the cluster's bridge, not shaped) and the
+laptop's link to the nodes shaped and counted per node (testbed.localcluster.shaping: an HTB
+tree on the host's side).
+For every size and every mode (upload: the laptop sends the release archives; mirror: the
+nodes fetch them from mirror_url) a cluster with Kubernetes but no pod network
+(testbed.podbed, testbed.kubebed) is measured with the real pyinfra CLI:
 
-- the first run of deploy.py on the fresh nodes (once per size),
-- the no-op rerun on the converged nodes (median of --runs),
-- `--dry` on the converged nodes (median of --runs),
-- the floor: `pyinfra -y INV exec -- true` on the same nodes (median of --runs),
+- the first run of deploy.py (once), and the time until one pod on every node has an IP;
+- in the first mode only, --runs rounds of the floor (`pyinfra -y INV exec -- true` on the same
+  nodes), the no-op rerun and `--dry`, interleaved so that drift hits all three alike;
 
-interleaved round by round (floor, rerun, dry) so that drift hits all three alike. The
-wall time is taken around the pyinfra subprocess.
+then, for each --bootstrap size and mode, the first run from fresh machines
+(`cluster_bootstrap`, testbed.bootbed). Wall time is taken around the pyinfra subprocess.
 
 What each run costs on a node is read on the node's side, without an ssh session of our
 own: sshd runs with LogLevel VERBOSE, and its journal is read from the host in the node's
@@ -22,9 +26,9 @@ publickey"), exec requests ("Starting session: command"), SFTP sessions ("Starti
 session: subsystem 'sftp'"), any other session ("Starting session: shell", ...), the
 node-side time of the exec requests (from "Starting session: command ... id N" to
 "Close session: ... id N"), and the bytes sshd received from / sent to the client ("Transferred: sent S, received R bytes",
-logged when the connection closes; SSH transport bytes, encrypted, without TCP/IP). The
-byte counts are cross-checked with the host side of the node's veth (tx = towards the
-node; every frame, TCP/IP headers included).
+logged when the connection closes; SSH transport bytes, encrypted, without TCP/IP): what the
+laptop sent. What the mirror sent each node comes from the mirror's own log; the host side of
+each veth (node's and mirror's) and the bridge device's tx count every frame.
 """
 
 from __future__ import annotations
@@ -49,11 +53,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from testbed.bootbed import BootBed
+from testbed.kubebed.cluster import KubeBedError
 from testbed.localcluster import Cluster, ClusterError, Node
+from testbed.localcluster.limits import inotify_instances_in_use
 from testbed.localcluster.mounts import mounts_under
 from testbed.localcluster.net import MAX_NODES
-from testbed.mirror import build_mirror, serve_mirror
-from testbed.podbed import DEPLOY_TIMEOUT, REPO, DeployRun, PodBed, parse_results
+from testbed.localcluster.shaping import ShapedLink, shaped_link
+from testbed.mirror import build_mirror
+from testbed.mirror.site import MirrorSite, MirrorSiteError
+from testbed.podbed import DEPLOY_TIMEOUT, POD_TIMEOUT, REPO, DeployRun, PodBed, parse_results
 
 RESULTS_FILE = REPO / "bench" / "results-latest.md"
 PHASES = ("first", "rerun", "dry", "floor")
@@ -86,6 +95,9 @@ class NodeCost:
     unclosed: int = 0  # connections whose end never showed up in the journal (within the timeout)
     veth_to_node: int | None = None  # host-side veth tx bytes
     veth_from_node: int | None = None  # host-side veth rx bytes
+    mirror_bytes: int = 0  # file bodies the mirror sent to this node (the mirror's own log)
+    laptop_frames: int | None = None  # every frame the host sent this node (its class on the shaped bridge)
+    mirror_requests: int = 0  # requests of this node the mirror answered
 
 
 ACCEPTED_RE = re.compile(r"^Accepted \S+ for \S+ from \S+ port (\d+)")
@@ -231,6 +243,11 @@ class Measurement:
     seconds: float
     changed: dict[str, int]  # operation -> hosts changed (pyinfra's Results table)
     per_node: dict[str, NodeCost]
+    laptop_to_bridge: int | None = None  # host's bridge device tx: every frame the laptop sent to nodes and mirror
+    mirror_to_laptop: int = 0  # bytes of file bodies the mirror sent to the laptop
+    mirror_veth: int | None = None  # host-side rx of the mirror's veth: every frame the mirror sent
+    failed_requests: list[str] = field(default_factory=list)  # mirror answers other than 200
+    pods_seconds: float | None = None  # first runs: after the run, until every node's pod had an IP
 
 
 def run_floor(bed: PodBed, inventory: Path) -> DeployRun:
@@ -242,9 +259,18 @@ def run_floor(bed: PodBed, inventory: Path) -> DeployRun:
     return DeployRun(proc.returncode, output, parse_results(output))
 
 
-def measure(bed: PodBed, pool: ThreadPoolExecutor, phase: str, inventory: Path) -> Measurement:
-    nodes = bed.cluster.nodes
+def bridge_tx(bridge: str) -> int:
+    """Bytes the host sent into the bridge (its own traffic to the nodes and the mirror, not bridged frames)."""
+    return int((Path("/sys/class/net") / bridge / "statistics" / "tx_bytes").read_text())
+
+
+def measure(bed: PodBed, pool: ThreadPoolExecutor, phase: str, inventory: Path,
+            site: MirrorSite | None = None, link: ShapedLink | None = None) -> Measurement:
+    nodes = bed.members
     before = list(pool.map(mark, nodes))
+    site_before = site.mark() if site else None
+    link_before = link.counters() if link else None
+    bridge_before = bridge_tx(bed.cluster.bridge)
     if phase == "floor":
         start = time.perf_counter()
         run = run_floor(bed, inventory)
@@ -258,7 +284,20 @@ def measure(bed: PodBed, pool: ThreadPoolExecutor, phase: str, inventory: Path) 
         raise BenchError(f"{bed.cluster.name}: the {phase} run failed (exit {run.returncode}, "
                          f"{run.errors} errors); its output ends with:\n{run.output[-3000:]}")
     costs = list(pool.map(cost_since, nodes, before))
-    measurement = Measurement(phase, seconds, run.changed_operations(), dict(zip((n.name for n in nodes), costs)))
+    measurement = Measurement(phase, seconds, run.changed_operations(), dict(zip((n.name for n in nodes), costs)),
+                              laptop_to_bridge=bridge_tx(bed.cluster.bridge) - bridge_before)
+    if link and link_before is not None:
+        sent = link.since(link_before)
+        for node, cost in zip(nodes, costs):
+            cost.laptop_frames = sent.get(node.ip)
+    if site and site_before:
+        counts = site.since(site_before)
+        for node, cost in zip(nodes, costs):
+            cost.mirror_bytes = counts.body_bytes.get(node.ip, 0)
+            cost.mirror_requests = counts.requests.get(node.ip, 0)
+        measurement.mirror_to_laptop = counts.body_bytes.get(str(bed.cluster.subnet.network_address + 1), 0)
+        measurement.mirror_veth = counts.veth_from_mirror
+        measurement.failed_requests = counts.failed
     log.info("%s %-5s %7.2fs  per host: %s", bed.cluster.name, phase, seconds, per_host_summary(measurement))
     return measurement
 
@@ -267,10 +306,76 @@ def per_host_summary(m: Measurement) -> str:
     costs = list(m.per_node.values())
     return (f"conn {spread([c.connections for c in costs])}, exec {spread([c.commands for c in costs])} "
             f"({statistics.mean(c.exec_seconds for c in costs):.2f}s), "
-            f"sftp {spread([c.sftp for c in costs])}, to node {human_bytes(sum(c.ssh_received or 0 for c in costs) / len(costs))}")
+            f"sftp {spread([c.sftp for c in costs])}, from laptop {human_bytes(mean_known(c.laptop_frames for c in costs))}, "
+            f"from mirror {human_bytes(statistics.mean(c.mirror_bytes for c in costs))}")
 
 
-# --- one cluster size ------------------------------------------------------------------
+def pods_with_ips(bed: PodBed, timeout: float) -> float:
+    """One pod bound to each node (the pause image), all created at once; seconds until every
+    one runs with an IP (bounded by ``timeout``)."""
+    start = time.perf_counter()
+    items = [{"apiVersion": "v1", "kind": "Pod",
+              "metadata": {"name": f"bench-{node.name}", "namespace": "default", "labels": {"app": "bench"}},
+              "spec": {"nodeName": node.name, "terminationGracePeriodSeconds": 0,
+                       "containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.10"}]}}
+             for node in bed.members]
+    bed.kubectl("apply -f -", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+    deadline = start + timeout
+    waiting: list[str] = []
+    while time.perf_counter() < deadline:
+        pods = json.loads(bed.kubectl("get pods -l app=bench -o json"))["items"]
+        ready = {p["spec"]["nodeName"] for p in pods
+                 if p["status"].get("phase") == "Running" and p["status"].get("podIP")}
+        waiting = [node.name for node in bed.members if node.name not in ready]
+        if not waiting:
+            return time.perf_counter() - start
+        time.sleep(0.5)
+    raise BenchError(f"{bed.cluster.name}: pods without an IP after {timeout:.0f} s on {', '.join(waiting)}")
+
+
+# --- one cluster ----------------------------------------------------------------------
+
+# The two ways release files reach the nodes (issue #21): the setting that selects each (upload: the default).
+MODES = {"upload": None, "mirror": ("release_download", "nodes")}
+BEDS = ("kube", "bootstrap")  # an existing cluster without pod network (testbed.kubebed), or fresh machines
+
+
+def mode_overrides(mode: str) -> dict:
+    """The inventory setting that selects ``mode`` (none for upload, podnet's default); BenchError if this
+    checkout has no such setting."""
+    from tasks.settings import Settings
+
+    if MODES[mode] is None:
+        return {}
+    name, value = MODES[mode]
+    if name not in Settings.__dataclass_fields__:
+        raise BenchError(f"this checkout has no setting {name!r}: the {mode} mode cannot be measured")
+    return {name: value}
+
+
+@dataclass
+class HostSample:
+    """The host's state at one moment: what a larger cluster would run out of."""
+
+    mem_available: int  # bytes (MemAvailable)
+    tasks: int  # threads of every process (each takes a PID; kernel.pid_max bounds them)
+    load1: float  # 1-minute load average (2 cores here)
+    inotify: int  # inotify instances in use (root's one limit, fs.inotify.max_user_instances)
+
+
+def host_sample() -> HostSample:
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    tasks = sum(1 for entry in Path("/proc").iterdir() if entry.name.isdigit()
+                for _ in _tasks_of(entry))
+    return HostSample(int(meminfo["MemAvailable"].split()[0]) * 1024, tasks,
+                      float(Path("/proc/loadavg").read_text().split()[0]), inotify_instances_in_use())
+
+
+def _tasks_of(proc_entry: Path) -> list[str]:
+    try:
+        return os.listdir(proc_entry / "task")
+    except OSError:  # the process ended meanwhile
+        return []
 
 
 @dataclass
@@ -278,6 +383,10 @@ class SizeResult:
     nodes: int
     cluster: str
     measurements: list[Measurement]
+    mode: str = "upload"
+    bed: str = "kube"
+    setup_seconds: float | None = None  # boot, mirror site and the cluster's install, before the first run
+    samples: dict[str, HostSample] = field(default_factory=dict)  # "before", "installed", "after first run"
 
     def of(self, phase: str) -> list[Measurement]:
         return [m for m in self.measurements if m.phase == phase]
@@ -285,15 +394,32 @@ class SizeResult:
     def median(self, phase: str) -> float:
         return statistics.median(m.seconds for m in self.of(phase))
 
+    @property
+    def label(self) -> str:
+        return f"{self.nodes} ({self.mode}{', fresh machines' if self.bed == 'bootstrap' else ''})"
 
-def cluster_name(nodes: int) -> str:
-    return f"bench{nodes}"  # also the bridge name (br-bench12): distinct per size, <= 8 chars
+
+def cluster_name(prefix: str, nodes: int, bed: str, mode: str) -> str:
+    """Distinct per size, bed and mode (also the bridge name, br-<name>): bench12, bench12m, benchb3, benchb3m."""
+    return f"{prefix}{'b' if bed == 'bootstrap' else ''}{nodes}{'m' if mode == 'mirror' else ''}"
 
 
-def bench_size(nodes: int, runs: int, mirror, base_url: str, generation: str, workdir: Path) -> SizeResult:
-    name = cluster_name(nodes)
+def site_address(cluster: Cluster) -> str:
+    """The mirror site's address: the bed's subnet's last host address (nodes count up from .11)."""
+    subnet = cluster.subnet
+    return f"{subnet.broadcast_address - 1}/{subnet.prefixlen}"
+
+
+def bench_cluster(nodes: int, runs: int, mode: str, bed_kind: str, mirror, generation: str, workdir: Path,
+                  shape_mbit: int, prefix: str) -> SizeResult:
+    """Boot a fresh cluster, place the mirror on its network, shape the laptop's link, measure the
+    first run (and, with ``runs``, rounds of floor / no-op rerun / --dry); tear everything down."""
+    name = cluster_name(prefix, nodes, bed_kind, mode)
     size_dir = workdir / name
+    overrides = mode_overrides(mode)
     previous_sigint = signal.getsignal(signal.SIGINT)
+    samples = {"before": host_sample()}
+    setup_start = time.monotonic()
     with contextlib.ExitStack() as stack:
         stack.callback(signal.signal, signal.SIGINT, previous_sigint)
         log.info("%s: booting %d node(s) (state in %s)", name, nodes, size_dir / "cluster")
@@ -301,18 +427,36 @@ def bench_size(nodes: int, runs: int, mirror, base_url: str, generation: str, wo
         # Leaving the block tears the cluster down (on success, error or Ctrl-C); a second
         # Ctrl-C must not cut that tear-down short.
         stack.callback(signal.signal, signal.SIGINT, signal.SIG_IGN)
+        site = stack.enter_context(MirrorSite(mirror.root, cluster.bridge, site_address(cluster),
+                                              size_dir / "mirror-site.log"))
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=min(nodes, 16), thread_name_prefix="journal"))
-        bed = PodBed(cluster, base_url, mirror, generation, size_dir)
-        bed.install_cluster()
-        inventory = bed.write_inventory()
-        measurements = [measure(bed, pool, "first", inventory)]
+        if bed_kind == "bootstrap":
+            bed = BootBed(cluster, site.base_url, mirror, size_dir, members=nodes, control_planes=1)
+            bed.prepare_nodes()
+            inventory = bed.write_inventory(**overrides)
+        else:
+            bed = PodBed(cluster, site.base_url, mirror, generation, size_dir)
+            bed.install_cluster()
+            # flannel_rollout_timeout: what the bootstrap bed allows; on this shared 2-core machine a kube-flannel
+            # pod was seen taking over 120 s to start under load (the wait ends as soon as the pods are Ready)
+            inventory = bed.write_inventory(**overrides, flannel_rollout_timeout=300)
+        bed.give_nodes_wget()  # in both modes alike: what a node needs to download (an operator's image has it)
+        setup_seconds = time.monotonic() - setup_start
+        samples["installed"] = host_sample()
+        log.info("%s: ready for the first run after %.0f s: %s", name, setup_seconds, samples["installed"])
+        link = stack.enter_context(shaped_link(cluster.bridge, shape_mbit, [n.ip for n in bed.members]))
+        first = measure(bed, pool, "first", inventory, site, link)
+        first.pods_seconds = pods_with_ips(bed, POD_TIMEOUT + 2 * nodes)
+        log.info("%s: every node's pod has an IP %.1f s after the first run", name, first.pods_seconds)
+        samples["after first run"] = host_sample()
+        measurements = [first]
         for _ in range(runs):
             for phase in ("floor", "rerun", "dry"):
-                measurements.append(measure(bed, pool, phase, inventory))
+                measurements.append(measure(bed, pool, phase, inventory, site, link))
     # Torn down cleanly (an error in the tear-down propagates and keeps the directory).
     if not mounts_under(size_dir):
         shutil.rmtree(size_dir, ignore_errors=True)
-    return SizeResult(nodes, name, measurements)
+    return SizeResult(nodes, name, measurements, mode, bed_kind, setup_seconds, samples)
 
 
 # --- the report ------------------------------------------------------------------------
@@ -339,12 +483,17 @@ def human_bytes(value: float | None) -> str:
     return f"{value:.0f} B"
 
 
-def seconds(value: float) -> str:
-    return f"{value:.2f} s"
+def mean_known(values) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.mean(known) if known else None
 
 
-def ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}×" if b else "-"
+def seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}×" if a is not None and b else "-"
 
 
 def machine() -> dict[str, str]:
@@ -362,6 +511,7 @@ def machine() -> dict[str, str]:
         "nproc": str(len(os.sched_getaffinity(0))),
         "cpu": cpu,
         "kernel": platform.release(),
+        "memory": f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
         "commit": commit,
         "python": platform.python_version(),
         "pyinfra": _pyinfra_version(),
@@ -385,6 +535,203 @@ def table(header: list[str], align: str, rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(row) + " |" for row in (header, rule, *rows)]
 
 
+# --- what the first run cost, and the targets of issue #21 ---------------------------------
+
+UPLOAD_FACTOR = 1.1  # upload mode: laptop bytes per node <= 1.1 x the compressed archives the node needs
+MIRROR_LAPTOP_BYTES = 100e3  # mirror mode: laptop bytes per node <= 100 kB
+MIRROR_SCALING = 1.5  # mirror mode: 12-node first run wall time <= 1.5 x the 1-node one
+NOOP_FACTOR = 1.3  # no-op rerun <= 1.3 x the floor
+
+
+def laptop_per_node(m: Measurement) -> float | None:
+    """Mean over the nodes of the bytes the laptop sent each: every frame, counted on the shaped link
+    (sshd's count of SSH bytes where the link was not counted)."""
+    costs = m.per_node.values()
+    if all(c.laptop_frames is not None for c in costs):
+        return statistics.mean(c.laptop_frames for c in costs)
+    return mean_known(c.ssh_received for c in costs)
+
+
+def archives_needed(r: SizeResult, results: list[SizeResult]) -> float | None:
+    """The compressed release files a node needs, as fetched from the mirror in a first run: what each
+    node fetched itself in mirror mode (mean per node), for an upload run the same from the mirror run
+    on the same kind of cluster (every node of these beds needs the same set, whatever the size); None
+    without one (the laptop's own download is no measure: it fetches every release file, also those
+    the nodes already have)."""
+    def fetched(m: SizeResult) -> float:
+        return statistics.mean(c.mirror_bytes for c in m.of("first")[0].per_node.values())
+
+    if r.mode == "mirror":
+        return fetched(r)
+    same = sorted((m for m in results if m.mode == "mirror" and m.bed == r.bed), key=lambda m: m.nodes != r.nodes)
+    return fetched(same[0]) if same else None
+
+
+def verdict(ok: bool | None) -> str:
+    return "-" if ok is None else ("met" if ok else "**missed**")
+
+
+def target_rows(results: list[SizeResult]) -> list[list[str]]:
+    rows = []
+    for r in results:
+        first = r.of("first")[0]
+        laptop, needed = laptop_per_node(first), archives_needed(r, results)
+        if r.mode == "upload":
+            ok = None if laptop is None or needed is None else laptop <= UPLOAD_FACTOR * needed
+            rows.append([f"upload, {r.label}: laptop bytes per node ≤ {UPLOAD_FACTOR} × archives the node needs",
+                         f"{human_bytes(laptop)} vs {human_bytes(needed)} ({ratio(laptop, needed)})", verdict(ok)])
+        else:
+            ok = None if laptop is None else laptop <= MIRROR_LAPTOP_BYTES
+            rows.append([f"mirror, {r.label}: laptop bytes per node ≤ {human_bytes(MIRROR_LAPTOP_BYTES)}",
+                         human_bytes(laptop), verdict(ok)])
+    for bed in BEDS:
+        mirror_runs = {r.nodes: r for r in results if r.mode == "mirror" and r.bed == bed}
+        if 1 in mirror_runs and len(mirror_runs) > 1:
+            base = mirror_runs[1].of("first")[0].seconds
+            for nodes, r in sorted(mirror_runs.items()):
+                if nodes > 1:
+                    wall = r.of("first")[0].seconds
+                    rows.append([f"mirror, {r.label}: first-run wall time ≤ {MIRROR_SCALING} × the 1-node one",
+                                 f"{wall:.1f} s vs {base:.1f} s ({ratio(wall, base)})",
+                                 verdict(wall <= MIRROR_SCALING * base)])
+    for r in results:
+        if r.of("rerun"):
+            rerun, floor = r.median("rerun"), r.median("floor")
+            rows.append([f"no-op rerun, {r.label}: ≤ {NOOP_FACTOR} × floor, one command per host, no transfer",
+                         f"{rerun:.2f} s vs {floor:.2f} s ({ratio(rerun, floor)}); "
+                         f"commands per host {spread([c.commands for m in r.of('rerun') for c in m.per_node.values()])}, "
+                         f"SFTP {spread([c.sftp for m in r.of('rerun') for c in m.per_node.values()])}",
+                         verdict(rerun <= NOOP_FACTOR * floor and noop_is_one_command(r))])
+    return rows
+
+
+def noop_is_one_command(r: SizeResult) -> bool:
+    costs = [c for m in r.of("rerun") for c in m.per_node.values()]
+    return all(c.commands == 1 and c.sftp == 0 and c.mirror_requests == 0 for c in costs)
+
+
+def first_run_rows(results: list[SizeResult]) -> list[list[str]]:
+    rows = []
+    for r in results:
+        m = r.of("first")[0]
+        costs = m.per_node.values()
+        partial = any(c.ssh_received is None for c in costs)
+        rows.append([str(r.nodes), "fresh machines (`cluster_bootstrap`)" if r.bed == "bootstrap" else "Kubernetes, no pod network",
+                     r.mode, seconds(m.seconds), seconds(m.seconds + m.pods_seconds if m.pods_seconds is not None else None),
+                     human_bytes(mean_known(c.laptop_frames for c in costs)),
+                     human_bytes(mean_known(c.ssh_received for c in costs)) + (" ‡" if partial else ""),
+                     human_bytes(m.laptop_to_bridge), human_bytes(statistics.mean(c.mirror_bytes for c in costs)),
+                     human_bytes(sum(c.mirror_bytes for c in costs)), human_bytes(m.mirror_veth),
+                     human_bytes(m.mirror_to_laptop), human_bytes(archives_needed(r, results))])
+    return rows
+
+
+def report(results: list[SizeResult], args, info: dict[str, str], started: datetime.datetime,
+           elapsed: float, versions: dict[str, str], failures: list[str] | None = None) -> str:
+    shape = f"{args.shape_mbit} Mbit/s" if args.shape_mbit else "not shaped"
+    lines = [
+        "# podnet deploy benchmark (issues #5, #21)",
+        "",
+        f"- date: {started.strftime('%Y-%m-%d %H:%M %Z').strip()} (whole benchmark: {elapsed:.0f} s)",
+        f"- machine: nproc {info['nproc']}, {info['cpu']}, {info['memory']}, kernel {info['kernel']}",
+        f"- commit: {info['commit']}",
+        (f"- python {info['python']}, pyinfra {info['pyinfra']}; containerd {args.containerd} "
+         f"(containerd {versions['containerd_version']}, runc {versions['runc_version']}, "
+         f"CNI plugins {versions['cni_plugins_version']})"),
+        f"- command: `python3 -m bench.run {args.command_line}`",
+        (f"- the laptop's link to the nodes: {shape} (tc htb on the host's side of the test network); the "
+         "mirror: on the nodes' network (a namespace of its own on the test bridge), not shaped"),
+        "",
+        "## Targets (issue #21)",
+        "",
+    ]
+    lines += table(["target", "measured", ""], "lll", target_rows(results))
+    lines += ["", "## First run", "",
+              ("Once per cluster, on fresh nodes; the laptop's download cache empty too. *Kubernetes, no pod network*: "
+               "a running cluster whose nodes already have containerd (testbed.kubebed); *fresh machines*: no "
+               "Kubernetes at all, podnet creates the cluster with kubeadm (`cluster_bootstrap`, testbed.bootbed). "
+               "*until pods have IPs*: from the start of the run until one pod on every node runs with an IP. "
+               "Laptop bytes: per node, every frame the laptop sent the node (its class on the shaped link, TCP/IP "
+               "headers included; what the targets are judged on), and sshd's count of the SSH bytes it received; "
+               "in total, the host's bridge device tx (every frame the laptop sent to the nodes and the mirror). "
+               "Mirror bytes: the bodies the mirror sent, from its own log per client; and its "
+               "veth's count of every frame it sent (to nodes and laptop). *archives needed*: the compressed "
+               "release files one node needs, as each node fetched them in the mirror-mode run on the same kind of "
+               "cluster (mean per node; in mirror mode, this run)."),
+              ""]
+    lines += table(["nodes", "cluster before the run", "mode", "first run", "until pods have IPs",
+                    "laptop → node, per node", "(sshd)", "laptop → all, total", "mirror → node, per node",
+                    "mirror → nodes, total", "mirror veth, total", "mirror → laptop", "archives needed"],
+                   "rllrrrrrrrrrr", first_run_rows(results))
+    noop = [r for r in results if r.of("rerun")]
+    reference = next((r for r in noop if r.nodes == REFERENCE_SIZE), None)
+    if noop:
+        lines += ["", "## No-op rerun and `--dry` against the floor", "",
+                  (f"Medians of {'/'.join(str(n) for n in sorted({len(r.of('rerun')) for r in noop}))} rounds, interleaved (floor, rerun, `--dry`) on the same converged nodes; "
+                   "wall time of the pyinfra CLI process, start to exit. *time in exec requests*: node-side time of "
+                   "the run's remote commands (the probe), mean per host, median over the rounds."),
+                  ""]
+        rows = []
+        for r in noop:
+            rerun, dry, floor = r.median("rerun"), r.median("dry"), r.median("floor")
+            versus = ratio(rerun, reference.median("rerun")) if reference and r is not reference else "-"
+            exec_seconds, _ = per_host(r.of("rerun"), "exec_seconds")
+            rows.append([r.label, seconds(rerun), seconds(dry), seconds(floor), ratio(rerun, floor), ratio(dry, floor),
+                         seconds(exec_seconds), versus])
+        lines += table(["nodes", "no-op rerun", "`--dry`", "floor (`exec -- true`)", "rerun ÷ floor", "dry ÷ floor",
+                        "time in exec requests", f"rerun ÷ {REFERENCE_SIZE}-node rerun"], "lrrrrrrr", rows)
+        lines += ["", "Spread (min–max over the rounds), and the first no-op rerun after the first run on its own:", ""]
+        rows = [[r.label, *(f"{min(m.seconds for m in r.of(p)):.2f}–{max(m.seconds for m in r.of(p)):.2f} s"
+                            for p in ("rerun", "dry", "floor")), seconds(r.of("rerun")[0].seconds)] for r in noop]
+        lines += table(["nodes", "no-op rerun", "`--dry`", "floor", "first no-op rerun"], "lrrrr", rows)
+    lines += ["", "## The machine while measuring", "",
+              ("What a larger cluster would run out of: the host's available memory, its threads (each takes a PID), "
+               "the 1-minute load average and root's inotify instances, before the cluster was booted, once it "
+               "was installed, and after its first run (other users of this shared machine count too). *setup*: "
+               "booting the nodes and installing the cluster before podnet runs."),
+              ""]
+    rows = []
+    for r in results:
+        before = r.samples.get("before")
+        cells = [r.label, seconds(r.setup_seconds)]
+        for key in ("installed", "after first run"):
+            sample = r.samples.get(key)
+            if sample is None or before is None:
+                cells += ["-"] * 4
+                continue
+            cells += [f"{human_bytes(sample.mem_available)} ({human_bytes(before.mem_available - sample.mem_available)} "
+                      "used)", f"{sample.tasks} (+{sample.tasks - before.tasks})", f"{sample.load1:.1f}",
+                      str(sample.inotify)]
+        rows.append(cells)
+    lines += table(["nodes", "setup", "installed: memory available", "threads", "load", "inotify",
+                    "after first run: memory available", "threads", "load", "inotify"], "lrrrrrrrrr", rows)
+    lines += ["", "## Per host, counted on the node", "", PER_HOST_TEXT, ""]
+    rows = []
+    for r in results:
+        for phase in PHASES:
+            ms = r.of(phase)
+            if not ms:
+                continue
+            costs = [c for m in ms for c in m.per_node.values()]
+            others = sorted({kind for c in costs for kind in c.other_sessions})
+            other_cell = spread([len(c.other_sessions) for c in costs]) + (f" ({', '.join(others)})" if others else "")
+            exec_seconds, _ = per_host(ms, "exec_seconds")
+            rows.append([r.label, PHASE_TITLES[phase], spread([c.connections for c in costs]),
+                         spread([c.commands for c in costs]), f"{exec_seconds:.2f} s",
+                         spread([c.sftp for c in costs]), other_cell,
+                         per_host_bytes(ms, "veth_to_node"), per_host_bytes(ms, "ssh_received"),
+                         per_host_bytes(ms, "ssh_sent"), per_host_bytes(ms, "mirror_bytes")])
+    lines += table(["nodes", "phase", "SSH connections", "exec requests", "time in exec requests", "SFTP sessions",
+                    "other sessions", "to node (veth)", "to node (sshd)", "from node (sshd)", "mirror → node"],
+                   "llrrrrrrrrr", rows)
+    if failures:
+        lines += ["", "## Clusters that failed", "", *(f"- {failure}" for failure in failures)]
+    notes = run_notes(results)
+    if notes:
+        lines += ["", "## Notes", "", *notes]
+    return "\n".join(lines) + "\n"
+
+
 PER_HOST_TEXT = (
     "Counted on each node from its sshd journal (sshd runs with LogLevel VERBOSE), read from the host in "
     "the node's mount namespace (no ssh session of our own), for the connections authenticated during "
@@ -395,74 +742,11 @@ PER_HOST_TEXT = (
     "summed per host (the median over the runs of the mean per host). Counts are "
     "per host over every run of the phase: one number when all hosts and runs agree, else min–max. "
     "Bytes are the median over the runs of the mean per host: \"to node (veth)\" is the tx counter of the "
-    "host side of the node's veth (every frame towards the node, TCP/IP headers included); \"to node "
-    "(sshd)\" / \"from node (sshd)\" are sshd's own SSH transport byte counts (\"Transferred: sent S, "
-    "received R bytes\", encrypted, with SSH/SFTP framing). sftp-server logs no byte counts at its "
-    "default log level."
+    "host side of the node's veth (every frame towards the node from the laptop AND the mirror, TCP/IP headers "
+    "included); \"to node (sshd)\" / \"from node (sshd)\" are sshd's own SSH transport byte counts "
+    "(\"Transferred: sent S, received R bytes\", encrypted, with SSH/SFTP framing): what the laptop sent; "
+    "\"mirror → node\" is the bodies the mirror sent to that node (its own log)."
 )
-
-
-def report(results: list[SizeResult], args, info: dict[str, str], started: datetime.datetime,
-           elapsed: float, versions: dict[str, str]) -> str:
-    reference = next((r for r in results if r.nodes == REFERENCE_SIZE), None)
-    lines = [
-        "# podnet deploy benchmark (issue #5)",
-        "",
-        f"- date: {started.strftime('%Y-%m-%d %H:%M %Z').strip()} (whole benchmark: {elapsed:.0f} s)",
-        f"- machine: nproc {info['nproc']}, {info['cpu']}, kernel {info['kernel']}",
-        f"- commit: {info['commit']}",
-        (f"- python {info['python']}, pyinfra {info['pyinfra']}; containerd {args.containerd} "
-         f"(containerd {versions['containerd_version']}, runc {versions['runc_version']}, "
-         f"CNI plugins {versions['cni_plugins_version']})"),
-        (f"- command: `python3 -m bench.run --nodes {','.join(map(str, args.nodes))} --runs {args.runs} "
-         f"--containerd {args.containerd}`"),
-        "",
-        "## Wall time",
-        "",
-        (f"Medians of {args.runs} runs (the first run: once, on a fresh cluster). Wall time of the pyinfra "
-         "CLI process, start to exit."),
-        "",
-    ]
-    rows = []
-    for r in results:
-        rerun, dry, floor = r.median("rerun"), r.median("dry"), r.median("floor")
-        versus = ratio(rerun, reference.median("rerun")) if reference and r is not reference else "-"
-        rows.append([str(r.nodes), seconds(r.of("first")[0].seconds), seconds(rerun), seconds(dry), seconds(floor),
-                     ratio(rerun, floor), ratio(dry, floor), versus])
-    lines += table(["nodes", "first run", "no-op rerun", "`--dry`", "floor (`exec -- true`)", "rerun ÷ floor",
-                    "dry ÷ floor", f"rerun ÷ {REFERENCE_SIZE}-node rerun"], "rrrrrrrr", rows)
-    lines += ["", "Spread (min–max over the runs), and the first no-op rerun after the first run on its own:", ""]
-    rows = [[str(r.nodes), *(f"{min(m.seconds for m in r.of(p)):.2f}–{max(m.seconds for m in r.of(p)):.2f} s"
-                             for p in ("rerun", "dry", "floor")), seconds(r.of("rerun")[0].seconds)] for r in results]
-    lines += table(["nodes", "no-op rerun", "`--dry`", "floor", "first no-op rerun"], "rrrrr", rows)
-    if reference and len(results) > 1:
-        lines.append("")
-        for r in results:
-            if r is not reference:
-                lines.append(f"- {r.nodes} vs {REFERENCE_SIZE} nodes: "
-                             f"rerun {ratio(r.median('rerun'), reference.median('rerun'))}, "
-                             f"dry {ratio(r.median('dry'), reference.median('dry'))}, "
-                             f"floor {ratio(r.median('floor'), reference.median('floor'))}")
-    lines += ["", "## Per host, counted on the node", "", PER_HOST_TEXT, ""]
-    rows = []
-    for r in results:
-        for phase in PHASES:
-            ms = r.of(phase)
-            costs = [c for m in ms for c in m.per_node.values()]
-            others = sorted({kind for c in costs for kind in c.other_sessions})
-            other_cell = spread([len(c.other_sessions) for c in costs]) + (f" ({', '.join(others)})" if others else "")
-            exec_seconds, _ = per_host(ms, "exec_seconds")
-            rows.append([str(r.nodes), PHASE_TITLES[phase], spread([c.connections for c in costs]),
-                         spread([c.commands for c in costs]), f"{exec_seconds:.2f} s",
-                         spread([c.sftp for c in costs]), other_cell,
-                         per_host_bytes(ms, "veth_to_node"), per_host_bytes(ms, "ssh_received"),
-                         per_host_bytes(ms, "ssh_sent")])
-    lines += table(["nodes", "phase", "SSH connections", "exec requests", "time in exec requests", "SFTP sessions",
-                    "other sessions", "to node (veth)", "to node (sshd)", "from node (sshd)"], "rlrrrrrrrr", rows)
-    notes = run_notes(results)
-    if notes:
-        lines += ["", "## Notes", "", *notes]
-    return "\n".join(lines) + "\n"
 
 
 def per_host(measurements: list[Measurement], attr: str) -> tuple[float | None, bool]:
@@ -488,34 +772,37 @@ def run_notes(results: list[SizeResult]) -> list[str]:
     for r in results:
         for m in r.measurements:
             if m.phase in ("rerun", "dry") and m.changed:
-                notes.append(f"- {r.nodes} nodes: a {m.phase} was NOT a no-op: {m.changed}")
+                notes.append(f"- {r.label}: a {m.phase} was NOT a no-op: {m.changed}")
+            if m.failed_requests:
+                notes.append(f"- {r.label}, {m.phase}: the mirror answered {len(m.failed_requests)} request(s) with "
+                             f"another status than 200: {', '.join(m.failed_requests[:5])}")
             reset = sum(c.reset for c in m.per_node.values())
             if reset:
-                notes.append(f"- ‡ {r.nodes} nodes, {m.phase}: pyinfra ended {reset} connection(s) with a TCP reset "
+                notes.append(f"- ‡ {r.label}, {m.phase}: pyinfra ended {reset} connection(s) with a TCP reset "
                              "instead of closing it; sshd then logs no byte counts (\"Read error from remote host … "
                              "Connection reset by peer\"), so the sshd columns average over the other hosts; the veth "
-                             "column counts every host")
+                             "and bridge columns count every host")
             unclosed = sum(c.unclosed for c in m.per_node.values())
             if unclosed:
-                notes.append(f"- {r.nodes} nodes, {m.phase}: {unclosed} connection(s) had not logged their close "
+                notes.append(f"- {r.label}, {m.phase}: {unclosed} connection(s) had not logged their close "
                              f"within {JOURNAL_SETTLE_TIMEOUT:.0f} s; their bytes are missing")
         reruns = r.of("rerun")
         if len(reruns) > 1 and reruns[0].seconds > 1.5 * statistics.median(m.seconds for m in reruns[1:]):
             exec_first = statistics.mean(c.exec_seconds for c in reruns[0].per_node.values())
             exec_rest = statistics.median(statistics.mean(c.exec_seconds for c in m.per_node.values())
                                           for m in reruns[1:])
-            notes.append(f"- {r.nodes} nodes: the first no-op rerun took {reruns[0].seconds:.2f} s "
+            notes.append(f"- {r.label}: the first no-op rerun took {reruns[0].seconds:.2f} s "
                          f"({exec_first:.2f} s in exec requests per host), the later ones "
                          f"{statistics.median(m.seconds for m in reruns[1:]):.2f} s ({exec_rest:.2f} s): "
                          "the first rerun pays for something the later ones reuse")
         first = r.of("first")[0]
         if not first.changed:
-            notes.append(f"- {r.nodes} nodes: the first run changed nothing (were the nodes fresh?)")
-        for m in r.of("first"):
-            commands = {name: c.commands for name, c in m.per_node.items()}
-            if len(set(commands.values())) > 1:
-                notes.append(f"- {r.nodes} nodes, first run: exec requests per host differ (the first host is the "
-                             f"control plane): {', '.join(f'{n} {c}' for n, c in commands.items())}")
+            notes.append(f"- {r.label}: the first run changed nothing (were the nodes fresh?)")
+        commands = {name: c.commands for name, c in first.per_node.items()}
+        if len(set(commands.values())) > 1:
+            shown = ", ".join(f"{n} {c}" for n, c in list(commands.items())[:4])
+            notes.append(f"- {r.label}, first run: exec requests per host differ (the first host is the "
+                         f"control plane): {shown}{', …' if len(commands) > 4 else ''}")
     return notes
 
 
@@ -529,27 +816,87 @@ def drop_downloads(workdir: Path) -> None:
             shutil.rmtree(downloads, ignore_errors=True)
 
 
+def sizes(parser: argparse.ArgumentParser, option: str, text: str, allow_empty: bool = False) -> list[int]:
+    try:
+        values = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        parser.error(f"{option} must be comma-separated integers, not {text!r}")
+    if (not values and not allow_empty) or any(not 1 <= n <= MAX_NODES for n in values) \
+            or len(set(values)) != len(values):
+        parser.error(f"{option} must be distinct sizes in 1..{MAX_NODES}")
+    return values
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python3 -m bench.run", description=__doc__.strip().split("\n\n")[0])
     parser.add_argument("--nodes", default="1,3,12",
-                        help="comma-separated cluster sizes, each benchmarked on its own fresh cluster "
-                             "(default 1,3,12; e.g. 1,3 for a quick run)")
-    parser.add_argument("--runs", type=int, default=5, help="runs per measured phase; medians are reported (default 5)")
+                        help="comma-separated cluster sizes, each on fresh clusters of its own (default 1,3,12)")
+    parser.add_argument("--runs", type=int, default=5,
+                        help="rounds of floor / no-op rerun / --dry per size, in the first mode; medians are "
+                             "reported (default 5; 0: first runs only)")
+    parser.add_argument("--modes", default="upload,mirror",
+                        help="how the release files reach the nodes, each measured on a fresh cluster: upload "
+                             "(the laptop sends them) and/or mirror (the nodes fetch them); default upload,mirror")
+    parser.add_argument("--bootstrap", default="3",
+                        help="sizes of the first run from fresh machines (cluster_bootstrap), in every mode "
+                             "(default 3; '' for none)")
+    parser.add_argument("--shape-mbit", type=int, default=100,
+                        help="the laptop's link to the nodes, in Mbit/s (default 100; 0: not shaped)")
     parser.add_argument("--containerd", choices=["1.x", "2.x"], default="2.x", help="containerd generation (default 2.x)")
+    parser.add_argument("--prefix", default="bench",
+                        help="cluster name prefix (default bench: bench12, bench12m, benchb3, ...); another one "
+                             "gives a personal bed that does not collide with the benchmark's")
     parser.add_argument("--output", type=Path, default=RESULTS_FILE, help=f"markdown report (default {RESULTS_FILE})")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where cluster state, inventories and pyinfra logs go (default: a new /tmp/podnet-bench-*)")
+    parser.add_argument("--plan", default=None,
+                        help="the clusters to measure, in order, instead of --nodes/--modes/--bootstrap/--runs: "
+                             "comma-separated BED:NODES:MODE:ROUNDS with BED kube or bootstrap, e.g. "
+                             "kube:1:mirror:5,kube:1:upload:0,bootstrap:3:mirror:0")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        args.nodes = [int(n) for n in args.nodes.split(",") if n.strip()]
-    except ValueError:
-        parser.error(f"--nodes must be comma-separated integers, not {args.nodes!r}")
-    if not args.nodes or any(not 1 <= n <= MAX_NODES for n in args.nodes) or len(set(args.nodes)) != len(args.nodes):
-        parser.error(f"--nodes must be distinct sizes in 1..{MAX_NODES}")
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
+    args.command_line = " ".join(argv if argv is not None else sys.argv[1:])
+    args.nodes = sizes(parser, "--nodes", args.nodes, allow_empty=True)
+    args.bootstrap = sizes(parser, "--bootstrap", args.bootstrap, allow_empty=True)
+    if not args.nodes and not args.bootstrap:
+        parser.error("nothing to measure: --nodes and --bootstrap are both empty")
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not args.modes or any(m not in MODES for m in args.modes) or len(set(args.modes)) != len(args.modes):
+        parser.error(f"--modes must be distinct names from {', '.join(MODES)}")
+    if args.runs < 0:
+        parser.error("--runs must be 0 or more")
+    if args.shape_mbit < 0:
+        parser.error("--shape-mbit must be 0 or more")
+    if not re.fullmatch(r"[a-z][a-z0-9]{0,4}", args.prefix):
+        parser.error("--prefix must be 1-5 lower-case letters or digits, starting with a letter")
+    if args.plan is not None:
+        args.plan = parse_plan(parser, args.plan)
     return args
+
+
+def parse_plan(parser: argparse.ArgumentParser, text: str) -> list[tuple[int, str, str, int]]:
+    clusters = []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        fields = item.split(":")
+        if len(fields) != 4 or fields[0] not in BEDS or fields[2] not in MODES or not fields[1].isdigit() \
+                or not fields[3].isdigit() or not 1 <= int(fields[1]) <= MAX_NODES:
+            parser.error(f"--plan: {item!r} is not BED:NODES:MODE:ROUNDS (BED one of {', '.join(BEDS)}, MODE one of "
+                         f"{', '.join(MODES)}, NODES 1..{MAX_NODES})")
+        clusters.append((int(fields[1]), fields[2], fields[0], int(fields[3])))
+    names = [(n, mode, bed) for n, mode, bed, _ in clusters]
+    if not clusters or len(set(names)) != len(names):
+        parser.error("--plan must name each cluster (bed, size, mode) once")
+    return clusters
+
+
+def plan(args) -> list[tuple[int, str, str, int]]:
+    """(nodes, mode, bed, rounds) of each cluster to measure, in order: every size in every mode on
+    a cluster with Kubernetes (the rounds of floor/rerun/dry in the first mode only), then the
+    first runs from fresh machines. --plan, when given."""
+    if args.plan is not None:
+        return args.plan
+    clusters = [(n, mode, "kube", args.runs if i == 0 else 0) for n in args.nodes for i, mode in enumerate(args.modes)]
+    return clusters + [(n, mode, "bootstrap", 0) for n in args.bootstrap for mode in args.modes]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -559,6 +906,12 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench: booting local nodes needs root", file=sys.stderr)
         return 2
+    for mode in {mode for _, mode, _, _ in plan(args)}:
+        try:
+            mode_overrides(mode)
+        except BenchError as error:
+            print(f"bench: {error}", file=sys.stderr)
+            return 2
 
     def on_sigterm(signum, frame):
         raise KeyboardInterrupt  # unwinds like Ctrl-C: every cluster is torn down
@@ -572,31 +925,50 @@ def main(argv: list[str] | None = None) -> int:
     log.info("work directory %s", workdir)
     info = machine()
     mirror = build_mirror()
+    versions = mirror.inventory_data("http://mirror.invalid", containerd_generation=args.containerd)
     results: list[SizeResult] = []
+    failures: list[str] = []
     try:
-        with serve_mirror(mirror.root) as base_url:
-            versions = mirror.inventory_data(base_url, containerd_generation=args.containerd)
-            for nodes in args.nodes:
-                results.append(bench_size(nodes, args.runs, mirror, base_url, args.containerd, workdir))
+        for nodes, mode, bed, rounds in plan(args):
+            name = cluster_name(args.prefix, nodes, bed, mode)
+            try:
+                results.append(bench_cluster(nodes, rounds, mode, bed, mirror, args.containerd, workdir,
+                                             args.shape_mbit, args.prefix))
+            except (ClusterError, KubeBedError, MirrorSiteError, BenchError, AssertionError) as error:
+                # one cluster failing (booting, installing, a run): the others are still measured
+                failures.append(f"{name} ({nodes} node(s), {mode}, {bed}): {str(error).strip()[-1500:]}")
+                log.error("%s failed: %s", name, error)
+                if (workdir / name / "cluster" / "state.json").exists():  # not torn down: stop here
+                    raise
+            # what is measured so far, so that a later failure or Ctrl-C does not lose it
+            partial = workdir / "results-partial.md"
+            partial.write_text(report(results, args, info, started, time.monotonic() - clock, versions, failures))
+            log.info("results so far: %s", partial)
     except KeyboardInterrupt:
         drop_downloads(workdir)
-        print(f"bench: interrupted; clusters torn down; pyinfra logs kept in {workdir}", file=sys.stderr)
+        print(f"bench: interrupted; clusters torn down; results so far and pyinfra logs kept in {workdir}",
+              file=sys.stderr)
         return 130
-    except ClusterError as error:  # booting or tearing down a cluster failed
-        left = sorted(str(d) for d in workdir.glob("*/cluster"))
+    except (ClusterError, KubeBedError, MirrorSiteError, BenchError, AssertionError) as error:
+        left = sorted(str(d) for d in workdir.glob("*/cluster") if (d / "state.json").exists())
         print(f"bench: {error}\nbench: state kept in {workdir}" + "".join(
             f"\nbench: tear down with: python3 -m testbed.localcluster down --state-dir {d}" for d in left),
             file=sys.stderr)
         return 1
-    except BenchError as error:
+    if not results:
         drop_downloads(workdir)
-        print(f"bench: {error}\nbench: clusters torn down; pyinfra logs kept in {workdir}", file=sys.stderr)
+        print("bench: no cluster was measured:\n" + "\n".join(failures) + f"\nbench: logs kept in {workdir}",
+              file=sys.stderr)
         return 1
-    text = report(results, args, info, started, time.monotonic() - clock, versions)
+    text = report(results, args, info, started, time.monotonic() - clock, versions, failures)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
     print(text)
     log.info("report written to %s", args.output)
+    if failures:
+        drop_downloads(workdir)
+        log.error("%d cluster(s) failed; logs kept in %s", len(failures), workdir)
+        return 1
     if args.workdir is None and not mounts_under(workdir):
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -62,22 +62,115 @@ def test_spread():
     assert spread([17, 20, 17]) == "17–20"
 
 
-def test_report_has_the_tables_and_ratios():
-    import argparse
+def size(nodes: int, rerun: float = 2.0, mode: str = "upload", first: float = 10.0, laptop: int = 1000,
+         mirror: int = 0, mirror_to_laptop: int = 0, bed: str = "kube", rounds: bool = True):
+    """A SizeResult as bench_cluster returns it: every node alike."""
+    from bench.run import Measurement, NodeCost, SizeResult
+
+    def m(phase: str, seconds: float, commands: int) -> Measurement:
+        cost = NodeCost(connections=1, commands=commands, ssh_received=laptop if phase == "first" else 4000,
+                        veth_to_node=2000, exec_seconds=0.1, mirror_bytes=mirror if phase == "first" else 0,
+                        laptop_frames=laptop + 2000 if phase == "first" else 6000)
+        return Measurement(phase, seconds, {"op": nodes} if phase == "first" else {},
+                           {f"n{i}": cost for i in range(nodes)},
+                           mirror_to_laptop=mirror_to_laptop if phase == "first" else 0, pods_seconds=1.0)
+    measurements = [m("first", first, 20)]
+    if rounds:
+        measurements += [m("floor", 1.0, 1), m("rerun", rerun, 1), m("dry", rerun, 1)]
+    return SizeResult(nodes, f"bench{nodes}", measurements, mode, bed)
+
+
+def render(results, nodes="3,12"):
     import datetime
 
-    from bench.run import Measurement, NodeCost, SizeResult, report
+    from bench.run import parse_args, report
 
-    def size(nodes: int, rerun: float) -> SizeResult:
-        def m(phase: str, seconds: float, commands: int) -> Measurement:
-            cost = NodeCost(connections=1, commands=commands, ssh_received=1000, veth_to_node=2000, exec_seconds=0.1)
-            return Measurement(phase, seconds, {}, {f"n{i}": cost for i in range(nodes)})
-        return SizeResult(nodes, f"bench{nodes}", [m("first", 10.0, 20), m("floor", 1.0, 1), m("rerun", rerun, 1),
-                                                   m("dry", rerun, 1)])
-
-    args = argparse.Namespace(nodes=[3, 12], runs=1, containerd="2.x")
+    args = parse_args(["--nodes", nodes, "--runs", "1"])
     versions = {"containerd_version": "2.1.9", "runc_version": "1.1.5", "cni_plugins_version": "1.9.1"}
-    info = {"nproc": "2", "cpu": "cpu", "kernel": "k", "commit": "abc", "python": "3.11", "pyinfra": "3.10.0"}
-    text = report([size(3, 2.0), size(12, 6.0)], args, info, datetime.datetime.now(), 1.0, versions)
-    assert "| 12 | 10.00 s | 6.00 s | 6.00 s | 1.00 s | 6.00× | 6.00× | 3.00× |" in text
-    assert "| 3 | no-op rerun | 1 | 1 | 0.10 s | 0 | 0 | 2.0 kB | 1.0 kB | 0 B |" in text
+    info = {"nproc": "2", "cpu": "cpu", "kernel": "k", "commit": "abc", "python": "3.11", "pyinfra": "3.10.0",
+            "memory": "24 GiB"}
+    return report(results, args, info, datetime.datetime.now(), 1.0, versions)
+
+
+def test_report_has_the_tables_and_ratios():
+    text = render([size(3, 2.0), size(12, 6.0)])
+    assert "| 12 (upload) | 6.00 s | 6.00 s | 1.00 s | 6.00× | 6.00× | 0.10 s | 3.00× |" in text
+    assert "| 3 (upload) | no-op rerun | 1 | 1 | 0.10 s | 0 | 0 | 2.0 kB | 4.0 kB | 0 B | 0 B |" in text
+    assert "the laptop's link to the nodes: 100 Mbit/s" in text
+
+
+def test_first_run_table_separates_laptop_and_mirror_bytes():
+    upload = size(3, mode="upload", laptop=52_000_000, mirror_to_laptop=64_000_000)  # the laptop fetches every file
+    fetch = size(3, mode="mirror", laptop=60_000, mirror=50_000_000, rounds=False)
+    text = render([upload, fetch])
+    # per node / total of the mirror's bodies: 3 nodes fetched 50 MB each; the laptop fetched 50 MB once
+    assert ("| 3 | Kubernetes, no pod network | mirror | 10.00 s | 11.00 s | 62.0 kB | 60.0 kB | - | 50.0 MB | "
+            "150.0 MB |") in text
+    assert "| 3 | Kubernetes, no pod network | upload | 10.00 s | 11.00 s | 52.0 MB | 52.0 MB | - | 0 B | 0 B |" in text
+    # what a node needs is what each node fetched in the mirror run, not all the laptop downloaded
+    assert "| upload | 10.00 s | 11.00 s | 52.0 MB | 52.0 MB | - | 0 B | 0 B | - | 64.0 MB | 50.0 MB |" in text
+
+
+def test_targets_are_judged_against_the_issue():
+    from bench.run import target_rows
+
+    rows = {row[0]: row[2] for row in target_rows([
+        size(1, rerun=1.2, mode="upload", laptop=56_000_000, mirror_to_laptop=50_000_000),  # 1.12x: missed
+        size(12, rerun=1.3, mode="upload", laptop=54_000_000, mirror_to_laptop=50_000_000),  # 1.08x: met
+        size(1, mode="mirror", first=20.0, laptop=97_000, mirror=50_000_000, rounds=False),  # 99 kB on the link
+        size(12, mode="mirror", first=31.0, laptop=101_000, mirror=50_000_000, rounds=False),  # 1.55x
+    ])}
+    assert rows["upload, 1 (upload): laptop bytes per node ≤ 1.1 × archives the node needs"] == "**missed**"
+    assert rows["upload, 12 (upload): laptop bytes per node ≤ 1.1 × archives the node needs"] == "met"
+    assert rows["mirror, 1 (mirror): laptop bytes per node ≤ 100.0 kB"] == "met"
+    assert rows["mirror, 12 (mirror): laptop bytes per node ≤ 100.0 kB"] == "**missed**"
+    assert rows["mirror, 12 (mirror): first-run wall time ≤ 1.5 × the 1-node one"] == "**missed**"
+    assert rows["no-op rerun, 1 (upload): ≤ 1.3 × floor, one command per host, no transfer"] == "met"
+    assert rows["no-op rerun, 12 (upload): ≤ 1.3 × floor, one command per host, no transfer"] == "met"
+
+
+def test_a_noop_that_fetches_from_the_mirror_misses_its_target():
+    from bench.run import target_rows
+
+    result = size(3, rerun=1.0)
+    result.of("rerun")[0].per_node["n0"].mirror_requests = 1
+    assert [row[2] for row in target_rows([result]) if row[0].startswith("no-op")] == ["**missed**"]
+
+
+def test_plan_measures_every_mode_on_a_fresh_cluster_and_the_rounds_once():
+    from bench.run import cluster_name, parse_args, plan
+
+    args = parse_args(["--nodes", "1,12", "--runs", "5", "--modes", "upload,mirror", "--bootstrap", "3"])
+    assert plan(args) == [(1, "upload", "kube", 5), (1, "mirror", "kube", 0), (12, "upload", "kube", 5),
+                          (12, "mirror", "kube", 0), (3, "upload", "bootstrap", 0), (3, "mirror", "bootstrap", 0)]
+    names = [cluster_name("bench", n, bed, mode) for n, mode, bed, _ in plan(args)]
+    assert names == ["bench1", "bench1m", "bench12", "bench12m", "benchb3", "benchb3m"]
+    assert len(set(names)) == len(names) and max(map(len, names)) <= 8  # bridge br-<name>, node veths vb-<name>-N
+
+
+def test_a_plan_names_the_clusters_in_order():
+    from bench.run import parse_args, plan
+
+    args = parse_args(["--plan", "kube:1:mirror:5, kube:12:upload:0,bootstrap:3:mirror:0"])
+    assert plan(args) == [(1, "mirror", "kube", 5), (12, "upload", "kube", 0), (3, "mirror", "bootstrap", 0)]
+
+
+def test_bad_arguments_are_refused(capsys):
+    import pytest
+
+    from bench.run import parse_args
+
+    for argv in (["--modes", "upload,ftp"], ["--nodes", "3,3"], ["--nodes", "", "--bootstrap", ""],
+                 ["--prefix", "Bench"], ["--shape-mbit", "-1"], ["--plan", "kube:1:ftp:5"],
+                 ["--plan", "kube:1:mirror:5,kube:1:mirror:0"], ["--plan", "vm:1:mirror:5"]):
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+
+
+def test_each_mode_is_the_setting_an_operator_would_use():
+    from bench.run import mode_overrides
+    from tasks.settings import Settings
+
+    assert mode_overrides("upload") == {}  # podnet's default: the laptop sends the archives
+    assert Settings.__dataclass_fields__["release_download"].metadata["setting"]["default"] == "laptop"
+    assert mode_overrides("mirror") == {"release_download": "nodes"}

@@ -125,6 +125,12 @@ def test_fresh_hosts_get_binaries_configs_modules_sysctls_and_containerd(cluster
         archives = sorted(u.split("-", 1)[1] for u in uploads if u.startswith("/var/lib/podnet/releases/."))
         assert archives == sorted(f"{Path(cluster.releases.upstream_path(name)).name}.podnet-new"
                                   for name in ("containerd", "cni_plugins", "flannel_cni_plugin")), archives
+        # on a fresh node the releases directory is made (root-only) before the first archive is sent into it
+        lines = run.stderr.splitlines()
+        made = next(i for i, line in enumerate(lines) if f"simulating command on {host}: " in line
+                    and "mkdir -p -m 0700 /var/lib/podnet/releases" in line)
+        sent = next(i for i, line in enumerate(lines) if f"simulating put_file on {host}: /var/lib/podnet/releases/" in line)
+        assert made < sent
         assert "modprobe -a overlay br_netfilter" in commands
         assert ("sysctl -q -w net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1 "
                 "net.ipv4.ip_forward=1") in commands

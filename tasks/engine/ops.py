@@ -106,7 +106,10 @@ def files_installed(files: list[DesiredFile], current: NodeState, validate: str 
         _show_diff(f, current)
     parents = sorted({posixpath.dirname(f.path) for f in changed})
     present = [f.path for f in changed if current.hashes.get(f.path) is not None] if owned else []
+    # the release files the laptop sends go to their staged names in the (root-only) releases directory
+    releases = sorted({posixpath.dirname(node_releases.node_path(o)) for o in delivery.uploads})
     yield " && ".join(["mkdir -p " + " ".join(shlex.quote(p) for p in parents),
+                       *(["mkdir -p -m 0700 " + " ".join(shlex.quote(p) for p in releases)] if releases else []),
                        *(keep_original_script(p, ledger_path(DIGEST_CACHE)) for p in present)])
     if delivery.netrc is not None:
         yield HostCommand(_netrc_written, (delivery.netrc,), {})

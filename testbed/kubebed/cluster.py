@@ -347,7 +347,7 @@ etcd:
     def wait_ready(self) -> None:
         """Every node registered; kube-controller-manager and kube-scheduler running."""
         names = sorted(n.name for n in self.cluster.nodes)
-        deadline = time.monotonic() + READY_TIMEOUT
+        deadline = time.monotonic() + READY_TIMEOUT + 5 * len(names)  # kubelets register one by one
         seen: list[str] = []
         while time.monotonic() < deadline:
             seen = sorted(self.kubectl("get nodes -o jsonpath='{.items[*].metadata.name}'", check=False).split())
@@ -355,7 +355,9 @@ etcd:
                 break
             time.sleep(1)
         else:
-            raise KubeBedError(f"nodes registered: {seen}, expected {names}")
+            missing = [n for n in self.cluster.nodes if n.name not in seen]
+            raise KubeBedError(f"nodes registered: {seen}, expected {names}; the kubelet of each missing node:\n"
+                               + "\n".join(f"{n.name}: {self.kubelet_state(n)}" for n in missing[:5]))
         for name in ("kube-controller-manager", "kube-scheduler"):
             self.wait_for(self.control_plane, f"kubectl --kubeconfig={ADMIN_CONF} -n kube-system get lease {name} "
                                            "-o jsonpath='{.spec.holderIdentity}' | grep -q .", f"{name}'s leader lease")
@@ -368,6 +370,11 @@ etcd:
         out = self.kubectl("get nodes -o jsonpath='{range .items[*]}{.metadata.name}{\" \"}{.spec.podCIDRs[*]}"
                            "{\"\\n\"}{end}'")
         return {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
+
+    def kubelet_state(self, node: Node) -> str:
+        """Whether the node's kubelet runs, and its last log lines (why a node did not register)."""
+        return self.sh(node, "systemctl is-active kubelet.service; journalctl -u kubelet.service -n 3 --no-pager -o cat",
+                       check=False, timeout=30).strip().replace("\n", " | ")[-600:]
 
     def pod_cidrs(self) -> dict[str, str]:
         """Node name -> spec.podCIDR ('' where none)."""

@@ -29,6 +29,8 @@ containers on this particular host (see /work/shared/reference/local-nodes.md):
   each controller read-write and remounts the /sys/fs/cgroup tmpfs read-write (from the
   host, in the node's mount namespace) so runc can create pod cgroups.
 - Nodes cannot load kernel modules: the host provides overlay and br_netfilter.
+- Every node's inotify instances count against the host root's one limit: the harness
+  raises fs.inotify.max_user_instances (never lowers it) to what the nodes need (limits.py).
 - This host's root lacks CAP_SYS_RESOURCE, so containerd in a node needs
   `restrict_oom_score_adj = true` (a toolkit *setting* the test inventory turns on).
 """

@@ -16,7 +16,7 @@ from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Self
 
-from . import net, node
+from . import limits, net, node
 from .node import Node
 from .rootfs import ensure_base_rootfs
 from .state import load_state, save_state
@@ -237,6 +237,8 @@ class Cluster:
             run(["modprobe", "overlay"])
         if not Path("/proc/sys/net/bridge").exists():
             run(["modprobe", "br_netfilter"])
+        # Every node's inotify instances count against root's one limit (limits.py).
+        limits.ensure_inotify_instances(self.node_count)
 
     def _refuse_leftovers(self) -> None:
         """Without a state file, anything of ours in state_dir is debris of a failed run."""
