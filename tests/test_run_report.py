@@ -64,7 +64,7 @@ def _plugin_activation_fails_on_the_worker(cluster, *, worker_conflist_differs: 
     extra = {"flannel_mtu": 1400}
     worker = cluster.converged(WORKER) if worker_conflist_differs else cluster.converged(WORKER, **extra)
     worker.hashes["/opt/cni/bin/portmap"] = "0" * 64  # another portmap: the plugin batch changes
-    fail = {re.compile(r"^set -e; chmod \S+ /opt/cni/bin/"): {"success": False, "stderr": "rejected"}}
+    fail = {re.compile(r"^set -e; .*chmod \S+ /opt/cni/bin/"): {"success": False, "stderr": "rejected"}}
     nodes = [FakeNode("cp1", "control_plane", cluster.data(**extra), probe_answer(cluster.converged(CP, **extra)),
                       {"get nodes": POD_CIDRS, **FLANNEL_TOKEN_ANSWERS}),
              FakeNode("w1", "workers", cluster.data(**extra), probe_answer(worker), fail)]
