@@ -593,24 +593,29 @@ def test_a_backend_change_replaces_only_flanneld_and_pods_still_reach_each_other
 
 
 def back_from_host_gw(bed: PodBed) -> None:
-    """Back to vxlan as README's "Changing the backend" says. On dual stack host-gw's IPv6 routes go first, with
-    flanneld stopped: flanneld v0.28.9 leaves them, and while one is there the kernel refuses vxlan's onlink
-    IPv6 route to that node ("Nexthop has invalid gateway or device mismatch": flanneld logs `invalid argument`,
-    retries for about 40 s per node and gives the node up)."""
-    if bed.dual_stack and bed.kind.rollout == "daemonset":
-        bed.kubectl("-n kube-flannel delete ds kube-flannel --wait=true")
-        bed.kubectl("-n kube-flannel wait --for=delete pod -l app=flannel --timeout=120s", check=False)
-        for node in bed.cluster.nodes:
-            bed.sh(node, f"ip -6 route show root {CLUSTER_CIDR_IPV6} | grep -v ' dev flannel\\| dev cni0' "
-                         "| while read -r route; do ip -6 route del $route; done")
+    """Back to vxlan with one deploy. On dual stack podnet first deletes host-gw's IPv6 routes with flanneld stopped
+    (the DaemonSet deleted, then applied again): flanneld v0.28.9 leaves them, and while one is there the kernel
+    refuses vxlan's onlink IPv6 route to that node (flanneld would log `invalid argument`, retry for about 40 s per
+    node and give the node up)."""
     bed.write_inventory()
     run = bed.deploy()
     assert run.returncode == 0, run.output[-4000:]
     bed.wait_for_flannel()
-    if bed.dual_stack:  # every node's IPv6 pod subnet through flannel-v6.1 again
-        for node in bed.cluster.nodes:
+    changed = run.changed_operations()
+    if bed.dual_stack:
+        assert changed["flannel: host-gw's IPv6 routes to other nodes' podCIDRs deleted, flanneld stopped"] == \
+            nodes_of(bed), changed
+        if bed.kind.rollout == "daemonset":
+            assert changed["flannel: DaemonSet deleted before host-gw's IPv6 routes go (its flanneld adds them "
+                           "back)"] == 1, changed
+        for node in bed.cluster.nodes:  # every other node's IPv6 pod subnet through flannel-v6.1 again
             routes = bed.sh(node, f"ip -6 route show root {CLUSTER_CIDR_IPV6}")
             assert " dev host0" not in routes, (node.name, routes)
+            for other in bed.cluster.nodes:
+                if other is not node:
+                    subnet = bed.node_subnet(other, 6).network
+                    assert f"{subnet} via {subnet.network_address} dev flannel-v6.1" in routes, (node.name, routes)
+    assert bed.deploy().changed_operations() == {}
 
 
 @pytest.mark.only_bed("containerd-2.x")  # podnet's default DaemonSet (flannel v0.28.9)
