@@ -40,6 +40,7 @@ POD_NETWORK: tuple[Step, ...] = (
     kubeadm_config.STEP,
     flannel.POD_MTU,
     pod_network.REGISTRATION,
+    flannel.DIRECT_ROUTES,
     flannel.ROLLOUT,
     pod_network.OLD_BRIDGE,
 )
@@ -90,7 +91,7 @@ def node_ipam():
 
 @deploy("podnet: flannel")
 def flannel_rollout():
-    steps(flannel.POD_MTU, pod_network.REGISTRATION, flannel.ROLLOUT, pod_network.OLD_BRIDGE)
+    steps(flannel.POD_MTU, pod_network.REGISTRATION, flannel.DIRECT_ROUTES, flannel.ROLLOUT, pod_network.OLD_BRIDGE)
 
 
 def reset_steps() -> HostContext:

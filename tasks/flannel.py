@@ -630,13 +630,16 @@ def apply_daemonset(s: Settings, node: NodeState, ipam_changed: bool, cluster_cr
         raise answers.RemoteAnswerError(answers.problem(host_name, "the kube-flannel DaemonSet's manifest hash",
                                                         "\n".join(applied[1]), "one line expected"))
     current_hash = hashes[0] if hashes else ""
-    needs_apply = current_hash != manifest_sha256(manifest)
+    # the DaemonSet deleted in this run to clear host-gw's routes (direct_routes_removed) is applied again
+    deleted = bool(direct_routes_left(s, node, host_name))
+    needs_apply = current_hash != manifest_sha256(manifest) or deleted
     ops.files_installed(name="flannel: kube-flannel manifest", files=[text_file(MANIFEST_PATH, manifest)],
                         current=node)
     ops.shell_when(
         name="flannel: DaemonSet applied",
         commands=[f"{s.kubectl} apply -f {MANIFEST_PATH}"],
-        reason=("applying kube-flannel: " + ("not deployed yet" if not current_hash else "manifest changed"))
+        reason=("applying kube-flannel: " + ("not deployed yet" if not current_hash else
+                                             "deleted to clear host-gw's IPv6 routes" if deleted else "manifest changed"))
         if needs_apply else None,
     )
     ops.python_step(name="flannel: DaemonSet rolled out, every flannel pod Ready", function=wait_for_rollout,
@@ -896,10 +899,77 @@ def apply_systemd(s: Settings, node: NodeState, flanneld_binary, check_pod_cidrs
     reason = token_renewal_reason(node) if first_control_plane is not None else None
     ops.python_step(name="flannel: flanneld's ServiceAccount token and kubeconfig (mode 0600)",
                     function=install_token, args=(s, first_control_plane), reason=reason)
-    ops.service_running(name="flannel: flanneld running", unit=UNIT, current=node, restart=bool(changed),
+    # stopped in this run to clear host-gw's routes (direct_routes_removed): started again, with the new files
+    stopped = bool(direct_routes_left(s, node, host_name))
+    ops.service_running(name="flannel: flanneld running", unit=UNIT, current=node, restart=bool(changed) or stopped,
                         daemon_reload=unit in changed)
     if check_pod_cidrs:
         pod_cidrs_checked(s, node, changed=ipam_changed, host_name=host_name)
+
+
+# --- a backend change away from host-gw: the IPv6 routes it left --------------------------------
+
+DIRECT_ROUTES_QUERY = "flannel_direct_routes_v6"
+DIRECT_ROUTING_BACKENDS = ("host-gw",)  # the backends of podnet's settings that route through the node's interface
+
+
+def clears_direct_routes(s: Settings) -> bool:
+    """The configured backend routes other nodes' IPv6 podCIDRs through a device of its own, so a gateway route
+    host-gw left through the node's interface is in its way (flanneld is podnet's, IPv6 pods).
+
+    flanneld v0.28.9's host-gw adds `<podCIDR> via <node address> dev <interface>` for every other node
+    (pkg/backend/route_network.go) and nothing removes it when the backend changes; vxlan then asks the kernel to
+    replace it with an onlink route through flannel-v6.<VNI> (pkg/backend/vxlan/vxlan_network.go), which IPv6
+    refuses while the old route is there (net/ipv6/route.c ip6_validate_gw: "Nexthop has invalid gateway or device
+    mismatch"): flanneld logs `invalid argument`, retries about 40 s per node and gives that node up. IPv4's
+    replace succeeds (net/ipv4/fib_trie.c), so IPv4 needs nothing."""
+    return removes_flannel(s) and 6 in s.pod_networks and s.flannel_backend not in DIRECT_ROUTING_BACKENDS
+
+
+def direct_routes_probe_request(s: Settings) -> ProbeRequest:
+    """Every node, where ``clears_direct_routes``: its IPv6 routes with a gateway."""
+    return ProbeRequest(queries={DIRECT_ROUTES_QUERY: routes_command((6,))} if clears_direct_routes(s) else {})
+
+
+def direct_routes_left(s: Settings, node: NodeState, host_name: str = "") -> list[tuple[int, str, str, str]]:
+    """host-gw's IPv6 routes on this node that the configured backend needs gone (``clears_direct_routes``):
+    (6, podCIDR, gateway, device) each; a line that does not fit is a warning and left alone."""
+    return _gateway_routes(s, node, DIRECT_ROUTES_QUERY, host_name) if clears_direct_routes(s) else []
+
+
+def route_deletion(route: tuple[int, str, str, str]) -> str:
+    """The command deleting one (family, destination, gateway, device) route."""
+    family, destination, gateway, device = route
+    return f"ip -{family} route delete {destination} via {gateway} dev {shell.word(device)}"
+
+
+def flanneld_stopped_command(host_name: str) -> str:
+    """Fails naming the node while a flanneld process runs on it (read from /proc by the shell alone)."""
+    message = shell.word(f"podnet: {host_name}: flanneld still runs here, so host-gw's IPv6 routes cannot go (it "
+                         f"would add them back, or be left without its own): delete the DaemonSet (kubectl -n "
+                         f"{NAMESPACE} delete ds {DAEMONSET}) and run the deploy again")
+    return (f"for c in /proc/[0-9]*/comm; do read -r n < \"$c\" 2>/dev/null || continue; "
+            f"if [ \"$n\" = flanneld ]; then echo {message} >&2; exit 1; fi; done")
+
+
+def direct_routes_removed(ctx: HostContext) -> None:
+    """host-gw's IPv6 routes (``direct_routes_left``) deleted on every node, with no flanneld running there: the
+    DaemonSet deleted first (from the first control-plane host, in the foreground, when that host has such routes;
+    ``apply_daemonset`` then applies it again), or the node's flanneld unit stopped (started again by the rollout).
+    pyinfra runs an operation on every host before the next, so the DaemonSet is gone before any node deletes."""
+    s, node = ctx.settings, ctx.node
+    routes = direct_routes_left(s, node, ctx.host_name)
+    if s.flannel_rollout == "daemonset" and ctx.is_first_control_plane:
+        ops.shell_when(name="flannel: DaemonSet deleted before host-gw's IPv6 routes go (its flanneld adds them back)",
+                       commands=[f"{s.kubectl} -n {NAMESPACE} delete ds {DAEMONSET} --ignore-not-found "
+                                 f"--cascade=foreground --wait=true --timeout={s.flannel_rollout_timeout}s"],
+                       reason="host-gw's IPv6 routes are in the way of the new backend" if routes else None)
+    stop = (flanneld_stopped_command(ctx.host_name) if s.flannel_rollout == "daemonset"
+            else f"systemctl stop {UNIT}")
+    ops.shell_when(name="flannel: host-gw's IPv6 routes to other nodes' podCIDRs deleted, flanneld stopped",
+                   commands=[stop, *(route_deletion(route) for route in routes)],
+                   reason=("deleting " + ", ".join(f"{dst} via {gw} dev {dev}" for _, dst, gw, dev in routes)
+                           + f" (left by host-gw; in the way of {s.flannel_backend})") if routes else None)
 
 
 # --- the steps ----------------------------------------------------------------------------
@@ -945,6 +1015,13 @@ POD_MTU = Step(
     check=lambda ctx: pod_mtu_fits(ctx.settings, ctx.node, ctx.host_name),
     apply=lambda ctx: None,
 )
+DIRECT_ROUTES = Step(
+    "flannel: host-gw's IPv6 routes gone where another backend is configured (flanneld stopped first: the DaemonSet "
+    "deleted, or its unit stopped, to be rolled out again)",
+    applies=lambda ctx: clears_direct_routes(ctx.settings),
+    probe=lambda ctx: direct_routes_probe_request(ctx.settings),
+    apply=direct_routes_removed,
+)
 ROLLOUT = Step(
     "flannel: flanneld rolled out (the DaemonSet from the first control-plane host, waited for until every flannel "
     "pod is Ready; or its unit on every node, with its own ServiceAccount token), then every node's podCIDR checked",
@@ -969,8 +1046,15 @@ ROUTES_QUERY = "flannel_routes"
 # DirectRouting, route each other node's podCIDR through the node's own interface this way
 # (pkg/backend/hostgw, pkg/backend/vxlan/vxlan_network.go directRoute; v6 twins for IPv6): such
 # a route outlives flanneld and its devices.
-ROUTES_COMMAND = ("for f in 4 6; do ip -o -$f route show | awk -v f=$f "
-                  "'$1 != \"default\" && $2 == \"via\" && $4 == \"dev\" {print f, $1, $3, $5}'; done")
+
+
+def routes_command(families: tuple[int, ...] = (4, 6)) -> str:
+    """Prints "<4|6> <destination> <gateway> <device>" for every route with a gateway of these families."""
+    return (f"for f in {' '.join(str(f) for f in families)}; do ip -o -$f route show | awk -v f=$f "
+            "'$1 != \"default\" && $2 == \"via\" && $4 == \"dev\" {print f, $1, $3, $5}'; done")
+
+
+ROUTES_COMMAND = routes_command()
 
 
 def removes_flannel(s: Settings) -> bool:
@@ -1153,11 +1237,17 @@ def flannel_routes(s: Settings, node: NodeState, host_name: str = "") -> list[tu
     to a podCIDR of the pod network (inside the cluster CIDR of its family, with that family's node
     mask), not through cni0 or flanneld's own devices (those go with the device). A line that does
     not fit is reported as a warning and left alone."""
-    rc, lines = node.queries.get(ROUTES_QUERY, (1, []))
+    return _gateway_routes(s, node, ROUTES_QUERY, host_name)
+
+
+def _gateway_routes(s: Settings, node: NodeState, query: str, host_name: str) -> list[tuple[int, str, str, str]]:
+    """``query``'s answer (``routes_command``): its routes to a podCIDR of the pod network not through cni0
+    or flanneld's own devices; [] where flanneld is not podnet's or the query failed."""
+    rc, lines = node.queries.get(query, (1, []))
     if rc != 0 or not removes_flannel(s):
         return []
     own = {pod_network.BRIDGE, *interfaces(s)}
-    return [route for route in answers.records(host_name, f"routes with a gateway ({ROUTES_QUERY})", lines,
+    return [route for route in answers.records(host_name, f"routes with a gateway ({query})", lines,
                                                _route_line, strict=False)
             if route[3] not in own and pod_network.fits(s, route[1])]
 
@@ -1189,7 +1279,7 @@ def network_state_removed(s: Settings, node: NodeState, host_name: str = "") -> 
                    reason=f"deleting {', '.join(links)}" if links else None)
     routes = flannel_routes(s, node, host_name)
     ops.shell_when(name="reset: flannel's routes to other nodes' podCIDRs deleted",
-                   commands=[f"ip -{f} route delete {dst} via {gw} dev {dev}" for f, dst, gw, dev in routes],
+                   commands=[route_deletion(route) for route in routes],
                    reason="deleting the routes to " + ", ".join(f"{dst} via {gw}" for _, dst, gw, _ in routes)
                    if routes else None)
     rc, lines = node.queries.get(CHAINS_QUERY, (1, []))

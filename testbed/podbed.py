@@ -22,6 +22,9 @@ testbed.localcluster), the API server and kubelets run dual-stack (testbed.kubeb
 inventory sets ``cluster_cidr_ipv6`` and ``service_cluster_ip_range_ipv6`` (CLUSTER_CIDR_IPV6, the
 kube bed's IPv6 service range), so podnet turns node IPAM on for both families and flanneld runs
 with ``EnableIPv6``. Pods then get an address of each family (``Pod.ip``, ``Pod.ip6``).
+A dual-stack cluster may run podnet's IPv4 pod network only (``dual_stack_cluster=True``,
+``dual_stack=False``) until ``turn_dual_stack_on()``: the inventory then has both, as an
+operator enabling dual stack on a running IPv4 cluster writes it.
 """
 
 from __future__ import annotations
@@ -125,13 +128,14 @@ class PodBed:
     generation: containerd "1.x" (Debian's 1.6) or "2.x" (2.3.4, podnet's default);
     runtime: how kube-controller-manager runs ("static-pod", podnet's default, or "systemd");
     rollout: podnet's flannel_rollout ("daemonset", the default, or "systemd");
-    dual_stack: the cluster runs dual-stack and podnet is deployed with both pod networks (the
-    cluster's nodes need IPv6 addresses: testbed.localcluster's ``ipv6``).
+    dual_stack: podnet is deployed with both pod networks;
+    dual_stack_cluster: the API server and kubelets run dual-stack (default: ``dual_stack``; the cluster's nodes
+    need IPv6 addresses: testbed.localcluster's ``ipv6``).
     """
 
     def __init__(self, cluster: Cluster, base_url: str, mirror, generation: str, workdir: Path,
                  runtime: str = "static-pod", rollout: str = "daemonset", dual_stack: bool = False,
-                 release_download: str = "laptop"):
+                 dual_stack_cluster: bool | None = None, release_download: str = "laptop"):
         self.cluster = cluster
         self.release_download = release_download  # "nodes": they download from base_url (served to them)
         self.base_url = base_url
@@ -143,6 +147,9 @@ class PodBed:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cluster_cidr = ipaddress.ip_network("10.244.0.0/16")
         self.dual_stack = dual_stack
+        self.dual_stack_cluster = dual_stack if dual_stack_cluster is None else dual_stack_cluster
+        if dual_stack and not self.dual_stack_cluster:
+            raise ValueError("podnet's IPv6 pod network needs a dual-stack cluster")
         self.cluster_cidr_ipv6 = ipaddress.ip_network(CLUSTER_CIDR_IPV6) if dual_stack else None
         self.overrides: dict = {}
         # node name -> (host, port) pyinfra connects to instead of the node's sshd (e.g. a DelayProxy)
@@ -197,9 +204,16 @@ class PodBed:
                             containerd_tarball=self.mirror.path("containerd", version),
                             runc_binary=self.mirror.path("runc", settings["runc_version"]),
                             containerd_config_version=2 if version.startswith("1.") else 3,
-                            dual_stack=self.dual_stack)
+                            dual_stack=self.dual_stack_cluster)
         self.kube.install()  # admin.conf on the control plane only: podnet gives flanneld a kubeconfig of its own
         return self.kube
+
+    def turn_dual_stack_on(self) -> None:
+        """From now on the inventory has podnet's IPv6 pod network too (the cluster already runs dual-stack)."""
+        if not self.dual_stack_cluster:
+            raise ValueError("podnet's IPv6 pod network needs a dual-stack cluster")
+        self.dual_stack = True
+        self.cluster_cidr_ipv6 = ipaddress.ip_network(CLUSTER_CIDR_IPV6)
 
     # --- the deploy ------------------------------------------------------------------
 

@@ -11,7 +11,9 @@ Three clusters, one after the other (each shared by the tests of its group):
 - containerd-1.x: Debian's containerd 1.6, kube-controller-manager as a systemd unit,
   the DaemonSet, 2 nodes, dual-stack;
 - flanneld-systemd: containerd 1.6, static pod, flanneld as podnet's systemd unit, 2 nodes,
-  IPv4 only (single stack stays proven); the nodes download the release files themselves from
+  podnet's IPv4 pod network only (single stack stays proven) on a cluster that runs dual-stack,
+  until its last test turns podnet's dual stack on (a pod network change: the nodes register
+  again and pods get both families); the nodes download the release files themselves from
   the mirror, served on the cluster's bridge (release_download = "nodes"; on the others the
   laptop sends the release archives).
 Dual-stack beds (testbed.podbed's ``dual_stack``): the nodes have IPv6 addresses (unique local),
@@ -45,6 +47,7 @@ from tasks.settings import parse_host_settings
 from testbed.cri.client import cri_over_ssh
 from tasks.doctor.run import JSON_ENV as DOCTOR_JSON
 from testbed.podbed import CLUSTER_CIDR_IPV6, KCM_UNIT_PATH, MANIFEST_PATH, PING_HEADERS, VXLAN_MTU, PodBed
+from tests.support.leftovers import NOTHING, leftovers, pod_routes
 from testbed.kubebed.cluster import SERVICE_CIDR_IPV6
 
 pytestmark = [
@@ -60,13 +63,14 @@ class BedKind:
     runtime: str
     rollout: str
     nodes: int
-    dual_stack: bool
+    dual_stack: bool  # podnet's inventory has both pod networks from the start
+    dual_stack_cluster: bool  # the nodes have IPv6 addresses, the API server and kubelets run dual-stack
     release_download: str = "laptop"
 
 
-KINDS = [BedKind("containerd-2.x", "2.x", "static-pod", "daemonset", 3, True),
-         BedKind("containerd-1.x", "1.x", "systemd", "daemonset", 2, True),
-         BedKind("flanneld-systemd", "1.x", "static-pod", "systemd", 2, False, release_download="nodes")]
+KINDS = [BedKind("containerd-2.x", "2.x", "static-pod", "daemonset", 3, True, True),
+         BedKind("containerd-1.x", "1.x", "systemd", "daemonset", 2, True, True),
+         BedKind("flanneld-systemd", "1.x", "static-pod", "systemd", 2, False, True, release_download="nodes")]
 
 
 @pytest.fixture(scope="module", params=KINDS, ids=[k.name for k in KINDS])
@@ -77,10 +81,11 @@ def bed(request, served_cluster):
     clients: list = []  # (client address, method, path, status) of every request
     replaced: dict = {}  # (client address, path) -> other bytes the mirror answers with
     nodes_download = kind.release_download == "nodes"
-    with served_cluster(name, kind.nodes, request_log=downloads, ipv6=kind.dual_stack, to_nodes=nodes_download,
+    with served_cluster(name, kind.nodes, request_log=downloads, ipv6=kind.dual_stack_cluster, to_nodes=nodes_download,
                         client_log=clients, replaced=replaced) as (base_url, mirror, workdir, cluster):
         bed = PodBed(cluster, base_url, mirror, kind.generation, workdir, runtime=kind.runtime, rollout=kind.rollout,
-                     dual_stack=kind.dual_stack, release_download=kind.release_download)
+                     dual_stack=kind.dual_stack, dual_stack_cluster=kind.dual_stack_cluster,
+                     release_download=kind.release_download)
         bed.kind, bed.clients, bed.replaced = kind, clients, replaced
         bed.host_ipv6_forwarding = host_ipv6_forwarding()
         kube = bed.install_cluster()
@@ -674,24 +679,29 @@ def test_a_backend_change_replaces_only_flanneld_and_pods_still_reach_each_other
 
 
 def back_from_host_gw(bed: PodBed) -> None:
-    """Back to vxlan as README's "Changing the backend" says. On dual stack host-gw's IPv6 routes go first, with
-    flanneld stopped: flanneld v0.28.9 leaves them, and while one is there the kernel refuses vxlan's onlink
-    IPv6 route to that node ("Nexthop has invalid gateway or device mismatch": flanneld logs `invalid argument`,
-    retries for about 40 s per node and gives the node up)."""
-    if bed.dual_stack and bed.kind.rollout == "daemonset":
-        bed.kubectl("-n kube-flannel delete ds kube-flannel --wait=true")
-        bed.kubectl("-n kube-flannel wait --for=delete pod -l app=flannel --timeout=120s", check=False)
-        for node in bed.cluster.nodes:
-            bed.sh(node, f"ip -6 route show root {CLUSTER_CIDR_IPV6} | grep -v ' dev flannel\\| dev cni0' "
-                         "| while read -r route; do ip -6 route del $route; done")
+    """Back to vxlan with one deploy. On dual stack podnet first deletes host-gw's IPv6 routes with flanneld stopped
+    (the DaemonSet deleted, then applied again): flanneld v0.28.9 leaves them, and while one is there the kernel
+    refuses vxlan's onlink IPv6 route to that node (flanneld would log `invalid argument`, retry for about 40 s per
+    node and give the node up)."""
     bed.write_inventory()
     run = bed.deploy()
     assert run.returncode == 0, run.output[-4000:]
     bed.wait_for_flannel()
-    if bed.dual_stack:  # every node's IPv6 pod subnet through flannel-v6.1 again
-        for node in bed.cluster.nodes:
+    changed = run.changed_operations()
+    if bed.dual_stack:
+        assert changed["flannel: host-gw's IPv6 routes to other nodes' podCIDRs deleted, flanneld stopped"] == \
+            nodes_of(bed), changed
+        if bed.kind.rollout == "daemonset":
+            assert changed["flannel: DaemonSet deleted before host-gw's IPv6 routes go (its flanneld adds them "
+                           "back)"] == 1, changed
+        for node in bed.cluster.nodes:  # every other node's IPv6 pod subnet through flannel-v6.1 again
             routes = bed.sh(node, f"ip -6 route show root {CLUSTER_CIDR_IPV6}")
             assert " dev host0" not in routes, (node.name, routes)
+            for other in bed.cluster.nodes:
+                if other is not node:
+                    subnet = bed.node_subnet(other, 6).network
+                    assert f"{subnet} via {subnet.network_address} dev flannel-v6.1" in routes, (node.name, routes)
+    assert bed.deploy().changed_operations() == {}
 
 
 @pytest.mark.only_bed("containerd-2.x")  # podnet's default DaemonSet (flannel v0.28.9)
@@ -880,22 +890,28 @@ def test_doctor_names_the_node_whose_vxlan_port_is_dropped_and_the_one_whose_lin
     assert run.returncode == 0 and first_broken(verdict) == {}, run.output[-3000:]
 
 
-# --- last on the containerd-2.x cluster: the pod network moves ------------------------------------------------
+# --- last on the containerd-2.x and flanneld-systemd clusters: the pod network changes -------------------------
 
 
-@pytest.mark.only_bed("containerd-2.x")  # last on its cluster: it moves the cluster to another pod network
+@pytest.mark.only_bed("containerd-2.x", "flanneld-systemd")  # last on its cluster: the nodes register again
 def test_a_pod_network_change_is_refused_then_carried_out_with_the_opt_in(bed):
+    """On the dual-stack DaemonSet cluster the pod network moves (another cluster_cidr); on the IPv4 one (its cluster
+    dual-stack, flanneld as a systemd unit) podnet's dual stack is turned on: no node holds an IPv6 podCIDR."""
     control_plane = bed.cluster.nodes[0]
     before = bed.pod_cidrs()
     manifest = bed.sh(control_plane, f"cat {MANIFEST_PATH}")
     old_pod = bed.run_pod(bed.cluster.nodes[1], "pod-old-network")
-    bed.write_inventory(**bed.overrides, cluster_cidr="10.245.0.0/16")
+    moving = bed.dual_stack
+    new_cidr = "10.245.0.0/16" if moving else str(bed.cluster_cidr)
+    if not moving:
+        bed.turn_dual_stack_on()
+    bed.write_inventory(**bed.overrides, cluster_cidr=new_cidr)
     marks = [node_costs.mark(node) for node in bed.cluster.nodes]
     refused = bed.deploy()
     assert refused.returncode != 0
-    ipv6 = f", cluster_cidr_ipv6 '{CLUSTER_CIDR_IPV6}' with node_cidr_mask_size_ipv6 64" if bed.dual_stack else ""
-    assert (f"cluster_cidr: nodes hold podCIDRs that cluster_cidr '10.245.0.0/16' with node_cidr_mask_size 24{ipv6} "
-            "does not fit (" + ", ".join(f"{name} {cidr}" for name, cidr in sorted(before.items())) + ")"
+    held = ", ".join(f"{name} {cidr}" if moving else f"{name} (no IPv6 podCIDR)" for name, cidr in sorted(before.items()))
+    assert (f"cluster_cidr: nodes hold podCIDRs that cluster_cidr '{new_cidr}' with node_cidr_mask_size 24, "
+            f"cluster_cidr_ipv6 '{CLUSTER_CIDR_IPV6}' with node_cidr_mask_size_ipv6 64 does not fit ({held})"
             ) in refused.output, refused.output[-3000:]
     for node, mark in zip(bed.cluster.nodes, marks):  # nothing but the probe
         assert node_costs.cost_since(node, mark).commands == 1, node.name
@@ -909,10 +925,15 @@ def test_a_pod_network_change_is_refused_then_carried_out_with_the_opt_in(bed):
     changed = moved.changed_operations()
     assert changed["pod network: nodes registered again in the new pod network"] == 1
     assert changed["pod network: kubelet restarted to register again"] == nodes_of(bed)
-    assert changed["pod network: old cni0 removed"] >= 1
-    cidrs = bed.pod_cidrs()
+    if moving:  # the bridge with the old gateway; turning dual stack on keeps the IPv4 one if the podCIDR stays
+        assert changed["pod network: old cni0 removed"] >= 1
+    cidrs = bed.kube.pod_cidrs_by_family()
     assert sorted(cidrs) == sorted(before)
-    assert all(ipaddress.ip_network(c).subnet_of(ipaddress.ip_network("10.245.0.0/16")) for c in cidrs.values()), cidrs
+    for name, held in cidrs.items():  # one podCIDR of each family, each in its cluster CIDR
+        networks = [ipaddress.ip_network(c) for c in held]
+        assert [n.version for n in networks] == [4, 6], (name, held)
+        assert networks[0].subnet_of(ipaddress.ip_network(new_cidr)), (name, held)
+        assert networks[1].subnet_of(bed.cluster_cidr_ipv6), (name, held)
     bed.wait_for_flannel()
     for node in bed.cluster.nodes:  # flanneld's one address, of the new network (an old one left beside it is removed)
         held = bed.sh(node, "ip -o -4 addr show dev flannel.1 scope global | awk '{print $4}'").split()
@@ -931,3 +952,33 @@ def test_a_pod_network_change_is_refused_then_carried_out_with_the_opt_in(bed):
         for pod in pods:
             bed.remove_pod(pod)
     assert bed.deploy().changed_operations() == {}
+
+
+# --- last on the containerd-1.x cluster: a reset of both families ------------------------------------------------
+
+
+@pytest.mark.only_bed("containerd-1.x")  # last on its cluster: it takes the pod network off
+def test_a_dual_stack_reset_after_host_gw_takes_both_families_off_and_leaves_nothing(bed):
+    """On host-gw, after vxlan: flanneld's routes to the other nodes' podCIDRs of both families go through the node's
+    link (not a device that goes with them), and vxlan's flannel.1 and flannel-v6.1 are still there."""
+    bed.write_inventory(flannel_backend="host-gw")
+    run = bed.deploy()
+    assert run.returncode == 0, run.output[-4000:]
+    bed.wait_for_flannel()
+    for node in bed.cluster.nodes:
+        routes = "\n".join(pod_routes(bed, node))
+        for other in bed.cluster.nodes:
+            if other is not node:  # each family's route to the other node through the link
+                for version, via in ((4, other.ip), (6, other.ip6)):
+                    assert f"{bed.node_subnet(other, version).network} via {via} dev host0" in routes, (node.name,
+                                                                                                       routes)
+    reset = bed.deploy(script="reset.py")
+    assert reset.returncode == 0 and reset.errors == 0, reset.output[-4000:]
+    changed = reset.changed_operations()
+    assert changed["reset: flannel's routes to other nodes' podCIDRs deleted"] == nodes_of(bed), changed
+    assert changed["reset: flannel's interfaces deleted"] == nodes_of(bed), changed
+    for node in bed.cluster.nodes:
+        assert leftovers(bed, node) == NOTHING, node.name
+        assert pod_routes(bed, node) == [], node.name
+    assert bed.kube.get(bed.cluster.nodes[0], KCM_UNIT_PATH) == bed.kcm_before
+    assert bed.deploy(script="reset.py").changed_operations() == {}

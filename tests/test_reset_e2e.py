@@ -46,14 +46,13 @@ from testbed.foreignbed import ForeignFlannel
 from testbed.localcluster import Node
 from testbed.podbed import MANIFEST_PATH, DeployRun, PodBed
 from tests.support.foreign import kube_flannel_sources
+from tests.support.leftovers import NOTHING, leftovers, pod_routes
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(os.geteuid() != 0, reason="booting nodes needs root"),
 ]
 
-PODNET_FILES = ["/etc/cni/net.d/10-flannel.conflist", "/usr/local/bin/flanneld", "/etc/systemd/system/flanneld.service",
-                "/etc/kube-flannel/net-conf.json", "/etc/podnet/kube-flannel.yml"]
 # kubectl queries for the objects podnet's kube-flannel manifest creates
 FLANNEL_NAMESPACED = ("-n kube-flannel get daemonset/kube-flannel configmap/kube-flannel-cfg serviceaccount/flannel "
                       "--ignore-not-found -o name")
@@ -81,26 +80,6 @@ def deployed(bed: PodBed) -> None:
     run = bed.deploy()
     assert run.returncode == 0 and run.errors == 0, run.output[-4000:]
     bed.wait_for_flannel()
-
-
-def leftovers(bed: PodBed, node: Node) -> dict[str, list[str]]:
-    """What of podnet's pod network is on the node: files (with every CNI plugin binary), links,
-    iptables chains and rules naming flannel's chains, directories, a running flanneld."""
-    def lines(command: str) -> list[str]:
-        return sorted(bed.sh(node, command + "; true").splitlines())
-
-    return {
-        "files": lines(f"for f in {' '.join(PODNET_FILES)}; do [ -e $f ] && echo $f; done; "
-                       "ls -1A /opt/cni/bin 2>/dev/null | sed 's|^|/opt/cni/bin/|'"),
-        "links": lines("ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^(cni0|flannel)'"),
-        "chains": lines("for t in iptables-nft iptables-legacy ip6tables-nft ip6tables-legacy; do "
-                        "$t-save 2>/dev/null | grep FLANNEL | sed \"s/^/$t: /\"; done"),
-        "dirs": lines("for d in /run/flannel /var/lib/cni/networks/cbr0; do [ -e $d ] && echo $d; done"),
-        "flanneld": lines("pgrep -x flanneld >/dev/null && echo running"),
-    }
-
-
-NOTHING = {"files": [], "links": [], "chains": [], "dirs": [], "flanneld": []}
 
 
 def pods_ping_across_nodes(bed: PodBed, prefix: str) -> list:
@@ -164,6 +143,7 @@ def test_reset_of_all_nodes_leaves_nothing_and_restores_the_controller_manager(b
     assert set(changed.values()) == {1}, changed  # the worker had nothing left
     for node in bed.cluster.nodes:
         assert leftovers(bed, node) == NOTHING, node.name
+        assert pod_routes(bed, node) == [], node.name
     assert bed.kube.get(bed.cluster.nodes[0], MANIFEST_PATH) == bed.kcm_before
     assert "restoring /etc/kubernetes/manifests/kube-controller-manager.yaml from podnet's backup" in run.output
     assert pod_names(bed) == ["pod/before-0", "pod/before-1"]
@@ -219,6 +199,7 @@ def test_reset_deletes_the_daemonset_and_its_objects_and_leaves_nothing(bed):
         assert bed.kubectl(query).split() == [], query
     for node in bed.cluster.nodes:
         assert leftovers(bed, node) == NOTHING, node.name
+        assert pod_routes(bed, node) == [], node.name
     assert bed.kube.get(bed.cluster.nodes[0], MANIFEST_PATH) == bed.kcm_before
 
 
