@@ -227,11 +227,17 @@ def cost_since(node: Node, before: Mark) -> NodeCost:
         cost.ssh_received = cost.ssh_sent = None
         log.warning("%s: no close logged for connection(s) from port %s; sshd's last lines: %s",
                     node.name, sorted(unclosed), [e.message for e in sshd_entries_since(node, before.cursor)[-6:]])
-    after = veth_counters(node)
-    if before.veth and after:
-        cost.veth_to_node = after[0] - before.veth[0]
-        cost.veth_from_node = after[1] - before.veth[1]
+    cost.veth_to_node, cost.veth_from_node = veth_since(node, before)
     return cost
+
+
+def veth_since(node: Node, before: Mark) -> tuple[int | None, int | None]:
+    """Bytes (every frame, TCP/IP headers included) the host side of the node's veth sent towards the node and
+    received from it since ``before``: read at once, no waiting for sshd's journal; (None, None) unknown."""
+    after = veth_counters(node)
+    if not (before.veth and after):
+        return None, None
+    return after[0] - before.veth[0], after[1] - before.veth[1]
 
 
 # --- one measured pyinfra run ----------------------------------------------------------

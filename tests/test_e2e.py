@@ -563,7 +563,7 @@ def test_plugin_version_bump_replaces_only_plugin_binaries(bed):
             if bed.kind.release_download == "laptop":
                 assert gets[node.name] == []
                 # what reached the node (its veth: sshd logs no byte count when pyinfra resets the connection)
-                received = node_costs.cost_since(node, mark).veth_to_node
+                received = node_costs.veth_since(node, mark)[0]
                 assert received is not None, node.name
                 # the archive, not the unpacked plugins (several times its size); the veth also carries the cluster's
                 # own traffic to the node meanwhile

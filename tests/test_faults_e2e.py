@@ -265,7 +265,7 @@ def test_a_first_run_killed_at_each_point_leaves_no_half_written_file_and_the_ne
     run = converge(bed)
     for node, mark in zip(bed.cluster.nodes, marks):  # the archive the killed run left is used, not sent again
         # every frame towards the node (its veth: sshd logs no byte count when pyinfra resets the connection)
-        received = node_costs.cost_since(node, mark).veth_to_node
+        received = node_costs.veth_since(node, mark)[0]
         for size in kept[node.name]:
             assert received is not None and received < size, (node.name, received)
     changed = run.changed_operations()
