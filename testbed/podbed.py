@@ -297,9 +297,9 @@ class PodBed:
                 if not pod["metadata"].get("deletionTimestamp")}
 
     def wait_for_flannel(self, timeout: float = POD_TIMEOUT) -> None:
-        """flanneld has written subnet.env on every node from that node's podCIDR, of each family the
-        bed runs (bounded wait: a rollout is complete when the pods run, flanneld writes the file a
-        moment later)."""
+        """flanneld runs on every node and has written subnet.env there from that node's podCIDR, of each
+        family the bed runs (bounded wait: a rollout is complete when the pods run, flanneld writes the file a
+        moment later; a restarted flanneld that failed its start is started again by systemd 5 s later)."""
         deadline = time.monotonic() + timeout
         pending: list[str] = []
         keys = {4: "FLANNEL_SUBNET", 6: "FLANNEL_IPV6_SUBNET"}
@@ -307,8 +307,12 @@ class PodBed:
             cidrs = self.kube.pod_cidrs_by_family()
             pending = []
             for node in self.members:
-                text = self.sh(node, "cat /run/flannel/subnet.env 2>/dev/null", check=False)
+                text = self.sh(node, "pgrep -x flanneld >/dev/null && cat /run/flannel/subnet.env 2>/dev/null",
+                               check=False)
                 env = dict(line.split("=", 1) for line in text.split() if "=" in line)
+                if not env:
+                    pending.append(f"{node.name} (no flanneld running, or no subnet.env)")
+                    continue
                 for version in self.families:
                     subnet = env.get(keys[version], "")
                     network = next((c for c in cidrs.get(node.name, []) if ipaddress.ip_network(c).version == version),
