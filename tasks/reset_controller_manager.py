@@ -28,7 +28,7 @@ from tasks.engine import ops
 from tasks.engine.context import HostContext, Step
 from tasks.controller_manager import (BACKUP_DIR, NODE_IPAM_NAMES, SLICE_FLAGS, ControllerManagerError,
                                       _slice_items, config_mode, config_path, desired_flags, effective_values, merge_manifest,
-                                      merge_unit, read_flags)
+                                      merge_unit, read_flags, unit_name)
 from tasks.engine import answers
 from tasks.engine.answers import BadField
 from tasks.engine.desired import DesiredFile, text_file

@@ -8,6 +8,7 @@ decisions (backup or flag removal) on real command lines.
 from __future__ import annotations
 
 import base64
+import hashlib
 import subprocess
 
 import pytest
@@ -306,3 +307,25 @@ def test_a_manifest_kubeadm_wrote_from_podnets_configuration_loses_the_flags():
     command = yaml.safe_load(content)["spec"]["containers"][0]["command"]
     assert command == [c for c in yaml.safe_load(KUBEADM_MANIFEST_POD_SUBNET)["spec"]["containers"][0]["command"]
                        if not c.startswith(("--allocate-node-cidrs", "--cluster-cidr"))]
+
+
+def test_reset_puts_back_a_systemd_controller_managers_unit_and_restarts_it(cluster):
+    # kube-controller-manager as a systemd unit (the hard way): the whole reset.py run, probe included
+    data = {"kube_controller_manager_runtime": "systemd"}
+    s = cluster.settings(CP, **data)
+    path = s.kube_controller_manager_unit
+    merged = merge_unit(HARD_WAY_UNIT, desired_flags(s))
+    backup = f"/var/lib/podnet/backup/{path.rsplit('/', 1)[1]}.0123456789ab"
+    nodes = {host: deployed(cluster, host, **data) for host in HOSTS}
+    cp = nodes[CP]
+    cp.contents[path] = merged.encode()
+    cp.hashes[path], cp.modes[path] = hashlib.sha256(merged.encode()).hexdigest(), "644"
+    cp.queries[BACKUPS_QUERY] = (0, [f"{backup} {base64.b64encode(HARD_WAY_UNIT.encode()).decode()}"])
+    cp.units["kube-controller-manager.service"] = ("active", "enabled")
+    run = run_reset(inventory(cluster, cp, nodes[WORKER], **data), "-y")
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert f"restoring {path} from podnet's backup {backup}" in run.output
+    commands = run.commands(CP)
+    restart = "systemctl daemon-reload && systemctl restart kube-controller-manager.service"
+    assert restart in commands, commands
+    assert not any("kube-controller-manager" in c and "restart" in c for c in run.commands(WORKER))
