@@ -16,7 +16,7 @@ deps-bed:
 
 # Besides the bed's: ruby and vagrant to check the Vagrantfile (no provider: nothing boots),
 # sudo (the run lock test of privilege wrappers), and the test requirements (pytest; grpcio
-# for the bed's CRI client; cryptography for the loopback https server).
+# for the bed's CRI client; cryptography for the loopback https server; pyflakes for tests/test_static.py).
 deps: deps-bed
 	@command -v ruby >/dev/null && command -v vagrant >/dev/null && command -v sudo >/dev/null || { \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ruby vagrant sudo; }
