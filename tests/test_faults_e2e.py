@@ -269,7 +269,8 @@ def test_a_first_run_killed_at_each_point_leaves_no_half_written_file_and_the_ne
         for size in kept[node.name]:
             assert received is not None and received < size, (node.name, received)
     changed = run.changed_operations()
-    assert changed.get(STAGED_OP, 0) == sum(1 for files in left.values() if files), changed
+    # the killed run's command may still finish on a node after pyinfra is gone (its staged files activated then)
+    assert changed.get(STAGED_OP, 0) <= sum(1 for files in left.values() if files), changed
     assert all(release_files(bed, node) == [] for node in bed.cluster.nodes)  # used, then removed
     assert staged_files(bed) == {node.name: [] for node in bed.cluster.nodes}
     after = managed_files(bed)
