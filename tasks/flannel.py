@@ -614,11 +614,12 @@ def _manifest_hash_line(line: str) -> str:
 
 
 def apply_daemonset(s: Settings, node: NodeState, ipam_changed: bool, cluster_created: bool = False,
-                    host_name: str = "") -> None:
+                    host_name: str = "", deleted: bool = False) -> None:
     """
     Apply kube-flannel from the first control-plane host and check every node's podCIDR.
     ``cluster_created``: kubeadm init creates the cluster in this run (cluster_bootstrap), so
-    kubectl could not be asked while planning and nothing is deployed yet.
+    kubectl could not be asked while planning and nothing is deployed yet. ``deleted``: this run
+    deleted the DaemonSet (``direct_routes_removed``), so it is applied again.
     """
     manifest = render_manifest(s)
     refuse(daemonset_findings(s, node, cluster_created))
@@ -630,8 +631,6 @@ def apply_daemonset(s: Settings, node: NodeState, ipam_changed: bool, cluster_cr
         raise answers.RemoteAnswerError(answers.problem(host_name, "the kube-flannel DaemonSet's manifest hash",
                                                         "\n".join(applied[1]), "one line expected"))
     current_hash = hashes[0] if hashes else ""
-    # the DaemonSet deleted in this run to clear host-gw's routes (direct_routes_removed) is applied again
-    deleted = bool(direct_routes_left(s, node, host_name))
     needs_apply = current_hash != manifest_sha256(manifest) or deleted
     ops.files_installed(name="flannel: kube-flannel manifest", files=[text_file(MANIFEST_PATH, manifest)],
                         current=node)
@@ -879,10 +878,11 @@ def install_token(state, host, connector_arguments: dict, s: Settings, control_p
 
 def apply_systemd(s: Settings, node: NodeState, flanneld_binary, check_pod_cidrs: bool = False,
                   ipam_changed: bool = False, first_control_plane: str | None = None,
-                  is_first_control_plane: bool = False, host_name: str = "") -> None:
+                  is_first_control_plane: bool = False, host_name: str = "", stopped: bool = False) -> None:
     """flanneld's binary, net-conf.json and unit on this node; its ServiceAccount (from the first
-    control-plane host) and a token of it in its own kubeconfig; running. On the first control-plane
-    host (``check_pod_cidrs``) also every node's podCIDR."""
+    control-plane host) and a token of it in its own kubeconfig; running (started again when this run
+    ``stopped`` it: ``direct_routes_removed``). On the first control-plane host (``check_pod_cidrs``)
+    also every node's podCIDR."""
     files, unit = systemd_files(s, flanneld_binary, has_control_plane=first_control_plane is not None)
     changed = ops.files_needing_change([*files, unit], node)
     restarts = UNIT if changed else None
@@ -899,8 +899,6 @@ def apply_systemd(s: Settings, node: NodeState, flanneld_binary, check_pod_cidrs
     reason = token_renewal_reason(node) if first_control_plane is not None else None
     ops.python_step(name="flannel: flanneld's ServiceAccount token and kubeconfig (mode 0600)",
                     function=install_token, args=(s, first_control_plane), reason=reason)
-    # stopped in this run to clear host-gw's routes (direct_routes_removed): started again, with the new files
-    stopped = bool(direct_routes_left(s, node, host_name))
     ops.service_running(name="flannel: flanneld running", unit=UNIT, current=node, restart=bool(changed) or stopped,
                         daemon_reload=unit in changed)
     if check_pod_cidrs:
@@ -956,9 +954,11 @@ def direct_routes_removed(ctx: HostContext) -> None:
     """host-gw's IPv6 routes (``direct_routes_left``) deleted on every node, with no flanneld running there: the
     DaemonSet deleted first (from the first control-plane host, in the foreground, when that host has such routes;
     ``apply_daemonset`` then applies it again), or the node's flanneld unit stopped (started again by the rollout).
-    pyinfra runs an operation on every host before the next, so the DaemonSet is gone before any node deletes."""
+    pyinfra runs an operation on every host before the next, so the DaemonSet is gone before any node deletes.
+    Sets ``ctx.flanneld_stopped`` for the rollout that follows."""
     s, node = ctx.settings, ctx.node
     routes = direct_routes_left(s, node, ctx.host_name)
+    ctx.flanneld_stopped = bool(routes)
     if s.flannel_rollout == "daemonset" and ctx.is_first_control_plane:
         ops.shell_when(name="flannel: DaemonSet deleted before host-gw's IPv6 routes go (its flanneld adds them back)",
                        commands=[f"{s.kubectl} -n {NAMESPACE} delete ds {DAEMONSET} --ignore-not-found "
@@ -984,11 +984,13 @@ def _rolls_out_here(ctx: HostContext) -> bool:
 def _roll_out(ctx: HostContext) -> None:
     s = ctx.settings
     if s.flannel_rollout == "daemonset":
-        apply_daemonset(s, ctx.node, ctx.ipam_changed, cluster_created=ctx.cluster_created, host_name=ctx.host_name)
+        apply_daemonset(s, ctx.node, ctx.ipam_changed, cluster_created=ctx.cluster_created, host_name=ctx.host_name,
+                        deleted=ctx.flanneld_stopped)
         return
     apply_systemd(s, ctx.node, ctx.file("flanneld"), check_pod_cidrs=checks_pod_cidrs(s, ctx.is_first_control_plane),
                   ipam_changed=ctx.ipam_changed, first_control_plane=ctx.first_control_plane,
-                  is_first_control_plane=ctx.is_first_control_plane, host_name=ctx.host_name)
+                  is_first_control_plane=ctx.is_first_control_plane, host_name=ctx.host_name,
+                  stopped=ctx.flanneld_stopped)
     if ctx.first_control_plane is None:
         say_pod_cidrs_unchecked(s)
 

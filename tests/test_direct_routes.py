@@ -90,12 +90,8 @@ def _deploy(cluster, left: dict[str, list[str]], **data):
     return run_pyinfra(write_inventory(cluster.tmp / "inventory.py", nodes), "-y")
 
 
-def _deploy_with_routes_left(cluster, **data):
-    return _deploy(cluster, LEFT, **data)
-
-
 def test_daemonset_deleted_then_every_nodes_routes_deleted_then_the_daemonset_applied_again(cluster):
-    run = _deploy_with_routes_left(cluster)
+    run = _deploy(cluster, LEFT)
     assert run.returncode == 0, run.stderr[-4000:]
     cp = [c for c in run.commands(CP) if c not in probes(run, CP)]
     delete = next(i for i, c in enumerate(cp) if "delete ds kube-flannel" in c)
@@ -112,7 +108,7 @@ def test_daemonset_deleted_then_every_nodes_routes_deleted_then_the_daemonset_ap
 
 
 def test_systemd_unit_stopped_routes_deleted_and_started_again(cluster):
-    run = _deploy_with_routes_left(cluster, flannel_rollout="systemd")
+    run = _deploy(cluster, LEFT, flannel_rollout="systemd")
     assert run.returncode == 0, run.stderr[-4000:]
     for host in HOSTS:
         commands = [c for c in run.commands(host) if c not in probes(run, host)]

@@ -57,6 +57,7 @@ class HostContext:
     control_plane_created: bool = False  # kubeadm writes this host's static pod manifests in this run
     ipam_changed: bool = False  # kube-controller-manager's node IPAM flags change in this run
     nodes_to_register_again: dict[str, list[str]] = field(default_factory=dict)  # node -> old podCIDRs
+    flanneld_stopped: bool = False  # flanneld (this host's unit, or the DaemonSet from here) stopped in this run
 
     @property
     def is_first_control_plane(self) -> bool:
