@@ -6,7 +6,8 @@ podnet copies the file to ``BACKUP_DIR/<name>.<sha256[:12] of the copy>`` each t
 changes the flags (tasks.controller_manager). A reset puts a backup back only when that
 undoes exactly podnet's change: the file on the node is what podnet's merge makes of the backup
 with the current settings (byte for byte, or for a manifest value for value as the kubelet reads
-it; nothing else edited it since), and the backup is the pre-podnet original (not itself podnet's rewrite of another backup). Without any
+it; nothing else edited it since), followed back through podnet's earlier rewrites to the
+pre-podnet original (the backup that is not itself podnet's rewrite of another backup). Without any
 backup podnet never changed the file, and it stays as it is (unless kubeadm wrote it from
 podnet's configuration, cluster_bootstrap). Otherwise only podnet's flags are taken out of
 the command line, read as kube-controller-manager reads it (tasks.controller_manager.read_flags):
@@ -25,7 +26,7 @@ import yaml
 from pyinfra import logger
 
 from tasks.engine import ops
-from tasks.engine.context import HostContext, Step
+from tasks.engine.context import Step
 from tasks.controller_manager import (BACKUP_DIR, NODE_IPAM_NAMES, SLICE_FLAGS, ControllerManagerError,
                                       _slice_items, config_mode, config_path, desired_flags, effective_values, merge_manifest,
                                       merge_unit, read_flags, unit_name)
@@ -147,28 +148,52 @@ def _rewrite_of(s: Settings, text: bytes, source: bytes) -> bool:
     return merged is not None and _same_file(s, merged, text)
 
 
-def original_backup(s: Settings, current: bytes, found: dict[str, bytes]) -> str | None:
-    """The backup to put back (its path), or None: the one backup whose merge with the current
-    settings is exactly ``current`` and that is not podnet's rewrite of another backup."""
-    chosen = []
+def _sources(s: Settings, text: bytes, found: dict[str, bytes], merged_from_settings: bool) -> list[str]:
+    """The backups ``text`` is podnet's merge of: with the node IPAM flags ``text`` holds (_rewrite_of),
+    or, for the file on the node, with the current settings' flags (``merged_from_settings``)."""
+    sources = []
     for path, content in found.items():
+        if content == text:
+            continue
+        if _rewrite_of(s, text, content):
+            sources.append(path)
+            continue
+        if not merged_from_settings:
+            continue
         try:
             merged = _merge(s)(content.decode(), desired_flags(s))
         except (ControllerManagerError, yaml.YAMLError, UnicodeDecodeError):
             continue
-        if merged is None or not _same_file(s, merged, current):
-            continue
-        if any(_rewrite_of(s, content, other) for other_path, other in found.items() if other_path != path):
-            continue
-        chosen.append(path)
-    return chosen[0] if len(chosen) == 1 else None
+        if merged is not None and _same_file(s, merged, text):
+            sources.append(path)
+    return sources
+
+
+def original_backup(s: Settings, current: bytes, found: dict[str, bytes]) -> str | None:
+    """The backup to put back (its path), or None: the one pre-podnet original that ``current`` came
+    from by podnet's merges alone.
+
+    Each deploy that changes the flags backs up the file it rewrites, so after settings changes the
+    backups hold the original and podnet's own earlier rewrites of it (a change of cluster_cidr, dual
+    stack turned on, or changed back: the current file can be one of the backups itself). The chain is
+    followed back from ``current`` through every backup it is a merge of; of the backups reached, the
+    originals are those that are not podnet's merge of any other backup. Exactly one must be reached."""
+    reached: set[str] = set()
+    todo = _sources(s, current, found, merged_from_settings=True)
+    while todo:
+        path = todo.pop()
+        if path not in reached:
+            reached.add(path)
+            todo.extend(_sources(s, found[path], found, merged_from_settings=False))
+    originals = [path for path in sorted(reached) if not _sources(s, found[path], found, merged_from_settings=False)]
+    return originals[0] if len(originals) == 1 else None
 
 
 def restored(s: Settings, node: NodeState, host_name: str) -> tuple[bytes | None, str]:
     """What the manifest or unit must hold after the reset (None: it stays as it is) and why:
 
-    - it is one of podnet's backups already (a reset put it back): it stays;
-    - the pre-podnet original backup undoes exactly podnet's change (original_backup): that backup;
+    - the pre-podnet original backup undoes exactly podnet's changes (original_backup): that backup;
+    - it is a pre-podnet backup already (a reset put it back; not podnet's merge of another backup): it stays;
     - there is no backup: podnet never rewrote the file (it backs up before every change), so it
       stays, unless kubeadm wrote it from podnet's configuration (cluster_bootstrap);
     - otherwise: the file without podnet's node IPAM flags (strip_plan).
@@ -178,11 +203,11 @@ def restored(s: Settings, node: NodeState, host_name: str) -> tuple[bytes | None
     if current is None:
         return None, f"{path} does not exist"
     found = backups(node, s, host_name)
-    if current in found.values():
-        return None, f"{path} is as in podnet's backup"
     backup = original_backup(s, current, found)
     if backup is not None:
         return found[backup], f"restoring {path} from podnet's backup {backup}"
+    if current in found.values() and not _sources(s, current, found, merged_from_settings=False):
+        return None, f"{path} is as in podnet's backup"
     if not found and not s.cluster_bootstrap:
         return None, f"{path} was never changed by podnet (no backup in {BACKUP_DIR})"
     try:

@@ -15,13 +15,13 @@ import pytest
 import yaml
 
 from tasks import flannel
-from tasks.controller_manager import desired_flags, exec_start_entry, merge_manifest, merge_unit
+from tasks.controller_manager import backup_path, config_path, desired_flags, exec_start_entry, merge_manifest, merge_unit
 from tasks.formats.systemd_unit import systemd_words
 from tasks.engine.probe import NodeState
 from tasks.reset_controller_manager import BACKUPS_QUERY, restored
 from tasks.settings import SettingsError, parse_host_settings
 from tests.support.hosts import settings
-from tests.support.kubeadm import HARD_WAY_UNIT, KUBEADM_MANIFEST, KUBEADM_MANIFEST_POD_SUBNET
+from tests.support.kubeadm import HARD_WAY_UNIT, KUBEADM_COMMAND, KUBEADM_MANIFEST, KUBEADM_MANIFEST_POD_SUBNET
 from tests.support.plan import CP, HOSTS, WORKER, Cluster, assert_ok, probes
 from tests.support.reset import BACKUP, deployed, inventory, run_reset
 
@@ -244,6 +244,45 @@ def test_of_two_backups_after_a_settings_change_the_original_is_put_back():
     later = "/var/lib/podnet/backup/kube-controller-manager.yaml.ba9876543210"
     content, _ = restored(second, node_with(second, twice, {BACKUP: KUBEADM_MANIFEST, later: once}), "cp1")
     assert content == KUBEADM_MANIFEST.encode()
+
+
+# kubeadm's command line as a systemd unit on one line (as the test bed's control plane runs it)
+KUBEADM_UNIT = ("[Unit]\nDescription=kube-controller-manager\n\n[Service]\nExecStart=/usr/local/bin/"
+                + " ".join(KUBEADM_COMMAND) + "\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n")
+DUAL = {"cluster_cidr_ipv6": "fd42::/56", "service_cluster_ip_range_ipv6": "fd43::/108"}
+
+
+def deployed_through(runtime: str, original: str, changes: list[dict]) -> tuple[object, str, dict[str, str]]:
+    """The last settings, the file and podnet's backups after one deploy per settings in ``changes``: each
+    deploy that changes the flags backs up the file it rewrites first (controller_manager.apply)."""
+    merge = merge_manifest if runtime == "static-pod" else merge_unit
+    current, backups, s = original, {}, None
+    for change in changes:
+        s = settings(kube_controller_manager_runtime=runtime, **change)
+        merged = merge(current, desired_flags(s))
+        if merged is not None:
+            path = MANIFEST if runtime == "static-pod" else s.kube_controller_manager_unit
+            backups[backup_path(path, current.encode())] = current
+            current = merged
+    return s, current, backups
+
+
+@pytest.mark.parametrize("runtime, original", [("static-pod", KUBEADM_MANIFEST), ("systemd", KUBEADM_UNIT),
+                                               ("systemd", HARD_WAY_UNIT)], ids=["manifest", "unit", "hard-way-unit"])
+@pytest.mark.parametrize("changes", [
+    [{}, DUAL],  # dual stack turned on for a running IPv4 cluster
+    [{}, {"cluster_cidr": "10.200.0.0/16"}, {}],  # the pod network moved and moved back: the file is a backup too
+    [{}, DUAL, {}],  # dual stack on and off again
+    [DUAL, {"node_cidr_mask_size_ipv6": 72, **DUAL}, {"cluster_cidr": "10.200.0.0/16", **DUAL}],
+], ids=["ipv4-then-dual", "moved-and-back", "dual-on-and-off", "dual-three-changes"])
+def test_after_several_flag_changes_the_pre_podnet_original_is_put_back(runtime, original, changes):
+    # each change backed up podnet's own previous rewrite: the chain leads back to the one pre-podnet file
+    s, current, backups = deployed_through(runtime, original, changes)
+    assert len(backups) >= 2
+    content, how = restored(s, node_with(s, current, backups), "cp1")
+    original_path = next(path for path, text in backups.items() if text == original)
+    assert how == f"restoring {config_path(s)} from podnet's backup {original_path}"
+    assert content == original.encode()
 
 
 def test_a_manifest_edited_after_podnet_keeps_the_edit_and_loses_only_podnets_flags():
