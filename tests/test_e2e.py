@@ -5,17 +5,17 @@ testbed/kubebed/). podnet must turn node IPAM on in the real kube-controller-man
 out flanneld, and then pods created through the API server must get IPs from their node's
 podCIDR and reach each other across nodes.
 
-Three clusters, one after the other (each shared by the tests of its group):
+Two clusters, one after the other (each shared by the tests of its group):
 - containerd-2.x: podnet's defaults (containerd 2.3.4, kube-controller-manager as a
   kubeadm static pod, the kube-flannel DaemonSet), 3 nodes, dual-stack;
-- containerd-1.x: Debian's containerd 1.6, kube-controller-manager as a systemd unit,
-  the DaemonSet, 2 nodes, dual-stack;
-- flanneld-systemd: containerd 1.6, static pod, flanneld as podnet's systemd unit, 2 nodes,
-  podnet's IPv4 pod network only (single stack stays proven) on a cluster that runs dual-stack,
-  until its last test turns podnet's dual stack on (a pod network change: the nodes register
-  again and pods get both families); the nodes download the release files themselves from
-  the mirror, served on the cluster's bridge (release_download = "nodes"; on the others the
-  laptop sends the release archives).
+- flanneld-systemd: Debian's containerd 1.6, kube-controller-manager as a systemd unit,
+  flanneld as podnet's systemd unit, 2 nodes, podnet's IPv4 pod network only (single stack
+  stays proven) on a cluster that runs dual-stack, until its next-to-last test turns podnet's
+  dual stack on (a pod network change: the nodes register again and pods get both families)
+  and its last takes it all off on host-gw; the nodes download the release files themselves
+  from the mirror, served on the cluster's bridge (release_download = "nodes"; on the other
+  the laptop sends the release archives).
+The DaemonSet on containerd 1.6 runs on the reset tests' cluster (tests/test_reset_e2e.py).
 Dual-stack beds (testbed.podbed's ``dual_stack``): the nodes have IPv6 addresses (unique local),
 the API server and kubelets run dual-stack, podnet is deployed with ``cluster_cidr_ipv6`` and
 ``service_cluster_ip_range_ipv6``; every test there checks both IP families.
@@ -69,14 +69,13 @@ class BedKind:
 
 
 KINDS = [BedKind("containerd-2.x", "2.x", "static-pod", "daemonset", 3, True, True),
-         BedKind("containerd-1.x", "1.x", "systemd", "daemonset", 2, True, True),
-         BedKind("flanneld-systemd", "1.x", "static-pod", "systemd", 2, False, True, release_download="nodes")]
+         BedKind("flanneld-systemd", "1.x", "systemd", "systemd", 2, False, True, release_download="nodes")]
 
 
 @pytest.fixture(scope="module", params=KINDS, ids=[k.name for k in KINDS])
 def bed(request, served_cluster):
     kind: BedKind = request.param
-    name = {"containerd-2.x": "e2e2", "containerd-1.x": "e2e1", "flanneld-systemd": "e2es"}[kind.name]
+    name = {"containerd-2.x": "e2e2", "flanneld-systemd": "e2es"}[kind.name]
     downloads: list = []
     clients: list = []  # (client address, method, path, status) of every request
     replaced: dict = {}  # (client address, path) -> other bytes the mirror answers with
@@ -746,7 +745,7 @@ def test_a_crashing_flanneld_fails_the_rollout_naming_the_node_and_its_last_log_
     bed.wait_for_flannel()
 
 
-@pytest.mark.only_bed("containerd-1.x")  # switched off behind podnet's back with a drop-in: the systemd-unit cluster
+@pytest.mark.only_bed("flanneld-systemd")  # switched off behind podnet's back with a drop-in: the systemd-unit cluster
 def test_the_pod_cidr_check_fails_clearly_when_node_ipam_is_switched_off(bed):
     control_plane, worker = bed.cluster.nodes[0], bed.cluster.nodes[-1]
     dropin = "/etc/systemd/system/kube-controller-manager.service.d/ipam-off.conf"
@@ -899,7 +898,8 @@ def test_a_pod_network_change_is_refused_then_carried_out_with_the_opt_in(bed):
     dual-stack, flanneld as a systemd unit) podnet's dual stack is turned on: no node holds an IPv6 podCIDR."""
     control_plane = bed.cluster.nodes[0]
     before = bed.pod_cidrs()
-    manifest = bed.sh(control_plane, f"cat {MANIFEST_PATH}")
+    kcm_path = MANIFEST_PATH if bed.kind.runtime == "static-pod" else KCM_UNIT_PATH
+    manifest = bed.sh(control_plane, f"cat {kcm_path}")
     old_pod = bed.run_pod(bed.cluster.nodes[1], "pod-old-network")
     moving = bed.dual_stack
     new_cidr = "10.245.0.0/16" if moving else str(bed.cluster_cidr)
@@ -915,7 +915,7 @@ def test_a_pod_network_change_is_refused_then_carried_out_with_the_opt_in(bed):
             ) in refused.output, refused.output[-3000:]
     for node, mark in zip(bed.cluster.nodes, marks):  # nothing but the probe
         assert node_costs.cost_since(node, mark).commands == 1, node.name
-    assert bed.sh(control_plane, f"cat {MANIFEST_PATH}") == manifest and bed.pod_cidrs() == before
+    assert bed.sh(control_plane, f"cat {kcm_path}") == manifest and bed.pod_cidrs() == before
 
     # podnet's default rollout timeout, not the bed's shorter one: the move replaces every flannel pod, one after the
     # other, and an old flanneld still retrying its routes to the re-registered nodes takes its 30 s grace period to end
@@ -954,10 +954,10 @@ def test_a_pod_network_change_is_refused_then_carried_out_with_the_opt_in(bed):
     assert bed.deploy().changed_operations() == {}
 
 
-# --- last on the containerd-1.x cluster: a reset of both families ------------------------------------------------
+# --- last on the flanneld-systemd cluster, after dual stack was turned on: a reset of both families ----------------
 
 
-@pytest.mark.only_bed("containerd-1.x")  # last on its cluster: it takes the pod network off
+@pytest.mark.only_bed("flanneld-systemd")  # last on its cluster: it takes the pod network off
 def test_a_dual_stack_reset_after_host_gw_takes_both_families_off_and_leaves_nothing(bed):
     """On host-gw, after vxlan: flanneld's routes to the other nodes' podCIDRs of both families go through the node's
     link (not a device that goes with them), and vxlan's flannel.1 and flannel-v6.1 are still there."""
