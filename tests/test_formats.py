@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tasks import cni, containerd, flannel, kernel, kubeadm
 from tasks.controller_manager import exec_start_entry
@@ -267,3 +267,18 @@ def test_shell_command_round_trips(value):
     result = subprocess.run(["sh", "-c", shell.command("printf", "%s\\0", value, "end")], capture_output=True,
                             check=True)
     assert result.stdout.decode().split("\0")[:-1] == [value, "end"]
+
+
+# --- podnet's own YAML data files ---------------------------------------------------------------
+
+
+def test_podnets_data_files_read_the_same_values_as_pyyamls_safe_loader():
+    # every run reads files/artifacts.yaml: libyaml's parser where PyYAML has it, never other values
+    from tasks.artifacts.catalog import ARTIFACTS_FILE
+    from tasks.formats import data_yaml
+    text = ARTIFACTS_FILE.read_text()
+    assert data_yaml.load(text) == yaml.safe_load(text)
+    assert data_yaml.load("a: 0o17\nb: 1_000\nc: yes\nd: 2026-12-07\n") == yaml.safe_load(
+        "a: 0o17\nb: 1_000\nc: yes\nd: 2026-12-07\n")
+    with pytest.raises(yaml.YAMLError):
+        data_yaml.load("a: [1")

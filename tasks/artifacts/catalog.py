@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
 
-import yaml
-
 from tasks.redact import redact_url
 from tasks.errors import PodnetError
 from tasks.releases import ARTIFACT_NAMES
 from tasks.settings import Settings
+from tasks.formats import data_yaml
 
 ARTIFACTS_FILE = Path(__file__).resolve().parents[2] / "files" / "artifacts.yaml"
 # The setting that holds an artifact's version, where it is not `<artifact>_version`.
@@ -54,7 +53,7 @@ class Artifact:
 def pinned() -> dict:
     """The data file, parsed once."""
     with open(ARTIFACTS_FILE) as f:
-        return yaml.safe_load(f)
+        return data_yaml.load(f)
 
 
 KUBERNETES_BINARIES = ("kubeadm", "kubelet", "kubectl")

@@ -42,6 +42,7 @@ from tasks.artifacts.catalog import ArtifactError
 from tasks.artifacts.download import Downloader, DownloadError
 from tasks.redact import redact_url
 from tasks.settings import ARCHITECTURES, SHA256_RE, Settings
+from tasks.formats import data_yaml
 
 GITHUB_API = "https://api.github.com"
 CHECKSUM_FORMATS = ("sha256sum", "bare")
@@ -121,7 +122,7 @@ class ChecksumLockFile:
         except OSError as error:
             raise ChecksumError(f"artifact_lock_file: cannot read {self.path}: {error}") from None
         try:
-            data = yaml.safe_load(text) or {}
+            data = data_yaml.load(text) or {}
         except yaml.YAMLError as error:
             raise ChecksumError(f"artifact_lock_file: {self.path} is not valid YAML ({error}); "
                                 "fix it or delete it to resolve every sum again") from None

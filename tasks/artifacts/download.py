@@ -42,9 +42,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
-import requests
+if TYPE_CHECKING:
+    import requests
 
 from tasks.artifacts.catalog import Artifact, ArtifactError, safe_members
 from tasks.redact import redact_url, redact_urls
@@ -289,6 +291,8 @@ class Downloader:
         this would not read itself, and any redirect from https to another scheme, is refused
         (InsecureChannel). The response's ``url`` is the one read, after redirects.
         """
+        import requests  # here, not at the top: a run that downloads nothing (every rerun) does not pay its import
+
         self._check_channel(url)
         return requests.get(url, headers=headers or {}, stream=True, timeout=self.timeout,
                             hooks={"response": self._check_redirect})
@@ -330,6 +334,8 @@ class Downloader:
         transient failures after ``attempts`` tries).
         """
         def once() -> Document:
+            import requests
+
             try:
                 with self._open(url, headers) as response:
                     _answered(url, response)
@@ -349,6 +355,8 @@ class Downloader:
 
     def _transfer(self, url: str, path: Path) -> str:
         """One attempt: stream to a temporary file, rename on success; return its sha256."""
+        import requests
+
         self.fetches += 1
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         try:
