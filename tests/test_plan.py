@@ -39,6 +39,7 @@ from tests.support.plan import (
     Cluster,
     FakeNode,
     assert_ok,
+    installed_binaries,
     probe_answer,
     probes,
     run_pyinfra,
@@ -304,9 +305,11 @@ def test_a_plugin_that_lost_its_exec_bit_is_repaired(cluster):
     assert run.uploads(WORKER) == []  # its bytes are live: copied on the node, nothing sent
     install = [c for c in run.commands(WORKER) if c.startswith("set -e; cp")]
     assert len(install) == 1
-    assert install[0].startswith("set -e; cp /opt/cni/bin/portmap /opt/cni/bin/.portmap.podnet-new; "
-                                 "chmod 0755 /opt/cni/bin/.portmap.podnet-new; "
-                                 "d0=$(sha256sum < /opt/cni/bin/.portmap.podnet-new); ")  # checked before activation
+    assert install[0].startswith("set -e; cp /opt/cni/bin/portmap /opt/cni/bin/.portmap.podnet-new; podnet_sum() {")
+    portmap = hashlib.sha256(installed_binaries(cluster.settings(WORKER), cluster.releases)["/opt/cni/bin/portmap"])
+    check = (f"; chmod 0755 /opt/cni/bin/.portmap.podnet-new; d0=$(podnet_sum /opt/cni/bin/.portmap.podnet-new "
+             f"{portmap.hexdigest()} /opt/cni/bin/portmap) || exit 1; ")
+    assert install[0].index(check) < install[0].index("; mv -f ")  # checked before activation
     assert "; mv -f /opt/cni/bin/.portmap.podnet-new /opt/cni/bin/portmap; " in install[0]
     assert install[0].endswith(' "$d0" /opt/cni/bin/portmap; } >> /var/lib/podnet/digests')  # the node's own sum
     assert run.commands(CP) == probes(run, CP)
@@ -424,7 +427,7 @@ def test_a_plugin_edited_in_the_laptop_cache_is_unpacked_again_and_the_right_byt
     [archive] = run.uploads(WORKER)  # the archive bridge is in; the node checks its bridge against the laptop's sum
     assert archive.endswith(f"{Path(cluster.releases.upstream_path('cni_plugins')).name}.podnet-new")
     install = [c for c in run.commands(WORKER) if c.startswith("set -e;")]
-    assert f"if [ \"$d0\" != {hashlib.sha256(original).hexdigest()} ]" in install[0]
+    assert f"d0=$(podnet_sum /opt/cni/bin/.bridge.podnet-new {hashlib.sha256(original).hexdigest()} " in install[0]
 
 
 # --- (e) control plane without its manifest ----------------------------------------------------
@@ -753,7 +756,7 @@ def test_a_config_change_marks_containerd_restart_pending_before_activating_it(c
     worker.hashes[containerd.CONFIG_PATH] = "0" * 64
     run = run_pyinfra(cluster.inventory(cluster.converged(CP), worker), "-y")
     assert_ok(run)
-    install = next(c for c in run.commands(WORKER) if c.startswith("set -e; chmod"))
+    install = next(c for c in run.commands(WORKER) if c.startswith("set -e; podnet_sum()"))
     assert install.index(": > /var/lib/podnet/restart-pending/containerd.service") < install.index("mv -f")
 
 
@@ -777,7 +780,8 @@ def test_nodes_download_the_release_files_themselves_with_no_credential_on_a_com
         commands = " ".join(run.commands(host))
         for name in ("containerd", "runc", "cni_plugins", "flannel_cni_plugin"):
             url = f"{cluster.server.url}/{cluster.releases.upstream_path(name)}"
-            assert f"podnet_fetch {url} " in commands, (host, name)  # the URL without its credentials
+            assert "podnet_release /var/lib/podnet/releases/" in commands and f" {url} " in commands, (host, name)
+        assert 'podnet_fetch "$4" "$3"' in commands  # each URL without its credentials, given to curl or wget
         assert "--netrc-file /run/podnet/fetch/.netrc" in commands
         assert "S3cr3t" not in commands and "deploy:" not in commands
     assert "S3cr3t" not in run.output

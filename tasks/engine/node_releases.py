@@ -166,12 +166,12 @@ def plan(changed: list[DesiredFile], node: NodeState, settings: Settings, host_n
         delivery.netrc = "".join(sorted(credentials)) or None  # type: ignore[arg-type]
         delivery.script.append(fetch_function(settings, delivery.netrc is not None))
     delivery.script.append(f"mkdir -p -m 0700 {q(releases_dir)}; rm -rf {q(releases_dir)}/{UNPACK_PREFIX}*")
+    delivery.script.append(release_function(host_name, fetching))
     for path, files in by_release.items():
         origin = origins[path]
         if node.hashes.get(path) != origin.sha256 and not fetching:
             delivery.uploads.append(origin)
-        delivery.script.append(release_file_script(origin, host_name, fetching, path, staged_path(path),
-                                                   staged_path(f"{path}.log")))
+        delivery.script.append(release_call(origin, path, staged_path(path), staged_path(f"{path}.log")))
         delivery.script += staging_script(origin, files, staged_path, path)
         delivery.cleanup.append(path)
     return delivery
@@ -196,30 +196,34 @@ def fetch_function(settings: Settings, with_netrc: bool) -> str:
             + ("; trap " + shell.word("rm -f " + NETRC_PATH) + " EXIT" if with_netrc else ""))
 
 
-def release_file_script(origin: Origin, host_name: str, fetching: bool, path: str, partial: str, log: str) -> str:
+def release_function(host_name: str, fetching: bool) -> str:
     """
-    Shell that leaves the release file, intact, at ``path`` (``node_path``): used as it is when it already has its
-    sha256 (an interrupted run's); else taken from ``partial`` (where the laptop sent it, or where the
-    node downloads it to; what the download says on stderr goes to ``log``, both staged names an
-    interrupted run's cleanup finds), hashed and compared with the pinned sum before it is renamed. A
-    download that fails (naming the URL and why) or a file with another sum (removed; naming the URL and
-    both sums) stops the command.
+    Shell that defines ``podnet_release PATH SUM PARTIAL URL SOURCE LOG``, which leaves the release file, intact, at
+    PATH (``node_path``): used as it is when it already has SUM (an interrupted run's); else taken from PARTIAL
+    (where the laptop sent it or, ``fetching``, where the node downloads it to from URL; what the download says on
+    stderr goes to LOG, both staged names an interrupted run's cleanup finds), hashed and compared with SUM (pinned
+    in SOURCE) before it is renamed. A download that fails (naming the URL and why) or a file with another sum
+    (removed; naming the URL and both sums) stops the command. Defined once per command: each release file is one
+    call (``release_call``), not the whole text again.
     """
     q = shell.word
-    url = node_url(origin.url)
     fetch = ""
-    if fetching:
-        said = q(log)  # what curl or wget said on stderr (shown when it fails, never read as data)
-        fetch = (f"if ! podnet_fetch {q(node_url(origin.url))} {q(partial)} 2>{said}; then rm -f {q(partial)}; "
-                 f"printf 'podnet: %s: could not download %s (%s attempts): %s\\n' {q(host_name)} {q(url)} {ATTEMPTS} "
-                 f"\"$(tail -n 3 {said} | tr '\\n' ' ')\" >&2; rm -f {said}; exit 1; fi; rm -f {said}; ")
-    return (f"s=$(sha256sum 2>/dev/null < {q(path)}) || s=; "
-            f"if [ \"${{s%% *}}\" != {q(origin.sha256)} ]; then {fetch}"
-            f"s=$(sha256sum 2>/dev/null < {q(partial)}) || s='none (missing)'; s=${{s%% *}}; "
-            f"if [ \"$s\" != {q(origin.sha256)} ]; then rm -f {q(partial)}; "
-            f"printf 'podnet: %s: %s has sha256 %s on the node, expected %s (%s); removed it, no file of it was "
-            f"activated\\n' {q(host_name)} {q(url)} \"$s\" {q(origin.sha256)} {q(redact_urls(origin.sha256_source))} "
-            f">&2; exit 1; fi; mv -f {q(partial)} {q(path)}; fi")
+    if fetching:  # what curl or wget said on stderr is shown when it fails, never read as data
+        fetch = ("if ! podnet_fetch \"$4\" \"$3\" 2>\"$6\"; then rm -f \"$3\"; "
+                 f"printf 'podnet: %s: could not download %s (%s attempts): %s\\n' {q(host_name)} \"$4\" {ATTEMPTS} "
+                 "\"$(tail -n 3 \"$6\" | tr '\\n' ' ')\" >&2; rm -f \"$6\"; exit 1; fi; rm -f \"$6\"; ")
+    return ("podnet_release() { s=$(sha256sum 2>/dev/null < \"$1\") || s=; [ \"${s%% *}\" = \"$2\" ] && return 0; "
+            f"{fetch}s=$(sha256sum 2>/dev/null < \"$3\") || s='none (missing)'; s=${{s%% *}}; "
+            "if [ \"$s\" != \"$2\" ]; then rm -f \"$3\"; "
+            "printf 'podnet: %s: %s has sha256 %s on the node, expected %s (%s); removed it, no file of it was "
+            f"activated\\n' {q(host_name)} \"$4\" \"$s\" \"$2\" \"$5\" >&2; exit 1; fi; mv -f \"$3\" \"$1\"; }}")
+
+
+def release_call(origin: Origin, path: str, partial: str, log: str) -> str:
+    """The call of ``podnet_release`` (release_function) for one release file."""
+    q = shell.word
+    return (f"podnet_release {q(path)} {q(origin.sha256)} {q(partial)} {q(node_url(origin.url))} "
+            f"{q(redact_urls(origin.sha256_source))} {q(log)}")
 
 
 def staging_script(origin: Origin, files: list[DesiredFile], staged_path: Callable[[str], str], path: str) -> list[str]:

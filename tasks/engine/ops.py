@@ -164,16 +164,17 @@ def install_script(changed: list[DesiredFile], validate: str | None = None, dige
     """
     q = shell.word
     every_staged = " ".join(q(staged_path(f.path)) for f in changed)
-    steps = ["set -e", *staging]
+    # podnet_sum STAGED SUM PATH prints the staged file's sha256 when it is SUM; else it removes every staged file of
+    # the batch, names the host, PATH and both sums, and fails (as does a staged file that cannot be read). Defined
+    # once: each file is one call, not the whole text again.
+    steps = ["set -e", *staging,
+             "podnet_sum() { s=$(sha256sum < \"$1\") || exit 1; s=${s%% *}; [ \"$s\" = \"$2\" ] && { echo \"$s\"; "
+             f"return 0; }}; rm -f {every_staged}; printf 'podnet: %s: %s: the uploaded file has sha256 %s on the node, "
+             f"expected %s; removed it, the live file is unchanged\\n' {q(host_name)} \"$3\" \"$s\" \"$2\" >&2; exit 1; }}"]
     for index, f in enumerate(changed):
         staged, digest = q(staged_path(f.path)), f"d{index}"
         steps.append(f"chmod {f.mode} {staged}")
-        steps.append(f"{digest}=$(sha256sum < {staged})")  # set -e: a staged file that cannot be read stops here
-        steps.append(f"{digest}=${{{digest}%% *}}")
-        steps.append(f"if [ \"${digest}\" != {q(f.sha256)} ]; then rm -f {every_staged}; "
-                     f"printf 'podnet: %s: %s: the uploaded file has sha256 %s on the node, expected %s; removed it, "
-                     f"the live file is unchanged\\n' {q(host_name)} {q(f.path)} \"${digest}\" {q(f.sha256)} >&2; "
-                     "exit 1; fi")
+        steps.append(f"{digest}=$(podnet_sum {staged} {q(f.sha256)} {q(f.path)}) || exit 1")
         if validate:
             message = q(f"podnet: {f.path}: rejected by validation, live file left unchanged")
             steps.append(f"if ! {validate.format(path=staged)}; then rm -f {every_staged}; echo {message} >&2; "
