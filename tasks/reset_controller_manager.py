@@ -193,7 +193,9 @@ def restored(s: Settings, node: NodeState, host_name: str) -> tuple[bytes | None
     """What the manifest or unit must hold after the reset (None: it stays as it is) and why:
 
     - the pre-podnet original backup undoes exactly podnet's changes (original_backup): that backup;
-    - it is a pre-podnet backup already (a reset put it back; not podnet's merge of another backup): it stays;
+    - it is one of podnet's backups already and no original is found (a reset put it back; an original that
+      holds podnet's flags already, as kubeadm's with a podSubnet, is podnet's merge of its own rewrite as well,
+      so the content alone does not tell which came first): it stays;
     - there is no backup: podnet never rewrote the file (it backs up before every change), so it
       stays, unless kubeadm wrote it from podnet's configuration (cluster_bootstrap);
     - otherwise: the file without podnet's node IPAM flags (strip_plan).
@@ -206,7 +208,7 @@ def restored(s: Settings, node: NodeState, host_name: str) -> tuple[bytes | None
     backup = original_backup(s, current, found)
     if backup is not None:
         return found[backup], f"restoring {path} from podnet's backup {backup}"
-    if current in found.values() and not _sources(s, current, found, merged_from_settings=False):
+    if current in found.values():  # a reset put it back, or no chain of podnet's merges leads to one original
         return None, f"{path} is as in podnet's backup"
     if not found and not s.cluster_bootstrap:
         return None, f"{path} was never changed by podnet (no backup in {BACKUP_DIR})"

@@ -250,7 +250,7 @@ def test_upgrade_from_the_old_name_installs_the_new_file_then_removes_the_old_on
     assert commands[0] == "mkdir -p /etc/sysctl.d"
     assert commands[1].startswith("set -e; podnet_sum() {")
     check = "; chmod 0644 /etc/sysctl.d/.zz-podnet.conf.podnet-new; d0=$(podnet_sum /etc/sysctl.d/.zz-podnet.conf.podnet-new "
-    assert commands[1].index(check) < commands[1].index("; mv -f ")  # checked first
+    assert commands[1].index(check) < commands[1].index("; mv -f /etc/sysctl.d/.zz-podnet.conf.podnet-new ")  # checked first
     assert "; mv -f /etc/sysctl.d/.zz-podnet.conf.podnet-new /etc/sysctl.d/zz-podnet.conf; " in commands[1]
     assert commands[2] == "rm -f /etc/sysctl.d/99-podnet.conf"  # only once the new file is in place
     assert ("@fake/w1: removing /etc/sysctl.d/99-podnet.conf: podnet's kernel parameters are persisted in "

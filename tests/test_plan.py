@@ -309,7 +309,7 @@ def test_a_plugin_that_lost_its_exec_bit_is_repaired(cluster):
     portmap = hashlib.sha256(installed_binaries(cluster.settings(WORKER), cluster.releases)["/opt/cni/bin/portmap"])
     check = (f"; chmod 0755 /opt/cni/bin/.portmap.podnet-new; d0=$(podnet_sum /opt/cni/bin/.portmap.podnet-new "
              f"{portmap.hexdigest()} /opt/cni/bin/portmap) || exit 1; ")
-    assert install[0].index(check) < install[0].index("; mv -f ")  # checked before activation
+    assert install[0].index(check) < install[0].index("; mv -f /opt/cni/bin/.portmap.podnet-new ")  # checked first
     assert "; mv -f /opt/cni/bin/.portmap.podnet-new /opt/cni/bin/portmap; " in install[0]
     assert install[0].endswith(' "$d0" /opt/cni/bin/portmap; } >> /var/lib/podnet/digests')  # the node's own sum
     assert run.commands(CP) == probes(run, CP)

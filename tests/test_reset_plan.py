@@ -285,6 +285,16 @@ def test_after_several_flag_changes_the_pre_podnet_original_is_put_back(runtime,
     assert content == original.encode()
 
 
+@pytest.mark.parametrize("changes", [[{}], [{}, DUAL], [{}, {"cluster_cidr": "10.200.0.0/16"}, {}]],
+                         ids=["one-change", "ipv4-then-dual", "moved-and-back"])
+def test_kubeadms_pod_subnet_manifest_put_back_by_a_reset_stays_with_kubeadms_flags(changes):
+    # kubeadm with a podSubnet writes --allocate-node-cidrs and --cluster-cidr itself: that original is podnet's merge
+    # of podnet's own rewrite too (the contents do not say which came first); once a reset put it back it stays
+    s, _, backups = deployed_through("static-pod", KUBEADM_MANIFEST_POD_SUBNET, changes)
+    content, how = restored(s, node_with(s, KUBEADM_MANIFEST_POD_SUBNET, backups), "cp1")
+    assert (content, how) == (None, f"{MANIFEST} is as in podnet's backup")
+
+
 def test_a_manifest_edited_after_podnet_keeps_the_edit_and_loses_only_podnets_flags():
     s = settings()
     edited = merge_manifest(KUBEADM_MANIFEST, desired_flags(s)).replace("--leader-elect=true", "--leader-elect=false")
