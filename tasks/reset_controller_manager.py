@@ -5,9 +5,11 @@ without podnet's node IPAM flags.
 podnet copies the file to ``BACKUP_DIR/<name>.<sha256[:12] of the copy>`` each time before it
 changes the flags (tasks.controller_manager). A reset puts a backup back only when that
 undoes exactly podnet's change: the file on the node is what podnet's merge makes of the backup
-with the current settings (byte for byte, or for a manifest value for value as the kubelet reads
-it; nothing else edited it since), followed back through podnet's earlier rewrites to the
-pre-podnet original (the backup that is not itself podnet's rewrite of another backup). Without any
+with the current settings or with the node IPAM flags the file holds (byte for byte, or for a
+manifest value for value as the kubelet reads it; nothing else edited it since), followed back
+through podnet's earlier rewrites to the pre-podnet original (the backup that is not itself
+podnet's rewrite of another backup; when no single one is, a file that equals a backup stays).
+Without any
 backup podnet never changed the file, and it stays as it is (unless kubeadm wrote it from
 podnet's configuration, cluster_bootstrap). Otherwise only podnet's flags are taken out of
 the command line, read as kube-controller-manager reads it (tasks.controller_manager.read_flags):
