@@ -180,14 +180,15 @@ def original_backup(s: Settings, current: bytes, found: dict[str, bytes]) -> str
     stack turned on, or changed back: the current file can be one of the backups itself). The chain is
     followed back from ``current`` through every backup it is a merge of; of the backups reached, the
     originals are those that are not podnet's merge of any other backup. Exactly one must be reached."""
+    sources = {path: _sources(s, content, found, merged_from_settings=False) for path, content in found.items()}
     reached: set[str] = set()
     todo = _sources(s, current, found, merged_from_settings=True)
     while todo:
         path = todo.pop()
         if path not in reached:
             reached.add(path)
-            todo.extend(_sources(s, found[path], found, merged_from_settings=False))
-    originals = [path for path in sorted(reached) if not _sources(s, found[path], found, merged_from_settings=False)]
+            todo.extend(sources[path])
+    originals = [path for path in sorted(reached) if not sources[path]]
     return originals[0] if len(originals) == 1 else None
 
 

@@ -29,6 +29,7 @@ verified again right before it is used.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -190,6 +191,19 @@ def _private_subdirs(root: Path, relative: Path) -> None:
             current.chmod(0o755)
 
 
+@contextlib.contextmanager
+def _network_errors_transient():
+    """A connection error, a timeout or a body cut short (requests') raised inside as _Transient: worth another
+    attempt. requests is imported here and in Downloader._open, not at the top: a run that downloads nothing
+    (every rerun) does not pay its import."""
+    import requests
+
+    try:
+        yield
+    except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as error:
+        raise _Transient(str(error)) from error
+
+
 @dataclass
 class Downloader:
     """Fetches artifacts into ``cache_dir``; memoizes within one run.
@@ -291,7 +305,7 @@ class Downloader:
         this would not read itself, and any redirect from https to another scheme, is refused
         (InsecureChannel). The response's ``url`` is the one read, after redirects.
         """
-        import requests  # here, not at the top: a run that downloads nothing (every rerun) does not pay its import
+        import requests  # here, not at the top (_network_errors_transient)
 
         self._check_channel(url)
         return requests.get(url, headers=headers or {}, stream=True, timeout=self.timeout,
@@ -334,9 +348,7 @@ class Downloader:
         transient failures after ``attempts`` tries).
         """
         def once() -> Document:
-            import requests
-
-            try:
+            with _network_errors_transient():
                 with self._open(url, headers) as response:
                     _answered(url, response)
                     total = int(response.headers.get("Content-Length") or 0)
@@ -348,21 +360,16 @@ class Downloader:
                     if total and len(body) != total:
                         raise _Transient(f"short read: {len(body)} of {total} bytes")
                     return Document(body, response.url)
-            except (requests.ConnectionError, requests.Timeout,
-                    requests.exceptions.ChunkedEncodingError) as error:
-                raise _Transient(str(error)) from error
         return self._retrying(url, once)
 
     def _transfer(self, url: str, path: Path) -> str:
         """One attempt: stream to a temporary file, rename on success; return its sha256."""
-        import requests
-
         self.fetches += 1
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         try:
             digest = hashlib.sha256()
             received = 0
-            try:
+            with _network_errors_transient():
                 with os.fdopen(fd, "wb") as out, self._open(url) as response:
                     _answered(url, response)
                     total = int(response.headers.get("Content-Length") or 0)
@@ -374,9 +381,6 @@ class Downloader:
                         shown = self._show_progress(url, received, total, shown)
                     if total and received != total:
                         raise _Transient(f"short read: {received} of {total} bytes")
-            except (requests.ConnectionError, requests.Timeout,
-                    requests.exceptions.ChunkedEncodingError) as error:
-                raise _Transient(str(error)) from error
             os.replace(tmp_name, path)
             return digest.hexdigest()
         finally:
