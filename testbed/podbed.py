@@ -296,16 +296,28 @@ class PodBed:
         return {pod["spec"]["nodeName"]: pod["metadata"]["uid"] for pod in pods
                 if not pod["metadata"].get("deletionTimestamp")}
 
+    def unready_flannel_pods(self) -> list[str]:
+        """The member nodes whose kube-flannel pod (not being deleted) is missing or not Ready, as
+        "<node> (<pod> not Ready)"; the doctor's flanneld link reads the same Ready condition."""
+        pods = json.loads(self.kubectl("-n kube-flannel get pods -o json"))["items"]
+        ready = {pod["spec"].get("nodeName"): (pod["metadata"]["name"], any(
+                     c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", [])))
+                 for pod in pods if not pod["metadata"].get("deletionTimestamp")}
+        return [f"{node.name} ({ready.get(node.name, ('no flannel pod',))[0]} not Ready)" for node in self.members
+                if not ready.get(node.name, ("", False))[1]]
+
     def wait_for_flannel(self, timeout: float = POD_TIMEOUT) -> None:
         """flanneld runs on every node and has written subnet.env there from that node's podCIDR, of each
-        family the bed runs (bounded wait: a rollout is complete when the pods run, flanneld writes the file a
-        moment later; a restarted flanneld that failed its start is started again by systemd 5 s later)."""
+        family the bed runs, and with the DaemonSet its pod on every node is Ready (bounded wait: a rollout is
+        complete when the pods run, flanneld writes the file a moment later and its /readyz probe, every 5 s,
+        marks the pod Ready after that; a restarted flanneld that failed its start is started again by systemd
+        5 s later)."""
         deadline = time.monotonic() + timeout
         pending: list[str] = []
         keys = {4: "FLANNEL_SUBNET", 6: "FLANNEL_IPV6_SUBNET"}
         while time.monotonic() < deadline:
             cidrs = self.kube.pod_cidrs_by_family()
-            pending = []
+            pending = self.unready_flannel_pods() if self.rollout == "daemonset" else []
             for node in self.members:
                 text = self.sh(node, "pgrep -x flanneld >/dev/null && cat /run/flannel/subnet.env 2>/dev/null",
                                check=False)
@@ -323,7 +335,8 @@ class PodBed:
             if not pending:
                 return
             time.sleep(1)
-        raise AssertionError(f"flanneld has not written subnet.env after {timeout:.0f}s on: {', '.join(pending)}")
+        raise AssertionError(f"flanneld is not ready or has not written subnet.env after {timeout:.0f}s on: "
+                             f"{', '.join(pending)}")
 
     def pod_cidrs(self) -> dict[str, str]:
         assert self.kube is not None
