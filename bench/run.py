@@ -34,7 +34,6 @@ each veth (node's and mirror's) and the bridge device's tx count every frame.
 from __future__ import annotations
 
 import argparse
-import compileall
 import contextlib
 import datetime
 import json
@@ -526,15 +525,14 @@ def machine() -> dict[str, str]:
 
 
 def bytecode_as_on_a_laptop() -> str:
-    """podnet's modules run from cached bytecode in the measured runs, as on an operator's laptop, where Python
-    writes __pycache__ by default: PYTHONDONTWRITEBYTECODE (set on some machines, this one's test environment
-    among them) is taken out of this process's environment, which every measured pyinfra run inherits, and the
-    modules are compiled once before. Without it every run compiles them again (about 0.3 s here), a cost no
-    operator pays; `exec -- true` (the floor) runs pyinfra's own modules, which pip compiled. Returns the line the
-    results show."""
+    """The measured runs cache podnet's bytecode as they do on an operator's laptop: podnet puts Python's own
+    setting back under pyinfra's CLI (tasks/__init__.py), so the first run compiles its modules into __pycache__
+    and later runs read them. PYTHONDONTWRITEBYTECODE (set on some machines, this one's test environment among
+    them, and rare on a laptop) is taken out of this process's environment, which every measured pyinfra run
+    inherits; without that every run would compile them again (about 70 ms here). `exec -- true` (the floor)
+    runs pyinfra's own modules, which pip compiled. Returns the line the results show."""
     was = os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-    compileall.compile_dir(str(REPO / "tasks"), quiet=1)
-    return ("podnet's modules compiled once (__pycache__, Python's default)"
+    return ("podnet's modules compiled by the first run into __pycache__ and read from there by the later ones"
             + (f"; PYTHONDONTWRITEBYTECODE={was!r} taken out of the runs' environment" if was is not None else ""))
 
 

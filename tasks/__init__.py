@@ -23,3 +23,13 @@ podnet's code, by role.
 - Ground floor: ``errors`` (PodnetError), ``releases`` (release facts: which version reads which format)
   and ``redact`` (secrets masked in whatever is shown or stored: URLs with credentials, tokens).
 """
+
+import sys as _sys
+
+# pyinfra's CLI turns bytecode caching off for its whole process (pyinfra_cli/main.py sets
+# sys.dont_write_bytecode, so that no deploy.pyc lands beside an operator's deploy files; those are exec'd,
+# never written either way). podnet's modules are imported, so without this every run compiled all of them
+# again from source (about 70 ms a run on the test machine): Python's own setting is put back before any of
+# them is imported, the one given by -B or PYTHONDONTWRITEBYTECODE (sys.flags), and each module is then
+# compiled once into tasks/**/__pycache__ and read from there by later runs.
+_sys.dont_write_bytecode = bool(_sys.flags.dont_write_bytecode)

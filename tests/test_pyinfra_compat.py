@@ -1,5 +1,6 @@
 """podnet's uses of pyinfra internals are all present in the installed pyinfra, and a missing one fails loudly."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,18 @@ def test_a_moved_internal_stops_podnet_with_its_name(monkeypatch, module, path):
     message = str(error.value)
     assert f"{module}.{path}" in message
     assert "pip install 'pyinfra>=3.10,<3.11'" in message
+
+
+@pytest.mark.parametrize("python_setting, cached", [({}, True), ({"PYTHONDONTWRITEBYTECODE": "1"}, False)])
+def test_podnets_modules_are_compiled_once_under_pyinfras_cli_unless_python_is_told_not_to(tmp_path, python_setting,
+                                                                                           cached):
+    """pyinfra's CLI turns bytecode caching off for its process (pyinfra_cli/main.py); podnet's modules are cached
+    all the same (each run would compile them again otherwise), unless -B or PYTHONDONTWRITEBYTECODE says no."""
+    prefix = tmp_path / "pycache"
+    code = ("import sys; from pyinfra_cli import main; sys.dont_write_bytecode = True; "  # as main.main() leaves it
+            "import tasks.deploys")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([sys.executable, "-X", f"pycache_prefix={prefix}", "-c", code], cwd=REPO, check=True,
+                   env={**env, **python_setting})
+    written = {p.name.split(".")[0] for p in prefix.rglob("*.pyc") if "tasks" in p.parts}
+    assert ({"deploys", "runner", "probe", "kernel"} <= written) if cached else not written, sorted(written)
