@@ -69,6 +69,10 @@ PHASES = ("first", "rerun", "dry", "floor")
 PHASE_TITLES = {"first": "first run", "rerun": "no-op rerun", "dry": "`--dry`", "floor": "floor (`exec -- true`)"}
 REFERENCE_SIZE = 3  # reruns of every size are also compared with the 3-node rerun
 JOURNAL_SETTLE_TIMEOUT = 20.0  # how long to wait for sshd's closing lines to reach the journal
+# The first run's pods, one per node, get POD_TIMEOUT and this much more per node: at 12 nodes this 2-core
+# machine is far past its cores' load (12 kubelets, containerds and flanneld pods starting at once), and a pod
+# there was seen still without an IP after 114 s (2 s a node).
+POD_SECONDS_PER_NODE = 10
 
 log = logging.getLogger("bench")
 
@@ -327,16 +331,32 @@ def pods_with_ips(bed: PodBed, timeout: float) -> float:
              for node in bed.members]
     bed.kubectl("apply -f -", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
     deadline = start + timeout
-    waiting: list[str] = []
+    waiting: dict[str, str] = {}
     while time.perf_counter() < deadline:
-        pods = json.loads(bed.kubectl("get pods -l app=bench -o json"))["items"]
-        ready = {p["spec"]["nodeName"] for p in pods
-                 if p["status"].get("phase") == "Running" and p["status"].get("podIP")}
-        waiting = [node.name for node in bed.members if node.name not in ready]
+        pods = {p["spec"]["nodeName"]: p for p in json.loads(bed.kubectl("get pods -l app=bench -o json"))["items"]}
+        waiting = {node.name: pod_state(pods.get(node.name)) for node in bed.members
+                   if not (node.name in pods and pods[node.name]["status"].get("phase") == "Running"
+                           and pods[node.name]["status"].get("podIP"))}
         if not waiting:
             return time.perf_counter() - start
         time.sleep(0.5)
-    raise BenchError(f"{bed.cluster.name}: pods without an IP after {timeout:.0f} s on {', '.join(waiting)}")
+    events = bed.kubectl("get events -n default --field-selector involvedObject.kind=Pod -o jsonpath="
+                         "'{range .items[*]}{.involvedObject.name}{\": \"}{.reason}{\": \"}{.message}{\"\\n\"}{end}'",
+                         check=False)
+    said = [line for line in events.splitlines() if any(f"bench-{name}:" in line for name in waiting)][-5:]
+    raise BenchError(f"{bed.cluster.name}: pods without an IP after {timeout:.0f} s on "
+                     + ", ".join(f"{name} ({state})" for name, state in waiting.items())
+                     + (f"; their last events: {' | '.join(said)}" if said else ""))
+
+
+def pod_state(pod: dict | None) -> str:
+    """A pod's phase and, for a container not running, why (kubectl's STATUS column, in short)."""
+    if pod is None:
+        return "no pod"
+    status = pod.get("status", {})
+    reasons = [c["state"]["waiting"].get("reason", "waiting") for c in status.get("containerStatuses", [])
+               if "waiting" in c.get("state", {})]
+    return "/".join([status.get("phase", "unknown"), *reasons])
 
 
 # --- one cluster ----------------------------------------------------------------------
@@ -452,7 +472,7 @@ def bench_cluster(nodes: int, runs: int, mode: str, bed_kind: str, mirror, gener
         log.info("%s: ready for the first run after %.0f s: %s", name, setup_seconds, samples["installed"])
         link = stack.enter_context(shaped_link(cluster.bridge, shape_mbit, [n.ip for n in bed.members]))
         first = measure(bed, pool, "first", inventory, site, link)
-        first.pods_seconds = pods_with_ips(bed, POD_TIMEOUT + 2 * nodes)
+        first.pods_seconds = pods_with_ips(bed, POD_TIMEOUT + POD_SECONDS_PER_NODE * nodes)
         log.info("%s: every node's pod has an IP %.1f s after the first run", name, first.pods_seconds)
         samples["after first run"] = host_sample()
         measurements = [first]

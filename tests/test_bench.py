@@ -174,3 +174,13 @@ def test_each_mode_is_the_setting_an_operator_would_use():
     assert mode_overrides("upload") == {}  # podnet's default: the laptop sends the archives
     assert Settings.__dataclass_fields__["release_download"].metadata["setting"]["default"] == "laptop"
     assert mode_overrides("mirror") == {"release_download": "nodes"}
+
+
+def test_a_pod_without_an_ip_is_reported_with_its_phase_and_why_its_container_waits():
+    from bench.run import pod_state
+
+    waiting = {"status": {"phase": "Pending", "containerStatuses": [
+        {"state": {"waiting": {"reason": "ContainerCreating"}}}]}}
+    assert pod_state(waiting) == "Pending/ContainerCreating"
+    assert pod_state({"status": {"phase": "Pending"}}) == "Pending"  # not yet scheduled: no container status
+    assert pod_state(None) == "no pod"
