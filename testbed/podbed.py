@@ -308,10 +308,12 @@ class PodBed:
 
     def wait_for_flannel(self, timeout: float = POD_TIMEOUT) -> None:
         """flanneld runs on every node and has written subnet.env there from that node's podCIDR, of each
-        family the bed runs, and with the DaemonSet its pod on every node is Ready (bounded wait: a rollout is
-        complete when the pods run, flanneld writes the file a moment later and its /readyz probe, every 5 s,
-        marks the pod Ready after that; a restarted flanneld that failed its start is started again by systemd
-        5 s later)."""
+        family the bed runs, every node routes each other node's podCIDR the way the inventory's backend does
+        (vxlan and host-gw), and with the DaemonSet its pod on every node is Ready (bounded wait: a rollout is
+        complete when the pods run, flanneld writes the file a moment later, then replaces the routes, and its
+        /readyz probe, every 5 s, marks the pod Ready after that; a restarted flanneld that failed its start is
+        started again by systemd 5 s later). Without the routes, the old subnet.env of a flanneld that was just
+        restarted with another backend passes for the new one's (CI saw vxlan's routes still in place)."""
         deadline = time.monotonic() + timeout
         pending: list[str] = []
         keys = {4: "FLANNEL_SUBNET", 6: "FLANNEL_IPV6_SUBNET"}
@@ -319,8 +321,9 @@ class PodBed:
             cidrs = self.kube.pod_cidrs_by_family()
             pending = self.unready_flannel_pods() if self.rollout == "daemonset" else []
             for node in self.members:
-                text = self.sh(node, "pgrep -x flanneld >/dev/null && cat /run/flannel/subnet.env 2>/dev/null",
-                               check=False)
+                text, _, routes = self.sh(node, "pgrep -x flanneld >/dev/null && cat /run/flannel/subnet.env "
+                                                "2>/dev/null && echo ROUTES && ip -o -4 route show && ip -o -6 route show",
+                                          check=False).partition("ROUTES\n")
                 env = dict(line.split("=", 1) for line in text.split() if "=" in line)
                 if not env:
                     pending.append(f"{node.name} (no flanneld running, or no subnet.env)")
@@ -332,11 +335,33 @@ class PodBed:
                     if not network or not subnet or str(ipaddress.ip_interface(subnet).network) != network:
                         pending.append(f"{node.name} (IPv{version} podCIDR {network or 'none'}, subnet.env "
                                        f"{subnet or 'none'})")
+                pending += [f"{node.name} (no route {route}...)" for route in self.flannel_routes(node, cidrs)
+                            if not any(line.startswith(route) for line in routes.splitlines())]
             if not pending:
                 return
             time.sleep(1)
         raise AssertionError(f"flanneld is not ready or has not written subnet.env after {timeout:.0f}s on: "
                              f"{', '.join(pending)}")
+
+    def flannel_routes(self, node: Node, cidrs: dict[str, list[str]]) -> list[str]:
+        """The start of the route flanneld gives ``node`` to each other member's podCIDR of each family the bed
+        runs (``cidrs``: node -> podCIDRs), with the inventory's backend: vxlan's through flannel.<VNI> and
+        flannel-v6.<VNI> onto the other node's subnet address, host-gw's onto the other node's address. Other
+        backends: none checked."""
+        backend = self.overrides.get("flannel_backend", "vxlan")
+        vni = self.overrides.get("flannel_vni", 1)
+        routes = []
+        for other in self.members:
+            for cidr in (cidrs.get(other.name, []) if other is not node else []):
+                network = ipaddress.ip_network(cidr)
+                if network.version not in self.families:
+                    continue
+                if backend == "vxlan":
+                    device = f"flannel.{vni}" if network.version == 4 else f"flannel-v6.{vni}"
+                    routes.append(f"{network} via {network.network_address} dev {device} ")
+                elif backend == "host-gw":
+                    routes.append(f"{network} via {other.ip if network.version == 4 else other.ip6} dev ")
+        return routes
 
     def pod_cidrs(self) -> dict[str, str]:
         assert self.kube is not None
