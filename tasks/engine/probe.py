@@ -417,6 +417,16 @@ def probe_script(request: ProbeRequest) -> str:
     return "\n".join(lines)
 
 
+def locked_probe_script(request: ProbeRequest, run_lock_wait: int | None, local_owner: int | None = None) -> str:
+    """``probe_script(request)``, which with ``run_lock_wait`` (seconds) first takes the node's run lock
+    (tasks/engine/run_lock.py): after its first line (uname), before anything podnet decides from."""
+    script = probe_script(request)
+    if run_lock_wait is None:
+        return script
+    first, rest = script.split("\n", 1)
+    return "\n".join([first, run_lock.acquire_script(run_lock_wait, run_lock.holder(), local_owner=local_owner), rest])
+
+
 def _glob(pattern: str) -> str:
     """Quote a path but leave a trailing '*' to the remote shell."""
     if pattern.endswith("*"):
@@ -515,14 +525,9 @@ def node_state(host, request: ProbeRequest, run_lock_wait: int | None = None) ->
     else:
         if known is not None:
             request = known[0].merge(request)
-        script = probe_script(request)
-        if run_lock_wait is not None:  # after the first line (uname), before anything podnet decides from
-            first, rest = script.split("\n", 1)
-            # with @local, the probe runs under this pyinfra process: the lock's owner (tasks/engine/run_lock.py)
-            local_owner = os.getpid() if issubclass(host.connector_cls, LocalConnector) else None
-            script = "\n".join([first, run_lock.acquire_script(run_lock_wait, run_lock.holder(), local_owner=local_owner),
-                                 rest])
-        answer = host.get_fact(NodeProbe, script=script)
+        # with @local, the probe runs under this pyinfra process: the lock's owner (tasks/engine/run_lock.py)
+        local_owner = os.getpid() if issubclass(host.connector_cls, LocalConnector) else None
+        answer = host.get_fact(NodeProbe, script=locked_probe_script(request, run_lock_wait, local_owner))
         _answers[host.name] = (request, answer)
         report(host.name, answer)
     if run_lock_wait is not None:
