@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from bench.probe_parts import probe_time_by_part
 from testbed.bootbed import BootBed
 from testbed.kubebed.cluster import KubeBedError
 from testbed.localcluster import Cluster, ClusterError, Node
@@ -413,6 +414,8 @@ class SizeResult:
     bed: str = "kube"
     setup_seconds: float | None = None  # boot, mirror site and the cluster's install, before the first run
     samples: dict[str, HostSample] = field(default_factory=dict)  # "before", "installed", "after first run"
+    # node -> the probe's node-side time by part (bench/probe_parts.py), on the first two nodes after the rounds
+    probe_parts: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     def of(self, phase: str) -> list[Measurement]:
         return [m for m in self.measurements if m.phase == phase]
@@ -479,10 +482,21 @@ def bench_cluster(nodes: int, runs: int, mode: str, bed_kind: str, mirror, gener
         for _ in range(runs):
             for phase in ("floor", "rerun", "dry"):
                 measurements.append(measure(bed, pool, phase, inventory, site, link))
+        probe_parts = time_probe_parts(bed) if runs else {}
     # Torn down cleanly (an error in the tear-down propagates and keeps the directory).
     if not mounts_under(size_dir):
         shutil.rmtree(size_dir, ignore_errors=True)
-    return SizeResult(nodes, name, measurements, mode, bed_kind, setup_seconds, samples)
+    return SizeResult(nodes, name, measurements, mode, bed_kind, setup_seconds, samples, probe_parts)
+
+
+def time_probe_parts(bed: PodBed) -> dict[str, dict[str, dict[str, float]]]:
+    """One more no-op rerun with pyinfra's --debug (which shows each host's probe), then each part of that probe
+    timed on the first control-plane host and on one worker (bench/probe_parts.py)."""
+    run = bed.deploy("--debug")
+    if run.returncode != 0 or run.changed_operations():
+        raise BenchError(f"{bed.cluster.name}: the --debug rerun failed or changed something (exit "
+                         f"{run.returncode}, changed {run.changed_operations()})")
+    return {node.name: probe_time_by_part(bed, run.output, node) for node in bed.members[:2]}
 
 
 # --- the report ------------------------------------------------------------------------
@@ -565,6 +579,30 @@ def _pyinfra_version() -> str:
     from importlib.metadata import version
 
     return version("pyinfra")
+
+
+def probe_parts_section(results: list[SizeResult]) -> list[str]:
+    """Where the probe's node-side time goes, per part, on the nodes bench/probe_parts.py timed."""
+    timed = [(r, node, parts) for r in results for node, parts in r.probe_parts.items()]
+    if not timed:
+        return []
+    lines = ["", "### Where the probe's node-side time goes", "",
+             ("The probe of one more no-op rerun (taken from `pyinfra --debug`), run again on the node with a "
+              "timestamp between its parts (bench/probe_parts.py); medians of 9, in ms. *without kubectl*: the same "
+              "with every `kubectl` replaced by `true`. The queries run in the background from the second part on, "
+              "so their cost shows up in the parts beside them (competing for the node's cores) and in the wait "
+              "for them. *alone*: each kubectl query run by itself."), ""]
+    names = list(dict.fromkeys(name for _, _, parts in timed for name in parts["probe"]))
+    header = ["part", *(f"{r.label} {node}" for r, node, _ in timed),
+              *(f"{node} without kubectl" for _, node, _ in timed)]
+    rows = [[name, *(f"{parts['probe'].get(name, 0):.1f}" for _, _, parts in timed),
+             *(f"{parts['probe, kubectl replaced by true'].get(name, 0):.1f}" for _, _, parts in timed)]
+            for name in names]
+    queries = list(dict.fromkeys(q for _, _, parts in timed for q in parts["kubectl alone"]))
+    rows += [[f"kubectl query {q}, alone", *(f"{parts['kubectl alone'][q]:.1f}" if q in parts["kubectl alone"]
+                                             else "-" for _, _, parts in timed), *("" for _ in timed)]
+             for q in queries]
+    return lines + table(header, "l" + "r" * (len(header) - 1), rows)
 
 
 def table(header: list[str], align: str, rows: list[list[str]]) -> list[str]:
@@ -723,6 +761,7 @@ def report(results: list[SizeResult], args, info: dict[str, str], started: datet
         rows = [[r.label, *(f"{min(m.seconds for m in r.of(p)):.2f}–{max(m.seconds for m in r.of(p)):.2f} s"
                             for p in ("rerun", "dry", "floor")), seconds(r.of("rerun")[0].seconds)] for r in noop]
         lines += table(["nodes", "no-op rerun", "`--dry`", "floor", "first no-op rerun"], "lrrrr", rows)
+        lines += probe_parts_section(noop)
     lines += ["", "## The machine while measuring", "",
               ("What a larger cluster would run out of: the host's available memory, its threads (each takes a PID), "
                "the 1-minute load average and root's inotify instances, before the cluster was booted, once it "

@@ -184,3 +184,18 @@ def test_a_pod_without_an_ip_is_reported_with_its_phase_and_why_its_container_wa
     assert pod_state(waiting) == "Pending/ContainerCreating"
     assert pod_state({"status": {"phase": "Pending"}}) == "Pending"  # not yet scheduled: no container status
     assert pod_state(None) == "no pod"
+
+
+def test_report_shows_the_probes_time_by_part_on_each_timed_node():
+    result = size(3, 2.0)
+    result.probe_parts = {
+        "bench3-1": {"probe": {"run lock": 6.0, "waiting for the queries": 40.5, "TOTAL": 80.0},
+                     "probe, kubectl replaced by true": {"run lock": 5.5, "waiting for the queries": 1.0, "TOTAL": 30.0},
+                     "kubectl alone": {"pod_cidrs": 45.0}},
+        "bench3-2": {"probe": {"run lock": 5.0, "TOTAL": 25.0},
+                     "probe, kubectl replaced by true": {"run lock": 5.0, "TOTAL": 24.0}, "kubectl alone": {}}}
+    text = render([result], nodes="3")
+    assert "### Where the probe's node-side time goes" in text
+    assert "| run lock | 6.0 | 5.0 | 5.5 | 5.0 |" in text
+    assert "| TOTAL | 80.0 | 25.0 | 30.0 | 24.0 |" in text
+    assert "| kubectl query pod_cidrs, alone | 45.0 | - |  |  |" in text
