@@ -526,7 +526,8 @@ def node_state(host, request: ProbeRequest, run_lock_wait: int | None = None) ->
         if known is not None:
             request = known[0].merge(request)
         # with @local, the probe runs under this pyinfra process: the lock's owner (tasks/engine/run_lock.py)
-        local_owner = os.getpid() if issubclass(host.connector_cls, LocalConnector) else None
+        local_owner = os.getpid() if run_lock_wait is not None and issubclass(host.connector_cls, LocalConnector) \
+            else None
         answer = host.get_fact(NodeProbe, script=locked_probe_script(request, run_lock_wait, local_owner))
         _answers[host.name] = (request, answer)
         report(host.name, answer)
