@@ -48,7 +48,7 @@ import tarfile
 from pathlib import Path
 
 from testbed.kubebed import binaries
-from testbed.kubebed.cluster import FLANNEL_IMAGE, MANIFESTS, KubeBed, rootfs_image
+from testbed.kubebed.cluster import FLANNEL_IMAGE, MANIFESTS, KubeBed, pod_ready, rootfs_image
 from testbed.localcluster import Node
 
 KUBE_FLANNEL_YML = Path(__file__).resolve().parent / "kubebed" / "kube-flannel-v0.28.9.yml"
@@ -158,8 +158,7 @@ class ForeignFlannel:
     def pods_ready(self) -> dict[str, str]:
         """Node name -> its flannel pod's name, every pod Ready."""
         pods = json.loads(self.kube.kubectl(f"-n {NAMESPACE} get pods -o json"))["items"]
-        return {pod["spec"]["nodeName"]: pod["metadata"]["name"] for pod in pods
-                if any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))}
+        return {pod["spec"]["nodeName"]: pod["metadata"]["name"] for pod in pods if pod_ready(pod)}
 
     def remove(self) -> None:
         """Everything ``install`` and the manifest put on the cluster, taken off; kube-controller-manager's manifest

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from testbed.kubebed import binaries
-from testbed.kubebed.cluster import SERVICE_CIDR_IPV6, KubeBed
+from testbed.kubebed.cluster import SERVICE_CIDR_IPV6, KubeBed, pod_ready
 from testbed.localcluster import Cluster, Node
 from testbed.localcluster.rootfs import cache_root
 
@@ -292,17 +292,13 @@ class PodBed:
 
     def flannel_pods(self) -> dict[str, str]:
         """Node name -> uid of its kube-flannel pod (pods being deleted are left out)."""
-        pods = json.loads(self.kubectl("-n kube-flannel get pods -o json"))["items"]
-        return {pod["spec"]["nodeName"]: pod["metadata"]["uid"] for pod in pods
-                if not pod["metadata"].get("deletionTimestamp")}
+        return {pod["spec"]["nodeName"]: pod["metadata"]["uid"] for pod in self.kube.live_pods("kube-flannel")}
 
     def unready_flannel_pods(self) -> list[str]:
         """The member nodes whose kube-flannel pod (not being deleted) is missing or not Ready, as
         "<node> (<pod> not Ready)"; the doctor's flanneld link reads the same Ready condition."""
-        pods = json.loads(self.kubectl("-n kube-flannel get pods -o json"))["items"]
-        ready = {pod["spec"].get("nodeName"): (pod["metadata"]["name"], any(
-                     c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", [])))
-                 for pod in pods if not pod["metadata"].get("deletionTimestamp")}
+        ready = {pod["spec"].get("nodeName"): (pod["metadata"]["name"], pod_ready(pod))
+                 for pod in self.kube.live_pods("kube-flannel")}
         return [f"{node.name} ({ready.get(node.name, ('no flannel pod',))[0]} not Ready)" for node in self.members
                 if not ready.get(node.name, ("", False))[1]]
 

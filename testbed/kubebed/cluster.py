@@ -33,6 +33,7 @@ registry).
 
 from __future__ import annotations
 
+import json
 import shlex
 import tarfile
 import time
@@ -378,11 +379,21 @@ etcd:
         return self.sh(node, "systemctl is-active kubelet.service; journalctl -u kubelet.service -n 3 --no-pager -o cat",
                        check=False, timeout=30).strip().replace("\n", " | ")[-600:]
 
+    def live_pods(self, namespace: str) -> list[dict]:
+        """The pods of ``namespace`` (kubectl's JSON), those being deleted left out."""
+        pods = json.loads(self.kubectl(f"-n {namespace} get pods -o json"))["items"]
+        return [pod for pod in pods if not pod["metadata"].get("deletionTimestamp")]
+
     def pod_cidrs(self) -> dict[str, str]:
         """Node name -> spec.podCIDR ('' where none)."""
         out = self.kubectl("get nodes -o jsonpath='{range .items[*]}{.metadata.name}{\" \"}{.spec.podCIDR}{\"\\n\"}"
                            "{end}'")
         return {line.split(" ", 1)[0]: line.partition(" ")[2].strip() for line in out.splitlines() if line.strip()}
+
+
+def pod_ready(pod: dict) -> bool:
+    """The pod's Ready condition is True (kubectl's JSON): what kubectl's READY column and podnet's doctor read."""
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", []))
 
 
 # --- images ----------------------------------------------------------------------------------
